@@ -1,0 +1,154 @@
+/**
+ * The governance audit domain: what an agent tried to do (`AgentAction`), what the guard decided
+ * (`Decision`), and the refusal record that travels through the audit pipeline (`DeferredAuditEvent`).
+ *
+ * `canonicalBytes` is the public payload contract (docs/FORMAT.md, "Refusal payload v1"): RFC 8785 JSON of
+ * the event, hashed into every ledger row. Changing the encoded shape of any schema here changes payload
+ * hashes, so it needs a format version bump.
+ */
+import canonicalize from "canonicalize"
+import { Clock, DateTime, Effect, Option, Schema } from "effect"
+import { sha256Hex } from "./internal/encoding.js"
+import { uuidV7 } from "./internal/uuid.js"
+
+/** Any JSON value (finite numbers only: RFC 8785 has no NaN or Infinity). */
+export type JsonValue =
+  | null
+  | boolean
+  | number
+  | string
+  | ReadonlyArray<JsonValue>
+  | { readonly [key: string]: JsonValue }
+
+export const JsonValue: Schema.Schema<JsonValue> = Schema.Union(
+  Schema.Null,
+  Schema.Boolean,
+  Schema.Number.pipe(Schema.finite()),
+  Schema.String,
+  Schema.Array(Schema.suspend(() => JsonValue)),
+  Schema.Record({ key: Schema.String, value: Schema.suspend(() => JsonValue) })
+).annotations({ identifier: "JsonValue" })
+
+// ---------------------------------------------------------------------------------------------------------
+// AgentAction
+// ---------------------------------------------------------------------------------------------------------
+
+export class ToolCall extends Schema.TaggedClass<ToolCall>()("ToolCall", {
+  toolName: Schema.String,
+  serverId: Schema.String,
+  arguments: Schema.optional(JsonValue)
+}) {}
+
+export class DataAccess extends Schema.TaggedClass<DataAccess>()("DataAccess", {
+  resource: Schema.String,
+  mode: Schema.Literal("read", "write", "delete")
+}) {}
+
+export class Delegation extends Schema.TaggedClass<Delegation>()("Delegation", {
+  toAgentId: Schema.String,
+  depth: Schema.Number.pipe(Schema.int(), Schema.nonNegative())
+}) {}
+
+export class Custom extends Schema.TaggedClass<Custom>()("Custom", {
+  customKind: Schema.String,
+  payload: JsonValue
+}) {}
+
+export const AgentAction = Schema.Union(ToolCall, DataAccess, Delegation, Custom)
+export type AgentAction = typeof AgentAction.Type
+
+// ---------------------------------------------------------------------------------------------------------
+// Decision
+// ---------------------------------------------------------------------------------------------------------
+
+export class Allow extends Schema.TaggedClass<Allow>()("Allow", {}) {}
+
+export class Warn extends Schema.TaggedClass<Warn>()("Warn", {
+  ruleId: Schema.String,
+  reason: Schema.String
+}) {}
+
+export class Refuse extends Schema.TaggedClass<Refuse>()("Refuse", {
+  ruleId: Schema.String,
+  reason: Schema.String
+}) {}
+
+export const Decision = Schema.Union(Allow, Warn, Refuse)
+export type Decision = typeof Decision.Type
+
+export const isRefusal = (decision: Decision): decision is Refuse => decision._tag === "Refuse"
+
+// ---------------------------------------------------------------------------------------------------------
+// DeferredAuditEvent
+// ---------------------------------------------------------------------------------------------------------
+
+/** The ledger's `event_type` for a refusal row. */
+export const GOVERNANCE_REFUSAL_EVENT_TYPE = "governance.refusal"
+
+export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("DeferredAuditEvent")({
+  /** UUID v7 made when the event is created; retries and replays de-duplicate by it. */
+  id: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)),
+  agentId: Schema.String,
+  action: AgentAction,
+  decision: Decision,
+  timestamp: Schema.DateTimeUtc
+}) {
+  /**
+   * The audit event for a refusal, `None` for `Allow` and `Warn` (only refusals are chain-logged).
+   * The timestamp and the time part of the id come from `Clock`.
+   */
+  static fromRefusal(
+    agentId: string,
+    action: AgentAction,
+    decision: Decision
+  ): Effect.Effect<Option.Option<DeferredAuditEvent>> {
+    if (!isRefusal(decision)) return Effect.succeedNone
+    return Effect.map(Clock.currentTimeMillis, (millis) =>
+      Option.some(
+        new DeferredAuditEvent({
+          id: uuidV7(millis),
+          agentId,
+          action,
+          decision,
+          timestamp: DateTime.unsafeMake(millis)
+        })
+      ))
+  }
+}
+
+/** The refusing rule's id (`None` unless the decision is a refusal). */
+export const ruleId = (event: DeferredAuditEvent): Option.Option<string> =>
+  isRefusal(event.decision) ? Option.some(event.decision.ruleId) : Option.none()
+
+/** The operator-authored refusal reason, verbatim (`None` unless the decision is a refusal). */
+export const reason = (event: DeferredAuditEvent): Option.Option<string> =>
+  isRefusal(event.decision) ? Option.some(event.decision.reason) : Option.none()
+
+/** RFC 3339 UTC with milliseconds, e.g. `2026-11-24T06:52:03.120Z`: the `timestamp` of payloads and rows. */
+export const formatTimestamp = (event: DeferredAuditEvent): string => DateTime.formatIso(event.timestamp)
+
+const encodeAction = Schema.encodeSync(AgentAction)
+const encodeDecision = Schema.encodeSync(Decision)
+
+/** The JSON object that `canonicalBytes` canonicalizes (docs/FORMAT.md, "Refusal payload v1"). */
+export const canonicalObject = (event: DeferredAuditEvent) => ({
+  action: encodeAction(event.action),
+  agent_id: event.agentId,
+  decision: encodeDecision(event.decision),
+  event_id: event.id,
+  timestamp: formatTimestamp(event)
+})
+
+/** The canonical payload as a string: RFC 8785 (JCS) serialization of `canonicalObject(event)`. */
+export const canonicalJson = (event: DeferredAuditEvent): string => {
+  const json = canonicalize(canonicalObject(event))
+  // canonicalize returns undefined only for `undefined` input; the object above is always defined.
+  if (json === undefined) throw new Error("canonicalize returned undefined for a defined object")
+  return json
+}
+
+/** RFC 8785 UTF-8 bytes of the event's canonical payload. */
+export const canonicalBytes = (event: DeferredAuditEvent): Uint8Array => Buffer.from(canonicalJson(event), "utf8")
+
+/** Lowercase hex SHA-256 of `canonicalBytes(event)`: the ledger row's `payload_hash`. */
+export const payloadHash = (event: DeferredAuditEvent): string => sha256Hex(canonicalBytes(event))

@@ -1,0 +1,42 @@
+import { describe, expect, it } from "@effect/vitest"
+import { hashBytes, isHash, lp, sha256Hex, u32, u64, u8, ZERO_HASH } from "../src/internal/encoding.js"
+import { UUID_V7, uuidV7 } from "../src/internal/uuid.js"
+
+describe("internal/encoding", () => {
+  it("lp prefixes the UTF-8 byte length, not the character count", () => {
+    expect(Buffer.from(lp("é")).toString("hex")).toBe("00000002c3a9")
+    expect(Buffer.from(lp("")).toString("hex")).toBe("00000000")
+  })
+
+  it("length prefixes make split points unambiguous", () => {
+    expect(sha256Hex(lp("ab"), lp("c"))).not.toBe(sha256Hex(lp("a"), lp("bc")))
+    expect(sha256Hex("ab", "c")).toBe(sha256Hex("a", "bc"))
+  })
+
+  it("fixed-width integers are big-endian", () => {
+    expect(Buffer.from(u64(Number.MAX_SAFE_INTEGER)).toString("hex")).toBe("001fffffffffffff")
+    expect(Buffer.from(u32(0x01020304)).toString("hex")).toBe("01020304")
+    expect(Buffer.from(u8(1)).toString("hex")).toBe("01")
+  })
+
+  it("sha256Hex matches the NIST vector and hashes round-trip through raw bytes", () => {
+    const abc = sha256Hex("abc")
+    expect(abc).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    expect(Buffer.from(hashBytes(abc)).toString("hex")).toBe(abc)
+    expect(isHash(abc)).toBe(true)
+    expect(isHash(ZERO_HASH)).toBe(true)
+    expect(isHash(abc.toUpperCase())).toBe(false)
+  })
+})
+
+describe("internal/uuid", () => {
+  it("uuidV7 carries the millisecond timestamp in its first 48 bits", () => {
+    const id = uuidV7(0x0123456789ab)
+    expect(id).toMatch(UUID_V7)
+    expect(id.replace(/-/g, "").slice(0, 12)).toBe("0123456789ab")
+  })
+
+  it("ids made later sort after ids made earlier", () => {
+    expect(uuidV7(1_000) < uuidV7(2_000)).toBe(true)
+  })
+})
