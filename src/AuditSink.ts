@@ -6,7 +6,8 @@
  * (`DlqLanded`), or fails with `AuditSinkError` when the event could reach neither. A sink may also die
  * (a defect); the `AuditQueue` drainer survives that and restarts.
  */
-import { Context, Data, Effect, Schema } from "effect"
+import type { Effect } from "effect"
+import { Context, Data, Schema } from "effect"
 import type { DeferredAuditEvent } from "./AuditEvent.js"
 
 /** The event is in the ledger (now, or already before: appends are idempotent by event id). */
