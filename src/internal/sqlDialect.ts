@@ -1,0 +1,178 @@
+/**
+ * The one place where the SQL engines under the ledger differ: how a write transaction that must hold the
+ * write lock from its first statement is opened, which per-connection settings the ledger needs, and how a
+ * driver error is classified. Classification reads the driver's error code only, never its message, so a
+ * driver that rewords its messages cannot turn a retryable race into a dead letter.
+ *
+ * Only SQLite is implemented; PostgreSQL (`23505` unique violation, `40001` / `40P01` serialization) is the
+ * next dialect.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import { Duration, Effect, Exit, Option } from "effect"
+
+/** `synchronous` pragma: FULL makes an append durable at commit; NORMAL may lose the last commits on power loss. */
+export type Synchronous = "FULL" | "NORMAL"
+
+export interface ConnectionSettings {
+  readonly synchronous: Synchronous
+  /** How long a writer waits for another connection's write lock before the driver reports busy. */
+  readonly busyTimeout: Duration.Duration
+}
+
+/**
+ * What a failed statement means to the sink:
+ * - `uniqueViolation`: a unique index or primary key refused the row (a lost sequence race or a duplicate id)
+ * - `busy`: another connection held a lock for longer than the busy timeout
+ * - `storageFull`: the database or disk is full
+ * - `other`: anything else (schema fault, I/O error, bug)
+ */
+export type FailureKind = "uniqueViolation" | "busy" | "storageFull" | "other"
+
+export interface ClassifiedFailure {
+  readonly kind: FailureKind
+  /** The driver's error code, e.g. `SQLITE_CONSTRAINT_UNIQUE`, when the error carries one. */
+  readonly code: Option.Option<string>
+  /** Human-readable description for logs and `failure_reason` (never used for classification). */
+  readonly description: string
+}
+
+export interface SqlDialect {
+  readonly name: "sqlite"
+  /** Opens a transaction that takes the write lock at once, so a read-then-insert cannot interleave. */
+  readonly beginWrite: string
+  readonly commit: string
+  readonly rollback: string
+  /** Applies the ledger's per-connection settings. */
+  readonly configure: (sql: SqlClient.SqlClient, settings: ConnectionSettings) => Effect.Effect<void, SqlError>
+  readonly classify: (error: unknown) => ClassifiedFailure
+  /**
+   * Fiber operations a write transaction may run before it yields to other fibers. The SQLite driver is
+   * synchronous: if a transaction yielded while holding the write lock and another fiber of this process
+   * began a write on a second connection, that fiber's busy wait would block the only thread, so the lock
+   * holder could never commit. SQLite write transactions therefore run to the end without yielding.
+   */
+  readonly maxOpsBeforeYieldInWrite: number
+}
+
+interface DriverError {
+  readonly code: string
+  readonly message: string
+}
+
+const isDriverError = (u: unknown): u is DriverError =>
+  typeof u === "object" && u !== null && "code" in u && typeof u.code === "string" &&
+  "message" in u && typeof u.message === "string"
+
+/** The innermost driver error (an object with a string `code`) in a chain of `cause`s, e.g. under `SqlError`. */
+export const driverError = (error: unknown): Option.Option<DriverError> => {
+  let current: unknown = error
+  for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
+    if (isDriverError(current) && !(current instanceof SqlError)) return Option.some(current)
+    current = "cause" in current ? current.cause : undefined
+  }
+  return Option.none()
+}
+
+const describe = (error: unknown, driver: Option.Option<DriverError>): string =>
+  Option.match(driver, {
+    onNone: () => error instanceof Error ? error.message : String(error),
+    onSome: (d) => `${d.code}: ${d.message}`
+  })
+
+// Extended result codes arrive as their names (better-sqlite3), e.g. SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED_SHAREDCACHE.
+const hasCode = (code: string, primary: string): boolean => code === primary || code.startsWith(`${primary}_`)
+
+const classifySqliteCode = (code: string): FailureKind => {
+  if (code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY") return "uniqueViolation"
+  if (hasCode(code, "SQLITE_BUSY") || hasCode(code, "SQLITE_LOCKED")) return "busy"
+  if (code === "SQLITE_FULL") return "storageFull"
+  return "other"
+}
+
+export const sqlite: SqlDialect = {
+  name: "sqlite",
+  beginWrite: "BEGIN IMMEDIATE",
+  maxOpsBeforeYieldInWrite: Number.MAX_SAFE_INTEGER,
+  commit: "COMMIT",
+  rollback: "ROLLBACK",
+  configure: (sql, settings) =>
+    Effect.gen(function*() {
+      const busyMillis = Math.max(0, Math.round(Duration.toMillis(settings.busyTimeout)))
+      // busy_timeout first: switching the journal mode itself may have to wait for another connection.
+      yield* sql.unsafe(`PRAGMA busy_timeout = ${busyMillis}`)
+      yield* sql.unsafe("PRAGMA journal_mode = WAL")
+      yield* sql.unsafe(`PRAGMA synchronous = ${settings.synchronous}`)
+      yield* sql.unsafe("PRAGMA foreign_keys = ON")
+    }),
+  classify: (error) => {
+    const driver = driverError(error)
+    return {
+      kind: Option.match(driver, { onNone: () => "other" as const, onSome: (d) => classifySqliteCode(d.code) }),
+      code: Option.map(driver, (d) => d.code),
+      description: describe(error, driver)
+    }
+  }
+}
+
+const SQLITE_CLIENT_TYPE_ID = Symbol.for("@effect/sql-sqlite-node/SqliteClient")
+
+/** The dialect of a connected client; fails with `SqlError` for an engine the ledger does not support yet. */
+export const forClient = (sql: SqlClient.SqlClient): Effect.Effect<SqlDialect, SqlError> =>
+  SQLITE_CLIENT_TYPE_ID in sql
+    ? Effect.succeed(sqlite)
+    : Effect.fail(new SqlError({ message: "agent-ledger's SQL sink supports SQLite (@effect/sql-sqlite-node) only" }))
+
+/**
+ * Runs `body` in a write transaction (`dialect.beginWrite`) on one reserved connection: every statement of
+ * `body` made through the `SqlClient` runs on it, then COMMIT, or ROLLBACK when `body` fails or is
+ * interrupted. A failed BEGIN or COMMIT fails with its `SqlError` (never a defect), so callers can classify
+ * and retry it. Interruption of `body` rolls back and propagates.
+ *
+ * Inside a transaction the caller already opened (`sql.withTransaction`), `body` runs in a savepoint of
+ * that transaction instead: reserving a second connection there would wait forever on SQLite's single one.
+ */
+export const withWriteTransaction = <A, E, R>(
+  sql: SqlClient.SqlClient,
+  dialect: SqlDialect,
+  body: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError, R> =>
+  Effect.flatMap(
+    Effect.serviceOption(SqlClient.TransactionConnection),
+    Option.match({
+      onSome: () => sql.withTransaction(body),
+      onNone: () => ownWriteTransaction(sql, dialect, body)
+    })
+  ).pipe(Effect.withMaxOpsBeforeYield(dialect.maxOpsBeforeYieldInWrite))
+
+const ownWriteTransaction = <A, E, R>(
+  sql: SqlClient.SqlClient,
+  dialect: SqlDialect,
+  body: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError, R> =>
+  Effect.scoped(
+    Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        const conn = yield* restore(sql.reserve)
+        yield* conn.executeUnprepared(dialect.beginWrite, [], undefined)
+        const bodyExit = yield* Effect.exit(
+          restore(Effect.provideService(body, SqlClient.TransactionConnection, [conn, 0] as const))
+        )
+        // SQLite rolls some failures back itself (e.g. SQLITE_FULL), after which ROLLBACK reports "no
+        // transaction is active"; the connection is usable either way, so that error is only logged.
+        const rollback = conn.executeUnprepared(dialect.rollback, [], undefined).pipe(
+          Effect.catchAll((error) => Effect.logDebug("agent-ledger: rollback after a failed write", error))
+        )
+        if (Exit.isFailure(bodyExit)) {
+          yield* rollback
+          return yield* Effect.failCause(bodyExit.cause)
+        }
+        const commitExit = yield* Effect.exit(conn.executeUnprepared(dialect.commit, [], undefined))
+        if (Exit.isFailure(commitExit)) {
+          yield* rollback
+          return yield* Effect.failCause(commitExit.cause)
+        }
+        return bodyExit.value
+      })
+    )
+  )

@@ -1,0 +1,171 @@
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Layer, Option } from "effect"
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll } from "vitest"
+import { Refuse, ToolCall } from "../src/AuditEvent.js"
+import * as AuditLedger from "../src/AuditLedger.js"
+import { AuditQueue } from "../src/AuditQueue.js"
+import * as AuditSigner from "../src/AuditSigner.js"
+import { verifyLedger } from "../src/LedgerVerifier.js"
+import { SqlAuditSink } from "../src/SqlAuditSink.js"
+import { refusalEvent } from "./fixtures/events.js"
+
+const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-ledger-"))
+afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
+let fileCounter = 0
+const freshFile = (): string => join(tempRoot, `ledger-${++fileCounter}.db`)
+
+const submitRefusals = (count: number, agentId: string) =>
+  Effect.gen(function*() {
+    const queue = yield* AuditQueue
+    for (let n = 0; n < count; n++) {
+      const accepted = yield* queue.submitRefusal(
+        agentId,
+        new ToolCall({ toolName: "shell.exec", serverId: "local", arguments: { n } }),
+        new Refuse({ ruleId: "no-shell", reason: `refusal ${n}` })
+      )
+      expect(accepted).toBe(true)
+    }
+  })
+
+/** Reads the file back on a fresh connection, after the ledger layer has been released. */
+const inspect = <A, E>(filename: string, effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
+  Effect.provide(effect, AuditLedger.layerSqliteClient({ filename }))
+
+const rowCount = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) => Effect.map(sql<{ n: number }>`SELECT COUNT(*) AS n FROM signed_events`, (rows) => rows[0]!.n)
+)
+
+const openError = (filename: string) =>
+  Effect.gen(function*() {
+    const error = yield* Effect.flip(Effect.scoped(Layer.build(AuditLedger.layerSqlite({ filename }))))
+    expect(error).toBeInstanceOf(AuditLedger.LedgerOpenError)
+    return error as AuditLedger.LedgerOpenError
+  })
+
+describe("AuditLedger.layerSqlite", () => {
+  it.live("end to end: 50 refusals submitted, the scope closed, 50 signed rows that verify", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const signer = yield* AuditSigner.generate
+      // No drainPending: closing the scope must flush the queue before the SQL client closes.
+      yield* Effect.provide(submitRefusals(50, "agent-e2e"), AuditLedger.layerSqlite({ filename, signer }))
+      const report = yield* inspect(filename, verifyLedger({ keyring: AuditSigner.Keyring.fromSigners([signer]) }))
+      expect(Option.getOrUndefined(report.firstFailure)).toBeUndefined()
+      expect(report.ok).toBe(true)
+      expect(report.rowsChecked).toBe(50)
+      expect(report.attestLevels).toEqual({ unsigned: 0, ed25519: 50 })
+      expect(report.signatures.valid).toBe(50)
+    }))
+
+  it.live("a re-opened ledger continues its chain", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const ledger = AuditLedger.layerSqlite({ filename, synchronous: "NORMAL" })
+      yield* Effect.provide(submitRefusals(3, "first-run"), ledger)
+      yield* Effect.provide(
+        Effect.gen(function*() {
+          const head = yield* Effect.flatMap(SqlAuditSink, (sink) => sink.head)
+          expect(Option.map(head, (h) => h.sequence)).toEqual(Option.some(2))
+          yield* submitRefusals(4, "second-run")
+        }),
+        ledger
+      )
+      const report = yield* inspect(filename, verifyLedger())
+      expect(report.ok).toBe(true)
+      expect(report.rowsChecked).toBe(7)
+    }))
+
+  it.live("the queue counts DLQ landings and append failures, and the drainer keeps going", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const program = Effect.gen(function*() {
+        const queue = yield* AuditQueue
+        const sql = yield* SqlClient.SqlClient
+        const sink = yield* SqlAuditSink
+        yield* queue.submit(refusalEvent("agent", 0))
+        expect(yield* queue.drainPending("5 seconds")).toBe(true)
+
+        yield* sql.unsafe("ALTER TABLE signed_events RENAME COLUMN agent_id TO x")
+        yield* queue.submit(refusalEvent("agent", 1))
+        expect(yield* queue.drainPending("5 seconds")).toBe(true)
+        expect(yield* queue.metrics).toMatchObject({ appended: 1, dlqLanded: 1, appendFailures: 1 })
+        expect(yield* sink.dlqSize).toBe(1)
+
+        yield* sql.unsafe("ALTER TABLE signed_events_dlq RENAME TO signed_events_dlq_gone")
+        yield* queue.submit(refusalEvent("agent", 2))
+        expect(yield* queue.drainPending("5 seconds")).toBe(true)
+        expect(yield* queue.metrics).toMatchObject({ appended: 1, dlqLanded: 1, appendFailures: 2 })
+
+        yield* sql.unsafe("ALTER TABLE signed_events RENAME COLUMN x TO agent_id")
+        yield* sql.unsafe("ALTER TABLE signed_events_dlq_gone RENAME TO signed_events_dlq")
+        yield* queue.submit(refusalEvent("agent", 3))
+        expect(yield* queue.drainPending("5 seconds")).toBe(true)
+        expect(yield* queue.metrics).toMatchObject({ submitted: 4, appended: 2, dlqLanded: 1, appendFailures: 2 })
+        expect(yield* queue.status).toBe("Running")
+      })
+      yield* Effect.provide(program, AuditLedger.layerSqlite({ filename, synchronous: "NORMAL" }))
+      expect(yield* inspect(filename, rowCount)).toBe(2)
+      expect((yield* inspect(filename, verifyLedger())).ok).toBe(true)
+    }))
+
+  it.effect("one Layer provides the SqlClient, the sink (both tags) and the queue", () =>
+    Effect.gen(function*() {
+      const context = yield* Layer.build(AuditLedger.layerSqlite({ filename: freshFile() }))
+      expect(Context.getOption(context, SqlClient.SqlClient)._tag).toBe("Some")
+      expect(Context.getOption(context, SqlAuditSink)._tag).toBe("Some")
+      expect(Context.getOption(context, AuditQueue)._tag).toBe("Some")
+      const migrations = yield* Effect.provide(
+        Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT migration_id FROM agent_ledger_migrations`),
+        context
+      )
+      expect(migrations).toEqual([{ migration_id: 1 }])
+    }).pipe(Effect.scoped))
+})
+
+describe("AuditLedger: a bad filename fails the layer with LedgerOpenError naming the path", () => {
+  it.effect("missing directory (and nothing is created)", () =>
+    Effect.gen(function*() {
+      const directory = join(tempRoot, "does-not-exist")
+      const filename = join(directory, "ledger.db")
+      const error = yield* openError(filename)
+      expect(error).toMatchObject({ _tag: "LedgerOpenError", path: filename, reason: "missingDirectory" })
+      expect(existsSync(directory)).toBe(false)
+    }))
+
+  it.effect("the path is a directory", () =>
+    Effect.gen(function*() {
+      const directory = join(tempRoot, "a-directory")
+      mkdirSync(directory)
+      expect(yield* openError(directory)).toMatchObject({ path: directory, reason: "isADirectory" })
+    }))
+
+  it.effect("a component of the path is a file", () =>
+    Effect.gen(function*() {
+      const file = join(tempRoot, "plain-file")
+      writeFileSync(file, "not a directory")
+      const filename = join(file, "ledger.db")
+      expect(yield* openError(filename)).toMatchObject({ path: filename, reason: "notADirectory" })
+    }))
+
+  it.effect("the file is not a SQLite database", () =>
+    Effect.gen(function*() {
+      const filename = join(tempRoot, "garbage.db")
+      writeFileSync(filename, "this is not a database, just enough text to fill the header page ".repeat(100))
+      const error = yield* openError(filename)
+      expect(error).toMatchObject({ path: filename, reason: "openFailed" })
+      expect(error.detail).toContain("SQLITE_NOTADB")
+    }))
+
+  it.effect("checkDatabasePath accepts a new file in an existing directory and :memory:", () =>
+    Effect.gen(function*() {
+      yield* AuditLedger.checkDatabasePath(freshFile())
+      yield* AuditLedger.checkDatabasePath(":memory:")
+      const error = yield* Effect.flip(AuditLedger.checkDatabasePath(join(tempRoot, "missing", "x.db")))
+      expect(error.message).toContain(join(tempRoot, "missing", "x.db"))
+    }))
+})
