@@ -160,15 +160,16 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
   let head: ChainHead | undefined
   let pinResult: PinResult | undefined
 
-  // A mid-chain source can still prove the pin that sits just before its first row.
-  if (pin !== undefined && pin.sequence === firstSequence - 1 && previousEntryHash !== null) {
-    pinResult = pinAgainst(pin, previousEntryHash)
-  }
-
   const record = (failure: VerifyFailure): void => {
     failureCount++
     if (failure.kind === "unknownKey") firstUnknownKey ??= failure
     else firstTamper ??= failure
+  }
+
+  // A mid-chain source can still prove the pin that sits just before its first row.
+  if (pin !== undefined && pin.sequence === firstSequence - 1 && previousEntryHash !== null) {
+    pinResult = pinAgainst(pin, previousEntryHash)
+    if (pinResult.status !== "matched") record(pinFailure(pinResult))
   }
 
   const verdict = (row: LedgerRow.LedgerRow): RowVerdict => {

@@ -569,6 +569,20 @@ describe("verifyRows and makeChecker", () => {
       expect(Option.getOrThrow(report.pin).status).toBe("matched")
     }))
 
+  it.effect("a mid-chain source fails a pin on the row before it whose hash is not the preceding hash", () =>
+    Effect.gen(function*() {
+      const report = yield* LedgerVerifier.verifyRows(Stream.fromIterable(tail), {
+        keyring,
+        expectedFirstSequence: 10,
+        expectedFirstPrevHash: rows[9]!.entry_hash,
+        pin: { sequence: 9, entryHash: rows[8]!.entry_hash }
+      })
+      expect(report.ok).toBe(false)
+      expect(report.failureCount).toBe(1)
+      expect(Option.getOrThrow(report.pin).status).toBe("rewritten")
+      expect(firstFailure(report)).toMatchObject({ sequence: 9, kind: "pin", actual: rows[9]!.entry_hash })
+    }))
+
   it.effect("a mid-chain source with the wrong preceding hash fails the link of its first row", () =>
     Effect.gen(function*() {
       const report = yield* LedgerVerifier.verifyRows(Stream.fromIterable(tail), {

@@ -1,0 +1,58 @@
+/**
+ * The registry of open session journals: one `SessionJournal` per session id, created on first use and
+ * handed back on every later `get`, until `end` closes the session and returns its final export.
+ */
+import { Context, Effect, HashMap, Layer, Option, SynchronizedRef } from "effect"
+import * as SessionJournal from "./SessionJournal.js"
+
+export class SessionJournals extends Context.Tag("agent-ledger/SessionJournals")<SessionJournals, {
+  /**
+   * The open journal of `sessionId`, created empty on first use. Concurrent first `get`s of one id all
+   * receive the same journal.
+   */
+  readonly get: (sessionId: string) => Effect.Effect<SessionJournal.Journal>
+  /**
+   * Close `sessionId`: forget its journal and return its final export (`None` if it is not open).
+   * A later `get` of the same id starts a new, empty journal (a new chain from the zero hash); records
+   * made afterwards through a journal obtained before `end` are not in the returned export.
+   */
+  readonly end: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
+  /** The ids of the open sessions, sorted. */
+  readonly list: Effect.Effect<ReadonlyArray<string>>
+}>() {}
+
+export const make: Effect.Effect<Context.Tag.Service<SessionJournals>> = Effect.gen(function*() {
+  const open = yield* SynchronizedRef.make(HashMap.empty<string, SessionJournal.Journal>())
+
+  // Creation happens inside one `modifyEffect`, which serializes creators, so two fibers racing on a new
+  // id cannot both create a journal. The lock-free read first keeps `get` of an open session cheap.
+  const get = (sessionId: string) =>
+    Effect.flatMap(SynchronizedRef.get(open), (journals) =>
+      Option.match(HashMap.get(journals, sessionId), {
+        onSome: Effect.succeed,
+        onNone: () =>
+          SynchronizedRef.modifyEffect(open, (current) =>
+            Option.match(HashMap.get(current, sessionId), {
+              onSome: (journal) => Effect.succeed([journal, current] as const),
+              onNone: () =>
+                Effect.map(
+                  SessionJournal.make(sessionId),
+                  (journal) => [journal, HashMap.set(current, sessionId, journal)] as const
+                )
+            }))
+      }))
+
+  const end = (sessionId: string) =>
+    SynchronizedRef.modifyEffect(open, (current) =>
+      Option.match(HashMap.get(current, sessionId), {
+        onNone: () => Effect.succeed([Option.none(), current] as const),
+        onSome: (journal) =>
+          Effect.map(journal.export, (exported) => [Option.some(exported), HashMap.remove(current, sessionId)] as const)
+      }))
+
+  const list = Effect.map(SynchronizedRef.get(open), (journals) => Array.from(HashMap.keys(journals)).sort())
+
+  return SessionJournals.of({ get, end, list })
+})
+
+export const layer: Layer.Layer<SessionJournals> = Layer.effect(SessionJournals, make)
