@@ -10,6 +10,7 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import type { MigrationError } from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
+import type { ParseResult } from "effect"
 import { Cause, Duration, Effect, Layer, Option, Schema } from "effect"
 import { constants as fsConstants } from "node:fs"
 import { access, stat } from "node:fs/promises"
@@ -17,6 +18,7 @@ import { dirname, resolve } from "node:path"
 import * as AuditQueue from "./AuditQueue.js"
 import type { AuditSigner } from "./AuditSigner.js"
 import { AuditSink } from "./AuditSink.js"
+import * as DeadLetters from "./DeadLetters.js"
 import { runMigrations } from "./internal/migrations.js"
 import { driverError, sqlite } from "./internal/sqlDialect.js"
 import type { Synchronous } from "./internal/sqlDialect.js"
@@ -55,6 +57,12 @@ export interface SqliteOptions {
   readonly maxRestarts?: number | undefined
   /** See `AuditQueue.Options`: how long closing the scope waits for queued events to reach the ledger. */
   readonly shutdownDrainTimeout?: Duration.DurationInput | undefined
+  /**
+   * Replay pending dead letters (`DeadLetters.replayDeadLetters`) when the layer starts, before the queue
+   * accepts events, so they land ahead of new ones. Dead letters that still fail stay pending and are
+   * logged. Default false.
+   */
+  readonly replayDeadLettersOnStart?: boolean | undefined
 }
 
 export type LedgerServices =
@@ -152,7 +160,7 @@ export const layerSqliteClient = (
  */
 export const layerSqlite = (
   options: SqliteOptions
-): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError> => {
+): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> => {
   const sink = SqlAuditSink.layer({
     signer: options.signer,
     synchronous: options.synchronous,
@@ -169,7 +177,18 @@ export const layerSqlite = (
         ...(options.shutdownDrainTimeout === undefined ? {} : { shutdownDrainTimeout: options.shutdownDrainTimeout })
       }))
   )
+  const replayOnStart = options.replayDeadLettersOnStart === true
+    ? Layer.effectDiscard(Effect.flatMap(DeadLetters.replayDeadLetters(), (result) =>
+      Effect.zipRight(
+        Effect.logInfo(`agent-ledger: replayed ${result.replayed} of ${result.pending} dead letters on start`),
+        Effect.forEach(result.failed, (failed) =>
+          Effect.logWarning("agent-ledger: dead letter still pending after replay").pipe(
+            Effect.annotateLogs({ dlqId: failed.dlqId, eventId: failed.eventId, reason: failed.reason })
+          ), { discard: true })
+      )))
+    : Layer.empty
   return queue.pipe(
+    Layer.provide(replayOnStart),
     Layer.provideMerge(sink),
     Layer.provideMerge(layerSqliteClient(options))
   )

@@ -1,0 +1,210 @@
+/**
+ * The ledger's offline export: JSON Lines (docs/FORMAT.md, "Ledger export v1"). Line 1 is a header that
+ * anchors the exported range in the chain (the hash preceding its first row and the entry_hash of its last
+ * row); every further line is one `signed_events` row (`LedgerRow`, snake_case, every column). Written as a
+ * stream of pages and read back as a stream of lines, so memory stays flat for millions of rows.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Chunk, Data, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
+import * as fs from "node:fs"
+import * as readline from "node:readline"
+import { isHash, ZERO_HASH } from "./internal/encoding.js"
+import * as LedgerRow from "./LedgerRow.js"
+import * as LedgerVerifier from "./LedgerVerifier.js"
+
+export const LEDGER_EXPORT_FORMAT = "agent-ledger/ledger-export/v1"
+
+const Hash = Schema.String.pipe(Schema.filter((s) => isHash(s) || "a 64-char lowercase hex SHA-256 hash"))
+const Sequence = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
+
+/** Line 1 of an export. `to_sequence` and `head_hash` are null when the range held no rows. */
+export const ExportHeader = Schema.Struct({
+  format: Schema.Literal(LEDGER_EXPORT_FORMAT),
+  /** The sequence of the first exported row (the requested start when there are none). */
+  from_sequence: Sequence,
+  to_sequence: Schema.NullOr(Sequence),
+  row_count: Sequence,
+  /** The entry_hash of the row before `from_sequence` (the zero hash when it is 0). */
+  prev_hash: Hash,
+  /** The entry_hash of the last exported row. */
+  head_hash: Schema.NullOr(Hash)
+}).annotations({ identifier: "ExportHeader" })
+export type ExportHeader = typeof ExportHeader.Type
+
+export interface ExportRange {
+  /** First sequence to export (inclusive, default 0). */
+  readonly from?: number | undefined
+  /** Last sequence to export (inclusive, default: the chain head when the export starts). */
+  readonly to?: number | undefined
+  readonly pageSize?: number | undefined
+}
+
+const SELECT_COLUMNS = LedgerRow.COLUMNS.join(", ")
+
+/** The row values in column order, so every export line has the same key order as the table. */
+const rowLine = (row: Record<string, unknown>): string => {
+  const ordered: Record<string, unknown> = {}
+  for (const column of LedgerRow.COLUMNS) ordered[column] = row[column] ?? null
+  return JSON.stringify(ordered)
+}
+
+/**
+ * The export as lines (without trailing newlines): the header, then the rows with `from ≤ sequence ≤ to`
+ * in sequence order. The range is fixed when the stream starts, so rows appended meanwhile are not
+ * half-included.
+ */
+export const exportLines = (
+  range: ExportRange = {}
+): Stream.Stream<string, SqlError, SqlClient.SqlClient> =>
+  Stream.unwrap(Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const from = range.from ?? 0
+    const to = range.to ?? Number.MAX_SAFE_INTEGER
+    const pageSize = range.pageSize ?? LedgerVerifier.DEFAULT_PAGE_SIZE
+    const [bounds] = yield* sql<{ first: number | null; last: number | null; count: number }>`
+      SELECT MIN(sequence) AS first, MAX(sequence) AS last, COUNT(*) AS count
+      FROM signed_events WHERE sequence >= ${from} AND sequence <= ${to}`
+    const first = bounds?.first ?? null
+    const last = bounds?.last ?? null
+    const start = first ?? from
+    const previous = start === 0
+      ? []
+      : yield* sql<{ entry_hash: string }>`SELECT entry_hash FROM signed_events WHERE sequence = ${start - 1}`
+    const headRow = last === null
+      ? []
+      : yield* sql<{ entry_hash: string }>`SELECT entry_hash FROM signed_events WHERE sequence = ${last}`
+    const header: ExportHeader = {
+      format: LEDGER_EXPORT_FORMAT,
+      from_sequence: start,
+      to_sequence: last,
+      row_count: Number(bounds?.count ?? 0),
+      prev_hash: previous[0]?.entry_hash ?? ZERO_HASH,
+      head_hash: headRow[0]?.entry_hash ?? null
+    }
+    const columns = sql.literal(SELECT_COLUMNS)
+    const rows = last === null ? Stream.empty : Stream.paginateChunkEffect(start - 1, (after) =>
+      Effect.map(
+        sql<Record<string, unknown>>`
+          SELECT ${columns} FROM signed_events WHERE sequence > ${after} AND sequence <= ${last}
+          ORDER BY sequence LIMIT ${pageSize}`,
+        (page) => {
+          const lastOfPage = page[page.length - 1]
+          const next = page.length < pageSize || lastOfPage === undefined
+            ? Option.none<number>()
+            : Option.some(Number(lastOfPage.sequence))
+          return [Chunk.map(Chunk.unsafeFromArray(page), rowLine), next] as const
+        }
+      ))
+    return Stream.concat(Stream.make(JSON.stringify(header)), rows)
+  }))
+
+// ---------------------------------------------------------------------------------------------------------
+// Reading an export
+// ---------------------------------------------------------------------------------------------------------
+
+/** A line of an export file that is not what the format says (not JSON, or a field of the wrong type). */
+export class CorruptExportLine extends Data.TaggedError("CorruptExportLine")<{
+  readonly path: string
+  /** 1-based line number in the file. */
+  readonly line: number
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `${this.path}: line ${this.line}: ${this.reason}`
+  }
+}
+
+/** The export file could not be read at all. */
+export class ExportReadError extends Data.TaggedError("ExportReadError")<{
+  readonly path: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `${this.path}: ${this.reason}`
+  }
+}
+
+const decodeHeader = Schema.decodeUnknownEither(ExportHeader)
+
+const parseLine = (path: string, line: number, text: string): Either.Either<unknown, CorruptExportLine> =>
+  Either.try({
+    try: () => JSON.parse(text) as unknown,
+    catch: () => new CorruptExportLine({ path, line, reason: "not valid JSON" })
+  })
+
+const formatParseError = (error: ParseResult.ParseError): string =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => `${issue.path.length > 0 ? issue.path.join(".") : "(line)"}: ${issue.message}`)
+    .join("; ")
+
+/** The numbered non-empty lines of a text file, read lazily. */
+const fileLines = (path: string): Stream.Stream<readonly [number, string], ExportReadError> =>
+  Stream.suspend(() => {
+    let lineNumber = 0
+    return Stream.fromAsyncIterable(
+      readline.createInterface({ input: fs.createReadStream(path, { encoding: "utf8" }), crlfDelay: Infinity }),
+      (error) => new ExportReadError({ path, reason: String(error) })
+    ).pipe(
+      Stream.map((text) => [++lineNumber, text] as const),
+      Stream.filter(([, text]) => text.trim().length > 0)
+    )
+  })
+
+export interface ExportVerification {
+  readonly header: ExportHeader
+  /** The chain checks of every row (mid-chain exports start at the header's anchor). */
+  readonly report: LedgerVerifier.VerifyReport
+  /** The rows end where the header says (count, last sequence and head hash): no lines cut off the end. */
+  readonly complete: boolean
+  /** Everything verified: `report.ok` and `complete`. */
+  readonly ok: boolean
+}
+
+/**
+ * Verifies an export file offline. Chain failures (tampered rows) are in the result; a line that is not
+ * an export line at all fails with `CorruptExportLine` naming its line number.
+ */
+export const verifyExportFile = (
+  path: string,
+  options: Omit<LedgerVerifier.CheckerOptions, "expectedFirstSequence" | "expectedFirstPrevHash"> = {}
+): Effect.Effect<ExportVerification, CorruptExportLine | ExportReadError> =>
+  Effect.gen(function*() {
+    const lines = fileLines(path)
+    const firstLine = yield* Stream.runHead(lines)
+    if (Option.isNone(firstLine)) {
+      return yield* new CorruptExportLine({ path, line: 1, reason: "empty file: no export header" })
+    }
+    const [headerLine, headerText] = firstLine.value
+    const header = yield* parseLine(path, headerLine, headerText).pipe(
+      Either.flatMap((json) =>
+        Either.mapLeft(decodeHeader(json), (error) =>
+          new CorruptExportLine({ path, line: headerLine, reason: `bad export header: ${formatParseError(error)}` }))
+      )
+    )
+    const rows = Stream.drop(lines, 1).pipe(
+      Stream.mapEffect(([line, text]) =>
+        parseLine(path, line, text).pipe(
+          Either.flatMap((json) =>
+            Either.mapLeft(LedgerRow.decodeUnknownEither(json), (error) =>
+              new CorruptExportLine({ path, line, reason: formatParseError(error) }))
+          )
+        )
+      )
+    )
+    let count = 0
+    let lastRow: LedgerRow.LedgerRow | undefined
+    const report = yield* LedgerVerifier.verifyRows(
+      Stream.tap(rows, (row) =>
+        Effect.sync(() => {
+          count++
+          lastRow = row
+        })),
+      { ...options, expectedFirstSequence: header.from_sequence, expectedFirstPrevHash: header.prev_hash }
+    )
+    const complete = count === header.row_count &&
+      (lastRow === undefined
+        ? header.to_sequence === null && header.head_hash === null
+        : lastRow.sequence === header.to_sequence && lastRow.entry_hash === header.head_hash)
+    return { header, report, complete, ok: report.ok && complete }
+  })
