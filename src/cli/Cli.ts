@@ -1,0 +1,64 @@
+/**
+ * The `agent-ledger` command tree and its exit-code contract. Exit codes: 0 success, 1 a verification failed, 2 usage error or
+ * unusable input (one line on stderr, never a stack trace), 70 an internal error (a bug: please report).
+ */
+import { Command, ValidationError } from "@effect/cli"
+import type * as NodeContext from "@effect/platform-node/NodeContext"
+import { Cause, Console, Effect, Layer, Logger, LogLevel } from "effect"
+import * as CliError from "./CliError.js"
+import * as demo from "./demo.js"
+import * as dlq from "./dlq.js"
+import * as exportCommand from "./exportCommand.js"
+import * as keygen from "./keygen.js"
+import * as stats from "./stats.js"
+import * as verify from "./verify.js"
+
+export const VERSION = "0.1.0"
+
+export const root = Command.make("agent-ledger").pipe(
+  Command.withDescription("tamper-evident audit ledgers for AI-agent guards"),
+  Command.withSubcommands([
+    demo.command,
+    verify.command,
+    exportCommand.command,
+    dlq.command,
+    stats.command,
+    keygen.command
+  ])
+)
+
+const cli = Command.run(root, { name: "agent-ledger", version: VERSION })
+
+/** Runs the CLI on `argv` (as `process.argv`) and returns the process exit code. */
+export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, NodeContext.NodeContext> =>
+  cli(argv).pipe(
+    Effect.as(CliError.EXIT_OK),
+    Effect.catchAll((error) => {
+      if (ValidationError.isValidationError(error)) return Effect.succeed(CliError.EXIT_USAGE) // already printed
+      switch (error._tag) {
+        case "InputError":
+          return Effect.as(Console.error(`agent-ledger: ${error.message}`), CliError.EXIT_USAGE)
+        case "VerificationFailed":
+          return Effect.succeed(CliError.EXIT_VERIFY_FAILED)
+        default:
+          return Effect.as(Console.error(`agent-ledger: ${errorMessage(error)}`), CliError.EXIT_USAGE)
+      }
+    }),
+    Effect.catchAllDefect((defect) =>
+      Effect.as(
+        Console.error(`agent-ledger: internal error: ${Cause.pretty(Cause.die(defect))}`),
+        CliError.EXIT_INTERNAL
+      )
+    )
+  )
+
+const errorMessage = (error: unknown): string =>
+  typeof error === "object" && error !== null && "message" in error && typeof error.message === "string" &&
+    error.message.length > 0
+    ? error.message
+    : String(error)
+
+/** CLI logging: library warnings (e.g. an event landing in the dead-letter table) go to stderr. */
+export const cliLogger = Logger.replace(Logger.defaultLogger, Logger.withLeveledConsole(Logger.logfmtLogger)).pipe(
+  Layer.merge(Logger.minimumLogLevel(LogLevel.Warning))
+)

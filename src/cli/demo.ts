@@ -1,0 +1,269 @@
+/**
+ * `agent-ledger demo`: the main job. A guard sits in front of simulated agents: every tool call is recorded
+ * in the session's SessionJournal, a small rule set refuses some calls, and every refusal goes through the
+ * AuditQueue into the SQLite ledger. Closing the ledger's scope flushes the queue; the ledger is then
+ * reopened read-only and verified. Re-running on the same file extends the same chain.
+ */
+import { Command, Options } from "@effect/cli"
+import { Clock, Console, Effect, Option, Random } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import * as AuditEvent from "../AuditEvent.js"
+import * as AuditLedger from "../AuditLedger.js"
+import * as AuditQueue from "../AuditQueue.js"
+import * as AuditSigner from "../AuditSigner.js"
+import * as LedgerVerifier from "../LedgerVerifier.js"
+import * as SessionJournals from "../SessionJournals.js"
+import * as SqlAuditSink from "../SqlAuditSink.js"
+import { InputError, VerificationFailed } from "./CliError.js"
+import { openLedger } from "./InputFile.js"
+import * as Progress from "./Progress.js"
+import { failureLine, keyFiles } from "./shared.js"
+
+/** The guard's rules: each call is checked in this order and the first that fires refuses it. */
+export const RULES = {
+  blockedServer: { ruleId: "R-BLOCKED-SERVER", server: "exfil-relay" },
+  byteBudget: { ruleId: "R-BYTE-BUDGET", maxBytesPerSession: 3 * 1024 * 1024 },
+  delegationDepth: { ruleId: "R-DELEGATION-DEPTH", maxDepth: 3 }
+} as const
+
+const SERVERS = ["fs-server", "web-server", "db-server", "exfil-relay"] as const
+const TOOLS: Readonly<Record<(typeof SERVERS)[number], ReadonlyArray<string>>> = {
+  "fs-server": ["read_file", "write_file", "list_dir"],
+  "web-server": ["fetch_url", "search_web"],
+  "db-server": ["query", "insert_rows"],
+  "exfil-relay": ["upload_blob"]
+}
+
+interface Call {
+  readonly toolName: string
+  readonly serverId: string
+  readonly bytesRead: number
+  readonly bytesWritten: number
+  readonly delegationDepth: number
+}
+
+const pick = <A>(items: ReadonlyArray<A>) => Effect.map(Random.nextIntBetween(0, items.length), (i) => items[i]!)
+
+/** One simulated call: mostly ordinary servers, a few uploads to the blocked relay, occasional deep delegation. */
+const simulateCall = Effect.gen(function*() {
+  const roll = yield* Random.nextIntBetween(0, 100)
+  const serverId = roll < 4 ? "exfil-relay" : yield* pick(SERVERS.slice(0, 3))
+  const toolName = yield* pick(TOOLS[serverId])
+  const bytesRead = yield* Random.nextIntBetween(0, 80_000)
+  const bytesWritten = toolName.startsWith("write") || toolName.startsWith("insert") || toolName === "upload_blob"
+    ? yield* Random.nextIntBetween(0, 200_000)
+    : 0
+  const deep = yield* Random.nextIntBetween(0, 100)
+  const delegationDepth = deep < 3 ? 4 : yield* Random.nextIntBetween(0, 3)
+  return { toolName, serverId, bytesRead, bytesWritten, delegationDepth } satisfies Call
+})
+
+/** The rule that refuses `call`, given the bytes the session has moved so far. */
+export const evaluate = (call: Call, bytesSoFar: number): AuditEvent.Decision => {
+  if (call.serverId === RULES.blockedServer.server) {
+    return new AuditEvent.Refuse({
+      ruleId: RULES.blockedServer.ruleId,
+      reason: `server ${call.serverId} is blocked`
+    })
+  }
+  if (bytesSoFar + call.bytesRead + call.bytesWritten > RULES.byteBudget.maxBytesPerSession) {
+    return new AuditEvent.Refuse({
+      ruleId: RULES.byteBudget.ruleId,
+      reason: `session byte budget of ${RULES.byteBudget.maxBytesPerSession} bytes exceeded`
+    })
+  }
+  if (call.delegationDepth > RULES.delegationDepth.maxDepth) {
+    return new AuditEvent.Refuse({
+      ruleId: RULES.delegationDepth.ruleId,
+      reason: `delegation depth ${call.delegationDepth} exceeds ${RULES.delegationDepth.maxDepth}`
+    })
+  }
+  return new AuditEvent.Allow()
+}
+
+export interface DemoOptions {
+  readonly db: string
+  readonly sessions: number
+  readonly calls: number
+  readonly sign: boolean
+  readonly seed: number
+  readonly sessionOut: string
+}
+
+/** Loads the demo's signing key next to the database, creating it on first use so re-runs keep one key. */
+const demoSigner = (db: string) =>
+  Effect.gen(function*() {
+    const files = keyFiles(path.dirname(path.resolve(db)), `${path.basename(db)}.ed25519`)
+    if (fs.existsSync(files.privateKey)) {
+      return { signer: yield* AuditSigner.loadPrivateKeyFile(files.privateKey), files, created: false }
+    }
+    const signer = yield* AuditSigner.generate
+    const pem = AuditSigner.exportPem(signer)
+    fs.writeFileSync(files.privateKey, pem.privateKeyPem, { mode: 0o600 })
+    fs.writeFileSync(files.publicKey, pem.publicKeyPem)
+    return { signer, files, created: true }
+  })
+
+export const runDemo = (options: DemoOptions) =>
+  Effect.gen(function*() {
+    if (!Number.isSafeInteger(options.sessions) || options.sessions < 1) {
+      return yield* new InputError({ message: `--sessions must be a positive integer, got ${options.sessions}` })
+    }
+    if (!Number.isSafeInteger(options.calls) || options.calls < 1) {
+      return yield* new InputError({ message: `--calls must be a positive integer, got ${options.calls}` })
+    }
+    const started = yield* Clock.currentTimeMillis
+    const signing = options.sign
+      ? Option.some(yield* demoSigner(options.db).pipe(Effect.mapError((e) => new InputError({ message: e.message }))))
+      : Option.none()
+    const totalCalls = options.sessions * options.calls
+    const progress = Progress.make("demo calls", process.stderr)
+    const refusalsByRule: Record<string, number> = {}
+    const totals = { bytesRead: 0, bytesWritten: 0, invocations: 0, maxDelegationDepth: 0 }
+    const toolCounts = new Map<string, number>()
+    let callsDone = 0
+    let firstExport: Option.Option<unknown> = Option.none()
+
+    // Everything that writes runs inside the ledger layer's scope; leaving it flushes the queue.
+    const { dlqSize, metrics } = yield* Effect.gen(function*() {
+      const journals = yield* SessionJournals.SessionJournals
+      const queue = yield* AuditQueue.AuditQueue
+      yield* Effect.forEach(
+        Array.from({ length: options.sessions }, (_, i) => i),
+        (i) =>
+          Effect.gen(function*() {
+            const sessionId = `demo-session-${started}-${i}`
+            const agentId = `agent-${i % 5}`
+            const journal = yield* journals.get(sessionId)
+            for (let c = 0; c < options.calls; c++) {
+              const call = yield* simulateCall
+              const flow = yield* journal.dataFlow
+              const decision = evaluate(call, flow.totalBytesRead + flow.totalBytesWritten)
+              const allowed = decision._tag === "Allow"
+              yield* journal.record({
+                ...call,
+                agentId,
+                // A refused call moved no data.
+                bytesRead: allowed ? call.bytesRead : 0,
+                bytesWritten: allowed ? call.bytesWritten : 0,
+                allowed
+              })
+              if (AuditEvent.isRefusal(decision)) {
+                refusalsByRule[decision.ruleId] = (refusalsByRule[decision.ruleId] ?? 0) + 1
+                yield* queue.submitRefusal(
+                  agentId,
+                  new AuditEvent.ToolCall({
+                    toolName: call.toolName,
+                    serverId: call.serverId,
+                    arguments: {
+                      bytesRead: call.bytesRead,
+                      bytesWritten: call.bytesWritten,
+                      delegationDepth: call.delegationDepth
+                    }
+                  }),
+                  decision
+                )
+              }
+              callsDone++
+              yield* progress.update(callsDone, totalCalls)
+            }
+            yield* journal.verifyIntegrity
+            const flow = yield* journal.dataFlow
+            totals.bytesRead += flow.totalBytesRead
+            totals.bytesWritten += flow.totalBytesWritten
+            totals.invocations += flow.totalInvocations
+            totals.maxDelegationDepth = Math.max(totals.maxDelegationDepth, flow.maxDelegationDepth)
+            for (const [tool, count] of yield* journal.toolCounts) {
+              toolCounts.set(tool, (toolCounts.get(tool) ?? 0) + count)
+            }
+            const exported = yield* journals.end(sessionId)
+            if (i === 0) firstExport = exported
+          }),
+        { concurrency: 4, discard: true }
+      )
+      yield* progress.finish
+      yield* queue.closeAndFlush
+      const sink = yield* SqlAuditSink.SqlAuditSink
+      return { metrics: yield* queue.metrics, dlqSize: yield* sink.dlqSize }
+    }).pipe(
+      Effect.provide(SessionJournals.layer),
+      Effect.provide(AuditLedger.layerSqlite({
+        filename: options.db,
+        signer: Option.getOrUndefined(Option.map(signing, (s) => s.signer))
+      })),
+      Effect.withRandom(Random.make(options.seed))
+    )
+
+    if (Option.isSome(firstExport)) {
+      fs.writeFileSync(options.sessionOut, JSON.stringify(firstExport.value, null, 2) + "\n")
+    }
+
+    const keyring = Option.match(signing, {
+      onNone: () => AuditSigner.Keyring.empty,
+      onSome: (s) => AuditSigner.Keyring.fromSigners([s.signer])
+    })
+    const report = yield* LedgerVerifier.verifyLedger({ keyring }).pipe(
+      Effect.provide(openLedger(options.db, { readonly: true }))
+    )
+    const elapsed = (yield* Clock.currentTimeMillis) - started
+    const refusals = Object.values(refusalsByRule).reduce((a, b) => a + b, 0)
+
+    yield* Console.log(`agent-ledger demo: ${options.db}`)
+    yield* Console.log(`  sessions:        ${options.sessions}`)
+    yield* Console.log(`  calls:           ${totalCalls}`)
+    yield* Console.log(`  refusals:        ${refusals}`)
+    for (const [rule, count] of Object.entries(refusalsByRule).sort()) {
+      yield* Console.log(`    ${rule.padEnd(20)} ${count}`)
+    }
+    yield* Console.log(
+      `  journals:        ${totals.invocations} calls journaled and verified, ${totals.bytesRead} bytes read, ${totals.bytesWritten} bytes written, max delegation depth ${totals.maxDelegationDepth}`
+    )
+    yield* Console.log(
+      `  tool counts:     ${
+        Array.from(toolCounts).sort(([, a], [, b]) => b - a).map(([tool, n]) => `${tool} ${n}`).join(", ")
+      }`
+    )
+    yield* Console.log(`  rows appended:   ${metrics.appended}`)
+    yield* Console.log(`  dead-letter:     ${dlqSize} pending`)
+    yield* Console.log(`  append failures: ${metrics.appendFailures}`)
+    yield* Option.match(report.head, {
+      onNone: () => Console.log(`  head:            (empty ledger)`),
+      onSome: (head) => Console.log(`  head:            sequence ${head.sequence} ${head.entryHash}`)
+    })
+    yield* Option.match(signing, {
+      onNone: () => Console.log(`  signing:         unsigned (pass --sign to sign rows with Ed25519)`),
+      onSome: (s) =>
+        Console.log(
+          `  signing:         ed25519 key ${s.signer.keyId}${
+            s.created ? " (new)" : ""
+          }, public key ${s.files.publicKey}`
+        )
+    })
+    yield* Console.log(
+      `  verify:          ${report.ok ? "OK" : "FAILED"} (${report.rowsChecked} rows checked${
+        Option.match(report.firstFailure, { onNone: () => "", onSome: (f) => `; ${failureLine(f)}` })
+      })`
+    )
+    yield* Console.log(`  session journal: ${options.sessionOut} (first session's export)`)
+    yield* Console.log(`  elapsed:         ${elapsed} ms`)
+    if (!report.ok) return yield* new VerificationFailed({ message: "the ledger did not verify" })
+  })
+
+export const command = Command.make(
+  "demo",
+  {
+    db: Options.file("db").pipe(Options.withDefault("./agent-ledger.db"), Options.withDescription("ledger database")),
+    sessions: Options.integer("sessions").pipe(Options.withDefault(20), Options.withDescription("agent sessions")),
+    calls: Options.integer("calls").pipe(Options.withDefault(50), Options.withDescription("tool calls per session")),
+    sign: Options.boolean("sign").pipe(
+      Options.withDescription("sign rows with an Ed25519 key kept next to the database (<db>.ed25519.pem)")
+    ),
+    seed: Options.integer("seed").pipe(Options.withDefault(42), Options.withDescription("simulation seed")),
+    sessionOut: Options.file("session-out").pipe(
+      Options.withDefault("./agent-ledger-session.json"),
+      Options.withDescription("where to write the first session's journal export")
+    )
+  },
+  runDemo
+).pipe(Command.withDescription("simulate a guard in front of agents, audit its refusals into a SQLite ledger"))

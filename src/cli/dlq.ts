@@ -1,0 +1,95 @@
+/**
+ * `agent-ledger dlq list <db>` and `agent-ledger dlq replay <db>`: inspect and replay the dead-letter
+ * table. Replay appends through the same SQL sink as the pipeline (signing with `--private-key` when
+ * given) and is idempotent.
+ */
+import { Args, Command, Options } from "@effect/cli"
+import { Console, Effect, Layer, Option } from "effect"
+import * as AuditSigner from "../AuditSigner.js"
+import * as DeadLetters from "../DeadLetters.js"
+import * as SqlAuditSink from "../SqlAuditSink.js"
+import { InputError, VerificationFailed } from "./CliError.js"
+import { openLedger } from "./InputFile.js"
+
+const db = Args.text({ name: "db" }).pipe(Args.withDescription("ledger database"))
+
+const readFailure = (path: string) => (error: { readonly message: string }) =>
+  new InputError({ message: `${path}: cannot read the dead-letter table (${error.message})` })
+
+export const runList = (options: { readonly db: string; readonly json: boolean }) =>
+  Effect.gen(function*() {
+    const letters = yield* DeadLetters.list().pipe(
+      Effect.provide(openLedger(options.db, { readonly: true })),
+      Effect.mapError(readFailure(options.db))
+    )
+    if (options.json) return yield* Console.log(JSON.stringify({ deadLetters: letters }))
+    const pending = letters.filter((l) => l.replayed_at === null).length
+    yield* Console.log(`dead letters in ${options.db}: ${pending} pending, ${letters.length - pending} replayed`)
+    for (const l of letters) {
+      yield* Console.log(
+        `  #${l.dlq_id} ${
+          l.replayed_at === null ? "pending " : "replayed"
+        } event ${l.id} agent ${l.agent_id} failed ${l.failed_at}: ${l.failure_reason}`
+      )
+    }
+  })
+
+export interface ReplayOptions {
+  readonly db: string
+  readonly dryRun: boolean
+  readonly privateKey: Option.Option<string>
+}
+
+export const runReplay = (options: ReplayOptions) =>
+  Effect.gen(function*() {
+    const signer = yield* Option.match(options.privateKey, {
+      onNone: () => Effect.succeed(undefined),
+      onSome: (file) =>
+        AuditSigner.loadPrivateKeyFile(file).pipe(Effect.mapError((e) => new InputError({ message: e.message })))
+    })
+    const ledger = SqlAuditSink.layer({ signer }).pipe(
+      Layer.provideMerge(openLedger(options.db, { readonly: options.dryRun }))
+    )
+    const result = yield* DeadLetters.replayDeadLetters({ dryRun: options.dryRun }).pipe(
+      Effect.provide(ledger),
+      Effect.mapError((error) =>
+        error._tag === "InputError" ? error : new InputError({ message: `${options.db}: ${error.message}` })
+      )
+    )
+    if (result.dryRun) {
+      return yield* Console.log(`dry run: ${result.pending} dead letters would be replayed; nothing was written`)
+    }
+    yield* Console.log(
+      `replayed ${result.replayed} of ${result.pending} pending dead letters (${result.alreadyInChain} were already in the chain)`
+    )
+    for (const f of result.failed) {
+      yield* Console.log(`  #${f.dlqId} event ${f.eventId} still pending: ${f.reason}`)
+    }
+    if (result.failed.length > 0) {
+      return yield* new VerificationFailed({ message: `${result.failed.length} dead letters could not be replayed` })
+    }
+  })
+
+const list = Command.make(
+  "list",
+  { db, json: Options.boolean("json").pipe(Options.withDescription("print the dead letters as JSON")) },
+  runList
+).pipe(Command.withDescription("list dead-lettered events"))
+
+const replay = Command.make(
+  "replay",
+  {
+    db,
+    dryRun: Options.boolean("dry-run").pipe(Options.withDescription("show what would be replayed, write nothing")),
+    privateKey: Options.text("private-key").pipe(
+      Options.optional,
+      Options.withDescription("PKCS#8 PEM Ed25519 key to sign the replayed rows with")
+    )
+  },
+  runReplay
+).pipe(Command.withDescription("re-append pending dead letters to the chain, in order (idempotent)"))
+
+export const command = Command.make("dlq").pipe(
+  Command.withDescription("inspect and replay the dead-letter table"),
+  Command.withSubcommands([list, replay])
+)

@@ -1,0 +1,171 @@
+/**
+ * `agent-ledger verify <target>`: checks a ledger database (opened read-only), a JSONL ledger export or a
+ * session journal export, detected from the file's bytes. Exit 0 when everything verifies, 1 when a check
+ * fails (the first failing sequence and its kind, then the counts), 2 on usage errors or unreadable input.
+ */
+import { Args, Command, Options } from "@effect/cli"
+import { Console, Effect, Option, Schema } from "effect"
+import * as fs from "node:fs"
+import * as LedgerExport from "../LedgerExport.js"
+import * as LedgerVerifier from "../LedgerVerifier.js"
+import * as SessionJournal from "../SessionJournal.js"
+import { InputError, VerificationFailed } from "./CliError.js"
+import { detect, openLedger } from "./InputFile.js"
+import { failureLine, loadKeyring, parsePin } from "./shared.js"
+
+export interface VerifyOptions {
+  readonly target: string
+  readonly publicKeys: ReadonlyArray<string>
+  readonly pin: Option.Option<string>
+  readonly requireSigned: boolean
+  readonly json: boolean
+}
+
+const encodeReport = Schema.encodeSync(LedgerVerifier.VerifyReport)
+
+/** The human-readable lines of a chain report. */
+const reportLines = (report: LedgerVerifier.VerifyReport): ReadonlyArray<string> => {
+  const lines: Array<string> = []
+  Option.map(report.firstFailure, (failure) => lines.push(`  first failure: ${failureLine(failure)}`))
+  if (report.failureCount > 0) lines.push(`  failing rows:  ${report.failureCount}`)
+  lines.push(`  rows checked:  ${report.rowsChecked}`)
+  lines.push(
+    `  attest levels: ${report.attestLevels.unsigned} unsigned (no signature to check), ${report.attestLevels.ed25519} ed25519`
+  )
+  if (report.attestLevels.ed25519 > 0) {
+    lines.push(
+      `  signatures:    ${report.signatures.valid} valid, ${report.signatures.invalid} invalid, ${report.signatures.unknownKey} by unknown keys`
+    )
+  }
+  if (report.unknownKeyIds.length > 0) {
+    lines.push(`  unknown keys:  ${report.unknownKeyIds.join(", ")} (pass their public keys with --public-key)`)
+  }
+  Option.map(report.head, (head) => lines.push(`  head:          sequence ${head.sequence} ${head.entryHash}`))
+  Option.map(report.pin, (pin) =>
+    lines.push(
+      `  pin:           ${pin.sequence}:${pin.entryHash} ${pin.status}${
+        pin.actualEntryHash === undefined ? "" : ` (found ${pin.actualEntryHash})`
+      }`
+    ))
+  return lines
+}
+
+const emit = (
+  options: VerifyOptions,
+  kind: string,
+  ok: boolean,
+  text: ReadonlyArray<string>,
+  json: Record<string, unknown>
+) =>
+  Effect.gen(function*() {
+    if (options.json) {
+      yield* Console.log(JSON.stringify({ target: options.target, kind, ok, ...json }))
+    } else {
+      yield* Console.log(`${kind} ${options.target}: ${ok ? "OK" : "FAILED"}`)
+      for (const line of text) yield* Console.log(line)
+    }
+    if (!ok) return yield* new VerificationFailed({ message: `${options.target} did not verify` })
+  })
+
+const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
+  Effect.gen(function*() {
+    const report = yield* LedgerVerifier.verifyLedger(verifyOptions).pipe(
+      Effect.provide(openLedger(options.target, { readonly: true })),
+      Effect.catchTag(
+        "SqlError",
+        (error) => new InputError({ message: `${options.target}: cannot read the ledger (${error.message})` })
+      )
+    )
+    return yield* emit(options, "ledger", report.ok, reportLines(report), { report: encodeReport(report) })
+  })
+
+const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
+  Effect.gen(function*() {
+    const result = yield* LedgerExport.verifyExportFile(options.target, {
+      keyring: verifyOptions.keyring,
+      pin: verifyOptions.pin,
+      requireSigned: verifyOptions.requireSigned
+    }).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
+    const h = result.header
+    const lines = [
+      `  range:         sequences ${h.from_sequence}..${h.to_sequence ?? "(none)"} (${h.row_count} rows per header)`,
+      ...(result.complete ? [] : ["  incomplete:    the rows do not end where the header says (lines cut off?)"]),
+      ...reportLines(result.report)
+    ]
+    return yield* emit(options, "ledger export", result.ok, lines, {
+      header: h,
+      complete: result.complete,
+      report: encodeReport(result.report)
+    })
+  })
+
+const verifyJournalExport = (options: VerifyOptions) =>
+  Effect.gen(function*() {
+    const json = yield* Effect.try({
+      try: () => JSON.parse(fs.readFileSync(options.target, "utf8")) as unknown,
+      catch: (error) =>
+        new InputError({ message: `${options.target}: cannot read the journal export (${String(error)})` })
+    })
+    const outcome = yield* SessionJournal.verifyExport(json).pipe(
+      Effect.map((exported) => ({ ok: true as const, exported })),
+      Effect.catchTag("IntegrityViolation", (violation) => Effect.succeed({ ok: false as const, violation })),
+      Effect.catchTag("InvalidExport", (error) => new InputError({ message: `${options.target}: ${error.message}` }))
+    )
+    if (outcome.ok) {
+      const entries = outcome.exported.entries.length
+      return yield* emit(options, "journal export", true, [
+        `  session:       ${outcome.exported.sessionId}`,
+        `  entries:       ${entries}`,
+        `  head:          ${outcome.exported.headHash}`
+      ], { sessionId: outcome.exported.sessionId, entries, headHash: outcome.exported.headHash })
+    }
+    const v = outcome.violation
+    return yield* emit(options, "journal export", false, [
+      `  first failure: sequence ${v.sequence}: ${v.field} — expected ${v.expected}, found ${v.actual}`
+    ], { failure: { sequence: v.sequence, field: v.field, expected: v.expected, actual: v.actual } })
+  })
+
+export const runVerify = (options: VerifyOptions) =>
+  Effect.gen(function*() {
+    const pin = yield* Option.match(options.pin, {
+      onNone: () => Effect.succeed(undefined),
+      onSome: parsePin
+    })
+    const keyring = yield* loadKeyring(options.publicKeys)
+    const kind = yield* detect(options.target)
+    switch (kind) {
+      case "sqlite":
+        return yield* verifyDatabase(options, { keyring, pin, requireSigned: options.requireSigned })
+      case "ledgerExport":
+        return yield* verifyLedgerExport(options, { keyring, pin, requireSigned: options.requireSigned })
+      case "journalExport":
+        if (pin !== undefined || options.publicKeys.length > 0 || options.requireSigned) {
+          return yield* new InputError({
+            message: "--pin, --public-key and --require-signed apply to ledgers, not journal exports"
+          })
+        }
+        return yield* verifyJournalExport(options)
+    }
+  })
+
+export const command = Command.make(
+  "verify",
+  {
+    target: Args.text({ name: "target" }).pipe(
+      Args.withDescription("a ledger database, a JSONL ledger export or a session journal export")
+    ),
+    publicKeys: Options.text("public-key").pipe(
+      Options.repeated,
+      Options.withDescription("SPKI PEM public key to check signatures with (repeat for rotated keys)")
+    ),
+    pin: Options.text("pin").pipe(
+      Options.optional,
+      Options.withDescription("SEQ:HASH from an earlier run that must still be in the chain")
+    ),
+    requireSigned: Options.boolean("require-signed").pipe(
+      Options.withDescription("fail on unsigned rows (catches signatures stripped from rows)")
+    ),
+    json: Options.boolean("json").pipe(Options.withDescription("print the report as one JSON object"))
+  },
+  runVerify
+).pipe(Command.withDescription("verify a ledger database or export offline (never modifies it)"))
