@@ -1,4 +1,18 @@
 /**
  * agent-ledger: tamper-evident session journals and a governance audit pipeline for AI-agent guards.
+ * Each module is one concept; import them as namespaces (`import { AuditQueue } from "agent-ledger"`).
  */
-export {}
+export * as AuditEvent from "./AuditEvent.js"
+export * as AuditLedger from "./AuditLedger.js"
+export * as AuditMetrics from "./AuditMetrics.js"
+export * as AuditQueue from "./AuditQueue.js"
+export * as AuditSigner from "./AuditSigner.js"
+export * as AuditSink from "./AuditSink.js"
+export * as DeadLetters from "./DeadLetters.js"
+export * as LedgerExport from "./LedgerExport.js"
+export * as LedgerRow from "./LedgerRow.js"
+export * as LedgerStats from "./LedgerStats.js"
+export * as LedgerVerifier from "./LedgerVerifier.js"
+export * as SessionJournal from "./SessionJournal.js"
+export * as SessionJournals from "./SessionJournals.js"
+export * as SqlAuditSink from "./SqlAuditSink.js"
