@@ -415,6 +415,8 @@ export interface VerifyLedgerOptions {
   readonly requireSigned?: boolean | undefined
   /** Rows per query (default `DEFAULT_PAGE_SIZE`). */
   readonly pageSize?: number | undefined
+  /** Called after each page with the number of rows checked so far (e.g. to show progress). */
+  readonly onProgress?: ((rowsChecked: number) => Effect.Effect<void>) | undefined
 }
 
 /**
@@ -427,8 +429,15 @@ export const verifyLedger = (
 ): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
   Effect.suspend(() => {
     const checker = makeChecker({ keyring: options.keyring, pin: options.pin, requireSigned: options.requireSigned })
+    const onProgress = options.onProgress ?? (() => Effect.void)
+    let rows = 0
     return Stream.runForEachChunk(
       storedRows({ pageSize: options.pageSize }),
-      (chunk) => Effect.sync(() => Chunk.forEach(chunk, checker.checkUnknown))
+      (chunk) =>
+        Effect.suspend(() => {
+          Chunk.forEach(chunk, checker.checkUnknown)
+          rows += chunk.length
+          return onProgress(rows)
+        })
     ).pipe(Effect.map(() => checker.report()))
   })

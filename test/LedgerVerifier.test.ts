@@ -542,6 +542,19 @@ describe("verifyLedger pagination", () => {
       }).pipe(Effect.provide(TempLedger())))
   }
 
+  it.effect("onProgress sees the running row count after every page", () =>
+    Effect.gen(function*() {
+      yield* insertRows(rows)
+      const seen: Array<number> = []
+      const report = yield* LedgerVerifier.verifyLedger({
+        keyring,
+        pageSize: 20,
+        onProgress: (n) => Effect.sync(() => seen.push(n))
+      })
+      expect(report.rowsChecked).toBe(50)
+      expect(seen).toEqual([20, 40, 50])
+    }).pipe(Effect.provide(TempLedger())))
+
   it.effect("a page size below 1 is a defect", () =>
     Effect.gen(function*() {
       const exit = yield* Effect.exit(LedgerVerifier.verifyLedger({ pageSize: 0 }))

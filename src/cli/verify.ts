@@ -11,6 +11,7 @@ import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as SessionJournal from "../SessionJournal.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { detect, openLedger } from "./InputFile.js"
+import * as Progress from "./Progress.js"
 import { failureLine, loadKeyring, parsePin } from "./shared.js"
 
 export interface VerifyOptions {
@@ -69,7 +70,9 @@ const emit = (
 
 const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
   Effect.gen(function*() {
-    const report = yield* LedgerVerifier.verifyLedger(verifyOptions).pipe(
+    const progress = Progress.make("verified rows")
+    const report = yield* LedgerVerifier.verifyLedger({ ...verifyOptions, onProgress: progress.update }).pipe(
+      Effect.ensuring(progress.finish),
       Effect.provide(openLedger(options.target, { readonly: true })),
       Effect.catchTag(
         "SqlError",
