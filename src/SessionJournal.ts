@@ -139,18 +139,11 @@ export class InvalidExport extends Schema.TaggedError<InvalidExport>()("InvalidE
 // ---------------------------------------------------------------------------------------------------------
 
 /** The fields an entry hash covers: every `JournalEntry` field but `entryHash`, plus the session id. */
-export interface EntryHashInput {
+export interface EntryHashInput extends RecordParams {
   readonly sessionId: string
   readonly sequence: number
   readonly prevHash: string
   readonly timestampMillis: number
-  readonly toolName: string
-  readonly serverId: string
-  readonly agentId: string
-  readonly bytesRead: number
-  readonly bytesWritten: number
-  readonly delegationDepth: number
-  readonly allowed: boolean
 }
 
 /** The v1 hash input bytes, in order (docs/FORMAT.md); callers pass values the schemas above accept. */
