@@ -194,12 +194,20 @@ export const make = (
     // Drainer
     // ---------------------------------------------------------------------------------------------------
 
-    /** Dead-letter `event` with `reason`; `true` when it landed. Interruption propagates. */
+    /**
+     * Runs a sink call in a child fiber and awaits its exit. An interruption of the drainer itself ends
+     * the drainer here (the child goes with it); an interruption that the sink's own effect ends with
+     * (it interrupted itself, or joined an interrupted fiber) comes back as an exit like any other sink
+     * failure, so it can never silently stop the drainer.
+     */
+    const callSink = <A, E>(call: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+      Effect.flatMap(Effect.fork(call), Fiber.await)
+
+    /** Dead-letter `event` with `reason`; `true` when it landed. */
     const deadLetter = (event: DeferredAuditEvent, reason: string): Effect.Effect<boolean> =>
       Effect.gen(function*() {
-        const exit = yield* Effect.exit(sink.deadLetter(event, reason))
+        const exit = yield* callSink(sink.deadLetter(event, reason))
         if (Exit.isSuccess(exit)) return true
-        if (Cause.isInterrupted(exit.cause)) return yield* Effect.interrupt
         yield* Effect.logError("audit sink could not dead-letter the event", exit.cause).pipe(
           Effect.annotateLogs({ eventId: event.id })
         )
@@ -209,7 +217,7 @@ export const make = (
     /** Append one event and account it; fails with `SinkDied` after accounting a poison event. */
     const appendOne = (event: DeferredAuditEvent): Effect.Effect<void, SinkDied> =>
       Effect.gen(function*() {
-        const exit = yield* Effect.exit(sink.append(event))
+        const exit = yield* callSink(sink.append(event))
         if (Exit.isSuccess(exit)) {
           const outcome = exit.value
           if (outcome._tag === "Appended") {
@@ -228,15 +236,14 @@ export const make = (
           return
         }
         const cause = exit.cause
-        if (Cause.isInterrupted(cause)) return yield* Effect.interrupt
-        if (!Cause.isDie(cause)) {
+        if (!Cause.isDie(cause) && !Cause.isInterrupted(cause)) {
           yield* account({ appendFailures: 1 })
           yield* Effect.logError("audit sink could not append the event, nor dead-letter it", cause).pipe(
             Effect.annotateLogs({ eventId: event.id })
           )
           return
         }
-        // The sink died on this event: it is a poison event. Account it (after trying the dead-letter
+        // The sink died (or ended interrupted) on this event: it is a poison event. Account it (after trying the dead-letter
         // store, so a drain never completes before the landing), then let the supervisor restart.
         const landed = yield* deadLetter(event, `drainer defect: ${Cause.pretty(cause)}`)
         yield* account({ appendFailures: 1, drainerDefects: 1, dlqLanded: landed ? 1 : 0 })

@@ -23,7 +23,7 @@ const refusals = (n: number, prefix = "agent") =>
   Effect.forEach(Array.from({ length: n }, (_, i) => i), (i) => refusal(`${prefix}:${i}`))
 
 /** What the test sink does on its `call`-th append (0-based, counted across restarts). */
-type Behaviour = "append" | "error" | "dlq" | "die"
+type Behaviour = "append" | "error" | "dlq" | "die" | "interrupt"
 
 interface SinkOptions {
   readonly behaviour?: (call: number, event: DeferredAuditEvent) => Behaviour
@@ -69,6 +69,9 @@ const makeSink = (options: SinkOptions = {}): Effect.Effect<TestSink> =>
           }
           case "die":
             return yield* Effect.dieMessage(`mock sink: configured defect at call ${call}`)
+          case "interrupt":
+            // The sink's own effect ends interrupted (as when it joins an interrupted fiber).
+            return yield* Effect.interrupt
         }
       })
     const deadLetter = (event: DeferredAuditEvent, reason: string): Effect.Effect<void, AuditSinkError> =>
@@ -354,6 +357,28 @@ describe("AuditQueue restart on defect", () => {
       expect(yield* queue.submit(yield* refusal("agent:after"))).toBe(true)
       expect(yield* queue.drainPending("1 second")).toBe(true)
       expect((yield* test.appended).at(-1)?.agentId).toBe("agent:after")
+    }))
+
+  it.scoped("a sink whose effect ends interrupted is a poison event, not a silent stop of the drainer", () =>
+    Effect.gen(function*() {
+      const test = yield* makeSink({ behaviour: (call) => call === 1 ? "interrupt" : "append" })
+      const queue = yield* AuditQueue.make({ sink: test.sink })
+      const events = yield* refusals(5)
+      for (const event of events) expect(yield* queue.submit(event)).toBe(true)
+      yield* waitUntil(Effect.map(queue.status, (s) => s === "Restarting"), "the drainer restarts")
+      yield* TestClock.adjust("10 millis")
+      expect(yield* queue.drainPending("1 second")).toBe(true)
+      expect(yield* queue.status).toBe("Running")
+      expect(yield* test.appended).toEqual(events.filter((_, i) => i !== 1))
+      expect((yield* test.deadLettered).map((d) => d.event)).toEqual([events[1]])
+      expect(yield* queue.metrics).toEqual({
+        ...AuditMetrics.empty,
+        submitted: 5,
+        appended: 4,
+        appendFailures: 1,
+        drainerDefects: 1,
+        dlqLanded: 1
+      })
     }))
 
   it.scoped("a poison event the dead-letter store cannot take still counts as an append failure", () =>
@@ -699,7 +724,7 @@ describe("AuditQueue concurrency", () => {
         Effect.zipRight(Effect.yieldNow(), queue.closeAndFlush)
       ], { concurrency: "unbounded" })
       // closeAndFlush returned only after every accepted event was handled; late submits are refused.
-      yield* queue.drainPending("1 second")
+      expect(yield* queue.drainPending("1 second")).toBe(true)
       const accepted = events.filter((_, i) => results[i])
       const appended = yield* test.appended
       expect(new Set(appended.map((e) => e.id))).toEqual(new Set(accepted.map((e) => e.id)))
