@@ -38,6 +38,7 @@ import { DeferredAuditEvent } from "./AuditEvent.js"
 import * as AuditMetrics from "./AuditMetrics.js"
 import type { AuditMetricsSnapshot } from "./AuditMetrics.js"
 import { AuditSink } from "./AuditSink.js"
+import { eventLoopScheduler } from "./internal/eventLoopScheduler.js"
 import { uuidV7 } from "./internal/uuid.js"
 
 export type { AuditMetricsSnapshot } from "./AuditMetrics.js"
@@ -304,7 +305,9 @@ export const make = (
     }).pipe(annotate)
 
     // Interruptible whatever the caller's region (layers may be built uninterruptibly): shutdown interrupts it.
-    const drainer = yield* Effect.forkScoped(Effect.interruptible(supervisor))
+    // It yields to the event loop between batches of work: appends are synchronous I/O, and the default
+    // scheduler's microtask yields would let a backlog starve the host's own I/O (the guard's hot path).
+    const drainer = yield* Effect.forkScoped(Effect.withScheduler(Effect.interruptible(supervisor), eventLoopScheduler))
 
     // ---------------------------------------------------------------------------------------------------
     // Drain and shutdown

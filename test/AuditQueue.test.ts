@@ -91,7 +91,8 @@ const waitUntil = (condition: Effect.Effect<boolean>, what: string) =>
   Effect.gen(function*() {
     for (let turn = 0; turn < 10_000; turn++) {
       if (yield* condition) return
-      yield* Effect.yieldNow()
+      // The drainer runs on the event-loop scheduler: let a macrotask turn pass, not just a microtask.
+      yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
     }
     return yield* Effect.dieMessage(`timed out waiting until ${what}`)
   })
@@ -711,6 +712,31 @@ describe("AuditQueue concurrency", () => {
       expect(new Set(agentIds(appended))).toEqual(new Set(Array.from({ length: 1000 }, (_, i) => `agent:${i}`)))
       expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 1000, appended: 1000 })
     }))
+
+  it.live("a backlog of synchronous appends does not starve the host's event loop", () =>
+    Effect.scoped(Effect.gen(function*() {
+      let appended = 0
+      // Each append is synchronous work, as a better-sqlite3 write is.
+      const busySink = AuditSink.of({
+        append: () =>
+          Effect.sync(() => {
+            const until = performance.now() + 0.2
+            while (performance.now() < until) { /* busy */ }
+            appended++
+            return new Appended({ uniqueRaceRetries: 0 })
+          }),
+        deadLetter: () => Effect.void
+      })
+      const queue = yield* AuditQueue.make({ sink: busySink })
+      for (const event of yield* refusals(2_000)) yield* queue.submit(event)
+      // A host timer set now must run while the drainer is still working through the backlog.
+      const appendedWhenTimerRan = yield* Effect.promise(() =>
+        new Promise<number>((resolve) => setTimeout(() => resolve(appended), 0))
+      )
+      expect(appendedWhenTimerRan).toBeLessThan(2_000)
+      expect(yield* queue.drainPending("30 seconds")).toBe(true)
+      expect(appended).toBe(2_000)
+    })))
 
   it.scoped("submitters racing a close: every accepted event lands, every refused one is a send failure", () =>
     Effect.gen(function*() {

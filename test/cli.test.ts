@@ -6,7 +6,7 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import { Effect, Layer } from "effect"
-import { execFile } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import { tmpdir } from "node:os"
@@ -107,6 +107,66 @@ describe("demo", () => {
   })
 })
 
+describe("process behaviour", () => {
+  it("demo with --sign and a path in a missing directory: exit 2 and no key files are written", async () => {
+    const run = await demo(path("nowhere/x.db"), "--sign")
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain("nowhere")
+    expect(fs.existsSync(path("nowhere"))).toBe(false)
+  })
+
+  it("an unwritable --session-out fails before anything is simulated", async () => {
+    const db = path("unwritten.db")
+    const run = await cli("demo", "--db", db, "--session-out", path("nowhere/s.json"))
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain("s.json")
+    expect(fs.existsSync(db)).toBe(false)
+  })
+
+  it("export to a full device is a one-line error, not a crash", async () => {
+    const run = await cli("export", ledger, "--out", "/dev/full")
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain("ENOSPC")
+    expect(run.stderr).not.toMatch(/\n\s+at /)
+  })
+
+  it("a reader closing stdout early (| head) ends the command quietly with exit 0", async () => {
+    const child = spawn(process.execPath, [cliBundle, "stats", ledger], { cwd: dir })
+    let stderr = ""
+    child.stderr.on("data", (d) => (stderr += d))
+    // Closed before the first line arrives, so every write the CLI makes hits a closed pipe.
+    child.stdout.destroy()
+    const code = await new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)))
+    expect(code).toBe(0)
+    expect(stderr).toBe("")
+  })
+
+  it("Ctrl-C during the demo exits 130 after flushing what was queued: the ledger verifies", async () => {
+    const db = path("interrupted.db")
+    const child = spawn(process.execPath, [
+      cliBundle,
+      "demo",
+      "--db",
+      db,
+      "--sessions",
+      "5000",
+      "--calls",
+      "50",
+      "--session-out",
+      path("interrupted.json")
+    ], { cwd: dir })
+    // Wait until the ledger file exists (the demo is under way), then interrupt it.
+    while (!fs.existsSync(db)) await new Promise((resolve) => setTimeout(resolve, 50))
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    child.kill("SIGINT")
+    const code = await new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)))
+    expect(code).toBe(130)
+    const v = await cli("verify", db, "--json")
+    expect(v.code).toBe(0)
+    expect(JSON.parse(v.stdout).report.rowsChecked).toBeGreaterThan(0)
+  })
+})
+
 describe("verify", () => {
   it("a database: exit 0 and never modifies the file", async () => {
     const before = sha256File(ledger)
@@ -190,8 +250,10 @@ describe("export", () => {
   it("export to stdout is the same as to a file", async () => {
     const run = await cli("export", ledger, "--to", "3")
     expect(run.code).toBe(0)
-    const lines = run.stdout.trim().split("\n")
-    expect(lines.length).toBe(5)
+    expect(run.stdout.trim().split("\n")).toHaveLength(5)
+    const out = path("to3.jsonl")
+    expect((await cli("export", ledger, "--to", "3", "--out", out)).code).toBe(0)
+    expect(run.stdout).toBe(fs.readFileSync(out, "utf8"))
   })
 
   it("a tampered export line exits 1; a truncated export exits 1; a corrupted line exits 2 naming the line", async () => {

@@ -5,6 +5,7 @@
 import { Command, ValidationError } from "@effect/cli"
 import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Console, Effect, Layer, Logger, LogLevel } from "effect"
+import { eventLoopScheduler } from "../internal/eventLoopScheduler.js"
 import * as CliError from "./CliError.js"
 import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
@@ -32,6 +33,8 @@ const cli = Command.run(root, { name: "agent-ledger", version: VERSION })
 /** Runs the CLI on `argv` (as `process.argv`) and returns the process exit code. */
 export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, NodeContext.NodeContext> =>
   cli(argv).pipe(
+    // Long loops stay responsive to Ctrl-C (signal handlers run on the event loop).
+    Effect.withScheduler(eventLoopScheduler),
     Effect.as(CliError.EXIT_OK),
     Effect.catchAll((error) => {
       if (ValidationError.isValidationError(error)) return Effect.succeed(CliError.EXIT_USAGE) // already printed

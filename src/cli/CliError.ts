@@ -19,3 +19,5 @@ export const EXIT_VERIFY_FAILED = 1
 export const EXIT_USAGE = 2
 /** A bug in agent-ledger itself (a defect), not a problem with the input. */
 export const EXIT_INTERNAL = 70
+/** Stopped by a signal (Ctrl-C): 128 + SIGINT, as shells report it. */
+export const EXIT_INTERRUPTED = 130

@@ -18,7 +18,7 @@ import * as SqlAuditSink from "../SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
-import { failureLine, keyFiles } from "./shared.js"
+import { failureLine, keyFiles, requireWritableFile } from "./shared.js"
 
 /** The guard's rules: each call is checked in this order and the first that fires refuses it. */
 export const RULES = {
@@ -100,8 +100,13 @@ const demoSigner = (db: string) =>
     }
     const signer = yield* AuditSigner.generate
     const pem = AuditSigner.exportPem(signer)
-    fs.writeFileSync(files.privateKey, pem.privateKeyPem, { mode: 0o600 })
-    fs.writeFileSync(files.publicKey, pem.publicKeyPem)
+    yield* Effect.try({
+      try: () => {
+        fs.writeFileSync(files.privateKey, pem.privateKeyPem, { mode: 0o600, flag: "wx" })
+        fs.writeFileSync(files.publicKey, pem.publicKeyPem, { flag: "wx" })
+      },
+      catch: (error) => new InputError({ message: `${files.privateKey}: cannot write the demo key (${String(error)})` })
+    })
     return { signer, files, created: true }
   })
 
@@ -114,8 +119,17 @@ export const runDemo = (options: DemoOptions) =>
       return yield* new InputError({ message: `--calls must be a positive integer, got ${options.calls}` })
     }
     const started = yield* Clock.currentTimeMillis
+    // Check every path before simulating, so a bad one costs nothing and leaves nothing behind.
+    yield* AuditLedger.checkDatabasePath(options.db).pipe(
+      Effect.mapError((e) => new InputError({ message: e.message }))
+    )
+    yield* requireWritableFile(options.sessionOut)
     const signing = options.sign
-      ? Option.some(yield* demoSigner(options.db).pipe(Effect.mapError((e) => new InputError({ message: e.message }))))
+      ? Option.some(
+        yield* demoSigner(options.db).pipe(
+          Effect.mapError((e) => e._tag === "InputError" ? e : new InputError({ message: e.message }))
+        )
+      )
       : Option.none()
     const totalCalls = options.sessions * options.calls
     const progress = Progress.make("demo calls", process.stderr)
@@ -190,13 +204,19 @@ export const runDemo = (options: DemoOptions) =>
       Effect.provide(SessionJournals.layer),
       Effect.provide(AuditLedger.layerSqlite({
         filename: options.db,
-        signer: Option.getOrUndefined(Option.map(signing, (s) => s.signer))
+        signer: Option.getOrUndefined(Option.map(signing, (s) => s.signer)),
+        // On Ctrl-C the scope still closes: give the backlog of refusals time to reach the ledger.
+        shutdownDrainTimeout: "1 minute"
       })),
       Effect.withRandom(Random.make(options.seed))
     )
 
     if (Option.isSome(firstExport)) {
-      fs.writeFileSync(options.sessionOut, JSON.stringify(firstExport.value, null, 2) + "\n")
+      const exported = firstExport.value
+      yield* Effect.try({
+        try: () => fs.writeFileSync(options.sessionOut, JSON.stringify(exported, null, 2) + "\n"),
+        catch: (error) => new InputError({ message: `${options.sessionOut}: cannot write (${String(error)})` })
+      })
     }
 
     const keyring = Option.match(signing, {

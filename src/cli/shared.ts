@@ -36,40 +36,80 @@ export const keyFiles = (directory: string, name: string) => ({
 export const failureLine = (failure: LedgerVerifier.VerifyFailure): string =>
   `sequence ${failure.sequence}: ${failure.kind} — ${failure.message}`
 
-const writeChunk = (out: NodeJS.WritableStream, text: string): Effect.Effect<void> =>
-  Effect.async<void>((resume) => {
-    if (out.write(text)) resume(Effect.void)
-    else out.once("drain", () => resume(Effect.void))
+/** A file can be created (or truncated) at `file`: its directory exists and is writable. */
+export const requireWritableFile = (file: string): Effect.Effect<void, InputError> =>
+  Effect.try({
+    try: () => {
+      if (fs.existsSync(file)) {
+        if (fs.statSync(file).isDirectory()) throw new Error("is a directory")
+        fs.accessSync(file, fs.constants.W_OK)
+      } else {
+        fs.accessSync(path.dirname(path.resolve(file)), fs.constants.W_OK)
+      }
+    },
+    catch: (error) =>
+      new InputError({
+        message: `${file}: cannot write here (${
+          (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such directory" : (error as Error).message
+        })`
+      })
   })
+
+/** Output closed by its reader (`export … | head`): stop writing, it is not an error. */
+class OutputClosed extends Error {}
+
+const outputError = (error: NodeJS.ErrnoException): InputError | OutputClosed =>
+  error.code === "EPIPE"
+    ? new OutputClosed()
+    : new InputError({ message: `cannot write the output (${error.code ?? error.message})` })
+
+/**
+ * Writes `text` and waits until it is flushed, so memory stays flat and a write error (EPIPE, ENOSPC)
+ * fails this effect instead of crashing the process or hanging.
+ */
+const writeChunk = (out: NodeJS.WritableStream, text: string): Effect.Effect<void, InputError | OutputClosed> =>
+  Effect.async<void, InputError | OutputClosed>((resume) => {
+    out.write(text, (error) => resume(error ? Effect.fail(outputError(error)) : Effect.void))
+  })
+
+const ignoreStreamError = () => {}
 
 /**
  * Writes each line of `lines` with a newline to `file` (created or truncated), or to stdout when `file`
- * is undefined, respecting the stream's backpressure. Returns the number of lines written.
+ * is undefined. Returns the number of lines written (-1 when the reader closed stdout early).
  */
 export const writeLines = <E, R>(
   lines: Stream.Stream<string, E, R>,
   file: string | undefined
 ): Effect.Effect<number, E | InputError, R> =>
   Effect.acquireUseRelease(
-    file === undefined
-      ? Effect.succeed<NodeJS.WritableStream>(process.stdout)
-      : Effect.try({
-        try: () => fs.createWriteStream(file, { fd: fs.openSync(file, "w") }) as NodeJS.WritableStream,
-        catch: (error) => new InputError({ message: `${file}: cannot write (${String(error)})` })
-      }),
+    Effect.try({
+      try: () => {
+        const out: NodeJS.WritableStream = file === undefined
+          ? process.stdout
+          : fs.createWriteStream(file, { fd: fs.openSync(file, "w") })
+        // Errors reach each write's callback; this listener only keeps them from crashing the process.
+        out.on("error", ignoreStreamError)
+        return out
+      },
+      catch: (error) => new InputError({ message: `${file}: cannot write (${String(error)})` })
+    }),
     (out) =>
       Stream.runFold(
-        Stream.mapEffect(Stream.grouped(lines, 256), (chunk) =>
-          writeChunk(out, Array.from(chunk).join("\n") + "\n").pipe(
-            Effect.as(chunk.length)
-          )),
+        Stream.mapEffect(
+          Stream.grouped(lines, 256),
+          (chunk) => Effect.as(writeChunk(out, Array.from(chunk).join("\n") + "\n"), chunk.length)
+        ),
         0,
         (total, n) => total + n
-      ),
+      ).pipe(Effect.catchIf((error) => error instanceof OutputClosed, () => Effect.succeed(-1))),
     (out) =>
       out === process.stdout
-        ? Effect.void
+        ? Effect.sync(() => out.off("error", ignoreStreamError))
         : Effect.async<void>((resume) => {
-          ;(out as fs.WriteStream).end(() => resume(Effect.void))
+          const stream = out as fs.WriteStream
+          if (stream.destroyed) return resume(Effect.void)
+          stream.once("close", () => resume(Effect.void))
+          stream.end()
         })
   )
