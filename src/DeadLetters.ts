@@ -93,7 +93,11 @@ export interface ReplayResult {
 
 /** Replays the pending dead letters in order (see the module comment). */
 export const replayDeadLetters = (
-  options: { readonly dryRun?: boolean } = {}
+  options: {
+    readonly dryRun?: boolean
+    /** Called after each dead letter with how many of the pending ones have been handled. */
+    readonly onProgress?: (done: number, total: number) => Effect.Effect<void>
+  } = {}
 ): Effect.Effect<ReplayResult, SqlError | ParseResult.ParseError, SqlClient.SqlClient | SqlAuditSink> =>
   Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
@@ -104,7 +108,9 @@ export const replayDeadLetters = (
     let replayed = 0
     let alreadyInChain = 0
     const failed: Array<ReplayResult["failed"][number]> = []
-    for (const letter of pending) {
+    const onProgress = options.onProgress ?? (() => Effect.void)
+    for (const [done, letter] of pending.entries()) {
+      yield* onProgress(done, pending.length)
       const event = eventOf(letter)
       if (Either.isLeft(event)) {
         failed.push({ dlqId: letter.dlq_id, eventId: letter.id, reason: event.left })
@@ -120,5 +126,6 @@ export const replayDeadLetters = (
       yield* sql`UPDATE signed_events_dlq SET replayed_at = ${now} WHERE dlq_id = ${letter.dlq_id}`
       replayed++
     }
+    yield* onProgress(pending.length, pending.length)
     return { replayed, alreadyInChain, failed, dryRun, pending: pending.length }
   })

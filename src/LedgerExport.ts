@@ -25,8 +25,11 @@ export const ExportHeader = Schema.Struct({
   from_sequence: Sequence,
   to_sequence: Schema.NullOr(Sequence),
   row_count: Sequence,
-  /** The entry_hash of the row before `from_sequence` (the zero hash when it is 0). */
-  prev_hash: Hash,
+  /**
+   * The entry_hash of the row before `from_sequence` (the zero hash when it is 0); null only in an export
+   * without rows whose start has no row before it (a range past the head).
+   */
+  prev_hash: Schema.NullOr(Hash),
   /** The entry_hash of the last exported row. */
   head_hash: Schema.NullOr(Hash)
 }).annotations({ identifier: "ExportHeader" })
@@ -54,9 +57,19 @@ const rowLine = (row: Record<string, unknown>): string => {
  * in sequence order. The range is fixed when the stream starts, so rows appended meanwhile are not
  * half-included.
  */
+/** The row just before the exported range is missing: the database's chain has a gap there. */
+export class ExportAnchorMissing extends Data.TaggedError("ExportAnchorMissing")<{
+  readonly sequence: number
+}> {
+  override get message(): string {
+    return `the ledger has no row at sequence ${this.sequence}, the anchor of the export (a gap in the chain: ` +
+      `verify the database)`
+  }
+}
+
 export const exportLines = (
   range: ExportRange = {}
-): Stream.Stream<string, SqlError, SqlClient.SqlClient> =>
+): Stream.Stream<string, SqlError | ExportAnchorMissing, SqlClient.SqlClient> =>
   Stream.unwrap(Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const from = range.from ?? 0
@@ -79,8 +92,11 @@ export const exportLines = (
       from_sequence: start,
       to_sequence: last,
       row_count: Number(bounds?.count ?? 0),
-      prev_hash: previous[0]?.entry_hash ?? ZERO_HASH,
+      prev_hash: start === 0 ? ZERO_HASH : previous[0]?.entry_hash ?? null,
       head_hash: headRow[0]?.entry_hash ?? null
+    }
+    if (header.prev_hash === null && header.row_count > 0) {
+      return yield* new ExportAnchorMissing({ sequence: start - 1 })
     }
     const columns = sql.literal(SELECT_COLUMNS)
     const rows = last === null ? Stream.empty : Stream.paginateChunkEffect(start - 1, (after) =>
@@ -200,7 +216,12 @@ export const verifyExportFile = (
           count++
           lastRow = row
         })),
-      { ...options, expectedFirstSequence: header.from_sequence, expectedFirstPrevHash: header.prev_hash }
+      {
+        ...options,
+        expectedFirstSequence: header.from_sequence,
+        // A full export anchors at the zero hash whatever its header says.
+        expectedFirstPrevHash: header.from_sequence === 0 ? ZERO_HASH : header.prev_hash ?? undefined
+      }
     )
     const complete = count === header.row_count &&
       (lastRow === undefined

@@ -36,6 +36,8 @@ import * as LedgerRow from "./LedgerRow.js"
  * - `signature`: key_id is in the keyring but the signature is not valid (tampered)
  * - `unknownKey`: key_id is not in the keyring (unverifiable, not proven tampered)
  * - `pin`: the pinned `{ sequence, entryHash }` is not in the chain (truncated or rewritten history)
+ * - `duplicate` (database only): two rows share a sequence, so keyset paging could pass one by (possible
+ *   only once the unique index on `sequence` has been dropped)
  */
 export const FailureKind = Schema.Literal(
   "malformed",
@@ -46,7 +48,8 @@ export const FailureKind = Schema.Literal(
   "attestLevel",
   "signature",
   "unknownKey",
-  "pin"
+  "pin",
+  "duplicate"
 )
 export type FailureKind = typeof FailureKind.Type
 
@@ -439,5 +442,36 @@ export const verifyLedger = (
           rows += chunk.length
           return onProgress(rows)
         })
-    ).pipe(Effect.map(() => checker.report()))
+    ).pipe(Effect.flatMap(() => withDuplicateCheck(checker.report())))
+  })
+
+/**
+ * Paging by `sequence > last` reads one row per sequence; a second row with a sequence already read is
+ * never seen. Counting the table up to the last row read shows whether any row was passed by.
+ */
+const withDuplicateCheck = (report: VerifyReport): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
+  Option.match(report.head, {
+    onNone: () => Effect.succeed(report),
+    onSome: (head) =>
+      Effect.gen(function*() {
+        const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+        const [counted] = yield* sql<{ n: number }>`
+          SELECT COUNT(*) AS n FROM signed_events WHERE sequence <= ${head.sequence}`
+        const passedBy = Number(counted?.n ?? 0) - report.rowsChecked
+        if (passedBy <= 0) return report
+        const [duplicate] = yield* sql<{ sequence: number }>`
+          SELECT sequence FROM signed_events WHERE sequence <= ${head.sequence}
+          GROUP BY sequence HAVING COUNT(*) > 1 ORDER BY sequence LIMIT 1`
+        const failure: VerifyFailure = {
+          sequence: Number(duplicate?.sequence ?? head.sequence),
+          kind: "duplicate",
+          message: `${passedBy} row(s) share a sequence with a checked row (is the unique index on sequence gone?)`
+        }
+        return {
+          ...report,
+          ok: false,
+          failureCount: report.failureCount + passedBy,
+          firstFailure: Option.isSome(report.firstFailure) ? report.firstFailure : Option.some(failure)
+        }
+      })
   })

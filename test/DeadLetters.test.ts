@@ -81,7 +81,11 @@ describe("DeadLetters", () => {
         const dry = yield* DeadLetters.replayDeadLetters({ dryRun: true })
         expect(dry).toMatchObject({ dryRun: true, pending: 4, replayed: 0 })
         expect(yield* chainIds).toHaveLength(3)
-        const first = yield* DeadLetters.replayDeadLetters()
+        const progress: Array<readonly [number, number]> = []
+        const first = yield* DeadLetters.replayDeadLetters({
+          onProgress: (done, total) => Effect.sync(() => progress.push([done, total]))
+        })
+        expect(progress).toEqual([[0, 4], [1, 4], [2, 4], [3, 4], [4, 4]])
         const second = yield* DeadLetters.replayDeadLetters()
         const letters = yield* DeadLetters.list()
         return { first, second, letters, ids: yield* chainIds, report: yield* verifyLedger() }

@@ -1,3 +1,4 @@
+import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Stream } from "effect"
 import * as fs from "node:fs"
@@ -77,11 +78,30 @@ describe("LedgerExport", () => {
       expect(Option.getOrThrow(result.report.firstFailure)).toMatchObject({ sequence: 4, kind: "link" })
     }))
 
+  it.live("a range whose preceding row is missing is refused; a full export ignores a forged anchor", () =>
+    Effect.gen(function*() {
+      const layer = yield* ledger(6)
+      const { lines } = yield* exportTo(layer)
+      const forged = freshFile("jsonl")
+      fs.writeFileSync(
+        forged,
+        [JSON.stringify({ ...JSON.parse(lines[0]!), prev_hash: "ab".repeat(32) }), ...lines.slice(1)].join("\n")
+      )
+      const result = yield* LedgerExport.verifyExportFile(forged)
+      expect(result.ok).toBe(true)
+
+      yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM signed_events WHERE sequence = 2`).pipe(
+        Effect.provide(layer)
+      )
+      const error = yield* Effect.flip(exportTo(layer, { from: 3 }))
+      expect(error).toMatchObject({ _tag: "ExportAnchorMissing", sequence: 2 })
+    }))
+
   it.live("an empty range exports only a header and verifies", () =>
     Effect.gen(function*() {
       const { file, lines } = yield* exportTo(yield* ledger(3), { from: 10 })
       expect(lines).toHaveLength(1)
-      expect(JSON.parse(lines[0]!)).toMatchObject({ row_count: 0, to_sequence: null, head_hash: null })
+      expect(JSON.parse(lines[0]!)).toMatchObject({ row_count: 0, to_sequence: null, head_hash: null, prev_hash: null })
       expect((yield* LedgerExport.verifyExportFile(file)).ok).toBe(true)
     }))
 

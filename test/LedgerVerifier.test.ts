@@ -542,6 +542,23 @@ describe("verifyLedger pagination", () => {
       }).pipe(Effect.provide(TempLedger())))
   }
 
+  for (const duplicated of [6, 7]) {
+    it.effect(`a second row with sequence ${duplicated} (unique index dropped) is found at pages of 7`, () =>
+      Effect.gen(function*() {
+        yield* insertRows(rows)
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`DROP INDEX idx_signed_events_sequence`
+        yield* sql`INSERT INTO signed_events
+          SELECT 'forged-' || id, sequence, agent_id, event_type, payload, payload_hash, prev_hash, entry_hash,
+                 signature, key_id, attest_level, timestamp, appended_at
+          FROM signed_events WHERE sequence = ${duplicated}`
+        const report = yield* LedgerVerifier.verifyLedger({ keyring, pageSize: 7 })
+        expect(report.ok).toBe(false)
+        expect(report.failureCount).toBeGreaterThanOrEqual(1)
+        expect(firstFailure(report)).toMatchObject({ sequence: duplicated })
+      }).pipe(Effect.provide(TempLedger())))
+  }
+
   it.effect("onProgress sees the running row count after every page", () =>
     Effect.gen(function*() {
       yield* insertRows(rows)

@@ -478,6 +478,12 @@ describe("SqlAuditSink", () => {
       const sql = Context.get(context, SqlClient.SqlClient)
       const perAgent = yield* sql`SELECT agent_id, COUNT(*) AS n FROM signed_events GROUP BY agent_id ORDER BY agent_id`
       expect(perAgent).toEqual([{ agent_id: "child", n: 2000 }, { agent_id: "parent", n: 2000 }])
+      // The two processes really wrote at the same time: the chain alternates between them more than once
+      // (one after the other would be a single switch).
+      const [row] = yield* sql<{ switches: number }>`
+        SELECT COUNT(*) AS switches FROM signed_events cur JOIN signed_events prev ON prev.sequence = cur.sequence - 1
+        WHERE prev.agent_id <> cur.agent_id`
+      expect(row?.switches).toBeGreaterThan(1)
     }).pipe(Effect.scoped))
   it.effect("the layer's AuditSink appends through the same chain as SqlAuditSink", () =>
     Effect.gen(function*() {

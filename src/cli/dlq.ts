@@ -10,6 +10,7 @@ import * as DeadLetters from "../DeadLetters.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { openLedger } from "./InputFile.js"
+import * as Progress from "./Progress.js"
 
 const db = Args.text({ name: "db" }).pipe(Args.withDescription("ledger database"))
 
@@ -50,7 +51,9 @@ export const runReplay = (options: ReplayOptions) =>
     const ledger = SqlAuditSink.layer({ signer }).pipe(
       Layer.provideMerge(openLedger(options.db, { readonly: options.dryRun }))
     )
-    const result = yield* DeadLetters.replayDeadLetters({ dryRun: options.dryRun }).pipe(
+    const progress = Progress.make("replayed dead letters")
+    const result = yield* DeadLetters.replayDeadLetters({ dryRun: options.dryRun, onProgress: progress.update }).pipe(
+      Effect.ensuring(progress.finish),
       Effect.provide(ledger),
       Effect.mapError((error) =>
         error._tag === "InputError" ? error : new InputError({ message: `${options.db}: ${error.message}` })

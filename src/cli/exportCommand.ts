@@ -42,7 +42,10 @@ export const runExport = (options: ExportOptions) =>
     )
     const written = yield* writeLines(lines, out).pipe(
       Effect.provide(openLedger(options.db, { readonly: true })),
-      Effect.catchTag("SqlError", (error) => new InputError({ message: `${options.db}: ${error.message}` }))
+      Effect.catchTags({
+        SqlError: (error) => new InputError({ message: `${options.db}: ${error.message}` }),
+        ExportAnchorMissing: (error) => new InputError({ message: `${options.db}: ${error.message}` })
+      })
     )
     yield* progress.finish
     if (out !== undefined) yield* Console.error(`exported ${written - 1} rows to ${out}`)
