@@ -10,10 +10,10 @@ import { execFile, spawn } from "node:child_process"
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
-import { cliBundle } from "./fixtures/cliBundle.js"
+import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const dir = fs.mkdtempSync(join(tmpdir(), "agent-ledger-cli-"))
@@ -121,6 +121,50 @@ describe("process behaviour", () => {
     expect(run.code).toBe(2)
     expect(run.stderr).toContain("s.json")
     expect(fs.existsSync(db)).toBe(false)
+  })
+
+  // As root every path is writable, so the check is run as an unprivileged user (needs root and setpriv).
+  const othersCanReach = (file: string): boolean => {
+    // Every directory above the file must be searchable by other users (o+x), the file readable (o+r).
+    for (let p = dirname(file); p !== dirname(p); p = dirname(p)) {
+      if ((fs.statSync(p).mode & 0o001) === 0) return false
+    }
+    return (fs.statSync(file).mode & 0o004) !== 0
+  }
+  const canDropPrivileges = process.getuid?.() === 0 && fs.existsSync("/usr/bin/setpriv") &&
+    othersCanReach(cliBundle) && othersCanReach(join(repoRoot, "node_modules/better-sqlite3/package.json"))
+  if (!canDropPrivileges) {
+    console.log(
+      "skipping the unwritable-directory test: needs root, /usr/bin/setpriv and a checkout other users can read"
+    )
+  }
+  it.skipIf(!canDropPrivileges)("a database in a directory the user cannot write: exit 2 naming it", async () => {
+    const locked = path("locked")
+    fs.mkdirSync(locked, { mode: 0o755 })
+    fs.chmodSync(dir, 0o755)
+    const run = await new Promise<Run>((resolve) => {
+      execFile(
+        "/usr/bin/setpriv",
+        [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          process.execPath,
+          cliBundle,
+          "demo",
+          "--db",
+          join(locked, "x.db"),
+          "--session-out",
+          join(locked, "s.json")
+        ],
+        { cwd: "/" },
+        (error, stdout, stderr) =>
+          resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : null, stdout, stderr })
+      )
+    })
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain(`${locked} is not writable`)
+    expect(fs.readdirSync(locked)).toEqual([])
   })
 
   it("export to a full device is a one-line error, not a crash", async () => {
