@@ -9,7 +9,8 @@
  *   every event behind the poison one is still drained: the `Queue` belongs to the service, not to the
  *   drainer fiber. `maxRestarts` consecutive restarts (reset by a successful append) make the queue
  *   `Failed`: intake closes and what is still queued is dead-lettered.
- * - Interruption is shutdown, never a defect.
+ * - Interruption of the drainer is shutdown, never a defect; a sink call that itself ends interrupted is a
+ *   poison event like a defect.
  * - `closeAndFlush` stops intake and waits until every queued event has been handled (it does not use
  *   `Queue.shutdown`, which would discard them); the scope's finalizer does the same, bounded by
  *   `shutdownDrainTimeout`, and logs the residual if it times out.
@@ -196,13 +197,12 @@ export const make = (
     // ---------------------------------------------------------------------------------------------------
 
     /**
-     * Runs a sink call in a child fiber and awaits its exit. An interruption of the drainer itself ends
-     * the drainer here (the child goes with it); an interruption that the sink's own effect ends with
-     * (it interrupted itself, or joined an interrupted fiber) comes back as an exit like any other sink
-     * failure, so it can never silently stop the drainer.
+     * A sink call's exit. When the drainer itself is interrupted, Effect skips failure handlers, so the
+     * interruption ends the drainer right here; an interruption that comes back as an exit is one the
+     * sink's own effect ended with (it interrupted itself, or joined an interrupted fiber): a sink
+     * failure like any other, which must never silently stop the drainer.
      */
-    const callSink = <A, E>(call: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
-      Effect.flatMap(Effect.fork(call), Fiber.await)
+    const callSink = <A, E>(call: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> => Effect.exit(call)
 
     /** Dead-letter `event` with `reason`; `true` when it landed. */
     const deadLetter = (event: DeferredAuditEvent, reason: string): Effect.Effect<boolean> =>

@@ -95,7 +95,7 @@ export interface ReplayResult {
 export const replayDeadLetters = (
   options: {
     readonly dryRun?: boolean
-    /** Called after each dead letter with how many of the pending ones have been handled. */
+    /** Called before each dead letter and once at the end, with how many of the pending ones are handled. */
     readonly onProgress?: (done: number, total: number) => Effect.Effect<void>
   } = {}
 ): Effect.Effect<ReplayResult, SqlError | ParseResult.ParseError, SqlClient.SqlClient | SqlAuditSink> =>

@@ -174,15 +174,44 @@ describe("process behaviour", () => {
     expect(run.stderr).not.toMatch(/\n\s+at /)
   })
 
-  it("a reader closing stdout early (| head) ends the command quietly with exit 0", async () => {
-    const child = spawn(process.execPath, [cliBundle, "stats", ledger], { cwd: dir })
+  /** Runs the CLI with stdout closed before it writes anything (as `| head` does, early). */
+  const withClosedStdout = async (...args: ReadonlyArray<string>) => {
+    const child = spawn(process.execPath, [cliBundle, ...args], { cwd: dir })
     let stderr = ""
     child.stderr.on("data", (d) => (stderr += d))
-    // Closed before the first line arrives, so every write the CLI makes hits a closed pipe.
     child.stdout.destroy()
     const code = await new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)))
-    expect(code).toBe(0)
-    expect(stderr).toBe("")
+    return { code, stderr }
+  }
+
+  it("a reader closing stdout early (| head) is quiet, and the exit code is still the command's", async () => {
+    expect(await withClosedStdout("stats", ledger)).toEqual({ code: 0, stderr: "" })
+    const db = copyLedger(ledger, path("tampered-closed.db"))
+    withDb(db, (d) => d.prepare("UPDATE signed_events SET agent_id = 'mallory' WHERE sequence = 1").run())
+    expect(await withClosedStdout("verify", db)).toEqual({ code: 1, stderr: "" })
+  })
+
+  it("stdout on a full disk: one line on stderr and exit 2", async () => {
+    const full = fs.openSync("/dev/full", "w")
+    const child = spawn(process.execPath, [cliBundle, "stats", ledger], { cwd: dir, stdio: ["ignore", full, "pipe"] })
+    fs.closeSync(full)
+    let stderr = ""
+    child.stderr!.on("data", (d) => (stderr += d))
+    const code = await new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)))
+    expect(code).toBe(2)
+    expect(stderr.trim()).toBe("agent-ledger: cannot write the output (ENOSPC)")
+  })
+
+  it("a refused export leaves an existing --out file as it was, and no partial file", async () => {
+    const db = copyLedger(ledger, path("gap.db"))
+    withDb(db, (d) => d.prepare("DELETE FROM signed_events WHERE sequence = 2").run())
+    const out = path("keep.jsonl")
+    fs.writeFileSync(out, "previous export\n")
+    const run = await cli("export", db, "--from", "3", "--out", out)
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain("no row at sequence 2")
+    expect(fs.readFileSync(out, "utf8")).toBe("previous export\n")
+    expect(fs.readdirSync(dir).filter((f) => f.includes(".partial-"))).toEqual([])
   })
 
   it("Ctrl-C during the demo exits 130 after flushing what was queued: the ledger verifies", async () => {
@@ -200,8 +229,22 @@ describe("process behaviour", () => {
       path("interrupted.json")
     ], { cwd: dir })
     // Wait until the ledger file exists (the demo is under way), then interrupt it.
-    while (!fs.existsSync(db)) await new Promise((resolve) => setTimeout(resolve, 50))
-    await new Promise((resolve) => setTimeout(resolve, 500))
+    // Interrupt once refusals are reaching the ledger (the demo is under way and will run for a long time).
+    const rows = () =>
+      fs.existsSync(db)
+        ? withDb(db, (d) => (d.prepare("SELECT COUNT(*) AS n FROM signed_events").get() as { n: number }).n)
+        : 0
+    while (child.exitCode === null) {
+      const n = await Promise.resolve().then(() => {
+        try {
+          return rows()
+        } catch {
+          return 0 // the schema is still being created
+        }
+      })
+      if (n > 0) break
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
     child.kill("SIGINT")
     const code = await new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)))
     expect(code).toBe(130)

@@ -103,7 +103,8 @@ const demoSigner = (db: string) =>
     yield* Effect.try({
       try: () => {
         fs.writeFileSync(files.privateKey, pem.privateKeyPem, { mode: 0o600, flag: "wx" })
-        fs.writeFileSync(files.publicKey, pem.publicKeyPem, { flag: "wx" })
+        // A public key left without its private key is stale: replace it with the new pair's.
+        fs.writeFileSync(files.publicKey, pem.publicKeyPem)
       },
       catch: (error) => new InputError({ message: `${files.privateKey}: cannot write the demo key (${String(error)})` })
     })

@@ -55,39 +55,56 @@ export const requireWritableFile = (file: string): Effect.Effect<void, InputErro
       })
   })
 
-/** Output closed by its reader (`export … | head`): stop writing, it is not an error. */
-class OutputClosed extends Error {}
-
-const outputError = (error: NodeJS.ErrnoException): InputError | OutputClosed =>
-  error.code === "EPIPE"
-    ? new OutputClosed()
-    : new InputError({ message: `cannot write the output (${error.code ?? error.message})` })
+/** Writing to stdout failed; the entry point (main.ts) reports that and sets the exit code. */
+class StdoutFailed extends Error {}
 
 /**
  * Writes `text` and waits until it is flushed, so memory stays flat and a write error (EPIPE, ENOSPC)
  * fails this effect instead of crashing the process or hanging.
  */
-const writeChunk = (out: NodeJS.WritableStream, text: string): Effect.Effect<void, InputError | OutputClosed> =>
-  Effect.async<void, InputError | OutputClosed>((resume) => {
-    out.write(text, (error) => resume(error ? Effect.fail(outputError(error)) : Effect.void))
+const writeChunk = (
+  out: NodeJS.WritableStream,
+  text: string,
+  file: string | undefined
+): Effect.Effect<void, InputError | StdoutFailed> =>
+  Effect.async<void, InputError | StdoutFailed>((resume) => {
+    out.write(text, (error) =>
+      resume(
+        error === null || error === undefined
+          ? Effect.void
+          : Effect.fail(
+            file === undefined
+              ? new StdoutFailed()
+              : new InputError({
+                message: `${file}: cannot write (${(error as NodeJS.ErrnoException).code ?? error.message})`
+              })
+          )
+      ))
   })
 
 const ignoreStreamError = () => {}
 
 /**
- * Writes each line of `lines` with a newline to `file` (created or truncated), or to stdout when `file`
- * is undefined. Returns the number of lines written (-1 when the reader closed stdout early).
+ * Writes each line of `lines` with a newline to `file`, or to stdout when `file` is undefined. Returns
+ * the number of lines written (-1 when stdout failed, e.g. its reader closed it).
+ *
+ * A regular file is written under a temporary name and renamed into place only once every line is
+ * written: a failed or interrupted export never leaves a truncated file, nor destroys the previous one.
  */
 export const writeLines = <E, R>(
   lines: Stream.Stream<string, E, R>,
   file: string | undefined
-): Effect.Effect<number, E | InputError, R> =>
-  Effect.acquireUseRelease(
+): Effect.Effect<number, E | InputError, R> => {
+  // Only a regular file (or a new one) is replaced by rename; a device or FIFO (/dev/stdout, a named pipe)
+  // is written in place.
+  const renameIntoPlace = file !== undefined && (!fs.existsSync(file) || fs.statSync(file).isFile())
+  const partial = file === undefined ? undefined : renameIntoPlace ? `${file}.partial-${process.pid}` : file
+  const write = Effect.acquireUseRelease(
     Effect.try({
       try: () => {
-        const out: NodeJS.WritableStream = file === undefined
+        const out: NodeJS.WritableStream = partial === undefined
           ? process.stdout
-          : fs.createWriteStream(file, { fd: fs.openSync(file, "w") })
+          : fs.createWriteStream(partial, { fd: fs.openSync(partial, "w") })
         // Errors reach each write's callback; this listener only keeps them from crashing the process.
         out.on("error", ignoreStreamError)
         return out
@@ -98,11 +115,11 @@ export const writeLines = <E, R>(
       Stream.runFold(
         Stream.mapEffect(
           Stream.grouped(lines, 256),
-          (chunk) => Effect.as(writeChunk(out, Array.from(chunk).join("\n") + "\n"), chunk.length)
+          (chunk) => Effect.as(writeChunk(out, Array.from(chunk).join("\n") + "\n", file), chunk.length)
         ),
         0,
         (total, n) => total + n
-      ).pipe(Effect.catchIf((error) => error instanceof OutputClosed, () => Effect.succeed(-1))),
+      ).pipe(Effect.catchIf((error) => error instanceof StdoutFailed, () => Effect.succeed(-1))),
     (out) =>
       out === process.stdout
         ? Effect.sync(() => out.off("error", ignoreStreamError))
@@ -113,3 +130,16 @@ export const writeLines = <E, R>(
           stream.end()
         })
   )
+  if (file === undefined || partial === undefined || partial === file) return write
+  return write.pipe(
+    Effect.tap(() =>
+      Effect.try({
+        try: () => fs.renameSync(partial, file),
+        catch: (error) => new InputError({ message: `${file}: cannot write (${String(error)})` })
+      })
+    ),
+    Effect.onExit((exit) =>
+      exit._tag === "Success" ? Effect.void : Effect.sync(() => fs.rmSync(partial, { force: true }))
+    )
+  )
+}
