@@ -6,7 +6,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Chunk, Data, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
+import { Data, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
 import * as fs from "node:fs"
 import * as readline from "node:readline"
 import { isHash, ZERO_HASH } from "./internal/encoding.js"
@@ -42,8 +42,6 @@ export interface ExportRange {
   readonly to?: number | undefined
   readonly pageSize?: number | undefined
 }
-
-const SELECT_COLUMNS = LedgerRow.COLUMNS.join(", ")
 
 /** The row values in column order, so every export line has the same key order as the table. */
 const rowLine = (row: Record<string, unknown>): string => {
@@ -98,20 +96,9 @@ export const exportLines = (
     if (header.prev_hash === null && header.row_count > 0) {
       return yield* new ExportAnchorMissing({ sequence: start - 1 })
     }
-    const columns = sql.literal(SELECT_COLUMNS)
-    const rows = last === null ? Stream.empty : Stream.paginateChunkEffect(start - 1, (after) =>
-      Effect.map(
-        sql<Record<string, unknown>>`
-          SELECT ${columns} FROM signed_events WHERE sequence > ${after} AND sequence <= ${last}
-          ORDER BY sequence LIMIT ${pageSize}`,
-        (page) => {
-          const lastOfPage = page[page.length - 1]
-          const next = page.length < pageSize || lastOfPage === undefined
-            ? Option.none<number>()
-            : Option.some(Number(lastOfPage.sequence))
-          return [Chunk.map(Chunk.unsafeFromArray(page), rowLine), next] as const
-        }
-      ))
+    const rows = last === null
+      ? Stream.empty
+      : Stream.map(LedgerVerifier.storedRows({ from: start, to: last, pageSize }), rowLine)
     return Stream.concat(Stream.make(JSON.stringify(header)), rows)
   }))
 

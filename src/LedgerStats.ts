@@ -55,9 +55,8 @@ export const stats = (options: { readonly pageSize?: number } = {}): Effect.Effe
     const refusalsByAgent: Record<string, number> = {}
     const refusalsByRule: Record<string, number> = {}
     const attestLevels: Record<string, number> = {}
-    yield* Stream.runForEach(LedgerVerifier.storedRows({ pageSize: options.pageSize }), (raw) =>
+    yield* Stream.runForEach(LedgerVerifier.storedRows({ pageSize: options.pageSize }), (row) =>
       Effect.sync(() => {
-        const row = raw as Record<string, unknown>
         rows++
         head = Option.some({ sequence: Number(row.sequence), entryHash: String(row.entry_hash) })
         const timestamp = String(row.timestamp)

@@ -382,8 +382,14 @@ const SELECT_COLUMNS = LedgerRow.COLUMNS.join(", ")
  * and no OFFSET scan. Rows appended while the stream runs are read too.
  */
 export const storedRows = (
-  options: { readonly pageSize?: number | undefined } = {}
-): Stream.Stream<unknown, SqlError, SqlClient.SqlClient> => {
+  options: {
+    readonly pageSize?: number | undefined
+    /** Only rows with `sequence >= from` (default: every row, whatever its sequence). */
+    readonly from?: number | undefined
+    /** Only rows with `sequence <= to` (default: no bound). */
+    readonly to?: number | undefined
+  } = {}
+): Stream.Stream<Record<string, unknown>, SqlError, SqlClient.SqlClient> => {
   const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
   if (!Number.isSafeInteger(pageSize) || pageSize < 1) {
     return Stream.dieMessage(`LedgerVerifier: pageSize must be a positive integer, got ${pageSize}`)
@@ -392,14 +398,18 @@ export const storedRows = (
     // Column names must stay snake_case whatever result-name transform the app's client has.
     const sql = client.withoutTransforms()
     const columns = sql.literal(SELECT_COLUMNS)
+    const upTo = options.to === undefined ? sql.literal("1 = 1") : sql`sequence <= ${options.to}`
     const page = (after: Option.Option<unknown>) =>
       Option.match(after, {
-        onNone: () =>
-          sql<Record<string, unknown>>`SELECT ${columns} FROM signed_events ORDER BY sequence LIMIT ${pageSize}`,
+        onNone: () => {
+          const from = options.from === undefined ? sql.literal("1 = 1") : sql`sequence >= ${options.from}`
+          return sql<Record<string, unknown>>`
+            SELECT ${columns} FROM signed_events WHERE ${from} AND ${upTo} ORDER BY sequence LIMIT ${pageSize}`
+        },
         onSome: (last) =>
-          sql<
-            Record<string, unknown>
-          >`SELECT ${columns} FROM signed_events WHERE sequence > ${last} ORDER BY sequence LIMIT ${pageSize}`
+          sql<Record<string, unknown>>`
+            SELECT ${columns} FROM signed_events WHERE sequence > ${last} AND ${upTo}
+            ORDER BY sequence LIMIT ${pageSize}`
       })
     return Stream.paginateChunkEffect(Option.none<unknown>(), (after) =>
       Effect.map(page(after), (rows) => {
