@@ -127,8 +127,31 @@ export const reason = (event: DeferredAuditEvent): Option.Option<string> =>
 /** RFC 3339 UTC with milliseconds, e.g. `2026-11-24T06:52:03.120Z`: the `timestamp` of payloads and rows. */
 export const formatTimestamp = (event: DeferredAuditEvent): string => DateTime.formatIso(event.timestamp)
 
-const encodeAction = Schema.encodeSync(AgentAction)
-const encodeDecision = Schema.encodeSync(Decision)
+/**
+ * The encoded form of an action, as `Schema.encodeSync(AgentAction)` gives it (test/AuditEvent.test.ts
+ * checks the two agree). Written out because the drainer encodes every event, and the schema's encoder
+ * re-validates what the constructors already validated, at several times the cost of the rest of a row.
+ */
+export const encodeAction = (action: AgentAction): typeof AgentAction.Encoded => {
+  switch (action._tag) {
+    case "ToolCall":
+      return !Object.hasOwn(action, "arguments")
+        ? { _tag: "ToolCall", toolName: action.toolName, serverId: action.serverId }
+        : { _tag: "ToolCall", toolName: action.toolName, serverId: action.serverId, arguments: action.arguments }
+    case "DataAccess":
+      return { _tag: "DataAccess", resource: action.resource, mode: action.mode }
+    case "Delegation":
+      return { _tag: "Delegation", toAgentId: action.toAgentId, depth: action.depth }
+    case "Custom":
+      return { _tag: "Custom", customKind: action.customKind, payload: action.payload }
+  }
+}
+
+/** The encoded form of a decision, as `Schema.encodeSync(Decision)` gives it (see `encodeAction`). */
+export const encodeDecision = (decision: Decision): typeof Decision.Encoded =>
+  decision._tag === "Allow"
+    ? { _tag: "Allow" }
+    : { _tag: decision._tag, ruleId: decision.ruleId, reason: decision.reason }
 
 /** The JSON object that `canonicalBytes` canonicalizes (docs/FORMAT.md, "Refusal payload v1"). */
 export const canonicalObject = (event: DeferredAuditEvent) => ({

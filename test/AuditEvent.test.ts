@@ -12,6 +12,8 @@ import {
   DataAccess,
   DeferredAuditEvent,
   Delegation,
+  encodeAction,
+  encodeDecision,
   formatTimestamp,
   GOVERNANCE_REFUSAL_EVENT_TYPE,
   isRefusal,
@@ -22,6 +24,8 @@ import {
   ToolCall,
   Warn
 } from "../src/AuditEvent.js"
+import { AgentAction, Decision } from "../src/AuditEvent.js"
+import type { JsonValue } from "../src/AuditEvent.js"
 import { UUID_V7 } from "../src/internal/uuid.js"
 
 const refusalAction = () => new Custom({ customKind: "memory_write", payload: { namespace: "secrets/api" } })
@@ -285,4 +289,46 @@ describe("canonical payload (docs/FORMAT.md, Refusal payload v1)", () => {
       expect(payloadHash(a)).toBe(sha256(canonicalBytes(a)))
     }
   )
+})
+
+describe("the hand-written encoders agree with the schemas", () => {
+  const json = fc.jsonValue({ maxDepth: 3 }).filter((v) => v !== undefined) as fc.Arbitrary<JsonValue>
+  const action: fc.Arbitrary<AgentAction> = fc.oneof(
+    fc.record({ toolName: fc.string(), serverId: fc.string(), arguments: fc.option(json, { nil: undefined }) })
+      .map((f) =>
+        f.arguments === undefined
+          ? new ToolCall({ toolName: f.toolName, serverId: f.serverId })
+          : new ToolCall({ toolName: f.toolName, serverId: f.serverId, arguments: f.arguments })
+      ),
+    fc.record({ resource: fc.string(), mode: fc.constantFrom("read" as const, "write" as const, "delete" as const) })
+      .map((f) => new DataAccess(f)),
+    fc.record({ toAgentId: fc.string(), depth: fc.nat() }).map((f) => new Delegation(f)),
+    fc.record({ customKind: fc.string(), payload: json }).map((f) => new Custom(f))
+  )
+  const decision: fc.Arbitrary<Decision> = fc.oneof(
+    fc.constant(new Allow()),
+    fc.record({ ruleId: fc.string(), reason: fc.string() }).map((f) => new Warn(f)),
+    fc.record({ ruleId: fc.string(), reason: fc.string() }).map((f) => new Refuse(f))
+  )
+
+  it.prop("encodeAction is Schema.encodeSync(AgentAction), key for key", [action], ([a]) => {
+    expect(encodeAction(a)).toStrictEqual(Schema.encodeSync(AgentAction)(a))
+  })
+
+  it.prop("encodeDecision is Schema.encodeSync(Decision), key for key", [decision], ([d]) => {
+    expect(encodeDecision(d)).toStrictEqual(Schema.encodeSync(Decision)(d))
+  })
+
+  it("a ToolCall built with arguments: undefined encodes as the schema does", () => {
+    const call = new ToolCall({ toolName: "t", serverId: "s", arguments: undefined })
+    expect(encodeAction(call)).toStrictEqual(Schema.encodeSync(AgentAction)(call))
+    const event = new DeferredAuditEvent({
+      id: "01936f2a-5c00-7a3b-8c4d-9e0f1a2b3c4d",
+      agentId: "a",
+      action: call,
+      decision: refusalDecision(),
+      timestamp: DateTime.unsafeMake(0)
+    })
+    expect(canonicalJson(event)).not.toContain("arguments")
+  })
 })
