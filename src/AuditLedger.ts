@@ -57,6 +57,14 @@ export interface SqliteOptions {
   readonly maxRestarts?: number | undefined
   /** See `AuditQueue.Options`: how long closing the scope waits for queued events to reach the ledger. */
   readonly shutdownDrainTimeout?: Duration.DurationInput | undefined
+  /** See `AuditQueue.Options`: the most events one write transaction takes (group commit); default 512. */
+  readonly maxBatch?: number | undefined
+  /** See `AuditQueue.Options`: the `queue_id` tag of the queue's metrics. */
+  readonly queueId?: string | undefined
+  /** See `AuditQueue.Options`: the delay before each restart of the drainer. */
+  readonly restartSchedule?: AuditQueue.Options["restartSchedule"] | undefined
+  /** See `SqlAuditSink.Options`: payload bytes one write transaction may hold. */
+  readonly maxTransactionBytes?: number | undefined
   /**
    * Replay pending dead letters (`DeadLetters.replayDeadLetters`) when the layer starts, before the queue
    * accepts events, so they land ahead of new ones. Dead letters that still fail stay pending and are
@@ -165,7 +173,8 @@ export const layerSqlite = (
     signer: options.signer,
     synchronous: options.synchronous,
     busyTimeout: options.busyTimeout,
-    retrySchedule: options.retrySchedule
+    retrySchedule: options.retrySchedule,
+    maxTransactionBytes: options.maxTransactionBytes
   })
   // Built last, so released first: the queue's finalizer flushes into the sink while the client is open.
   const queue = Layer.scoped(
@@ -174,7 +183,10 @@ export const layerSqlite = (
       AuditQueue.make({
         sink,
         ...(options.maxRestarts === undefined ? {} : { maxRestarts: options.maxRestarts }),
-        ...(options.shutdownDrainTimeout === undefined ? {} : { shutdownDrainTimeout: options.shutdownDrainTimeout })
+        ...(options.shutdownDrainTimeout === undefined ? {} : { shutdownDrainTimeout: options.shutdownDrainTimeout }),
+        ...(options.maxBatch === undefined ? {} : { maxBatch: options.maxBatch }),
+        ...(options.queueId === undefined ? {} : { queueId: options.queueId }),
+        ...(options.restartSchedule === undefined ? {} : { restartSchedule: options.restartSchedule })
       }))
   )
   const replayOnStart = options.replayDeadLettersOnStart === true

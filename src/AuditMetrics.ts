@@ -113,13 +113,17 @@ export const counters = (queueId: string): AuditCounters => {
   }
 }
 
+/**
+ * Adds `delta` to the published counters, synchronously (the queue's intake is one synchronous step).
+ * The snapshot is updated separately, by the queue.
+ */
+export const unsafePublish = (counters: AuditCounters, delta: AuditMetricsDelta): void => {
+  for (const field of fields) {
+    const amount = delta[field] ?? 0
+    if (amount > 0) counters[field].unsafeUpdate(amount, [])
+  }
+}
+
 /** Adds `delta` to the published counters (the snapshot is updated separately, by the queue). */
 export const publish = (counters: AuditCounters, delta: AuditMetricsDelta): Effect.Effect<void> =>
-  Effect.forEach(
-    fields,
-    (field) => {
-      const amount = delta[field] ?? 0
-      return amount > 0 ? Metric.incrementBy(counters[field], amount) : Effect.void
-    },
-    { discard: true }
-  )
+  Effect.sync(() => unsafePublish(counters, delta))

@@ -4,23 +4,32 @@
  *
  * - The queue is unbounded: a bounded queue would have to drop on full, and a silent audit drop is a
  *   security regression.
+ * - Group commit: the drainer takes whatever is waiting, up to `maxBatch` events, and hands it to the
+ *   sink's `appendBatch` (one write transaction, one fsync). Nothing waits to fill a batch: under light
+ *   load a batch is one event. When a batch fails or the sink dies on it, its events are appended one by
+ *   one, so a poison event lands in the dead-letter store alone and the others are appended.
  * - When the sink dies (a defect) on an event, that event is accounted as a poison event (an append
  *   failure, dead-lettered where the sink can take it), the drainer restarts on `restartSchedule`, and
- *   every event behind the poison one is still drained: the `Queue` belongs to the service, not to the
- *   drainer fiber. `maxRestarts` consecutive restarts (reset by a successful append) make the queue
- *   `Failed`: intake closes and what is still queued is dead-lettered.
+ *   every event behind the poison one is still drained: the queue and the batch in hand belong to the
+ *   service, not to the drainer fiber. `maxRestarts` consecutive restarts (reset by a successful append)
+ *   make the queue `Failed`: intake closes and what is still queued is dead-lettered.
  * - Interruption of the drainer is shutdown, never a defect; a sink call that itself ends interrupted is a
  *   poison event like a defect.
  * - `closeAndFlush` stops intake and waits until every queued event has been handled (it does not use
  *   `Queue.shutdown`, which would discard them); the scope's finalizer does the same, bounded by
- *   `shutdownDrainTimeout`, and logs the residual if it times out.
+ *   `shutdownDrainTimeout`, and then writes what is still unhandled to the dead-letter store in one write,
+ *   logging the ids only of events that cannot land there either.
  *
- * Accounting: see `AuditMetrics`. `drainPending` waits for "every submitted event is accounted for" and
- * is woken by the drainer (no polling), with its timeout on `Clock`.
+ * Accounting is structural: every accepted event is held by the queue or by the batch in the drainer's
+ * hands until it is settled exactly once, as appended or as an append failure, whatever the sink does
+ * (fails, dies, throws while building a row, or never answers). See `AuditMetrics` for the counters;
+ * `drainPending` waits for "every submitted event is accounted for" and is woken by the drainer (no
+ * polling), with its timeout on `Clock`.
  */
-import type { Scope } from "effect"
+import type { Array as Arr, Scope } from "effect"
 import {
   Cause,
+  Chunk,
   Clock,
   Context,
   Data,
@@ -30,14 +39,18 @@ import {
   Exit,
   Fiber,
   Layer,
+  MutableRef,
+  Option,
   Queue,
   Ref,
-  Schedule
+  Schedule,
+  Schema
 } from "effect"
 import type { AgentAction, Decision } from "./AuditEvent.js"
 import { DeferredAuditEvent } from "./AuditEvent.js"
 import * as AuditMetrics from "./AuditMetrics.js"
 import type { AuditMetricsSnapshot } from "./AuditMetrics.js"
+import type { AppendOutcome } from "./AuditSink.js"
 import { AuditSink } from "./AuditSink.js"
 import { eventLoopScheduler } from "./internal/eventLoopScheduler.js"
 import { uuidV7 } from "./internal/uuid.js"
@@ -53,24 +66,69 @@ export type { AuditMetricsSnapshot } from "./AuditMetrics.js"
  */
 export type QueueStatus = "Running" | "Restarting" | "Failed" | "Closed"
 
+/**
+ * A durable acknowledgement: the event's row is committed in the ledger. `sequence` and `entryHash` name
+ * the row; they are null only for a sink that does not report chain positions (`SqlAuditSink` does).
+ */
+export class AuditReceipt extends Schema.Class<AuditReceipt>("AuditReceipt")({
+  eventId: Schema.String,
+  sequence: Schema.NullOr(Schema.Number),
+  entryHash: Schema.NullOr(Schema.String)
+}) {}
+
+/**
+ * `submitAndWait` could not acknowledge the event. `reason`:
+ * - `deadLettered`: the event is in the dead-letter store, NOT in the ledger (`detail` says why); replay it
+ * - `notAppended`: the event reached neither the ledger nor the dead-letter store (`detail` says why)
+ * - `queueClosed`: the queue was closed or failed; the event was not accepted
+ */
+export class AuditAckError extends Schema.TaggedError<AuditAckError>()("AuditAckError", {
+  eventId: Schema.String,
+  reason: Schema.Literal("deadLettered", "notAppended", "queueClosed"),
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return `audit event ${this.eventId} not acknowledged (${this.reason}): ${this.detail}`
+  }
+}
+
 export class AuditQueue extends Context.Tag("agent-ledger/AuditQueue")<AuditQueue, {
   /**
-   * Queue an event for the sink. Never blocks, never fails: `false` (and one more `sendFailures`) once the
-   * queue is closed or failed.
+   * Queue an event for the sink. Never blocks, never fails, and runs as one synchronous step: `false` (and
+   * one more `sendFailures`) once the queue is closed or failed. Fire-and-forget: `true` means accepted,
+   * not durable; a fail-closed guard uses `submitAndWait`.
    */
   readonly submit: (event: DeferredAuditEvent) => Effect.Effect<boolean>
   /** Build the event with `DeferredAuditEvent.fromRefusal` and submit it; `false`, uncounted, for Allow/Warn. */
   readonly submitRefusal: (agentId: string, action: AgentAction, decision: Decision) => Effect.Effect<boolean>
   /**
+   * Submit and wait for the durable acknowledgement: succeeds once the event's row is committed (with the
+   * sink's synchronous FULL, durable on disk; with NORMAL, committed but possibly lost on power failure),
+   * fails with `AuditAckError` when it was dead-lettered, could not be appended at all, or the queue is
+   * closed. It rides the same batches as `submit` (many waiters, one commit). Interrupting the wait does
+   * not withdraw the event.
+   */
+  readonly submitAndWait: (event: DeferredAuditEvent) => Effect.Effect<AuditReceipt, AuditAckError>
+  /** `submitRefusal` with the acknowledgement of `submitAndWait`; `None` (nothing submitted) for Allow/Warn. */
+  readonly submitRefusalAndWait: (
+    agentId: string,
+    action: AgentAction,
+    decision: Decision
+  ) => Effect.Effect<Option.Option<AuditReceipt>, AuditAckError>
+  /**
    * Wait until every submitted event is accounted for (appended + appendFailures + sendFailures ≥
    * submitted): `true` then, `false` when `timeout` (on `Clock`) passes first. Leaves the queue open.
+   *
+   * `true` does NOT mean "in the ledger": dead-lettered and failed events are accounted too. Read
+   * `metrics` for what happened, or use `submitAndWait` for a per-event durable answer.
    */
   readonly drainPending: (timeout: Duration.DurationInput) => Effect.Effect<boolean>
   /** Stop intake (later submits are send failures), wait until every queued event is handled, stop the drainer. */
   readonly closeAndFlush: Effect.Effect<void>
   /**
-   * `closeAndFlush` bounded by `timeout`: `true` when everything was handled; `false` at the timeout, with
-   * the residual count logged as a warning and the drainer stopped (the residual stays unhandled).
+   * `closeAndFlush` bounded by `timeout`: `true` when everything was handled. At the timeout the drainer is
+   * stopped and every event still unhandled is written to the dead-letter store in one write (bounded by
+   * `timeout` again); events that cannot land there are logged as lost, with their ids. Returns `false`.
    */
   readonly closeAndFlushWithin: (timeout: Duration.DurationInput) => Effect.Effect<boolean>
   /** `true` while submits are accepted (not closed, not failed). */
@@ -95,6 +153,11 @@ export interface Options {
   readonly restartSchedule?: Schedule.Schedule<unknown, unknown>
   /** The `queue_id` tag of this queue's `Metric` counters. Default: a fresh UUID v7. */
   readonly queueId?: string
+  /**
+   * The most events one drain step hands the sink (one write transaction). Default `DEFAULT_MAX_BATCH`;
+   * `1` appends every event in its own transaction. Also bounds how long one step holds the thread.
+   */
+  readonly maxBatch?: number
 }
 
 /** Exponential backoff from 10 ms, capped at 1 second, never giving up (`maxRestarts` bounds restarts). */
@@ -104,6 +167,9 @@ export const defaultRestartSchedule: Schedule.Schedule<unknown, unknown> = Sched
 
 /** The default bound on the shutdown drain. */
 export const DEFAULT_SHUTDOWN_DRAIN_TIMEOUT: Duration.Duration = Duration.seconds(5)
+
+/** The default `maxBatch`. */
+export const DEFAULT_MAX_BATCH = 512
 
 interface State {
   /** Intake: submits are accepted only while open. */
@@ -116,8 +182,94 @@ interface State {
   readonly metrics: AuditMetricsSnapshot
 }
 
+/**
+ * Events taken from the queue and not yet all settled. `settled` counts the leading events already
+ * accounted; `claimed` is set when shutdown (or a failed queue) takes the rest away from the drainer, so a
+ * sink call that still returns afterwards cannot account them a second time.
+ */
+interface Batch {
+  readonly events: ReadonlyArray<DeferredAuditEvent>
+  settled: number
+  claimed: boolean
+}
+
+/** How one event ended, as the drainer accounts it. */
+type Settlement =
+  | AppendOutcome
+  | {
+    readonly _tag: "Failed"
+    readonly reason: string
+    /** The sink died (or ended interrupted) on it. */
+    readonly defect: boolean
+    readonly deadLettered: boolean
+  }
+
+const failed = (reason: string, defect: boolean, deadLettered: boolean): Settlement => ({
+  _tag: "Failed",
+  reason,
+  defect,
+  deadLettered
+})
+
 /** The drain loop ended because the sink died on an event (already accounted); the supervisor restarts it. */
 class SinkDied extends Data.TaggedError("SinkDied")<{ readonly eventId: string }> {}
+
+/** Ids per log line when events are logged as lost. */
+const LOST_IDS_PER_LINE = 1000
+
+const toNonEmpty = <A>(items: ReadonlyArray<A>): Option.Option<Arr.NonEmptyReadonlyArray<A>> =>
+  items.length > 0 ? Option.some(items as Arr.NonEmptyReadonlyArray<A>) : Option.none()
+
+/** The settlement's delta to the counters. */
+const deltaOf = (settlements: ReadonlyArray<Settlement>): AuditMetrics.AuditMetricsDelta => {
+  let appended = 0
+  let appendFailures = 0
+  let dlqLanded = 0
+  let drainerDefects = 0
+  let uniqueRaceRetries = 0
+  for (const s of settlements) {
+    switch (s._tag) {
+      case "Appended":
+        appended++
+        uniqueRaceRetries += s.uniqueRaceRetries
+        break
+      case "DlqLanded":
+        appendFailures++
+        dlqLanded++
+        uniqueRaceRetries += s.uniqueRaceRetries
+        break
+      case "Failed":
+        appendFailures++
+        if (s.deadLettered) dlqLanded++
+        if (s.defect) drainerDefects++
+    }
+  }
+  return { appended, appendFailures, dlqLanded, drainerDefects, uniqueRaceRetries }
+}
+
+/** What a waiting `submitAndWait` gets for a settlement. */
+const ackOf = (event: DeferredAuditEvent, s: Settlement): Exit.Exit<AuditReceipt, AuditAckError> => {
+  switch (s._tag) {
+    case "Appended":
+      return Exit.succeed(
+        new AuditReceipt({
+          eventId: event.id,
+          sequence: s.position?.sequence ?? null,
+          entryHash: s.position?.entryHash ?? null
+        }, true)
+      )
+    case "DlqLanded":
+      return Exit.fail(new AuditAckError({ eventId: event.id, reason: "deadLettered", detail: s.reason }))
+    case "Failed":
+      return Exit.fail(
+        new AuditAckError({
+          eventId: event.id,
+          reason: s.deadLettered ? "deadLettered" : "notAppended",
+          detail: s.reason
+        })
+      )
+  }
+}
 
 export const make = (
   options: Options & { readonly sink: Context.Tag.Service<AuditSink> }
@@ -125,38 +277,83 @@ export const make = (
   Effect.gen(function*() {
     const sink = options.sink
     const maxRestarts = options.maxRestarts ?? Number.POSITIVE_INFINITY
+    const maxBatch = Math.max(1, Math.floor(options.maxBatch ?? DEFAULT_MAX_BATCH))
     const shutdownDrainTimeout = options.shutdownDrainTimeout ?? DEFAULT_SHUTDOWN_DRAIN_TIMEOUT
     const queueId = options.queueId ?? uuidV7(yield* Clock.currentTimeMillis)
     const counters = AuditMetrics.counters(queueId)
+    const annotate = Effect.annotateLogs({ auditQueue: queueId })
 
     const queue = yield* Queue.unbounded<DeferredAuditEvent>()
-    const state = yield* Ref.make<State>({
+    // Plain mutable cells owned by this service, read and written only inside synchronous steps, so that
+    // `submit` is one step that no other fiber can interleave with or preempt (a Ref would be several).
+    const state = MutableRef.make<State>({
       open: true,
       status: "Running",
       consecutiveRestarts: 0,
       drainerStopped: false,
       metrics: AuditMetrics.empty
     })
+    const update = (f: (s: State) => State): void => {
+      MutableRef.set(state, f(MutableRef.get(state)))
+    }
+    /** The batch in the drainer's hands; it outlives a restart of the drainer. */
+    const inHand = MutableRef.make<Batch | undefined>(undefined)
+    /** `submitAndWait` callers by event, completed when their event settles. */
+    const waiters = new Map<DeferredAuditEvent, Array<Deferred.Deferred<AuditReceipt, AuditAckError>>>()
     // Completed (and replaced) after every accounting change, so waiters re-check without polling.
     const progress = yield* Ref.make(yield* Deferred.make<void>())
     const restartDriver = yield* Schedule.driver(options.restartSchedule ?? defaultRestartSchedule)
 
-    const annotate = Effect.annotateLogs({ auditQueue: queueId })
+    // ---------------------------------------------------------------------------------------------------
+    // Accounting
+    // ---------------------------------------------------------------------------------------------------
 
-    /** Record the final outcome of queued events, then wake whoever waits for the drain. */
-    const account = (delta: AuditMetrics.AuditMetricsDelta) =>
-      Effect.gen(function*() {
-        yield* Ref.update(state, (s) => ({ ...s, metrics: AuditMetrics.add(s.metrics, delta) }))
-        yield* AuditMetrics.publish(counters, delta)
-        const next = yield* Deferred.make<void>()
-        yield* Deferred.succeed(yield* Ref.getAndSet(progress, next), undefined)
+    const wakeDrainWaiters = Effect.flatMap(Deferred.make<void>(), (next) =>
+      Effect.flatMap(Ref.getAndSet(progress, next), (previous) => Deferred.succeed(previous, undefined)))
+
+    /**
+     * Settle the batch's next `settlements.length` events: count them, answer their waiters, wake drain
+     * waiters. A no-op once the batch was claimed by shutdown (which settles the rest itself).
+     */
+    const settle = (batch: Batch, settlements: ReadonlyArray<Settlement>): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (batch.claimed || settlements.length === 0) {
+          return Effect.void
+        }
+        const first = batch.settled
+        batch.settled += settlements.length
+        const delta = deltaOf(settlements)
+        update((s) => ({ ...s, metrics: AuditMetrics.add(s.metrics, delta) }))
+        AuditMetrics.unsafePublish(counters, delta)
+        if (waiters.size > 0) {
+          settlements.forEach((settlement, i) =>
+            answerWaiter(batch.events[first + i]!, settlement)
+          )
+        }
+        return Effect.zipRight(resetRestartsAfterAppend(delta), wakeDrainWaiters)
       })
+
+    const answerWaiter = (event: DeferredAuditEvent, settlement: Settlement): void => {
+      const waiting = waiters.get(event)
+      const deferred = waiting?.shift()
+      if (deferred === undefined) return
+      if (waiting!.length === 0) waiters.delete(event)
+      Deferred.unsafeDone(deferred, ackOf(event, settlement))
+    }
+
+    const resetRestartsAfterAppend = (delta: AuditMetrics.AuditMetricsDelta): Effect.Effect<void> => {
+      if ((delta.appended ?? 0) === 0) return Effect.void
+      const hadRestarts = MutableRef.get(state).consecutiveRestarts > 0
+      if (!hadRestarts) return Effect.void
+      update((s) => ({ ...s, consecutiveRestarts: 0 }))
+      return restartDriver.reset
+    }
 
     const awaitDrained: Effect.Effect<void> = Effect.gen(function*() {
       while (true) {
         // Read the signal before the counters: a change after the read completes this very signal.
         const signal = yield* Ref.get(progress)
-        if (AuditMetrics.isDrained((yield* Ref.get(state)).metrics)) return
+        if (AuditMetrics.isDrained(MutableRef.get(state).metrics)) return
         yield* Deferred.await(signal)
       }
     })
@@ -165,26 +362,43 @@ export const make = (
     // Intake
     // ---------------------------------------------------------------------------------------------------
 
-    // Uninterruptible: an accepted event is counted as submitted and must then really be offered, or
-    // the drain would wait for it forever.
+    /** One synchronous step: count the event and offer it, or count a send failure. */
+    const offerNow = (event: DeferredAuditEvent): boolean => {
+      const s = MutableRef.get(state)
+      const delta = s.open ? { submitted: 1 } : { submitted: 1, sendFailures: 1 }
+      MutableRef.set(state, { ...s, metrics: AuditMetrics.add(s.metrics, delta) })
+      AuditMetrics.unsafePublish(counters, delta)
+      // Unbounded and never shut down (closing only stops intake), so the offer always succeeds.
+      if (s.open) queue.unsafeOffer(event)
+      return s.open
+    }
+
+    const logRefused = (event: DeferredAuditEvent) =>
+      Effect.logWarning("audit queue closed: submit refused, audit row LOST for this refusal").pipe(
+        Effect.annotateLogs({ eventId: event.id, agentId: event.agentId }),
+        annotate
+      )
+
     const submit = (event: DeferredAuditEvent): Effect.Effect<boolean> =>
-      Effect.uninterruptible(Effect.gen(function*() {
-        const accepted = yield* Ref.modify(state, (s): [boolean, State] =>
-          s.open
-            ? [true, { ...s, metrics: AuditMetrics.add(s.metrics, { submitted: 1 }) }]
-            : [false, { ...s, metrics: AuditMetrics.add(s.metrics, { submitted: 1, sendFailures: 1 }) }])
-        if (accepted) {
-          yield* AuditMetrics.publish(counters, { submitted: 1 })
-          yield* Queue.offer(queue, event)
-          return true
-        }
-        yield* AuditMetrics.publish(counters, { submitted: 1, sendFailures: 1 })
-        yield* Effect.logWarning("audit queue closed: submit refused, audit row LOST for this refusal").pipe(
-          Effect.annotateLogs({ eventId: event.id, agentId: event.agentId }),
-          annotate
-        )
-        return false
-      }))
+      Effect.flatMap(
+        Effect.sync(() => offerNow(event)),
+        (accepted) => accepted ? Effect.succeed(true) : Effect.as(logRefused(event), false)
+      )
+
+    const submitAndWait = (event: DeferredAuditEvent): Effect.Effect<AuditReceipt, AuditAckError> =>
+      Effect.flatMap(Deferred.make<AuditReceipt, AuditAckError>(), (deferred) =>
+        Effect.suspend(() => {
+          // Registered before the offer, so a drainer that settles the event at once finds the waiter.
+          const waiting = waiters.get(event)
+          if (waiting === undefined) waiters.set(event, [deferred])
+          else waiting.push(deferred)
+          if (offerNow(event)) return Deferred.await(deferred)
+          answerWaiter(event, failed("the audit queue is closed", false, false))
+          return Effect.zipRight(
+            logRefused(event),
+            new AuditAckError({ eventId: event.id, reason: "queueClosed", detail: "the audit queue is closed" })
+          )
+        }))
 
     const submitRefusal = (agentId: string, action: AgentAction, decision: Decision): Effect.Effect<boolean> =>
       Effect.flatMap(
@@ -192,93 +406,205 @@ export const make = (
         (event) => event._tag === "Some" ? submit(event.value) : Effect.succeed(false)
       )
 
+    const submitRefusalAndWait = (agentId: string, action: AgentAction, decision: Decision) =>
+      Effect.flatMap(
+        DeferredAuditEvent.fromRefusal(agentId, action, decision),
+        (event): Effect.Effect<Option.Option<AuditReceipt>, AuditAckError> =>
+          event._tag === "Some" ? Effect.asSome(submitAndWait(event.value)) : Effect.succeedNone
+      )
+
     // ---------------------------------------------------------------------------------------------------
     // Drainer
     // ---------------------------------------------------------------------------------------------------
 
     /**
-     * A sink call's exit. When the drainer itself is interrupted, Effect skips failure handlers, so the
-     * interruption ends the drainer right here; an interruption that comes back as an exit is one the
-     * sink's own effect ended with (it interrupted itself, or joined an interrupted fiber): a sink
-     * failure like any other, which must never silently stop the drainer.
+     * A sink call's exit. A synchronous throw while building the call is a defect like any other. When
+     * the drainer itself is interrupted, Effect skips failure handlers, so the interruption ends the
+     * drainer right here; an interruption that comes back as an exit is one the sink's own effect ended
+     * with (it interrupted itself, or joined an interrupted fiber): a sink failure like any other, which
+     * must never silently stop the drainer.
      */
-    const callSink = <A, E>(call: Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> => Effect.exit(call)
+    const callSink = <A, E>(call: () => Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+      Effect.exit(Effect.suspend(call))
 
-    /** Dead-letter `event` with `reason`; `true` when it landed. */
-    const deadLetter = (event: DeferredAuditEvent, reason: string): Effect.Effect<boolean> =>
-      Effect.gen(function*() {
-        const exit = yield* callSink(sink.deadLetter(event, reason))
-        if (Exit.isSuccess(exit)) return true
-        yield* Effect.logError("audit sink could not dead-letter the event", exit.cause).pipe(
-          Effect.annotateLogs({ eventId: event.id })
+    const logDeadLetterFailure = (events: ReadonlyArray<DeferredAuditEvent>, cause: Cause.Cause<unknown>) =>
+      Effect.logError("audit sink could not dead-letter the event(s)", cause).pipe(
+        Effect.annotateLogs({ eventIds: events.slice(0, LOST_IDS_PER_LINE).map((event) => event.id) })
+      )
+
+    /**
+     * Dead-letter `events` with `reason`: in one write where the sink has `deadLetterBatch` (all land or
+     * none), else one by one. Returns, per event, whether it landed.
+     */
+    const deadLetter = (
+      events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>,
+      reason: string
+    ): Effect.Effect<ReadonlyArray<boolean>> => {
+      const deadLetterBatch = sink.deadLetterBatch
+      if (deadLetterBatch !== undefined && events.length > 1) {
+        return Effect.flatMap(callSink(() => deadLetterBatch(events, reason)), (exit) =>
+          Exit.isSuccess(exit)
+            ? Effect.succeed(events.map(() => true))
+            : Effect.as(logDeadLetterFailure(events, exit.cause), events.map(() => false)))
+      }
+      return Effect.forEach(events, (event) =>
+        Effect.flatMap(
+          callSink(() => sink.deadLetter(event, reason)),
+          (exit) =>
+            Exit.isSuccess(exit) ? Effect.succeed(true) : Effect.as(logDeadLetterFailure([event], exit.cause), false)
+        ))
+    }
+
+    const logDeadLettered = (event: DeferredAuditEvent, reason: string) =>
+      Effect.logWarning("audit event landed in the dead-letter store (ledger row NOT appended; replay needed)").pipe(
+        Effect.annotateLogs({ eventId: event.id, reason })
+      )
+
+    /** Settle a whole batch from the sink's outcomes, logging the dead-lettered ones. */
+    const settleOutcomes = (batch: Batch, outcomes: ReadonlyArray<AppendOutcome>) =>
+      Effect.zipRight(
+        settle(batch, outcomes),
+        Effect.forEach(
+          outcomes,
+          (outcome, i) =>
+            outcome._tag === "DlqLanded" ? logDeadLettered(batch.events[i]!, outcome.reason) : Effect.void,
+          { discard: true }
         )
-        return false
-      })
+      )
 
-    /** Append one event and account it; fails with `SinkDied` after accounting a poison event. */
-    const appendOne = (event: DeferredAuditEvent): Effect.Effect<void, SinkDied> =>
+    /** One event alone; fails with `SinkDied` after settling a poison event. */
+    const appendOne = (batch: Batch, event: DeferredAuditEvent): Effect.Effect<void, SinkDied> =>
       Effect.gen(function*() {
-        const exit = yield* callSink(sink.append(event))
+        const exit = yield* callSink(() => sink.append(event))
         if (Exit.isSuccess(exit)) {
-          const outcome = exit.value
-          if (outcome._tag === "Appended") {
-            yield* account({ appended: 1, uniqueRaceRetries: outcome.uniqueRaceRetries })
-            const hadRestarts = yield* Ref.modify(
-              state,
-              (s): [boolean, State] => [s.consecutiveRestarts > 0, { ...s, consecutiveRestarts: 0 }]
-            )
-            if (hadRestarts) yield* restartDriver.reset
-            return
-          }
-          yield* account({ appendFailures: 1, dlqLanded: 1, uniqueRaceRetries: outcome.uniqueRaceRetries })
-          yield* Effect.logWarning(
-            "audit event landed in the dead-letter store (ledger row NOT appended; replay needed)"
-          ).pipe(Effect.annotateLogs({ eventId: event.id, reason: outcome.reason }))
-          return
+          if (exit.value._tag === "DlqLanded") yield* logDeadLettered(event, exit.value.reason)
+          return yield* settle(batch, [exit.value])
         }
         const cause = exit.cause
         if (!Cause.isDie(cause) && !Cause.isInterrupted(cause)) {
-          yield* account({ appendFailures: 1 })
           yield* Effect.logError("audit sink could not append the event, nor dead-letter it", cause).pipe(
             Effect.annotateLogs({ eventId: event.id })
           )
-          return
+          return yield* settle(batch, [failed(`sink error: ${Cause.pretty(cause)}`, false, false)])
         }
-        // The sink died (or ended interrupted) on this event: it is a poison event. Account it (after trying the dead-letter
-        // store, so a drain never completes before the landing), then let the supervisor restart.
-        const landed = yield* deadLetter(event, `drainer defect: ${Cause.pretty(cause)}`)
-        yield* account({ appendFailures: 1, drainerDefects: 1, dlqLanded: landed ? 1 : 0 })
+        // The sink died (or ended interrupted) on this event: it is a poison event. Settle it (after trying
+        // the dead-letter store, so a drain never completes before the landing), then let the supervisor
+        // restart.
+        const reason = `drainer defect: ${Cause.pretty(cause)}`
+        const [landed] = yield* deadLetter([event], reason)
+        yield* settle(batch, [failed(reason, true, landed === true)])
         yield* Effect.logError("audit sink died on an event; restarting the drainer", cause).pipe(
           Effect.annotateLogs({ eventId: event.id, deadLettered: landed })
         )
         return yield* new SinkDied({ eventId: event.id })
       })
 
-    // The take and the append of one event form one iteration, so a restart never loses a taken event:
-    // the loop only ends after the event that killed it has been accounted.
-    const drainLoop: Effect.Effect<never, SinkDied> = Effect.forever(Effect.flatMap(Queue.take(queue), appendOne))
+    /** The batch's unsettled events, each alone, in order. */
+    const appendRemainingOneByOne = (batch: Batch): Effect.Effect<void, SinkDied> =>
+      Effect.whileLoop({
+        while: () => !batch.claimed && batch.settled < batch.events.length,
+        body: () => appendOne(batch, batch.events[batch.settled]!),
+        step: () => undefined
+      })
+
+    /** A whole batch through `appendBatch`; `false` when it must be retried one by one. */
+    const appendAsBatch = (batch: Batch, appendBatch: NonNullable<Context.Tag.Service<AuditSink>["appendBatch"]>) =>
+      Effect.gen(function*() {
+        const events = batch.events as Arr.NonEmptyReadonlyArray<DeferredAuditEvent>
+        const exit = yield* callSink(() => appendBatch(events))
+        if (Exit.isSuccess(exit) && exit.value.length === events.length) {
+          yield* settleOutcomes(batch, exit.value)
+          return true
+        }
+        const why = Exit.isSuccess(exit)
+          ? Cause.die(`appendBatch returned ${exit.value.length} outcomes for ${events.length} events`)
+          : exit.cause
+        yield* Effect.logWarning(`audit batch of ${events.length} not appended; appending its events one by one`, why)
+        return false
+      })
+
+    /** Take what is waiting (up to `maxBatch`) and append it; a batch left by a restart is finished first. */
+    const drainStep: Effect.Effect<void, SinkDied> = Effect.gen(function*() {
+      const left = MutableRef.get(inHand)
+      if (left !== undefined && !left.claimed && left.settled < left.events.length) {
+        yield* appendRemainingOneByOne(left)
+      } else {
+        const events = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, maxBatch))
+        const batch: Batch = { events, settled: 0, claimed: false }
+        MutableRef.set(inHand, batch)
+        const appendBatch = sink.appendBatch
+        const done = events.length > 1 && appendBatch !== undefined && (yield* appendAsBatch(batch, appendBatch))
+        if (!done) yield* appendRemainingOneByOne(batch)
+      }
+      MutableRef.set(inHand, undefined)
+      // One batch holds the thread (a synchronous driver) for at most `maxBatch` rows; then the host runs.
+      yield* Effect.yieldNow()
+    })
+
+    const drainLoop: Effect.Effect<never, SinkDied> = Effect.forever(drainStep)
+
+    /** Take every event still unhandled away from the drainer: the batch in hand first, then the queue. */
+    const claimUnhandled = Effect.gen(function*() {
+      const batch = MutableRef.get(inHand)
+      const fromBatch: Array<DeferredAuditEvent> = []
+      if (batch !== undefined && !batch.claimed) {
+        fromBatch.push(...batch.events.slice(batch.settled))
+        batch.claimed = true
+      }
+      const queued = Chunk.toReadonlyArray(yield* Queue.takeAll(queue))
+      return fromBatch.concat(queued)
+    })
+
+    /**
+     * Dead-letter every unhandled event (in one write where the sink can), settling each; log the ids of
+     * those that cannot land. `timeout` bounds the write (a wedged sink may never answer). Call only once
+     * intake is closed (so nothing more can arrive) and the drainer is stopped or done.
+     */
+    const deadLetterUnhandled = (reason: string, timeout: Option.Option<Duration.DurationInput>) =>
+      Effect.gen(function*() {
+        const unhandled = yield* claimUnhandled
+        const events = toNonEmpty(unhandled)
+        if (Option.isNone(events)) return
+        const write = Effect.interruptible(deadLetter(events.value, reason))
+        const landed = Option.isNone(timeout) ? yield* write : yield* Effect.timeoutTo(write, {
+          duration: timeout.value,
+          onSuccess: (landed) => landed,
+          onTimeout: () => unhandled.map(() => false)
+        })
+        yield* settle(
+          { events: unhandled, settled: 0, claimed: false },
+          unhandled.map((_, i) => failed(reason, false, landed[i] === true))
+        )
+        const lost = unhandled.filter((_, i) => landed[i] !== true)
+        if (lost.length > 0) yield* logLost(lost, reason)
+      })
+
+    const logLost = (events: ReadonlyArray<DeferredAuditEvent>, reason: string) =>
+      Effect.forEach(
+        Array.from({ length: Math.ceil(events.length / LOST_IDS_PER_LINE) }, (_, i) => i * LOST_IDS_PER_LINE),
+        (start) => {
+          const ids = events.slice(start, start + LOST_IDS_PER_LINE).map((event) => event.id)
+          return Effect.logError(
+            `audit events LOST (reached neither the ledger nor the dead-letter store), ` +
+              `${start + 1}-${start + ids.length} of ${events.length}: ${ids.join(", ")}`
+          ).pipe(Effect.annotateLogs({ reason }))
+        },
+        { discard: true }
+      ).pipe(annotate)
 
     /** After the last restart: close intake and dead-letter everything that was accepted but not handled. */
     const fail = (reason: string) =>
       Effect.gen(function*() {
-        const residual = yield* Ref.modify(state, (s): [number, State] => [
-          AuditMetrics.inFlight(s.metrics),
-          { ...s, open: false, status: s.status === "Closed" ? "Closed" : "Failed" }
-        ])
+        const residual = AuditMetrics.inFlight(MutableRef.get(state).metrics)
+        update((s) => ({ ...s, open: false, status: s.status === "Closed" ? "Closed" : "Failed" }))
         yield* Effect.logError(
           `audit queue FAILED (${reason}); intake closed, ${residual} queued events go to the dead-letter store`
         )
-        // `open` is false now, so `residual` is final: exactly that many events are (or are about to be)
-        // in the queue.
-        for (let i = 0; i < residual; i++) {
-          const event = yield* Queue.take(queue)
-          const landed = yield* deadLetter(event, `audit queue failed: ${reason}`)
-          yield* account({ appendFailures: 1, dlqLanded: landed ? 1 : 0 })
-        }
+        yield* deadLetterUnhandled(`audit queue failed: ${reason}`, Option.none())
       })
 
     const setStatus = (from: QueueStatus, to: QueueStatus) =>
-      Ref.update(state, (s) => s.status === from ? { ...s, status: to } : s)
+      Effect.sync(() => update((s) => s.status === from ? { ...s, status: to } : s))
 
     const supervisor: Effect.Effect<void> = Effect.gen(function*() {
       while (true) {
@@ -286,14 +612,12 @@ export const make = (
         if (Exit.isSuccess(exit)) return
         // Interruption is shutdown; anything else (the sink died, or a bug in the loop) is a restart.
         if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
-        const restarts = yield* Ref.modify(state, (s): [number, State] => [
-          s.consecutiveRestarts + 1,
-          {
-            ...s,
-            consecutiveRestarts: s.consecutiveRestarts + 1,
-            status: s.status === "Running" ? "Restarting" : s.status
-          }
-        ])
+        const restarts = MutableRef.get(state).consecutiveRestarts + 1
+        update((s) => ({
+          ...s,
+          consecutiveRestarts: restarts,
+          status: s.status === "Running" ? "Restarting" : s.status
+        }))
         if (restarts > maxRestarts) {
           return yield* fail(`${restarts} consecutive drainer defects, maxRestarts is ${maxRestarts}`)
         }
@@ -305,7 +629,7 @@ export const make = (
     }).pipe(annotate)
 
     // Interruptible whatever the caller's region (layers may be built uninterruptibly): shutdown interrupts it.
-    // It yields to the event loop between batches of work: appends are synchronous I/O, and the default
+    // It yields to the event loop between batches: appends are synchronous I/O, and the default
     // scheduler's microtask yields would let a backlog starve the host's own I/O (the guard's hot path).
     const drainer = yield* Effect.forkScoped(Effect.withScheduler(Effect.interruptible(supervisor), eventLoopScheduler))
 
@@ -323,15 +647,16 @@ export const make = (
       })
 
     /** Close intake; `true` when an earlier close already stopped the drainer (nothing can drain then). */
-    const stopIntake = Ref.modify(state, (s): [boolean, State] => [s.drainerStopped, { ...s, open: false }])
+    const stopIntake = Effect.sync(() => {
+      const stopped = MutableRef.get(state).drainerStopped
+      update((s) => ({ ...s, open: false }))
+      return stopped
+    })
 
     // `Closed` is set before the interruption, so a restart in flight cannot flip the status back.
     const stopDrainer = (awaitStop: boolean) =>
       Effect.gen(function*() {
-        yield* Ref.update(
-          state,
-          (s): State => ({ ...s, drainerStopped: true, status: s.status === "Failed" ? s.status : "Closed" })
-        )
+        update((s): State => ({ ...s, drainerStopped: true, status: s.status === "Failed" ? s.status : "Closed" }))
         // A wedged sink may never notice the interruption; only wait when the drainer is known to be idle.
         yield* awaitStop ? Fiber.interrupt(drainer) : Fiber.interruptFork(drainer)
       })
@@ -345,33 +670,42 @@ export const make = (
 
     const closeAndFlushWithin = (timeout: Duration.DurationInput): Effect.Effect<boolean> =>
       Effect.gen(function*() {
-        if (yield* stopIntake) return AuditMetrics.isDrained((yield* Ref.get(state)).metrics)
+        if (yield* stopIntake) return AuditMetrics.isDrained(MutableRef.get(state).metrics)
         const flushed = yield* drainPending(timeout)
         if (flushed) {
           yield* stopDrainer(true)
           return true
         }
-        const residual = AuditMetrics.inFlight((yield* Ref.get(state)).metrics)
+        const residual = AuditMetrics.inFlight(MutableRef.get(state).metrics)
+        yield* stopDrainer(false)
         yield* Effect.logWarning(
           `audit queue shutdown drain timed out after ${Duration.format(Duration.decode(timeout))}: ` +
-            `${residual} queued events were not handled (audit rows LOST unless replayed)`
+            `${residual} unhandled events go to the dead-letter store`
         ).pipe(Effect.annotateLogs({ residual }), annotate)
-        yield* stopDrainer(false)
+        yield* deadLetterUnhandled(
+          "shutdown drain timed out before the event was appended (it may also be in the ledger if the " +
+            "sink finished it late; replay is idempotent)",
+          Option.some(timeout)
+        )
         return false
       })
 
     // Added after the drainer's fork, so it runs first when the scope closes: drain, then stop.
     yield* Effect.addFinalizer(() => closeAndFlushWithin(shutdownDrainTimeout))
 
+    const read = <A>(f: (s: State) => A) => Effect.sync(() => f(MutableRef.get(state)))
+
     return AuditQueue.of({
       submit,
       submitRefusal,
+      submitAndWait,
+      submitRefusalAndWait,
       drainPending,
       closeAndFlush,
       closeAndFlushWithin,
-      isOpen: Effect.map(Ref.get(state), (s) => s.open),
-      status: Effect.map(Ref.get(state), (s) => s.status),
-      metrics: Effect.map(Ref.get(state), (s) => s.metrics)
+      isOpen: read((s) => s.open),
+      status: read((s) => s.status),
+      metrics: read((s) => s.metrics)
     })
   })
 

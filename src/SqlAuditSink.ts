@@ -3,43 +3,61 @@
  * "Ledger row v1"), signed when a signer is configured; an event that cannot be appended lands in
  * `signed_events_dlq` with the reason.
  *
- * One append reads the chain head, computes the row and inserts it inside one write transaction (SQLite:
- * `BEGIN IMMEDIATE`, so two writers cannot read the same head). The head is cached between appends, so
- * another writer on the same database (another connection or process) can make it stale; the unique index
- * on `sequence` then refuses the insert and the sink re-reads the head and retries on a `Schedule`, as it
- * does when the database stays busy. Failures are classified by driver error code (internal/sqlDialect.ts).
+ * An append reads the chain head, computes the rows and inserts them inside one write transaction
+ * (SQLite: `BEGIN IMMEDIATE`, so two writers cannot read the same head). `appendBatch` does this for many
+ * events at once (group commit: one transaction, one fsync); `append` for one. The head is cached between
+ * appends, so another writer on the same database (another connection or process) can make it stale; the
+ * unique index on `sequence` then refuses the insert and the sink re-reads the head and retries the whole
+ * transaction on a `Schedule`, as it does when the database stays busy. Failures are classified by driver
+ * error code (internal/sqlDialect.ts).
+ *
+ * An event whose row cannot even be built (its payload cannot be canonicalized) is never a defect: it is
+ * dead-lettered with the reason, its payload stored as plain JSON so nothing of the refusal is lost.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as SqlSchema from "@effect/sql/SqlSchema"
-import type { ParseResult } from "effect"
+import type { Array as Arr, ParseResult } from "effect"
 import { Context, Data, DateTime, Duration, Effect, Either, Layer, Option, Ref, Schedule, Schema } from "effect"
 import type { DeferredAuditEvent } from "./AuditEvent.js"
-import { canonicalJson, formatTimestamp, GOVERNANCE_REFUSAL_EVENT_TYPE, payloadHash } from "./AuditEvent.js"
+import { canonicalJson, canonicalObject, formatTimestamp, GOVERNANCE_REFUSAL_EVENT_TYPE } from "./AuditEvent.js"
 import type { AuditSigner } from "./AuditSigner.js"
-import type { AppendOutcome } from "./AuditSink.js"
+import type { AppendOutcome, ChainPosition } from "./AuditSink.js"
 import { Appended, AuditSink, AuditSinkError, DlqLanded } from "./AuditSink.js"
-import { ZERO_HASH } from "./internal/encoding.js"
+import { sha256Hex, ZERO_HASH } from "./internal/encoding.js"
 import { rowEntryHashBytes } from "./internal/rowFormat.js"
 import type { ClassifiedFailure, SqlDialect, Synchronous } from "./internal/sqlDialect.js"
 import { forClient, withWriteTransaction } from "./internal/sqlDialect.js"
 
 /** The last row of the chain: the next row gets `sequence + 1` and `prev_hash = entryHash`. */
-export interface ChainHead {
-  readonly sequence: number
-  readonly entryHash: string
-}
+export type ChainHead = ChainPosition
 
 /** An event in the chain: appended now, or found there already (`alreadyInChain`, no second row). */
 export interface ChainAppend {
   readonly alreadyInChain: boolean
   readonly uniqueRaceRetries: number
+  readonly position: ChainPosition
 }
 
 export class SqlAuditSink extends Context.Tag("agent-ledger/SqlAuditSink")<SqlAuditSink, {
   /** The `AuditSink` contract: `Appended`, `DlqLanded`, or `AuditSinkError` when even the DLQ insert failed. */
   readonly append: (event: DeferredAuditEvent) => Effect.Effect<AppendOutcome, AuditSinkError>
+  /**
+   * Group commit (the `AuditSink.appendBatch` contract): every event of the batch appended in order, in
+   * one write transaction (more than one only when the batch exceeds `maxTransactionBytes`), each with
+   * its position. Fails with `AuditSinkError` when the batch cannot be appended as a whole (an event whose
+   * row cannot be built, a retry budget exhausted, any other database failure); events of an earlier
+   * transaction of the same batch may then be committed already, and appending them again finds them.
+   */
+  readonly appendBatch: (
+    events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>
+  ) => Effect.Effect<ReadonlyArray<AppendOutcome>, AuditSinkError>
   readonly deadLetter: (event: DeferredAuditEvent, reason: string) => Effect.Effect<void, AuditSinkError>
+  /** Dead-letters every event with `reason` in one write transaction (all or none). */
+  readonly deadLetterBatch: (
+    events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>,
+    reason: string
+  ) => Effect.Effect<void, AuditSinkError>
   /**
    * Appends to the chain with the same retries as `append` but no dead-letter fallback: fails with
    * `AuditSinkError` (the reason) when the event cannot be appended. For replaying dead letters.
@@ -65,6 +83,12 @@ export interface Options {
    * re-reads the chain head; when the schedule ends, the event goes to the dead-letter table.
    */
   readonly retrySchedule?: Schedule.Schedule<unknown, unknown> | undefined
+  /**
+   * Payload bytes one write transaction of `appendBatch` may hold before the batch is split into several
+   * (each committed on its own, with a yield to the host between them); default 4 MiB. Bounds how long
+   * one transaction holds the thread (the SQLite driver is synchronous) whatever the events' sizes.
+   */
+  readonly maxTransactionBytes?: number | undefined
 }
 
 /** Up to 5 retries, exponential from 2 ms (about 60 ms in all), jittered so racing writers spread out. */
@@ -75,10 +99,18 @@ export const defaultRetrySchedule: Schedule.Schedule<unknown, unknown> = Schedul
 
 export const DEFAULT_BUSY_TIMEOUT: Duration.Duration = Duration.seconds(5)
 
+export const DEFAULT_MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
+
 const HeadRow = Schema.Struct({
   sequence: Schema.Number.pipe(Schema.int(), Schema.nonNegative()),
   entry_hash: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/))
 })
+
+const HeadRows = Schema.Array(Schema.Struct({ id: Schema.String, ...HeadRow.fields }))
+
+// ---------------------------------------------------------------------------------------------------------
+// Rows
+// ---------------------------------------------------------------------------------------------------------
 
 /** The parts of a row that do not depend on its position in the chain. */
 interface PreparedEvent {
@@ -88,11 +120,131 @@ interface PreparedEvent {
   readonly timestamp: string
 }
 
-/** A failed append attempt that the retry schedule may try again. */
+const messageOf = (error: unknown): string => error instanceof Error ? error.message : String(error)
+
+/**
+ * The position-independent parts of the event's row, or why no row can be built (e.g. a string that
+ * RFC 8785 cannot canonicalize). Never throws.
+ */
+const prepare = (event: DeferredAuditEvent): Either.Either<PreparedEvent, string> => {
+  try {
+    const payload = canonicalJson(event)
+    return Either.right({ event, payload, payloadHash: sha256Hex(payload), timestamp: formatTimestamp(event) })
+  } catch (error) {
+    return Either.left(`the event's ledger row cannot be built: ${messageOf(error)}`)
+  }
+}
+
+/**
+ * What the dead-letter table stores for an event: its canonical payload when there is one, else the same
+ * object as plain JSON (JSON.stringify escapes what RFC 8785 refuses), so the refusal's data is kept.
+ */
+const deadLetterPayload = (event: DeferredAuditEvent): PreparedEvent =>
+  Either.getOrElse(prepare(event), () => {
+    let payload: string
+    try {
+      payload = JSON.stringify(canonicalObject(event))
+    } catch (error) {
+      payload = JSON.stringify({ event_id: event.id, agent_id: event.agentId, unencodable: messageOf(error) })
+    }
+    let timestamp: string
+    try {
+      timestamp = formatTimestamp(event)
+    } catch {
+      timestamp = ""
+    }
+    return { event, payload, payloadHash: sha256Hex(payload), timestamp }
+  })
+
+/** `text` with each lone UTF-16 surrogate replaced by U+FFFD, so a TEXT column holds valid UTF-8. */
+const wellFormed = (text: string): string =>
+  text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD")
+
+const ROW_COLUMNS = [
+  "id",
+  "sequence",
+  "agent_id",
+  "event_type",
+  "payload",
+  "payload_hash",
+  "prev_hash",
+  "entry_hash",
+  "signature",
+  "key_id",
+  "attest_level",
+  "timestamp",
+  "appended_at"
+] as const
+
+const DLQ_COLUMNS = [
+  "id",
+  "agent_id",
+  "event_type",
+  "payload",
+  "payload_hash",
+  "timestamp",
+  "failure_reason",
+  "failed_at"
+] as const
+
+type Param = string | number | null
+
+/** Rows per multi-row INSERT statement; a batch uses statements of power-of-two sizes up to this. */
+const ROWS_PER_STATEMENT = 64
+
+/**
+ * `INSERT INTO table (columns) VALUES (?, ...), ...` for `rows` rows, one text per (table, size), so the
+ * driver's prepared-statement cache holds a handful of statements whatever the batch sizes.
+ */
+const insertText = (() => {
+  const cache = new Map<string, string>()
+  return (table: string, columns: ReadonlyArray<string>, rows: number): string => {
+    const key = `${table}:${rows}`
+    let text = cache.get(key)
+    if (text === undefined) {
+      const row = `(${columns.map(() => "?").join(", ")})`
+      text = `INSERT INTO ${table} (${columns.join(", ")}) VALUES ${Array.from({ length: rows }, () => row).join(", ")}`
+      cache.set(key, text)
+    }
+    return text
+  }
+})()
+
+/** Inserts `rows` (each in `columns` order) with as few statements as power-of-two sizes allow. */
+const insertRows = (
+  sql: SqlClient.SqlClient,
+  table: string,
+  columns: ReadonlyArray<string>,
+  rows: ReadonlyArray<ReadonlyArray<Param>>
+): Effect.Effect<void, SqlError> =>
+  Effect.suspend(() => {
+    const statements: Array<Effect.Effect<unknown, SqlError>> = []
+    let start = 0
+    while (start < rows.length) {
+      let size = ROWS_PER_STATEMENT
+      while (size > rows.length - start) size >>= 1
+      statements.push(sql.unsafe(insertText(table, columns, size), rows.slice(start, start + size).flat()))
+      start += size
+    }
+    return Effect.all(statements, { discard: true })
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// Failures
+// ---------------------------------------------------------------------------------------------------------
+
+/** A failed write transaction that the retry schedule may try again (a lost sequence race, a busy database). */
 class Retryable extends Data.TaggedError("Retryable")<{ readonly failure: ClassifiedFailure }> {}
 
-/** A failed append attempt that no retry can fix. */
+/** A failed write transaction that no retry can fix. */
 class Unrecoverable extends Data.TaggedError("Unrecoverable")<{ readonly reason: string }> {}
+
+/** Some events of the attempted rows are in the chain already (a duplicate id): no race, no retry needed. */
+class AlreadyInChain extends Data.TaggedError("AlreadyInChain")<{
+  readonly found: ReadonlyMap<string, ChainPosition>
+}> {}
+
+type AttemptFailure = Retryable | Unrecoverable | AlreadyInChain
 
 const nowRfc3339 = Effect.map(DateTime.now, DateTime.formatIso)
 
@@ -110,6 +262,116 @@ export const make = (options: Options = {}) =>
       synchronous: options.synchronous ?? "FULL",
       busyTimeout: Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)
     })
+    const chain = yield* makeChainWriter(sql, dialect, options)
+    const deadLetters = makeDeadLetterWriter(sql, dialect, options.retrySchedule ?? defaultRetrySchedule)
+
+    const append = (event: DeferredAuditEvent): Effect.Effect<AppendOutcome, AuditSinkError> =>
+      Either.match(prepare(event), {
+        onLeft: (reason): Effect.Effect<AppendOutcome, AuditSinkError> =>
+          deadLetters.land(deadLetterPayload(event), reason, 0),
+        onRight: (prepared) =>
+          Effect.flatMap(chain.appendAll([prepared]), ({ outcomes, uniqueRaceRetries }) =>
+            Either.match(outcomes, {
+              onLeft: (reason): Effect.Effect<AppendOutcome, AuditSinkError> =>
+                deadLetters.land(prepared, reason, uniqueRaceRetries),
+              onRight: ([appended]) => Effect.succeed(new Appended({ uniqueRaceRetries, position: appended!.position }))
+            }))
+      })
+
+    const appendBatch = (
+      events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>
+    ): Effect.Effect<ReadonlyArray<AppendOutcome>, AuditSinkError> =>
+      Effect.gen(function*() {
+        const prepared: Array<PreparedEvent> = []
+        for (const event of events) {
+          const one = prepare(event)
+          if (Either.isLeft(one)) return yield* new AuditSinkError({ eventId: event.id, reason: one.left })
+          prepared.push(one.right)
+        }
+        const outcomes: Array<AppendOutcome> = []
+        for (const group of transactionGroups(prepared, options.maxTransactionBytes)) {
+          if (outcomes.length > 0) yield* Effect.yieldNow()
+          const result = yield* chain.appendAll(group)
+          if (Either.isLeft(result.outcomes)) {
+            return yield* new AuditSinkError({ eventId: group[0]!.event.id, reason: result.outcomes.left })
+          }
+          result.outcomes.right.forEach((appended, i) =>
+            outcomes.push(
+              new Appended({ uniqueRaceRetries: i === 0 ? result.uniqueRaceRetries : 0, position: appended.position })
+            )
+          )
+        }
+        return outcomes
+      })
+
+    const appendOnly = (event: DeferredAuditEvent): Effect.Effect<ChainAppend, AuditSinkError> =>
+      Either.match(prepare(event), {
+        onLeft: (reason) => Effect.fail(new AuditSinkError({ eventId: event.id, reason })),
+        onRight: (prepared) =>
+          Effect.flatMap(chain.appendAll([prepared]), ({ outcomes, uniqueRaceRetries }) =>
+            Either.match(outcomes, {
+              onLeft: (reason) => Effect.fail(new AuditSinkError({ eventId: event.id, reason })),
+              onRight: ([appended]) => Effect.succeed({ ...appended!, uniqueRaceRetries })
+            }))
+      })
+
+    const count = (rows: Effect.Effect<ReadonlyArray<{ readonly [column: string]: unknown }>, SqlError>) =>
+      Effect.map(rows, (found) => Number(found[0]?.n ?? 0))
+
+    return SqlAuditSink.of({
+      append,
+      appendBatch,
+      deadLetter: (event, reason) => deadLetters.insert([deadLetterPayload(event)], reason),
+      deadLetterBatch: (events, reason) => deadLetters.insert(events.map(deadLetterPayload), reason),
+      appendOnly,
+      dlqSize: count(sql`SELECT COUNT(*) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`),
+      head: chain.readHead,
+      countByEventType: (eventType) =>
+        count(sql`SELECT COUNT(*) AS n FROM signed_events WHERE event_type = ${eventType}`)
+    })
+  })
+
+/** Splits prepared events into consecutive groups of at most `maxBytes` payload bytes (at least one event each). */
+const transactionGroups = (
+  prepared: ReadonlyArray<PreparedEvent>,
+  maxBytes: number = DEFAULT_MAX_TRANSACTION_BYTES
+): ReadonlyArray<ReadonlyArray<PreparedEvent>> => {
+  const groups: Array<Array<PreparedEvent>> = []
+  let current: Array<PreparedEvent> = []
+  let bytes = 0
+  for (const p of prepared) {
+    // Characters, not bytes: at most a factor 3 off for UTF-8, and free to compute.
+    const size = p.payload.length + p.event.agentId.length
+    if (current.length > 0 && bytes + size > maxBytes) {
+      groups.push(current)
+      current = []
+      bytes = 0
+    }
+    current.push(p)
+    bytes += size
+  }
+  if (current.length > 0) groups.push(current)
+  return groups
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The chain writer
+// ---------------------------------------------------------------------------------------------------------
+
+/** Appended events in order, each with its position; `alreadyInChain` for a duplicate id. */
+interface ChainAppendResult {
+  readonly outcomes: Either.Either<ReadonlyArray<Omit<ChainAppend, "uniqueRaceRetries">>, string>
+  /** Write transactions retried after a lost race or a busy database. */
+  readonly uniqueRaceRetries: number
+}
+
+/**
+ * Appends prepared events to the chain: one write transaction per call, retried from a fresh head on
+ * `retrySchedule` after a lost race or a busy database. Events found in the chain already (replays, or a
+ * transaction that committed before its caller saw the answer) keep their rows and positions.
+ */
+const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options: Options) =>
+  Effect.gen(function*() {
     const signer = Option.fromNullable(options.signer)
     const retrySchedule = options.retrySchedule ?? defaultRetrySchedule
     // None: unknown, read it from the table inside the next write transaction.
@@ -125,90 +387,117 @@ export const make = (options: Options = {}) =>
       Option.map((row): ChainHead => ({ sequence: row.sequence, entryHash: row.entry_hash }))
     )
 
-    const isAppended = (id: string) =>
-      Effect.map(sql`SELECT 1 AS found FROM signed_events WHERE id = ${id}`, (rows) => rows.length > 0)
-
-    /** Runs inside the write transaction: the row after `head`, inserted. */
-    const insertAfterHead = (prepared: PreparedEvent) =>
-      Effect.gen(function*() {
-        const cached = yield* Ref.get(cachedHead)
-        const head = Option.isSome(cached) ? cached : yield* readHead
-        const sequence = Option.match(head, { onNone: () => 0, onSome: (h) => h.sequence + 1 })
-        const prevHash = Option.match(head, { onNone: () => ZERO_HASH, onSome: (h) => h.entryHash })
-        const { event } = prepared
-        const entryHashBytes = rowEntryHashBytes({
-          sequence,
-          prevHash,
-          id: event.id,
-          agentId: event.agentId,
-          eventType: GOVERNANCE_REFUSAL_EVENT_TYPE,
-          payloadHash: prepared.payloadHash,
-          timestamp: prepared.timestamp
-        })
-        const entryHash = entryHashBytes.toString("hex")
-        const appendedAt = yield* nowRfc3339
-        yield* sql`INSERT INTO signed_events ${
-          sql.insert({
-            id: event.id,
-            sequence,
-            agent_id: event.agentId,
-            event_type: GOVERNANCE_REFUSAL_EVENT_TYPE,
-            payload: prepared.payload,
-            payload_hash: prepared.payloadHash,
-            prev_hash: prevHash,
-            entry_hash: entryHash,
-            signature: Option.match(signer, { onNone: () => null, onSome: (s) => s.sign(entryHashBytes) }),
-            key_id: Option.match(signer, { onNone: () => null, onSome: (s) => s.keyId }),
-            attest_level: Option.isSome(signer) ? "ed25519" : "unsigned",
-            timestamp: prepared.timestamp,
-            appended_at: appendedAt
-          })
-        }`
-        return { sequence, entryHash } satisfies ChainHead
-      })
-
-    /**
-     * One attempt. Succeeds when the event is in the chain: appended now (`false`), or before (`true`, a
-     * duplicate id); fails with `Retryable` for a lost sequence race or a busy database, else `Unrecoverable`.
-     */
-    const attemptAppend = (prepared: PreparedEvent): Effect.Effect<boolean, Retryable | Unrecoverable> =>
-      withWriteTransaction(sql, dialect, insertAfterHead(prepared)).pipe(
-        Effect.matchEffect({
-          onSuccess: (head) =>
-            Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (callerTransaction) =>
-              // In the caller's transaction the row is not committed yet and may still be rolled back: a
-              // cached head must never be ahead of the table (the next row would leave a gap).
-              Effect.as(
-                Ref.set(cachedHead, Option.isSome(callerTransaction) ? Option.none() : Option.some(head)),
-                false
-              )),
-          onFailure: (error) =>
-            Effect.zipRight(
-              Ref.set(cachedHead, Option.none()),
-              error._tag === "ParseError"
-                ? Effect.fail(new Unrecoverable({ reason: `the chain head row is malformed: ${error.message}` }))
-                : classifyInsertFailure(prepared, dialect.classify(error))
-            )
-        })
+    /** The rows of `ids` that are in the chain already, by id. */
+    const findExisting = (ids: ReadonlyArray<string>) =>
+      Effect.flatMap(
+        sql`SELECT id, sequence, entry_hash FROM signed_events WHERE ${sql.in("id", ids)}`,
+        Schema.decodeUnknown(HeadRows)
+      ).pipe(
+        Effect.map((rows) =>
+          new Map(rows.map((row) => [row.id, { sequence: row.sequence, entryHash: row.entry_hash }] as const))
+        )
       )
 
-    const classifyInsertFailure = (
-      prepared: PreparedEvent,
+    /** The row of `prepared` right after `head`, as column values, and the new head. */
+    const rowAfter = (prepared: PreparedEvent, head: Option.Option<ChainHead>, appendedAt: string) => {
+      const sequence = Option.isSome(head) ? head.value.sequence + 1 : 0
+      const prevHash = Option.isSome(head) ? head.value.entryHash : ZERO_HASH
+      const { event } = prepared
+      const entryHashBytes = rowEntryHashBytes({
+        sequence,
+        prevHash,
+        id: event.id,
+        agentId: event.agentId,
+        eventType: GOVERNANCE_REFUSAL_EVENT_TYPE,
+        payloadHash: prepared.payloadHash,
+        timestamp: prepared.timestamp
+      })
+      const entryHash = entryHashBytes.toString("hex")
+      const values: ReadonlyArray<Param> = [
+        event.id,
+        sequence,
+        event.agentId,
+        GOVERNANCE_REFUSAL_EVENT_TYPE,
+        prepared.payload,
+        prepared.payloadHash,
+        prevHash,
+        entryHash,
+        Option.isSome(signer) ? signer.value.sign(entryHashBytes) : null,
+        Option.isSome(signer) ? signer.value.keyId : null,
+        Option.isSome(signer) ? "ed25519" : "unsigned",
+        prepared.timestamp,
+        appendedAt
+      ]
+      return { values, position: { sequence, entryHash } satisfies ChainHead }
+    }
+
+    /** Runs inside the write transaction: the rows after the head, inserted; their positions in order. */
+    const insertAfterHead = (batch: ReadonlyArray<PreparedEvent>) =>
+      Effect.gen(function*() {
+        const cached = yield* Ref.get(cachedHead)
+        let head = Option.isSome(cached) ? cached : yield* readHead
+        const appendedAt = yield* nowRfc3339
+        const rows: Array<ReadonlyArray<Param>> = []
+        const positions: Array<ChainPosition> = []
+        for (const prepared of batch) {
+          const row = rowAfter(prepared, head, appendedAt)
+          rows.push(row.values)
+          head = Option.some(row.position)
+          positions.push(row.position)
+        }
+        yield* insertRows(sql, "signed_events", ROW_COLUMNS, rows)
+        return positions
+      })
+
+    /** After a unique violation: duplicates of ids in the chain, else a lost race for the sequence. */
+    const explainUniqueViolation = (
+      batch: ReadonlyArray<PreparedEvent>,
       failure: ClassifiedFailure
-    ): Effect.Effect<boolean, Retryable | Unrecoverable> => {
+    ): Effect.Effect<never, AttemptFailure> =>
+      findExisting(batch.map((p) => p.event.id)).pipe(
+        Effect.mapError((error) =>
+          new Unrecoverable({
+            reason: `${failure.description}; then checking for a duplicate id failed: ${
+              error._tag === "ParseError" ? error.message : dialect.classify(error).description
+            }`
+          })
+        ),
+        Effect.flatMap((found): Effect.Effect<never, AttemptFailure> =>
+          found.size > 0 ? Effect.fail(new AlreadyInChain({ found })) : Effect.fail(new Retryable({ failure }))
+        )
+      )
+
+    /** One write transaction for `batch`; the positions of its rows. */
+    const attempt = (
+      batch: ReadonlyArray<PreparedEvent>
+    ): Effect.Effect<ReadonlyArray<ChainPosition>, AttemptFailure> =>
+      withWriteTransaction(sql, dialect, insertAfterHead(batch)).pipe(
+        Effect.tap((positions) =>
+          Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (callerTransaction) =>
+            // In the caller's transaction the rows are not committed yet and may still be rolled back: a
+            // cached head must never be ahead of the table (the next row would leave a gap).
+            Ref.set(
+              cachedHead,
+              Option.isSome(callerTransaction) ? Option.none() : Option.fromNullable(positions[positions.length - 1])
+            ))
+        ),
+        Effect.catchAll((error) =>
+          Effect.zipRight(
+            Ref.set(cachedHead, Option.none()),
+            error._tag === "ParseError"
+              ? Effect.fail(new Unrecoverable({ reason: `the chain head row is malformed: ${error.message}` }))
+              : classify(batch, dialect.classify(error))
+          )
+        )
+      )
+
+    const classify = (
+      batch: ReadonlyArray<PreparedEvent>,
+      failure: ClassifiedFailure
+    ): Effect.Effect<never, AttemptFailure> => {
       switch (failure.kind) {
         case "uniqueViolation":
-          // The id (primary key) or the sequence (unique index): an already appended event is a success.
-          return isAppended(prepared.event.id).pipe(
-            Effect.mapError((error) =>
-              new Unrecoverable({
-                reason: `${failure.description}; then checking for a duplicate id failed: ${
-                  dialect.classify(error).description
-                }`
-              })
-            ),
-            Effect.flatMap((appended) => appended ? Effect.succeed(true) : Effect.fail(new Retryable({ failure })))
-          )
+          return explainUniqueViolation(batch, failure)
         case "busy":
           return Effect.fail(new Retryable({ failure }))
         case "storageFull":
@@ -217,96 +506,119 @@ export const make = (options: Options = {}) =>
       }
     }
 
-    const insertDeadLetter = (prepared: PreparedEvent, reason: string): Effect.Effect<void, AuditSinkError> =>
+    const appendAll = (batch: ReadonlyArray<PreparedEvent>): Effect.Effect<ChainAppendResult> =>
       Effect.gen(function*() {
-        const failedAt = yield* nowRfc3339
-        yield* sql`INSERT INTO signed_events_dlq ${
-          sql.insert({
-            id: prepared.event.id,
-            agent_id: prepared.event.agentId,
-            event_type: GOVERNANCE_REFUSAL_EVENT_TYPE,
-            payload: prepared.payload,
-            payload_hash: prepared.payloadHash,
-            timestamp: prepared.timestamp,
-            failure_reason: reason,
-            failed_at: failedAt
-          })
-        }`
-      }).pipe(
+        const positions = new Map<string, ChainPosition>()
+        const alreadyInChain = new Set<string>()
+        let transactions = 0
+        let duplicateRounds = 0
+        // The events not in the chain yet, in one transaction. Duplicates are progress, not a race: their
+        // rows are taken as they are and the rest is tried again at once, outside the retry schedule.
+        const appendRest: Effect.Effect<void, Retryable | Unrecoverable> = Effect.suspend(() => {
+          const rest = batch.filter((p) => !positions.has(p.event.id))
+          if (rest.length === 0) return Effect.void
+          transactions++
+          return attempt(rest).pipe(
+            Effect.map((inserted) => rest.forEach((p, i) => positions.set(p.event.id, inserted[i]!))),
+            Effect.catchTag("AlreadyInChain", ({ found }) => {
+              duplicateRounds++
+              found.forEach((position, id) => {
+                positions.set(id, position)
+                alreadyInChain.add(id)
+              })
+              return appendRest
+            })
+          )
+        })
+        const result = yield* Effect.either(
+          Effect.retry(appendRest, { schedule: retrySchedule, while: (f) => f._tag === "Retryable" })
+        )
+        const uniqueRaceRetries = Math.max(0, transactions - 1 - duplicateRounds)
+        return {
+          uniqueRaceRetries,
+          outcomes: Either.isLeft(result)
+            ? Either.left(
+              result.left._tag === "Retryable"
+                ? `retry budget exhausted after ${uniqueRaceRetries} retries: ${result.left.failure.description}`
+                : result.left.reason
+            )
+            : Either.right(batch.map((p) => ({
+              alreadyInChain: alreadyInChain.has(p.event.id),
+              position: positions.get(p.event.id)!
+            })))
+        }
+      })
+
+    return { appendAll, readHead }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// The dead-letter writer
+// ---------------------------------------------------------------------------------------------------------
+
+const makeDeadLetterWriter = (
+  sql: SqlClient.SqlClient,
+  dialect: SqlDialect,
+  retrySchedule: Schedule.Schedule<unknown, unknown>
+) => {
+  /** Inserts dead letters for `events` in one write transaction, retrying a busy database. */
+  const insert = (events: ReadonlyArray<PreparedEvent>, reason: string): Effect.Effect<void, AuditSinkError> =>
+    Effect.flatMap(nowRfc3339, (failedAt) =>
+      withWriteTransaction(
+        sql,
+        dialect,
+        insertRows(
+          sql,
+          "signed_events_dlq",
+          DLQ_COLUMNS,
+          events.map((p) => [
+            p.event.id,
+            // Exact in the payload (JSON escapes a lone surrogate); readable here.
+            wellFormed(p.event.agentId),
+            GOVERNANCE_REFUSAL_EVENT_TYPE,
+            p.payload,
+            p.payloadHash,
+            p.timestamp,
+            reason,
+            failedAt
+          ])
+        )
+      )).pipe(
         Effect.retry({ schedule: retrySchedule, while: (error) => dialect.classify(error).kind === "busy" }),
         Effect.mapError((error) =>
           new AuditSinkError({
-            eventId: prepared.event.id,
+            eventId: events[0]?.event.id ?? "",
             reason: `dead-letter insert failed (${dialect.classify(error).description}) for: ${reason}`
           })
         )
       )
 
-    const prepare = (event: DeferredAuditEvent): PreparedEvent => ({
-      event,
-      payload: canonicalJson(event),
-      payloadHash: payloadHash(event),
-      timestamp: formatTimestamp(event)
+  /** Dead-letters one event that could not be appended, and says so. */
+  const land = (prepared: PreparedEvent, reason: string, uniqueRaceRetries: number) =>
+    Effect.gen(function*() {
+      yield* insert([prepared], reason)
+      yield* Effect.logWarning("agent-ledger: event landed in signed_events_dlq; the chain did not advance").pipe(
+        Effect.annotateLogs({ eventId: prepared.event.id, agentId: prepared.event.agentId, reason })
+      )
+      return new DlqLanded({ reason, uniqueRaceRetries })
     })
 
-    /** Attempts with retries; `Right` with `alreadyInChain`, or `Left` with the reason it cannot be appended. */
-    const appendWithRetries = (prepared: PreparedEvent) =>
-      Effect.gen(function*() {
-        const attempts = yield* Ref.make(0)
-        const result = yield* Ref.update(attempts, (n) => n + 1).pipe(
-          Effect.zipRight(attemptAppend(prepared)),
-          Effect.retry({ schedule: retrySchedule, while: (failure) => failure._tag === "Retryable" }),
-          Effect.either
-        )
-        const uniqueRaceRetries = (yield* Ref.get(attempts)) - 1
-        return {
-          uniqueRaceRetries,
-          result: Either.mapLeft(result, (failure) =>
-            failure._tag === "Retryable"
-              ? `retry budget exhausted after ${uniqueRaceRetries} retries: ${failure.failure.description}`
-              : failure.reason)
-        }
-      })
+  return { insert, land }
+}
 
-    const append = (event: DeferredAuditEvent): Effect.Effect<AppendOutcome, AuditSinkError> =>
-      Effect.gen(function*() {
-        const prepared = prepare(event)
-        const { result, uniqueRaceRetries } = yield* appendWithRetries(prepared)
-        if (Either.isRight(result)) return new Appended({ uniqueRaceRetries })
-        const reason = result.left
-        yield* insertDeadLetter(prepared, reason)
-        yield* Effect.logWarning("agent-ledger: event landed in signed_events_dlq; the chain did not advance").pipe(
-          Effect.annotateLogs({ eventId: event.id, agentId: event.agentId, reason })
-        )
-        return new DlqLanded({ reason, uniqueRaceRetries })
-      })
-
-    const appendOnly = (event: DeferredAuditEvent): Effect.Effect<ChainAppend, AuditSinkError> =>
-      Effect.flatMap(appendWithRetries(prepare(event)), ({ result, uniqueRaceRetries }) =>
-        Either.match(result, {
-          onLeft: (reason) => Effect.fail(new AuditSinkError({ eventId: event.id, reason })),
-          onRight: (alreadyInChain) => Effect.succeed({ alreadyInChain, uniqueRaceRetries })
-        }))
-
-    const deadLetter = (event: DeferredAuditEvent, reason: string): Effect.Effect<void, AuditSinkError> =>
-      insertDeadLetter(prepare(event), reason)
-
-    const count = (rows: Effect.Effect<ReadonlyArray<{ readonly [column: string]: unknown }>, SqlError>) =>
-      Effect.map(rows, (found) => Number(found[0]?.n ?? 0))
-
-    const dlqSize = count(sql`SELECT COUNT(*) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`)
-
-    const countByEventType = (eventType: string) =>
-      count(sql`SELECT COUNT(*) AS n FROM signed_events WHERE event_type = ${eventType}`)
-
-    return SqlAuditSink.of({ append, deadLetter, appendOnly, dlqSize, head: readHead, countByEventType })
-  })
-
-/** `SqlAuditSink` and, backed by it, `AuditSink`. */
+/** `SqlAuditSink` and, backed by it, `AuditSink` (with group commit). */
 export const layer = (options: Options = {}): Layer.Layer<SqlAuditSink | AuditSink, SqlError, SqlClient.SqlClient> =>
   Layer.effectContext(
     Effect.map(make(options), (sink) =>
       Context.make(SqlAuditSink, sink).pipe(
-        Context.add(AuditSink, AuditSink.of({ append: sink.append, deadLetter: sink.deadLetter }))
+        Context.add(
+          AuditSink,
+          AuditSink.of({
+            append: sink.append,
+            appendBatch: sink.appendBatch,
+            deadLetter: sink.deadLetter,
+            deadLetterBatch: sink.deadLetterBatch
+          })
+        )
       ))
   )

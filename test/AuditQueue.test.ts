@@ -595,7 +595,7 @@ describe("AuditQueue drain and shutdown", () => {
       expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 200, appended: 200 })
     }))
 
-  it.scoped("a slow sink behind a short bound: closeAndFlushWithin returns false with a residual", () =>
+  it.scoped("a slow sink behind a short bound: closeAndFlushWithin returns false and dead-letters the residual", () =>
     Effect.gen(function*() {
       const logs = captureLogs()
       const test = yield* makeSink({ delay: "1 millis" })
@@ -609,7 +609,21 @@ describe("AuditQueue drain and shutdown", () => {
       expect(metrics.appended).toBeGreaterThan(0)
       expect(metrics.appended).toBeLessThan(200)
       const residual = 200 - metrics.appended
-      expect(logs.lines.some((l) => l.level === "WARN" && l.message.includes(`${residual} queued events`))).toBe(true)
+      expect(logs.lines.some((l) => l.level === "WARN" && l.message.includes(`${residual} unhandled events`))).toBe(
+        true
+      )
+      // Nothing vanishes: every event not appended is in the dead-letter store, in submit order.
+      expect(metrics).toEqual({
+        ...AuditMetrics.empty,
+        submitted: 200,
+        appended: 200 - residual,
+        appendFailures: residual,
+        dlqLanded: residual
+      })
+      const appendedIds = (yield* test.appended).map((e) => e.id)
+      const deadIds = (yield* test.deadLettered).map((d) => d.event.id)
+      expect(deadIds).toHaveLength(residual)
+      expect(new Set([...appendedIds, ...deadIds]).size).toBe(200)
       expect(yield* queue.status).toBe("Closed")
       expect(yield* queue.submit(yield* refusal("agent:late"))).toBe(false)
     }))
@@ -650,7 +664,7 @@ describe("AuditQueue drain and shutdown", () => {
       expect(exit).toStrictEqual(Exit.fail(new AuditSinkError({ eventId: "-", reason: "cannot open ledger" })))
     }))
 
-  it.effect("a wedged sink: scope close returns at shutdownDrainTimeout and logs the residual", () => {
+  it.effect("a wedged sink: scope close returns at shutdownDrainTimeout and dead-letters the residual", () => {
     const logs = captureLogs()
     return Effect.gen(function*() {
       const test = yield* makeSink({ wedged: true })
@@ -658,7 +672,8 @@ describe("AuditQueue drain and shutdown", () => {
       const queue = yield* AuditQueue.make({ sink: test.sink, shutdownDrainTimeout: "2 seconds" }).pipe(
         Scope.extend(scope)
       )
-      for (const event of yield* refusals(3)) yield* queue.submit(event)
+      const events = yield* refusals(3)
+      for (const event of events) yield* queue.submit(event)
       const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
       yield* TestClock.adjust("1999 millis")
       expect(Option.isNone(yield* Fiber.poll(closing))).toBe(true)
@@ -667,13 +682,40 @@ describe("AuditQueue drain and shutdown", () => {
 
       const warning = logs.lines.find((l) => l.message.includes("shutdown drain timed out"))
       expect(warning?.level).toBe("WARN")
-      expect(warning?.message).toContain("3 queued events were not handled")
+      expect(warning?.message).toContain("3 unhandled events go to the dead-letter store")
       expect(yield* queue.status).toBe("Closed")
       expect(yield* queue.isOpen).toBe(false)
-      // Interruption at shutdown is not a defect and not a failure: the three events are residual.
-      expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 3 })
+      // The event wedged in the sink and the two still queued all land in the dead-letter store, in order.
+      expect((yield* test.deadLettered).map((d) => d.event)).toEqual(events)
+      expect((yield* test.deadLettered)[0]?.reason).toContain("shutdown drain timed out")
+      expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 3, appendFailures: 3, dlqLanded: 3 })
+      expect(logs.lines.filter((l) => l.message.includes("LOST"))).toEqual([])
       expect(yield* queue.submit(yield* refusal("agent:late"))).toBe(false)
       expect(yield* test.calls).toBe(1)
+    }).pipe(Effect.provide(logs.layer))
+  })
+
+  it.effect("a wedged sink whose dead-letter store is wedged too: the residual is logged as LOST with its ids", () => {
+    const logs = captureLogs()
+    return Effect.gen(function*() {
+      const test = yield* makeSink({ wedged: true })
+      const sink = AuditSink.of({ ...test.sink, deadLetter: () => Effect.never })
+      const scope = yield* Scope.make()
+      const queue = yield* AuditQueue.make({ sink, shutdownDrainTimeout: "2 seconds" }).pipe(Scope.extend(scope))
+      const events = yield* refusals(3)
+      for (const event of events) yield* queue.submit(event)
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      // The drain bound, then the same bound again for the dead-letter write.
+      yield* TestClock.adjust("2 seconds")
+      expect(Option.isNone(yield* Fiber.poll(closing))).toBe(true)
+      yield* TestClock.adjust("2 seconds")
+      yield* Fiber.join(closing)
+
+      const lost = logs.lines.filter((l) => l.level === "ERROR" && l.message.includes("LOST"))
+      expect(lost).toHaveLength(1)
+      for (const event of events) expect(lost[0]?.message).toContain(event.id)
+      expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 3, appendFailures: 3 })
+      expect(yield* queue.drainPending("1 millis")).toBe(true)
     }).pipe(Effect.provide(logs.layer))
   })
 

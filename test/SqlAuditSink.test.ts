@@ -102,11 +102,16 @@ describe("SqlAuditSink", () => {
       const context = yield* openSink(freshFile(), { signer })
       const sink = Context.get(context, SqlAuditSink.SqlAuditSink)
       const events = [refusalEvent("agent-a", 0), refusalEvent("agent-b", 1, "é ✓")]
-      for (const event of events) {
-        expect(yield* sink.append(event)).toEqual(new Appended({ uniqueRaceRetries: 0 }))
-      }
+      const outcomes = yield* Effect.forEach(events, sink.append)
       const rows = yield* Effect.provide(allRows, context)
       expect(rows).toHaveLength(2)
+      // Each outcome names its row: the durable acknowledgement's receipt comes from here.
+      expect(outcomes).toEqual(rows.map((row) =>
+        new Appended({
+          uniqueRaceRetries: 0,
+          position: { sequence: Number(row.sequence), entryHash: String(row.entry_hash) }
+        })
+      ))
       let prevHash = ZERO_HASH
       rows.forEach((row, sequence) => {
         const event = events[sequence]!
@@ -228,6 +233,36 @@ describe("SqlAuditSink", () => {
       const outcome = yield* a.append(refusalEvent("a", 1))
       expect(outcome).toEqual(expect.objectContaining({ _tag: "Appended", uniqueRaceRetries: 1 }))
       yield* Effect.provide(expectIntactChain(5), contextB)
+    }).pipe(Effect.scoped))
+
+  it.live("a batch behind a stale head is retried whole from the fresh head: one counted retry, a dense chain", () =>
+    Effect.gen(function*() {
+      const file = freshFile()
+      const a = Context.get(yield* openSink(file), SqlAuditSink.SqlAuditSink)
+      const contextB = yield* openSink(file)
+      const b = Context.get(contextB, SqlAuditSink.SqlAuditSink)
+      yield* a.append(refusalEvent("a", 0)) // a caches head 0
+      yield* appendAll(b, "b", 3) // behind a's back: head is now 3
+      const outcomes = yield* a.appendBatch([refusalEvent("a", 1), refusalEvent("a", 2), refusalEvent("a", 3)])
+      // The transaction's retry is reported once, on its first event.
+      expect(outcomes.map((o) => o.uniqueRaceRetries)).toEqual([1, 0, 0])
+      expect(outcomes.map((o) => o._tag === "Appended" ? o.position?.sequence : undefined)).toEqual([4, 5, 6])
+      yield* Effect.provide(expectIntactChain(7), contextB)
+    }).pipe(Effect.scoped))
+
+  it.live("a batch that keeps losing the race fails as a whole, leaving no row of it behind", () =>
+    Effect.gen(function*() {
+      const file = freshFile()
+      const contextA = yield* openSink(file, { retrySchedule: Schedule.recurs(0) })
+      const a = Context.get(contextA, SqlAuditSink.SqlAuditSink)
+      const b = Context.get(yield* openSink(file), SqlAuditSink.SqlAuditSink)
+      yield* a.append(refusalEvent("a", 0))
+      yield* b.append(refusalEvent("b", 0))
+      const error = yield* Effect.flip(a.appendBatch([refusalEvent("a", 1), refusalEvent("a", 2)]))
+      expect(error._tag).toBe("AuditSinkError")
+      expect(error.reason).toContain("SQLITE_CONSTRAINT_UNIQUE")
+      yield* Effect.provide(expectIntactChain(2), contextA)
+      expect(yield* a.dlqSize).toBe(0)
     }).pipe(Effect.scoped))
 
   it.live("a lost race with no retry budget left lands the event in the DLQ with the driver code", () =>
@@ -356,8 +391,10 @@ describe("SqlAuditSink", () => {
       const sink = Context.get(context, SqlAuditSink.SqlAuditSink)
       const sql = Context.get(context, SqlClient.SqlClient)
       const event = refusalEvent("agent-a", 0)
-      expect(yield* sink.appendOnly(event)).toEqual({ alreadyInChain: false, uniqueRaceRetries: 0 })
-      expect(yield* sink.appendOnly(event)).toEqual({ alreadyInChain: true, uniqueRaceRetries: 0 })
+      const first = yield* sink.appendOnly(event)
+      expect(first).toMatchObject({ alreadyInChain: false, uniqueRaceRetries: 0, position: { sequence: 0 } })
+      // A duplicate id reports the row that is already there.
+      expect(yield* sink.appendOnly(event)).toEqual({ ...first, alreadyInChain: true })
       yield* sql.unsafe("ALTER TABLE signed_events RENAME COLUMN agent_id TO x")
       const next = refusalEvent("agent-a", 1)
       const error = yield* Effect.flip(sink.appendOnly(next))
@@ -489,7 +526,11 @@ describe("SqlAuditSink", () => {
     Effect.gen(function*() {
       const context = yield* openSink(freshFile())
       const event = refusalEvent("agent-a", 0)
-      expect(yield* Context.get(context, AuditSink).append(event)).toEqual(new Appended({ uniqueRaceRetries: 0 }))
+      expect(yield* Context.get(context, AuditSink).append(event)).toMatchObject({
+        _tag: "Appended",
+        uniqueRaceRetries: 0,
+        position: { sequence: 0 }
+      })
       const head = yield* Context.get(context, SqlAuditSink.SqlAuditSink).head
       expect(Option.map(head, (h) => h.sequence)).toEqual(Option.some(0))
     }).pipe(Effect.scoped))
@@ -500,7 +541,7 @@ describe("SqlAuditSink", () => {
       const sink = Context.get(context, SqlAuditSink.SqlAuditSink)
       const sql = Context.get(context, SqlClient.SqlClient)
       const outcome = yield* sql.withTransaction(sink.append(refusalEvent("agent-a", 0)))
-      expect(outcome).toEqual(new Appended({ uniqueRaceRetries: 0 }))
+      expect(outcome).toMatchObject({ _tag: "Appended", uniqueRaceRetries: 0, position: { sequence: 0 } })
       const rolledBack = yield* Effect.exit(sql.withTransaction(
         Effect.zipRight(sink.append(refusalEvent("agent-a", 1)), Effect.fail("caller failed" as const))
       ))
