@@ -271,19 +271,15 @@ const ackOf = (event: DeferredAuditEvent, s: Settlement): Exit.Exit<AuditReceipt
   }
 }
 
-export const make = (
-  options: Options & { readonly sink: Context.Tag.Service<AuditSink> }
-): Effect.Effect<Context.Tag.Service<AuditQueue>, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const sink = options.sink
-    const maxRestarts = options.maxRestarts ?? Number.POSITIVE_INFINITY
-    const maxBatch = Math.max(1, Math.floor(options.maxBatch ?? DEFAULT_MAX_BATCH))
-    const shutdownDrainTimeout = options.shutdownDrainTimeout ?? DEFAULT_SHUTDOWN_DRAIN_TIMEOUT
-    const queueId = options.queueId ?? uuidV7(yield* Clock.currentTimeMillis)
-    const counters = AuditMetrics.counters(queueId)
-    const annotate = Effect.annotateLogs({ auditQueue: queueId })
+// ---------------------------------------------------------------------------------------------------------
+// Accounting: the counters, the waiters, and settling events exactly once
+// ---------------------------------------------------------------------------------------------------------
 
-    const queue = yield* Queue.unbounded<DeferredAuditEvent>()
+type Waiter = Deferred.Deferred<AuditReceipt, AuditAckError>
+
+const makeAccounts = (queueId: string, restartDriver: Schedule.ScheduleDriver<unknown, unknown, never>) =>
+  Effect.gen(function*() {
+    const counters = AuditMetrics.counters(queueId)
     // Plain mutable cells owned by this service, read and written only inside synchronous steps, so that
     // `submit` is one step that no other fiber can interleave with or preempt (a Ref would be several).
     const state = MutableRef.make<State>({
@@ -293,45 +289,22 @@ export const make = (
       drainerStopped: false,
       metrics: AuditMetrics.empty
     })
-    const update = (f: (s: State) => State): void => {
-      MutableRef.set(state, f(MutableRef.get(state)))
-    }
     /** The batch in the drainer's hands; it outlives a restart of the drainer. */
     const inHand = MutableRef.make<Batch | undefined>(undefined)
     /** `submitAndWait` callers by event, completed when their event settles. */
-    const waiters = new Map<DeferredAuditEvent, Array<Deferred.Deferred<AuditReceipt, AuditAckError>>>()
+    const waiters = new Map<DeferredAuditEvent, Array<Waiter>>()
     // Completed (and replaced) after every accounting change, so waiters re-check without polling.
     const progress = yield* Ref.make(yield* Deferred.make<void>())
-    const restartDriver = yield* Schedule.driver(options.restartSchedule ?? defaultRestartSchedule)
 
-    // ---------------------------------------------------------------------------------------------------
-    // Accounting
-    // ---------------------------------------------------------------------------------------------------
+    const get = (): State => MutableRef.get(state)
+    const update = (f: (s: State) => State): void => {
+      MutableRef.set(state, f(MutableRef.get(state)))
+    }
 
-    const wakeDrainWaiters = Effect.flatMap(Deferred.make<void>(), (next) =>
-      Effect.flatMap(Ref.getAndSet(progress, next), (previous) => Deferred.succeed(previous, undefined)))
-
-    /**
-     * Settle the batch's next `settlements.length` events: count them, answer their waiters, wake drain
-     * waiters. A no-op once the batch was claimed by shutdown (which settles the rest itself).
-     */
-    const settle = (batch: Batch, settlements: ReadonlyArray<Settlement>): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        if (batch.claimed || settlements.length === 0) {
-          return Effect.void
-        }
-        const first = batch.settled
-        batch.settled += settlements.length
-        const delta = deltaOf(settlements)
-        update((s) => ({ ...s, metrics: AuditMetrics.add(s.metrics, delta) }))
-        AuditMetrics.unsafePublish(counters, delta)
-        if (waiters.size > 0) {
-          settlements.forEach((settlement, i) =>
-            answerWaiter(batch.events[first + i]!, settlement)
-          )
-        }
-        return Effect.zipRight(resetRestartsAfterAppend(delta), wakeDrainWaiters)
-      })
+    const wakeDrainWaiters = Effect.flatMap(
+      Deferred.make<void>(),
+      (next) => Effect.flatMap(Ref.getAndSet(progress, next), (previous) => Deferred.succeed(previous, undefined))
+    )
 
     const answerWaiter = (event: DeferredAuditEvent, settlement: Settlement): void => {
       const waiting = waiters.get(event)
@@ -342,29 +315,32 @@ export const make = (
     }
 
     const resetRestartsAfterAppend = (delta: AuditMetrics.AuditMetricsDelta): Effect.Effect<void> => {
-      if ((delta.appended ?? 0) === 0) return Effect.void
-      const hadRestarts = MutableRef.get(state).consecutiveRestarts > 0
-      if (!hadRestarts) return Effect.void
+      if ((delta.appended ?? 0) === 0 || get().consecutiveRestarts === 0) return Effect.void
       update((s) => ({ ...s, consecutiveRestarts: 0 }))
       return restartDriver.reset
     }
 
-    const awaitDrained: Effect.Effect<void> = Effect.gen(function*() {
-      while (true) {
-        // Read the signal before the counters: a change after the read completes this very signal.
-        const signal = yield* Ref.get(progress)
-        if (AuditMetrics.isDrained(MutableRef.get(state).metrics)) return
-        yield* Deferred.await(signal)
-      }
-    })
+    /**
+     * Settle the batch's next `settlements.length` events: count them, answer their waiters, wake drain
+     * waiters. A no-op once the batch was claimed by shutdown (which settles the rest itself).
+     */
+    const settle = (batch: Batch, settlements: ReadonlyArray<Settlement>): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        if (batch.claimed || settlements.length === 0) return Effect.void
+        const first = batch.settled
+        batch.settled += settlements.length
+        const delta = deltaOf(settlements)
+        update((s) => ({ ...s, metrics: AuditMetrics.add(s.metrics, delta) }))
+        AuditMetrics.unsafePublish(counters, delta)
+        if (waiters.size > 0) {
+          settlements.forEach((settlement, i) => answerWaiter(batch.events[first + i]!, settlement))
+        }
+        return Effect.zipRight(resetRestartsAfterAppend(delta), wakeDrainWaiters)
+      })
 
-    // ---------------------------------------------------------------------------------------------------
-    // Intake
-    // ---------------------------------------------------------------------------------------------------
-
-    /** One synchronous step: count the event and offer it, or count a send failure. */
-    const offerNow = (event: DeferredAuditEvent): boolean => {
-      const s = MutableRef.get(state)
+    /** One synchronous step: count the event and offer it to `queue`, or count a send failure. */
+    const admit = (event: DeferredAuditEvent, queue: Queue.Queue<DeferredAuditEvent>): boolean => {
+      const s = get()
       const delta = s.open ? { submitted: 1 } : { submitted: 1, sendFailures: 1 }
       MutableRef.set(state, { ...s, metrics: AuditMetrics.add(s.metrics, delta) })
       AuditMetrics.unsafePublish(counters, delta)
@@ -373,341 +349,429 @@ export const make = (
       return s.open
     }
 
-    const logRefused = (event: DeferredAuditEvent) =>
-      Effect.logWarning("audit queue closed: submit refused, audit row LOST for this refusal").pipe(
-        Effect.annotateLogs({ eventId: event.id, agentId: event.agentId }),
-        annotate
-      )
-
-    const submit = (event: DeferredAuditEvent): Effect.Effect<boolean> =>
-      Effect.flatMap(
-        Effect.sync(() => offerNow(event)),
-        (accepted) => accepted ? Effect.succeed(true) : Effect.as(logRefused(event), false)
-      )
-
-    const submitAndWait = (event: DeferredAuditEvent): Effect.Effect<AuditReceipt, AuditAckError> =>
-      Effect.flatMap(Deferred.make<AuditReceipt, AuditAckError>(), (deferred) =>
-        Effect.suspend(() => {
-          // Registered before the offer, so a drainer that settles the event at once finds the waiter.
-          const waiting = waiters.get(event)
-          if (waiting === undefined) waiters.set(event, [deferred])
-          else waiting.push(deferred)
-          if (offerNow(event)) return Deferred.await(deferred)
-          answerWaiter(event, failed("the audit queue is closed", false, false))
-          return Effect.zipRight(
-            logRefused(event),
-            new AuditAckError({ eventId: event.id, reason: "queueClosed", detail: "the audit queue is closed" })
-          )
-        }))
-
-    const submitRefusal = (agentId: string, action: AgentAction, decision: Decision): Effect.Effect<boolean> =>
-      Effect.flatMap(
-        DeferredAuditEvent.fromRefusal(agentId, action, decision),
-        (event) => event._tag === "Some" ? submit(event.value) : Effect.succeed(false)
-      )
-
-    const submitRefusalAndWait = (agentId: string, action: AgentAction, decision: Decision) =>
-      Effect.flatMap(
-        DeferredAuditEvent.fromRefusal(agentId, action, decision),
-        (event): Effect.Effect<Option.Option<AuditReceipt>, AuditAckError> =>
-          event._tag === "Some" ? Effect.asSome(submitAndWait(event.value)) : Effect.succeedNone
-      )
-
-    // ---------------------------------------------------------------------------------------------------
-    // Drainer
-    // ---------------------------------------------------------------------------------------------------
-
-    /**
-     * A sink call's exit. A synchronous throw while building the call is a defect like any other. When
-     * the drainer itself is interrupted, Effect skips failure handlers, so the interruption ends the
-     * drainer right here; an interruption that comes back as an exit is one the sink's own effect ended
-     * with (it interrupted itself, or joined an interrupted fiber): a sink failure like any other, which
-     * must never silently stop the drainer.
-     */
-    const callSink = <A, E>(call: () => Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
-      Effect.exit(Effect.suspend(call))
-
-    const logDeadLetterFailure = (events: ReadonlyArray<DeferredAuditEvent>, cause: Cause.Cause<unknown>) =>
-      Effect.logError("audit sink could not dead-letter the event(s)", cause).pipe(
-        Effect.annotateLogs({ eventIds: events.slice(0, LOST_IDS_PER_LINE).map((event) => event.id) })
-      )
-
-    /**
-     * Dead-letter `events` with `reason`: in one write where the sink has `deadLetterBatch` (all land or
-     * none), else one by one. Returns, per event, whether it landed.
-     */
-    const deadLetter = (
-      events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>,
-      reason: string
-    ): Effect.Effect<ReadonlyArray<boolean>> => {
-      const deadLetterBatch = sink.deadLetterBatch
-      if (deadLetterBatch !== undefined && events.length > 1) {
-        return Effect.flatMap(callSink(() => deadLetterBatch(events, reason)), (exit) =>
-          Exit.isSuccess(exit)
-            ? Effect.succeed(events.map(() => true))
-            : Effect.as(logDeadLetterFailure(events, exit.cause), events.map(() => false)))
+    const awaitDrained: Effect.Effect<void> = Effect.gen(function*() {
+      while (true) {
+        // Read the signal before the counters: a change after the read completes this very signal.
+        const signal = yield* Ref.get(progress)
+        if (AuditMetrics.isDrained(get().metrics)) return
+        yield* Deferred.await(signal)
       }
-      return Effect.forEach(events, (event) =>
-        Effect.flatMap(
-          callSink(() => sink.deadLetter(event, reason)),
-          (exit) =>
-            Exit.isSuccess(exit) ? Effect.succeed(true) : Effect.as(logDeadLetterFailure([event], exit.cause), false)
-        ))
+    })
+
+    return { get, update, inHand, waiters, answerWaiter, settle, admit, awaitDrained }
+  })
+
+type Accounts = Effect.Effect.Success<ReturnType<typeof makeAccounts>>
+
+// ---------------------------------------------------------------------------------------------------------
+// Intake
+// ---------------------------------------------------------------------------------------------------------
+
+const makeIntake = (
+  accounts: Accounts,
+  queue: Queue.Queue<DeferredAuditEvent>,
+  annotate: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+) => {
+  const logRefused = (event: DeferredAuditEvent) =>
+    Effect.logWarning("audit queue closed: submit refused, audit row LOST for this refusal").pipe(
+      Effect.annotateLogs({ eventId: event.id, agentId: event.agentId }),
+      annotate
+    )
+
+  const submit = (event: DeferredAuditEvent): Effect.Effect<boolean> =>
+    Effect.flatMap(
+      Effect.sync(() => accounts.admit(event, queue)),
+      (accepted) => accepted ? Effect.succeed(true) : Effect.as(logRefused(event), false)
+    )
+
+  const submitAndWait = (event: DeferredAuditEvent): Effect.Effect<AuditReceipt, AuditAckError> =>
+    Effect.flatMap(Deferred.make<AuditReceipt, AuditAckError>(), (deferred) =>
+      Effect.suspend(() => {
+        // Registered before the offer, so a drainer that settles the event at once finds the waiter.
+        const waiting = accounts.waiters.get(event)
+        if (waiting === undefined) accounts.waiters.set(event, [deferred])
+        else waiting.push(deferred)
+        if (accounts.admit(event, queue)) return Deferred.await(deferred)
+        accounts.answerWaiter(event, failed("the audit queue is closed", false, false))
+        return Effect.zipRight(
+          logRefused(event),
+          new AuditAckError({ eventId: event.id, reason: "queueClosed", detail: "the audit queue is closed" })
+        )
+      }))
+
+  const submitRefusal = (agentId: string, action: AgentAction, decision: Decision): Effect.Effect<boolean> =>
+    Effect.flatMap(
+      DeferredAuditEvent.fromRefusal(agentId, action, decision),
+      (event) => event._tag === "Some" ? submit(event.value) : Effect.succeed(false)
+    )
+
+  const submitRefusalAndWait = (agentId: string, action: AgentAction, decision: Decision) =>
+    Effect.flatMap(
+      DeferredAuditEvent.fromRefusal(agentId, action, decision),
+      (event): Effect.Effect<Option.Option<AuditReceipt>, AuditAckError> =>
+        event._tag === "Some" ? Effect.asSome(submitAndWait(event.value)) : Effect.succeedNone
+    )
+
+  return { submit, submitAndWait, submitRefusal, submitRefusalAndWait }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sink calls: one batch, one event, dead letters
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * A sink call's exit. A synchronous throw while building the call is a defect like any other. When the
+ * drainer itself is interrupted, Effect skips failure handlers, so the interruption ends the drainer right
+ * here; an interruption that comes back as an exit is one the sink's own effect ended with (it interrupted
+ * itself, or joined an interrupted fiber): a sink failure like any other, which must never silently stop
+ * the drainer.
+ */
+const callSink = <A, E>(call: () => Effect.Effect<A, E>): Effect.Effect<Exit.Exit<A, E>> =>
+  Effect.exit(Effect.suspend(call))
+
+const logDeadLettered = (event: DeferredAuditEvent, reason: string) =>
+  Effect.logWarning("audit event landed in the dead-letter store (ledger row NOT appended; replay needed)").pipe(
+    Effect.annotateLogs({ eventId: event.id, reason })
+  )
+
+const logDeadLetterFailure = (events: ReadonlyArray<DeferredAuditEvent>, cause: Cause.Cause<unknown>) =>
+  Effect.logError("audit sink could not dead-letter the event(s)", cause).pipe(
+    Effect.annotateLogs({ eventIds: events.slice(0, LOST_IDS_PER_LINE).map((event) => event.id) })
+  )
+
+const makeSinkCalls = (sink: Context.Tag.Service<AuditSink>, accounts: Accounts) => {
+  /**
+   * Dead-letter `events` with `reason`: in one write where the sink has `deadLetterBatch` (all land or
+   * none), else one by one. Returns, per event, whether it landed.
+   */
+  const deadLetter = (
+    events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>,
+    reason: string
+  ): Effect.Effect<ReadonlyArray<boolean>> => {
+    const deadLetterBatch = sink.deadLetterBatch
+    if (deadLetterBatch !== undefined && events.length > 1) {
+      return Effect.flatMap(callSink(() => deadLetterBatch(events, reason)), (exit) =>
+        Exit.isSuccess(exit)
+          ? Effect.succeed(events.map(() => true))
+          : Effect.as(logDeadLetterFailure(events, exit.cause), events.map(() => false)))
     }
+    return Effect.forEach(events, (event) =>
+      Effect.flatMap(
+        callSink(() => sink.deadLetter(event, reason)),
+        (exit) =>
+          Exit.isSuccess(exit) ? Effect.succeed(true) : Effect.as(logDeadLetterFailure([event], exit.cause), false)
+      ))
+  }
 
-    const logDeadLettered = (event: DeferredAuditEvent, reason: string) =>
-      Effect.logWarning("audit event landed in the dead-letter store (ledger row NOT appended; replay needed)").pipe(
-        Effect.annotateLogs({ eventId: event.id, reason })
+  /** One event alone; fails with `SinkDied` after settling a poison event. */
+  const appendOne = (batch: Batch, event: DeferredAuditEvent): Effect.Effect<void, SinkDied> =>
+    Effect.gen(function*() {
+      const exit = yield* callSink(() => sink.append(event))
+      if (Exit.isSuccess(exit)) {
+        if (exit.value._tag === "DlqLanded") yield* logDeadLettered(event, exit.value.reason)
+        return yield* accounts.settle(batch, [exit.value])
+      }
+      const cause = exit.cause
+      if (!Cause.isDie(cause) && !Cause.isInterrupted(cause)) {
+        yield* Effect.logError("audit sink could not append the event, nor dead-letter it", cause).pipe(
+          Effect.annotateLogs({ eventId: event.id })
+        )
+        return yield* accounts.settle(batch, [failed(`sink error: ${Cause.pretty(cause)}`, false, false)])
+      }
+      // The sink died (or ended interrupted) on this event: it is a poison event. Settle it (after trying
+      // the dead-letter store, so a drain never completes before the landing), then let the supervisor
+      // restart.
+      const reason = `drainer defect: ${Cause.pretty(cause)}`
+      const [landed] = yield* deadLetter([event], reason)
+      yield* accounts.settle(batch, [failed(reason, true, landed === true)])
+      yield* Effect.logError("audit sink died on an event; restarting the drainer", cause).pipe(
+        Effect.annotateLogs({ eventId: event.id, deadLettered: landed })
       )
+      return yield* new SinkDied({ eventId: event.id })
+    })
 
-    /** Settle a whole batch from the sink's outcomes, logging the dead-lettered ones. */
-    const settleOutcomes = (batch: Batch, outcomes: ReadonlyArray<AppendOutcome>) =>
-      Effect.zipRight(
-        settle(batch, outcomes),
-        Effect.forEach(
-          outcomes,
-          (outcome, i) =>
-            outcome._tag === "DlqLanded" ? logDeadLettered(batch.events[i]!, outcome.reason) : Effect.void,
+  /** The batch's unsettled events, each alone, in order. */
+  const appendRemainingOneByOne = (batch: Batch): Effect.Effect<void, SinkDied> =>
+    Effect.whileLoop({
+      while: () => !batch.claimed && batch.settled < batch.events.length,
+      body: () => appendOne(batch, batch.events[batch.settled]!),
+      step: () => undefined
+    })
+
+  /** A whole batch through `appendBatch`; `false` when it must be appended one by one instead. */
+  const appendAsBatch = (batch: Batch): Effect.Effect<boolean> =>
+    Effect.gen(function*() {
+      const appendBatch = sink.appendBatch
+      if (appendBatch === undefined || batch.events.length < 2) return false
+      const events = batch.events as Arr.NonEmptyReadonlyArray<DeferredAuditEvent>
+      const exit = yield* callSink(() => appendBatch(events))
+      if (Exit.isSuccess(exit) && exit.value.length === events.length) {
+        yield* accounts.settle(batch, exit.value)
+        yield* Effect.forEach(
+          exit.value,
+          (outcome, i) => outcome._tag === "DlqLanded" ? logDeadLettered(events[i]!, outcome.reason) : Effect.void,
           { discard: true }
         )
+        return true
+      }
+      const why = Exit.isSuccess(exit)
+        ? Cause.die(`appendBatch returned ${exit.value.length} outcomes for ${events.length} events`)
+        : exit.cause
+      yield* Effect.logWarning(`audit batch of ${events.length} not appended; appending its events one by one`, why)
+      return false
+    })
+
+  return { deadLetter, appendRemainingOneByOne, appendAsBatch }
+}
+
+type SinkCalls = ReturnType<typeof makeSinkCalls>
+
+// ---------------------------------------------------------------------------------------------------------
+// Residual events: what shutdown or a failed queue takes away from the drainer
+// ---------------------------------------------------------------------------------------------------------
+
+const logLost = (events: ReadonlyArray<DeferredAuditEvent>, reason: string) =>
+  Effect.forEach(
+    Array.from({ length: Math.ceil(events.length / LOST_IDS_PER_LINE) }, (_, i) => i * LOST_IDS_PER_LINE),
+    (start) => {
+      const ids = events.slice(start, start + LOST_IDS_PER_LINE).map((event) => event.id)
+      return Effect.logError(
+        `audit events LOST (reached neither the ledger nor the dead-letter store), ` +
+          `${start + 1}-${start + ids.length} of ${events.length}: ${ids.join(", ")}`
+      ).pipe(Effect.annotateLogs({ reason }))
+    },
+    { discard: true }
+  )
+
+const makeResidual = (accounts: Accounts, queue: Queue.Queue<DeferredAuditEvent>, calls: SinkCalls) => {
+  /** Take every event still unhandled away from the drainer: the batch in hand first, then the queue. */
+  const claimUnhandled = Effect.gen(function*() {
+    const batch = MutableRef.get(accounts.inHand)
+    const fromBatch: Array<DeferredAuditEvent> = []
+    if (batch !== undefined && !batch.claimed) {
+      fromBatch.push(...batch.events.slice(batch.settled))
+      batch.claimed = true
+    }
+    return fromBatch.concat(Chunk.toReadonlyArray(yield* Queue.takeAll(queue)))
+  })
+
+  /**
+   * Dead-letter every unhandled event (in one write where the sink can), settling each; log the ids of
+   * those that cannot land. `timeout` bounds the write (a wedged sink may never answer). Call only once
+   * intake is closed (so nothing more can arrive) and the drainer is stopped or done.
+   */
+  const deadLetterUnhandled = (reason: string, timeout: Option.Option<Duration.DurationInput>) =>
+    Effect.gen(function*() {
+      const unhandled = yield* claimUnhandled
+      const events = toNonEmpty(unhandled)
+      if (Option.isNone(events)) return
+      const write = Effect.interruptible(calls.deadLetter(events.value, reason))
+      const landed = Option.isNone(timeout) ? yield* write : yield* Effect.timeoutTo(write, {
+        duration: timeout.value,
+        onSuccess: (landed) => landed,
+        onTimeout: () => unhandled.map(() => false)
+      })
+      yield* accounts.settle(
+        { events: unhandled, settled: 0, claimed: false },
+        unhandled.map((_, i) => failed(reason, false, landed[i] === true))
       )
-
-    /** One event alone; fails with `SinkDied` after settling a poison event. */
-    const appendOne = (batch: Batch, event: DeferredAuditEvent): Effect.Effect<void, SinkDied> =>
-      Effect.gen(function*() {
-        const exit = yield* callSink(() => sink.append(event))
-        if (Exit.isSuccess(exit)) {
-          if (exit.value._tag === "DlqLanded") yield* logDeadLettered(event, exit.value.reason)
-          return yield* settle(batch, [exit.value])
-        }
-        const cause = exit.cause
-        if (!Cause.isDie(cause) && !Cause.isInterrupted(cause)) {
-          yield* Effect.logError("audit sink could not append the event, nor dead-letter it", cause).pipe(
-            Effect.annotateLogs({ eventId: event.id })
-          )
-          return yield* settle(batch, [failed(`sink error: ${Cause.pretty(cause)}`, false, false)])
-        }
-        // The sink died (or ended interrupted) on this event: it is a poison event. Settle it (after trying
-        // the dead-letter store, so a drain never completes before the landing), then let the supervisor
-        // restart.
-        const reason = `drainer defect: ${Cause.pretty(cause)}`
-        const [landed] = yield* deadLetter([event], reason)
-        yield* settle(batch, [failed(reason, true, landed === true)])
-        yield* Effect.logError("audit sink died on an event; restarting the drainer", cause).pipe(
-          Effect.annotateLogs({ eventId: event.id, deadLettered: landed })
-        )
-        return yield* new SinkDied({ eventId: event.id })
-      })
-
-    /** The batch's unsettled events, each alone, in order. */
-    const appendRemainingOneByOne = (batch: Batch): Effect.Effect<void, SinkDied> =>
-      Effect.whileLoop({
-        while: () => !batch.claimed && batch.settled < batch.events.length,
-        body: () => appendOne(batch, batch.events[batch.settled]!),
-        step: () => undefined
-      })
-
-    /** A whole batch through `appendBatch`; `false` when it must be retried one by one. */
-    const appendAsBatch = (batch: Batch, appendBatch: NonNullable<Context.Tag.Service<AuditSink>["appendBatch"]>) =>
-      Effect.gen(function*() {
-        const events = batch.events as Arr.NonEmptyReadonlyArray<DeferredAuditEvent>
-        const exit = yield* callSink(() => appendBatch(events))
-        if (Exit.isSuccess(exit) && exit.value.length === events.length) {
-          yield* settleOutcomes(batch, exit.value)
-          return true
-        }
-        const why = Exit.isSuccess(exit)
-          ? Cause.die(`appendBatch returned ${exit.value.length} outcomes for ${events.length} events`)
-          : exit.cause
-        yield* Effect.logWarning(`audit batch of ${events.length} not appended; appending its events one by one`, why)
-        return false
-      })
-
-    /** Take what is waiting (up to `maxBatch`) and append it; a batch left by a restart is finished first. */
-    const drainStep: Effect.Effect<void, SinkDied> = Effect.gen(function*() {
-      const left = MutableRef.get(inHand)
-      if (left !== undefined && !left.claimed && left.settled < left.events.length) {
-        yield* appendRemainingOneByOne(left)
-      } else {
-        const events = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, maxBatch))
-        const batch: Batch = { events, settled: 0, claimed: false }
-        MutableRef.set(inHand, batch)
-        const appendBatch = sink.appendBatch
-        const done = events.length > 1 && appendBatch !== undefined && (yield* appendAsBatch(batch, appendBatch))
-        if (!done) yield* appendRemainingOneByOne(batch)
-      }
-      MutableRef.set(inHand, undefined)
-      // One batch holds the thread (a synchronous driver) for at most `maxBatch` rows; then the host runs.
-      yield* Effect.yieldNow()
+      const lost = unhandled.filter((_, i) => landed[i] !== true)
+      if (lost.length > 0) yield* logLost(lost, reason)
     })
 
-    const drainLoop: Effect.Effect<never, SinkDied> = Effect.forever(drainStep)
+  return { deadLetterUnhandled }
+}
 
-    /** Take every event still unhandled away from the drainer: the batch in hand first, then the queue. */
-    const claimUnhandled = Effect.gen(function*() {
-      const batch = MutableRef.get(inHand)
-      const fromBatch: Array<DeferredAuditEvent> = []
-      if (batch !== undefined && !batch.claimed) {
-        fromBatch.push(...batch.events.slice(batch.settled))
-        batch.claimed = true
-      }
-      const queued = Chunk.toReadonlyArray(yield* Queue.takeAll(queue))
-      return fromBatch.concat(queued)
+// ---------------------------------------------------------------------------------------------------------
+// The drainer and its supervisor
+// ---------------------------------------------------------------------------------------------------------
+
+const makeSupervisor = (
+  options: {
+    readonly maxBatch: number
+    readonly maxRestarts: number
+    readonly restartDriver: Schedule.ScheduleDriver<unknown, unknown, never>
+  },
+  accounts: Accounts,
+  queue: Queue.Queue<DeferredAuditEvent>,
+  calls: SinkCalls,
+  residual: ReturnType<typeof makeResidual>
+): Effect.Effect<void> => {
+  /** Take what is waiting (up to `maxBatch`) and append it; a batch left by a restart is finished first. */
+  const drainStep: Effect.Effect<void, SinkDied> = Effect.gen(function*() {
+    const left = MutableRef.get(accounts.inHand)
+    if (left !== undefined && !left.claimed && left.settled < left.events.length) {
+      yield* calls.appendRemainingOneByOne(left)
+    } else {
+      const events = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, options.maxBatch))
+      const batch: Batch = { events, settled: 0, claimed: false }
+      MutableRef.set(accounts.inHand, batch)
+      if (!(yield* calls.appendAsBatch(batch))) yield* calls.appendRemainingOneByOne(batch)
+    }
+    MutableRef.set(accounts.inHand, undefined)
+    // One batch holds the thread (a synchronous driver) for at most `maxBatch` rows; then the host runs.
+    yield* Effect.yieldNow()
+  })
+
+  /** After the last restart: close intake and dead-letter everything that was accepted but not handled. */
+  const fail = (reason: string) =>
+    Effect.gen(function*() {
+      const pending = AuditMetrics.inFlight(accounts.get().metrics)
+      accounts.update((s) => ({ ...s, open: false, status: s.status === "Closed" ? "Closed" : "Failed" }))
+      yield* Effect.logError(
+        `audit queue FAILED (${reason}); intake closed, ${pending} queued events go to the dead-letter store`
+      )
+      yield* residual.deadLetterUnhandled(`audit queue failed: ${reason}`, Option.none())
     })
 
-    /**
-     * Dead-letter every unhandled event (in one write where the sink can), settling each; log the ids of
-     * those that cannot land. `timeout` bounds the write (a wedged sink may never answer). Call only once
-     * intake is closed (so nothing more can arrive) and the drainer is stopped or done.
-     */
-    const deadLetterUnhandled = (reason: string, timeout: Option.Option<Duration.DurationInput>) =>
-      Effect.gen(function*() {
-        const unhandled = yield* claimUnhandled
-        const events = toNonEmpty(unhandled)
-        if (Option.isNone(events)) return
-        const write = Effect.interruptible(deadLetter(events.value, reason))
-        const landed = Option.isNone(timeout) ? yield* write : yield* Effect.timeoutTo(write, {
-          duration: timeout.value,
-          onSuccess: (landed) => landed,
-          onTimeout: () => unhandled.map(() => false)
-        })
-        yield* settle(
-          { events: unhandled, settled: 0, claimed: false },
-          unhandled.map((_, i) => failed(reason, false, landed[i] === true))
-        )
-        const lost = unhandled.filter((_, i) => landed[i] !== true)
-        if (lost.length > 0) yield* logLost(lost, reason)
-      })
-
-    const logLost = (events: ReadonlyArray<DeferredAuditEvent>, reason: string) =>
-      Effect.forEach(
-        Array.from({ length: Math.ceil(events.length / LOST_IDS_PER_LINE) }, (_, i) => i * LOST_IDS_PER_LINE),
-        (start) => {
-          const ids = events.slice(start, start + LOST_IDS_PER_LINE).map((event) => event.id)
-          return Effect.logError(
-            `audit events LOST (reached neither the ledger nor the dead-letter store), ` +
-              `${start + 1}-${start + ids.length} of ${events.length}: ${ids.join(", ")}`
-          ).pipe(Effect.annotateLogs({ reason }))
-        },
-        { discard: true }
-      ).pipe(annotate)
-
-    /** After the last restart: close intake and dead-letter everything that was accepted but not handled. */
-    const fail = (reason: string) =>
-      Effect.gen(function*() {
-        const residual = AuditMetrics.inFlight(MutableRef.get(state).metrics)
-        update((s) => ({ ...s, open: false, status: s.status === "Closed" ? "Closed" : "Failed" }))
-        yield* Effect.logError(
-          `audit queue FAILED (${reason}); intake closed, ${residual} queued events go to the dead-letter store`
-        )
-        yield* deadLetterUnhandled(`audit queue failed: ${reason}`, Option.none())
-      })
-
-    const setStatus = (from: QueueStatus, to: QueueStatus) =>
-      Effect.sync(() => update((s) => s.status === from ? { ...s, status: to } : s))
-
-    const supervisor: Effect.Effect<void> = Effect.gen(function*() {
-      while (true) {
-        const exit = yield* Effect.exit(drainLoop)
-        if (Exit.isSuccess(exit)) return
-        // Interruption is shutdown; anything else (the sink died, or a bug in the loop) is a restart.
-        if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
-        const restarts = MutableRef.get(state).consecutiveRestarts + 1
-        update((s) => ({
-          ...s,
-          consecutiveRestarts: restarts,
-          status: s.status === "Running" ? "Restarting" : s.status
-        }))
-        if (restarts > maxRestarts) {
-          return yield* fail(`${restarts} consecutive drainer defects, maxRestarts is ${maxRestarts}`)
-        }
-        const next = yield* Effect.either(restartDriver.next(exit.cause))
-        if (next._tag === "Left") return yield* fail(`restart schedule ended after ${restarts - 1} restarts`)
-        yield* setStatus("Restarting", "Running")
-        yield* Effect.logInfo(`audit drainer restarted (consecutive restart ${restarts})`)
+  /** Counts a restart; `Left` with the reason when the queue must fail instead. */
+  const restart = (cause: Cause.Cause<unknown>) =>
+    Effect.gen(function*() {
+      const restarts = accounts.get().consecutiveRestarts + 1
+      accounts.update((s) => ({
+        ...s,
+        consecutiveRestarts: restarts,
+        status: s.status === "Running" ? "Restarting" : s.status
+      }))
+      if (restarts > options.maxRestarts) {
+        return Option.some(`${restarts} consecutive drainer defects, maxRestarts is ${options.maxRestarts}`)
       }
-    }).pipe(annotate)
+      const next = yield* Effect.either(options.restartDriver.next(cause))
+      if (next._tag === "Left") return Option.some(`restart schedule ended after ${restarts - 1} restarts`)
+      accounts.update((s) => s.status === "Restarting" ? { ...s, status: "Running" } : s)
+      yield* Effect.logInfo(`audit drainer restarted (consecutive restart ${restarts})`)
+      return Option.none()
+    })
+
+  return Effect.gen(function*() {
+    while (true) {
+      const exit = yield* Effect.exit(Effect.forever(drainStep))
+      if (Exit.isSuccess(exit)) return
+      // Interruption is shutdown; anything else (the sink died, or a bug in the loop) is a restart.
+      if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
+      const failure = yield* restart(exit.cause)
+      if (Option.isSome(failure)) return yield* fail(failure.value)
+    }
+  })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------------------------------------
+
+export const make = (
+  options: Options & { readonly sink: Context.Tag.Service<AuditSink> }
+): Effect.Effect<Context.Tag.Service<AuditQueue>, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const queueId = options.queueId ?? uuidV7(yield* Clock.currentTimeMillis)
+    const annotate = Effect.annotateLogs({ auditQueue: queueId })
+    const restartDriver = yield* Schedule.driver(options.restartSchedule ?? defaultRestartSchedule)
+    const queue = yield* Queue.unbounded<DeferredAuditEvent>()
+    const accounts = yield* makeAccounts(queueId, restartDriver)
+    const calls = makeSinkCalls(options.sink, accounts)
+    const residual = makeResidual(accounts, queue, calls)
+    const supervisor = makeSupervisor(
+      {
+        maxBatch: Math.max(1, Math.floor(options.maxBatch ?? DEFAULT_MAX_BATCH)),
+        maxRestarts: options.maxRestarts ?? Number.POSITIVE_INFINITY,
+        restartDriver
+      },
+      accounts,
+      queue,
+      calls,
+      residual
+    )
 
     // Interruptible whatever the caller's region (layers may be built uninterruptibly): shutdown interrupts it.
     // It yields to the event loop between batches: appends are synchronous I/O, and the default
     // scheduler's microtask yields would let a backlog starve the host's own I/O (the guard's hot path).
-    const drainer = yield* Effect.forkScoped(Effect.withScheduler(Effect.interruptible(supervisor), eventLoopScheduler))
-
-    // ---------------------------------------------------------------------------------------------------
-    // Drain and shutdown
-    // ---------------------------------------------------------------------------------------------------
-
-    const drainPending = (timeout: Duration.DurationInput): Effect.Effect<boolean> =>
-      // Interruptible even inside a finalizer (which runs uninterruptibly): otherwise the timeout could not
-      // cut the wait short and a wedged sink would hang the shutdown.
-      Effect.timeoutTo(Effect.interruptible(awaitDrained), {
-        duration: timeout,
-        onSuccess: () => true,
-        onTimeout: () => false
-      })
-
-    /** Close intake; `true` when an earlier close already stopped the drainer (nothing can drain then). */
-    const stopIntake = Effect.sync(() => {
-      const stopped = MutableRef.get(state).drainerStopped
-      update((s) => ({ ...s, open: false }))
-      return stopped
-    })
-
-    // `Closed` is set before the interruption, so a restart in flight cannot flip the status back.
-    const stopDrainer = (awaitStop: boolean) =>
-      Effect.gen(function*() {
-        update((s): State => ({ ...s, drainerStopped: true, status: s.status === "Failed" ? s.status : "Closed" }))
-        // A wedged sink may never notice the interruption; only wait when the drainer is known to be idle.
-        yield* awaitStop ? Fiber.interrupt(drainer) : Fiber.interruptFork(drainer)
-      })
-
-    const closeAndFlush: Effect.Effect<void> = Effect.gen(function*() {
-      if (yield* stopIntake) return
-      yield* awaitDrained
-      // Everything is handled, so the drainer is idle on `take`; stopping it loses nothing.
-      yield* stopDrainer(true)
-    })
-
-    const closeAndFlushWithin = (timeout: Duration.DurationInput): Effect.Effect<boolean> =>
-      Effect.gen(function*() {
-        if (yield* stopIntake) return AuditMetrics.isDrained(MutableRef.get(state).metrics)
-        const flushed = yield* drainPending(timeout)
-        if (flushed) {
-          yield* stopDrainer(true)
-          return true
-        }
-        const residual = AuditMetrics.inFlight(MutableRef.get(state).metrics)
-        yield* stopDrainer(false)
-        yield* Effect.logWarning(
-          `audit queue shutdown drain timed out after ${Duration.format(Duration.decode(timeout))}: ` +
-            `${residual} unhandled events go to the dead-letter store`
-        ).pipe(Effect.annotateLogs({ residual }), annotate)
-        yield* deadLetterUnhandled(
-          "shutdown drain timed out before the event was appended (it may also be in the ledger if the " +
-            "sink finished it late; replay is idempotent)",
-          Option.some(timeout)
-        )
-        return false
-      })
-
+    const drainer = yield* Effect.forkScoped(
+      Effect.withScheduler(Effect.interruptible(annotate(supervisor)), eventLoopScheduler)
+    )
+    const shutdown = makeShutdown(accounts, drainer, residual, annotate)
     // Added after the drainer's fork, so it runs first when the scope closes: drain, then stop.
-    yield* Effect.addFinalizer(() => closeAndFlushWithin(shutdownDrainTimeout))
+    yield* Effect.addFinalizer(() =>
+      shutdown.closeAndFlushWithin(options.shutdownDrainTimeout ?? DEFAULT_SHUTDOWN_DRAIN_TIMEOUT)
+    )
 
-    const read = <A>(f: (s: State) => A) => Effect.sync(() => f(MutableRef.get(state)))
-
+    const read = <A>(f: (s: State) => A) => Effect.sync(() => f(accounts.get()))
     return AuditQueue.of({
-      submit,
-      submitRefusal,
-      submitAndWait,
-      submitRefusalAndWait,
-      drainPending,
-      closeAndFlush,
-      closeAndFlushWithin,
+      ...makeIntake(accounts, queue, annotate),
+      ...shutdown,
       isOpen: read((s) => s.open),
       status: read((s) => s.status),
       metrics: read((s) => s.metrics)
     })
   })
+
+// ---------------------------------------------------------------------------------------------------------
+// Drain and shutdown
+// ---------------------------------------------------------------------------------------------------------
+
+const makeShutdown = (
+  accounts: Accounts,
+  drainer: Fiber.RuntimeFiber<void>,
+  residual: ReturnType<typeof makeResidual>,
+  annotate: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+) => {
+  const drainPending = (timeout: Duration.DurationInput): Effect.Effect<boolean> =>
+    // Interruptible even inside a finalizer (which runs uninterruptibly): otherwise the timeout could not
+    // cut the wait short and a wedged sink would hang the shutdown.
+    Effect.timeoutTo(Effect.interruptible(accounts.awaitDrained), {
+      duration: timeout,
+      onSuccess: () => true,
+      onTimeout: () => false
+    })
+
+  /** Close intake; `true` when an earlier close already stopped the drainer (nothing can drain then). */
+  const stopIntake = Effect.sync(() => {
+    const stopped = accounts.get().drainerStopped
+    accounts.update((s) => ({ ...s, open: false }))
+    return stopped
+  })
+
+  // `Closed` is set before the interruption, so a restart in flight cannot flip the status back.
+  const stopDrainer = (awaitStop: boolean) =>
+    Effect.gen(function*() {
+      accounts.update((s): State => ({
+        ...s,
+        drainerStopped: true,
+        status: s.status === "Failed" ? s.status : "Closed"
+      }))
+      // A wedged sink may never notice the interruption; only wait when the drainer is known to be idle.
+      yield* awaitStop ? Fiber.interrupt(drainer) : Fiber.interruptFork(drainer)
+    })
+
+  const closeAndFlush: Effect.Effect<void> = Effect.gen(function*() {
+    if (yield* stopIntake) return
+    yield* accounts.awaitDrained
+    // Everything is handled, so the drainer is idle on `take`; stopping it loses nothing.
+    yield* stopDrainer(true)
+  })
+
+  const closeAndFlushWithin = (timeout: Duration.DurationInput): Effect.Effect<boolean> =>
+    Effect.gen(function*() {
+      if (yield* stopIntake) return AuditMetrics.isDrained(accounts.get().metrics)
+      if (yield* drainPending(timeout)) {
+        yield* stopDrainer(true)
+        return true
+      }
+      const pending = AuditMetrics.inFlight(accounts.get().metrics)
+      yield* stopDrainer(false)
+      yield* Effect.logWarning(
+        `audit queue shutdown drain timed out after ${Duration.format(Duration.decode(timeout))}: ` +
+          `${pending} unhandled events go to the dead-letter store`
+      ).pipe(Effect.annotateLogs({ residual: pending }), annotate)
+      yield* residual.deadLetterUnhandled(
+        "shutdown drain timed out before the event was appended (it may also be in the ledger if the " +
+          "sink finished it late; replay is idempotent)",
+        Option.some(timeout)
+      ).pipe(annotate)
+      return false
+    })
+
+  return { drainPending, closeAndFlush, closeAndFlushWithin }
+}
 
 /**
  * The queue as a scoped layer, draining into `sink` (a layer providing `AuditSink`, or a sink value).
