@@ -8,10 +8,10 @@
  *
  * Group commit: a sink may also implement `appendBatch` (many events, one write transaction, one fsync)
  * and `deadLetterBatch`. A sink that implements only `append` and `deadLetter` keeps working: the queue
- * then appends its batches one event at a time (`appendEach`).
+ * lifts it, appending each batch one event at a time.
  */
-import type { Array as Arr, Exit } from "effect"
-import { Context, Data, Effect, Schema } from "effect"
+import type { Array as Arr, Effect } from "effect"
+import { Context, Data, Schema } from "effect"
 import type { DeferredAuditEvent } from "./AuditEvent.js"
 
 /** Where a row stands in the ledger's hash chain. */
@@ -72,13 +72,3 @@ export class AuditSink extends Context.Tag("agent-ledger/AuditSink")<AuditSink, 
     | ((events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>, reason: string) => Effect.Effect<void, AuditSinkError>)
     | undefined
 }>() {}
-
-/**
- * The lift for a sink without `appendBatch`: each event appended alone, in order, with its own exit (a
- * failure or defect of one append does not stop the others).
- */
-export const appendEach = (
-  sink: Context.Tag.Service<AuditSink>,
-  events: ReadonlyArray<DeferredAuditEvent>
-): Effect.Effect<ReadonlyArray<Exit.Exit<AppendOutcome, AuditSinkError>>> =>
-  Effect.forEach(events, (event) => Effect.exit(Effect.suspend(() => sink.append(event))))
