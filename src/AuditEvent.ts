@@ -9,6 +9,7 @@
 import canonicalize from "canonicalize"
 import { Clock, DateTime, Effect, Option, Schema } from "effect"
 import { sha256Hex } from "./internal/encoding.js"
+import { isWellFormed, isWellFormedDeep, toWellFormed, toWellFormedDeep } from "./internal/unicode.js"
 import { uuidV7 } from "./internal/uuid.js"
 
 /** Any JSON value (finite numbers only: RFC 8785 has no NaN or Infinity). */
@@ -96,6 +97,11 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
   /**
    * The audit event for a refusal, `None` for `Allow` and `Warn` (only refusals are chain-logged).
    * The timestamp and the time part of the id come from `Clock`.
+   *
+   * Strings are stored as well-formed Unicode: a lone UTF-16 surrogate anywhere in the agent id, the
+   * action (arguments and their keys included) or the decision becomes U+FFFD (docs/FORMAT.md, "Refusal
+   * payload v1"), so a hostile string cannot keep its refusal out of the ledger. An event built directly
+   * with such strings is dead-lettered by the SQL sink instead, its data kept as plain JSON.
    */
   static fromRefusal(
     agentId: string,
@@ -107,12 +113,27 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
       Option.some(
         new DeferredAuditEvent({
           id: uuidV7(millis),
-          agentId,
-          action,
-          decision,
+          ...wellFormedParts(agentId, action, decision),
           timestamp: DateTime.unsafeMake(millis)
         })
       ))
+  }
+}
+
+const decodeAction = Schema.decodeUnknownSync(AgentAction)
+const decodeDecision = Schema.decodeUnknownSync(Decision)
+
+/** The parts as given when every string is well-formed (the usual case, checked cheaply), else repaired. */
+const wellFormedParts = (agentId: string, action: AgentAction, decision: Decision) => {
+  const encodedAction = encodeAction(action)
+  const encodedDecision = encodeDecision(decision)
+  if (isWellFormed(agentId) && isWellFormedDeep(encodedAction) && isWellFormedDeep(encodedDecision)) {
+    return { agentId, action, decision }
+  }
+  return {
+    agentId: toWellFormed(agentId),
+    action: decodeAction(toWellFormedDeep(encodedAction)),
+    decision: decodeDecision(toWellFormedDeep(encodedDecision))
   }
 }
 

@@ -28,6 +28,7 @@ import { sha256Hex, ZERO_HASH } from "./internal/encoding.js"
 import { rowEntryHashBytes } from "./internal/rowFormat.js"
 import type { ClassifiedFailure, SqlDialect, Synchronous } from "./internal/sqlDialect.js"
 import { forClient, withWriteTransaction } from "./internal/sqlDialect.js"
+import { toWellFormed } from "./internal/unicode.js"
 
 /** The last row of the chain: the next row gets `sequence + 1` and `prev_hash = entryHash`. */
 export type ChainHead = ChainPosition
@@ -155,10 +156,6 @@ const deadLetterPayload = (event: DeferredAuditEvent): PreparedEvent =>
     }
     return { event, payload, payloadHash: sha256Hex(payload), timestamp }
   })
-
-/** `text` with each lone UTF-16 surrogate replaced by U+FFFD, so a TEXT column holds valid UTF-8. */
-const wellFormed = (text: string): string =>
-  text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD")
 
 const ROW_COLUMNS = [
   "id",
@@ -574,7 +571,7 @@ const makeDeadLetterWriter = (
           events.map((p) => [
             p.event.id,
             // Exact in the payload (JSON escapes a lone surrogate); readable here.
-            wellFormed(p.event.agentId),
+            toWellFormed(p.event.agentId),
             GOVERNANCE_REFUSAL_EVENT_TYPE,
             p.payload,
             p.payloadHash,

@@ -26,6 +26,7 @@ import {
 } from "../src/AuditEvent.js"
 import { AgentAction, Decision } from "../src/AuditEvent.js"
 import type { JsonValue } from "../src/AuditEvent.js"
+import { isWellFormed } from "../src/internal/unicode.js"
 import { UUID_V7 } from "../src/internal/uuid.js"
 
 const refusalAction = () => new Custom({ customKind: "memory_write", payload: { namespace: "secrets/api" } })
@@ -88,6 +89,53 @@ describe("DeferredAuditEvent.fromRefusal", () => {
     expect(isRefusal(new Allow())).toBe(false)
     expect(isRefusal(new Warn({ ruleId: "W", reason: "w" }))).toBe(false)
   })
+})
+
+describe("DeferredAuditEvent.fromRefusal with lone surrogates (docs/FORMAT.md rule)", () => {
+  it.effect("replaces every lone surrogate with U+FFFD, in ids, strings, argument keys and values", () =>
+    Effect.gen(function*() {
+      const event = Option.getOrThrow(
+        yield* DeferredAuditEvent.fromRefusal(
+          "a\uD800",
+          new ToolCall({ toolName: "\uDC00t", serverId: "s", arguments: { "k\uD83D": ["\uDE00", "ok \uD83D\uDE00"] } }),
+          new Refuse({ ruleId: "R\uD800", reason: "why\uDFFF" })
+        )
+      )
+      expect(event.agentId).toBe("a\uFFFD")
+      expect(event.action).toEqual(
+        new ToolCall({ toolName: "\uFFFDt", serverId: "s", arguments: { "k\uFFFD": ["\uFFFD", "ok \uD83D\uDE00"] } })
+      )
+      expect(event.decision).toEqual(new Refuse({ ruleId: "R\uFFFD", reason: "why\uFFFD" }))
+      // Now canonicalizable; the UTF-8 bytes are those any UTF-8 encoder gives for the original strings.
+      expect(Buffer.from(canonicalJson(event), "utf8").includes(Buffer.from("a\uD800", "utf8"))).toBe(true)
+    }))
+
+  it.effect("leaves well-formed strings (valid surrogate pairs included) exactly as given", () =>
+    Effect.gen(function*() {
+      const action = new Custom({ customKind: "emoji \uD83D\uDE00", payload: { x: 1 } })
+      const decision = new Refuse({ ruleId: "R", reason: "r" })
+      const event = Option.getOrThrow(yield* DeferredAuditEvent.fromRefusal("agent \uD83D\uDE00", action, decision))
+      expect(event.action).toBe(action)
+      expect(event.decision).toBe(decision)
+      expect(event.agentId).toBe("agent \uD83D\uDE00")
+    }))
+
+  it.prop(
+    "any strings: the event canonicalizes, and well-formed input comes through unchanged",
+    [fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)) })],
+    ([text]) => {
+      const event = Option.getOrThrow(Effect.runSync(
+        DeferredAuditEvent.fromRefusal(
+          text,
+          new Custom({ customKind: text, payload: { [text]: text } }),
+          refusalDecision()
+        )
+      ))
+      expect(() => canonicalJson(event)).not.toThrow()
+      expect(Buffer.from(event.agentId, "utf8")).toEqual(Buffer.from(text, "utf8"))
+      if (isWellFormed(text)) expect(event.agentId).toBe(text)
+    }
+  )
 })
 
 describe("ruleId / reason", () => {

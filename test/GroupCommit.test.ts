@@ -370,15 +370,52 @@ describe("group commit through AuditLedger.layerSqlite", () => {
       }
     }))
 
-  it.live("the hostile-string case: ok-1, a lone surrogate, ok-2: two rows, one dead letter, all accounted", () =>
+  it.live("the hostile-string case through submitRefusal: ok-1, a lone surrogate, ok-2 are all in the ledger", () =>
     Effect.gen(function*() {
       const filename = freshFile()
-      const action = new ToolCall({ toolName: "shell.exec", serverId: "local" })
-      const decision = new Refuse({ ruleId: "no-shell", reason: "r" })
+      const action = new ToolCall({ toolName: "shell.exec", serverId: "local", arguments: { "k\uDC00": "\uD800v" } })
+      const decision = new Refuse({ ruleId: "no-shell", reason: "r\uDBFF" })
       const metrics = yield* Effect.gen(function*() {
         const queue = yield* AuditQueue.AuditQueue
         for (const agentId of ["ok-1", "\uD800lone", "ok-2"]) {
           expect(yield* queue.submitRefusal(agentId, action, decision)).toBe(true)
+        }
+        expect(yield* queue.drainPending("30 seconds")).toBe(true)
+        return yield* queue.metrics
+      }).pipe(Effect.provide(AuditLedger.layerSqlite({ filename })), silent)
+      expect(metrics).toEqual({ ...AuditMetrics.empty, submitted: 3, appended: 3 })
+      const rows = yield* inspect(
+        filename,
+        Effect.flatMap(
+          SqlClient.SqlClient,
+          (sql) =>
+            sql<{ agent_id: string; payload: string }>`SELECT agent_id, payload FROM signed_events ORDER BY sequence`
+        )
+      )
+      // The documented rule: each lone surrogate is stored as U+FFFD.
+      expect(rows.map((row) => row.agent_id)).toEqual(["ok-1", "\uFFFDlone", "ok-2"])
+      const payload = JSON.parse(rows[1]!.payload)
+      expect(payload.action.arguments).toEqual({ "k\uFFFD": "\uFFFDv" })
+      expect(payload.decision.reason).toBe("r\uFFFD")
+      const report = yield* inspect(filename, verifyLedger())
+      expect(report.ok).toBe(true)
+      expect(report.rowsChecked).toBe(3)
+    }))
+
+  it.live("an event built directly with a lone surrogate: the others appended, it dead-lettered, all accounted", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const hostile = new DeferredAuditEvent({
+        id: uuidV7(2),
+        agentId: "\uD800lone",
+        action: new ToolCall({ toolName: "shell.exec", serverId: "local" }),
+        decision: new Refuse({ ruleId: "no-shell", reason: "r" }),
+        timestamp: DateTime.unsafeMake(2)
+      })
+      const metrics = yield* Effect.gen(function*() {
+        const queue = yield* AuditQueue.AuditQueue
+        for (const event of [refusalEvent("ok-1", 1), hostile, refusalEvent("ok-2", 3)]) {
+          expect(yield* queue.submit(event)).toBe(true)
         }
         expect(yield* queue.drainPending("30 seconds")).toBe(true)
         return yield* queue.metrics
