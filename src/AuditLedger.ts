@@ -63,6 +63,8 @@ export interface SqliteOptions {
   readonly queueId?: string | undefined
   /** See `AuditQueue.Options`: the delay before each restart of the drainer. */
   readonly restartSchedule?: AuditQueue.Options["restartSchedule"] | undefined
+  /** See `AuditQueue.Options`: the delay between attempts while the database cannot be written. */
+  readonly stallSchedule?: AuditQueue.Options["stallSchedule"] | undefined
   /** See `SqlAuditSink.Options`: payload bytes one write transaction may hold. */
   readonly maxTransactionBytes?: number | undefined
   /**
@@ -186,7 +188,8 @@ export const layerSqlite = (
         ...(options.shutdownDrainTimeout === undefined ? {} : { shutdownDrainTimeout: options.shutdownDrainTimeout }),
         ...(options.maxBatch === undefined ? {} : { maxBatch: options.maxBatch }),
         ...(options.queueId === undefined ? {} : { queueId: options.queueId }),
-        ...(options.restartSchedule === undefined ? {} : { restartSchedule: options.restartSchedule })
+        ...(options.restartSchedule === undefined ? {} : { restartSchedule: options.restartSchedule }),
+        ...(options.stallSchedule === undefined ? {} : { stallSchedule: options.stallSchedule })
       }))
   )
   const replayOnStart = options.replayDeadLettersOnStart === true

@@ -113,6 +113,15 @@ export const counters = (queueId: string): AuditCounters => {
   }
 }
 
+/** Effect `Metric` gauge: 1 while the queue is `Stalled` (its sink cannot write; events are held), else 0. */
+export const STALLED_GAUGE = "agent_ledger_audit_stalled"
+
+/** The stalled gauge of the queue `queueId`. */
+export const stalledGauge = (queueId: string): Metric.Metric.Gauge<number> =>
+  Metric.gauge(STALLED_GAUGE, { description: "1 while the audit sink cannot write and events are held" }).pipe(
+    Metric.tagged(QUEUE_ID_TAG, queueId)
+  )
+
 /**
  * Adds `delta` to the published counters, synchronously (the queue's intake is one synchronous step).
  * The snapshot is updated separately, by the queue.

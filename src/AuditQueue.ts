@@ -51,6 +51,7 @@ import { DeferredAuditEvent } from "./AuditEvent.js"
 import * as AuditMetrics from "./AuditMetrics.js"
 import type { AuditMetricsSnapshot } from "./AuditMetrics.js"
 import type { AppendOutcome } from "./AuditSink.js"
+import type { AuditSinkError } from "./AuditSink.js"
 import { AuditSink } from "./AuditSink.js"
 import { eventLoopScheduler } from "./internal/eventLoopScheduler.js"
 import { uuidV7 } from "./internal/uuid.js"
@@ -61,10 +62,12 @@ export type { AuditMetricsSnapshot } from "./AuditMetrics.js"
  * The drainer's lifecycle, as string literals:
  * - `Running`: draining (or waiting for events).
  * - `Restarting`: the sink died on an event; the drainer waits on `restartSchedule` before draining again.
+ * - `Stalled`: the sink cannot write at all (disk full, read-only file, I/O error, lock held too long); the
+ *   drainer holds every event in order and retries on `stallSchedule` until it can, then is `Running`.
  * - `Failed`: more than `maxRestarts` consecutive restarts; intake is closed for good (sticky).
  * - `Closed`: `closeAndFlush` (or the scope's finalizer) has stopped intake and the drainer (sticky).
  */
-export type QueueStatus = "Running" | "Restarting" | "Failed" | "Closed"
+export type QueueStatus = "Running" | "Restarting" | "Stalled" | "Failed" | "Closed"
 
 /**
  * A durable acknowledgement: the event's row is committed in the ledger. `sequence` and `entryHash` name
@@ -151,6 +154,12 @@ export interface Options {
    * is appended. Default: `defaultRestartSchedule`.
    */
   readonly restartSchedule?: Schedule.Schedule<unknown, unknown>
+  /**
+   * The delay between attempts while the sink is unavailable (`Stalled`); reset when it recovers. It never
+   * gives up: the events are held until the sink can take them or the queue shuts down. Default:
+   * `defaultStallSchedule`.
+   */
+  readonly stallSchedule?: Schedule.Schedule<unknown, unknown>
   /** The `queue_id` tag of this queue's `Metric` counters. Default: a fresh UUID v7. */
   readonly queueId?: string
   /**
@@ -163,6 +172,11 @@ export interface Options {
 /** Exponential backoff from 10 ms, capped at 1 second, never giving up (`maxRestarts` bounds restarts). */
 export const defaultRestartSchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("10 millis").pipe(
   Schedule.union(Schedule.spaced("1 second"))
+)
+
+/** Exponential backoff from 50 ms, capped at 5 seconds, forever. */
+export const defaultStallSchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("50 millis").pipe(
+  Schedule.union(Schedule.spaced("5 seconds"))
 )
 
 /** The default bound on the shutdown drain. */
@@ -210,6 +224,11 @@ const failed = (reason: string, defect: boolean, deadLettered: boolean): Settlem
   defect,
   deadLettered
 })
+
+/** What appending a batch through `appendBatch` came to. */
+type BatchResult =
+  | { readonly _tag: "appended" | "oneByOne" }
+  | { readonly _tag: "unavailable"; readonly reason: string }
 
 /** The drain loop ended because the sink died on an event (already accounted); the supervisor restarts it. */
 class SinkDied extends Data.TaggedError("SinkDied")<{ readonly eventId: string }> {}
@@ -358,7 +377,10 @@ const makeAccounts = (queueId: string, restartDriver: Schedule.ScheduleDriver<un
       }
     })
 
-    return { get, update, inHand, waiters, answerWaiter, settle, admit, awaitDrained }
+    const stalledGauge = AuditMetrics.stalledGauge(queueId)
+    const publishStalled = (stalled: boolean): void => stalledGauge.unsafeUpdate(stalled ? 1 : 0, [])
+
+    return { get, update, inHand, waiters, answerWaiter, settle, admit, awaitDrained, publishStalled }
   })
 
 type Accounts = Effect.Effect.Success<ReturnType<typeof makeAccounts>>
@@ -439,6 +461,13 @@ const logDeadLetterFailure = (events: ReadonlyArray<DeferredAuditEvent>, cause: 
     Effect.annotateLogs({ eventIds: events.slice(0, LOST_IDS_PER_LINE).map((event) => event.id) })
   )
 
+/** The reason when `cause` is the sink saying it cannot write at all right now (`unavailable: true`). */
+const unavailableReason = (cause: Cause.Cause<AuditSinkError>): Option.Option<string> =>
+  Option.flatMap(
+    Cause.failureOption(cause),
+    (error) => error.unavailable === true ? Option.some(error.reason) : Option.none()
+  )
+
 const makeSinkCalls = (sink: Context.Tag.Service<AuditSink>, accounts: Accounts) => {
   /**
    * Dead-letter `events` with `reason`: in one write where the sink has `deadLetterBatch` (all land or
@@ -463,20 +492,27 @@ const makeSinkCalls = (sink: Context.Tag.Service<AuditSink>, accounts: Accounts)
       ))
   }
 
-  /** One event alone; fails with `SinkDied` after settling a poison event. */
-  const appendOne = (batch: Batch, event: DeferredAuditEvent): Effect.Effect<void, SinkDied> =>
+  /**
+   * One event alone; fails with `SinkDied` after settling a poison event. `Some(reason)` when the sink is
+   * unavailable: the event stays unsettled, to be tried again.
+   */
+  const appendOne = (batch: Batch, event: DeferredAuditEvent): Effect.Effect<Option.Option<string>, SinkDied> =>
     Effect.gen(function*() {
       const exit = yield* callSink(() => sink.append(event))
       if (Exit.isSuccess(exit)) {
         if (exit.value._tag === "DlqLanded") yield* logDeadLettered(event, exit.value.reason)
-        return yield* accounts.settle(batch, [exit.value])
+        yield* accounts.settle(batch, [exit.value])
+        return Option.none()
       }
       const cause = exit.cause
+      const unavailable = unavailableReason(cause)
+      if (Option.isSome(unavailable)) return unavailable
       if (!Cause.isDie(cause) && !Cause.isInterrupted(cause)) {
         yield* Effect.logError("audit sink could not append the event, nor dead-letter it", cause).pipe(
           Effect.annotateLogs({ eventId: event.id })
         )
-        return yield* accounts.settle(batch, [failed(`sink error: ${Cause.pretty(cause)}`, false, false)])
+        yield* accounts.settle(batch, [failed(`sink error: ${Cause.pretty(cause)}`, false, false)])
+        return Option.none()
       }
       // The sink died (or ended interrupted) on this event: it is a poison event. Settle it (after trying
       // the dead-letter store, so a drain never completes before the landing), then let the supervisor
@@ -490,20 +526,26 @@ const makeSinkCalls = (sink: Context.Tag.Service<AuditSink>, accounts: Accounts)
       return yield* new SinkDied({ eventId: event.id })
     })
 
-  /** The batch's unsettled events, each alone, in order. */
-  const appendRemainingOneByOne = (batch: Batch): Effect.Effect<void, SinkDied> =>
-    Effect.whileLoop({
-      while: () => !batch.claimed && batch.settled < batch.events.length,
-      body: () => appendOne(batch, batch.events[batch.settled]!),
-      step: () => undefined
+  /** The batch's unsettled events, each alone, in order; `Some(reason)` when the sink became unavailable. */
+  const appendRemainingOneByOne = (batch: Batch): Effect.Effect<Option.Option<string>, SinkDied> =>
+    Effect.gen(function*() {
+      while (!batch.claimed && batch.settled < batch.events.length) {
+        const unavailable = yield* appendOne(batch, batch.events[batch.settled]!)
+        if (Option.isSome(unavailable)) return unavailable
+      }
+      return Option.none()
     })
 
-  /** A whole batch through `appendBatch`; `false` when it must be appended one by one instead. */
-  const appendAsBatch = (batch: Batch): Effect.Effect<boolean> =>
+  /**
+   * The batch's unsettled events through `appendBatch`: `appended`, `unavailable` (nothing settled, try
+   * again later), or `oneByOne` when they must be appended one at a time instead.
+   */
+  const appendAsBatch = (batch: Batch): Effect.Effect<BatchResult> =>
     Effect.gen(function*() {
       const appendBatch = sink.appendBatch
-      if (appendBatch === undefined || batch.events.length < 2) return false
-      const events = batch.events as Arr.NonEmptyReadonlyArray<DeferredAuditEvent>
+      const remaining = batch.events.slice(batch.settled)
+      if (appendBatch === undefined || remaining.length < 2) return { _tag: "oneByOne" } as const
+      const events = remaining as unknown as Arr.NonEmptyReadonlyArray<DeferredAuditEvent>
       const exit = yield* callSink(() => appendBatch(events))
       if (Exit.isSuccess(exit) && exit.value.length === events.length) {
         yield* accounts.settle(batch, exit.value)
@@ -512,16 +554,33 @@ const makeSinkCalls = (sink: Context.Tag.Service<AuditSink>, accounts: Accounts)
           (outcome, i) => outcome._tag === "DlqLanded" ? logDeadLettered(events[i]!, outcome.reason) : Effect.void,
           { discard: true }
         )
-        return true
+        return { _tag: "appended" } as const
+      }
+      if (Exit.isFailure(exit)) {
+        const unavailable = unavailableReason(exit.cause)
+        if (Option.isSome(unavailable)) return { _tag: "unavailable", reason: unavailable.value } as const
       }
       const why = Exit.isSuccess(exit)
         ? Cause.die(`appendBatch returned ${exit.value.length} outcomes for ${events.length} events`)
         : exit.cause
       yield* Effect.logWarning(`audit batch of ${events.length} not appended; appending its events one by one`, why)
-      return false
+      return { _tag: "oneByOne" } as const
     })
 
-  return { deadLetter, appendRemainingOneByOne, appendAsBatch }
+  /** Append the batch's unsettled events; `Some(reason)` when the sink is unavailable and they must wait. */
+  const appendBatch = (batch: Batch): Effect.Effect<Option.Option<string>, SinkDied> =>
+    Effect.flatMap(appendAsBatch(batch), (result) => {
+      switch (result._tag) {
+        case "appended":
+          return Effect.succeedNone
+        case "unavailable":
+          return Effect.succeedSome(result.reason)
+        case "oneByOne":
+          return appendRemainingOneByOne(batch)
+      }
+    })
+
+  return { deadLetter, appendBatch }
 }
 
 type SinkCalls = ReturnType<typeof makeSinkCalls>
@@ -591,23 +650,55 @@ const makeSupervisor = (
     readonly maxBatch: number
     readonly maxRestarts: number
     readonly restartDriver: Schedule.ScheduleDriver<unknown, unknown, never>
+    readonly stallDriver: Schedule.ScheduleDriver<unknown, unknown, never>
   },
   accounts: Accounts,
   queue: Queue.Queue<DeferredAuditEvent>,
   calls: SinkCalls,
   residual: ReturnType<typeof makeResidual>
 ): Effect.Effect<void> => {
-  /** Take what is waiting (up to `maxBatch`) and append it; a batch left by a restart is finished first. */
-  const drainStep: Effect.Effect<void, SinkDied> = Effect.gen(function*() {
+  /** The batch in hand (left by a restart or a stall) if it has unsettled events, else the next one taken. */
+  const nextBatch = Effect.gen(function*() {
     const left = MutableRef.get(accounts.inHand)
-    if (left !== undefined && !left.claimed && left.settled < left.events.length) {
-      yield* calls.appendRemainingOneByOne(left)
-    } else {
-      const events = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, options.maxBatch))
-      const batch: Batch = { events, settled: 0, claimed: false }
-      MutableRef.set(accounts.inHand, batch)
-      if (!(yield* calls.appendAsBatch(batch))) yield* calls.appendRemainingOneByOne(batch)
-    }
+    if (left !== undefined && !left.claimed && left.settled < left.events.length) return left
+    const events = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, options.maxBatch))
+    const batch: Batch = { events, settled: 0, claimed: false }
+    MutableRef.set(accounts.inHand, batch)
+    return batch
+  })
+
+  /**
+   * The sink cannot write: hold the events (the batch stays in hand, the rest queued, all in order), say
+   * so once, and wait on `stallDriver` before trying the same batch again.
+   */
+  const stall = (reason: string) =>
+    Effect.gen(function*() {
+      const wasStalled = accounts.get().status === "Stalled"
+      accounts.update((s) => s.status === "Running" ? { ...s, status: "Stalled" } : s)
+      if (!wasStalled) {
+        accounts.publishStalled(true)
+        yield* Effect.logError(
+          `audit sink unavailable: ${AuditMetrics.inFlight(accounts.get().metrics)} events held in order ` +
+            `(none dead-lettered); retrying until it recovers: ${reason}`
+        )
+      }
+      yield* Effect.ignore(options.stallDriver.next(reason))
+    })
+
+  const resumeAfterStall = Effect.gen(function*() {
+    if (accounts.get().status !== "Stalled") return
+    accounts.update((s) => s.status === "Stalled" ? { ...s, status: "Running" } : s)
+    accounts.publishStalled(false)
+    yield* options.stallDriver.reset
+    yield* Effect.logInfo("audit sink available again; draining the held events")
+  })
+
+  /** Append the next batch; the batch in hand is let go only once all its events are settled. */
+  const drainStep: Effect.Effect<void, SinkDied> = Effect.gen(function*() {
+    const batch = yield* nextBatch
+    const unavailable = yield* calls.appendBatch(batch)
+    if (Option.isSome(unavailable)) return yield* stall(unavailable.value)
+    yield* resumeAfterStall
     MutableRef.set(accounts.inHand, undefined)
     // One batch holds the thread (a synchronous driver) for at most `maxBatch` rows; then the host runs.
     yield* Effect.yieldNow()
@@ -674,7 +765,8 @@ export const make = (
       {
         maxBatch: Math.max(1, Math.floor(options.maxBatch ?? DEFAULT_MAX_BATCH)),
         maxRestarts: options.maxRestarts ?? Number.POSITIVE_INFINITY,
-        restartDriver
+        restartDriver,
+        stallDriver: yield* Schedule.driver(options.stallSchedule ?? defaultStallSchedule)
       },
       accounts,
       queue,

@@ -41,10 +41,17 @@ export class DlqLanded extends Data.TaggedClass("DlqLanded")<{
 
 export type AppendOutcome = Appended | DlqLanded
 
-/** The event reached neither the ledger nor the dead-letter store. */
+/**
+ * The event reached neither the ledger nor the dead-letter store. `unavailable: true` says why in
+ * general: the sink cannot write anything right now (disk full, read-only file, I/O error, a lock held
+ * past the retry budget), a condition of the environment rather than of the event. The `AuditQueue` then
+ * holds the events, in order, and retries until the sink recovers; any other `AuditSinkError` is the
+ * event's own failure and is accounted as an append failure.
+ */
 export class AuditSinkError extends Schema.TaggedError<AuditSinkError>()("AuditSinkError", {
   eventId: Schema.String,
-  reason: Schema.String
+  reason: Schema.String,
+  unavailable: Schema.optional(Schema.Boolean)
 }) {}
 
 export class AuditSink extends Context.Tag("agent-ledger/AuditSink")<AuditSink, {

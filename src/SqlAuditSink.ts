@@ -27,7 +27,7 @@ import { Appended, AuditSink, AuditSinkError, DlqLanded } from "./AuditSink.js"
 import { sha256Hex, ZERO_HASH } from "./internal/encoding.js"
 import { rowEntryHashBytes } from "./internal/rowFormat.js"
 import type { ClassifiedFailure, SqlDialect, Synchronous } from "./internal/sqlDialect.js"
-import { forClient, withWriteTransaction } from "./internal/sqlDialect.js"
+import { forClient, isEnvironmental, withWriteTransaction } from "./internal/sqlDialect.js"
 import { toWellFormed } from "./internal/unicode.js"
 
 /** The last row of the chain: the next row gets `sequence + 1` and `prev_hash = entryHash`. */
@@ -230,11 +230,21 @@ const insertRows = (
 // Failures
 // ---------------------------------------------------------------------------------------------------------
 
+/** Why events could not be appended; `unavailable` when the environment, not the events, is at fault. */
+interface ChainFailure {
+  readonly reason: string
+  readonly unavailable: boolean
+}
+
 /** A failed write transaction that the retry schedule may try again (a lost sequence race, a busy database). */
 class Retryable extends Data.TaggedError("Retryable")<{ readonly failure: ClassifiedFailure }> {}
 
 /** A failed write transaction that no retry can fix. */
-class Unrecoverable extends Data.TaggedError("Unrecoverable")<{ readonly reason: string }> {}
+class Unrecoverable extends Data.TaggedError("Unrecoverable")<{
+  readonly reason: string
+  /** The environment's fault (disk full, read-only, I/O error), not the event's. */
+  readonly environmental: boolean
+}> {}
 
 /** Some events of the attempted rows are in the chain already (a duplicate id): no race, no retry needed. */
 class AlreadyInChain extends Data.TaggedError("AlreadyInChain")<{
@@ -269,8 +279,11 @@ export const make = (options: Options = {}) =>
         onRight: (prepared) =>
           Effect.flatMap(chain.appendAll([prepared]), ({ outcomes, uniqueRaceRetries }) =>
             Either.match(outcomes, {
-              onLeft: (reason): Effect.Effect<AppendOutcome, AuditSinkError> =>
-                deadLetters.land(prepared, reason, uniqueRaceRetries),
+              // The dead-letter table is in the same unwritable database: fail, and let the queue hold it.
+              onLeft: (failure): Effect.Effect<AppendOutcome, AuditSinkError> =>
+                failure.unavailable
+                  ? Effect.fail(new AuditSinkError({ eventId: event.id, ...failure }))
+                  : deadLetters.land(prepared, failure.reason, uniqueRaceRetries),
               onRight: ([appended]) => Effect.succeed(new Appended({ uniqueRaceRetries, position: appended!.position }))
             }))
       })
@@ -290,7 +303,7 @@ export const make = (options: Options = {}) =>
           if (outcomes.length > 0) yield* Effect.yieldNow()
           const result = yield* chain.appendAll(group)
           if (Either.isLeft(result.outcomes)) {
-            return yield* new AuditSinkError({ eventId: group[0]!.event.id, reason: result.outcomes.left })
+            return yield* new AuditSinkError({ eventId: group[0]!.event.id, ...result.outcomes.left })
           }
           result.outcomes.right.forEach((appended, i) =>
             outcomes.push(
@@ -307,7 +320,7 @@ export const make = (options: Options = {}) =>
         onRight: (prepared) =>
           Effect.flatMap(chain.appendAll([prepared]), ({ outcomes, uniqueRaceRetries }) =>
             Either.match(outcomes, {
-              onLeft: (reason) => Effect.fail(new AuditSinkError({ eventId: event.id, reason })),
+              onLeft: (failure) => Effect.fail(new AuditSinkError({ eventId: event.id, ...failure })),
               onRight: ([appended]) => Effect.succeed({ ...appended!, uniqueRaceRetries })
             }))
       })
@@ -357,7 +370,7 @@ const transactionGroups = (
 
 /** Appended events in order, each with its position; `alreadyInChain` for a duplicate id. */
 interface ChainAppendResult {
-  readonly outcomes: Either.Either<ReadonlyArray<Omit<ChainAppend, "uniqueRaceRetries">>, string>
+  readonly outcomes: Either.Either<ReadonlyArray<Omit<ChainAppend, "uniqueRaceRetries">>, ChainFailure>
   /** Write transactions retried after a lost race or a busy database. */
   readonly uniqueRaceRetries: number
 }
@@ -452,13 +465,15 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
       failure: ClassifiedFailure
     ): Effect.Effect<never, AttemptFailure> =>
       findExisting(batch.map((p) => p.event.id)).pipe(
-        Effect.mapError((error) =>
-          new Unrecoverable({
+        Effect.mapError((error) => {
+          const classified = error._tag === "ParseError" ? undefined : dialect.classify(error)
+          return new Unrecoverable({
             reason: `${failure.description}; then checking for a duplicate id failed: ${
-              error._tag === "ParseError" ? error.message : dialect.classify(error).description
-            }`
+              classified?.description ?? error.message
+            }`,
+            environmental: classified !== undefined && isEnvironmental(classified.kind)
           })
-        ),
+        }),
         Effect.flatMap((found): Effect.Effect<never, AttemptFailure> =>
           found.size > 0 ? Effect.fail(new AlreadyInChain({ found })) : Effect.fail(new Retryable({ failure }))
         )
@@ -482,7 +497,9 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
           Effect.zipRight(
             Ref.set(cachedHead, Option.none()),
             error._tag === "ParseError"
-              ? Effect.fail(new Unrecoverable({ reason: `the chain head row is malformed: ${error.message}` }))
+              ? Effect.fail(
+                new Unrecoverable({ reason: `the chain head row is malformed: ${error.message}`, environmental: false })
+              )
               : classify(batch, dialect.classify(error))
           )
         )
@@ -498,8 +515,11 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
         case "busy":
           return Effect.fail(new Retryable({ failure }))
         case "storageFull":
+        case "unavailable":
         case "other":
-          return Effect.fail(new Unrecoverable({ reason: failure.description }))
+          return Effect.fail(
+            new Unrecoverable({ reason: failure.description, environmental: isEnvironmental(failure.kind) })
+          )
       }
     }
 
@@ -536,8 +556,13 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
           outcomes: Either.isLeft(result)
             ? Either.left(
               result.left._tag === "Retryable"
-                ? `retry budget exhausted after ${uniqueRaceRetries} retries: ${result.left.failure.description}`
-                : result.left.reason
+                ? {
+                  reason:
+                    `retry budget exhausted after ${uniqueRaceRetries} retries: ${result.left.failure.description}`,
+                  // A lock held past the budget is the environment; a race lost that often is this event's.
+                  unavailable: isEnvironmental(result.left.failure.kind)
+                }
+                : { reason: result.left.reason, unavailable: result.left.environmental }
             )
             : Either.right(batch.map((p) => ({
               alreadyInChain: alreadyInChain.has(p.event.id),
@@ -582,12 +607,14 @@ const makeDeadLetterWriter = (
         )
       )).pipe(
         Effect.retry({ schedule: retrySchedule, while: (error) => dialect.classify(error).kind === "busy" }),
-        Effect.mapError((error) =>
-          new AuditSinkError({
+        Effect.mapError((error) => {
+          const classified = dialect.classify(error)
+          return new AuditSinkError({
             eventId: events[0]?.event.id ?? "",
-            reason: `dead-letter insert failed (${dialect.classify(error).description}) for: ${reason}`
+            reason: `dead-letter insert failed (${classified.description}) for: ${reason}`,
+            unavailable: isEnvironmental(classified.kind)
           })
-        )
+        })
       )
 
   /** Dead-letters one event that could not be appended, and says so. */

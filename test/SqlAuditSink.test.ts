@@ -564,7 +564,12 @@ describe("internal/sqlDialect", () => {
     expect(classifyCode("SQLITE_LOCKED")).toBe("busy")
     expect(classifyCode("SQLITE_FULL")).toBe("storageFull")
     expect(classifyCode("SQLITE_CONSTRAINT_NOTNULL")).toBe("other")
-    expect(classifyCode("SQLITE_IOERR", "UNIQUE constraint failed: database is locked")).toBe("other")
+    expect(classifyCode("SQLITE_MISMATCH", "UNIQUE constraint failed: database is locked")).toBe("other")
+    // The environment, not the event: the queue holds events and retries instead of dead-lettering.
+    expect(classifyCode("SQLITE_READONLY")).toBe("unavailable")
+    expect(classifyCode("SQLITE_READONLY_DIRECTORY")).toBe("unavailable")
+    expect(classifyCode("SQLITE_IOERR_WRITE", "UNIQUE constraint failed")).toBe("unavailable")
+    expect(classifyCode("SQLITE_CANTOPEN")).toBe("unavailable")
     expect(sqlite.classify(new SqlError({ message: "UNIQUE constraint failed" })).kind).toBe("other")
   })
 

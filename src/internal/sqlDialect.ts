@@ -25,9 +25,18 @@ export interface ConnectionSettings {
  * - `uniqueViolation`: a unique index or primary key refused the row (a lost sequence race or a duplicate id)
  * - `busy`: another connection held a lock for longer than the busy timeout
  * - `storageFull`: the database or disk is full
- * - `other`: anything else (schema fault, I/O error, bug)
+ * - `unavailable`: the database cannot be written at all right now (read-only file or directory, I/O
+ *   error, cannot open, out of memory): a condition of the environment, like `storageFull`
+ * - `other`: anything else (schema fault, constraint, bug)
  */
-export type FailureKind = "uniqueViolation" | "busy" | "storageFull" | "other"
+export type FailureKind = "uniqueViolation" | "busy" | "storageFull" | "unavailable" | "other"
+
+/**
+ * Kinds that say nothing about the event being written, only about the environment: the queue holds the
+ * events and retries rather than dead-lettering them (the dead-letter table is in the same database).
+ */
+export const isEnvironmental = (kind: FailureKind): boolean =>
+  kind === "busy" || kind === "storageFull" || kind === "unavailable"
 
 export interface ClassifiedFailure {
   readonly kind: FailureKind
@@ -87,6 +96,10 @@ const classifySqliteCode = (code: string): FailureKind => {
   if (code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY") return "uniqueViolation"
   if (hasCode(code, "SQLITE_BUSY") || hasCode(code, "SQLITE_LOCKED")) return "busy"
   if (code === "SQLITE_FULL") return "storageFull"
+  if (
+    hasCode(code, "SQLITE_READONLY") || hasCode(code, "SQLITE_IOERR") || hasCode(code, "SQLITE_CANTOPEN") ||
+    code === "SQLITE_NOMEM" || code === "SQLITE_PROTOCOL"
+  ) return "unavailable"
   return "other"
 }
 

@@ -1,0 +1,141 @@
+/**
+ * An unwritable sink (disk full, read-only file, I/O error, a lock held too long) is a condition of the
+ * environment, not a poison event: the queue holds every event in order, says once that it is stalled,
+ * retries on its stall schedule, and resumes by itself. Nothing is dead-lettered for it.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Logger, Metric, Ref, TestClock } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll } from "vitest"
+import type { DeferredAuditEvent } from "../src/AuditEvent.js"
+import * as AuditLedger from "../src/AuditLedger.js"
+import * as AuditMetrics from "../src/AuditMetrics.js"
+import * as AuditQueue from "../src/AuditQueue.js"
+import { Appended, AuditSink, AuditSinkError } from "../src/AuditSink.js"
+import * as DeadLetters from "../src/DeadLetters.js"
+import { verifyLedger } from "../src/LedgerVerifier.js"
+import { refusalEvent } from "./fixtures/events.js"
+
+const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-stall-"))
+afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
+let fileCounter = 0
+const freshFile = (): string => join(tempRoot, `ledger-${++fileCounter}.db`)
+
+const captureLogs = () => {
+  const lines: Array<{ level: string; message: string }> = []
+  const logger = Logger.make(({ logLevel, message }) => {
+    const parts = Array.isArray(message) ? message : [message]
+    lines.push({ level: logLevel.label, message: parts.map(String).join(" ") })
+  })
+  return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
+}
+
+const turn = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+
+describe("a sink that cannot write: the queue stalls and resumes", () => {
+  it.scoped("events are held in order while unavailable, said once, and all appended when it recovers", () => {
+    const logs = captureLogs()
+    return Effect.gen(function*() {
+      const available = yield* Ref.make(false)
+      const rows = yield* Ref.make<ReadonlyArray<DeferredAuditEvent>>([])
+      const attempts = yield* Ref.make(0)
+      const unavailable = (event: DeferredAuditEvent) =>
+        new AuditSinkError({ eventId: event.id, reason: "SQLITE_FULL: database or disk is full", unavailable: true })
+      const sink = AuditSink.of({
+        append: (event) =>
+          Effect.zipRight(
+            Ref.update(attempts, (n) => n + 1),
+            Effect.flatMap(Ref.get(available), (ok) =>
+              ok
+                ? Effect.as(Ref.update(rows, (all) => [...all, event]), new Appended({ uniqueRaceRetries: 0 }))
+                : Effect.fail(unavailable(event)))
+          ),
+        appendBatch: (events) =>
+          Effect.zipRight(
+            Ref.update(attempts, (n) => n + 1),
+            Effect.flatMap(Ref.get(available), (ok) =>
+              ok
+                ? Effect.as(
+                  Ref.update(rows, (all) => [...all, ...events]),
+                  events.map(() => new Appended({ uniqueRaceRetries: 0 }))
+                )
+                : Effect.fail(unavailable(events[0])))
+          ),
+        deadLetter: () => Effect.dieMessage("nothing may be dead-lettered for an unavailable sink")
+      })
+      const queue = yield* AuditQueue.make({ sink, queueId: "stall-test" })
+      const events = Array.from({ length: 300 }, (_, i) => refusalEvent(`a-${i}`, i))
+      for (const event of events) yield* queue.submit(event)
+      for (let i = 0; i < 50 && (yield* queue.status) !== "Stalled"; i++) yield* turn
+      expect(yield* queue.status).toBe("Stalled")
+      const gauge = AuditMetrics.stalledGauge("stall-test")
+      expect((yield* Metric.value(gauge)).value).toBe(1)
+      // Backing off on the Clock: several more attempts, still one log line, nothing settled.
+      for (let i = 0; i < 20; i++) {
+        yield* TestClock.adjust("1 second")
+        yield* turn
+      }
+      expect(yield* Ref.get(attempts)).toBeGreaterThan(5)
+      expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 300 })
+      const stalledLines = logs.lines.filter((l) => l.message.includes("audit sink unavailable"))
+      expect(stalledLines).toHaveLength(1)
+      expect(stalledLines[0]?.level).toBe("ERROR")
+      expect(stalledLines[0]?.message).toContain("300 events held in order")
+
+      yield* Ref.set(available, true)
+      for (let i = 0; i < 50 && !AuditMetrics.isDrained(yield* queue.metrics); i++) {
+        yield* TestClock.adjust("5 seconds")
+        yield* turn
+      }
+      expect(yield* Ref.get(rows)).toEqual(events)
+      expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 300, appended: 300 })
+      expect(yield* queue.status).toBe("Running")
+      expect((yield* Metric.value(gauge)).value).toBe(0)
+      expect(logs.lines.filter((l) => l.message.includes("available again"))).toHaveLength(1)
+    }).pipe(Effect.provide(logs.layer))
+  })
+})
+
+describe("a full disk under AuditLedger.layerSqlite", () => {
+  it.live("refusals wait while the database is full, none is dead-lettered, and all land in order when it is not", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const events = Array.from({ length: 200 }, (_, i) => refusalEvent("agent", i, "x".repeat(2000)))
+      yield* Effect.gen(function*() {
+        const queue = yield* AuditQueue.AuditQueue
+        const sql = yield* SqlClient.SqlClient
+        const [{ page_count }] = (yield* sql.unsafe("PRAGMA page_count")) as unknown as [{ page_count: number }]
+        // Room for a few rows at most: the database is "full" from the first batches on.
+        yield* sql.unsafe(`PRAGMA max_page_count = ${page_count + 4}`)
+        for (const event of events) expect(yield* queue.submit(event)).toBe(true)
+        for (let i = 0; i < 2000 && (yield* queue.status) !== "Stalled"; i++) yield* turn
+        expect(yield* queue.status).toBe("Stalled")
+        yield* Effect.sleep("300 millis")
+        const held = yield* queue.metrics
+        expect(held.appendFailures).toBe(0)
+        expect(held.dlqLanded).toBe(0)
+        expect(held.appended).toBeLessThan(200)
+        // The condition clears (space freed): the drainer resumes by itself.
+        yield* sql.unsafe("PRAGMA max_page_count = 1073741823")
+        expect(yield* queue.drainPending("30 seconds")).toBe(true)
+        expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 200, appended: 200 })
+        expect(yield* queue.status).toBe("Running")
+      }).pipe(
+        Effect.provide(AuditLedger.layerSqlite({ filename, stallSchedule: AuditQueue.defaultStallSchedule })),
+        Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
+      )
+      const check = Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const ids = yield* sql<{ id: string }>`SELECT id FROM signed_events ORDER BY sequence`
+        expect(ids.map((row) => row.id)).toEqual(events.map((event) => event.id))
+        expect(yield* DeadLetters.list()).toEqual([])
+        const report = yield* verifyLedger()
+        expect(report.ok).toBe(true)
+        expect(report.rowsChecked).toBe(200)
+      })
+      yield* Effect.provide(check, AuditLedger.layerSqliteClient({ filename }))
+    }))
+})
