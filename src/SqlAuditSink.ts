@@ -29,6 +29,7 @@ import { rowEntryHashBytes } from "./internal/rowFormat.js"
 import type { ClassifiedFailure, SqlDialect, Synchronous } from "./internal/sqlDialect.js"
 import { forClient, isEnvironmental, withWriteTransaction } from "./internal/sqlDialect.js"
 import { toWellFormed } from "./internal/unicode.js"
+import * as LedgerRow from "./LedgerRow.js"
 
 /** The last row of the chain: the next row gets `sequence + 1` and `prev_hash = entryHash`. */
 export type ChainHead = ChainPosition
@@ -156,22 +157,6 @@ const deadLetterPayload = (event: DeferredAuditEvent): PreparedEvent =>
     }
     return { event, payload, payloadHash: sha256Hex(payload), timestamp }
   })
-
-const ROW_COLUMNS = [
-  "id",
-  "sequence",
-  "agent_id",
-  "event_type",
-  "payload",
-  "payload_hash",
-  "prev_hash",
-  "entry_hash",
-  "signature",
-  "key_id",
-  "attest_level",
-  "timestamp",
-  "appended_at"
-] as const
 
 const DLQ_COLUMNS = [
   "id",
@@ -455,7 +440,7 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
           head = Option.some(row.position)
           positions.push(row.position)
         }
-        yield* insertRows(sql, "signed_events", ROW_COLUMNS, rows)
+        yield* insertRows(sql, "signed_events", LedgerRow.COLUMNS, rows)
         return positions
       })
 

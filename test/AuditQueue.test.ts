@@ -7,6 +7,7 @@ import * as AuditMetrics from "../src/AuditMetrics.js"
 import * as AuditQueue from "../src/AuditQueue.js"
 import type { AppendOutcome } from "../src/AuditSink.js"
 import { Appended, AuditSink, AuditSinkError, DlqLanded } from "../src/AuditSink.js"
+import { captureLogs, waitUntil } from "./fixtures/effects.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Fixtures
@@ -86,17 +87,6 @@ const makeSink = (options: SinkOptions = {}): Effect.Effect<TestSink> =>
     }
   })
 
-/** Let other fibers run until `condition` holds (no clock involved); fails the test after many turns. */
-const waitUntil = (condition: Effect.Effect<boolean>, what: string) =>
-  Effect.gen(function*() {
-    for (let turn = 0; turn < 10_000; turn++) {
-      if (yield* condition) return
-      // The drainer runs on the event-loop scheduler: let a macrotask turn pass, not just a microtask.
-      yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
-    }
-    return yield* Effect.dieMessage(`timed out waiting until ${what}`)
-  })
-
 /** Run `effect` to completion while TestClock moves forward in `step`s (at most `limit` steps). */
 const withClockSteps = <A, E>(effect: Effect.Effect<A, E>, step: Duration.DurationInput, limit = 10_000) =>
   Effect.gen(function*() {
@@ -106,16 +96,6 @@ const withClockSteps = <A, E>(effect: Effect.Effect<A, E>, step: Duration.Durati
     }
     return yield* Fiber.join(fiber)
   })
-
-/** A logger that records every message with its level, to assert on what the queue logs. */
-const captureLogs = () => {
-  const lines: Array<{ level: string; message: string }> = []
-  const logger = Logger.make(({ logLevel, message }) => {
-    const parts = Array.isArray(message) ? message : [message]
-    lines.push({ level: logLevel.label, message: parts.map(String).join(" ") })
-  })
-  return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
-}
 
 /** Move TestClock forward in `step`s until `condition` holds (at most `limit` steps). */
 const stepClockUntil = (condition: Effect.Effect<boolean>, step: Duration.DurationInput, what: string, limit = 1000) =>

@@ -21,6 +21,7 @@ import * as DeadLetters from "../src/DeadLetters.js"
 import { uuidV7 } from "../src/internal/uuid.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import { SqlAuditSink } from "../src/SqlAuditSink.js"
+import { eventLoopTurn, waitUntil } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-group-"))
@@ -31,16 +32,6 @@ const freshFile = (): string => join(tempRoot, `ledger-${++fileCounter}.db`)
 const silent = Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
 
 const eventsOf = (n: number, prefix = "agent") => Array.from({ length: n }, (_, i) => refusalEvent(`${prefix}-${i}`, i))
-
-/** Let the drainer (on the event-loop scheduler) run until `condition` holds. */
-const waitUntil = (condition: Effect.Effect<boolean>, what: string) =>
-  Effect.gen(function*() {
-    for (let turn = 0; turn < 20_000; turn++) {
-      if (yield* condition) return
-      yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
-    }
-    return yield* Effect.dieMessage(`timed out waiting until ${what}`)
-  })
 
 type BatchBehaviour = "append" | "fail" | "die" | "wrongCount"
 
@@ -197,7 +188,7 @@ describe("group commit in the drainer", () => {
       const drained = yield* Effect.fork(queue.drainPending("1 minute"))
       for (let i = 0; i < 200 && Option.isNone(yield* Fiber.poll(drained)); i++) {
         yield* TestClock.adjust("10 millis")
-        yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+        yield* eventLoopTurn
       }
       expect(yield* Fiber.join(drained)).toBe(true)
       expect(yield* test.rows).toEqual(events.filter((event) => event !== poison))
@@ -222,7 +213,7 @@ describe("group commit in the drainer", () => {
       const drained = yield* Effect.fork(queue.drainPending("1 minute"))
       for (let i = 0; i < 100 && Option.isNone(yield* Fiber.poll(drained)); i++) {
         yield* TestClock.adjust("10 millis")
-        yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+        yield* eventLoopTurn
       }
       expect(yield* Fiber.join(drained)).toBe(true)
       expect(yield* test.rows).toEqual([events[0], events[2]])

@@ -17,23 +17,13 @@ import * as AuditQueue from "../src/AuditQueue.js"
 import { Appended, AuditSink, AuditSinkError } from "../src/AuditSink.js"
 import * as DeadLetters from "../src/DeadLetters.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
+import { captureLogs, eventLoopTurn } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-stall-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
 let fileCounter = 0
 const freshFile = (): string => join(tempRoot, `ledger-${++fileCounter}.db`)
-
-const captureLogs = () => {
-  const lines: Array<{ level: string; message: string }> = []
-  const logger = Logger.make(({ logLevel, message }) => {
-    const parts = Array.isArray(message) ? message : [message]
-    lines.push({ level: logLevel.label, message: parts.map(String).join(" ") })
-  })
-  return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
-}
-
-const turn = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
 
 describe("a sink that cannot write: the queue stalls and resumes", () => {
   it.scoped("events are held in order while unavailable, said once, and all appended when it recovers", () => {
@@ -69,14 +59,14 @@ describe("a sink that cannot write: the queue stalls and resumes", () => {
       const queue = yield* AuditQueue.make({ sink, queueId: "stall-test" })
       const events = Array.from({ length: 300 }, (_, i) => refusalEvent(`a-${i}`, i))
       for (const event of events) yield* queue.submit(event)
-      for (let i = 0; i < 50 && (yield* queue.status) !== "Stalled"; i++) yield* turn
+      for (let i = 0; i < 50 && (yield* queue.status) !== "Stalled"; i++) yield* eventLoopTurn
       expect(yield* queue.status).toBe("Stalled")
       const gauge = AuditMetrics.stalledGauge("stall-test")
       expect((yield* Metric.value(gauge)).value).toBe(1)
       // Backing off on the Clock: several more attempts, still one log line, nothing settled.
       for (let i = 0; i < 20; i++) {
         yield* TestClock.adjust("1 second")
-        yield* turn
+        yield* eventLoopTurn
       }
       expect(yield* Ref.get(attempts)).toBeGreaterThan(5)
       expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 300 })
@@ -88,7 +78,7 @@ describe("a sink that cannot write: the queue stalls and resumes", () => {
       yield* Ref.set(available, true)
       for (let i = 0; i < 50 && !AuditMetrics.isDrained(yield* queue.metrics); i++) {
         yield* TestClock.adjust("5 seconds")
-        yield* turn
+        yield* eventLoopTurn
       }
       expect(yield* Ref.get(rows)).toEqual(events)
       expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 300, appended: 300 })
@@ -111,7 +101,7 @@ describe("a full disk under AuditLedger.layerSqlite", () => {
         // Room for a few rows at most: the database is "full" from the first batches on.
         yield* sql.unsafe(`PRAGMA max_page_count = ${page_count + 4}`)
         for (const event of events) expect(yield* queue.submit(event)).toBe(true)
-        for (let i = 0; i < 2000 && (yield* queue.status) !== "Stalled"; i++) yield* turn
+        for (let i = 0; i < 2000 && (yield* queue.status) !== "Stalled"; i++) yield* eventLoopTurn
         expect(yield* queue.status).toBe("Stalled")
         yield* Effect.sleep("300 millis")
         const held = yield* queue.metrics
