@@ -107,6 +107,29 @@ describe("demo", () => {
   })
 })
 
+describe("signing keys kept apart from the ledger", () => {
+  it("demo refuses a --key-dir that is the database's own directory", async () => {
+    const run = await demo(path("beside.db"), "--sign", "--key-dir", path("."))
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain("apart from the ledger")
+  })
+
+  it("verify warns on stderr when a private key is readable next to the database, and still verifies", async () => {
+    const dir = path("key-beside")
+    fs.mkdirSync(dir)
+    const db = join(dir, "ledger.db")
+    expect((await demo(db)).code).toBe(0)
+    const quiet = await cli("verify", db)
+    expect(quiet.stderr).not.toContain("private key")
+    expect((await cli("keygen", "--out", dir)).code).toBe(0)
+    const warned = await cli("verify", db)
+    expect(warned.code).toBe(0)
+    expect(warned.stderr).toContain(
+      `private key ${join(dir, "agent-ledger-ed25519.pem")} is readable next to the database`
+    )
+  })
+})
+
 describe("process behaviour", () => {
   it("demo with --sign and a path in a missing directory: exit 2 and no key files are written", async () => {
     const run = await demo(path("nowhere/x.db"), "--sign")
@@ -373,11 +396,23 @@ describe("export", () => {
 describe("signed ledgers and keygen", () => {
   it("verifies with the public key, reports unknown keys without it, and keygen writes a usable pair", async () => {
     const db = path("signed.db")
-    const run = await demo(db, "--sign")
+    const keyDir = path("demo-keys")
+    const run = await demo(db, "--sign", "--key-dir", keyDir)
     expect(run.code).toBe(0)
     expect(run.stdout).toContain("ed25519 key")
-    const pub = `${db}.ed25519.pub.pem`
-    const ok = await cli("verify", db, "--public-key", pub)
+    // The key pair lives in --key-dir, never beside the database, and the output says where.
+    const pub = /public key (\S+\.pub\.pem)/.exec(run.stdout)?.[1]
+    expect(pub?.startsWith(keyDir)).toBe(true)
+    expect(fs.readdirSync(path(".")).filter((name) => name.startsWith("signed.db") && name.endsWith(".pem"))).toEqual(
+      []
+    )
+    const privateKey = pub!.replace(/\.pub\.pem$/, ".pem")
+    expect(fs.statSync(privateKey).mode & 0o777).toBe(0o600)
+    // A re-run keeps the same key.
+    const demoKeyId = /ed25519 key ([0-9a-f]{16})/.exec(run.stdout)?.[1]
+    const rerun = await demo(db, "--sign", "--key-dir", keyDir)
+    expect(rerun.stdout).toContain(`ed25519 key ${demoKeyId},`)
+    const ok = await cli("verify", db, "--public-key", pub!)
     expect(ok.code).toBe(0)
     expect(ok.stdout).toMatch(/signatures:\s+\d+ valid, 0 invalid, 0 by unknown keys/)
 

@@ -7,11 +7,13 @@
 import { Command, Options } from "@effect/cli"
 import { Clock, Console, Effect, Option, Random } from "effect"
 import * as fs from "node:fs"
+import * as os from "node:os"
 import * as path from "node:path"
 import * as AuditEvent from "../AuditEvent.js"
 import * as AuditLedger from "../AuditLedger.js"
 import * as AuditQueue from "../AuditQueue.js"
 import * as AuditSigner from "../AuditSigner.js"
+import { sha256Hex } from "../internal/encoding.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as SessionJournals from "../SessionJournals.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
@@ -87,14 +89,35 @@ export interface DemoOptions {
   readonly sessions: number
   readonly calls: number
   readonly sign: boolean
+  /** Where `--sign` keeps the demo's key pair: never beside the database. */
+  readonly keyDir: string
   readonly seed: number
   readonly sessionOut: string
 }
 
-/** Loads the demo's signing key next to the database, creating it on first use so re-runs keep one key. */
-const demoSigner = (db: string) =>
+/** The default `--key-dir`: in the user's configuration directory, away from any ledger file. */
+export const defaultKeyDir = (): string =>
+  path.join(process.env.XDG_CONFIG_HOME ?? path.join(os.homedir(), ".config"), "agent-ledger", "demo-keys")
+
+/**
+ * Loads the demo's signing key for `db` from `keyDir`, creating it on first use so re-runs keep one key.
+ * The key is named after the database's absolute path and never kept beside it: whoever can rewrite a
+ * database can usually read its directory, and could then re-sign a rewritten history.
+ */
+const demoSigner = (db: string, keyDir: string) =>
   Effect.gen(function*() {
-    const files = keyFiles(path.dirname(path.resolve(db)), `${path.basename(db)}.ed25519`)
+    const absolute = path.resolve(db)
+    const name = `${path.basename(absolute)}-${sha256Hex(absolute).slice(0, 12)}.ed25519`
+    if (path.resolve(keyDir) === path.dirname(absolute)) {
+      return yield* new InputError({
+        message: `--key-dir ${keyDir} is the database's own directory; keep signing keys apart from the ledger`
+      })
+    }
+    const files = keyFiles(keyDir, name)
+    yield* Effect.try({
+      try: () => fs.mkdirSync(keyDir, { recursive: true, mode: 0o700 }),
+      catch: (error) => new InputError({ message: `${keyDir}: cannot create the key directory (${String(error)})` })
+    })
     if (fs.existsSync(files.privateKey)) {
       return { signer: yield* AuditSigner.loadPrivateKeyFile(files.privateKey), files, created: false }
     }
@@ -127,7 +150,7 @@ export const runDemo = (options: DemoOptions) =>
     yield* requireWritableFile(options.sessionOut)
     const signing = options.sign
       ? Option.some(
-        yield* demoSigner(options.db).pipe(
+        yield* demoSigner(options.db, options.keyDir).pipe(
           Effect.mapError((e) => e._tag === "InputError" ? e : new InputError({ message: e.message }))
         )
       )
@@ -258,7 +281,8 @@ export const runDemo = (options: DemoOptions) =>
         Console.log(
           `  signing:         ed25519 key ${s.signer.keyId}${
             s.created ? " (new)" : ""
-          }, public key ${s.files.publicKey}`
+          }, private key ${s.files.privateKey} (kept apart from the database; in production keep it in a ` +
+            `secret store the ledger's writers cannot read back), public key ${s.files.publicKey}`
         )
     })
     yield* Console.log(
@@ -278,7 +302,11 @@ export const command = Command.make(
     sessions: Options.integer("sessions").pipe(Options.withDefault(20), Options.withDescription("agent sessions")),
     calls: Options.integer("calls").pipe(Options.withDefault(50), Options.withDescription("tool calls per session")),
     sign: Options.boolean("sign").pipe(
-      Options.withDescription("sign rows with an Ed25519 key kept next to the database (<db>.ed25519.pem)")
+      Options.withDescription("sign rows with an Ed25519 key kept in --key-dir (never beside the database)")
+    ),
+    keyDir: Options.directory("key-dir").pipe(
+      Options.withDefault(defaultKeyDir()),
+      Options.withDescription("where --sign keeps the demo key pair (default: ~/.config/agent-ledger/demo-keys)")
     ),
     seed: Options.integer("seed").pipe(Options.withDefault(42), Options.withDescription("simulation seed")),
     sessionOut: Options.file("session-out").pipe(

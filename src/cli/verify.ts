@@ -6,6 +6,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option, Schema } from "effect"
 import * as fs from "node:fs"
+import * as path from "node:path"
 import * as LedgerExport from "../LedgerExport.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as SessionJournal from "../SessionJournal.js"
@@ -68,8 +69,38 @@ const emit = (
     if (!ok) return yield* new VerificationFailed({ message: `${options.target} did not verify` })
   })
 
+/**
+ * Readable private keys in the database's directory: whoever can rewrite the database can then usually
+ * re-sign a rewritten history that verifies, so the signatures prove less than they seem to.
+ */
+export const privateKeysBeside = (database: string): ReadonlyArray<string> => {
+  const directory = path.dirname(path.resolve(database))
+  let names: ReadonlyArray<string>
+  try {
+    names = fs.readdirSync(directory)
+  } catch {
+    return []
+  }
+  return names.filter((name) => name.endsWith(".pem")).map((name) => path.join(directory, name)).filter((file) => {
+    try {
+      const head = fs.readFileSync(file, "utf8").slice(0, 4096)
+      return /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/.test(head)
+    } catch {
+      return false
+    }
+  })
+}
+
+const warnAboutKeysBeside = (database: string) =>
+  Effect.forEach(privateKeysBeside(database), (file) =>
+    Console.error(
+      `warning: the private key ${file} is readable next to the database: whoever can rewrite the database ` +
+        `can re-sign it. Keep signing keys where the ledger's writers cannot read them (docs/OPERATIONS.md).`
+    ), { discard: true })
+
 const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
   Effect.gen(function*() {
+    yield* warnAboutKeysBeside(options.target)
     const progress = Progress.make("verified rows")
     const report = yield* LedgerVerifier.verifyLedger({ ...verifyOptions, onProgress: progress.update }).pipe(
       Effect.ensuring(progress.finish),
