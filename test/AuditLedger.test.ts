@@ -169,3 +169,48 @@ describe("AuditLedger: a bad filename fails the layer with LedgerOpenError namin
       expect(error.message).toContain(join(tempRoot, "missing", "x.db"))
     }))
 })
+
+describe("hostile values at the boundary", () => {
+  it.live("NUL bytes, a 1 MB reason and SQL-looking text are stored and verified exactly", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const agentId = "agent\u0000with-nul'; DROP TABLE signed_events; --"
+      const reason = `${"é✓ ".repeat(1 << 18)}\u0000end`
+      const args = {
+        sql: "SELECT * FROM signed_events WHERE 1=1; --",
+        nul: "a\u0000b",
+        nested: { "k\u0000": [reason.slice(0, 10)] }
+      }
+      const action = new ToolCall({ toolName: "db.query\u0000", serverId: "srv'\"", arguments: args })
+      const decision = new Refuse({ ruleId: "R'); DELETE FROM signed_events_dlq; --", reason })
+      const receipt = yield* Effect.gen(function*() {
+        const queue = yield* AuditQueue
+        return Option.getOrThrow(yield* queue.submitRefusalAndWait(agentId, action, decision))
+      }).pipe(Effect.provide(AuditLedger.layerSqlite({ filename })))
+      const rows = yield* inspect(
+        filename,
+        Effect.flatMap(
+          SqlClient.SqlClient,
+          (sql) =>
+            sql<
+              { agent_id: string; payload: string; sequence: number }
+            >`SELECT agent_id, payload, sequence FROM signed_events`
+        )
+      )
+      expect(rows).toHaveLength(1)
+      expect(rows[0]!.sequence).toBe(receipt.sequence)
+      expect(rows[0]!.agent_id).toBe(agentId)
+      const payload = JSON.parse(rows[0]!.payload)
+      expect(payload.agent_id).toBe(agentId)
+      expect(payload.decision).toEqual({ _tag: "Refuse", ruleId: decision.ruleId, reason })
+      expect(payload.action).toEqual({
+        _tag: "ToolCall",
+        toolName: action.toolName,
+        serverId: action.serverId,
+        arguments: args
+      })
+      const report = yield* inspect(filename, verifyLedger())
+      expect(report.ok).toBe(true)
+      expect(report.rowsChecked).toBe(1)
+    }))
+})

@@ -12,6 +12,7 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
+import * as AuditLedger from "../src/AuditLedger.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
 import { refusalEvent } from "./fixtures/events.js"
@@ -104,6 +105,36 @@ describe("demo", () => {
     expect(run.code).toBe(2)
     expect(run.stderr).toContain("missing-dir")
     expect(run.stderr).not.toMatch(/\n\s+at /)
+  })
+})
+
+describe("hostile row values in the CLI's text output", () => {
+  it("a row cannot forge lines, clear the screen or reorder text in stats and dlq list", async () => {
+    const db = path("hostile.db")
+    const hostile = "evil\u001b[2J\nverify: OK\r\u202e\u009b31m"
+    await Effect.runPromise(
+      Effect.gen(function*() {
+        const sink = yield* SqlAuditSink.SqlAuditSink
+        yield* sink.append(refusalEvent(hostile, 0))
+        yield* sink.deadLetter(refusalEvent(hostile, 1), `reason with ${hostile}`)
+      }).pipe(
+        Effect.provide(SqlAuditSink.layer().pipe(Layer.provideMerge(AuditLedger.layerSqliteClient({ filename: db }))))
+      )
+    )
+    for (const args of [["stats", db], ["dlq", "list", db]]) {
+      const run = await cli(...args)
+      expect(run.code).toBe(0)
+      expect(run.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/)
+      expect(run.stdout.split("\n").some((line) => line.startsWith("verify: OK"))).toBe(false)
+      expect(run.stdout).toContain("evil\\u{001b}[2J\\u{000a}verify: OK")
+      // JSON output escapes them too, and a JSON reader still gets the exact value.
+      const json = await cli(...args, "--json")
+      expect(json.stdout.trimEnd()).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202e]/)
+      expect(json.stdout).toContain("\\u009b")
+    }
+    expect(Object.keys(JSON.parse((await cli("stats", db, "--json")).stdout).refusalsByAgent)).toEqual([hostile])
+    const letters = JSON.parse((await cli("dlq", "list", db, "--json")).stdout).deadLetters
+    expect(letters[0].agent_id).toBe(hostile)
   })
 })
 

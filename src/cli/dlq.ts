@@ -4,13 +4,14 @@
  * given) and is idempotent.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Console, Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option } from "effect"
 import * as AuditSigner from "../AuditSigner.js"
 import * as DeadLetters from "../DeadLetters.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
+import { printJson, printLine } from "./TerminalText.js"
 
 const db = Args.text({ name: "db" }).pipe(Args.withDescription("ledger database"))
 
@@ -23,11 +24,11 @@ export const runList = (options: { readonly db: string; readonly json: boolean }
       Effect.provide(openLedger(options.db, { readonly: true })),
       Effect.mapError(readFailure(options.db))
     )
-    if (options.json) return yield* Console.log(JSON.stringify({ deadLetters: letters }))
+    if (options.json) return yield* printJson({ deadLetters: letters })
     const pending = letters.filter((l) => l.replayed_at === null).length
-    yield* Console.log(`dead letters in ${options.db}: ${pending} pending, ${letters.length - pending} replayed`)
+    yield* printLine(`dead letters in ${options.db}: ${pending} pending, ${letters.length - pending} replayed`)
     for (const l of letters) {
-      yield* Console.log(
+      yield* printLine(
         `  #${l.dlq_id} ${
           l.replayed_at === null ? "pending " : "replayed"
         } event ${l.id} agent ${l.agent_id} failed ${l.failed_at}: ${l.failure_reason}`
@@ -60,13 +61,13 @@ export const runReplay = (options: ReplayOptions) =>
       )
     )
     if (result.dryRun) {
-      return yield* Console.log(`dry run: ${result.pending} dead letters would be replayed; nothing was written`)
+      return yield* printLine(`dry run: ${result.pending} dead letters would be replayed; nothing was written`)
     }
-    yield* Console.log(
+    yield* printLine(
       `replayed ${result.replayed} of ${result.pending} pending dead letters (${result.alreadyInChain} were already in the chain)`
     )
     for (const f of result.failed) {
-      yield* Console.log(`  #${f.dlqId} event ${f.eventId} still pending: ${f.reason}`)
+      yield* printLine(`  #${f.dlqId} event ${f.eventId} still pending: ${f.reason}`)
     }
     if (result.failed.length > 0) {
       return yield* new VerificationFailed({ message: `${result.failed.length} dead letters could not be replayed` })

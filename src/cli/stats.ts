@@ -1,9 +1,10 @@
 /** `agent-ledger stats <db>`: rows, head, dead-letter backlog, refusals by agent and rule, attest levels, time span. */
 import { Args, Command, Options } from "@effect/cli"
-import { Console, Effect, Option } from "effect"
+import { Effect, Option } from "effect"
 import * as LedgerStats from "../LedgerStats.js"
 import { InputError } from "./CliError.js"
 import { openLedger } from "./InputFile.js"
+import { printJson, printLine } from "./TerminalText.js"
 
 const table = (counts: Readonly<Record<string, number>>): ReadonlyArray<string> =>
   Object.entries(counts).sort(([, a], [, b]) => b - a).map(([key, n]) => `    ${key.padEnd(24)} ${n}`)
@@ -15,12 +16,12 @@ export const runStats = (options: { readonly db: string; readonly json: boolean 
       Effect.catchTag("SqlError", (error) => new InputError({ message: `${options.db}: ${error.message}` }))
     )
     if (options.json) {
-      return yield* Console.log(JSON.stringify({
+      return yield* printJson({
         ...stats,
         head: Option.getOrNull(stats.head),
         firstTimestamp: Option.getOrNull(stats.firstTimestamp),
         lastTimestamp: Option.getOrNull(stats.lastTimestamp)
-      }))
+      })
     }
     const lines = [
       `ledger ${options.db}`,
@@ -39,7 +40,7 @@ export const runStats = (options: { readonly db: string; readonly json: boolean 
       `  refusals by rule:`,
       ...table(stats.refusalsByRule)
     ]
-    for (const line of lines) yield* Console.log(line)
+    for (const line of lines) yield* printLine(line)
   })
 
 export const command = Command.make(

@@ -14,6 +14,7 @@ import { InputError, VerificationFailed } from "./CliError.js"
 import { detect, openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
 import { failureLine, loadKeyring, parsePin } from "./shared.js"
+import { printJson, printLine, terminalSafe } from "./TerminalText.js"
 
 export interface VerifyOptions {
   readonly target: string
@@ -61,10 +62,10 @@ const emit = (
 ) =>
   Effect.gen(function*() {
     if (options.json) {
-      yield* Console.log(JSON.stringify({ target: options.target, kind, ok, ...json }))
+      yield* printJson({ target: options.target, kind, ok, ...json })
     } else {
-      yield* Console.log(`${kind} ${options.target}: ${ok ? "OK" : "FAILED"}`)
-      for (const line of text) yield* Console.log(line)
+      yield* printLine(`${kind} ${options.target}: ${ok ? "OK" : "FAILED"}`)
+      for (const line of text) yield* printLine(line)
     }
     if (!ok) return yield* new VerificationFailed({ message: `${options.target} did not verify` })
   })
@@ -93,10 +94,10 @@ export const privateKeysBeside = (database: string): ReadonlyArray<string> => {
 
 const warnAboutKeysBeside = (database: string) =>
   Effect.forEach(privateKeysBeside(database), (file) =>
-    Console.error(
+    Console.error(terminalSafe(
       `warning: the private key ${file} is readable next to the database: whoever can rewrite the database ` +
         `can re-sign it. Keep signing keys where the ledger's writers cannot read them (docs/OPERATIONS.md).`
-    ), { discard: true })
+    )), { discard: true })
 
 const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
   Effect.gen(function*() {
