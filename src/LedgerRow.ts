@@ -40,11 +40,14 @@ export const LedgerRow = Schema.Struct({
 
 export type LedgerRow = typeof LedgerRow.Type
 
-/** Decodes a row from a database result or a parsed JSONL line; the ParseError names the bad field. */
-export const decodeUnknown = Schema.decodeUnknown(LedgerRow)
+/**
+ * Decodes a row from a database result or a parsed JSONL line; the ParseError names the bad field. A
+ * field the format does not have is an error too: it would carry data no hash covers.
+ */
+export const decodeUnknown = Schema.decodeUnknown(LedgerRow, { onExcessProperty: "error" })
 
 /** `decodeUnknown` as an Either, for synchronous row sources. */
-export const decodeUnknownEither = Schema.decodeUnknownEither(LedgerRow)
+export const decodeUnknownEither = Schema.decodeUnknownEither(LedgerRow, { onExcessProperty: "error" })
 
 /** The column names in schema order, for `SELECT` lists. */
 export const COLUMNS: ReadonlyArray<keyof LedgerRow> = [

@@ -138,6 +138,22 @@ describe("LedgerExport", () => {
     }))
 })
 
+describe("LedgerExport: what an export may not carry", () => {
+  it.live("a row with a field the format does not have is refused, naming the line and the field", () =>
+    Effect.gen(function*() {
+      const { lines } = yield* exportTo(yield* ledger(4))
+      const smuggled = freshFile("jsonl")
+      const row = JSON.parse(lines[2]!)
+      fs.writeFileSync(
+        smuggled,
+        [...lines.slice(0, 2), JSON.stringify({ ...row, note: "data no hash covers" }), lines[3], lines[4]].join("\n")
+      )
+      const error = yield* Effect.flip(LedgerExport.verifyExportFile(smuggled))
+      expect(error).toMatchObject({ _tag: "CorruptExportLine", line: 3 })
+      expect(error.message).toContain("note")
+    }))
+})
+
 describe("LedgerStats", () => {
   it.live("counts rows, refusals by agent and rule, attest levels and the time span", () =>
     Effect.gen(function*() {

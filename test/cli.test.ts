@@ -138,6 +138,38 @@ describe("hostile row values in the CLI's text output", () => {
   })
 })
 
+describe("what an unpinned export proves", () => {
+  it("a mid-chain export with its first rows dropped and the header rewritten: OK, but the report says what is not proven; a pin catches it", async () => {
+    const out = path("mid.jsonl")
+    expect((await cli("export", ledger, "--from", "5", "--to", "20", "--out", out)).code).toBe(0)
+    const [header, ...rows] = fs.readFileSync(out, "utf8").trim().split("\n")
+    const h = JSON.parse(header!)
+    const dropped = rows.slice(3)
+    const forged = path("mid-forged.jsonl")
+    fs.writeFileSync(
+      forged,
+      [
+        JSON.stringify({
+          ...h,
+          from_sequence: h.from_sequence + 3,
+          row_count: dropped.length,
+          prev_hash: JSON.parse(rows[2]!).entry_hash
+        }),
+        ...dropped
+      ].join("\n") + "\n"
+    )
+    const run = await cli("verify", forged)
+    expect(run.code).toBe(0)
+    expect(run.stdout).toContain("NOT that the header is the ledger's")
+    expect(JSON.parse((await cli("verify", forged, "--json")).stdout).pinned).toBe(false)
+    // The head of row 5 was kept by the operator: pinning it proves rows 5..7 are gone.
+    const pin = `5:${JSON.parse(rows[0]!).entry_hash}`
+    const pinned = await cli("verify", forged, "--pin", pin)
+    expect(pinned.code).toBe(1)
+    expect(pinned.stdout).not.toContain("NOT that the header")
+  })
+})
+
 describe("signing keys kept apart from the ledger", () => {
   it("demo refuses a --key-dir that is the database's own directory", async () => {
     const run = await demo(path("beside.db"), "--sign", "--key-dir", path("."))

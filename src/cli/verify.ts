@@ -114,6 +114,13 @@ const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.Ve
     return yield* emit(options, "ledger", report.ok, reportLines(report), { report: encodeReport(report) })
   })
 
+/** What an export verified without a pin proves, and what it does not (the header is not authenticated). */
+const UNPINNED_EXPORT_NOTE = [
+  "  unpinned:      proves that these rows are intact and link to each other and to the header's anchor;",
+  "                 NOT that the header is the ledger's: rows dropped at either end under a rewritten header",
+  "                 go unnoticed. Pass --pin SEQ:HASH from a head you kept to prove the range."
+]
+
 const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
   Effect.gen(function*() {
     const result = yield* LedgerExport.verifyExportFile(options.target, {
@@ -122,13 +129,16 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
       requireSigned: verifyOptions.requireSigned
     }).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
     const h = result.header
+    const pinned = verifyOptions.pin !== undefined
     const lines = [
       `  range:         sequences ${h.from_sequence}..${h.to_sequence ?? "(none)"} (${h.row_count} rows per header)`,
       ...(result.complete ? [] : ["  incomplete:    the rows do not end where the header says (lines cut off?)"]),
-      ...reportLines(result.report)
+      ...reportLines(result.report),
+      ...(pinned ? [] : UNPINNED_EXPORT_NOTE)
     ]
     return yield* emit(options, "ledger export", result.ok, lines, {
       header: h,
+      pinned,
       complete: result.complete,
       report: encodeReport(result.report)
     })
