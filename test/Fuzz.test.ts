@@ -1,0 +1,325 @@
+/**
+ * Corrupted-input evidence, in process (a process per case would be far too slow): 2,000 SQLite files with
+ * random byte flips and truncations, 2,000 JSONL ledger exports with random edits and 2,000 journal exports
+ * with random JSON edits. Every case must end in a report or a typed error (never a defect or a hang), and
+ * a verification that says OK must be about rows identical to the ones written.
+ */
+import Database from "better-sqlite3"
+import { Cause, Effect, Exit, Layer, Stream } from "effect"
+import * as fs from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as AuditLedger from "../src/AuditLedger.js"
+import * as AuditSigner from "../src/AuditSigner.js"
+import { openLedger } from "../src/cli/InputFile.js"
+import * as LedgerExport from "../src/LedgerExport.js"
+import * as LedgerVerifier from "../src/LedgerVerifier.js"
+import * as SessionJournal from "../src/SessionJournal.js"
+import * as SqlAuditSink from "../src/SqlAuditSink.js"
+import { refusalEvent } from "./fixtures/events.js"
+
+const CASES = 2_000
+const dir = fs.mkdtempSync(join(tmpdir(), "agent-ledger-fuzz-"))
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+/** A seeded generator, so a failing case can be replayed: the seed is in the failure message. */
+const prng = (seed: number) => {
+  let state = seed >>> 0
+  const next = () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  const int = (n: number) => Math.floor(next() * n)
+  return { next, int, pick: <A>(items: ReadonlyArray<A>): A => items[int(items.length)]! }
+}
+
+const SEED = 20261124
+let signer: AuditSigner.AuditSigner
+let keyring: AuditSigner.Keyring
+let ledgerBytes: Buffer
+let originalRows: Map<number, Record<string, unknown>>
+let exportLines: ReadonlyArray<string>
+
+/** A row without `appended_at`, the one column no hash covers in row format v1. */
+const covered = ({ appended_at: _, ...row }: Record<string, unknown>) => row
+
+const readRows = (file: string): Map<number, Record<string, unknown>> => {
+  const db = new Database(file, { readonly: true, fileMustExist: true })
+  try {
+    const rows = db.prepare("SELECT * FROM signed_events ORDER BY sequence").all() as Array<Record<string, unknown>>
+    return new Map(rows.map((row) => [Number(row.sequence), row]))
+  } finally {
+    db.close()
+  }
+}
+
+beforeAll(async () => {
+  signer = await Effect.runPromise(AuditSigner.generate)
+  keyring = AuditSigner.Keyring.fromSigners([signer])
+  const file = join(dir, "base.db")
+  await Effect.runPromise(
+    Effect.gen(function*() {
+      const sink = yield* SqlAuditSink.SqlAuditSink
+      for (let n = 0; n < 30; n++) yield* sink.append(refusalEvent(`agent-${n % 4}`, n, "payload ✓"))
+    }).pipe(
+      Effect.provide(
+        SqlAuditSink.layer({ signer }).pipe(Layer.provideMerge(AuditLedger.layerSqliteClient({ filename: file })))
+      )
+    )
+  )
+  // One self-contained file: fold the WAL back and leave WAL mode, so a copy is the whole database.
+  const db = new Database(file)
+  db.pragma("wal_checkpoint(TRUNCATE)")
+  db.pragma("journal_mode = DELETE")
+  db.close()
+  ledgerBytes = fs.readFileSync(file)
+  originalRows = readRows(file)
+  const lines = await Effect.runPromise(
+    Stream.runCollect(LedgerExport.exportLines({})).pipe(Effect.provide(openLedger(file, { readonly: true })))
+  )
+  exportLines = Array.from(lines)
+})
+
+/** The exit must be a success or a typed failure: a defect (an uncaught exception) fails the test. */
+const expectNoDefect = (exit: Exit.Exit<unknown, unknown>, what: string) => {
+  if (Exit.isFailure(exit) && !Cause.isFailType(exit.cause) && Cause.isDie(exit.cause)) {
+    throw new Error(`${what}: a defect instead of a typed error: ${Cause.pretty(exit.cause)}`)
+  }
+}
+
+/** Fails the test when the effect has not ended after `ms` (a hang). */
+const bounded = <A, E, R>(effect: Effect.Effect<A, E, R>, what: string) =>
+  Effect.timeoutFail(effect, { duration: "10 seconds", onTimeout: () => new Error(`${what}: hung`) })
+
+describe("fuzz: corrupted SQLite files", () => {
+  it(`${CASES} byte flips and truncations: a report or a typed error, and OK only for unchanged rows`, async () => {
+    const random = prng(SEED)
+    let ok = 0
+    let failed = 0
+    let errors = 0
+    for (let c = 0; c < CASES; c++) {
+      const bytes = Buffer.from(ledgerBytes)
+      const what = `sqlite case ${c} (seed ${SEED})`
+      let mutated: Buffer
+      if (random.next() < 0.15) {
+        mutated = bytes.subarray(0, random.int(bytes.length))
+      } else {
+        for (let flips = 1 + random.int(8); flips > 0; flips--) {
+          // Mostly in the pages that hold rows (past the header page), sometimes anywhere.
+          const at = random.next() < 0.8 ? 4096 + random.int(bytes.length - 4096) : random.int(bytes.length)
+          bytes[at] = bytes[at]! ^ (1 << random.int(8))
+        }
+        mutated = bytes
+      }
+      const file = join(dir, `case-${c % 16}.db`)
+      fs.writeFileSync(file, mutated)
+      const exit = await Effect.runPromiseExit(
+        bounded(
+          LedgerVerifier.verifyLedger({ keyring }).pipe(Effect.provide(openLedger(file, { readonly: true }))),
+          what
+        )
+      )
+      expectNoDefect(exit, what)
+      if (Exit.isSuccess(exit) && exit.value.ok) {
+        ok++
+        // OK must mean: the rows read back are the rows written, in every column the row hash covers
+        // (appended_at is informational in row format v1: docs/FORMAT.md, "Ledger row v1").
+        const rows = readRows(file)
+        expect(rows.size, what).toBe(originalRows.size)
+        for (const [sequence, row] of rows) {
+          expect(covered(row), `${what}, sequence ${sequence}`).toEqual(covered(originalRows.get(sequence)!))
+        }
+      } else if (Exit.isSuccess(exit)) {
+        failed++
+      } else {
+        errors++
+      }
+    }
+    console.log(
+      `sqlite fuzz: ${CASES} cases, ${ok} OK (rows unchanged), ${failed} failed verification, ${errors} typed errors`
+    )
+    expect(failed + errors).toBeGreaterThan(CASES / 2)
+  }, 240_000)
+})
+
+/** One random edit of an export's lines (text edits, line edits, field edits). */
+const editLines = (lines: ReadonlyArray<string>, random: ReturnType<typeof prng>): Array<string> => {
+  const out = [...lines]
+  const i = random.int(out.length)
+  const line = out[i]!
+  switch (random.int(9)) {
+    case 0: { // flip one character
+      const at = random.int(line.length)
+      out[i] = line.slice(0, at) + String.fromCharCode(32 + random.int(95)) + line.slice(at + 1)
+      break
+    }
+    case 1: { // delete one character
+      const at = random.int(line.length)
+      out[i] = line.slice(0, at) + line.slice(at + 1)
+      break
+    }
+    case 2: // delete a line
+      out.splice(i, 1)
+      break
+    case 3: // duplicate a line
+      out.splice(i, 0, line)
+      break
+    case 4: { // swap two lines
+      const j = random.int(out.length)
+      ;[out[i], out[j]] = [out[j]!, line]
+      break
+    }
+    case 5: { // change a digit
+      const digits = [...line.matchAll(/\d/g)]
+      if (digits.length > 0) {
+        const at = random.pick(digits).index!
+        out[i] = line.slice(0, at) + String((Number(line[at]) + 1 + random.int(9)) % 10) + line.slice(at + 1)
+      }
+      break
+    }
+    case 6: // add a field no format has
+      out[i] = line.replace(/^\{/, `{"extra${random.int(3)}":${random.int(100)},`)
+      break
+    case 7: { // change one field of a row or of the header to another row's value
+      try {
+        const value = JSON.parse(line) as Record<string, unknown>
+        const other = JSON.parse(random.pick(lines)) as Record<string, unknown>
+        const key = random.pick(Object.keys(value))
+        if (key in other) value[key] = other[key]
+        out[i] = JSON.stringify(value)
+      } catch {
+        // not JSON: leave it
+      }
+      break
+    }
+    case 8: // cut the file short
+      out.length = 1 + random.int(out.length)
+      break
+  }
+  return out
+}
+
+describe("fuzz: edited JSONL ledger exports", () => {
+  it(`${CASES} random edits: a report or a typed error, and OK only when every row is as written`, async () => {
+    const random = prng(SEED + 1)
+    const original = new Map(
+      exportLines.slice(1).map((line) => {
+        const row = JSON.parse(line) as Record<string, unknown>
+        return [Number(row.sequence), row] as const
+      })
+    )
+    let ok = 0
+    let failed = 0
+    let errors = 0
+    for (let c = 0; c < CASES; c++) {
+      const what = `export case ${c} (seed ${SEED + 1})`
+      const file = join(dir, `case-${c % 16}.jsonl`)
+      const lines = editLines(exportLines, random)
+      fs.writeFileSync(file, lines.join("\n") + "\n")
+      const exit = await Effect.runPromiseExit(bounded(LedgerExport.verifyExportFile(file, { keyring }), what))
+      expectNoDefect(exit, what)
+      if (Exit.isSuccess(exit) && exit.value.ok) {
+        ok++
+        // Rows may be missing at the ends (an unpinned header is not authenticated; the report says so),
+        // but no row that verifies may differ from the row written, in any column the hash covers.
+        for (const line of lines.slice(1).filter((l) => l.trim().length > 0)) {
+          const row = JSON.parse(line) as Record<string, unknown>
+          expect(covered(row), what).toEqual(covered(original.get(Number(row.sequence))!))
+        }
+      } else if (Exit.isSuccess(exit)) {
+        failed++
+      } else {
+        errors++
+      }
+    }
+    console.log(
+      `export fuzz: ${CASES} cases, ${ok} OK (rows unchanged), ${failed} failed verification, ${errors} typed errors`
+    )
+    expect(failed + errors).toBeGreaterThan(CASES / 2)
+  }, 240_000)
+})
+
+/** One random edit of a parsed JSON value, at a random path. */
+const editJson = (value: unknown, random: ReturnType<typeof prng>): unknown => {
+  const replacement = () =>
+    random.pick<unknown>([null, true, 0, -1, 1.5, 2 ** 53, "", "x", "0".repeat(64), [], {}, { a: 1 }])
+  if (Array.isArray(value)) {
+    if (value.length === 0 || random.next() < 0.15) {
+      const copy = [...value]
+      switch (random.int(3)) {
+        case 0:
+          copy.splice(random.int(copy.length + 1), 0, replacement())
+          break
+        case 1:
+          copy.splice(random.int(copy.length), 1)
+          break
+        default: {
+          const i = random.int(copy.length)
+          const j = random.int(copy.length)
+          ;[copy[i], copy[j]] = [copy[j], copy[i]]
+        }
+      }
+      return copy
+    }
+    const copy = [...value]
+    const i = random.int(copy.length)
+    copy[i] = editJson(copy[i], random)
+    return copy
+  }
+  if (typeof value === "object" && value !== null) {
+    const copy: Record<string, unknown> = { ...(value as Record<string, unknown>) }
+    const keys = Object.keys(copy)
+    const roll = random.next()
+    if (keys.length === 0 || roll < 0.1) copy[`extra${random.int(3)}`] = replacement()
+    else if (roll < 0.2) delete copy[random.pick(keys)]
+    else {
+      const key = random.pick(keys)
+      copy[key] = editJson(copy[key], random)
+    }
+    return copy
+  }
+  return random.next() < 0.5 ? replacement() : typeof value === "number" ? value + 1 : `${String(value)}!`
+}
+
+describe("fuzz: edited journal exports", () => {
+  it(`${CASES} random JSON edits: a typed error, or OK only for the export as written`, async () => {
+    const journal = await Effect.runPromise(Effect.gen(function*() {
+      const journal = yield* SessionJournal.make("fuzz-session")
+      for (let n = 0; n < 20; n++) {
+        yield* journal.record({
+          toolName: `tool-${n % 3} ✓`,
+          serverId: "server",
+          agentId: "agent",
+          bytesRead: n * 1000,
+          bytesWritten: n,
+          delegationDepth: n % 4,
+          allowed: n % 5 !== 0
+        })
+      }
+      return yield* journal.export
+    }))
+    const original = JSON.parse(JSON.stringify(journal)) as unknown
+    const random = prng(SEED + 2)
+    let ok = 0
+    let errors = 0
+    for (let c = 0; c < CASES; c++) {
+      const what = `journal case ${c} (seed ${SEED + 2})`
+      const edited = editJson(original, random)
+      const exit = await Effect.runPromiseExit(bounded(SessionJournal.verifyExport(edited), what))
+      expectNoDefect(exit, what)
+      if (Exit.isSuccess(exit)) {
+        ok++
+        // OK: what verified is the journal as written (an edit that changes nothing is possible).
+        expect(JSON.parse(JSON.stringify(exit.value)), what).toEqual(original)
+      } else {
+        errors++
+      }
+    }
+    console.log(`journal fuzz: ${CASES} cases, ${ok} OK (export unchanged), ${errors} typed errors`)
+    expect(errors).toBeGreaterThan(CASES / 2)
+  }, 240_000)
+})
