@@ -5,7 +5,8 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Logger, Metric, Ref, TestClock } from "effect"
+import Database from "better-sqlite3"
+import { Effect, Logger, Metric, Ref, Schedule, TestClock } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -127,5 +128,87 @@ describe("a full disk under AuditLedger.layerSqlite", () => {
         expect(report.rowsChecked).toBe(200)
       })
       yield* Effect.provide(check, AuditLedger.layerSqliteClient({ filename }))
+    }))
+})
+
+describe("other conditions of the environment under AuditLedger.layerSqlite", () => {
+  const submitAll = (count: number, prefix: string) =>
+    Effect.gen(function*() {
+      const queue = yield* AuditQueue.AuditQueue
+      const events = Array.from({ length: count }, (_, i) => refusalEvent(`${prefix}-${i}`, i))
+      for (const event of events) expect(yield* queue.submit(event)).toBe(true)
+      return events
+    })
+
+  const waitForStatus = (status: AuditQueue.QueueStatus) =>
+    Effect.gen(function*() {
+      const queue = yield* AuditQueue.AuditQueue
+      for (let i = 0; i < 5000 && (yield* queue.status) !== status; i++) yield* eventLoopTurn
+      expect(yield* queue.status).toBe(status)
+    })
+
+  const expectAllInOrder = (filename: string, events: ReadonlyArray<DeferredAuditEvent>) =>
+    Effect.provide(
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const ids = yield* sql<{ id: string }>`SELECT id FROM signed_events ORDER BY sequence`
+        expect(ids.map((row) => row.id)).toEqual(events.map((event) => event.id))
+        expect(yield* DeadLetters.list()).toEqual([])
+        expect((yield* verifyLedger()).ok).toBe(true)
+      }),
+      AuditLedger.layerSqliteClient({ filename })
+    )
+
+  it.live("a database that turns read-only mid-run: the refusals wait, then land in order", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const events = yield* Effect.gen(function*() {
+        const queue = yield* AuditQueue.AuditQueue
+        const sql = yield* SqlClient.SqlClient
+        const before = yield* submitAll(20, "before")
+        expect(yield* queue.drainPending("10 seconds")).toBe(true)
+        // SQLite refuses every write from here on (SQLITE_READONLY), as with a read-only file.
+        yield* sql.unsafe("PRAGMA query_only = ON")
+        const during = yield* submitAll(50, "during")
+        yield* waitForStatus("Stalled")
+        expect((yield* queue.metrics).appendFailures).toBe(0)
+        yield* sql.unsafe("PRAGMA query_only = OFF")
+        expect(yield* queue.drainPending("30 seconds")).toBe(true)
+        expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 70, appended: 70 })
+        return [...before, ...during]
+      }).pipe(
+        Effect.provide(AuditLedger.layerSqlite({ filename })),
+        Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
+      )
+      yield* expectAllInOrder(filename, events)
+    }))
+
+  it.live("another process holding the write lock past busy_timeout and the retries: a stall, not dead letters", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      // Create the schema, then hold the write lock from another connection.
+      yield* Effect.provide(Effect.void, AuditLedger.layerSqliteClient({ filename }))
+      const other = new Database(filename)
+      other.exec("BEGIN IMMEDIATE")
+      const events = yield* Effect.gen(function*() {
+        const queue = yield* AuditQueue.AuditQueue
+        const events = yield* submitAll(30, "locked")
+        yield* waitForStatus("Stalled")
+        expect((yield* queue.metrics).appendFailures).toBe(0)
+        other.exec("COMMIT")
+        expect(yield* queue.drainPending("30 seconds")).toBe(true)
+        expect(yield* queue.metrics).toMatchObject({ submitted: 30, appended: 30, appendFailures: 0 })
+        return events
+      }).pipe(
+        Effect.ensuring(Effect.sync(() => other.close())),
+        Effect.provide(AuditLedger.layerSqlite({
+          filename,
+          busyTimeout: "5 millis",
+          retrySchedule: Schedule.recurs(1),
+          stallSchedule: Schedule.spaced("20 millis")
+        })),
+        Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
+      )
+      yield* expectAllInOrder(filename, events)
     }))
 })
