@@ -146,7 +146,10 @@ export const reason = (event: DeferredAuditEvent): Option.Option<string> =>
   isRefusal(event.decision) ? Option.some(event.decision.reason) : Option.none()
 
 /** RFC 3339 UTC with milliseconds, e.g. `2026-11-24T06:52:03.120Z`: the `timestamp` of payloads and rows. */
-export const formatTimestamp = (event: DeferredAuditEvent): string => DateTime.formatIso(event.timestamp)
+export const formatTimestamp = (event: DeferredAuditEvent): string =>
+  // What `DateTime.formatIso` gives for a UTC DateTime, without its per-call conversions (the drainer
+  // formats every event's timestamp).
+  new Date(DateTime.toEpochMillis(event.timestamp)).toISOString()
 
 /**
  * The encoded form of an action, as `Schema.encodeSync(AgentAction)` gives it (test/AuditEvent.test.ts

@@ -549,11 +549,10 @@ const makeSinkCalls = (sink: Context.Tag.Service<AuditSink>, accounts: Accounts)
       const exit = yield* callSink(() => appendBatch(events))
       if (Exit.isSuccess(exit) && exit.value.length === events.length) {
         yield* accounts.settle(batch, exit.value)
-        yield* Effect.forEach(
-          exit.value,
-          (outcome, i) => outcome._tag === "DlqLanded" ? logDeadLettered(events[i]!, outcome.reason) : Effect.void,
-          { discard: true }
-        )
+        for (let i = 0; i < events.length; i++) {
+          const outcome = exit.value[i]!
+          if (outcome._tag === "DlqLanded") yield* logDeadLettered(events[i]!, outcome.reason)
+        }
         return { _tag: "appended" } as const
       }
       if (Exit.isFailure(exit)) {
