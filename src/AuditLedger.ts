@@ -10,13 +10,14 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import type { MigrationError } from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import type { ParseResult } from "effect"
-import { Cause, Duration, Effect, Layer, Option, Schema } from "effect"
+import type { ConfigError, ParseResult } from "effect"
+import { Cause, Config, Duration, Effect, Layer, Option, Schema } from "effect"
 import { constants as fsConstants } from "node:fs"
 import { access, stat } from "node:fs/promises"
 import { dirname, resolve } from "node:path"
 import * as AuditQueue from "./AuditQueue.js"
-import type { AuditSigner } from "./AuditSigner.js"
+import type { AuditSigner, KeyLoadError } from "./AuditSigner.js"
+import { loadPrivateKeyFile } from "./AuditSigner.js"
 import { AuditSink } from "./AuditSink.js"
 import * as DeadLetters from "./DeadLetters.js"
 import { runMigrations } from "./internal/migrations.js"
@@ -208,3 +209,77 @@ export const layerSqlite = (
     Layer.provideMerge(layerSqliteClient(options))
   )
 }
+
+/**
+ * `layerSqlite` configured the Effect way, from a `Config` (by default the environment, through the
+ * application's `ConfigProvider`):
+ *
+ * | key (env)                                  | option                 | default          |
+ * | ------------------------------------------ | ---------------------- | ---------------- |
+ * | `AGENT_LEDGER_DB`                          | `filename`             | required         |
+ * | `AGENT_LEDGER_PRIVATE_KEY_FILE`            | `signer` (PKCS#8 PEM)  | unsigned         |
+ * | `AGENT_LEDGER_SYNCHRONOUS` (FULL, NORMAL)  | `synchronous`          | FULL             |
+ * | `AGENT_LEDGER_BUSY_TIMEOUT`                | `busyTimeout`          | 5 seconds        |
+ * | `AGENT_LEDGER_QUEUE_ID`                    | `queueId`              | a fresh UUID v7  |
+ * | `AGENT_LEDGER_SHUTDOWN_DRAIN_TIMEOUT`      | `shutdownDrainTimeout` | 5 seconds        |
+ * | `AGENT_LEDGER_MAX_BATCH`                   | `maxBatch`             | 512              |
+ * | `AGENT_LEDGER_MAX_RESTARTS`                | `maxRestarts`          | unlimited        |
+ *
+ * Durations are Effect duration strings (`"10 seconds"`). A missing or invalid value fails the layer with
+ * the `ConfigError` naming the key; an unreadable key file with `KeyLoadError`.
+ */
+export const sqliteConfig: Config.Config<SqliteConfig> = Config.all({
+  filename: Config.string("DB"),
+  privateKeyFile: Config.option(Config.string("PRIVATE_KEY_FILE")),
+  synchronous: Config.literal("FULL", "NORMAL")("SYNCHRONOUS").pipe(Config.withDefault("FULL" as const)),
+  busyTimeout: Config.option(Config.duration("BUSY_TIMEOUT")),
+  queueId: Config.option(Config.string("QUEUE_ID")),
+  shutdownDrainTimeout: Config.option(Config.duration("SHUTDOWN_DRAIN_TIMEOUT")),
+  maxBatch: Config.option(
+    Config.integer("MAX_BATCH").pipe(Config.validate({
+      message: "expected a positive integer",
+      validation: (n) => n >= 1
+    }))
+  ),
+  maxRestarts: Config.option(Config.integer("MAX_RESTARTS"))
+}).pipe(Config.nested("AGENT_LEDGER"))
+
+export interface SqliteConfig {
+  readonly filename: string
+  readonly privateKeyFile: Option.Option<string>
+  readonly synchronous: Synchronous
+  readonly busyTimeout: Option.Option<Duration.Duration>
+  readonly queueId: Option.Option<string>
+  readonly shutdownDrainTimeout: Option.Option<Duration.Duration>
+  readonly maxBatch: Option.Option<number>
+  readonly maxRestarts: Option.Option<number>
+}
+
+/** `layerSqlite` with its options read from `config` (default: `sqliteConfig`, the environment). */
+export const layerSqliteConfig = (
+  config: Config.Config<SqliteConfig> = sqliteConfig
+): Layer.Layer<
+  LedgerServices,
+  | ConfigError.ConfigError
+  | KeyLoadError
+  | LedgerOpenError
+  | SqlError
+  | MigrationError
+  | ParseResult.ParseError
+> =>
+  Layer.unwrapEffect(Effect.gen(function*() {
+    const c = yield* config
+    const signer = Option.isSome(c.privateKeyFile)
+      ? yield* loadPrivateKeyFile(c.privateKeyFile.value)
+      : undefined
+    return layerSqlite({
+      filename: c.filename,
+      signer,
+      synchronous: c.synchronous,
+      busyTimeout: Option.getOrUndefined(c.busyTimeout),
+      queueId: Option.getOrUndefined(c.queueId),
+      shutdownDrainTimeout: Option.getOrUndefined(c.shutdownDrainTimeout),
+      maxBatch: Option.getOrUndefined(c.maxBatch),
+      maxRestarts: Option.getOrUndefined(c.maxRestarts)
+    })
+  }))

@@ -1,12 +1,13 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Option } from "effect"
+import { ConfigProvider, Context, Effect, Layer, Metric, Option } from "effect"
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll } from "vitest"
 import { Refuse, ToolCall } from "../src/AuditEvent.js"
 import * as AuditLedger from "../src/AuditLedger.js"
+import * as AuditMetrics from "../src/AuditMetrics.js"
 import { AuditQueue } from "../src/AuditQueue.js"
 import * as AuditSigner from "../src/AuditSigner.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
@@ -212,5 +213,65 @@ describe("hostile values at the boundary", () => {
       const report = yield* inspect(filename, verifyLedger())
       expect(report.ok).toBe(true)
       expect(report.rowsChecked).toBe(1)
+    }))
+})
+
+describe("AuditLedger.layerSqliteConfig", () => {
+  const withConfig = (entries: ReadonlyArray<readonly [string, string]>) =>
+    Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries), { pathDelim: "_" }))
+
+  it.live("reads the file, key, synchronous mode, queue id and batch size from the ConfigProvider", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const signer = yield* AuditSigner.generate
+      const keyFile = join(tempRoot, `key-${fileCounter}.pem`)
+      writeFileSync(keyFile, AuditSigner.exportPem(signer).privateKeyPem, { mode: 0o600 })
+      const metrics = yield* Effect.gen(function*() {
+        const queue = yield* AuditQueue
+        const sql = yield* SqlClient.SqlClient
+        yield* submitRefusals(5, "configured")
+        expect(yield* queue.drainPending("10 seconds")).toBe(true)
+        const [mode] = yield* sql<{ synchronous: number }>`PRAGMA synchronous`
+        expect(mode?.synchronous).toBe(1) // NORMAL
+        return yield* queue.metrics
+      }).pipe(
+        Effect.provide(AuditLedger.layerSqliteConfig()),
+        Effect.provide(withConfig([
+          ["AGENT_LEDGER_DB", filename],
+          ["AGENT_LEDGER_PRIVATE_KEY_FILE", keyFile],
+          ["AGENT_LEDGER_SYNCHRONOUS", "NORMAL"],
+          ["AGENT_LEDGER_QUEUE_ID", "guard-1"],
+          ["AGENT_LEDGER_MAX_BATCH", "8"],
+          ["AGENT_LEDGER_SHUTDOWN_DRAIN_TIMEOUT", "2 seconds"]
+        ]))
+      )
+      expect(metrics.appended).toBe(5)
+      // The queue id tags the queue's metrics.
+      expect((yield* Metric.value(AuditMetrics.counters("guard-1").appended)).count).toBe(5)
+      const report = yield* inspect(filename, verifyLedger({ keyring: AuditSigner.Keyring.fromSigners([signer]) }))
+      expect(report.ok).toBe(true)
+      expect(report.attestLevels.ed25519).toBe(5)
+    }))
+
+  it.live("a missing or invalid setting fails the layer naming the key", () =>
+    Effect.gen(function*() {
+      const missing = yield* Effect.flip(
+        Effect.scoped(Layer.build(AuditLedger.layerSqliteConfig())).pipe(
+          Effect.provide(withConfig([]))
+        )
+      )
+      expect(String(missing)).toContain("AGENT_LEDGER.DB")
+      const invalid = yield* Effect.flip(
+        Effect.scoped(Layer.build(AuditLedger.layerSqliteConfig())).pipe(
+          Effect.provide(withConfig([["AGENT_LEDGER_DB", freshFile()], ["AGENT_LEDGER_SYNCHRONOUS", "SOMETIMES"]]))
+        )
+      )
+      expect(String(invalid)).toContain("AGENT_LEDGER.SYNCHRONOUS")
+      const badKey = yield* Effect.flip(
+        Effect.scoped(Layer.build(AuditLedger.layerSqliteConfig())).pipe(
+          Effect.provide(withConfig([["AGENT_LEDGER_DB", freshFile()], ["AGENT_LEDGER_PRIVATE_KEY_FILE", "/nope.pem"]]))
+        )
+      )
+      expect(badKey).toMatchObject({ _tag: "KeyLoadError", reason: "missingFile" })
     }))
 })
