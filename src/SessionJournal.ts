@@ -5,10 +5,12 @@
  * any reordering, deletion or insertion, and (when the head hash is pinned) any truncation is detected by
  * `verifyIntegrity` on a live journal or by `verifyExport` on an exported one.
  *
- * A journal is a `Ref`-backed value made by `make(sessionId)`; time comes from `Clock`.
+ * A journal is a value made by `make(sessionId)`, its state changed only in single synchronous steps; time
+ * comes from `Clock`.
  */
-import { Clock, Context, Effect, HashMap, Layer, Option, ParseResult, Ref, Schema } from "effect"
-import { hashBytes, isHash, lp, sha256Hex, u32, u64, u8, ZERO_HASH } from "./internal/encoding.js"
+import { Clock, Context, Effect, Layer, ParseResult, Schema } from "effect"
+import * as crypto from "node:crypto"
+import { hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "./internal/encoding.js"
 
 /** The `format` of a `JournalExport`. */
 export const EXPORT_FORMAT = "agent-ledger/journal/v1"
@@ -162,8 +164,90 @@ export const entryHashInput = (input: EntryHashInput): ReadonlyArray<Uint8Array>
   u8(input.allowed ? 1 : 0)
 ]
 
+/**
+ * Writes v1 hash inputs for one session into one reused buffer (grown when a record's strings need more
+ * room) and hashes them: byte for byte `entryHashInput`, without a buffer per field or BigInt encoding.
+ * The domain and session id prefix is written once.
+ */
+/** The hashed fields an entry holds itself (its position and link are given apart). */
+type EntryFields = Omit<EntryHashInput, "sessionId" | "prevHash" | "sequence">
+
+class EntryEncoder {
+  #buffer: Buffer
+  readonly #prefixLength: number
+
+  constructor(sessionId: string) {
+    const prefix = Buffer.concat([lp(ENTRY_HASH_DOMAIN), lp(sessionId)])
+    this.#buffer = Buffer.allocUnsafe(prefix.length + 512)
+    prefix.copy(this.#buffer, 0)
+    this.#prefixLength = prefix.length
+  }
+
+  /** `entryHash` as 64 lowercase hex chars, the previous hash given as hex. */
+  hash(input: Omit<EntryHashInput, "sessionId">): string {
+    const at = this.#reserve(input.sequence, input)
+    this.#buffer.write(input.prevHash, at, 32, "hex")
+    return sha256(this.#buffer.subarray(0, this.#encodeRest(at + 32, input))).toString("hex")
+  }
+
+  /** `entryHash` as 32 raw bytes, the previous hash given as raw bytes. */
+  hashRaw(sequence: number, fields: EntryFields, log: EntryLog): Buffer {
+    const at = this.#reserve(sequence, fields)
+    log.copyHash(sequence - 1, this.#buffer, at)
+    return sha256(this.#buffer.subarray(0, this.#encodeRest(at + 32, fields)))
+  }
+
+  /** Room for the input; returns where the previous hash goes (after the prefix and the sequence). */
+  #reserve(sequence: number, input: EntryFields): number {
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit: enough room without measuring each string first.
+    const strings = input.toolName.length + input.serverId.length + input.agentId.length
+    const needed = this.#prefixLength + 8 + 32 + 8 + 12 + 3 * strings + 8 + 8 + 4 + 1
+    if (needed > this.#buffer.length) this.#grow(needed)
+    return writeU64(this.#buffer, this.#prefixLength, sequence)
+  }
+
+  /** Everything after the previous hash, from `at`; returns the end. */
+  #encodeRest(at: number, input: EntryFields): number {
+    const b = this.#buffer
+    at = writeU64(b, at, input.timestampMillis)
+    at = writeLp(b, at, input.toolName)
+    at = writeLp(b, at, input.serverId)
+    at = writeLp(b, at, input.agentId)
+    at = writeU64(b, at, input.bytesRead)
+    at = writeU64(b, at, input.bytesWritten)
+    at = b.writeUInt32BE(input.delegationDepth, at)
+    return b.writeUInt8(input.allowed ? 1 : 0, at)
+  }
+
+  #grow(needed: number): void {
+    const grown = Buffer.allocUnsafe(Math.max(needed, 2 * this.#buffer.length))
+    this.#buffer.copy(grown, 0, 0, this.#prefixLength)
+    this.#buffer = grown
+  }
+}
+
+/** One-shot SHA-256 (`crypto.hash`, Node 20.12+: no Hash object per call), else the classic API. */
+const sha256: (data: Uint8Array) => Buffer = typeof crypto.hash === "function"
+  ? (data) => crypto.hash("sha256", data, "buffer")
+  : (data) => crypto.createHash("sha256").update(data).digest()
+
+const TWO_32 = 0x1_0000_0000
+
+/** u64 big-endian of a non-negative safe integer, without BigInt. */
+const writeU64 = (b: Buffer, at: number, n: number): number => {
+  b.writeUInt32BE(Math.floor(n / TWO_32), at)
+  return b.writeUInt32BE(n % TWO_32, at + 4)
+}
+
+/** `u32 length || UTF-8(s)`; the buffer has room for 3 bytes per code unit. */
+const writeLp = (b: Buffer, at: number, s: string): number => {
+  const written = b.write(s, at + 4, "utf8")
+  b.writeUInt32BE(written, at)
+  return at + 4 + written
+}
+
 /** The v1 `entryHash`: SHA-256 of `entryHashInput`, as 64 lowercase hex chars. */
-export const computeEntryHash = (input: EntryHashInput): string => sha256Hex(...entryHashInput(input))
+export const computeEntryHash = (input: EntryHashInput): string => new EntryEncoder(input.sessionId).hash(input)
 
 // ---------------------------------------------------------------------------------------------------------
 // Verification (shared by live journals and exports)
@@ -176,6 +260,7 @@ const verifyChain = (
   headHash: string
 ): Effect.Effect<void, IntegrityViolation> => {
   let expectedPrev = ZERO_HASH
+  const encoder = new EntryEncoder(sessionId)
   for (let index = 0; index < length; index++) {
     const entry = entries[index]!
     if (entry.sequence !== index) {
@@ -193,7 +278,7 @@ const verifyChain = (
         new IntegrityViolation({ sequence: index, field: "prevHash", expected: expectedPrev, actual: entry.prevHash })
       )
     }
-    const recomputed = computeEntryHash({ ...entry, sessionId })
+    const recomputed = encoder.hash(entry)
     if (entry.entryHash !== recomputed) {
       return Effect.fail(
         new IntegrityViolation({ sequence: index, field: "entryHash", expected: recomputed, actual: entry.entryHash })
@@ -263,134 +348,212 @@ export interface Journal {
 /** A journal as a service, for programs that run inside one session (`layer`). */
 export class SessionJournal extends Context.Tag("agent-ledger/SessionJournal")<SessionJournal, Journal>() {}
 
+/** What a journal keeps of one entry: its sequence is its index, its prevHash the previous entry's hash. */
+interface StoredEntry {
+  readonly timestampMillis: number
+  readonly toolName: string
+  readonly serverId: string
+  readonly agentId: string
+  readonly bytesRead: number
+  readonly bytesWritten: number
+  readonly delegationDepth: number
+  readonly allowed: boolean
+}
+
+const HASH_BYTES = 32
+
 /**
- * Journal state. `log` is append-only and owned by the Ref: it is only ever pushed to inside the one
- * `Ref.modify` of `record`, which also publishes a new state with the new `length`. A state therefore
- * describes the immutable prefix `log[0, length)` even after later appends, so readers slice their snapshot
- * without racing writers, and an append is an amortized O(1) push instead of an O(n) array copy.
- * `toolNames` (distinct tool names in order of first use) is append-only in the same way. The other fields
- * are immutable values replaced on each append (`HashMap` updates share structure).
+ * The entries of one journal, compact: one small object per entry and every entry hash as 32 raw bytes in
+ * one growing array (no 64-char string per entry). `JournalEntry` values are built only when read.
+ */
+class EntryLog {
+  readonly stored: Array<StoredEntry> = []
+  #hashes = Buffer.alloc(HASH_BYTES * 1024)
+
+  get length(): number {
+    return this.stored.length
+  }
+
+  hashHex(index: number): string {
+    return index < 0 ? ZERO_HASH : this.#hashes.toString("hex", index * HASH_BYTES, (index + 1) * HASH_BYTES)
+  }
+
+  /** Copies the raw hash of entry `index` (the zero hash before the first) into `target` at `offset`. */
+  copyHash(index: number, target: Buffer, offset: number): void {
+    if (index < 0) target.fill(0, offset, offset + HASH_BYTES)
+    else this.#hashes.copy(target, offset, index * HASH_BYTES, (index + 1) * HASH_BYTES)
+  }
+
+  /** True when entry `index`'s stored hash is `hash`. */
+  hashEquals(index: number, hash: Buffer): boolean {
+    return this.#hashes.compare(hash, 0, HASH_BYTES, index * HASH_BYTES, (index + 1) * HASH_BYTES) === 0
+  }
+
+  push(entry: StoredEntry, hash: Uint8Array): void {
+    const offset = this.stored.length * HASH_BYTES
+    if (offset + HASH_BYTES > this.#hashes.length) {
+      const grown = Buffer.alloc(this.#hashes.length * 2)
+      this.#hashes.copy(grown)
+      this.#hashes = grown
+    }
+    this.#hashes.set(hash, offset)
+    this.stored.push(entry)
+  }
+
+  /** Entry `index` as a `JournalEntry`. */
+  entry(index: number): JournalEntry {
+    const s = this.stored[index]!
+    return new JournalEntry({
+      sequence: index,
+      prevHash: this.hashHex(index - 1),
+      entryHash: this.hashHex(index),
+      timestampMillis: s.timestampMillis,
+      toolName: s.toolName,
+      serverId: s.serverId,
+      agentId: s.agentId,
+      bytesRead: s.bytesRead,
+      bytesWritten: s.bytesWritten,
+      delegationDepth: s.delegationDepth,
+      allowed: s.allowed
+    }, true)
+  }
+
+  entries(from: number): Array<JournalEntry> {
+    const out: Array<JournalEntry> = []
+    for (let i = Math.max(0, from); i < this.stored.length; i++) out.push(this.entry(i))
+    return out
+  }
+}
+
+/**
+ * Journal state, owned by one journal and changed only inside single synchronous steps (`Effect.sync`):
+ * `record` validates, hashes and appends in one step, and every read copies what it returns in one step,
+ * so a reader always sees one consistent journal and nothing can interleave with an append. (A `Ref`
+ * would split a read into a get and a later copy, between which another fiber could append.) Returned
+ * values are fresh copies or immutable entries: a caller cannot change the journal through them.
  */
 interface State {
-  readonly log: Array<JournalEntry>
-  readonly length: number
-  readonly headHash: string
-  readonly dataFlow: DataFlow
-  readonly toolNames: Array<string>
-  readonly toolNamesLength: number
-  readonly toolCounts: HashMap.HashMap<string, number>
+  readonly log: EntryLog
+  totalBytesRead: number
+  totalBytesWritten: number
+  totalInvocations: number
+  maxDelegationDepth: number
+  /** Calls per tool name; a `Map` iterates in insertion order, so this is also the order of first use. */
+  readonly toolCounts: Map<string, number>
 }
 
 const saturatingAdd = (a: number, b: number): number => Math.min(Number.MAX_SAFE_INTEGER, a + b)
 
-const addToTotals = (state: State, entry: JournalEntry): State => {
-  const count = HashMap.get(state.toolCounts, entry.toolName)
-  if (Option.isNone(count)) state.toolNames.push(entry.toolName)
-  return {
-    log: state.log,
-    length: state.length + 1,
-    headHash: entry.entryHash,
-    dataFlow: {
-      totalBytesRead: saturatingAdd(state.dataFlow.totalBytesRead, entry.bytesRead),
-      totalBytesWritten: saturatingAdd(state.dataFlow.totalBytesWritten, entry.bytesWritten),
-      totalInvocations: saturatingAdd(state.dataFlow.totalInvocations, 1),
-      maxDelegationDepth: Math.max(state.dataFlow.maxDelegationDepth, entry.delegationDepth)
-    },
-    toolNames: state.toolNames,
-    toolNamesLength: state.toolNamesLength + (Option.isNone(count) ? 1 : 0),
-    toolCounts: HashMap.set(state.toolCounts, entry.toolName, saturatingAdd(Option.getOrElse(count, () => 0), 1))
-  }
+const append = (state: State, entry: StoredEntry, hash: Uint8Array): void => {
+  state.log.push(entry, hash)
+  state.totalBytesRead = saturatingAdd(state.totalBytesRead, entry.bytesRead)
+  state.totalBytesWritten = saturatingAdd(state.totalBytesWritten, entry.bytesWritten)
+  state.totalInvocations = saturatingAdd(state.totalInvocations, 1)
+  if (entry.delegationDepth > state.maxDelegationDepth) state.maxDelegationDepth = entry.delegationDepth
+  state.toolCounts.set(entry.toolName, saturatingAdd(state.toolCounts.get(entry.toolName) ?? 0, 1))
 }
 
 const emptyState = (): State => ({
-  log: [],
-  length: 0,
-  headHash: ZERO_HASH,
-  dataFlow: { totalBytesRead: 0, totalBytesWritten: 0, totalInvocations: 0, maxDelegationDepth: 0 },
-  toolNames: [],
-  toolNamesLength: 0,
-  toolCounts: HashMap.empty()
+  log: new EntryLog(),
+  totalBytesRead: 0,
+  totalBytesWritten: 0,
+  totalInvocations: 0,
+  maxDelegationDepth: 0,
+  toolCounts: new Map()
 })
 
-const validateCount = (
-  field: InvalidRecord["field"],
-  value: number,
-  max: number
-): Effect.Effect<void, InvalidRecord> => {
-  if (!Number.isSafeInteger(value)) {
-    return Effect.fail(new InvalidRecord({ field, value, reason: "expected a safe integer" }))
-  }
-  if (value < 0 || value > max) {
-    return Effect.fail(new InvalidRecord({ field, value, reason: `expected an integer between 0 and ${max}` }))
+/** Re-checks a live journal's hashes (each entry against its fields and the previous entry's hash). */
+const verifyLog = (sessionId: string, log: EntryLog, length: number): Effect.Effect<void, IntegrityViolation> => {
+  const encoder = new EntryEncoder(sessionId)
+  for (let index = 0; index < length; index++) {
+    const recomputed = encoder.hashRaw(index, log.stored[index]!, log)
+    if (!log.hashEquals(index, recomputed)) {
+      return Effect.fail(
+        new IntegrityViolation({
+          sequence: index,
+          field: "entryHash",
+          expected: recomputed.toString("hex"),
+          actual: log.hashHex(index)
+        })
+      )
+    }
   }
   return Effect.void
 }
 
-const validateParams = (params: RecordParams): Effect.Effect<void, InvalidRecord> =>
-  Effect.all([
-    validateCount("bytesRead", params.bytesRead, Number.MAX_SAFE_INTEGER),
-    validateCount("bytesWritten", params.bytesWritten, Number.MAX_SAFE_INTEGER),
-    validateCount("delegationDepth", params.delegationDepth, MAX_DELEGATION_DEPTH)
-  ], { discard: true })
+/** The first invalid count of `params`, or undefined; plain checks, once, before anything is computed. */
+const invalidParams = (params: Pick<RecordParams, "bytesRead" | "bytesWritten" | "delegationDepth">) =>
+  invalidCount("bytesRead", params.bytesRead, Number.MAX_SAFE_INTEGER) ??
+    invalidCount("bytesWritten", params.bytesWritten, Number.MAX_SAFE_INTEGER) ??
+    invalidCount("delegationDepth", params.delegationDepth, MAX_DELEGATION_DEPTH)
 
-const fromState = (sessionId: string, initial: State): Effect.Effect<Journal> =>
-  Effect.map(Ref.make(initial), (ref): Journal => {
-    const snapshot = Effect.map(Ref.get(ref), (state) => state.log.slice(0, state.length))
+const invalidCount = (field: InvalidRecord["field"], value: number, max: number): InvalidRecord | undefined => {
+  if (!Number.isSafeInteger(value)) return new InvalidRecord({ field, value, reason: "expected a safe integer" })
+  if (value < 0 || value > max) {
+    return new InvalidRecord({ field, value, reason: `expected an integer between 0 and ${max}` })
+  }
+  return undefined
+}
 
-    const record = (params: RecordParams) =>
-      Effect.zipRight(
-        validateParams(params),
-        // Clock time is read before the append: under concurrent recording, timestamps follow the order
-        // in which callers asked, which can differ slightly from sequence order.
-        Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Ref.modify(ref, (state): [number, State] => {
-            const fields = {
-              sequence: state.length,
-              prevHash: state.headHash,
-              timestampMillis: Math.max(0, Math.floor(now)),
-              toolName: params.toolName,
-              serverId: params.serverId,
-              agentId: params.agentId,
-              bytesRead: params.bytesRead,
-              bytesWritten: params.bytesWritten,
-              delegationDepth: params.delegationDepth,
-              allowed: params.allowed
-            }
-            const entry = new JournalEntry({ ...fields, entryHash: computeEntryHash({ ...fields, sessionId }) }, true)
-            state.log.push(entry)
-            return [entry.sequence, addToTotals(state, entry)]
-          }))
-      )
+const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
+  Effect.sync((): Journal => {
+    const encoder = new EntryEncoder(sessionId)
+    const log = state.log
+    const read = <A>(f: (state: State) => A): Effect.Effect<A> => Effect.sync(() => f(state))
+
+    /** The append itself: one synchronous step, on values copied once from the caller's object. */
+    const appendNow = (params: RecordParams, now: number): number | InvalidRecord => {
+      const sequence = log.length
+      const entry: StoredEntry = {
+        timestampMillis: Math.max(0, Math.floor(now)),
+        toolName: params.toolName,
+        serverId: params.serverId,
+        agentId: params.agentId,
+        bytesRead: params.bytesRead,
+        bytesWritten: params.bytesWritten,
+        delegationDepth: params.delegationDepth,
+        allowed: params.allowed
+      }
+      const invalid = invalidParams(entry)
+      if (invalid !== undefined) return invalid
+      append(state, entry, encoder.hashRaw(sequence, entry, log))
+      return sequence
+    }
+
+    // Clock time is read before the append: under concurrent recording, timestamps follow the order in which
+    // callers asked, which can differ slightly from sequence order. Validation and append are one step, so
+    // the values checked are the values hashed.
+    const record = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const appended = appendNow(params, now)
+        return typeof appended === "number" ? Effect.succeed(appended) : Effect.fail(appended)
+      })
 
     return {
       sessionId: Effect.succeed(sessionId),
       record,
-      dataFlow: Effect.map(Ref.get(ref), (state) => state.dataFlow),
-      toolSequence: Effect.map(snapshot, (entries) => entries.map((entry) => entry.toolName)),
-      toolCounts: Effect.map(Ref.get(ref), (state) =>
-        new Map(
-          state.toolNames.slice(0, state.toolNamesLength).map((name) => [
-            name,
-            Option.getOrElse(HashMap.get(state.toolCounts, name), () => 0)
-          ])
-        )),
-      length: Effect.map(Ref.get(ref), (state) => state.length),
-      isEmpty: Effect.map(Ref.get(ref), (state) => state.length === 0),
-      entries: snapshot,
-      recentEntries: (n) =>
-        Effect.map(Ref.get(ref), (state) => state.log.slice(Math.max(0, state.length - Math.max(0, n)), state.length)),
-      headHash: Effect.map(Ref.get(ref), (state) => state.headHash),
-      verifyIntegrity: Effect.flatMap(
-        Ref.get(ref),
-        (state) => verifyChain(sessionId, state.log, state.length, state.headHash)
-      ),
-      export: Effect.map(Ref.get(ref), (state) =>
+      dataFlow: read((s) => ({
+        totalBytesRead: s.totalBytesRead,
+        totalBytesWritten: s.totalBytesWritten,
+        totalInvocations: s.totalInvocations,
+        maxDelegationDepth: s.maxDelegationDepth
+      })),
+      toolSequence: read(() => log.stored.map((entry) => entry.toolName)),
+      toolCounts: read((s) => new Map(s.toolCounts)),
+      length: read(() => log.length),
+      isEmpty: read(() => log.length === 0),
+      entries: read(() => log.entries(0)),
+      recentEntries: (n) => read(() => log.entries(log.length - Math.max(0, n))),
+      headHash: read(() => log.hashHex(log.length - 1)),
+      verifyIntegrity: Effect.flatMap(read(() => log.length), (length) => verifyLog(sessionId, log, length)),
+      export: read(() =>
         new JournalExport({
           format: EXPORT_FORMAT,
           sessionId,
-          headHash: state.headHash,
-          entries: state.log.slice(0, state.length)
-        }, true))
+          headHash: log.hashHex(log.length - 1),
+          entries: log.entries(0)
+        }, true)
+      )
     }
   })
 
@@ -403,8 +566,9 @@ export const make = (sessionId: string): Effect.Effect<Journal> => fromState(ses
  */
 export const fromExport = (input: unknown): Effect.Effect<Journal, InvalidExport | IntegrityViolation> =>
   Effect.flatMap(verifyExport(input), (exported) => {
-    const initial = exported.entries.reduce(addToTotals, { ...emptyState(), log: exported.entries.slice() })
-    return fromState(exported.sessionId, initial)
+    const state = emptyState()
+    for (const entry of exported.entries) append(state, entry, Buffer.from(entry.entryHash, "hex"))
+    return fromState(exported.sessionId, state)
   })
 
 /** Provide `SessionJournal` with a new journal for `sessionId`. */

@@ -84,18 +84,28 @@ describe("SessionJournal (behaviours of the Rust original)", () => {
       expect(yield* Effect.either(journal.verifyIntegrity)).toEqual(Either.right(undefined))
     }))
 
-  it.effect("verifyIntegrity reports the first entry whose fields no longer match its hash", () =>
+  it.effect("verification reports the first entry whose fields no longer match its hash", () =>
     Effect.gen(function*() {
       const journal = yield* journalOf("sess-integrity", ["read_file", "write_file", "bash", "http_request"])
-      const entries = yield* journal.entries // Entries are shared with the journal; writing through a cast stands for in-memory corruption.
+      // The journal's own memory cannot be reached: what `entries` returns is a copy, so writing to it
+      // changes nothing and the live journal still verifies.
+      const entries = yield* journal.entries
       ;(entries[2] as { bytesRead: number }).bytesRead = 999
-      ;(entries[3] as { toolName: string }).toolName = "rm"
-      const violation = yield* Effect.flip(journal.verifyIntegrity)
+      yield* journal.verifyIntegrity
+      expect((yield* journal.entries)[2]!.bytesRead).not.toBe(999)
+      // The same edits in an export are found, at the first edited entry.
+      const exported = JSON.parse(JSON.stringify(yield* journal.export))
+      exported.entries[2].bytesRead = 999
+      exported.entries[3].toolName = "rm"
+      const violation = yield* Effect.flip(SessionJournal.verifyExport(exported))
       expect(violation).toBeInstanceOf(SessionJournal.IntegrityViolation)
-      expect(violation.sequence).toBe(2)
-      expect(violation.field).toBe("entryHash")
-      expect(violation.actual).toBe(entries[2]!.entryHash)
-      expect(violation.expected).toBe(SessionJournal.computeEntryHash({ ...entries[2]!, sessionId: "sess-integrity" }))
+      const integrity = violation as SessionJournal.IntegrityViolation
+      expect(integrity.sequence).toBe(2)
+      expect(integrity.field).toBe("entryHash")
+      expect(integrity.actual).toBe(exported.entries[2].entryHash)
+      expect(integrity.expected).toBe(
+        SessionJournal.computeEntryHash({ ...exported.entries[2], sessionId: "sess-integrity" })
+      )
     }))
 
   it.effect("data flow sums bytes and invocations and keeps the max delegation depth", () =>
