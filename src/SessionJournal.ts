@@ -294,7 +294,8 @@ const verifyChain = (
   return Effect.void
 }
 
-const decodeExport = Schema.decodeUnknown(JournalExport, { errors: "all" })
+// A field the format does not have is an error: it would travel with the export while no hash covers it.
+const decodeExport = Schema.decodeUnknown(JournalExport, { errors: "all", onExcessProperty: "error" })
 
 const toInvalidExport = (error: ParseResult.ParseError): InvalidExport => {
   const issues = ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) =>

@@ -650,3 +650,62 @@ describe("docs/FORMAT.md session journal section", () => {
       expect(exported.entries.length).toBeGreaterThanOrEqual(2)
     }))
 })
+
+describe("the fast encoder against the reference encoding", () => {
+  // The reference: the v1 parts of docs/FORMAT.md, concatenated and hashed; the journal writes them into
+  // one reused buffer instead, which must give the same bytes whatever the string lengths (long strings
+  // grow the buffer, short ones after them must not see stale bytes) and however large the numbers.
+  const text = fc.oneof(fc.string({ unit: "grapheme", maxLength: 40 }), fc.string({ minLength: 300, maxLength: 3000 }))
+  const call = fc.record({
+    toolName: text,
+    serverId: text,
+    agentId: text,
+    bytesRead: fc.oneof(fc.nat(), fc.constantFrom(2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, Number.MAX_SAFE_INTEGER)),
+    bytesWritten: fc.oneof(fc.nat(), fc.constant(Number.MAX_SAFE_INTEGER)),
+    delegationDepth: fc.oneof(fc.nat(), fc.constant(SessionJournal.MAX_DELEGATION_DEPTH)),
+    allowed: fc.boolean()
+  })
+
+  it.effect.prop(
+    "every recorded entry hashes to the reference encoding of its fields",
+    [fc.array(call, { maxLength: 12 })],
+    ([calls]) =>
+      Effect.gen(function*() {
+        const journal = yield* SessionJournal.make("sess-ref \u00e9")
+        for (const c of calls) yield* journal.record(c)
+        let prev = ZERO_HASH
+        for (const entry of yield* journal.entries) {
+          const reference = sha256Hex(...SessionJournal.entryHashInput({ ...entry, sessionId: "sess-ref \u00e9" }))
+          expect(entry.prevHash).toBe(prev)
+          expect(entry.entryHash).toBe(reference)
+          prev = entry.entryHash
+        }
+        expect(yield* journal.headHash).toBe(prev)
+        yield* journal.verifyIntegrity
+        yield* SessionJournal.verifyExport(yield* journal.export)
+      })
+  )
+})
+
+describe("journal exports carry nothing the hashes do not cover", () => {
+  it.effect("a field the format does not have, in an entry or at the top, is an InvalidExport naming it", () =>
+    Effect.gen(function*() {
+      const journal = yield* SessionJournal.make("sess-extra")
+      yield* journal.record({
+        toolName: "t",
+        serverId: "s",
+        agentId: "a",
+        bytesRead: 1,
+        bytesWritten: 2,
+        delegationDepth: 0,
+        allowed: true
+      })
+      const exported = JSON.parse(JSON.stringify(yield* journal.export))
+      const inEntry = { ...exported, entries: [{ ...exported.entries[0], note: "unhashed" }] }
+      const error = yield* Effect.flip(SessionJournal.verifyExport(inEntry))
+      expect(error._tag).toBe("InvalidExport")
+      expect(error.message).toContain("entries.0.note")
+      const atTop = yield* Effect.flip(SessionJournal.verifyExport({ ...exported, comment: "x" }))
+      expect(atTop.message).toContain("comment")
+    }))
+})
