@@ -8,7 +8,7 @@
  * A journal is a value made by `make(sessionId)`, its state changed only in single synchronous steps; time
  * comes from `Clock`.
  */
-import { Clock, Context, Effect, Layer, ParseResult, Schema } from "effect"
+import { Context, Effect, Layer, ParseResult, Schema } from "effect"
 import * as crypto from "node:crypto"
 import { hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "./internal/encoding.js"
 
@@ -525,8 +525,8 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
     // callers asked, which can differ slightly from sequence order. Validation and append are one step, so
     // the values checked are the values hashed.
     const record = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => {
-        const appended = appendNow(params, now)
+      Effect.clockWith((clock) => {
+        const appended = appendNow(params, clock.unsafeCurrentTimeMillis())
         return typeof appended === "number" ? Effect.succeed(appended) : Effect.fail(appended)
       })
 
