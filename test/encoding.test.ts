@@ -1,5 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
+import { FastCheck as fc } from "effect"
 import { hashBytes, isHash, lp, sha256Hex, u32, u64, u8, ZERO_HASH } from "../src/internal/encoding.js"
+import { rowEntryHash, rowHashInputParts } from "../src/internal/rowFormat.js"
 import { UUID_V7, uuidV7 } from "../src/internal/uuid.js"
 
 describe("internal/encoding", () => {
@@ -38,5 +40,25 @@ describe("internal/uuid", () => {
 
   it("ids made later sort after ids made earlier", () => {
     expect(uuidV7(1_000) < uuidV7(2_000)).toBe(true)
+  })
+})
+
+describe("row format v1: the one-buffer encoder against the reference parts", () => {
+  const text = fc.oneof(fc.string({ unit: "grapheme", maxLength: 40 }), fc.string({ minLength: 400, maxLength: 4000 }))
+  const hash = fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString("hex"))
+  const row = fc.record({
+    sequence: fc.oneof(fc.nat(), fc.constantFrom(2 ** 32 - 1, 2 ** 32, Number.MAX_SAFE_INTEGER)),
+    prevHash: hash,
+    id: text,
+    agentId: text,
+    eventType: text,
+    payloadHash: hash,
+    timestamp: text
+  })
+
+  it.prop("rowEntryHash is SHA-256 of the concatenated parts, whatever the sizes and their order", [
+    fc.array(row, { minLength: 1, maxLength: 8 })
+  ], ([rows]) => {
+    for (const r of rows) expect(rowEntryHash(r)).toBe(sha256Hex(...rowHashInputParts(r)))
   })
 })
