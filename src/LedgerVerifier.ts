@@ -16,8 +16,8 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Chunk, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
 import * as AuditSigner from "./AuditSigner.js"
-import { isHash, sha256Hex, ZERO_HASH } from "./internal/encoding.js"
-import { rowEntryHashBytes } from "./internal/rowFormat.js"
+import { isHash, ZERO_HASH } from "./internal/encoding.js"
+import { rowEntryHashBytes, sha256 } from "./internal/rowFormat.js"
 import * as LedgerRow from "./LedgerRow.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -38,6 +38,8 @@ import * as LedgerRow from "./LedgerRow.js"
  * - `pin`: the pinned `{ sequence, entryHash }` is not in the chain (truncated or rewritten history)
  * - `duplicate` (database only): two rows share a sequence, so keyset paging could pass one by (possible
  *   only once the unique index on `sequence` has been dropped)
+ * - `downgrade`: an unsigned row in a signed ledger (after its first signed row, or anywhere from
+ *   `signedFrom` on when keys were given): a stripped signature or a forged row
  */
 export const FailureKind = Schema.Literal(
   "malformed",
@@ -49,7 +51,8 @@ export const FailureKind = Schema.Literal(
   "signature",
   "unknownKey",
   "pin",
-  "duplicate"
+  "duplicate",
+  "downgrade"
 )
 export type FailureKind = typeof FailureKind.Type
 
@@ -124,8 +127,15 @@ export interface CheckerOptions {
   readonly expectedFirstPrevHash?: string | undefined
   /** An earlier `{ sequence, entryHash }` that must still be in the chain. */
   readonly pin?: Pin | undefined
-  /** Fail unsigned rows (kind `attestLevel`): catches signatures stripped from rows. Default false. */
+  /** Fail unsigned rows (kind `attestLevel`), even without keys. Default false. */
   readonly requireSigned?: boolean | undefined
+  /**
+   * With keys given, the ledger is expected signed from this sequence on (default 0: every row); rows
+   * before it may be unsigned. For a ledger that started unsigned and switched to signing.
+   */
+  readonly signedFrom?: number | undefined
+  /** Accept unsigned rows anywhere (no `downgrade` failures). Default false. */
+  readonly allowMixed?: boolean | undefined
 }
 
 /**
@@ -144,161 +154,304 @@ interface RowVerdict {
   readonly signature?: "valid" | "invalid" | "unknownKey"
 }
 
+/** What one verification run has seen so far; owned by its checker. */
+interface Tally {
+  rowsChecked: number
+  failureCount: number
+  firstTamper: VerifyFailure | undefined
+  firstUnknownKey: VerifyFailure | undefined
+  readonly attestLevels: { unsigned: number; ed25519: number }
+  readonly signatures: { valid: number; invalid: number; unknownKey: number }
+  readonly unknownKeyIds: Set<string>
+  head: ChainHead | undefined
+  pin: PinResult | undefined
+  /** The sequence of the first `ed25519` row: from there on the ledger is signed (see `attestation`). */
+  firstSigned: number | undefined
+}
+
+/** Where the next row must sit: its sequence and the entry_hash it must link to (null: unknown). */
+interface Position {
+  expectedSequence: number
+  /** null after a malformed row without a usable entry_hash: the next row's link is not checked. */
+  previousEntryHash: string | null
+}
+
+/** How a signature-less row is judged (docs/FORMAT.md, "Verification": signed ledgers). */
+interface SigningPolicy {
+  readonly keyring: AuditSigner.Keyring
+  readonly requireSigned: boolean
+  /** Keys were given: the verifier declares the ledger signed (from `signedFrom` on). */
+  readonly expectSigned: boolean
+  readonly signedFrom: number
+  readonly allowMixed: boolean
+}
+
+const recordFailure = (tally: Tally, failure: VerifyFailure): void => {
+  tally.failureCount++
+  if (failure.kind === "unknownKey") tally.firstUnknownKey ??= failure
+  else tally.firstTamper ??= failure
+}
+
+/** Step 1: the row sits where the chain says (its sequence, and its prev_hash links to the previous row). */
+const positionFailure = (row: LedgerRow.LedgerRow, at: Position, firstSequence: number): VerifyFailure | undefined => {
+  const sequence = row.sequence
+  if (sequence !== at.expectedSequence) {
+    return {
+      sequence,
+      kind: "gap",
+      expected: String(at.expectedSequence),
+      actual: String(sequence),
+      message: `expected sequence ${at.expectedSequence}, found ${sequence}`
+    }
+  }
+  const previous = at.previousEntryHash
+  if (!isHash(row.prev_hash) || (previous !== null && row.prev_hash !== previous)) {
+    return {
+      sequence,
+      kind: "link",
+      ...(previous === null ? {} : { expected: previous }),
+      actual: row.prev_hash,
+      message: sequence === firstSequence
+        ? `prev_hash of the first row is not the expected ${previous}`
+        : `prev_hash is not the entry_hash of sequence ${sequence - 1}`
+    }
+  }
+  return undefined
+}
+
+/** Step 2: the row's hashes are those of its content; the raw entry hash when they are. */
+const hashVerdict = (row: LedgerRow.LedgerRow): VerifyFailure | Buffer => {
+  const payloadHash = sha256(row.payload).toString("hex")
+  if (row.payload_hash !== payloadHash) {
+    return {
+      sequence: row.sequence,
+      kind: "payloadHash",
+      expected: payloadHash,
+      actual: row.payload_hash,
+      message: "payload_hash is not SHA-256 of the payload"
+    }
+  }
+  const entryHashBytes = rowEntryHashBytes({
+    sequence: row.sequence,
+    prevHash: row.prev_hash,
+    id: row.id,
+    agentId: row.agent_id,
+    eventType: row.event_type,
+    payloadHash: row.payload_hash,
+    timestamp: row.timestamp
+  })
+  const entryHash = entryHashBytes.toString("hex")
+  if (row.entry_hash !== entryHash) {
+    return {
+      sequence: row.sequence,
+      kind: "entryHash",
+      expected: entryHash,
+      actual: row.entry_hash,
+      message: "entry_hash does not match the row (id, agent_id, event_type, timestamp or position changed)"
+    }
+  }
+  return entryHashBytes
+}
+
+/**
+ * Step 3: attest level and signature. An unsigned row is a `downgrade` where the ledger is signed: after
+ * its first signed row, or anywhere from `signedFrom` on when keys were given (the verifier's own
+ * declaration, which a rewrite of the database cannot remove); unless mixed ledgers are allowed.
+ */
+const attestation = (
+  row: LedgerRow.LedgerRow,
+  entryHashBytes: Buffer,
+  policy: SigningPolicy,
+  firstSigned: number | undefined
+): RowVerdict => {
+  if (row.attest_level === "unsigned") {
+    if (row.signature !== null || row.key_id !== null) {
+      return { failure: attestFailure(row, "an unsigned row must have NULL signature and key_id") }
+    }
+    if (policy.requireSigned) return { failure: attestFailure(row, "unsigned row, but signatures are required") }
+    if (policy.allowMixed) return {}
+    if (policy.expectSigned && row.sequence >= policy.signedFrom) {
+      return {
+        failure: downgradeFailure(
+          row,
+          `unsigned row in a ledger verified as signed (keys given${
+            policy.signedFrom > 0 ? `, signed from sequence ${policy.signedFrom}` : ""
+          }): a stripped signature or a forged row`
+        )
+      }
+    }
+    if (firstSigned !== undefined) {
+      return {
+        failure: downgradeFailure(
+          row,
+          `unsigned row after signed rows (the first at sequence ${firstSigned}): a stripped signature or a forged row`
+        )
+      }
+    }
+    return {}
+  }
+  if (row.signature === null || row.key_id === null) {
+    return { failure: attestFailure(row, "an ed25519 row must have both signature and key_id") }
+  }
+  const signature = AuditSigner.verifySignature(policy.keyring, row.key_id, entryHashBytes, row.signature)
+  switch (signature) {
+    case "valid":
+      return { signature }
+    case "invalid":
+      return {
+        signature,
+        failure: {
+          sequence: row.sequence,
+          kind: "signature",
+          actual: row.signature,
+          message: `signature is not valid for key ${row.key_id}`
+        }
+      }
+    case "unknownKey":
+      return {
+        signature,
+        failure: {
+          sequence: row.sequence,
+          kind: "unknownKey",
+          actual: row.key_id,
+          message: `key ${row.key_id} is not in the keyring: signature unverifiable`
+        }
+      }
+  }
+}
+
+/** All three steps, in order: the first that fails is the row's verdict. */
+const verdictOf = (
+  row: LedgerRow.LedgerRow,
+  at: Position,
+  firstSequence: number,
+  policy: SigningPolicy,
+  firstSigned: number | undefined
+): RowVerdict => {
+  const misplaced = positionFailure(row, at, firstSequence)
+  if (misplaced !== undefined) return { failure: misplaced }
+  const hashes = hashVerdict(row)
+  if (!Buffer.isBuffer(hashes)) return { failure: hashes }
+  return attestation(row, hashes, policy, firstSigned)
+}
+
+/**
+ * The structure `LedgerRow` decodes, checked directly: a row the database or an export hands over that
+ * has exactly the format's fields with the right types is used as it is; anything else goes through the
+ * schema, whose error names the bad field. (Decoding every row through the schema was most of the cost of
+ * verification.)
+ */
+const isLedgerRow = (u: unknown): u is LedgerRow.LedgerRow => {
+  if (typeof u !== "object" || u === null) return false
+  const r = u as Record<string, unknown>
+  return Object.keys(r).length === LedgerRow.COLUMNS.length &&
+    typeof r.id === "string" &&
+    typeof r.sequence === "number" && Number.isSafeInteger(r.sequence) && r.sequence >= 0 &&
+    typeof r.agent_id === "string" &&
+    typeof r.event_type === "string" &&
+    typeof r.payload === "string" &&
+    typeof r.payload_hash === "string" &&
+    typeof r.prev_hash === "string" &&
+    typeof r.entry_hash === "string" &&
+    (r.signature === null || typeof r.signature === "string") &&
+    (r.key_id === null || typeof r.key_id === "string") &&
+    (r.attest_level === "unsigned" || r.attest_level === "ed25519") &&
+    typeof r.timestamp === "string" &&
+    typeof r.appended_at === "string"
+}
+
+const newTally = (): Tally => ({
+  rowsChecked: 0,
+  failureCount: 0,
+  firstTamper: undefined,
+  firstUnknownKey: undefined,
+  attestLevels: { unsigned: 0, ed25519: 0 },
+  signatures: { valid: 0, invalid: 0, unknownKey: 0 },
+  unknownKeyIds: new Set(),
+  head: undefined,
+  pin: undefined,
+  firstSigned: undefined
+})
+
+/** The report of a tally; a pin never reached counts as `missing`. */
+const reportOf = (tally: Tally, pin: Pin | undefined, firstSequence: number): VerifyReport => {
+  let finalPin = tally.pin
+  let pinFailed = 0
+  let firstPinFailure: VerifyFailure | undefined
+  if (pin !== undefined && finalPin === undefined) {
+    finalPin = { sequence: pin.sequence, entryHash: pin.entryHash, status: "missing" }
+    pinFailed = 1
+    firstPinFailure = pin.sequence < firstSequence - 1
+      ? { ...pinFailure(finalPin), message: `the pinned sequence ${pin.sequence} precedes the rows checked` }
+      : pinFailure(finalPin)
+  }
+  const firstFailure = tally.firstTamper ?? firstPinFailure ?? tally.firstUnknownKey
+  return {
+    ok: firstFailure === undefined,
+    rowsChecked: tally.rowsChecked,
+    failureCount: tally.failureCount + pinFailed,
+    firstFailure: Option.fromNullable(firstFailure),
+    attestLevels: { ...tally.attestLevels },
+    signatures: { ...tally.signatures },
+    unknownKeyIds: Array.from(tally.unknownKeyIds),
+    head: Option.fromNullable(tally.head),
+    pin: Option.fromNullable(finalPin)
+  }
+}
+
 export const makeChecker = (options: CheckerOptions = {}): Checker => {
   const keyring = options.keyring ?? AuditSigner.Keyring.empty
-  const requireSigned = options.requireSigned ?? false
+  const policy: SigningPolicy = {
+    keyring,
+    requireSigned: options.requireSigned ?? false,
+    expectSigned: keyring.size > 0,
+    signedFrom: options.signedFrom ?? 0,
+    allowMixed: options.allowMixed ?? false
+  }
   const pin = options.pin
   const firstSequence = options.expectedFirstSequence ?? 0
-
-  let expectedSequence = firstSequence
-  /** null after a malformed row without a usable entry_hash: the next row's link is not checked. */
-  let previousEntryHash: string | null = options.expectedFirstPrevHash ?? ZERO_HASH
-  let rowsChecked = 0
-  let failureCount = 0
-  let firstTamper: VerifyFailure | undefined
-  let firstUnknownKey: VerifyFailure | undefined
-  const attestLevels = { unsigned: 0, ed25519: 0 }
-  const signatures = { valid: 0, invalid: 0, unknownKey: 0 }
-  const unknownKeyIds = new Set<string>()
-  let head: ChainHead | undefined
-  let pinResult: PinResult | undefined
-
-  const record = (failure: VerifyFailure): void => {
-    failureCount++
-    if (failure.kind === "unknownKey") firstUnknownKey ??= failure
-    else firstTamper ??= failure
+  const at: Position = {
+    expectedSequence: firstSequence,
+    previousEntryHash: options.expectedFirstPrevHash ?? ZERO_HASH
   }
+  const tally = newTally()
 
   // A mid-chain source can still prove the pin that sits just before its first row.
-  if (pin !== undefined && pin.sequence === firstSequence - 1 && previousEntryHash !== null) {
-    pinResult = pinAgainst(pin, previousEntryHash)
-    if (pinResult.status !== "matched") record(pinFailure(pinResult))
-  }
-
-  const verdict = (row: LedgerRow.LedgerRow): RowVerdict => {
-    const sequence = row.sequence
-    if (sequence !== expectedSequence) {
-      return {
-        failure: {
-          sequence,
-          kind: "gap",
-          expected: String(expectedSequence),
-          actual: String(sequence),
-          message: `expected sequence ${expectedSequence}, found ${sequence}`
-        }
-      }
-    }
-    if (!isHash(row.prev_hash) || (previousEntryHash !== null && row.prev_hash !== previousEntryHash)) {
-      return {
-        failure: {
-          sequence,
-          kind: "link",
-          ...(previousEntryHash === null ? {} : { expected: previousEntryHash }),
-          actual: row.prev_hash,
-          message: sequence === firstSequence
-            ? `prev_hash of the first row is not the expected ${previousEntryHash}`
-            : `prev_hash is not the entry_hash of sequence ${sequence - 1}`
-        }
-      }
-    }
-    const payloadHash = sha256Hex(Buffer.from(row.payload, "utf8"))
-    if (row.payload_hash !== payloadHash) {
-      return {
-        failure: {
-          sequence,
-          kind: "payloadHash",
-          expected: payloadHash,
-          actual: row.payload_hash,
-          message: "payload_hash is not SHA-256 of the payload"
-        }
-      }
-    }
-    const entryHashBytes = rowEntryHashBytes({
-      sequence,
-      prevHash: row.prev_hash,
-      id: row.id,
-      agentId: row.agent_id,
-      eventType: row.event_type,
-      payloadHash: row.payload_hash,
-      timestamp: row.timestamp
-    })
-    const entryHash = entryHashBytes.toString("hex")
-    if (row.entry_hash !== entryHash) {
-      return {
-        failure: {
-          sequence,
-          kind: "entryHash",
-          expected: entryHash,
-          actual: row.entry_hash,
-          message: "entry_hash does not match the row (id, agent_id, event_type, timestamp or position changed)"
-        }
-      }
-    }
-    if (row.attest_level === "unsigned") {
-      if (row.signature !== null || row.key_id !== null) {
-        return { failure: attestFailure(row, "an unsigned row must have NULL signature and key_id") }
-      }
-      if (requireSigned) return { failure: attestFailure(row, "unsigned row, but signatures are required") }
-      return {}
-    }
-    if (row.signature === null || row.key_id === null) {
-      return { failure: attestFailure(row, "an ed25519 row must have both signature and key_id") }
-    }
-    const signature = AuditSigner.verifySignature(keyring, row.key_id, entryHashBytes, row.signature)
-    switch (signature) {
-      case "valid":
-        return { signature }
-      case "invalid":
-        return {
-          signature,
-          failure: {
-            sequence,
-            kind: "signature",
-            actual: row.signature,
-            message: `signature is not valid for key ${row.key_id}`
-          }
-        }
-      case "unknownKey":
-        return {
-          signature,
-          failure: {
-            sequence,
-            kind: "unknownKey",
-            actual: row.key_id,
-            message: `key ${row.key_id} is not in the keyring: signature unverifiable`
-          }
-        }
-    }
+  if (pin !== undefined && pin.sequence === firstSequence - 1 && at.previousEntryHash !== null) {
+    tally.pin = pinAgainst(pin, at.previousEntryHash)
+    if (tally.pin.status !== "matched") recordFailure(tally, pinFailure(tally.pin))
   }
 
   const advance = (sequence: number, entryHash: string | null): void => {
-    rowsChecked++
-    expectedSequence = sequence + 1
-    previousEntryHash = entryHash
-    if (entryHash !== null) head = { sequence, entryHash }
+    tally.rowsChecked++
+    at.expectedSequence = sequence + 1
+    at.previousEntryHash = entryHash
+    if (entryHash !== null) tally.head = { sequence, entryHash }
   }
 
   const check = (row: LedgerRow.LedgerRow): void => {
-    attestLevels[row.attest_level]++
-    const { failure, signature } = verdict(row)
-    if (signature !== undefined) signatures[signature]++
-    if (signature === "unknownKey" && row.key_id !== null && unknownKeyIds.size < MAX_LISTED_KEY_IDS) {
-      unknownKeyIds.add(row.key_id)
+    tally.attestLevels[row.attest_level]++
+    const { failure, signature } = verdictOf(row, at, firstSequence, policy, tally.firstSigned)
+    if (row.attest_level === "ed25519" && tally.firstSigned === undefined) tally.firstSigned = row.sequence
+    if (signature !== undefined) tally.signatures[signature]++
+    if (signature === "unknownKey" && row.key_id !== null && tally.unknownKeyIds.size < MAX_LISTED_KEY_IDS) {
+      tally.unknownKeyIds.add(row.key_id)
     }
-    if (failure !== undefined) record(failure)
-    if (pin !== undefined && pinResult === undefined && row.sequence === pin.sequence) {
-      pinResult = pinAgainst(pin, row.entry_hash)
-      if (pinResult.status !== "matched") record(pinFailure(pinResult))
+    if (failure !== undefined) recordFailure(tally, failure)
+    if (pin !== undefined && tally.pin === undefined && row.sequence === pin.sequence) {
+      tally.pin = pinAgainst(pin, row.entry_hash)
+      if (tally.pin.status !== "matched") recordFailure(tally, pinFailure(tally.pin))
     }
     advance(row.sequence, row.entry_hash)
   }
 
   const checkUnknown = (input: unknown): void => {
+    if (isLedgerRow(input)) return check(input)
     const decoded = LedgerRow.decodeUnknownEither(input)
     if (Either.isRight(decoded)) return check(decoded.right)
     const raw = typeof input === "object" && input !== null ? input as Record<string, unknown> : {}
-    const sequence = typeof raw.sequence === "number" ? raw.sequence : expectedSequence
-    record({
+    const sequence = typeof raw.sequence === "number" ? raw.sequence : at.expectedSequence
+    recordFailure(tally, {
       sequence,
       kind: "malformed",
       message: `row at sequence ${sequence} does not decode: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`
@@ -306,37 +459,19 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
     advance(sequence, typeof raw.entry_hash === "string" ? raw.entry_hash : null)
   }
 
-  const report = (): VerifyReport => {
-    let finalPin = pinResult
-    let pinFailed = 0
-    let firstPinFailure: VerifyFailure | undefined
-    if (pin !== undefined && finalPin === undefined) {
-      finalPin = { sequence: pin.sequence, entryHash: pin.entryHash, status: "missing" }
-      pinFailed = 1
-      firstPinFailure = pin.sequence < firstSequence - 1
-        ? { ...pinFailure(finalPin), message: `the pinned sequence ${pin.sequence} precedes the rows checked` }
-        : pinFailure(finalPin)
-    }
-    const firstFailure = firstTamper ?? firstPinFailure ?? firstUnknownKey
-    return {
-      ok: firstFailure === undefined,
-      rowsChecked,
-      failureCount: failureCount + pinFailed,
-      firstFailure: Option.fromNullable(firstFailure),
-      attestLevels: { ...attestLevels },
-      signatures: { ...signatures },
-      unknownKeyIds: Array.from(unknownKeyIds),
-      head: Option.fromNullable(head),
-      pin: Option.fromNullable(finalPin)
-    }
-  }
-
-  return { check, checkUnknown, report }
+  return { check, checkUnknown, report: () => reportOf(tally, pin, firstSequence) }
 }
 
 const attestFailure = (row: LedgerRow.LedgerRow, message: string): VerifyFailure => ({
   sequence: row.sequence,
   kind: "attestLevel",
+  actual: row.attest_level,
+  message
+})
+
+const downgradeFailure = (row: LedgerRow.LedgerRow, message: string): VerifyFailure => ({
+  sequence: row.sequence,
+  kind: "downgrade",
   actual: row.attest_level,
   message
 })
@@ -426,6 +561,10 @@ export interface VerifyLedgerOptions {
   readonly keyring?: AuditSigner.Keyring | undefined
   readonly pin?: Pin | undefined
   readonly requireSigned?: boolean | undefined
+  /** See `CheckerOptions.signedFrom`. */
+  readonly signedFrom?: number | undefined
+  /** See `CheckerOptions.allowMixed`. */
+  readonly allowMixed?: boolean | undefined
   /** Rows per query (default `DEFAULT_PAGE_SIZE`). */
   readonly pageSize?: number | undefined
   /** Called after each page with the number of rows checked so far (e.g. to show progress). */
@@ -441,7 +580,13 @@ export const verifyLedger = (
   options: VerifyLedgerOptions = {}
 ): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
   Effect.suspend(() => {
-    const checker = makeChecker({ keyring: options.keyring, pin: options.pin, requireSigned: options.requireSigned })
+    const checker = makeChecker({
+      keyring: options.keyring,
+      pin: options.pin,
+      requireSigned: options.requireSigned,
+      signedFrom: options.signedFrom,
+      allowMixed: options.allowMixed
+    })
     const onProgress = options.onProgress ?? (() => Effect.void)
     let rows = 0
     return Stream.runForEachChunk(

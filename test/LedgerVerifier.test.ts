@@ -160,24 +160,31 @@ describe("verifyLedger", () => {
   it.effect("a 1,000-row unsigned chain verifies and claims no verified signature", () =>
     Effect.gen(function*() {
       yield* insertRows(buildChain(1_000))
-      const report = yield* LedgerVerifier.verifyLedger({ keyring })
+      const report = yield* LedgerVerifier.verifyLedger()
       expect(report).toMatchObject({
         ok: true,
         rowsChecked: 1_000,
         attestLevels: { unsigned: 1_000, ed25519: 0 },
         signatures: { valid: 0, invalid: 0, unknownKey: 0 }
       })
+      // Given keys, the verifier declares the ledger signed: the same rows are then downgrades.
+      const signedExpected = yield* LedgerVerifier.verifyLedger({ keyring })
+      expect(signedExpected.ok).toBe(false)
+      expect(firstFailure(signedExpected)).toMatchObject({ sequence: 0, kind: "downgrade" })
     }).pipe(Effect.provide(TempLedger())))
 
   it.effect("a mixed chain counts each attest level", () =>
     Effect.gen(function*() {
       yield* insertRows(buildChain(30, { signerAt: (sequence) => sequence >= 10 ? signer : undefined }))
-      const report = yield* LedgerVerifier.verifyLedger({ keyring })
+      // A ledger that switched to signing at 10 says so with signedFrom.
+      const report = yield* LedgerVerifier.verifyLedger({ keyring, signedFrom: 10 })
       expect(report).toMatchObject({
         ok: true,
         attestLevels: { unsigned: 10, ed25519: 20 },
         signatures: { valid: 20 }
       })
+      const undeclared = yield* LedgerVerifier.verifyLedger({ keyring })
+      expect(firstFailure(undeclared)).toMatchObject({ sequence: 0, kind: "downgrade" })
     }).pipe(Effect.provide(TempLedger())))
 
   it.effect("without a keyring, signed rows are unknownKey (unverifiable), never verified", () =>
@@ -389,21 +396,50 @@ describe("verifyLedger after tampering with plain SQL", () => {
     Effect.gen(function*() {
       yield* insertRows(buildChain(4))
       yield* update("key_id", signer.keyId, 1)
-      const report = yield* LedgerVerifier.verifyLedger({ keyring })
+      const report = yield* LedgerVerifier.verifyLedger()
       expect(firstFailure(report)).toMatchObject({ sequence: 1, kind: "attestLevel", actual: "unsigned" })
     }).pipe(Effect.provide(TempLedger())))
 
-  it.effect("a stripped signature reads as an unsigned row unless signatures are required", () =>
+  it.effect("a stripped signature is a downgrade by default, with or without keys; only allowMixed accepts it", () =>
     Effect.gen(function*() {
       yield* insertRows(buildChain(6, { signerAt: signedBy(signer) }))
       const sql = yield* SqlClient.SqlClient
       yield* sql`UPDATE signed_events SET signature = NULL, key_id = NULL, attest_level = 'unsigned'
                  WHERE sequence = 2`
-      const lenient = yield* LedgerVerifier.verifyLedger({ keyring })
-      expect(lenient).toMatchObject({ ok: true, attestLevels: { unsigned: 1, ed25519: 5 } })
-      const strict = yield* LedgerVerifier.verifyLedger({ keyring, requireSigned: true })
+      const withKeys = yield* LedgerVerifier.verifyLedger({ keyring })
+      expect(withKeys.ok).toBe(false)
+      expect(firstFailure(withKeys)).toMatchObject({ sequence: 2, kind: "downgrade" })
+      // Without keys the signed rows are unverifiable, and the stripped one after them is still a downgrade.
+      const withoutKeys = yield* LedgerVerifier.verifyLedger()
+      expect(firstFailure(withoutKeys)).toMatchObject({ sequence: 2, kind: "downgrade" })
+      const mixed = yield* LedgerVerifier.verifyLedger({ keyring, allowMixed: true })
+      expect(mixed).toMatchObject({ ok: true, attestLevels: { unsigned: 1, ed25519: 5 } })
+      const strict = yield* LedgerVerifier.verifyLedger({ keyring, requireSigned: true, allowMixed: true })
       expect(firstFailure(strict)).toMatchObject({ sequence: 2, kind: "attestLevel" })
     }).pipe(Effect.provide(TempLedger())))
+
+  it.effect("the downgrades of a signed ledger all fail by default, even with a pin", () =>
+    Effect.gen(function*() {
+      const rows = buildChain(8, { signerAt: signedBy(signer) })
+      const pin = { sequence: 3, entryHash: rows[3]!.entry_hash }
+      const cases: ReadonlyArray<readonly [string, ReadonlyArray<LedgerRow.LedgerRow>]> = [
+        [
+          "every signature stripped",
+          rows.map((row) => ({ ...row, signature: null, key_id: null, attest_level: "unsigned" }))
+        ],
+        // A payload edited, the chain recomputed from there and the signatures stripped.
+        ["edited, rehashed and stripped", buildChain(8, { signerAt: (sequence) => sequence < 5 ? signer : undefined })],
+        ["forged unsigned rows at the head", [
+          ...rows,
+          ...buildChain(2, { firstSequence: 8, prevHash: rows[7]!.entry_hash })
+        ]]
+      ]
+      for (const [what, tampered] of cases) {
+        const report = yield* LedgerVerifier.verifyRows(Stream.fromIterable(tampered), { keyring, pin })
+        expect(report.ok, what).toBe(false)
+        expect(Option.getOrThrow(report.firstFailure).kind, what).toBe("downgrade")
+      }
+    }))
 })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -518,13 +554,14 @@ describe("verifyLedger with a pinned head", () => {
 // ---------------------------------------------------------------------------------------------------------
 
 describe("verifyLedger pagination", () => {
+  // Mixed on purpose (allowMixed below): these tests are about paging, not signatures.
   const rows = buildChain(50, { signerAt: (sequence) => sequence % 2 === 0 ? signer : undefined })
 
   for (const pageSize of [1, 7, 10, 49, 50, 51]) {
     it.effect(`pages of ${pageSize} check every row once`, () =>
       Effect.gen(function*() {
         yield* insertRows(rows)
-        const report = yield* LedgerVerifier.verifyLedger({ keyring, pageSize })
+        const report = yield* LedgerVerifier.verifyLedger({ keyring, pageSize, allowMixed: true })
         expect(report).toMatchObject({ ok: true, rowsChecked: 50, attestLevels: { unsigned: 25, ed25519: 25 } })
         expect(report.head).toEqual(Option.some({ sequence: 49, entryHash: rows[49]!.entry_hash }))
       }).pipe(Effect.provide(TempLedger())))
@@ -536,7 +573,7 @@ describe("verifyLedger pagination", () => {
         yield* insertRows(rows)
         const sql = yield* SqlClient.SqlClient
         yield* sql`DELETE FROM signed_events WHERE sequence = ${deleted}`
-        const report = yield* LedgerVerifier.verifyLedger({ keyring, pageSize: 7 })
+        const report = yield* LedgerVerifier.verifyLedger({ keyring, pageSize: 7, allowMixed: true })
         expect(report).toMatchObject({ ok: false, rowsChecked: 49, failureCount: 1 })
         expect(firstFailure(report)).toMatchObject({ sequence: deleted + 1, kind: "gap", expected: String(deleted) })
       }).pipe(Effect.provide(TempLedger())))
@@ -552,7 +589,7 @@ describe("verifyLedger pagination", () => {
           SELECT 'forged-' || id, sequence, agent_id, event_type, payload, payload_hash, prev_hash, entry_hash,
                  signature, key_id, attest_level, timestamp, appended_at
           FROM signed_events WHERE sequence = ${duplicated}`
-        const report = yield* LedgerVerifier.verifyLedger({ keyring, pageSize: 7 })
+        const report = yield* LedgerVerifier.verifyLedger({ keyring, pageSize: 7, allowMixed: true })
         expect(report.ok).toBe(false)
         expect(report.failureCount).toBeGreaterThanOrEqual(1)
         expect(firstFailure(report)).toMatchObject({ sequence: duplicated })
@@ -745,7 +782,8 @@ describe("docs/FORMAT.md ledger row v1 vectors", () => {
     Effect.gen(function*() {
       const signer = yield* AuditSigner.fromPrivateKeyPem(vector("row-key-pem"))
       const report = yield* LedgerVerifier.verifyRows(Stream.fromIterable(rowVectors.map((v) => v.row)), {
-        keyring: AuditSigner.Keyring.fromSigners([signer])
+        keyring: AuditSigner.Keyring.fromSigners([signer]),
+        signedFrom: 1
       })
       expect(report).toMatchObject({
         ok: true,

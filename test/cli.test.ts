@@ -170,6 +170,52 @@ describe("what an unpinned export proves", () => {
   })
 })
 
+describe("signature downgrades", () => {
+  it("a stripped signature fails the default verify as a downgrade; --allow-mixed accepts it; --signed-from declares a switch", async () => {
+    const keyDir = path("downgrade-keys")
+    const signed = path("downgrade.db")
+    const run = await demo(signed, "--sign", "--key-dir", keyDir)
+    expect(run.code).toBe(0)
+    const pub = /public key (\S+\.pub\.pem)/.exec(run.stdout)![1]!
+    const stripped = copyLedger(signed, path("downgrade-stripped.db"))
+    withDb(
+      stripped,
+      (db) =>
+        db.exec(
+          "UPDATE signed_events SET signature = NULL, key_id = NULL, attest_level = 'unsigned' WHERE sequence = 3"
+        )
+    )
+    const failed = await cli("verify", stripped, "--public-key", pub)
+    expect(failed.code).toBe(1)
+    expect(failed.stdout).toContain("sequence 3: downgrade")
+    // Every signature stripped: still a downgrade, since the key says the ledger is signed.
+    const allStripped = copyLedger(signed, path("downgrade-all.db"))
+    withDb(
+      allStripped,
+      (db) => db.exec("UPDATE signed_events SET signature = NULL, key_id = NULL, attest_level = 'unsigned'")
+    )
+    expect((await cli("verify", allStripped, "--public-key", pub)).stdout).toContain("sequence 0: downgrade")
+    expect((await cli("verify", stripped, "--public-key", pub, "--allow-mixed")).code).toBe(0)
+
+    // A ledger that started unsigned and switched: the demo finds the switch; verify is told it.
+    const switched = path("switched.db")
+    expect((await demo(switched)).code).toBe(0)
+    const signedRun = await demo(switched, "--sign", "--key-dir", keyDir)
+    expect(signedRun.code).toBe(0)
+    const firstSigned = withDb(
+      switched,
+      (db) =>
+        (db.prepare("SELECT MIN(sequence) AS s FROM signed_events WHERE attest_level = 'ed25519'").get() as {
+          s: number
+        }).s
+    )
+    const switchedPub = /public key (\S+\.pub\.pem)/.exec(signedRun.stdout)![1]!
+    expect((await cli("verify", switched, "--public-key", switchedPub)).code).toBe(1)
+    expect((await cli("verify", switched, "--public-key", switchedPub, "--signed-from", String(firstSigned))).code)
+      .toBe(0)
+  })
+})
+
 describe("signing keys kept apart from the ledger", () => {
   it("demo refuses a --key-dir that is the database's own directory", async () => {
     const run = await demo(path("beside.db"), "--sign", "--key-dir", path("."))

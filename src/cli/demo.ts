@@ -5,6 +5,7 @@
  * reopened read-only and verified. Re-running on the same file extends the same chain.
  */
 import { Command, Options } from "@effect/cli"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Console, Effect, Option, Random } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -247,9 +248,13 @@ export const runDemo = (options: DemoOptions) =>
       onNone: () => AuditSigner.Keyring.empty,
       onSome: (s) => AuditSigner.Keyring.fromSigners([s.signer])
     })
-    const report = yield* LedgerVerifier.verifyLedger({ keyring }).pipe(
-      Effect.provide(openLedger(options.db, { readonly: true }))
-    )
+    const report = yield* Effect.gen(function*() {
+      // A ledger that earlier demo runs wrote unsigned declares where its signing began: its first signed row.
+      const sql = yield* SqlClient.SqlClient
+      const [first] = yield* sql<{ first: number | null }>`
+        SELECT MIN(sequence) AS first FROM signed_events WHERE attest_level = 'ed25519'`
+      return yield* LedgerVerifier.verifyLedger({ keyring, signedFrom: first?.first ?? 0 })
+    }).pipe(Effect.provide(openLedger(options.db, { readonly: true })))
     const elapsed = (yield* Clock.currentTimeMillis) - started
     const refusals = Object.values(refusalsByRule).reduce((a, b) => a + b, 0)
 

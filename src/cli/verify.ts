@@ -21,6 +21,9 @@ export interface VerifyOptions {
   readonly publicKeys: ReadonlyArray<string>
   readonly pin: Option.Option<string>
   readonly requireSigned: boolean
+  /** With --public-key: the sequence signing began at (rows before it may be unsigned). */
+  readonly signedFrom: Option.Option<number>
+  readonly allowMixed: boolean
   readonly json: boolean
 }
 
@@ -126,7 +129,9 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
     const result = yield* LedgerExport.verifyExportFile(options.target, {
       keyring: verifyOptions.keyring,
       pin: verifyOptions.pin,
-      requireSigned: verifyOptions.requireSigned
+      requireSigned: verifyOptions.requireSigned,
+      signedFrom: verifyOptions.signedFrom,
+      allowMixed: verifyOptions.allowMixed
     }).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
     const h = result.header
     const pinned = verifyOptions.pin !== undefined
@@ -178,15 +183,24 @@ export const runVerify = (options: VerifyOptions) =>
     })
     const keyring = yield* loadKeyring(options.publicKeys)
     const kind = yield* detect(options.target)
+    const signing = {
+      requireSigned: options.requireSigned,
+      signedFrom: Option.getOrUndefined(options.signedFrom),
+      allowMixed: options.allowMixed
+    }
     switch (kind) {
       case "sqlite":
-        return yield* verifyDatabase(options, { keyring, pin, requireSigned: options.requireSigned })
+        return yield* verifyDatabase(options, { keyring, pin, ...signing })
       case "ledgerExport":
-        return yield* verifyLedgerExport(options, { keyring, pin, requireSigned: options.requireSigned })
+        return yield* verifyLedgerExport(options, { keyring, pin, ...signing })
       case "journalExport":
-        if (pin !== undefined || options.publicKeys.length > 0 || options.requireSigned) {
+        if (
+          pin !== undefined || options.publicKeys.length > 0 || options.requireSigned ||
+          Option.isSome(options.signedFrom) || options.allowMixed
+        ) {
           return yield* new InputError({
-            message: "--pin, --public-key and --require-signed apply to ledgers, not journal exports"
+            message:
+              "--pin, --public-key, --require-signed, --signed-from and --allow-mixed apply to ledgers, not journal exports"
           })
         }
         return yield* verifyJournalExport(options)
@@ -208,7 +222,18 @@ export const command = Command.make(
       Options.withDescription("SEQ:HASH from an earlier run that must still be in the chain")
     ),
     requireSigned: Options.boolean("require-signed").pipe(
-      Options.withDescription("fail on unsigned rows (catches signatures stripped from rows)")
+      Options.withDescription("fail on unsigned rows, even without --public-key")
+    ),
+    signedFrom: Options.integer("signed-from").pipe(
+      Options.optional,
+      Options.withDescription(
+        "with --public-key: the sequence signing began at; rows before it may be unsigned (default 0: every row signed)"
+      )
+    ),
+    allowMixed: Options.boolean("allow-mixed").pipe(
+      Options.withDescription(
+        "accept unsigned rows anywhere (by default an unsigned row in a signed ledger is a downgrade)"
+      )
     ),
     json: Options.boolean("json").pipe(Options.withDescription("print the report as one JSON object"))
   },
