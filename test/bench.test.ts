@@ -1,0 +1,69 @@
+/**
+ * The benchmark cannot rot: its quick mode runs here and must report every figure the results schema
+ * names, each bounded figure with its bound and ratio. How fast anything is, is not asserted here
+ * (speed targets live in `npm run bench`, read as ratios).
+ */
+import { execFile } from "node:child_process"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { promisify } from "node:util"
+import { afterAll, describe, expect, it } from "vitest"
+import { repoRoot } from "./fixtures/cliBundle.js"
+
+const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-bench-test-"))
+afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
+
+const BOUNDED = [
+  "journal.record",
+  "journal.verify",
+  "audit.perEventCommit",
+  "audit.groupCommit",
+  "audit.groupCommitSigned",
+  "ledger.verify"
+]
+const UNBOUNDED = [
+  "journal.perOpGrowth",
+  "journal.heapBytesPerEntry",
+  "audit.queueOnly",
+  "audit.groupCommitSpeedup",
+  "audit.submitP99WhileDraining",
+  "audit.queueHeapBytesPerEvent",
+  "audit.submitAndWait",
+  "ledger.verifyPeakRssMb"
+]
+
+describe("npm run bench -- --quick", () => {
+  it("reports every figure in the agent-ledger-bench/v1 schema", async () => {
+    const out = join(tempRoot, "results.json")
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ["--expose-gc", "--import", "tsx", "bench/index.ts", "--quick", "--out", out],
+      { cwd: repoRoot, timeout: 240_000 }
+    )
+    const results = JSON.parse(readFileSync(out, "utf8"))
+    expect(results.schema).toBe("agent-ledger-bench/v1")
+    expect(results.machine).toEqual({
+      cpus: expect.any(Number),
+      node: process.version,
+      platform: `${process.platform}-${process.arch}`
+    })
+    for (const id of BOUNDED) {
+      const figure = results.figures[id]
+      expect(figure, id).toEqual({
+        value: expect.any(Number),
+        unit: expect.any(String),
+        bound: expect.any(Number),
+        ratio: expect.any(Number)
+      })
+      expect(figure.value, id).toBeGreaterThan(0)
+      expect(figure.ratio, id).toBeCloseTo(figure.value / figure.bound, 9)
+    }
+    for (const id of UNBOUNDED) {
+      expect(results.figures[id], id).toMatchObject({ value: expect.any(Number), unit: expect.any(String) })
+      expect(Number.isFinite(results.figures[id].value), id).toBe(true)
+    }
+    // The table a person reads names every figure too.
+    for (const id of [...BOUNDED, ...UNBOUNDED]) expect(stdout).toContain(id)
+  }, 300_000)
+})
