@@ -350,15 +350,8 @@ export interface Journal {
 export class SessionJournal extends Context.Tag("agent-ledger/SessionJournal")<SessionJournal, Journal>() {}
 
 /** What a journal keeps of one entry: its sequence is its index, its prevHash the previous entry's hash. */
-interface StoredEntry {
+interface StoredEntry extends RecordParams {
   readonly timestampMillis: number
-  readonly toolName: string
-  readonly serverId: string
-  readonly agentId: string
-  readonly bytesRead: number
-  readonly bytesWritten: number
-  readonly delegationDepth: number
-  readonly allowed: boolean
 }
 
 const HASH_BYTES = 32
