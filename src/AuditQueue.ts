@@ -233,6 +233,9 @@ type BatchResult =
 /** The drain loop ended because the sink died on an event (already accounted); the supervisor restarts it. */
 class SinkDied extends Data.TaggedError("SinkDied")<{ readonly eventId: string }> {}
 
+/** The pause between attempts while stalled once a custom `stallSchedule` has ended. */
+const STALL_FLOOR = Duration.millis(50)
+
 /** Ids per log line when events are logged as lost. */
 const LOST_IDS_PER_LINE = 1000
 
@@ -681,7 +684,10 @@ const makeSupervisor = (
             `(none dead-lettered); retrying until it recovers: ${reason}`
         )
       }
-      yield* Effect.ignore(options.stallDriver.next(reason))
+      // The schedule is not meant to end; if it does, it starts over, and never lets the retries spin.
+      yield* options.stallDriver.next(reason).pipe(
+        Effect.catchAll(() => Effect.zipRight(options.stallDriver.reset, Effect.sleep(STALL_FLOOR)))
+      )
     })
 
   const resumeAfterStall = Effect.gen(function*() {

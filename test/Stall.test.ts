@@ -6,7 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
-import { Effect, Logger, Metric, Ref, Schedule, TestClock } from "effect"
+import { Effect, Exit, Fiber, Logger, Metric, Ref, Schedule, Scope, TestClock } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -88,6 +88,44 @@ describe("a sink that cannot write: the queue stalls and resumes", () => {
       expect(logs.lines.filter((l) => l.message.includes("available again"))).toHaveLength(1)
     }).pipe(Effect.provide(logs.layer))
   })
+})
+
+describe("a stall schedule that ends", () => {
+  it.effect("starts over instead of spinning: attempts stay paced by the Clock", () =>
+    Effect.gen(function*() {
+      const attempts = yield* Ref.make(0)
+      const sink = AuditSink.of({
+        append: (event) =>
+          Effect.zipRight(
+            Ref.update(attempts, (n) => n + 1),
+            Effect.fail(new AuditSinkError({ eventId: event.id, reason: "SQLITE_READONLY", unavailable: true }))
+          ),
+        deadLetter: () => Effect.void
+      })
+      const scope = yield* Scope.make()
+      const queue = yield* AuditQueue.make({
+        sink,
+        stallSchedule: Schedule.recurs(0),
+        shutdownDrainTimeout: "1 second"
+      })
+        .pipe(Scope.extend(scope))
+      yield* queue.submit(refusalEvent("held", 0))
+      for (let i = 0; i < 200; i++) yield* eventLoopTurn
+      // Without the Clock moving, a spinning drainer would have made hundreds of attempts by now.
+      expect(yield* Ref.get(attempts)).toBeLessThanOrEqual(2)
+      for (let i = 0; i < 10; i++) {
+        yield* TestClock.adjust("100 millis")
+        yield* eventLoopTurn
+      }
+      expect(yield* Ref.get(attempts)).toBeGreaterThan(2)
+      expect(yield* queue.status).toBe("Stalled")
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      for (let i = 0; i < 5; i++) {
+        yield* TestClock.adjust("1 second")
+        yield* eventLoopTurn
+      }
+      yield* Fiber.join(closing)
+    }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))))
 })
 
 describe("a full disk under AuditLedger.layerSqlite", () => {
