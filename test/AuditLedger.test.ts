@@ -12,6 +12,7 @@ import { AuditQueue } from "../src/AuditQueue.js"
 import * as AuditSigner from "../src/AuditSigner.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import { SqlAuditSink } from "../src/SqlAuditSink.js"
+import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-ledger-"))
@@ -109,7 +110,7 @@ describe("AuditLedger.layerSqlite", () => {
         expect(yield* queue.metrics).toMatchObject({ submitted: 4, appended: 2, dlqLanded: 1, appendFailures: 2 })
         expect(yield* queue.status).toBe("Running")
       })
-      yield* Effect.provide(program, AuditLedger.layerSqlite({ filename, synchronous: "NORMAL" }))
+      yield* Effect.provide(program, AuditLedger.layerSqlite({ filename, synchronous: "NORMAL" })).pipe(quietly)
       expect(yield* inspect(filename, rowCount)).toBe(2)
       expect((yield* inspect(filename, verifyLedger())).ok).toBe(true)
     }))

@@ -11,6 +11,7 @@ import * as AuditQueue from "../src/AuditQueue.js"
 import * as DeadLetters from "../src/DeadLetters.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
+import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-dlq-"))
@@ -46,7 +47,7 @@ const ledgerWithDeadLetters = (filename: string, appended: number, dead: number)
     }).pipe(withSink(filename))
     expect(outcomes.every((o) => o._tag === "DlqLanded")).toBe(true)
     yield* exec("ALTER TABLE signed_events RENAME COLUMN agent_id_broken TO agent_id").pipe(withSink(filename))
-  })
+  }).pipe(quietly)
 
 describe("DeadLetters", () => {
   it("eventOf rebuilds the event byte for byte from a dead letter's payload", () => {
@@ -142,7 +143,7 @@ describe("DeadLetters", () => {
       yield* Effect.gen(function*() {
         const queue = yield* AuditQueue.AuditQueue
         expect(yield* queue.submit(fresh)).toBe(true)
-      }).pipe(Effect.provide(AuditLedger.layerSqlite({ filename: file, replayDeadLettersOnStart: true })))
+      }).pipe(Effect.provide(AuditLedger.layerSqlite({ filename: file, replayDeadLettersOnStart: true })), quietly)
       const { ids, letters } = yield* Effect.all({ ids: chainIds, letters: DeadLetters.list() }).pipe(withSink(file))
       expect(ids).toEqual([...ids.slice(0, 2), ...letters.map((l) => l.id), fresh.id])
       expect(letters.every((l) => l.replayed_at !== null)).toBe(true)

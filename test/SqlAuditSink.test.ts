@@ -19,6 +19,7 @@ import { rowEntryHash, rowEntryHashBytes } from "../src/internal/rowFormat.js"
 import { sqlite, withWriteTransaction } from "../src/internal/sqlDialect.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
+import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-sink-"))
@@ -284,7 +285,7 @@ describe("SqlAuditSink", () => {
       // The next append re-reads the head and succeeds.
       expect((yield* a.append(refusalEvent("a", 2)))._tag).toBe("Appended")
       yield* Effect.provide(expectIntactChain(3), contextA)
-    }).pipe(Effect.scoped))
+    }).pipe(Effect.scoped, quietly))
 
   it.live("SQLITE_BUSY is retried on the schedule until the other writer lets go", () =>
     Effect.gen(function*() {

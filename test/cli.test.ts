@@ -15,6 +15,7 @@ import { afterAll, beforeAll } from "vitest"
 import * as AuditLedger from "../src/AuditLedger.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
+import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const dir = fs.mkdtempSync(join(tmpdir(), "agent-ledger-cli-"))
@@ -558,7 +559,8 @@ describe("dlq", () => {
       }).pipe(
         Effect.provide(
           SqlAuditSink.layer().pipe(Layer.provideMerge(SqliteClient.layer({ filename: db })))
-        )
+        ),
+        quietly
       )
     )
     expect(outcomes.map((o) => o._tag)).toEqual(["DlqLanded", "DlqLanded", "DlqLanded"])
