@@ -17,7 +17,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Chunk, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
 import * as AuditSigner from "./AuditSigner.js"
 import { isHash, ZERO_HASH } from "./internal/encoding.js"
-import { rowEntryHashBytes, sha256 } from "./internal/rowFormat.js"
+import { hexSha256, rowEntryHash } from "./internal/rowFormat.js"
 import * as LedgerRow from "./LedgerRow.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -163,7 +163,9 @@ interface Tally {
   readonly attestLevels: { unsigned: number; ed25519: number }
   readonly signatures: { valid: number; invalid: number; unknownKey: number }
   readonly unknownKeyIds: Set<string>
-  head: ChainHead | undefined
+  /** The last row seen with an entry_hash, as stored (kept as two fields: no object per row). */
+  headSequence: number
+  headEntryHash: string | null
   pin: PinResult | undefined
   /** The sequence of the first `ed25519` row: from there on the ledger is signed (see `attestation`). */
   firstSigned: number | undefined
@@ -174,6 +176,8 @@ interface Position {
   expectedSequence: number
   /** null after a malformed row without a usable entry_hash: the next row's link is not checked. */
   previousEntryHash: string | null
+  /** `previousEntryHash` is 64 lowercase hex: a row linking to it needs no hex check of its own. */
+  previousIsHash: boolean
 }
 
 /** How a signature-less row is judged (docs/FORMAT.md, "Verification": signed ledgers). */
@@ -205,7 +209,8 @@ const positionFailure = (row: LedgerRow.LedgerRow, at: Position, firstSequence: 
     }
   }
   const previous = at.previousEntryHash
-  if (!isHash(row.prev_hash) || (previous !== null && row.prev_hash !== previous)) {
+  const linked = previous === null ? isHash(row.prev_hash) : row.prev_hash === previous && at.previousIsHash
+  if (!linked) {
     return {
       sequence,
       kind: "link",
@@ -219,9 +224,9 @@ const positionFailure = (row: LedgerRow.LedgerRow, at: Position, firstSequence: 
   return undefined
 }
 
-/** Step 2: the row's hashes are those of its content; the raw entry hash when they are. */
-const hashVerdict = (row: LedgerRow.LedgerRow): VerifyFailure | Buffer => {
-  const payloadHash = sha256(row.payload).toString("hex")
+/** Step 2: the row's hashes are those of its content (compared as hex: no digest buffers per row). */
+const hashFailure = (row: LedgerRow.LedgerRow): VerifyFailure | undefined => {
+  const payloadHash = hexSha256(row.payload)
   if (row.payload_hash !== payloadHash) {
     return {
       sequence: row.sequence,
@@ -231,7 +236,7 @@ const hashVerdict = (row: LedgerRow.LedgerRow): VerifyFailure | Buffer => {
       message: "payload_hash is not SHA-256 of the payload"
     }
   }
-  const entryHashBytes = rowEntryHashBytes({
+  const entryHash = rowEntryHash({
     sequence: row.sequence,
     prevHash: row.prev_hash,
     id: row.id,
@@ -240,7 +245,6 @@ const hashVerdict = (row: LedgerRow.LedgerRow): VerifyFailure | Buffer => {
     payloadHash: row.payload_hash,
     timestamp: row.timestamp
   })
-  const entryHash = entryHashBytes.toString("hex")
   if (row.entry_hash !== entryHash) {
     return {
       sequence: row.sequence,
@@ -250,8 +254,11 @@ const hashVerdict = (row: LedgerRow.LedgerRow): VerifyFailure | Buffer => {
       message: "entry_hash does not match the row (id, agent_id, event_type, timestamp or position changed)"
     }
   }
-  return entryHashBytes
+  return undefined
 }
+
+const ACCEPTED: RowVerdict = {}
+const VALID_SIGNATURE: RowVerdict = { signature: "valid" }
 
 /**
  * Step 3: attest level and signature. An unsigned row is a `downgrade` where the ledger is signed: after
@@ -260,7 +267,6 @@ const hashVerdict = (row: LedgerRow.LedgerRow): VerifyFailure | Buffer => {
  */
 const attestation = (
   row: LedgerRow.LedgerRow,
-  entryHashBytes: Buffer,
   policy: SigningPolicy,
   firstSigned: number | undefined
 ): RowVerdict => {
@@ -269,7 +275,7 @@ const attestation = (
       return { failure: attestFailure(row, "an unsigned row must have NULL signature and key_id") }
     }
     if (policy.requireSigned) return { failure: attestFailure(row, "unsigned row, but signatures are required") }
-    if (policy.allowMixed) return {}
+    if (policy.allowMixed) return ACCEPTED
     if (policy.expectSigned && row.sequence >= policy.signedFrom) {
       return {
         failure: downgradeFailure(
@@ -288,15 +294,17 @@ const attestation = (
         )
       }
     }
-    return {}
+    return ACCEPTED
   }
   if (row.signature === null || row.key_id === null) {
     return { failure: attestFailure(row, "an ed25519 row must have both signature and key_id") }
   }
+  // entry_hash passed step 2, so it is the 64 hex chars of the hash the signature covers.
+  const entryHashBytes = Buffer.from(row.entry_hash, "hex")
   const signature = AuditSigner.verifySignature(policy.keyring, row.key_id, entryHashBytes, row.signature)
   switch (signature) {
     case "valid":
-      return { signature }
+      return VALID_SIGNATURE
     case "invalid":
       return {
         signature,
@@ -330,9 +338,9 @@ const verdictOf = (
 ): RowVerdict => {
   const misplaced = positionFailure(row, at, firstSequence)
   if (misplaced !== undefined) return { failure: misplaced }
-  const hashes = hashVerdict(row)
-  if (!Buffer.isBuffer(hashes)) return { failure: hashes }
-  return attestation(row, hashes, policy, firstSigned)
+  const unhashed = hashFailure(row)
+  if (unhashed !== undefined) return { failure: unhashed }
+  return attestation(row, policy, firstSigned)
 }
 
 /**
@@ -368,7 +376,8 @@ const newTally = (): Tally => ({
   attestLevels: { unsigned: 0, ed25519: 0 },
   signatures: { valid: 0, invalid: 0, unknownKey: 0 },
   unknownKeyIds: new Set(),
-  head: undefined,
+  headSequence: 0,
+  headEntryHash: null,
   pin: undefined,
   firstSigned: undefined
 })
@@ -394,7 +403,9 @@ const reportOf = (tally: Tally, pin: Pin | undefined, firstSequence: number): Ve
     attestLevels: { ...tally.attestLevels },
     signatures: { ...tally.signatures },
     unknownKeyIds: Array.from(tally.unknownKeyIds),
-    head: Option.fromNullable(tally.head),
+    head: tally.headEntryHash === null
+      ? Option.none()
+      : Option.some({ sequence: tally.headSequence, entryHash: tally.headEntryHash }),
     pin: Option.fromNullable(finalPin)
   }
 }
@@ -410,9 +421,11 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
   }
   const pin = options.pin
   const firstSequence = options.expectedFirstSequence ?? 0
+  const firstPrevHash = options.expectedFirstPrevHash ?? ZERO_HASH
   const at: Position = {
     expectedSequence: firstSequence,
-    previousEntryHash: options.expectedFirstPrevHash ?? ZERO_HASH
+    previousEntryHash: firstPrevHash,
+    previousIsHash: isHash(firstPrevHash)
   }
   const tally = newTally()
 
@@ -422,11 +435,16 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
     if (tally.pin.status !== "matched") recordFailure(tally, pinFailure(tally.pin))
   }
 
-  const advance = (sequence: number, entryHash: string | null): void => {
+  /** `entryHashIsHash`: whether `entryHash` is known to be 64 lowercase hex. */
+  const advance = (sequence: number, entryHash: string | null, entryHashIsHash: boolean): void => {
     tally.rowsChecked++
     at.expectedSequence = sequence + 1
     at.previousEntryHash = entryHash
-    if (entryHash !== null) tally.head = { sequence, entryHash }
+    at.previousIsHash = entryHashIsHash
+    if (entryHash !== null) {
+      tally.headSequence = sequence
+      tally.headEntryHash = entryHash
+    }
   }
 
   const check = (row: LedgerRow.LedgerRow): void => {
@@ -442,7 +460,8 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
       tally.pin = pinAgainst(pin, row.entry_hash)
       if (tally.pin.status !== "matched") recordFailure(tally, pinFailure(tally.pin))
     }
-    advance(row.sequence, row.entry_hash)
+    // A row without a failure has the entry_hash step 2 computed: hex, with no need to test it.
+    advance(row.sequence, row.entry_hash, failure === undefined || isHash(row.entry_hash))
   }
 
   const checkUnknown = (input: unknown): void => {
@@ -456,7 +475,8 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
       kind: "malformed",
       message: `row at sequence ${sequence} does not decode: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`
     })
-    advance(sequence, typeof raw.entry_hash === "string" ? raw.entry_hash : null)
+    const entryHash = typeof raw.entry_hash === "string" ? raw.entry_hash : null
+    advance(sequence, entryHash, entryHash !== null && isHash(entryHash))
   }
 
   return { check, checkUnknown, report: () => reportOf(tally, pin, firstSequence) }
@@ -511,50 +531,82 @@ export const DEFAULT_PAGE_SIZE = 1_000
 
 const SELECT_COLUMNS = LedgerRow.COLUMNS.join(", ")
 
+interface SequenceRange {
+  /** Only rows with `sequence >= from` (default: every row, whatever its sequence). */
+  readonly from?: number | undefined
+  /** Only rows with `sequence <= to` (default: no bound). */
+  readonly to?: number | undefined
+}
+
+type Page = ReadonlyArray<Record<string, unknown>>
+
+const invalidPageSize = (pageSize: number): string | undefined =>
+  Number.isSafeInteger(pageSize) && pageSize >= 1
+    ? undefined
+    : `LedgerVerifier: pageSize must be a positive integer, got ${pageSize}`
+
+/**
+ * Keyset pagination over `signed_events`: the page after the row whose sequence was `after` (none: the
+ * first page), `WHERE sequence > after ORDER BY sequence LIMIT pageSize`, so no OFFSET scan.
+ */
+const pageReader = (client: SqlClient.SqlClient, range: SequenceRange, pageSize: number) => {
+  // Column names must stay snake_case whatever result-name transform the app's client has.
+  const sql = client.withoutTransforms()
+  const columns = sql.literal(SELECT_COLUMNS)
+  const upTo = range.to === undefined ? sql.literal("1 = 1") : sql`sequence <= ${range.to}`
+  return (after: Option.Option<unknown>): Effect.Effect<Page, SqlError> =>
+    Option.match(after, {
+      onNone: () => {
+        const from = range.from === undefined ? sql.literal("1 = 1") : sql`sequence >= ${range.from}`
+        return sql<Record<string, unknown>>`
+          SELECT ${columns} FROM signed_events WHERE ${from} AND ${upTo} ORDER BY sequence LIMIT ${pageSize}`
+      },
+      onSome: (last) =>
+        sql<Record<string, unknown>>`
+          SELECT ${columns} FROM signed_events WHERE sequence > ${last} AND ${upTo}
+          ORDER BY sequence LIMIT ${pageSize}`
+    })
+}
+
+/** Where the page after `rows` starts: none when `rows` was the last page. */
+const nextPage = (rows: Page, pageSize: number): Option.Option<unknown> => {
+  const last = rows[rows.length - 1]
+  return rows.length < pageSize || last === undefined ? Option.none() : Option.some(last.sequence)
+}
+
 /**
  * The stored `signed_events` rows in sequence order, undecoded, read in pages of `pageSize` with keyset
  * pagination (`WHERE sequence > last ORDER BY sequence LIMIT pageSize`): one page in memory at a time,
  * and no OFFSET scan. Rows appended while the stream runs are read too.
  */
 export const storedRows = (
-  options: {
-    readonly pageSize?: number | undefined
-    /** Only rows with `sequence >= from` (default: every row, whatever its sequence). */
-    readonly from?: number | undefined
-    /** Only rows with `sequence <= to` (default: no bound). */
-    readonly to?: number | undefined
-  } = {}
+  options: SequenceRange & { readonly pageSize?: number | undefined } = {}
 ): Stream.Stream<Record<string, unknown>, SqlError, SqlClient.SqlClient> => {
   const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
-  if (!Number.isSafeInteger(pageSize) || pageSize < 1) {
-    return Stream.dieMessage(`LedgerVerifier: pageSize must be a positive integer, got ${pageSize}`)
-  }
+  const invalid = invalidPageSize(pageSize)
+  if (invalid !== undefined) return Stream.dieMessage(invalid)
   return Stream.unwrap(Effect.map(SqlClient.SqlClient, (client) => {
-    // Column names must stay snake_case whatever result-name transform the app's client has.
-    const sql = client.withoutTransforms()
-    const columns = sql.literal(SELECT_COLUMNS)
-    const upTo = options.to === undefined ? sql.literal("1 = 1") : sql`sequence <= ${options.to}`
-    const page = (after: Option.Option<unknown>) =>
-      Option.match(after, {
-        onNone: () => {
-          const from = options.from === undefined ? sql.literal("1 = 1") : sql`sequence >= ${options.from}`
-          return sql<Record<string, unknown>>`
-            SELECT ${columns} FROM signed_events WHERE ${from} AND ${upTo} ORDER BY sequence LIMIT ${pageSize}`
-        },
-        onSome: (last) =>
-          sql<Record<string, unknown>>`
-            SELECT ${columns} FROM signed_events WHERE sequence > ${last} AND ${upTo}
-            ORDER BY sequence LIMIT ${pageSize}`
-      })
-    return Stream.paginateChunkEffect(Option.none<unknown>(), (after) =>
-      Effect.map(page(after), (rows) => {
-        const last = rows[rows.length - 1]
-        const next = rows.length < pageSize || last === undefined
-          ? Option.none()
-          : Option.some(Option.some(last.sequence))
-        return [Chunk.unsafeFromArray(rows), next] as const
-      }))
+    const page = pageReader(client, options, pageSize)
+    return Stream.paginateChunkEffect(
+      Option.none<unknown>(),
+      (after) =>
+        Effect.map(
+          page(after),
+          (rows) => [Chunk.unsafeFromArray(rows), Option.map(nextPage(rows, pageSize), Option.some)] as const
+        )
+    )
   }))
+}
+
+/**
+ * Empties a page once its rows are checked. The effect values that carried the page through the SQL client
+ * can outlive a young-generation collection; from the old generation they kept the page's rows alive until
+ * the next full collection, so most rows were promoted (measured over 1M rows: the heap swung between 27
+ * and 136 MB, with four times the full GCs; emptied pages keep it under 21 MB). A frozen result is left as
+ * it is.
+ */
+const releasePage = (rows: Page): void => {
+  if (Object.isExtensible(rows)) (rows as Array<unknown>).length = 0
 }
 
 export interface VerifyLedgerOptions {
@@ -575,11 +627,16 @@ export interface VerifyLedgerOptions {
  * Verifies the whole `signed_events` chain of the connected database, from sequence 0. Tampering is
  * reported in the `VerifyReport`, never as an error: the effect fails only when the database cannot be
  * read.
+ *
+ * It pages with the same queries as `storedRows`, in a plain loop that releases each page once checked.
  */
 export const verifyLedger = (
   options: VerifyLedgerOptions = {}
 ): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
-  Effect.suspend(() => {
+  Effect.gen(function*() {
+    const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
+    const invalid = invalidPageSize(pageSize)
+    if (invalid !== undefined) return yield* Effect.dieMessage(invalid)
     const checker = makeChecker({
       keyring: options.keyring,
       pin: options.pin,
@@ -587,17 +644,18 @@ export const verifyLedger = (
       signedFrom: options.signedFrom,
       allowMixed: options.allowMixed
     })
-    const onProgress = options.onProgress ?? (() => Effect.void)
-    let rows = 0
-    return Stream.runForEachChunk(
-      storedRows({ pageSize: options.pageSize }),
-      (chunk) =>
-        Effect.suspend(() => {
-          Chunk.forEach(chunk, checker.checkUnknown)
-          rows += chunk.length
-          return onProgress(rows)
-        })
-    ).pipe(Effect.flatMap(() => withDuplicateCheck(checker.report())))
+    const page = pageReader(yield* SqlClient.SqlClient, {}, pageSize)
+    let after = Option.none<unknown>()
+    let rowsRead = 0
+    do {
+      const rows = yield* page(after)
+      for (let i = 0; i < rows.length; i++) checker.checkUnknown(rows[i])
+      rowsRead += rows.length
+      after = nextPage(rows, pageSize)
+      releasePage(rows)
+      if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
+    } while (Option.isSome(after))
+    return yield* withDuplicateCheck(checker.report())
   })
 
 /**

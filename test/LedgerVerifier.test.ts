@@ -1,8 +1,8 @@
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { DateTime, Effect, Either, Exit, Layer, Option, Schema, Stream, String as Str } from "effect"
-import { createPrivateKey } from "node:crypto"
+import { DateTime, Effect, Either, Exit, FastCheck as fc, Layer, Option, Schema, Stream, String as Str } from "effect"
+import { createHash, createPrivateKey } from "node:crypto"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -792,4 +792,134 @@ describe("docs/FORMAT.md ledger row v1 vectors", () => {
         signatures: { valid: 1 }
       })
     }))
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// The one-buffer row encoder against a reference written from docs/FORMAT.md alone
+// ---------------------------------------------------------------------------------------------------------
+
+describe("row format v1: rowEntryHash against a straightforward reference", () => {
+  // Built from the spec with nothing the encoder uses (no Buffer writes, no src/internal/encoding.ts).
+  const utf8 = new TextEncoder()
+  const refLp = (s: string): Uint8Array => {
+    const body = utf8.encode(s)
+    const out = new Uint8Array(4 + body.length)
+    new DataView(out.buffer).setUint32(0, body.length, false)
+    out.set(body, 4)
+    return out
+  }
+  const refU64 = (n: number): Uint8Array => {
+    const out = new Uint8Array(8)
+    new DataView(out.buffer).setBigUint64(0, BigInt(n), false)
+    return out
+  }
+  const refRaw32 = (hex: string): Uint8Array =>
+    Uint8Array.from({ length: 32 }, (_, i) => parseInt(hex.slice(2 * i, 2 * i + 2), 16))
+  const referenceEntryHash = (row: Parameters<typeof rowEntryHash>[0]): string => {
+    const parts = [
+      refLp("agent-ledger/signed-event/v1"),
+      refU64(row.sequence),
+      refRaw32(row.prevHash),
+      refLp(row.id),
+      refLp(row.agentId),
+      refLp(row.eventType),
+      refRaw32(row.payloadHash),
+      refLp(row.timestamp)
+    ]
+    const input = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+    let at = 0
+    for (const part of parts) {
+      input.set(part, at)
+      at += part.length
+    }
+    return createHash("sha256").update(input).digest("hex")
+  }
+
+  const hex32 = fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => Buffer.from(b).toString("hex"))
+  // Short and long, ASCII and not (2-, 3- and 4-byte UTF-8, lone surrogates, which UTF-8 writes as U+FFFD),
+  // long enough that the reused buffer must grow, in any order within a run.
+  const awkward = fc.constantFrom("é", "€", "读", "🚀", "\ud800", "\udfff", "a", "\u0000", "\u007f", "\u0080")
+  const text = fc.oneof(
+    fc.string({ maxLength: 40 }),
+    fc.string({ unit: "grapheme", maxLength: 40 }),
+    fc.string({ unit: "binary", maxLength: 40 }),
+    fc.string({ unit: awkward, maxLength: 40 }),
+    fc.string({ unit: awkward, minLength: 300, maxLength: 5_000 }),
+    fc.string({ unit: "grapheme", minLength: 1_000, maxLength: 20_000 })
+  )
+  const sequence = fc.oneof(
+    fc.nat(),
+    fc.maxSafeNat(),
+    fc.constantFrom(0, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 2 ** 52, Number.MAX_SAFE_INTEGER)
+  )
+  const row = fc.record({
+    sequence,
+    prevHash: hex32,
+    id: text,
+    agentId: text,
+    eventType: text,
+    payloadHash: hex32,
+    timestamp: text
+  })
+
+  it.prop("rowEntryHash and rowEntryHashBytes equal the reference, row after row", [
+    fc.array(row, { minLength: 1, maxLength: 6 })
+  ], ([rows]) => {
+    // All hashes first, compared after: a result that aliased the reused buffer would show here.
+    const hexes = rows.map(rowEntryHash)
+    const bytes = rows.map(rowEntryHashBytes)
+    rows.forEach((r, i) => {
+      const expected = referenceEntryHash(r)
+      expect(hexes[i]).toBe(expected)
+      expect(Buffer.from(bytes[i]!).toString("hex")).toBe(expected)
+    })
+  }, { fastCheck: { numRuns: 200 } })
+
+  it("short rows after a row that grew the buffer past any earlier size, and the same row again", () => {
+    const base = {
+      sequence: Number.MAX_SAFE_INTEGER,
+      prevHash: ZERO_HASH,
+      id: "019ab4f2-5a70-7000-8000-000000000001",
+      agentId: "agent-7",
+      eventType: GOVERNANCE_REFUSAL_EVENT_TYPE,
+      payloadHash: sha256Hex("payload"),
+      timestamp: "2026-11-24T06:52:03.120Z"
+    }
+    const huge = { ...base, agentId: "agent-🚀-读".repeat(100_000), timestamp: "\ud800é".repeat(50_000) }
+    const shorter = { ...base, agentId: "ü" }
+    for (const r of [base, huge, shorter, base, huge, base]) expect(rowEntryHash(r)).toBe(referenceEntryHash(r))
+  })
+})
+
+describe("the link check without re-testing the hex of every prev_hash", () => {
+  it("a stored entry_hash in uppercase fails its row, and the next row linking to that text fails its link", () => {
+    const rows = buildChain(6)
+    const upper = rows[2]!.entry_hash.toUpperCase()
+    const tampered = rows.map((row) =>
+      row.sequence === 2 ? { ...row, entry_hash: upper } : row.sequence === 3 ? { ...row, prev_hash: upper } : row
+    )
+    const checker = LedgerVerifier.makeChecker()
+    tampered.forEach(checker.check)
+    const report = checker.report()
+    expect(report).toMatchObject({ ok: false, rowsChecked: 6, failureCount: 2 })
+    expect(firstFailure(report)).toMatchObject({ sequence: 2, kind: "entryHash", actual: upper })
+    // Row 3 links to the stored text exactly, but it is not a hash: a link failure, as docs/FORMAT.md says.
+    const linkOnly = LedgerVerifier.makeChecker({
+      expectedFirstSequence: 3,
+      expectedFirstPrevHash: upper
+    })
+    tampered.slice(3).forEach(linkOnly.check)
+    expect(firstFailure(linkOnly.report())).toMatchObject({ sequence: 3, kind: "link", actual: upper })
+  })
+
+  it("after a row that fails a later check (its hashes intact), the next row links as usual", () => {
+    const rows = buildChain(4, { signerAt: signedBy(signer) })
+    const checker = LedgerVerifier.makeChecker({ keyring })
+    rows.forEach((row) =>
+      checker.check(row.sequence === 1 ? { ...row, signature: signer.sign(sha256Bytes("x")) } : row)
+    )
+    const report = checker.report()
+    expect(report).toMatchObject({ ok: false, rowsChecked: 4, failureCount: 1, signatures: { valid: 3, invalid: 1 } })
+    expect(firstFailure(report)).toMatchObject({ sequence: 1, kind: "signature" })
+  })
 })

@@ -41,6 +41,14 @@ export const sha256: (data: Uint8Array | string) => Buffer = typeof crypto.hash 
   ? (data) => crypto.hash("sha256", data, "buffer")
   : (data) => crypto.createHash("sha256").update(data).digest()
 
+/**
+ * One-shot SHA-256 as 64 lowercase hex chars (strings are hashed as UTF-8). Where the hex is what is
+ * compared or stored, this is the cheap form: a digest as a string costs less than one as a new Buffer.
+ */
+export const hexSha256: (data: Uint8Array | string) => string = typeof crypto.hash === "function"
+  ? (data) => crypto.hash("sha256", data, "hex")
+  : (data) => crypto.createHash("sha256").update(data).digest("hex")
+
 const DOMAIN = lp(ROW_DOMAIN)
 const TWO_32 = 0x1_0000_0000
 // Reused by every call: the callers are synchronous, so no two encodings can overlap.
@@ -52,10 +60,13 @@ const writeLp = (at: number, s: string): number => {
   return at + 4 + written
 }
 
-/** The 32 raw bytes of `entry_hash` (what an Ed25519 signature covers). */
-export const rowEntryHashBytes = (row: RowHashInput): Buffer => {
+/**
+ * The v1 hash input of `row`, encoded into the reused buffer: a view that is valid only until the next
+ * call. Byte for byte `rowHashInputParts` concatenated.
+ */
+const encodeRowHashInput = (row: RowHashInput): Uint8Array => {
   // UTF-8 takes at most 3 bytes per UTF-16 code unit.
-  const needed = DOMAIN.length + 8 + 32 + 12 + 32 + 4 +
+  const needed = DOMAIN.length + 8 + 32 + 16 + 32 +
     3 * (row.id.length + row.agentId.length + row.eventType.length + row.timestamp.length)
   if (needed > buffer.length) buffer = Buffer.allocUnsafe(Math.max(needed, 2 * buffer.length))
   let at = DOMAIN.length
@@ -69,8 +80,11 @@ export const rowEntryHashBytes = (row: RowHashInput): Buffer => {
   at = writeLp(at, row.eventType)
   at += buffer.write(row.payloadHash, at, 32, "hex")
   at = writeLp(at, row.timestamp)
-  return sha256(buffer.subarray(0, at))
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, at)
 }
 
+/** The 32 raw bytes of `entry_hash` (what an Ed25519 signature covers). */
+export const rowEntryHashBytes = (row: RowHashInput): Buffer => sha256(encodeRowHashInput(row))
+
 /** `entry_hash` as 64 lowercase hex chars. */
-export const rowEntryHash = (row: RowHashInput): string => rowEntryHashBytes(row).toString("hex")
+export const rowEntryHash = (row: RowHashInput): string => hexSha256(encodeRowHashInput(row))
