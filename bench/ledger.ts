@@ -19,9 +19,9 @@ import {
   Refuse,
   ToolCall
 } from "../src/AuditEvent.js"
-import { ZERO_HASH } from "../src/internal/encoding.js"
+import { digestHex, ZERO_HASH } from "../src/internal/encoding.js"
 import { runMigrations } from "../src/internal/migrations.js"
-import { hexSha256, rowEntryHash } from "../src/internal/rowFormat.js"
+import { rowEntryHash } from "../src/internal/rowFormat.js"
 import { uuidV7 } from "../src/internal/uuid.js"
 import * as LedgerRow from "../src/LedgerRow.js"
 import * as LedgerVerifier from "../src/LedgerVerifier.js"
@@ -82,7 +82,7 @@ export const buildLedger = async (file: string, rows: number): Promise<void> => 
       for (let sequence = from; sequence < to; sequence++) {
         const event = refusal(sequence)
         const payload = canonicalJson(event)
-        const payloadHash = hexSha256(payload)
+        const payloadHash = digestHex(payload)
         const timestamp = formatTimestamp(event)
         const entryHash = rowEntryHash({
           sequence,
@@ -144,7 +144,7 @@ const rawIterationPerSecond = (file: string, rows: number): number => {
     let seen = 0
     const start = performance.now()
     for (const row of statement.iterate() as Iterable<{ readonly payload: string }>) {
-      hexSha256(row.payload)
+      digestHex(row.payload)
       seen++
     }
     const ms = performance.now() - start

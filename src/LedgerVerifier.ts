@@ -16,8 +16,8 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Chunk, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
 import * as AuditSigner from "./AuditSigner.js"
-import { isHash, ZERO_HASH } from "./internal/encoding.js"
-import { hexSha256, rowEntryHash } from "./internal/rowFormat.js"
+import { digestHex, isHash, ZERO_HASH } from "./internal/encoding.js"
+import { rowEntryHash } from "./internal/rowFormat.js"
 import * as LedgerRow from "./LedgerRow.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ const positionFailure = (row: LedgerRow.LedgerRow, at: Position, firstSequence: 
 
 /** Step 2: the row's hashes are those of its content (compared as hex: no digest buffers per row). */
 const hashFailure = (row: LedgerRow.LedgerRow): VerifyFailure | undefined => {
-  const payloadHash = hexSha256(row.payload)
+  const payloadHash = digestHex(row.payload)
   if (row.payload_hash !== payloadHash) {
     return {
       sequence: row.sequence,

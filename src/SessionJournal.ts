@@ -9,8 +9,7 @@
  * comes from `Clock`.
  */
 import { Context, Effect, Layer, ParseResult, Schema } from "effect"
-import * as crypto from "node:crypto"
-import { hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "./internal/encoding.js"
+import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "./internal/encoding.js"
 
 /** The `format` of a `JournalExport`. */
 export const EXPORT_FORMAT = "agent-ledger/journal/v1"
@@ -187,14 +186,14 @@ class EntryEncoder {
   hash(input: Omit<EntryHashInput, "sessionId">): string {
     const at = this.#reserve(input.sequence, input)
     this.#buffer.write(input.prevHash, at, 32, "hex")
-    return sha256(this.#buffer.subarray(0, this.#encodeRest(at + 32, input))).toString("hex")
+    return digestHex(this.#buffer.subarray(0, this.#encodeRest(at + 32, input)))
   }
 
   /** `entryHash` as 32 raw bytes, the previous hash given as raw bytes. */
   hashRaw(sequence: number, fields: EntryFields, log: EntryLog): Buffer {
     const at = this.#reserve(sequence, fields)
     log.copyHash(sequence - 1, this.#buffer, at)
-    return sha256(this.#buffer.subarray(0, this.#encodeRest(at + 32, fields)))
+    return digestBytes(this.#buffer.subarray(0, this.#encodeRest(at + 32, fields)))
   }
 
   /** Room for the input; returns where the previous hash goes (after the prefix and the sequence). */
@@ -225,11 +224,6 @@ class EntryEncoder {
     this.#buffer = grown
   }
 }
-
-/** One-shot SHA-256 (`crypto.hash`, Node 20.12+: no Hash object per call), else the classic API. */
-const sha256: (data: Uint8Array) => Buffer = typeof crypto.hash === "function"
-  ? (data) => crypto.hash("sha256", data, "buffer")
-  : (data) => crypto.createHash("sha256").update(data).digest()
 
 const TWO_32 = 0x1_0000_0000
 

@@ -3,7 +3,7 @@
  * big-endian integers, SHA-256 and lowercase hex. Every hashed format is built from these pieces only,
  * so a third party can re-implement them from the spec.
  */
-import { createHash } from "node:crypto"
+import * as crypto from "node:crypto"
 
 /** 64 lowercase hex zeros: the prevHash of the first entry/row and the head of an empty chain. */
 export const ZERO_HASH = "0".repeat(64)
@@ -44,14 +44,27 @@ export const hashBytes = (hex: string): Uint8Array => Buffer.from(hex, "hex")
 
 /** SHA-256 over the concatenation of `parts`, as 64 lowercase hex chars. */
 export const sha256Hex = (...parts: ReadonlyArray<Uint8Array | string>): string => {
-  const h = createHash("sha256")
+  const h = crypto.createHash("sha256")
   for (const p of parts) h.update(p)
   return h.digest("hex")
 }
 
 /** SHA-256 over the concatenation of `parts`, as 32 raw bytes. */
 export const sha256Bytes = (...parts: ReadonlyArray<Uint8Array | string>): Buffer => {
-  const h = createHash("sha256")
+  const h = crypto.createHash("sha256")
   for (const p of parts) h.update(p)
   return h.digest()
 }
+
+/**
+ * One-shot SHA-256 of one message (strings as UTF-8), as 32 raw bytes: `crypto.hash` where node has it
+ * (20.12+; no Hash object per call), else the classic API. For the per-row and per-entry hot paths.
+ */
+export const digestBytes: (data: Uint8Array | string) => Buffer = typeof crypto.hash === "function"
+  ? (data) => crypto.hash("sha256", data, "buffer")
+  : (data) => crypto.createHash("sha256").update(data).digest()
+
+/** `digestBytes` as 64 lowercase hex chars: cheaper than a new Buffer where the hex is what is needed. */
+export const digestHex: (data: Uint8Array | string) => string = typeof crypto.hash === "function"
+  ? (data) => crypto.hash("sha256", data, "hex")
+  : (data) => crypto.createHash("sha256").update(data).digest("hex")

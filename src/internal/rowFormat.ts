@@ -6,8 +6,7 @@
  * The input is written into one reused buffer and hashed in one call (the sink and the verifier hash every
  * row); `rowHashInputParts` is the same encoding field by field, the reference the tests compare it with.
  */
-import * as crypto from "node:crypto"
-import { hashBytes, lp, u64 } from "./encoding.js"
+import { digestBytes, digestHex, hashBytes, lp, u64 } from "./encoding.js"
 
 export const ROW_DOMAIN = "agent-ledger/signed-event/v1"
 
@@ -35,19 +34,6 @@ export const rowHashInputParts = (row: RowHashInput): ReadonlyArray<Uint8Array> 
   hashBytes(row.payloadHash),
   lp(row.timestamp)
 ]
-
-/** One-shot SHA-256 (`crypto.hash`, Node 20.12+: no Hash object per call), else the classic API. */
-export const sha256: (data: Uint8Array | string) => Buffer = typeof crypto.hash === "function"
-  ? (data) => crypto.hash("sha256", data, "buffer")
-  : (data) => crypto.createHash("sha256").update(data).digest()
-
-/**
- * One-shot SHA-256 as 64 lowercase hex chars (strings are hashed as UTF-8). Where the hex is what is
- * compared or stored, this is the cheap form: a digest as a string costs less than one as a new Buffer.
- */
-export const hexSha256: (data: Uint8Array | string) => string = typeof crypto.hash === "function"
-  ? (data) => crypto.hash("sha256", data, "hex")
-  : (data) => crypto.createHash("sha256").update(data).digest("hex")
 
 const DOMAIN = lp(ROW_DOMAIN)
 const TWO_32 = 0x1_0000_0000
@@ -84,7 +70,7 @@ const encodeRowHashInput = (row: RowHashInput): Uint8Array => {
 }
 
 /** The 32 raw bytes of `entry_hash` (what an Ed25519 signature covers). */
-export const rowEntryHashBytes = (row: RowHashInput): Buffer => sha256(encodeRowHashInput(row))
+export const rowEntryHashBytes = (row: RowHashInput): Buffer => digestBytes(encodeRowHashInput(row))
 
 /** `entry_hash` as 64 lowercase hex chars. */
-export const rowEntryHash = (row: RowHashInput): string => hexSha256(encodeRowHashInput(row))
+export const rowEntryHash = (row: RowHashInput): string => digestHex(encodeRowHashInput(row))
