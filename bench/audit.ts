@@ -19,6 +19,7 @@ import { Appended, AuditSink } from "../src/AuditSink.js"
 import { rowEntryHash } from "../src/internal/rowFormat.js"
 import { uuidV7 } from "../src/internal/uuid.js"
 import { BASE_MILLIS } from "../test/fixtures/events.js"
+import { sqliteWithClient } from "../test/fixtures/ledgerSql.js"
 import type { BenchMode, Figures } from "./harness.js"
 import { bounded, figure, gc, median, perSecond, quantile, sideBySide } from "./harness.js"
 
@@ -47,7 +48,7 @@ const events = (n: number, prefix: string): ReadonlyArray<DeferredAuditEvent> =>
 
 /** A database with the ledger's schema (created by the ledger's own migrations). */
 const migratedFile = (file: string) =>
-  Effect.runPromise(quiet(Effect.provide(Effect.void, AuditLedger.layerSqliteClient({ filename: file }))))
+  Effect.runPromise(quiet(Effect.provide(Effect.void, sqliteWithClient({ filename: file }))))
 
 /** Row values of the ledger's shape for `n` events (computed before timing: the bound is the database's). */
 const rawRows = (n: number) => {

@@ -3,7 +3,6 @@
  * better-sqlite3 iterating the same table plus one SHA-256 per row (the bound: the least any verifier must
  * do), and the process's resident memory while it runs (flat: rows are read in pages).
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import Database from "better-sqlite3"
 import { DateTime, Effect } from "effect"
 import { execFile } from "node:child_process"
@@ -26,6 +25,7 @@ import { uuidV7 } from "../src/internal/uuid.js"
 import * as LedgerRow from "../src/LedgerRow.js"
 import * as LedgerVerifier from "../src/LedgerVerifier.js"
 import { BASE_MILLIS } from "../test/fixtures/events.js"
+import { sharedSqlite } from "../test/fixtures/ledgerSql.js"
 import type { BenchMode, Figures } from "./harness.js"
 import { bounded, figure, gc, perSecond, sideBySide } from "./harness.js"
 
@@ -67,7 +67,7 @@ const refusal = (sequence: number): DeferredAuditEvent =>
  * canonical refusal payloads; both hashes come from the project's row format.
  */
 export const buildLedger = async (file: string, rows: number): Promise<void> => {
-  await Effect.runPromise(Effect.provide(runMigrations, SqliteClient.layer({ filename: file })))
+  await Effect.runPromise(Effect.provide(runMigrations, sharedSqlite({ filename: file })))
   const db = new Database(file)
   try {
     db.pragma("journal_mode = WAL")
@@ -197,7 +197,7 @@ const verify = (file: string, rows: number): Promise<VerifyRun> =>
         peakRssMb: peak / MB,
         lateGrowthMb: (peak - (atTenth ?? peak)) / MB
       }
-    }).pipe(Effect.provide(SqliteClient.layer({ filename: file, readonly: true, disableWAL: true })))
+    }).pipe(Effect.provide(sharedSqlite({ filename: file, readonly: true, disableWAL: true })))
   )
 
 export const run = async (mode: BenchMode): Promise<Figures> => {

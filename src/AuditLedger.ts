@@ -6,42 +6,22 @@
  * Shutdown order is part of the contract: closing the layer's scope first closes the queue and flushes
  * what is queued into the ledger, and only then closes the database connection.
  */
-import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import type { MigrationError } from "@effect/sql/Migrator"
-import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type { ConfigError, ParseResult } from "effect"
-import { Cause, Config, Duration, Effect, Layer, Option, Schema } from "effect"
-import { constants as fsConstants } from "node:fs"
-import { access, stat } from "node:fs/promises"
-import { dirname, resolve } from "node:path"
+import { Config, Effect, Layer, Option } from "effect"
+import type { Duration } from "effect"
 import * as AuditQueue from "./AuditQueue.js"
 import type { AuditSigner, KeyLoadError } from "./AuditSigner.js"
 import { loadPrivateKeyFile } from "./AuditSigner.js"
 import { AuditSink } from "./AuditSink.js"
 import * as DeadLetters from "./DeadLetters.js"
-import { runMigrations } from "./internal/migrations.js"
-import { driverError, sqlite } from "./internal/sqlDialect.js"
 import type { Synchronous } from "./internal/sqlDialect.js"
+import * as LedgerSql from "./LedgerSql.js"
+import type { LedgerOpenError } from "./LedgerSql.js"
 import * as SqlAuditSink from "./SqlAuditSink.js"
 
-/**
- * The ledger database could not be opened at `path`. `reason`:
- * - `missingDirectory`: the directory that should hold the file does not exist
- * - `notADirectory`: a component of the path that should be a directory is a file
- * - `isADirectory`: the path names a directory, not a database file
- * - `notWritable`: the file, or its directory (SQLite writes `-wal` and `-shm` files next to it), is not writable
- * - `openFailed`: SQLite refused the file (e.g. not a database)
- */
-export class LedgerOpenError extends Schema.TaggedError<LedgerOpenError>()("LedgerOpenError", {
-  path: Schema.String,
-  reason: Schema.Literal("missingDirectory", "notADirectory", "isADirectory", "notWritable", "openFailed"),
-  detail: Schema.String
-}) {
-  override get message(): string {
-    return `cannot open the audit ledger at ${this.path}: ${this.detail}`
-  }
-}
+export { checkDatabasePath, LedgerOpenError } from "./LedgerSql.js"
 
 export interface SqliteOptions {
   /** The SQLite database file; created (with the schema) when missing, its directory must exist. */
@@ -76,97 +56,24 @@ export interface SqliteOptions {
   readonly replayDeadLettersOnStart?: boolean | undefined
 }
 
+/**
+ * What `layerSqlite` provides. Not the generic `SqlClient`: the ledger's connection is its own
+ * (`LedgerSql`), so an application's `@effect/sql` client and the ledger never stand in for each other.
+ */
 export type LedgerServices =
-  | SqlClient.SqlClient
-  | SqliteClient.SqliteClient
+  | LedgerSql.LedgerSql
   | SqlAuditSink.SqlAuditSink
   | AuditSink
   | AuditQueue.AuditQueue
 
-const errnoCode = (cause: unknown): string | undefined =>
-  typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "string"
-    ? cause.code
-    : undefined
-
-const statOf = (path: string) =>
-  Effect.tryPromise({ try: () => stat(path), catch: (cause) => errnoCode(cause) ?? String(cause) }).pipe(
-    Effect.map(Option.some),
-    Effect.catchIf((code) => code === "ENOENT", () => Effect.succeedNone)
-  )
-
-const isWritable = (path: string) =>
-  Effect.tryPromise(() => access(path, fsConstants.R_OK | fsConstants.W_OK)).pipe(
-    Effect.as(true),
-    Effect.orElseSucceed(() => false)
-  )
-
 /**
- * Checks that `filename` can hold a SQLite database before the driver opens it: the driver would
- * otherwise throw an untyped error, or create a file where none should be.
- */
-export const checkDatabasePath = (filename: string): Effect.Effect<void, LedgerOpenError> => {
-  if (filename === ":memory:" || filename === "") return Effect.void
-  const path = resolve(filename)
-  const fail = (reason: LedgerOpenError["reason"], detail: string) =>
-    Effect.fail(new LedgerOpenError({ path, reason, detail }))
-  const fromStatError = (code: string) =>
-    code === "ENOTDIR"
-      ? fail("notADirectory", "a component of the path is a file, not a directory")
-      : fail("notWritable", `cannot inspect the path (${code})`)
-  return Effect.gen(function*() {
-    const file = yield* statOf(path).pipe(Effect.catchAll(fromStatError))
-    if (Option.isSome(file)) {
-      if (file.value.isDirectory()) return yield* fail("isADirectory", "the path is a directory")
-      if (!file.value.isFile()) return yield* fail("openFailed", "the path is not a regular file")
-      if (!(yield* isWritable(path))) return yield* fail("notWritable", "the database file is not writable")
-    }
-    const directory = dirname(path)
-    const dir = yield* statOf(directory).pipe(Effect.catchAll(fromStatError))
-    if (Option.isNone(dir)) return yield* fail("missingDirectory", `the directory ${directory} does not exist`)
-    if (!dir.value.isDirectory()) return yield* fail("notADirectory", `${directory} is not a directory`)
-    if (!(yield* isWritable(directory))) {
-      return yield* fail("notWritable", `the directory ${directory} is not writable`)
-    }
-  })
-}
-
-/** The SQLite client on `filename`, with the ledger's connection settings, migrated to the current schema. */
-export const layerSqliteClient = (
-  options: Pick<SqliteOptions, "filename" | "synchronous" | "busyTimeout">
-): Layer.Layer<SqlClient.SqlClient | SqliteClient.SqliteClient, LedgerOpenError | SqlError | MigrationError> => {
-  const path = resolve(options.filename)
-  const openFailed = (detail: string) => new LedgerOpenError({ path, reason: "openFailed", detail })
-  // The driver throws (a defect) when it cannot open the file or the file is not a database.
-  const client = SqliteClient.layer({ filename: options.filename }).pipe(
-    Layer.catchAllCause((cause): Layer.Layer<SqlClient.SqlClient | SqliteClient.SqliteClient, LedgerOpenError> =>
-      Layer.failCause(Option.match(Cause.dieOption(cause), {
-        onNone: () => Cause.map(cause, (error) => openFailed(error.message)),
-        onSome: (defect) =>
-          Cause.fail(openFailed(Option.match(driverError(defect), {
-            onNone: () => String(defect),
-            onSome: (d) => `${d.code}: ${d.message}`
-          })))
-      }))
-    )
-  )
-  const configured = Layer.effectDiscard(
-    Effect.flatMap(SqlClient.SqlClient, (sql) =>
-      Effect.zipRight(
-        sqlite.configure(sql, {
-          synchronous: options.synchronous ?? "FULL",
-          busyTimeout: Duration.decode(options.busyTimeout ?? SqlAuditSink.DEFAULT_BUSY_TIMEOUT)
-        }),
-        runMigrations
-      ))
-  )
-  // The path check runs before the driver can create anything.
-  return Layer.unwrapEffect(Effect.as(checkDatabasePath(options.filename), Layer.provideMerge(configured, client)))
-}
-
-/**
- * The whole ledger on a SQLite file: `SqlClient` (migrated), `SqlAuditSink`, `AuditSink` and `AuditQueue`.
- * Fails with `LedgerOpenError` naming the path when the file cannot be a database, before anything is
- * created. Closing the scope flushes the queue into the ledger (bounded by `shutdownDrainTimeout`), then
+ * The whole ledger on a SQLite file: `LedgerSql` (a private, migrated connection), `SqlAuditSink`,
+ * `AuditSink` and `AuditQueue`. `verifyLedger`, `DeadLetters`, `LedgerStats` and `LedgerExport` run on it.
+ *
+ * Errors while building it: `LedgerOpenError` naming the path when the file cannot be a database (checked
+ * before anything is created), `SqlError` when a connection setting or query fails, `MigrationError` when
+ * the schema cannot be migrated (e.g. a newer agent-ledger wrote the file), `ParseError` when the
+ * chain's head row is malformed. Closing the scope flushes the queue into the ledger (bounded by `shutdownDrainTimeout`), then
  * closes the database.
  */
 export const layerSqlite = (
@@ -206,7 +113,7 @@ export const layerSqlite = (
   return queue.pipe(
     Layer.provide(replayOnStart),
     Layer.provideMerge(sink),
-    Layer.provideMerge(layerSqliteClient(options))
+    Layer.provideMerge(LedgerSql.layerSqlite(options))
   )
 }
 

@@ -11,6 +11,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { DateTime, Effect, Either, Option, ParseResult, Schema } from "effect"
 import * as AuditEvent from "./AuditEvent.js"
+import * as LedgerSql from "./LedgerSql.js"
 import { SqlAuditSink } from "./SqlAuditSink.js"
 
 export const DeadLetter = Schema.Struct({
@@ -32,14 +33,14 @@ const decodeDeadLetters = Schema.decodeUnknown(Schema.Array(DeadLetter))
 /** Dead letters in arrival order; `pendingOnly` leaves out the replayed ones. */
 export const list = (
   options: { readonly pendingOnly?: boolean } = {}
-): Effect.Effect<ReadonlyArray<DeadLetter>, SqlError | ParseResult.ParseError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
+): Effect.Effect<ReadonlyArray<DeadLetter>, SqlError | ParseResult.ParseError, LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const rows = options.pendingOnly === true
       ? yield* sql`SELECT * FROM signed_events_dlq WHERE replayed_at IS NULL ORDER BY dlq_id`
       : yield* sql`SELECT * FROM signed_events_dlq ORDER BY dlq_id`
     return yield* decodeDeadLetters(rows)
-  })
+  }))
 
 const PayloadJson = Schema.parseJson(Schema.Struct({
   action: AuditEvent.AgentAction,
@@ -98,8 +99,8 @@ export const replayDeadLetters = (
     /** Called before each dead letter and once at the end, with how many of the pending ones are handled. */
     readonly onProgress?: (done: number, total: number) => Effect.Effect<void>
   } = {}
-): Effect.Effect<ReplayResult, SqlError | ParseResult.ParseError, SqlClient.SqlClient | SqlAuditSink> =>
-  Effect.gen(function*() {
+): Effect.Effect<ReplayResult, SqlError | ParseResult.ParseError, LedgerSql.LedgerSql | SqlAuditSink> =>
+  LedgerSql.use(Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const sink = yield* SqlAuditSink
     const pending = yield* list({ pendingOnly: true })
@@ -128,4 +129,4 @@ export const replayDeadLetters = (
     }
     yield* onProgress(pending.length, pending.length)
     return { replayed, alreadyInChain, failed, dryRun, pending: pending.length }
-  })
+  }))

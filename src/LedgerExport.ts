@@ -11,6 +11,7 @@ import * as fs from "node:fs"
 import * as readline from "node:readline"
 import { isHash, ZERO_HASH } from "./internal/encoding.js"
 import * as LedgerRow from "./LedgerRow.js"
+import * as LedgerSql from "./LedgerSql.js"
 import * as LedgerVerifier from "./LedgerVerifier.js"
 
 export const LEDGER_EXPORT_FORMAT = "agent-ledger/ledger-export/v1"
@@ -67,8 +68,8 @@ export class ExportAnchorMissing extends Data.TaggedError("ExportAnchorMissing")
 
 export const exportLines = (
   range: ExportRange = {}
-): Stream.Stream<string, SqlError | ExportAnchorMissing, SqlClient.SqlClient> =>
-  Stream.unwrap(Effect.gen(function*() {
+): Stream.Stream<string, SqlError | ExportAnchorMissing, LedgerSql.LedgerSql> =>
+  Stream.unwrap(LedgerSql.use(Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const from = range.from ?? 0
     const to = range.to ?? Number.MAX_SAFE_INTEGER
@@ -100,7 +101,7 @@ export const exportLines = (
       ? Stream.empty
       : Stream.map(LedgerVerifier.storedRows({ from: start, to: last, pageSize }), rowLine)
     return Stream.concat(Stream.make(JSON.stringify(header)), rows)
-  }))
+  })))
 
 // ---------------------------------------------------------------------------------------------------------
 // Reading an export

@@ -7,6 +7,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Option, Stream } from "effect"
 import { GOVERNANCE_REFUSAL_EVENT_TYPE } from "./AuditEvent.js"
+import * as LedgerSql from "./LedgerSql.js"
 import * as LedgerVerifier from "./LedgerVerifier.js"
 
 export interface LedgerStats {
@@ -39,9 +40,9 @@ const ruleIdOf = (payload: unknown): string => {
 export const stats = (options: { readonly pageSize?: number } = {}): Effect.Effect<
   LedgerStats,
   SqlError,
-  SqlClient.SqlClient
+  LedgerSql.LedgerSql
 > =>
-  Effect.gen(function*() {
+  LedgerSql.use(Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const [dlq] = yield* sql<{ pending: number | null; replayed: number | null }>`
       SELECT SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS pending,
@@ -80,4 +81,4 @@ export const stats = (options: { readonly pageSize?: number } = {}): Effect.Effe
       firstTimestamp,
       lastTimestamp
     }
-  })
+  }))

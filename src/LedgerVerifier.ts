@@ -19,6 +19,7 @@ import * as AuditSigner from "./AuditSigner.js"
 import { digestHex, isHash, ZERO_HASH } from "./internal/encoding.js"
 import { rowEntryHash } from "./internal/rowFormat.js"
 import * as LedgerRow from "./LedgerRow.js"
+import * as LedgerSql from "./LedgerSql.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Report
@@ -581,17 +582,18 @@ const nextPage = (rows: Page, pageSize: number): Option.Option<unknown> => {
  */
 export const storedRows = (
   options: SequenceRange & { readonly pageSize?: number | undefined } = {}
-): Stream.Stream<Record<string, unknown>, SqlError, SqlClient.SqlClient> => {
+): Stream.Stream<Record<string, unknown>, SqlError, LedgerSql.LedgerSql> => {
   const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
   const invalid = invalidPageSize(pageSize)
   if (invalid !== undefined) return Stream.dieMessage(invalid)
-  return Stream.unwrap(Effect.map(SqlClient.SqlClient, (client) => {
-    const page = pageReader(client, options, pageSize)
+  return Stream.unwrap(Effect.map(LedgerSql.LedgerSql, (ledger) => {
+    const page = pageReader(ledger.client, options, pageSize)
+    const onLedger = LedgerSql.runOn(ledger)
     return Stream.paginateChunkEffect(
       Option.none<unknown>(),
       (after) =>
         Effect.map(
-          page(after),
+          onLedger(page(after)),
           (rows) => [Chunk.unsafeFromArray(rows), Option.map(nextPage(rows, pageSize), Option.some)] as const
         )
     )
@@ -632,8 +634,8 @@ export interface VerifyLedgerOptions {
  */
 export const verifyLedger = (
   options: VerifyLedgerOptions = {}
-): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
-  Effect.gen(function*() {
+): Effect.Effect<VerifyReport, SqlError, LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.gen(function*() {
     const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
     const invalid = invalidPageSize(pageSize)
     if (invalid !== undefined) return yield* Effect.dieMessage(invalid)
@@ -656,7 +658,7 @@ export const verifyLedger = (
       if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
     } while (Option.isSome(after))
     return yield* withDuplicateCheck(checker.report())
-  })
+  }))
 
 /**
  * Paging by `sequence > last` reads one row per sequence; a second row with a sequence already read is

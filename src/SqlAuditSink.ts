@@ -30,6 +30,7 @@ import type { ClassifiedFailure, SqlDialect, Synchronous } from "./internal/sqlD
 import { forClient, isEnvironmental, withWriteTransaction } from "./internal/sqlDialect.js"
 import { toWellFormed } from "./internal/unicode.js"
 import * as LedgerRow from "./LedgerRow.js"
+import * as LedgerSql from "./LedgerSql.js"
 
 /** The last row of the chain: the next row gets `sequence + 1` and `prev_hash = entryHash`. */
 export type ChainHead = ChainPosition
@@ -99,7 +100,7 @@ export const defaultRetrySchedule: Schedule.Schedule<unknown, unknown> = Schedul
   Schedule.intersect(Schedule.recurs(5))
 )
 
-export const DEFAULT_BUSY_TIMEOUT: Duration.Duration = Duration.seconds(5)
+export const DEFAULT_BUSY_TIMEOUT: Duration.Duration = LedgerSql.DEFAULT_BUSY_TIMEOUT
 
 export const DEFAULT_MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 
@@ -241,19 +242,22 @@ type AttemptFailure = Retryable | Unrecoverable | AlreadyInChain
 const nowRfc3339 = Effect.map(DateTime.now, DateTime.formatIso)
 
 /**
- * The sink on the `SqlClient` in context. Applies the ledger's connection settings (SQLite: WAL,
+ * The sink on the ledger's database (`LedgerSql`). Applies the ledger's connection settings (SQLite: WAL,
  * `synchronous`, foreign keys, `busy_timeout`); the schema must already be migrated (`runMigrations`).
+ * Every statement runs on the ledger's client, whatever `SqlClient` the caller's context holds.
  */
 export const make = (options: Options = {}) =>
   Effect.gen(function*() {
-    const client = yield* SqlClient.SqlClient
+    const ledger = yield* LedgerSql.LedgerSql
+    const onLedger = LedgerSql.runOn(ledger)
+    const client = ledger.client
     const dialect: SqlDialect = yield* forClient(client)
     // Column names are the ledger's format: a client configured with name transforms must not rename them.
     const sql = client.withoutTransforms()
-    yield* dialect.configure(sql, {
+    yield* onLedger(dialect.configure(sql, {
       synchronous: options.synchronous ?? "FULL",
       busyTimeout: Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)
-    })
+    }))
     const chain = yield* makeChainWriter(sql, dialect, options)
     const deadLetters = makeDeadLetterWriter(sql, dialect, options.retrySchedule ?? defaultRetrySchedule)
 
@@ -314,15 +318,15 @@ export const make = (options: Options = {}) =>
       Effect.map(rows, (found) => Number(found[0]?.n ?? 0))
 
     return SqlAuditSink.of({
-      append,
-      appendBatch,
-      deadLetter: (event, reason) => deadLetters.insert([deadLetterPayload(event)], reason),
-      deadLetterBatch: (events, reason) => deadLetters.insert(events.map(deadLetterPayload), reason),
-      appendOnly,
-      dlqSize: count(sql`SELECT COUNT(*) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`),
-      head: chain.readHead,
+      append: (event) => onLedger(append(event)),
+      appendBatch: (events) => onLedger(appendBatch(events)),
+      deadLetter: (event, reason) => onLedger(deadLetters.insert([deadLetterPayload(event)], reason)),
+      deadLetterBatch: (events, reason) => onLedger(deadLetters.insert(events.map(deadLetterPayload), reason)),
+      appendOnly: (event) => onLedger(appendOnly(event)),
+      dlqSize: onLedger(count(sql`SELECT COUNT(*) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`)),
+      head: onLedger(chain.readHead),
       countByEventType: (eventType) =>
-        count(sql`SELECT COUNT(*) AS n FROM signed_events WHERE event_type = ${eventType}`)
+        onLedger(count(sql`SELECT COUNT(*) AS n FROM signed_events WHERE event_type = ${eventType}`))
     })
   })
 
@@ -616,7 +620,7 @@ const makeDeadLetterWriter = (
 }
 
 /** `SqlAuditSink` and, backed by it, `AuditSink` (with group commit). */
-export const layer = (options: Options = {}): Layer.Layer<SqlAuditSink | AuditSink, SqlError, SqlClient.SqlClient> =>
+export const layer = (options: Options = {}): Layer.Layer<SqlAuditSink | AuditSink, SqlError, LedgerSql.LedgerSql> =>
   Layer.effectContext(
     Effect.map(make(options), (sink) =>
       Context.make(SqlAuditSink, sink).pipe(

@@ -10,10 +10,12 @@ import * as AuditLedger from "../src/AuditLedger.js"
 import * as AuditMetrics from "../src/AuditMetrics.js"
 import { AuditQueue } from "../src/AuditQueue.js"
 import * as AuditSigner from "../src/AuditSigner.js"
+import * as LedgerSql from "../src/LedgerSql.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import { SqlAuditSink } from "../src/SqlAuditSink.js"
 import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-ledger-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
@@ -34,8 +36,8 @@ const submitRefusals = (count: number, agentId: string) =>
   })
 
 /** Reads the file back on a fresh connection, after the ledger layer has been released. */
-const inspect = <A, E>(filename: string, effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
-  Effect.provide(effect, AuditLedger.layerSqliteClient({ filename }))
+const inspect = <A, E>(filename: string, effect: Effect.Effect<A, E, SqlClient.SqlClient | LedgerSql.LedgerSql>) =>
+  Effect.provide(effect, sqliteWithClient({ filename }))
 
 const rowCount = Effect.flatMap(
   SqlClient.SqlClient,
@@ -87,7 +89,7 @@ describe("AuditLedger.layerSqlite", () => {
       const filename = freshFile()
       const program = Effect.gen(function*() {
         const queue = yield* AuditQueue
-        const sql = yield* SqlClient.SqlClient
+        const sql = (yield* LedgerSql.LedgerSql).client
         const sink = yield* SqlAuditSink
         yield* queue.submit(refusalEvent("agent", 0))
         expect(yield* queue.drainPending("5 seconds")).toBe(true)
@@ -115,14 +117,15 @@ describe("AuditLedger.layerSqlite", () => {
       expect((yield* inspect(filename, verifyLedger())).ok).toBe(true)
     }))
 
-  it.effect("one Layer provides the SqlClient, the sink (both tags) and the queue", () =>
+  it.effect("one Layer provides the ledger's own database, the sink (both tags) and the queue, not a SqlClient", () =>
     Effect.gen(function*() {
       const context = yield* Layer.build(AuditLedger.layerSqlite({ filename: freshFile() }))
-      expect(Context.getOption(context, SqlClient.SqlClient)._tag).toBe("Some")
+      expect(Context.getOption(context, SqlClient.SqlClient)._tag).toBe("None")
+      expect(Context.getOption(context, LedgerSql.LedgerSql)._tag).toBe("Some")
       expect(Context.getOption(context, SqlAuditSink)._tag).toBe("Some")
       expect(Context.getOption(context, AuditQueue)._tag).toBe("Some")
       const migrations = yield* Effect.provide(
-        Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT migration_id FROM agent_ledger_migrations`),
+        Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => client`SELECT migration_id FROM agent_ledger_migrations`),
         context
       )
       expect(migrations).toEqual([{ migration_id: 1 }])
@@ -229,7 +232,7 @@ describe("AuditLedger.layerSqliteConfig", () => {
       writeFileSync(keyFile, AuditSigner.exportPem(signer).privateKeyPem, { mode: 0o600 })
       const metrics = yield* Effect.gen(function*() {
         const queue = yield* AuditQueue
-        const sql = yield* SqlClient.SqlClient
+        const sql = (yield* LedgerSql.LedgerSql).client
         yield* submitRefusals(5, "configured")
         expect(yield* queue.drainPending("10 seconds")).toBe(true)
         const [mode] = yield* sql<{ synchronous: number }>`PRAGMA synchronous`

@@ -2,7 +2,6 @@
  * Reliability evidence run in CI: SIGKILLed writers lose no acknowledged refusal, and 4 concurrent writer
  * processes on one SQLite file build one dense chain. (`npm run test:crash -- --rounds 200` for more.)
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import Database from "better-sqlite3"
 import { Effect } from "effect"
 import { spawn } from "node:child_process"
@@ -11,10 +10,10 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
 import { afterAll, describe, expect, it } from "vitest"
-import * as AuditLedger from "../src/AuditLedger.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import { crashRounds } from "./crash/crashRounds.js"
 import { repoRoot } from "./fixtures/cliBundle.js"
+import { sharedSqlite, sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-crash-test-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
@@ -34,7 +33,7 @@ describe("concurrent writers: 4 processes × 2,500 events on one SQLite file", (
   it("10,000 rows, dense sequences, no duplicate ids, the chain verifies, retries counted", async () => {
     const filename = join(tempRoot, "writers.db")
     // Create the schema first, so the writers do not race to migrate.
-    await Effect.runPromise(Effect.provide(Effect.void, AuditLedger.layerSqliteClient({ filename })))
+    await Effect.runPromise(Effect.provide(Effect.void, sqliteWithClient({ filename })))
     const writers = Array.from({ length: 4 }, (_, w) =>
       spawn(
         process.execPath,
@@ -85,7 +84,7 @@ describe("concurrent writers: 4 processes × 2,500 events on one SQLite file", (
       db.close()
     }
     const report = await Effect.runPromise(
-      verifyLedger().pipe(Effect.provide(SqliteClient.layer({ filename, readonly: true })))
+      verifyLedger().pipe(Effect.provide(sharedSqlite({ filename, readonly: true })))
     )
     expect(report.ok).toBe(true)
     expect(report.rowsChecked).toBe(10_000)

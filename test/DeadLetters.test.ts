@@ -13,6 +13,7 @@ import { verifyLedger } from "../src/LedgerVerifier.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-dlq-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
@@ -21,7 +22,7 @@ const freshFile = () => join(tempRoot, `ledger-${++fileCounter}.db`)
 
 /** A fresh connection (and sink) per use: statements prepared against a broken schema are not reused. */
 const withSink = (filename: string) =>
-  Effect.provide(SqlAuditSink.layer().pipe(Layer.provideMerge(AuditLedger.layerSqliteClient({ filename }))))
+  Effect.provide(SqlAuditSink.layer().pipe(Layer.provideMerge(sqliteWithClient({ filename }))))
 
 const exec = (statement: string) => Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement))
 

@@ -10,7 +10,6 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import * as AuditLedger from "../src/AuditLedger.js"
 import * as AuditSigner from "../src/AuditSigner.js"
 import { openLedger } from "../src/cli/InputFile.js"
 import * as LedgerExport from "../src/LedgerExport.js"
@@ -18,6 +17,7 @@ import * as LedgerVerifier from "../src/LedgerVerifier.js"
 import * as SessionJournal from "../src/SessionJournal.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const CASES = 2_000
 const dir = fs.mkdtempSync(join(tmpdir(), "agent-ledger-fuzz-"))
@@ -67,7 +67,7 @@ beforeAll(async () => {
       for (let n = 0; n < 30; n++) yield* sink.append(refusalEvent(`agent-${n % 4}`, n, "payload ✓"))
     }).pipe(
       Effect.provide(
-        SqlAuditSink.layer({ signer }).pipe(Layer.provideMerge(AuditLedger.layerSqliteClient({ filename: file })))
+        SqlAuditSink.layer({ signer }).pipe(Layer.provideMerge(sqliteWithClient({ filename: file })))
       )
     )
   )

@@ -19,10 +19,12 @@ import type { AppendOutcome } from "../src/AuditSink.js"
 import { Appended, AuditSink, AuditSinkError, DlqLanded } from "../src/AuditSink.js"
 import * as DeadLetters from "../src/DeadLetters.js"
 import { uuidV7 } from "../src/internal/uuid.js"
+import type * as LedgerSql from "../src/LedgerSql.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import { SqlAuditSink } from "../src/SqlAuditSink.js"
 import { eventLoopTurn, waitUntil } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-group-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
@@ -359,8 +361,8 @@ describe("submitAndWait", () => {
 // End to end on SQLite
 // ---------------------------------------------------------------------------------------------------------
 
-const inspect = <A, E>(filename: string, effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
-  Effect.provide(effect, AuditLedger.layerSqliteClient({ filename }))
+const inspect = <A, E>(filename: string, effect: Effect.Effect<A, E, SqlClient.SqlClient | LedgerSql.LedgerSql>) =>
+  Effect.provide(effect, sqliteWithClient({ filename }))
 
 describe("group commit through AuditLedger.layerSqlite", () => {
   it.live("2,000 events in batches: a dense chain that verifies, receipts that name the stored rows", () =>

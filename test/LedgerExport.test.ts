@@ -5,13 +5,13 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll } from "vitest"
-import * as AuditLedger from "../src/AuditLedger.js"
 import * as AuditSigner from "../src/AuditSigner.js"
 import { ZERO_HASH } from "../src/internal/encoding.js"
 import * as LedgerExport from "../src/LedgerExport.js"
 import * as LedgerStats from "../src/LedgerStats.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const tempRoot = fs.mkdtempSync(join(tmpdir(), "agent-ledger-export-"))
 afterAll(() => fs.rmSync(tempRoot, { recursive: true, force: true }))
@@ -21,7 +21,7 @@ const freshFile = (ext: string) => join(tempRoot, `f-${++fileCounter}.${ext}`)
 const ledger = (rows: number, signer?: AuditSigner.AuditSigner) =>
   Effect.gen(function*() {
     const filename = freshFile("db")
-    const layer = SqlAuditSink.layer({ signer }).pipe(Layer.provideMerge(AuditLedger.layerSqliteClient({ filename })))
+    const layer = SqlAuditSink.layer({ signer }).pipe(Layer.provideMerge(sqliteWithClient({ filename })))
     yield* Effect.gen(function*() {
       const sink = yield* SqlAuditSink.SqlAuditSink
       for (let n = 0; n < rows; n++) yield* sink.append(refusalEvent(`agent-${n % 3}`, n))

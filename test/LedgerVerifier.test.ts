@@ -1,4 +1,3 @@
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import { DateTime, Effect, Either, Exit, FastCheck as fc, Layer, Option, Schema, Stream, String as Str } from "effect"
@@ -23,6 +22,7 @@ import { runMigrations } from "../src/internal/migrations.js"
 import { rowEntryHash, rowEntryHashBytes } from "../src/internal/rowFormat.js"
 import * as LedgerRow from "../src/LedgerRow.js"
 import * as LedgerVerifier from "../src/LedgerVerifier.js"
+import { sharedSqlite } from "./fixtures/ledgerSql.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers: rows built here, independently of the sink, and inserted with plain SQL
@@ -109,7 +109,7 @@ const TempLedger = (options: { readonly transformResultNames?: (name: string) =>
       ),
       (dir) =>
         Layer.effectDiscard(runMigrations).pipe(
-          Layer.provideMerge(SqliteClient.layer({ filename: join(dir, "ledger.db"), ...options }))
+          Layer.provideMerge(sharedSqlite({ filename: join(dir, "ledger.db"), ...options }))
         )
     )
   )

@@ -10,30 +10,31 @@ import { join } from "node:path"
 import { createInterface } from "node:readline"
 import { afterAll } from "vitest"
 import { canonicalJson, formatTimestamp, GOVERNANCE_REFUSAL_EVENT_TYPE, payloadHash } from "../src/AuditEvent.js"
-import * as AuditLedger from "../src/AuditLedger.js"
 import * as AuditSigner from "../src/AuditSigner.js"
 import { Appended, AuditSink } from "../src/AuditSink.js"
 import type { AppendOutcome } from "../src/AuditSink.js"
 import { ZERO_HASH } from "../src/internal/encoding.js"
 import { rowEntryHash, rowEntryHashBytes } from "../src/internal/rowFormat.js"
 import { sqlite, withWriteTransaction } from "../src/internal/sqlDialect.js"
+import type * as LedgerSql from "../src/LedgerSql.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-sink-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
 let fileCounter = 0
 const freshFile = (): string => join(tempRoot, `ledger-${++fileCounter}.db`)
 
-type Services = SqlClient.SqlClient | SqlAuditSink.SqlAuditSink | AuditSink
+type Services = SqlClient.SqlClient | LedgerSql.LedgerSql | SqlAuditSink.SqlAuditSink | AuditSink
 
 /** A sink on its own connection to `filename` (migrated), together with that connection's SqlClient. */
 const sinkLayer = (filename: string, options: SqlAuditSink.Options = {}) =>
   SqlAuditSink.layer(options).pipe(
     Layer.provideMerge(
-      AuditLedger.layerSqliteClient({
+      sqliteWithClient({
         filename,
         synchronous: options.synchronous,
         busyTimeout: options.busyTimeout

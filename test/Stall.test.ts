@@ -3,7 +3,6 @@
  * environment, not a poison event: the queue holds every event in order, says once that it is stalled,
  * retries on its stall schedule, and resumes by itself. Nothing is dead-lettered for it.
  */
-import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import { Effect, Exit, Fiber, Logger, Metric, Ref, Schedule, Scope, TestClock } from "effect"
@@ -17,9 +16,11 @@ import * as AuditMetrics from "../src/AuditMetrics.js"
 import * as AuditQueue from "../src/AuditQueue.js"
 import { Appended, AuditSink, AuditSinkError } from "../src/AuditSink.js"
 import * as DeadLetters from "../src/DeadLetters.js"
+import * as LedgerSql from "../src/LedgerSql.js"
 import { verifyLedger } from "../src/LedgerVerifier.js"
 import { captureLogs, eventLoopTurn } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-stall-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
@@ -135,7 +136,7 @@ describe("a full disk under AuditLedger.layerSqlite", () => {
       const events = Array.from({ length: 200 }, (_, i) => refusalEvent("agent", i, "x".repeat(2000)))
       yield* Effect.gen(function*() {
         const queue = yield* AuditQueue.AuditQueue
-        const sql = yield* SqlClient.SqlClient
+        const sql = (yield* LedgerSql.LedgerSql).client
         const [{ page_count }] = (yield* sql.unsafe("PRAGMA page_count")) as unknown as [{ page_count: number }]
         // Room for a few rows at most: the database is "full" from the first batches on.
         yield* sql.unsafe(`PRAGMA max_page_count = ${page_count + 4}`)
@@ -157,7 +158,7 @@ describe("a full disk under AuditLedger.layerSqlite", () => {
         Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
       )
       const check = Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
+        const sql = (yield* LedgerSql.LedgerSql).client
         const ids = yield* sql<{ id: string }>`SELECT id FROM signed_events ORDER BY sequence`
         expect(ids.map((row) => row.id)).toEqual(events.map((event) => event.id))
         expect(yield* DeadLetters.list()).toEqual([])
@@ -165,7 +166,7 @@ describe("a full disk under AuditLedger.layerSqlite", () => {
         expect(report.ok).toBe(true)
         expect(report.rowsChecked).toBe(200)
       })
-      yield* Effect.provide(check, AuditLedger.layerSqliteClient({ filename }))
+      yield* Effect.provide(check, sqliteWithClient({ filename }))
     }))
 })
 
@@ -188,13 +189,13 @@ describe("other conditions of the environment under AuditLedger.layerSqlite", ()
   const expectAllInOrder = (filename: string, events: ReadonlyArray<DeferredAuditEvent>) =>
     Effect.provide(
       Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
+        const sql = (yield* LedgerSql.LedgerSql).client
         const ids = yield* sql<{ id: string }>`SELECT id FROM signed_events ORDER BY sequence`
         expect(ids.map((row) => row.id)).toEqual(events.map((event) => event.id))
         expect(yield* DeadLetters.list()).toEqual([])
         expect((yield* verifyLedger()).ok).toBe(true)
       }),
-      AuditLedger.layerSqliteClient({ filename })
+      sqliteWithClient({ filename })
     )
 
   it.live("a database that turns read-only mid-run: the refusals wait, then land in order", () =>
@@ -202,7 +203,7 @@ describe("other conditions of the environment under AuditLedger.layerSqlite", ()
       const filename = freshFile()
       const events = yield* Effect.gen(function*() {
         const queue = yield* AuditQueue.AuditQueue
-        const sql = yield* SqlClient.SqlClient
+        const sql = (yield* LedgerSql.LedgerSql).client
         const before = yield* submitAll(20, "before")
         expect(yield* queue.drainPending("10 seconds")).toBe(true)
         // SQLite refuses every write from here on (SQLITE_READONLY), as with a read-only file.
@@ -225,7 +226,7 @@ describe("other conditions of the environment under AuditLedger.layerSqlite", ()
     Effect.gen(function*() {
       const filename = freshFile()
       // Create the schema, then hold the write lock from another connection.
-      yield* Effect.provide(Effect.void, AuditLedger.layerSqliteClient({ filename }))
+      yield* Effect.provide(Effect.void, sqliteWithClient({ filename }))
       const other = new Database(filename)
       other.exec("BEGIN IMMEDIATE")
       const events = yield* Effect.gen(function*() {

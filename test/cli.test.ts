@@ -2,7 +2,6 @@
  * End-to-end tests of the `agent-ledger` CLI: each runs the binary as a separate process (node + tsx, as
  * `npm run cli` does) on files in a temp directory, and checks exit codes, output and the files.
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import { Effect, Layer } from "effect"
@@ -12,11 +11,11 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
-import * as AuditLedger from "../src/AuditLedger.js"
 import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
 import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { sharedSqlite, sqliteWithClient } from "./fixtures/ledgerSql.js"
 
 const dir = fs.mkdtempSync(join(tmpdir(), "agent-ledger-cli-"))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -119,7 +118,7 @@ describe("hostile row values in the CLI's text output", () => {
         yield* sink.append(refusalEvent(hostile, 0))
         yield* sink.deadLetter(refusalEvent(hostile, 1), `reason with ${hostile}`)
       }).pipe(
-        Effect.provide(SqlAuditSink.layer().pipe(Layer.provideMerge(AuditLedger.layerSqliteClient({ filename: db }))))
+        Effect.provide(SqlAuditSink.layer().pipe(Layer.provideMerge(sqliteWithClient({ filename: db }))))
       )
     )
     for (const args of [["stats", db], ["dlq", "list", db]]) {
@@ -558,7 +557,7 @@ describe("dlq", () => {
         return yield* Effect.forEach([1, 2, 3], (n) => sink.append(refusalEvent("agent-dlq", 10_000 + n)))
       }).pipe(
         Effect.provide(
-          SqlAuditSink.layer().pipe(Layer.provideMerge(SqliteClient.layer({ filename: db })))
+          SqlAuditSink.layer().pipe(Layer.provideMerge(sharedSqlite({ filename: db })))
         ),
         quietly
       )

@@ -20,10 +20,11 @@ const asInReadme = (example: string) =>
     .replace(`from "../src/index.js"`, `from "agent-ledger"`)
 
 describe("README", () => {
-  it("shows examples/quickstart.ts and examples/customSink.ts verbatim", () => {
-    expect(blocks).toHaveLength(2)
+  it("shows each file of examples/ verbatim, quickstart first, and no other TypeScript", () => {
+    const examples = fs.readdirSync(join(root, "examples")).filter((file) => file.endsWith(".ts"))
     expect(blocks[0]).toBe(asInReadme("quickstart.ts"))
-    expect(blocks[1]).toBe(asInReadme("customSink.ts"))
+    expect(blocks).toHaveLength(examples.length)
+    for (const example of examples) expect(blocks, example).toContain(asInReadme(example))
   })
 
   it("names the two set-up commands", () => {

@@ -8,6 +8,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Cause, Effect, Layer, Option } from "effect"
 import * as fs from "node:fs"
 import { LEDGER_EXPORT_FORMAT } from "../LedgerExport.js"
+import * as LedgerSql from "../LedgerSql.js"
 import { InputError } from "./CliError.js"
 
 export type TargetKind = "sqlite" | "ledgerExport" | "journalExport"
@@ -87,14 +88,14 @@ export const detect = (path: string): Effect.Effect<TargetKind, InputError> =>
   })
 
 /**
- * A SqlClient over an existing ledger database. `readonly` opens it without write access (what `verify`,
+ * The ledger's database (`LedgerSql`) on an existing ledger file. `readonly` opens it without write access (what `verify`,
  * `export`, `stats` and `dlq list` use, so checking a database can never change it). Fails with an
  * `InputError` when the file is not SQLite or lacks the ledger schema.
  */
 export const openLedger = (
   path: string,
   options: { readonly readonly: boolean }
-): Layer.Layer<SqlClient.SqlClient, InputError> => {
+): Layer.Layer<LedgerSql.LedgerSql, InputError> => {
   const client = SqliteClient.layer({ filename: path, readonly: options.readonly, disableWAL: options.readonly })
   const checked = Layer.effectDiscard(Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -116,5 +117,5 @@ export const openLedger = (
       )
     })
   )
-  return Layer.unwrapEffect(Effect.as(requireFile(path), opened))
+  return Layer.unwrapEffect(Effect.as(requireFile(path), Layer.provide(LedgerSql.fromSqlClient, opened)))
 }

@@ -5,7 +5,6 @@
  * reopened read-only and verified. Re-running on the same file extends the same chain.
  */
 import { Command, Options } from "@effect/cli"
-import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Console, Effect, Option, Random } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -15,6 +14,7 @@ import * as AuditLedger from "../AuditLedger.js"
 import * as AuditQueue from "../AuditQueue.js"
 import * as AuditSigner from "../AuditSigner.js"
 import { sha256Hex } from "../internal/encoding.js"
+import * as LedgerSql from "../LedgerSql.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as SessionJournals from "../SessionJournals.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
@@ -250,7 +250,7 @@ export const runDemo = (options: DemoOptions) =>
     })
     const report = yield* Effect.gen(function*() {
       // A ledger that earlier demo runs wrote unsigned declares where its signing began: its first signed row.
-      const sql = yield* SqlClient.SqlClient
+      const sql = (yield* LedgerSql.LedgerSql).client
       const [first] = yield* sql<{ first: number | null }>`
         SELECT MIN(sequence) AS first FROM signed_events WHERE attest_level = 'ed25519'`
       return yield* LedgerVerifier.verifyLedger({ keyring, signedFrom: first?.first ?? 0 })

@@ -7,7 +7,6 @@
  *
  * Run by test/Crash.test.ts (10 rounds) and by `npm run test:crash -- --rounds 200`.
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import Database from "better-sqlite3"
 import { Effect } from "effect"
 import { spawn } from "node:child_process"
@@ -15,6 +14,7 @@ import { join } from "node:path"
 import { createInterface } from "node:readline"
 import { verifyLedger } from "../../src/LedgerVerifier.js"
 import { repoRoot } from "../fixtures/cliBundle.js"
+import { sharedSqlite } from "../fixtures/ledgerSql.js"
 
 export interface CrashTotals {
   readonly rounds: number
@@ -59,7 +59,7 @@ const killedWriter = (filename: string, round: number, killAfterMs: number) =>
   })
 
 const verifyChain = (filename: string) =>
-  Effect.runPromise(verifyLedger().pipe(Effect.provide(SqliteClient.layer({ filename, readonly: true }))))
+  Effect.runPromise(verifyLedger().pipe(Effect.provide(sharedSqlite({ filename, readonly: true }))))
 
 export const crashRounds = async (
   rounds: number,
