@@ -127,7 +127,7 @@ export const layerSqlite = (
  * | `AGENT_LEDGER_PRIVATE_KEY_FILE`            | `signer` (PKCS#8 PEM)  | unsigned         |
  * | `AGENT_LEDGER_SYNCHRONOUS` (FULL, NORMAL)  | `synchronous`          | FULL             |
  * | `AGENT_LEDGER_BUSY_TIMEOUT`                | `busyTimeout`          | 5 seconds        |
- * | `AGENT_LEDGER_QUEUE_ID`                    | `queueId`              | a fresh UUID v7  |
+ * | `AGENT_LEDGER_QUEUE_ID`                    | `queueId`              | `"default"`      |
  * | `AGENT_LEDGER_SHUTDOWN_DRAIN_TIMEOUT`      | `shutdownDrainTimeout` | 5 seconds        |
  * | `AGENT_LEDGER_MAX_BATCH`                   | `maxBatch`             | 512              |
  * | `AGENT_LEDGER_MAX_RESTARTS`                | `maxRestarts`          | unlimited        |

@@ -8,7 +8,7 @@
  * `sendFailures` (refused because the queue was closed or failed). `dlqLanded` counts dead-letter
  * landings a second time, and `drainerDefects` counts the times the sink died under the drainer.
  */
-import { Effect, Metric } from "effect"
+import { Effect, Metric, MetricBoundaries } from "effect"
 
 export interface AuditMetricsSnapshot {
   /** Events handed to `submit`, accepted or not. */
@@ -30,8 +30,8 @@ export interface AuditMetricsSnapshot {
 /** A change to some counters; missing keys are zero. */
 export type AuditMetricsDelta = Partial<AuditMetricsSnapshot>
 
-/** All counters at zero: a fresh queue. */
-export const empty: AuditMetricsSnapshot = {
+/** All counters at zero: a fresh queue. Frozen: it is shared. */
+export const empty: AuditMetricsSnapshot = Object.freeze({
   submitted: 0,
   appended: 0,
   sendFailures: 0,
@@ -39,7 +39,7 @@ export const empty: AuditMetricsSnapshot = {
   drainerDefects: 0,
   dlqLanded: 0,
   uniqueRaceRetries: 0
-}
+})
 
 /** `snapshot` with `delta` added. */
 export const add = (snapshot: AuditMetricsSnapshot, delta: AuditMetricsDelta): AuditMetricsSnapshot => ({
@@ -67,15 +67,19 @@ export const isDrained = (snapshot: AuditMetricsSnapshot): boolean => accounted(
 // Effect Metric counters
 // ---------------------------------------------------------------------------------------------------------
 
-/** Effect `Metric` names, one per snapshot field; every series carries a `queue_id` tag. */
+/**
+ * Effect `Metric` counter names, one per snapshot field; every series carries a `queue_id` tag. Named as
+ * OpenTelemetry instruments are (no `_total`): a Prometheus exporter adds the `_total` suffix itself, so
+ * they are scraped as e.g. `agent_ledger_audit_submitted_total`.
+ */
 export const metricNames: { readonly [K in keyof AuditMetricsSnapshot]: string } = {
-  submitted: "agent_ledger_audit_submitted_total",
-  appended: "agent_ledger_audit_appended_total",
-  sendFailures: "agent_ledger_audit_send_failures_total",
-  appendFailures: "agent_ledger_audit_append_failures_total",
-  drainerDefects: "agent_ledger_audit_drainer_defects_total",
-  dlqLanded: "agent_ledger_audit_dlq_landed_total",
-  uniqueRaceRetries: "agent_ledger_audit_unique_race_retries_total"
+  submitted: "agent_ledger_audit_submitted",
+  appended: "agent_ledger_audit_appended",
+  sendFailures: "agent_ledger_audit_send_failures",
+  appendFailures: "agent_ledger_audit_append_failures",
+  drainerDefects: "agent_ledger_audit_drainer_defects",
+  dlqLanded: "agent_ledger_audit_dlq_landed",
+  uniqueRaceRetries: "agent_ledger_audit_unique_race_retries"
 }
 
 const descriptions: { readonly [K in keyof AuditMetricsSnapshot]: string } = {
@@ -96,12 +100,15 @@ export type AuditCounters = { readonly [K in keyof AuditMetricsSnapshot]: Metric
 
 const fields = Object.keys(empty) as ReadonlyArray<keyof AuditMetricsSnapshot>
 
-/** The counters for the queue `queueId`. Counters are global by name; the tag keeps queues apart. */
+/**
+ * The counters for the queue `queueId`, each registered at 0 so that every series exists from the start
+ * (an alert on `increase(...)` needs the zero). Counters are global by name; the tag keeps queues apart.
+ */
 export const counters = (queueId: string): AuditCounters => {
   const make = (field: keyof AuditMetricsSnapshot) =>
     Metric.counter(metricNames[field], { description: descriptions[field], incremental: true }).pipe(
       Metric.tagged(QUEUE_ID_TAG, queueId)
-    )
+    ).register()
   return {
     submitted: make("submitted"),
     appended: make("appended"),
@@ -116,11 +123,36 @@ export const counters = (queueId: string): AuditCounters => {
 /** Effect `Metric` gauge: 1 while the queue is `Stalled` (its sink cannot write; events are held), else 0. */
 export const STALLED_GAUGE = "agent_ledger_audit_stalled"
 
-/** The stalled gauge of the queue `queueId`. */
+/** The stalled gauge of the queue `queueId` (registered at 0). */
 export const stalledGauge = (queueId: string): Metric.Metric.Gauge<number> =>
   Metric.gauge(STALLED_GAUGE, { description: "1 while the audit sink cannot write and events are held" }).pipe(
     Metric.tagged(QUEUE_ID_TAG, queueId)
-  )
+  ).register()
+
+/**
+ * Effect `Metric` gauge: events accepted and not yet handled (queued, or in the batch being appended), set
+ * at every submit and every settled batch. A backlog alert watches it.
+ */
+export const QUEUE_DEPTH_GAUGE = "agent_ledger_audit_queue_depth"
+
+/** The queue-depth gauge of the queue `queueId` (registered at 0). */
+export const queueDepthGauge = (queueId: string): Metric.Metric.Gauge<number> =>
+  Metric.gauge(QUEUE_DEPTH_GAUGE, { description: "Audit events accepted and not yet appended or dead-lettered" })
+    .pipe(Metric.tagged(QUEUE_ID_TAG, queueId)).register()
+
+/** Effect `Metric` histogram: seconds one append of a batch took in the sink (one write transaction). */
+export const APPEND_DURATION_HISTOGRAM = "agent_ledger_audit_append_duration_seconds"
+
+/** Bucket bounds of the append histogram: 0.5 ms to about 16 s, doubling. */
+export const appendDurationBoundaries: Array<number> = Array.from({ length: 16 }, (_, i) => 0.0005 * 2 ** i)
+
+/** The append-duration histogram of the queue `queueId`. */
+export const appendDuration = (queueId: string): Metric.Metric.Histogram<number> =>
+  Metric.histogram(
+    APPEND_DURATION_HISTOGRAM,
+    MetricBoundaries.fromIterable(appendDurationBoundaries),
+    "Seconds one batch append took in the audit sink (one write transaction)"
+  ).pipe(Metric.tagged(QUEUE_ID_TAG, queueId)).register()
 
 /**
  * Adds `delta` to the published counters, synchronously (the queue's intake is one synchronous step).

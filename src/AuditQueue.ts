@@ -26,7 +26,7 @@
  * `drainPending` waits for "every submitted event is accounted for" and is woken by the drainer (no
  * polling), with its timeout on `Clock`.
  */
-import type { Array as Arr, Scope } from "effect"
+import type { Array as Arr, Metric, Scope } from "effect"
 import {
   Cause,
   Chunk,
@@ -46,6 +46,7 @@ import {
   Schedule,
   Schema
 } from "effect"
+import type { Tracer } from "effect"
 import type { AgentAction, Decision } from "./AuditEvent.js"
 import { DeferredAuditEvent } from "./AuditEvent.js"
 import * as AuditMetrics from "./AuditMetrics.js"
@@ -53,8 +54,8 @@ import type { AuditMetricsSnapshot } from "./AuditMetrics.js"
 import type { AppendOutcome } from "./AuditSink.js"
 import type { AuditSinkError } from "./AuditSink.js"
 import { AuditSink } from "./AuditSink.js"
+import type { Service as AuditSinkService } from "./AuditSink.js"
 import { eventLoopScheduler } from "./internal/eventLoopScheduler.js"
-import { uuidV7 } from "./internal/uuid.js"
 
 export type { AuditMetricsSnapshot } from "./AuditMetrics.js"
 
@@ -141,6 +142,9 @@ export class AuditQueue extends Context.Tag("agent-ledger/AuditQueue")<AuditQueu
   readonly metrics: Effect.Effect<AuditMetricsSnapshot>
 }>() {}
 
+/** The `AuditQueue` service itself (what `yield* AuditQueue` gives). */
+export type Service = Context.Tag.Service<AuditQueue>
+
 export interface Options {
   /**
    * Consecutive drainer restarts allowed (the count resets when an event is appended); one more defect
@@ -160,7 +164,11 @@ export interface Options {
    * `defaultStallSchedule`.
    */
   readonly stallSchedule?: Schedule.Schedule<unknown, unknown>
-  /** The `queue_id` tag of this queue's `Metric` counters. Default: a fresh UUID v7. */
+  /**
+   * The queue's id: the `queue_id` tag of its metrics, the `queue_id` annotation of its log lines and the
+   * `agent_ledger.queue_id` attribute of its spans. Default `DEFAULT_QUEUE_ID`, stable across restarts;
+   * give each queue of one process its own.
+   */
   readonly queueId?: string
   /**
    * The most events one drain step hands the sink (one write transaction). Default `DEFAULT_MAX_BATCH`;
@@ -185,6 +193,16 @@ export const DEFAULT_SHUTDOWN_DRAIN_TIMEOUT: Duration.Duration = Duration.second
 /** The default `maxBatch`. */
 export const DEFAULT_MAX_BATCH = 512
 
+/** The default `queueId`. */
+export const DEFAULT_QUEUE_ID = "default"
+
+/** Span names (docs/OPERATIONS.md, "Traces"). */
+export const SPAN_APPEND = "agent_ledger.audit.append"
+export const SPAN_DEAD_LETTER = "agent_ledger.audit.dead_letter"
+
+/** The most submitter spans one append span links to. */
+const MAX_SPAN_LINKS = 128
+
 interface State {
   /** Intake: submits are accepted only while open. */
   readonly open: boolean
@@ -205,6 +223,37 @@ interface Batch {
   readonly events: ReadonlyArray<DeferredAuditEvent>
   settled: number
   claimed: boolean
+  /** What the settlements of the current attempt came to, for its append span. */
+  firstSequence: number | undefined
+  lastSequence: number | undefined
+  retries: number
+  notAppended: number
+}
+
+const newBatch = (events: ReadonlyArray<DeferredAuditEvent>): Batch => ({
+  events,
+  settled: 0,
+  claimed: false,
+  firstSequence: undefined,
+  lastSequence: undefined,
+  retries: 0,
+  notAppended: 0
+})
+
+/** Notes the settlements' positions and retries on the batch (read by the append span). */
+const observe = (batch: Batch, settlements: ReadonlyArray<Settlement>): void => {
+  for (const s of settlements) {
+    if (s._tag === "Appended") {
+      const sequence = s.position?.sequence
+      if (sequence !== undefined) {
+        if (batch.firstSequence === undefined) batch.firstSequence = sequence
+        batch.lastSequence = sequence
+      }
+    } else {
+      batch.notAppended++
+    }
+    if (s._tag !== "Failed") batch.retries += s.uniqueRaceRetries
+  }
 }
 
 /** How one event ended, as the drainer accounts it. */
@@ -302,6 +351,10 @@ type Waiter = Deferred.Deferred<AuditReceipt, AuditAckError>
 const makeAccounts = (queueId: string, restartDriver: Schedule.ScheduleDriver<unknown, unknown, never>) =>
   Effect.gen(function*() {
     const counters = AuditMetrics.counters(queueId)
+    const depthGauge = AuditMetrics.queueDepthGauge(queueId)
+    depthGauge.unsafeUpdate(0, [])
+    /** The span each accepted event was submitted in (only when the submitter had one), for span links. */
+    const submitSpans = new WeakMap<DeferredAuditEvent, Tracer.AnySpan>()
     // Plain mutable cells owned by this service, read and written only inside synchronous steps, so that
     // `submit` is one step that no other fiber can interleave with or preempt (a Ref would be several).
     const state = MutableRef.make<State>({
@@ -352,23 +405,49 @@ const makeAccounts = (queueId: string, restartDriver: Schedule.ScheduleDriver<un
         const first = batch.settled
         batch.settled += settlements.length
         const delta = deltaOf(settlements)
-        update((s) => ({ ...s, metrics: AuditMetrics.add(s.metrics, delta) }))
+        observe(batch, settlements)
+        const metrics = AuditMetrics.add(get().metrics, delta)
+        update((s) => ({ ...s, metrics }))
         AuditMetrics.unsafePublish(counters, delta)
+        depthGauge.unsafeUpdate(AuditMetrics.inFlight(metrics), [])
         if (waiters.size > 0) {
           settlements.forEach((settlement, i) => answerWaiter(batch.events[first + i]!, settlement))
         }
         return Effect.zipRight(resetRestartsAfterAppend(delta), wakeDrainWaiters)
       })
 
-    /** One synchronous step: count the event and offer it to `queue`, or count a send failure. */
-    const admit = (event: DeferredAuditEvent, queue: Queue.Queue<DeferredAuditEvent>): boolean => {
+    /**
+     * One synchronous step: count the event and offer it to `queue`, or count a send failure. `span` is
+     * the submitter's, linked from the append span.
+     */
+    const admit = (
+      event: DeferredAuditEvent,
+      queue: Queue.Queue<DeferredAuditEvent>,
+      span: Tracer.AnySpan | undefined
+    ): boolean => {
       const s = get()
       const delta = s.open ? { submitted: 1 } : { submitted: 1, sendFailures: 1 }
-      MutableRef.set(state, { ...s, metrics: AuditMetrics.add(s.metrics, delta) })
+      const metrics = AuditMetrics.add(s.metrics, delta)
+      MutableRef.set(state, { ...s, metrics })
       AuditMetrics.unsafePublish(counters, delta)
+      if (!s.open) return false
+      if (span !== undefined) submitSpans.set(event, span)
       // Unbounded and never shut down (closing only stops intake), so the offer always succeeds.
-      if (s.open) queue.unsafeOffer(event)
-      return s.open
+      queue.unsafeOffer(event)
+      depthGauge.unsafeUpdate(AuditMetrics.inFlight(metrics), [])
+      return true
+    }
+
+    /** The distinct submitter spans of `events` as span links (at most `MAX_SPAN_LINKS`), forgotten once read. */
+    const linksOf = (events: ReadonlyArray<DeferredAuditEvent>): Array<Tracer.SpanLink> => {
+      const spans = new Set<Tracer.AnySpan>()
+      for (const event of events) {
+        const span = submitSpans.get(event)
+        if (span === undefined) continue
+        submitSpans.delete(event)
+        if (spans.size < MAX_SPAN_LINKS) spans.add(span)
+      }
+      return Array.from(spans, (span) => ({ _tag: "SpanLink", span, attributes: {} }))
     }
 
     const awaitDrained: Effect.Effect<void> = Effect.gen(function*() {
@@ -383,7 +462,7 @@ const makeAccounts = (queueId: string, restartDriver: Schedule.ScheduleDriver<un
     const stalledGauge = AuditMetrics.stalledGauge(queueId)
     const publishStalled = (stalled: boolean): void => stalledGauge.unsafeUpdate(stalled ? 1 : 0, [])
 
-    return { get, update, inHand, waiters, answerWaiter, settle, admit, awaitDrained, publishStalled }
+    return { get, update, inHand, waiters, answerWaiter, settle, admit, linksOf, awaitDrained, publishStalled }
   })
 
 type Accounts = Effect.Effect.Success<ReturnType<typeof makeAccounts>>
@@ -404,19 +483,18 @@ const makeIntake = (
     )
 
   const submit = (event: DeferredAuditEvent): Effect.Effect<boolean> =>
-    Effect.flatMap(
-      Effect.sync(() => accounts.admit(event, queue)),
-      (accepted) => accepted ? Effect.succeed(true) : Effect.as(logRefused(event), false)
+    Effect.withFiberRuntime((fiber) =>
+      accounts.admit(event, queue, fiber.currentSpan) ? Effect.succeed(true) : Effect.as(logRefused(event), false)
     )
 
   const submitAndWait = (event: DeferredAuditEvent): Effect.Effect<AuditReceipt, AuditAckError> =>
     Effect.flatMap(Deferred.make<AuditReceipt, AuditAckError>(), (deferred) =>
-      Effect.suspend(() => {
+      Effect.withFiberRuntime((fiber) => {
         // Registered before the offer, so a drainer that settles the event at once finds the waiter.
         const waiting = accounts.waiters.get(event)
         if (waiting === undefined) accounts.waiters.set(event, [deferred])
         else waiting.push(deferred)
-        if (accounts.admit(event, queue)) return Deferred.await(deferred)
+        if (accounts.admit(event, queue, fiber.currentSpan)) return Deferred.await(deferred)
         accounts.answerWaiter(event, failed("the audit queue is closed", false, false))
         return Effect.zipRight(
           logRefused(event),
@@ -471,12 +549,20 @@ const unavailableReason = (cause: Cause.Cause<AuditSinkError>): Option.Option<st
     (error) => error.unavailable === true ? Option.some(error.reason) : Option.none()
   )
 
-const makeSinkCalls = (sink: Context.Tag.Service<AuditSink>, accounts: Accounts) => {
+const makeSinkCalls = (sink: AuditSinkService, accounts: Accounts) => {
   /**
    * Dead-letter `events` with `reason`: in one write where the sink has `deadLetterBatch` (all land or
    * none), else one by one. Returns, per event, whether it landed.
    */
   const deadLetter = (
+    events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>,
+    reason: string
+  ): Effect.Effect<ReadonlyArray<boolean>> =>
+    Effect.withSpan(deadLetterOnce(events, reason), SPAN_DEAD_LETTER, {
+      attributes: { "agent_ledger.event_count": events.length, "agent_ledger.reason": reason }
+    })
+
+  const deadLetterOnce = (
     events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>,
     reason: string
   ): Effect.Effect<ReadonlyArray<boolean>> => {
@@ -633,7 +719,7 @@ const makeResidual = (accounts: Accounts, queue: Queue.Queue<DeferredAuditEvent>
         onTimeout: () => unhandled.map(() => false)
       })
       yield* accounts.settle(
-        { events: unhandled, settled: 0, claimed: false },
+        newBatch(unhandled),
         unhandled.map((_, i) => failed(reason, false, landed[i] === true))
       )
       const lost = unhandled.filter((_, i) => landed[i] !== true)
@@ -649,6 +735,8 @@ const makeResidual = (accounts: Accounts, queue: Queue.Queue<DeferredAuditEvent>
 
 const makeSupervisor = (
   options: {
+    readonly queueId: string
+    readonly appendDuration: Metric.Metric.Histogram<number>
     readonly maxBatch: number
     readonly maxRestarts: number
     readonly restartDriver: Schedule.ScheduleDriver<unknown, unknown, never>
@@ -664,7 +752,7 @@ const makeSupervisor = (
     const left = MutableRef.get(accounts.inHand)
     if (left !== undefined && !left.claimed && left.settled < left.events.length) return left
     const events = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, options.maxBatch))
-    const batch: Batch = { events, settled: 0, claimed: false }
+    const batch = newBatch(events)
     MutableRef.set(accounts.inHand, batch)
     return batch
   })
@@ -698,10 +786,51 @@ const makeSupervisor = (
     yield* Effect.logInfo("audit sink available again; draining the held events")
   })
 
+  /**
+   * The sink call for `batch`, in a root span linked to the spans its events were submitted in, timed
+   * into the append-duration histogram.
+   */
+  const tracedAppend = (batch: Batch): Effect.Effect<Option.Option<string>, SinkDied> => {
+    const pending = batch.events.length - batch.settled
+    return Effect.gen(function*() {
+      // The span reports this attempt only (a batch left by a restart or a stall is attempted again).
+      batch.firstSequence = undefined
+      batch.lastSequence = undefined
+      batch.retries = 0
+      batch.notAppended = 0
+      const started = yield* Clock.currentTimeNanos
+      const unavailable = yield* calls.appendBatch(batch).pipe(
+        Effect.ensuring(
+          Effect.flatMap(
+            Clock.currentTimeNanos,
+            (ended) => Effect.sync(() => options.appendDuration.unsafeUpdate(Number(ended - started) / 1e9, []))
+          )
+        )
+      )
+      yield* Effect.annotateCurrentSpan({
+        "agent_ledger.outcome": Option.isSome(unavailable)
+          ? "unavailable"
+          : batch.notAppended > 0
+          ? "partial"
+          : "appended",
+        "agent_ledger.retries": batch.retries,
+        ...(batch.firstSequence === undefined ? {} : { "agent_ledger.sequence.first": batch.firstSequence }),
+        ...(batch.lastSequence === undefined ? {} : { "agent_ledger.sequence.last": batch.lastSequence }),
+        ...(batch.notAppended > 0 ? { "agent_ledger.not_appended": batch.notAppended } : {})
+      })
+      return unavailable
+    }).pipe(Effect.withSpan(SPAN_APPEND, {
+      root: true,
+      kind: "producer",
+      links: accounts.linksOf(batch.events),
+      attributes: { "agent_ledger.batch.size": pending, "agent_ledger.queue_id": options.queueId }
+    }))
+  }
+
   /** Append the next batch; the batch in hand is let go only once all its events are settled. */
   const drainStep: Effect.Effect<void, SinkDied> = Effect.gen(function*() {
     const batch = yield* nextBatch
-    const unavailable = yield* calls.appendBatch(batch)
+    const unavailable = yield* tracedAppend(batch)
     if (Option.isSome(unavailable)) return yield* stall(unavailable.value)
     yield* resumeAfterStall
     MutableRef.set(accounts.inHand, undefined)
@@ -756,11 +885,11 @@ const makeSupervisor = (
 // ---------------------------------------------------------------------------------------------------------
 
 export const make = (
-  options: Options & { readonly sink: Context.Tag.Service<AuditSink> }
-): Effect.Effect<Context.Tag.Service<AuditQueue>, never, Scope.Scope> =>
+  options: Options & { readonly sink: AuditSinkService }
+): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const queueId = options.queueId ?? uuidV7(yield* Clock.currentTimeMillis)
-    const annotate = Effect.annotateLogs({ auditQueue: queueId })
+    const queueId = options.queueId ?? DEFAULT_QUEUE_ID
+    const annotate = Effect.annotateLogs({ [AuditMetrics.QUEUE_ID_TAG]: queueId })
     const restartDriver = yield* Schedule.driver(options.restartSchedule ?? defaultRestartSchedule)
     const queue = yield* Queue.unbounded<DeferredAuditEvent>()
     const accounts = yield* makeAccounts(queueId, restartDriver)
@@ -768,6 +897,8 @@ export const make = (
     const residual = makeResidual(accounts, queue, calls)
     const supervisor = makeSupervisor(
       {
+        queueId,
+        appendDuration: AuditMetrics.appendDuration(queueId),
         maxBatch: Math.max(1, Math.floor(options.maxBatch ?? DEFAULT_MAX_BATCH)),
         maxRestarts: options.maxRestarts ?? Number.POSITIVE_INFINITY,
         restartDriver,
@@ -797,7 +928,8 @@ export const make = (
       ...shutdown,
       isOpen: read((s) => s.open),
       status: read((s) => s.status),
-      metrics: read((s) => s.metrics)
+      // A copy: the caller cannot change the snapshot `drainPending` reads.
+      metrics: read((s) => ({ ...s.metrics }))
     })
   })
 
@@ -875,7 +1007,7 @@ const makeShutdown = (
  * Closing the layer's scope stops intake and drains what is queued, bounded by `shutdownDrainTimeout`.
  */
 export const layer = <E = never, R = never>(
-  options: Options & { readonly sink: Layer.Layer<AuditSink, E, R> | Context.Tag.Service<AuditSink> }
+  options: Options & { readonly sink: Layer.Layer<AuditSink, E, R> | AuditSinkService }
 ): Layer.Layer<AuditQueue, E, R> => {
   const { sink, ...rest } = options
   if (Layer.isLayer(sink)) {
@@ -883,5 +1015,5 @@ export const layer = <E = never, R = never>(
       Layer.provide(sink as Layer.Layer<AuditSink, E, R>)
     )
   }
-  return Layer.scoped(AuditQueue, make({ ...rest, sink: sink as Context.Tag.Service<AuditSink> }))
+  return Layer.scoped(AuditQueue, make({ ...rest, sink: sink as AuditSinkService }))
 }

@@ -79,3 +79,6 @@ export class AuditSink extends Context.Tag("agent-ledger/AuditSink")<AuditSink, 
     | ((events: Arr.NonEmptyReadonlyArray<DeferredAuditEvent>, reason: string) => Effect.Effect<void, AuditSinkError>)
     | undefined
 }>() {}
+
+/** The `AuditSink` service itself (what `yield* AuditSink` gives). */
+export type Service = Context.Tag.Service<AuditSink>

@@ -92,6 +92,9 @@ export interface ReplayResult {
   readonly pending: number
 }
 
+/** The span around `replayDeadLetters` (docs/OPERATIONS.md, "Traces"). */
+export const SPAN_REPLAY = "agent_ledger.dlq.replay"
+
 /** Replays the pending dead letters in order (see the module comment). */
 export const replayDeadLetters = (
   options: {
@@ -105,6 +108,7 @@ export const replayDeadLetters = (
     const sink = yield* SqlAuditSink
     const pending = yield* list({ pendingOnly: true })
     const dryRun = options.dryRun === true
+    yield* Effect.annotateCurrentSpan({ "agent_ledger.pending": pending.length, "agent_ledger.dry_run": dryRun })
     if (dryRun) return { replayed: 0, alreadyInChain: 0, failed: [], dryRun, pending: pending.length }
     let replayed = 0
     let alreadyInChain = 0
@@ -128,5 +132,10 @@ export const replayDeadLetters = (
       replayed++
     }
     yield* onProgress(pending.length, pending.length)
+    yield* Effect.annotateCurrentSpan({
+      "agent_ledger.replayed": replayed,
+      "agent_ledger.already_in_chain": alreadyInChain,
+      "agent_ledger.failed": failed.length
+    })
     return { replayed, alreadyInChain, failed, dryRun, pending: pending.length }
-  }))
+  })).pipe(Effect.withSpan(SPAN_REPLAY))

@@ -611,6 +611,9 @@ const releasePage = (rows: Page): void => {
   if (Object.isExtensible(rows)) (rows as Array<unknown>).length = 0
 }
 
+/** The span around `verifyLedger` (docs/OPERATIONS.md, "Traces"). */
+export const SPAN_VERIFY = "agent_ledger.ledger.verify"
+
 export interface VerifyLedgerOptions {
   readonly keyring?: AuditSigner.Keyring | undefined
   readonly pin?: Pin | undefined
@@ -657,8 +660,14 @@ export const verifyLedger = (
       releasePage(rows)
       if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
     } while (Option.isSome(after))
-    return yield* withDuplicateCheck(checker.report())
-  }))
+    const report = yield* withDuplicateCheck(checker.report())
+    yield* Effect.annotateCurrentSpan({
+      "agent_ledger.rows_checked": report.rowsChecked,
+      "agent_ledger.ok": report.ok,
+      "agent_ledger.failure_count": report.failureCount
+    })
+    return report
+  })).pipe(Effect.withSpan(SPAN_VERIFY))
 
 /**
  * Paging by `sequence > last` reads one row per sequence; a second row with a sequence already read is

@@ -10,12 +10,17 @@
  */
 import { Context, Effect, Layer, ParseResult, Schema } from "effect"
 import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "./internal/encoding.js"
+import { debugSpan } from "./internal/tracing.js"
 
 /** The `format` of a `JournalExport`. */
 export const EXPORT_FORMAT = "agent-ledger/journal/v1"
 
 /** The domain string that opens every entry's hash input. */
 export const ENTRY_HASH_DOMAIN = "agent-ledger/journal-entry/v1"
+
+/** Span names, made only at debug level (docs/OPERATIONS.md, "Traces"). */
+export const SPAN_RECORD = "agent_ledger.journal.record"
+export const SPAN_EXPORT = "agent_ledger.journal.export"
 
 /** The largest delegation depth the format can hold (it is hashed as a u32). */
 export const MAX_DELEGATION_DEPTH = 0xffff_ffff
@@ -343,6 +348,9 @@ export interface Journal {
 /** A journal as a service, for programs that run inside one session (`layer`). */
 export class SessionJournal extends Context.Tag("agent-ledger/SessionJournal")<SessionJournal, Journal>() {}
 
+/** The `SessionJournal` service itself: a `Journal`. */
+export type Service = Journal
+
 /** What a journal keeps of one entry: its sequence is its index, its prevHash the previous entry's hash. */
 interface StoredEntry extends RecordParams {
   readonly timestampMillis: number
@@ -511,11 +519,17 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
     // Clock time is read before the append: under concurrent recording, timestamps follow the order in which
     // callers asked, which can differ slightly from sequence order. Validation and append are one step, so
     // the values checked are the values hashed.
-    const record = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
+    const recordNow = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
       Effect.clockWith((clock) => {
         const appended = appendNow(params, clock.unsafeCurrentTimeMillis())
         return typeof appended === "number" ? Effect.succeed(appended) : Effect.fail(appended)
       })
+    const record = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
+      recordNow(params).pipe(debugSpan(SPAN_RECORD, () => ({
+        "agent_ledger.session_id": sessionId,
+        "agent_ledger.tool_name": params.toolName,
+        "agent_ledger.allowed": params.allowed
+      })))
 
     return {
       sessionId: Effect.succeed(sessionId),
@@ -541,6 +555,8 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
           headHash: log.hashHex(log.length - 1),
           entries: log.entries(0)
         }, true)
+      ).pipe(
+        debugSpan(SPAN_EXPORT, () => ({ "agent_ledger.session_id": sessionId, "agent_ledger.length": log.length }))
       )
     }
   })

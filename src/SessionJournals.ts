@@ -21,7 +21,10 @@ export class SessionJournals extends Context.Tag("agent-ledger/SessionJournals")
   readonly list: Effect.Effect<ReadonlyArray<string>>
 }>() {}
 
-export const make: Effect.Effect<Context.Tag.Service<SessionJournals>> = Effect.gen(function*() {
+/** The `SessionJournals` service itself (what `yield* SessionJournals` gives). */
+export type Service = Context.Tag.Service<SessionJournals>
+
+export const make: Effect.Effect<Service> = Effect.gen(function*() {
   const open = yield* SynchronizedRef.make(HashMap.empty<string, SessionJournal.Journal>())
 
   // Creation happens inside one `modifyEffect`, which serializes creators, so two fibers racing on a new

@@ -74,6 +74,9 @@ export class SqlAuditSink extends Context.Tag("agent-ledger/SqlAuditSink")<SqlAu
   readonly countByEventType: (eventType: string) => Effect.Effect<number, SqlError>
 }>() {}
 
+/** The `SqlAuditSink` service itself (what `yield* SqlAuditSink` gives). */
+export type Service = Context.Tag.Service<SqlAuditSink>
+
 export interface Options {
   /** Signs every row (`attest_level` "ed25519"); without one rows are "unsigned". */
   readonly signer?: AuditSigner | undefined

@@ -59,9 +59,18 @@ describe("AuditMetrics", () => {
       expect(Object.fromEntries(yield* values(b))).toEqual(AuditMetrics.empty)
     }))
 
-  it("every snapshot field has a distinct *_total metric name", () => {
+  it("every snapshot field has a distinct counter name, without the _total a Prometheus exporter adds", () => {
     const names = fields.map((field) => AuditMetrics.metricNames[field])
     expect(new Set(names).size).toBe(fields.length)
-    for (const name of names) expect(name).toMatch(/^agent_ledger_audit_[a-z_]+_total$/)
+    for (const name of names) expect(name).toMatch(/^agent_ledger_audit_[a-z_]+[a-z]$/)
+    for (const name of names) expect(name.endsWith("_total")).toBe(false)
+  })
+
+  it("the shared empty snapshot cannot be written to", () => {
+    expect(Object.isFrozen(AuditMetrics.empty)).toBe(true)
+    expect(() => {
+      ;(AuditMetrics.empty as { submitted: number }).submitted = 5
+    }).toThrow(TypeError)
+    expect(AuditMetrics.empty.submitted).toBe(0)
   })
 })
