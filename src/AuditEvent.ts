@@ -2,7 +2,7 @@
  * The governance audit domain: what an agent tried to do (`AgentAction`), what the guard decided
  * (`Decision`), and the refusal record that travels through the audit pipeline (`DeferredAuditEvent`).
  *
- * `canonicalBytes` is the public payload contract (docs/FORMAT.md, "Refusal payload v1"): RFC 8785 JSON of
+ * `canonicalBytes` is the public payload contract (docs/FORMAT.md, "Refusal payload"): RFC 8785 JSON of
  * the event, hashed into every ledger row. Changing the encoded shape of any schema here changes payload
  * hashes, so it needs a format version bump.
  */
@@ -86,13 +86,31 @@ export const isRefusal = (decision: Decision): decision is Refuse => decision._t
 /** The ledger's `event_type` for a refusal row. */
 export const GOVERNANCE_REFUSAL_EVENT_TYPE = "governance.refusal"
 
+/** The ledger's `event_type` for a session seal row (docs/FORMAT.md, "Session seal"). */
+export const SESSION_SEALED_EVENT_TYPE = "session.sealed"
+
+/** The journal entry a refusal belongs to: its session and position (payload v2 `journal`). */
+export class JournalRef extends Schema.Class<JournalRef>("JournalRef")({
+  sessionId: Schema.String,
+  sequence: Schema.Number.pipe(Schema.int(), Schema.nonNegative())
+}) {}
+
+/** What a session seal commits to: a journal's id, length and head hash (its `JournalExport`'s). */
+export interface SessionSeal {
+  readonly sessionId: string
+  readonly length: number
+  readonly headHash: string
+}
+
 export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("DeferredAuditEvent")({
   /** UUID v7 made when the event is created; retries and replays de-duplicate by it. */
   id: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)),
   agentId: Schema.String,
   action: AgentAction,
   decision: Decision,
-  timestamp: Schema.DateTimeUtc
+  timestamp: Schema.DateTimeUtc,
+  /** The journal entry the refusal belongs to, when the guard journals its calls (payload v2). */
+  journal: Schema.optional(JournalRef)
 }) {
   /**
    * The audit event for a refusal, `None` for `Allow` and `Warn` (only refusals are chain-logged).
@@ -106,7 +124,8 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
   static fromRefusal(
     agentId: string,
     action: AgentAction,
-    decision: Decision
+    decision: Decision,
+    journal?: JournalRef
   ): Effect.Effect<Option.Option<DeferredAuditEvent>> {
     if (!isRefusal(decision)) return Effect.succeedNone
     return Effect.map(Clock.currentTimeMillis, (millis) =>
@@ -114,10 +133,58 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
         new DeferredAuditEvent({
           id: uuidV7(millis),
           ...wellFormedParts(agentId, action, decision),
-          timestamp: DateTime.unsafeMake(millis)
+          timestamp: DateTime.unsafeMake(millis),
+          ...(journal === undefined ? {} : {
+            journal: isWellFormed(journal.sessionId)
+              ? journal
+              : new JournalRef({ sessionId: toWellFormed(journal.sessionId), sequence: journal.sequence })
+          })
         })
       ))
   }
+
+  /**
+   * The `session.sealed` event for a journal: its id, length and head hash, so that an export of the
+   * journal can later be checked against the ledger (docs/FORMAT.md, "Session seal"). The agent id is the
+   * session's agent.
+   */
+  static sessionSeal(agentId: string, seal: SessionSeal): Effect.Effect<DeferredAuditEvent> {
+    return Effect.map(Clock.currentTimeMillis, (millis) =>
+      new DeferredAuditEvent({
+        id: uuidV7(millis),
+        agentId: toWellFormed(agentId),
+        action: new Custom({
+          customKind: SESSION_SEALED_EVENT_TYPE,
+          payload: {
+            session_id: toWellFormed(seal.sessionId),
+            journal_format: JOURNAL_EXPORT_FORMAT,
+            length: seal.length,
+            head_hash: seal.headHash
+          }
+        }),
+        decision: new Allow(),
+        timestamp: DateTime.unsafeMake(millis)
+      }))
+  }
+}
+
+/** The journal export format a seal names (`SessionJournal.EXPORT_FORMAT`). */
+const JOURNAL_EXPORT_FORMAT = "agent-ledger/journal/v1"
+
+/** The ledger `event_type` of an event's row: a seal (an `Allow` of a seal action) or a refusal. */
+export const eventTypeOf = (event: DeferredAuditEvent): string =>
+  event.decision._tag === "Allow" && event.action._tag === "Custom" &&
+    event.action.customKind === SESSION_SEALED_EVENT_TYPE
+    ? SESSION_SEALED_EVENT_TYPE
+    : GOVERNANCE_REFUSAL_EVENT_TYPE
+
+/** The seal a `session.sealed` event commits to (`None` for any other event). */
+export const sealOf = (event: DeferredAuditEvent): Option.Option<SessionSeal> => {
+  if (eventTypeOf(event) !== SESSION_SEALED_EVENT_TYPE || event.action._tag !== "Custom") return Option.none()
+  const p = event.action.payload as Record<string, unknown>
+  return typeof p.session_id === "string" && typeof p.length === "number" && typeof p.head_hash === "string"
+    ? Option.some({ sessionId: p.session_id, length: p.length, headHash: p.head_hash })
+    : Option.none()
 }
 
 const decodeAction = Schema.decodeUnknownSync(AgentAction)
@@ -177,12 +244,18 @@ export const encodeDecision = (decision: Decision): typeof Decision.Encoded =>
     ? { _tag: "Allow" }
     : { _tag: decision._tag, ruleId: decision.ruleId, reason: decision.reason }
 
-/** The JSON object that `canonicalBytes` canonicalizes (docs/FORMAT.md, "Refusal payload v1"). */
+/**
+ * The JSON object that `canonicalBytes` canonicalizes (docs/FORMAT.md, "Refusal payload"): the five
+ * members of v1, and `journal` (v2) when the event names its journal entry.
+ */
 export const canonicalObject = (event: DeferredAuditEvent) => ({
   action: encodeAction(event.action),
   agent_id: event.agentId,
   decision: encodeDecision(event.decision),
   event_id: event.id,
+  ...(event.journal === undefined
+    ? {}
+    : { journal: { session_id: event.journal.sessionId, sequence: event.journal.sequence } }),
   timestamp: formatTimestamp(event)
 })
 

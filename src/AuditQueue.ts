@@ -47,7 +47,7 @@ import {
   Schema
 } from "effect"
 import type { Tracer } from "effect"
-import type { AgentAction, Decision } from "./AuditEvent.js"
+import type { AgentAction, Decision, JournalRef } from "./AuditEvent.js"
 import { DeferredAuditEvent } from "./AuditEvent.js"
 import * as AuditMetrics from "./AuditMetrics.js"
 import type { AuditMetricsSnapshot } from "./AuditMetrics.js"
@@ -103,8 +103,16 @@ export class AuditQueue extends Context.Tag("agent-ledger/AuditQueue")<AuditQueu
    * not durable; a fail-closed guard uses `submitAndWait`.
    */
   readonly submit: (event: DeferredAuditEvent) => Effect.Effect<boolean>
-  /** Build the event with `DeferredAuditEvent.fromRefusal` and submit it; `false`, uncounted, for Allow/Warn. */
-  readonly submitRefusal: (agentId: string, action: AgentAction, decision: Decision) => Effect.Effect<boolean>
+  /**
+   * Build the event with `DeferredAuditEvent.fromRefusal` and submit it; `false`, uncounted, for
+   * Allow/Warn. `journal` names the journal entry of the refused call (refusal payload v2).
+   */
+  readonly submitRefusal: (
+    agentId: string,
+    action: AgentAction,
+    decision: Decision,
+    journal?: JournalRef
+  ) => Effect.Effect<boolean>
   /**
    * Submit and wait for the durable acknowledgement: succeeds once the event's row is committed (with the
    * sink's synchronous FULL, durable on disk; with NORMAL, committed but possibly lost on power failure),
@@ -117,7 +125,8 @@ export class AuditQueue extends Context.Tag("agent-ledger/AuditQueue")<AuditQueu
   readonly submitRefusalAndWait: (
     agentId: string,
     action: AgentAction,
-    decision: Decision
+    decision: Decision,
+    journal?: JournalRef
   ) => Effect.Effect<Option.Option<AuditReceipt>, AuditAckError>
   /**
    * Wait until every submitted event is accounted for (appended + appendFailures + sendFailures ≥
@@ -502,15 +511,20 @@ const makeIntake = (
         )
       }))
 
-  const submitRefusal = (agentId: string, action: AgentAction, decision: Decision): Effect.Effect<boolean> =>
+  const submitRefusal = (
+    agentId: string,
+    action: AgentAction,
+    decision: Decision,
+    journal?: JournalRef
+  ): Effect.Effect<boolean> =>
     Effect.flatMap(
-      DeferredAuditEvent.fromRefusal(agentId, action, decision),
+      DeferredAuditEvent.fromRefusal(agentId, action, decision, journal),
       (event) => event._tag === "Some" ? submit(event.value) : Effect.succeed(false)
     )
 
-  const submitRefusalAndWait = (agentId: string, action: AgentAction, decision: Decision) =>
+  const submitRefusalAndWait = (agentId: string, action: AgentAction, decision: Decision, journal?: JournalRef) =>
     Effect.flatMap(
-      DeferredAuditEvent.fromRefusal(agentId, action, decision),
+      DeferredAuditEvent.fromRefusal(agentId, action, decision, journal),
       (event): Effect.Effect<Option.Option<AuditReceipt>, AuditAckError> =>
         event._tag === "Some" ? Effect.asSome(submitAndWait(event.value)) : Effect.succeedNone
     )

@@ -47,6 +47,7 @@ const PayloadJson = Schema.parseJson(Schema.Struct({
   agent_id: Schema.String,
   decision: AuditEvent.Decision,
   event_id: Schema.String,
+  journal: Schema.optional(Schema.Struct({ session_id: Schema.String, sequence: Schema.Number })),
   timestamp: Schema.String
 }))
 
@@ -68,7 +69,12 @@ export const eventOf = (letter: DeadLetter): Either.Either<AuditEvent.DeferredAu
               agentId: p.agent_id,
               action: p.action,
               decision: p.decision,
-              timestamp: DateTime.toUtc(timestamp)
+              timestamp: DateTime.toUtc(timestamp),
+              ...(p.journal === undefined
+                ? {}
+                : {
+                  journal: new AuditEvent.JournalRef({ sessionId: p.journal.session_id, sequence: p.journal.sequence })
+                })
             })
           )
       })

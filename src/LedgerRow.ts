@@ -20,7 +20,7 @@ export const LedgerRow = Schema.Struct({
   sequence: Schema.Number.pipe(Schema.int(), Schema.nonNegative()),
   agent_id: Schema.String,
   event_type: Schema.String,
-  /** The canonical JSON payload text (docs/FORMAT.md, "Refusal payload v1"). */
+  /** The canonical JSON payload text (docs/FORMAT.md, "Refusal payload"). */
   payload: Schema.String,
   /** SHA-256 of the UTF-8 payload text, 64 lowercase hex chars. */
   payload_hash: Schema.String,

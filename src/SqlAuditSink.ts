@@ -20,7 +20,7 @@ import * as SqlSchema from "@effect/sql/SqlSchema"
 import type { Array as Arr, ParseResult } from "effect"
 import { Context, Data, DateTime, Duration, Effect, Either, Layer, Option, Ref, Schedule, Schema } from "effect"
 import type { DeferredAuditEvent } from "./AuditEvent.js"
-import { canonicalJson, canonicalObject, formatTimestamp, GOVERNANCE_REFUSAL_EVENT_TYPE } from "./AuditEvent.js"
+import { canonicalJson, canonicalObject, eventTypeOf, formatTimestamp } from "./AuditEvent.js"
 import type { AuditSigner } from "./AuditSigner.js"
 import type { AppendOutcome, ChainPosition } from "./AuditSink.js"
 import { Appended, AuditSink, AuditSinkError, DlqLanded } from "./AuditSink.js"
@@ -121,6 +121,7 @@ const HeadRows = Schema.Array(Schema.Struct({ id: Schema.String, ...HeadRow.fiel
 /** The parts of a row that do not depend on its position in the chain. */
 interface PreparedEvent {
   readonly event: DeferredAuditEvent
+  readonly eventType: string
   readonly payload: string
   readonly payloadHash: string
   readonly timestamp: string
@@ -135,7 +136,13 @@ const messageOf = (error: unknown): string => error instanceof Error ? error.mes
 const prepare = (event: DeferredAuditEvent): Either.Either<PreparedEvent, string> => {
   try {
     const payload = canonicalJson(event)
-    return Either.right({ event, payload, payloadHash: sha256Hex(payload), timestamp: formatTimestamp(event) })
+    return Either.right({
+      event,
+      eventType: eventTypeOf(event),
+      payload,
+      payloadHash: sha256Hex(payload),
+      timestamp: formatTimestamp(event)
+    })
   } catch (error) {
     return Either.left(`the event's ledger row cannot be built: ${messageOf(error)}`)
   }
@@ -159,7 +166,7 @@ const deadLetterPayload = (event: DeferredAuditEvent): PreparedEvent =>
     } catch {
       timestamp = ""
     }
-    return { event, payload, payloadHash: sha256Hex(payload), timestamp }
+    return { event, eventType: eventTypeOf(event), payload, payloadHash: sha256Hex(payload), timestamp }
   })
 
 const DLQ_COLUMNS = [
@@ -410,7 +417,7 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
         prevHash,
         id: event.id,
         agentId: event.agentId,
-        eventType: GOVERNANCE_REFUSAL_EVENT_TYPE,
+        eventType: prepared.eventType,
         payloadHash: prepared.payloadHash,
         timestamp: prepared.timestamp
       })
@@ -419,7 +426,7 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
         event.id,
         sequence,
         event.agentId,
-        GOVERNANCE_REFUSAL_EVENT_TYPE,
+        prepared.eventType,
         prepared.payload,
         prepared.payloadHash,
         prevHash,
@@ -589,7 +596,7 @@ const makeDeadLetterWriter = (
             p.event.id,
             // Exact in the payload (JSON escapes a lone surrogate); readable here.
             toWellFormed(p.event.agentId),
-            GOVERNANCE_REFUSAL_EVENT_TYPE,
+            p.eventType,
             p.payload,
             p.payloadHash,
             p.timestamp,
