@@ -17,6 +17,7 @@ import type { MigrationError } from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Cause, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import { randomBytes } from "node:crypto"
 import { constants as fsConstants } from "node:fs"
 import { access, stat } from "node:fs/promises"
 import { dirname, resolve } from "node:path"
@@ -91,6 +92,20 @@ export const asSqlClient: Layer.Layer<SqlClient.SqlClient | LedgerSql, never, Le
       Context.add(LedgerSql, { client: ledger.client, sharesApplicationTransactions: true })
     ))
 )
+
+/**
+ * The ledger's salt for argument hashes (a guard stores some tool arguments only as salted SHA-256): 32
+ * random bytes as hex, made on first use and kept in `agent_ledger_settings`, so hashes of one value agree
+ * across sessions of one ledger and differ between ledgers.
+ */
+export const argumentSalt: Effect.Effect<string, SqlError, LedgerSql> = use(Effect.gen(function*() {
+  const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+  const fresh = randomBytes(32).toString("hex")
+  yield* sql`INSERT INTO agent_ledger_settings (key, value) VALUES ('argument_salt', ${fresh})
+    ON CONFLICT (key) DO NOTHING`
+  const [row] = yield* sql<{ value: string }>`SELECT value FROM agent_ledger_settings WHERE key = 'argument_salt'`
+  return row?.value ?? fresh
+}))
 
 // ---------------------------------------------------------------------------------------------------------
 // A private SQLite connection

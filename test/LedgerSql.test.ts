@@ -107,4 +107,18 @@ describe("the ledger beside an application's own SqlClient", () => {
         expect(report.ok).toBe(true)
       }).pipe(Effect.provide(SqlAuditSink.layer().pipe(Layer.provideMerge(migrated))))
     }))
+
+  it.live("the argument salt is made once per ledger: stable across connections, different between ledgers", () =>
+    Effect.gen(function*() {
+      const first = freshFile("salt")
+      const salt = yield* Effect.provide(LedgerSql.argumentSalt, LedgerSql.layerSqlite({ filename: first }))
+      expect(salt).toMatch(/^[0-9a-f]{64}$/)
+      const again = yield* Effect.provide(LedgerSql.argumentSalt, LedgerSql.layerSqlite({ filename: first }))
+      expect(again).toBe(salt)
+      const other = yield* Effect.provide(
+        LedgerSql.argumentSalt,
+        LedgerSql.layerSqlite({ filename: freshFile("salt") })
+      )
+      expect(other).not.toBe(salt)
+    }))
 })

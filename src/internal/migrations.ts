@@ -43,8 +43,17 @@ const createLedger = Effect.gen(function*() {
   yield* sql`CREATE INDEX idx_signed_events_dlq_pending ON signed_events_dlq(replayed_at, dlq_id)`
 })
 
+/** Per-ledger settings, e.g. the salt of argument hashes (`LedgerSql.argumentSalt`). */
+const createSettings = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql`
+    CREATE TABLE agent_ledger_settings (
+      key   TEXT PRIMARY KEY,
+      value TEXT NOT NULL
+    )`)
+
 const loader = Migrator.fromRecord({
-  "0001_create_ledger": createLedger
+  "0001_create_ledger": createLedger,
+  "0002_create_settings": createSettings
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */
