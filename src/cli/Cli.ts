@@ -11,6 +11,7 @@ import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
 import * as exportCommand from "./exportCommand.js"
 import * as keygen from "./keygen.js"
+import * as mcpProxy from "./mcpProxy.js"
 import * as stats from "./stats.js"
 import * as verify from "./verify.js"
 
@@ -24,7 +25,8 @@ export const root = Command.make("agent-ledger").pipe(
     exportCommand.command,
     dlq.command,
     stats.command,
-    keygen.command
+    keygen.command,
+    mcpProxy.command
   ])
 )
 

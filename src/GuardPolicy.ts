@@ -1,0 +1,517 @@
+/**
+ * The guard's policy: an ordered list of rules read against the session journal, as a Schema-validated
+ * JSON document (`load`, `decode`) or a TypeScript value. `engine` turns it into the `McpGuard.PolicyEngine`
+ * the guard runs.
+ *
+ * Evaluation: rules are read in order; the first rule whose action is `refuse` and that matches the call
+ * wins; matching `warn` rules are collected and do not block. With `"defaultAction": "deny"` a call whose
+ * tool no `allowTools` rule lists is refused (rule `default-deny`). Budgets, call limits, rate limits and
+ * sequence rules count **allowed** calls only, so one refused oversized call does not make later calls fail
+ * under the wrong rule.
+ *
+ * **What reaches the ledger.** A refusal's row stores the call's arguments, and a signed, append-only ledger
+ * cannot forget them: by default only their salted SHA-256 (salted per ledger, `LedgerSql.argumentSalt`)
+ * and their size are stored. `argumentStorage.tools` says per tool which top-level argument fields are
+ * stored as given, which as salted hashes and which are dropped.
+ */
+import canonicalize from "canonicalize"
+import { Clock, Effect, ParseResult, Schema } from "effect"
+import * as fs from "node:fs"
+import type { JsonValue } from "./AuditEvent.js"
+import { Allow, Refuse, Warn } from "./AuditEvent.js"
+import { sha256Hex } from "./internal/encoding.js"
+import type { GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
+import { jsonBytes } from "./McpGuard.js"
+import type * as SessionJournal from "./SessionJournal.js"
+
+// ---------------------------------------------------------------------------------------------------------
+// The document
+// ---------------------------------------------------------------------------------------------------------
+
+const Patterns = Schema.Array(Schema.String.pipe(Schema.minLength(1)))
+const PositiveInt = Schema.Number.pipe(Schema.int(), Schema.positive())
+const NonNegativeInt = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
+
+/** Fields every rule has: its id (the refusal's `rule_id`), an action, and a reason template. */
+const common = {
+  /** Becomes the refusal's `rule_id`. */
+  id: Schema.String.pipe(Schema.minLength(1)),
+  /** `refuse` (the default) blocks the call; `warn` logs it and lets it run. */
+  action: Schema.optional(Schema.Literal("refuse", "warn")),
+  /**
+   * What the agent and the ledger are told; `{tool}`, `{server}`, `{agent}`, `{rule}`, `{limit}` and
+   * `{actual}` are filled in.
+   */
+  reason: Schema.optional(Schema.String)
+}
+
+/** Tools (and optionally servers) a rule applies to: glob patterns, `*` any run of characters, `?` one. */
+const scope = {
+  tools: Schema.optional(Patterns),
+  servers: Schema.optional(Patterns)
+}
+
+export const BlockTools = Schema.Struct({ kind: Schema.Literal("blockTools"), ...common, ...scope })
+export const BlockServers = Schema.Struct({ kind: Schema.Literal("blockServers"), ...common, servers: Patterns })
+export const AllowTools = Schema.Struct({ kind: Schema.Literal("allowTools"), id: common.id, ...scope })
+export const Budget = Schema.Struct({
+  kind: Schema.Literal("budget"),
+  ...common,
+  /** Bytes of results read over the session's allowed calls; the next call is refused once reached. */
+  read: Schema.optional(NonNegativeInt),
+  /** Bytes of arguments written over the session's allowed calls, this call included. */
+  written: Schema.optional(NonNegativeInt),
+  /** Read plus written. */
+  total: Schema.optional(NonNegativeInt),
+  /** Warn (rule id `<id>`, action warn) once a budget is this fraction used. */
+  warnAt: Schema.optional(Schema.Number.pipe(Schema.between(0, 1)))
+})
+export const MaxDelegationDepth = Schema.Struct({
+  kind: Schema.Literal("maxDelegationDepth"),
+  ...common,
+  max: NonNegativeInt
+})
+export const CallLimit = Schema.Struct({ kind: Schema.Literal("callLimit"), ...common, ...scope, max: NonNegativeInt })
+export const RateLimit = Schema.Struct({
+  kind: Schema.Literal("rateLimit"),
+  ...common,
+  ...scope,
+  /** Allowed calls within the window, this one excluded, at which the next is refused. */
+  max: NonNegativeInt,
+  windowSeconds: Schema.Number.pipe(Schema.positive())
+})
+export const Sequence = Schema.Struct({
+  kind: Schema.Literal("sequence"),
+  ...common,
+  /** A call to a tool matching `then`... */
+  then: Patterns,
+  /** ...after an allowed call to a tool matching `after`... */
+  after: Patterns,
+  /** ...among the last `within` allowed calls. */
+  within: PositiveInt
+})
+export const ArgumentMatch = Schema.Union(
+  Schema.Struct({ equals: Schema.Unknown }),
+  Schema.Struct({ oneOf: Schema.Array(Schema.Unknown) }),
+  Schema.Struct({ regex: Schema.String })
+)
+export const Arguments = Schema.Struct({
+  kind: Schema.Literal("arguments"),
+  ...common,
+  ...scope,
+  /** A dotted path into the arguments, e.g. `query` or `options.mode` or `paths.0`. */
+  path: Schema.String.pipe(Schema.minLength(1)),
+  /** What the value must satisfy; the rule fires when it does not (or the value is missing). */
+  match: ArgumentMatch
+})
+
+export const Rule = Schema.Union(
+  BlockTools,
+  BlockServers,
+  AllowTools,
+  Budget,
+  MaxDelegationDepth,
+  CallLimit,
+  RateLimit,
+  Sequence,
+  Arguments
+)
+export type Rule = typeof Rule.Type
+
+/** How one argument field reaches the ledger. */
+export const FieldStorage = Schema.Literal("store", "hash", "drop")
+
+export const ToolStorage = Schema.Struct({
+  store: Schema.optional(Schema.Array(Schema.String)),
+  hash: Schema.optional(Schema.Array(Schema.String)),
+  drop: Schema.optional(Schema.Array(Schema.String)),
+  /** Fields not listed; default `drop`. */
+  otherFields: Schema.optional(FieldStorage)
+})
+
+export const GuardPolicy = Schema.Struct({
+  version: Schema.Literal(1),
+  /** `deny`: only tools an `allowTools` rule lists may run. Default `allow`. */
+  defaultAction: Schema.optional(Schema.Literal("allow", "deny")),
+  /** Leave tools the policy always refuses out of `tools/list`, so the agent never sees them. */
+  hideRefusedTools: Schema.optional(Schema.Boolean),
+  rules: Schema.Array(Rule),
+  /** Per tool (glob patterns as keys, first match wins), which argument fields the ledger stores. */
+  argumentStorage: Schema.optional(Schema.Record({ key: Schema.String, value: ToolStorage }))
+}).annotations({ identifier: "GuardPolicy" })
+export type GuardPolicy = typeof GuardPolicy.Type
+
+/** The rule id of a call refused because `defaultAction` is `deny` and no `allowTools` rule lists it. */
+export const DEFAULT_DENY_RULE = "default-deny"
+
+// ---------------------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------------------
+
+/** A policy that cannot be used: `path` names the field (`rules.2.match.regex`), `message` what is wrong. */
+export class PolicyError extends Schema.TaggedError<PolicyError>()("PolicyError", {
+  path: Schema.String,
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return this.path === "" ? `invalid policy: ${this.detail}` : `invalid policy at ${this.path}: ${this.detail}`
+  }
+}
+
+const decodeDocument = Schema.decodeUnknownEither(GuardPolicy, { errors: "first", onExcessProperty: "error" })
+
+const regexError = (pattern: string): string | undefined => {
+  try {
+    new RegExp(pattern, "u")
+    return undefined
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error)
+  }
+}
+
+/** Decodes a policy document; the first problem is one `PolicyError` naming its field. */
+export const decode = (input: unknown): Effect.Effect<GuardPolicy, PolicyError> => {
+  const decoded = decodeDocument(input)
+  if (decoded._tag === "Left") {
+    const [issue] = ParseResult.ArrayFormatter.formatErrorSync(decoded.left)
+    return Effect.fail(
+      new PolicyError({ path: issue?.path.join(".") ?? "", detail: issue?.message ?? "not a guard policy" })
+    )
+  }
+  const policy = decoded.right
+  for (const [i, rule] of policy.rules.entries()) {
+    if (rule.kind === "arguments" && "regex" in rule.match) {
+      const problem = regexError(rule.match.regex)
+      if (problem !== undefined) {
+        return Effect.fail(
+          new PolicyError({ path: `rules.${i}.match.regex`, detail: `not a regular expression: ${problem}` })
+        )
+      }
+    }
+  }
+  const ids = new Set<string>()
+  for (const [i, rule] of policy.rules.entries()) {
+    if (ids.has(rule.id)) {
+      return Effect.fail(new PolicyError({ path: `rules.${i}.id`, detail: `duplicate id ${rule.id}` }))
+    }
+    ids.add(rule.id)
+  }
+  return Effect.succeed(policy)
+}
+
+/** Reads and decodes the policy file at `path`. */
+export const load = (path: string): Effect.Effect<GuardPolicy, PolicyError> =>
+  Effect.try({
+    try: () => JSON.parse(fs.readFileSync(path, "utf8")) as unknown,
+    catch: (error) => new PolicyError({ path: "", detail: error instanceof Error ? error.message : String(error) })
+  }).pipe(Effect.flatMap(decode))
+
+// ---------------------------------------------------------------------------------------------------------
+// Matching
+// ---------------------------------------------------------------------------------------------------------
+
+const globCache = new Map<string, RegExp>()
+
+/** Whether `text` matches the glob `pattern` (`*` any run of characters, `?` one; whole string). */
+export const globMatch = (pattern: string, text: string): boolean => {
+  let re = globCache.get(pattern)
+  if (re === undefined) {
+    const source = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".")
+    re = new RegExp(`^${source}$`, "su")
+    globCache.set(pattern, re)
+  }
+  return re.test(text)
+}
+
+const anyMatch = (patterns: ReadonlyArray<string> | undefined, text: string): boolean =>
+  patterns === undefined || patterns.some((pattern) => globMatch(pattern, text))
+
+const inScope = (rule: {
+  readonly tools?: ReadonlyArray<string> | undefined
+  readonly servers?: ReadonlyArray<string> | undefined
+}, call: {
+  readonly toolName: string
+  readonly serverId: string
+}) => anyMatch(rule.tools, call.toolName) && anyMatch(rule.servers, call.serverId)
+
+/** The value at a dotted `path` of `value` (`a.b.0`), or undefined. */
+export const valueAt = (value: unknown, path: string): unknown => {
+  let current = value
+  for (const key of path.split(".")) {
+    if (typeof current !== "object" || current === null) return undefined
+    current = (current as Record<string, unknown>)[key]
+  }
+  return current
+}
+
+const sameJson = (a: unknown, b: unknown): boolean => canonicalize(a as object) === canonicalize(b as object)
+
+const satisfies = (value: unknown, match: typeof ArgumentMatch.Type): boolean => {
+  if (value === undefined) return false
+  if ("equals" in match) return sameJson(value, match.equals)
+  if ("oneOf" in match) return match.oneOf.some((option) => sameJson(value, option))
+  return typeof value === "string" && new RegExp(match.regex, "u").test(value)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Evaluation
+// ---------------------------------------------------------------------------------------------------------
+
+/** An allowed call of the journal, as the rules read it. */
+interface AllowedCall {
+  readonly toolName: string
+  readonly timestampMillis: number
+}
+
+/** The session as the rules see it: allowed calls only, kept up to date incrementally per journal. */
+interface SessionView {
+  seen: number
+  allowedRead: number
+  allowedWritten: number
+  readonly allowed: Array<AllowedCall>
+}
+
+/** What `evaluate` reads: the session's allowed calls and totals, and the time. */
+export interface Snapshot {
+  readonly allowed: ReadonlyArray<AllowedCall>
+  readonly allowedRead: number
+  readonly allowedWritten: number
+  readonly nowMillis: number
+}
+
+const fill = (template: string | undefined, fallback: string, values: Record<string, string | number>) =>
+  (template ?? fallback).replace(/\{(\w+)\}/g, (whole, key: string) => key in values ? String(values[key]) : whole)
+
+/**
+ * The policy's verdict on `call`, given the session's allowed calls: pure, so it can be tested and
+ * reasoned about without a journal.
+ */
+export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapshot): Verdict => {
+  const warnings: Array<Warn> = []
+  const bytesWritten = jsonBytes(call.arguments)
+  const fire = (
+    rule: {
+      readonly id: string
+      readonly action?: "refuse" | "warn" | undefined
+      readonly reason?: string | undefined
+    },
+    fallback: string,
+    values: Record<string, string | number> = {}
+  ): Refuse | undefined => {
+    const reason = fill(rule.reason, fallback, {
+      tool: call.toolName,
+      server: call.serverId,
+      agent: call.agentId,
+      rule: rule.id,
+      ...values
+    })
+    if (rule.action === "warn") {
+      warnings.push(new Warn({ ruleId: rule.id, reason }))
+      return undefined
+    }
+    return new Refuse({ ruleId: rule.id, reason })
+  }
+  const countWhere = (patterns: ReadonlyArray<string> | undefined, since = Number.NEGATIVE_INFINITY) => {
+    let n = 0
+    for (let i = snapshot.allowed.length - 1; i >= 0; i--) {
+      const entry = snapshot.allowed[i]!
+      if (entry.timestampMillis <= since) break
+      if (anyMatch(patterns, entry.toolName)) n++
+    }
+    return n
+  }
+  const check = (rule: Rule): Refuse | undefined => {
+    switch (rule.kind) {
+      case "allowTools":
+        return undefined
+      case "blockTools":
+        return inScope(rule, call) ? fire(rule, "tool {tool} is blocked by the policy") : undefined
+      case "blockServers":
+        return anyMatch(rule.servers, call.serverId)
+          ? fire(rule, "server {server} is blocked by the policy")
+          : undefined
+      case "maxDelegationDepth": {
+        const depth = call.delegationDepth ?? 0
+        return depth > rule.max
+          ? fire(rule, "delegation depth {actual} exceeds {limit}", { limit: rule.max, actual: depth })
+          : undefined
+      }
+      case "budget": {
+        const read = snapshot.allowedRead
+        const written = snapshot.allowedWritten + bytesWritten
+        const total = read + written
+        const over: Array<readonly [string, number, number, boolean]> = [
+          ["read", read, rule.read ?? Infinity, read >= (rule.read ?? Infinity)],
+          ["written", written, rule.written ?? Infinity, written > (rule.written ?? Infinity)],
+          ["total", total, rule.total ?? Infinity, total > (rule.total ?? Infinity) || read >= (rule.total ?? Infinity)]
+        ]
+        for (const [name, actual, limit, exceeded] of over) {
+          if (exceeded) {
+            return fire(rule, `the session's ${name} budget of {limit} bytes is used ({actual} bytes)`, {
+              limit,
+              actual
+            })
+          }
+        }
+        if (rule.warnAt !== undefined) {
+          for (const [name, actual, limit] of over) {
+            if (Number.isFinite(limit) && actual >= rule.warnAt * limit) {
+              warnings.push(
+                new Warn({
+                  ruleId: rule.id,
+                  reason: `the session has used ${actual} of its ${name} budget of ${limit} bytes`
+                })
+              )
+              break
+            }
+          }
+        }
+        return undefined
+      }
+      case "callLimit": {
+        if (!inScope(rule, call)) return undefined
+        const calls = countWhere(rule.tools)
+        return calls >= rule.max
+          ? fire(rule, "{tool} may be called {limit} times per session", { limit: rule.max, actual: calls + 1 })
+          : undefined
+      }
+      case "rateLimit": {
+        if (!inScope(rule, call)) return undefined
+        const calls = countWhere(rule.tools, snapshot.nowMillis - rule.windowSeconds * 1000)
+        return calls >= rule.max
+          ? fire(rule, `at most {limit} calls per ${rule.windowSeconds} s`, { limit: rule.max, actual: calls + 1 })
+          : undefined
+      }
+      case "sequence": {
+        if (!anyMatch(rule.then, call.toolName)) return undefined
+        const recent = snapshot.allowed.slice(Math.max(0, snapshot.allowed.length - rule.within))
+        const earlier = recent.find((entry) => anyMatch(rule.after, entry.toolName))
+        return earlier !== undefined
+          ? fire(rule, `{tool} after ${earlier.toolName} within ${rule.within} calls`, { actual: earlier.toolName })
+          : undefined
+      }
+      case "arguments": {
+        if (!inScope(rule, call)) return undefined
+        return satisfies(valueAt(call.arguments, rule.path), rule.match)
+          ? undefined
+          : fire(rule, `argument ${rule.path} of {tool} is not allowed`)
+      }
+    }
+  }
+  if (policy.defaultAction === "deny" && !isListed(policy, call.serverId, call.toolName)) {
+    return {
+      decision: new Refuse({ ruleId: DEFAULT_DENY_RULE, reason: `tool ${call.toolName} is not allowed by the policy` }),
+      warnings
+    }
+  }
+  for (const rule of policy.rules) {
+    const refusal = check(rule)
+    if (refusal !== undefined) return { decision: refusal, warnings }
+  }
+  return { decision: new Allow(), warnings }
+}
+
+const isListed = (policy: GuardPolicy, serverId: string, toolName: string): boolean =>
+  policy.rules.some((rule) => rule.kind === "allowTools" && inScope(rule, { toolName, serverId }))
+
+/**
+ * Whether `tools/list` shows the tool: false when `hideRefusedTools` is set and the policy refuses the tool
+ * whatever the session (a `blockTools`/`blockServers` refusal, or not listed under `defaultAction: deny`).
+ */
+export const isVisible = (policy: GuardPolicy, serverId: string, toolName: string): boolean => {
+  if (policy.hideRefusedTools !== true) return true
+  if (policy.defaultAction === "deny" && !isListed(policy, serverId, toolName)) return false
+  return !policy.rules.some((rule) =>
+    (rule.kind === "blockTools" && rule.action !== "warn" && inScope(rule, { toolName, serverId })) ||
+    (rule.kind === "blockServers" && rule.action !== "warn" && anyMatch(rule.servers, serverId))
+  )
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// What the ledger stores of a call's arguments
+// ---------------------------------------------------------------------------------------------------------
+
+/** `{ sha256, bytes }` of a value: salted SHA-256 of its RFC 8785 JSON, and its JSON size. */
+const hashed = (value: unknown, salt: string): JsonValue => {
+  let json: string | undefined
+  try {
+    json = canonicalize(JSON.parse(JSON.stringify(value ?? null)) as object)
+  } catch {
+    json = undefined
+  }
+  return { sha256: sha256Hex(salt + (json ?? "")), bytes: jsonBytes(value) }
+}
+
+const asJson = (value: unknown): JsonValue => {
+  try {
+    return JSON.parse(JSON.stringify(value ?? null)) as JsonValue
+  } catch {
+    return null
+  }
+}
+
+/**
+ * The arguments as the ledger stores them. Default: `{ sha256, bytes }` of the whole arguments (salted
+ * hash and size). With an `argumentStorage` entry for the tool: `{ sha256, bytes, fields }`, where `fields`
+ * holds the stored fields as given and the hashed ones as `{ sha256, bytes }`; dropped fields are left out.
+ */
+export const storedArguments = (policy: GuardPolicy, toolName: string, args: unknown, salt: string): JsonValue => {
+  const whole = hashed(args, salt) as { readonly sha256: string; readonly bytes: number }
+  const entry = Object.entries(policy.argumentStorage ?? {}).find(([pattern]) => globMatch(pattern, toolName))
+  if (entry === undefined || typeof args !== "object" || args === null || Array.isArray(args)) return whole
+  const storage = entry[1]
+  const modeOf = (field: string): "store" | "hash" | "drop" =>
+    storage.store?.includes(field) ? "store" : storage.hash?.includes(field)
+      ? "hash"
+      : storage.drop?.includes(field)
+      ? "drop"
+      : storage.otherFields ?? "drop"
+  const fields: Record<string, JsonValue> = {}
+  for (const [field, value] of Object.entries(args)) {
+    const mode = modeOf(field)
+    if (mode === "store") fields[field] = asJson(value)
+    else if (mode === "hash") fields[field] = hashed(value, salt)
+  }
+  return { ...whole, fields }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The engine
+// ---------------------------------------------------------------------------------------------------------
+
+/** The policy as the guard runs it, with `salt` for argument hashes (`LedgerSql.argumentSalt`). */
+export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => {
+  const views = new WeakMap<SessionJournal.Journal, SessionView>()
+
+  /** The journal's allowed calls, brought up to date with the entries recorded since the last look. */
+  const viewOf = (journal: SessionJournal.Journal) =>
+    Effect.gen(function*() {
+      let view = views.get(journal)
+      if (view === undefined) {
+        view = { seen: 0, allowedRead: 0, allowedWritten: 0, allowed: [] }
+        views.set(journal, view)
+      }
+      const length = yield* journal.length
+      if (length > view.seen) {
+        for (const entry of yield* journal.recentEntries(length - view.seen)) {
+          if (!entry.allowed) continue
+          view.allowedRead += entry.bytesRead
+          view.allowedWritten += entry.bytesWritten
+          view.allowed.push({ toolName: entry.toolName, timestampMillis: entry.timestampMillis })
+        }
+        view.seen = length
+      }
+      return view
+    })
+
+  return {
+    decide: (call, journal) =>
+      Effect.gen(function*() {
+        const view = yield* viewOf(journal)
+        const nowMillis = yield* Clock.currentTimeMillis
+        return evaluate(policy, call, { ...view, nowMillis })
+      }),
+    isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
+    storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
+  }
+}

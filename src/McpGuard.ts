@@ -1,0 +1,276 @@
+/**
+ * The guard in front of an agent's tool calls: given a call (session, agent, server, tool, arguments) it
+ * decides with a policy on the session's journal, journals the call (allowed or not, with the bytes of the
+ * arguments as written and, once it completes, of the result as read), submits refusals to the
+ * `AuditQueue` naming their journal entry (refusal payload v2), and seals the journal into the ledger
+ * (`session.sealed` rows) every `sealEvery` entries and when the session ends.
+ *
+ * The two-step shape (`check`, then `complete` with the result) is what a proxy needs: the journal entry
+ * of an allowed call holds the bytes it returned. `PromiseGuard` is the same guard for code that is not
+ * written with Effect (the MCP SDK's handlers are Promise-based).
+ *
+ * Fail-closed mode: refusals are submitted with `submitAndWait`, and while the audit queue cannot make
+ * events durable (closed, failed, or its database unwritable) every call is refused under the rule
+ * `audit-unavailable`, since a refusal that cannot be recorded must not happen unrecorded.
+ */
+import { Context, Effect, Layer, Option, Runtime } from "effect"
+import type { Decision, JsonValue, Warn } from "./AuditEvent.js"
+import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "./AuditEvent.js"
+import * as AuditQueue from "./AuditQueue.js"
+import type * as SessionJournal from "./SessionJournal.js"
+import * as SessionJournals from "./SessionJournals.js"
+
+/** One tool call, as the guard sees it. */
+export interface GuardCall {
+  readonly sessionId: string
+  readonly agentId: string
+  readonly serverId: string
+  readonly toolName: string
+  /** The call's arguments as the client sent them (any JSON). */
+  readonly arguments?: unknown
+  /** How deep in a delegation chain the calling agent is; 0 for a top-level agent. */
+  readonly delegationDepth?: number
+}
+
+/** What a policy says about a call, read against the session's journal. */
+export interface Verdict {
+  readonly decision: Decision
+  /** Warnings of rules that did not block: logged and returned, not ledgered. */
+  readonly warnings: ReadonlyArray<Warn>
+}
+
+/**
+ * The policy side of the guard (`GuardPolicy.engine` builds one from a policy document): the decision on
+ * a call given the session's journal, the tools a client may see, and what of a call's arguments goes into
+ * the signed, append-only ledger.
+ */
+export interface PolicyEngine {
+  readonly decide: (call: GuardCall, journal: SessionJournal.Journal) => Effect.Effect<Verdict>
+  /** Whether `tools/list` shows the tool (false for tools the policy always refuses, when it hides them). */
+  readonly isVisible: (serverId: string, toolName: string) => boolean
+  /** The arguments as the ledger stores them (by default only their hash and size). */
+  readonly storedArguments: (toolName: string, args: unknown) => JsonValue
+}
+
+export interface Options {
+  readonly policy: PolicyEngine
+  /** Refusals wait for their durable acknowledgement, and no call is allowed while auditing is down. */
+  readonly failClosed?: boolean | undefined
+  /** Seal the journal into the ledger every this many entries (0: only at session end). Default 100. */
+  readonly sealEvery?: number | undefined
+}
+
+/** An allowed call the guard is waiting to see complete. */
+export interface Ticket {
+  readonly call: GuardCall
+  readonly bytesWritten: number
+}
+
+/** The guard's answer for a call. */
+export type Check =
+  | { readonly _tag: "Allowed"; readonly ticket: Ticket; readonly warnings: ReadonlyArray<Warn> }
+  | {
+    readonly _tag: "Refused"
+    readonly ruleId: string
+    readonly reason: string
+    /** The journal entry of the refused call. */
+    readonly sequence: number
+    /** The ledger row, when the refusal was acknowledged durable (fail-closed mode). */
+    readonly ledgerSequence: number | null
+  }
+
+/** The rule id of refusals made because auditing cannot be made durable (fail-closed mode). */
+export const AUDIT_UNAVAILABLE_RULE = "audit-unavailable"
+
+export class McpGuard extends Context.Tag("agent-ledger/McpGuard")<McpGuard, {
+  /** Decide on a call: journal and ledger a refusal now; an allowed call is journaled by `complete`. */
+  readonly check: (call: GuardCall) => Effect.Effect<Check>
+  /** An allowed call has completed with a result of `bytesRead` bytes (0 when it never answered). */
+  readonly complete: (ticket: Ticket, bytesRead: number) => Effect.Effect<void>
+  /** Seal the session's journal into the ledger now; its `length` and head hash, `None` if not open. */
+  readonly seal: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
+  /** Seal the session's journal and close it: its final export, `None` if it was not open. */
+  readonly endSession: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
+  /** The session's journal (created empty on first use). */
+  readonly journal: (sessionId: string) => Effect.Effect<SessionJournal.Journal>
+  /** See `PolicyEngine.isVisible`. */
+  readonly isVisible: (serverId: string, toolName: string) => boolean
+}>() {}
+
+/** The `McpGuard` service itself. */
+export type Service = Context.Tag.Service<McpGuard>
+
+/** Bytes of `value` as JSON in UTF-8 (0 when absent or not serialisable). */
+export const jsonBytes = (value: unknown): number => {
+  if (value === undefined) return 0
+  try {
+    const json = JSON.stringify(value)
+    return json === undefined ? 0 : Buffer.byteLength(json, "utf8")
+  } catch {
+    return 0
+  }
+}
+
+export const make = (
+  options: Options
+): Effect.Effect<Service, never, AuditQueue.AuditQueue | SessionJournals.SessionJournals> =>
+  Effect.gen(function*() {
+    const queue = yield* AuditQueue.AuditQueue
+    const journals = yield* SessionJournals.SessionJournals
+    const { policy } = options
+    const failClosed = options.failClosed === true
+    const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
+    /** The agent of each open session, for its seal rows. */
+    const agents = new Map<string, string>()
+
+    const auditAvailable = Effect.map(
+      Effect.all([queue.isOpen, queue.status]),
+      ([open, status]) => open && status !== "Stalled" && status !== "Failed"
+    )
+
+    const sealJournal = (sessionId: string, journal: SessionJournal.Journal) =>
+      Effect.gen(function*() {
+        const exported = yield* journal.export
+        const event = yield* DeferredAuditEvent.sessionSeal(agents.get(sessionId) ?? "", {
+          sessionId,
+          length: exported.entries.length,
+          headHash: exported.headHash
+        })
+        if (failClosed) {
+          yield* queue.submitAndWait(event).pipe(
+            Effect.catchAll((error) =>
+              Effect.logError("agent-ledger: the session seal could not be made durable").pipe(
+                Effect.annotateLogs({ sessionId, reason: error.reason, detail: error.detail })
+              )
+            )
+          )
+        } else {
+          yield* queue.submit(event)
+        }
+        return exported
+      })
+
+    /** Journals the call; seals every `sealEvery` entries. Returns the entry's sequence. */
+    const record = (call: GuardCall, allowed: boolean, bytesWritten: number, bytesRead: number) =>
+      Effect.gen(function*() {
+        const journal = yield* journals.get(call.sessionId)
+        if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
+        const sequence = yield* journal.record({
+          toolName: call.toolName,
+          serverId: call.serverId,
+          agentId: call.agentId,
+          bytesRead,
+          bytesWritten,
+          delegationDepth: call.delegationDepth ?? 0,
+          allowed
+        }).pipe(
+          // The guard computes every value itself; a rejected one is a bug, not the caller's input.
+          Effect.orDie
+        )
+        if (sealEvery > 0 && (sequence + 1) % sealEvery === 0) yield* sealJournal(call.sessionId, journal)
+        return sequence
+      })
+
+    const refuse = (call: GuardCall, bytesWritten: number, ruleId: string, reason: string) =>
+      Effect.gen(function*() {
+        const sequence = yield* record(call, false, bytesWritten, 0)
+        const action = new ToolCall({
+          toolName: call.toolName,
+          serverId: call.serverId,
+          arguments: policy.storedArguments(call.toolName, call.arguments)
+        })
+        const decision = new Refuse({ ruleId, reason })
+        const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
+        let ledgerSequence: number | null = null
+        if (failClosed) {
+          const receipt = yield* Effect.either(
+            queue.submitRefusalAndWait(call.agentId, action, decision, journalRef)
+          )
+          if (receipt._tag === "Left") {
+            yield* Effect.logError("agent-ledger: a refusal could not be made durable").pipe(
+              Effect.annotateLogs({ ruleId, reason: receipt.left.reason, detail: receipt.left.detail })
+            )
+          } else {
+            ledgerSequence = Option.match(receipt.right, { onNone: () => null, onSome: (r) => r.sequence })
+          }
+        } else {
+          yield* queue.submitRefusal(call.agentId, action, decision, journalRef)
+        }
+        return { _tag: "Refused", ruleId, reason, sequence, ledgerSequence } as const
+      })
+
+    const check = (call: GuardCall): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        const bytesWritten = jsonBytes(call.arguments)
+        if (failClosed && !(yield* auditAvailable)) {
+          return yield* refuse(
+            call,
+            bytesWritten,
+            AUDIT_UNAVAILABLE_RULE,
+            "the audit ledger cannot record decisions right now (fail-closed guard)"
+          )
+        }
+        const journal = yield* journals.get(call.sessionId)
+        const verdict = yield* policy.decide(call, journal)
+        for (const warning of verdict.warnings) {
+          yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
+            Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
+          )
+        }
+        if (verdict.decision._tag === "Refuse") {
+          return yield* refuse(call, bytesWritten, verdict.decision.ruleId, verdict.decision.reason)
+        }
+        return { _tag: "Allowed", ticket: { call, bytesWritten }, warnings: verdict.warnings } as const
+      })
+
+    const complete = (ticket: Ticket, bytesRead: number): Effect.Effect<void> =>
+      Effect.asVoid(record(ticket.call, true, ticket.bytesWritten, Math.max(0, Math.floor(bytesRead))))
+
+    const seal = (sessionId: string) =>
+      Effect.flatMap(journals.list, (open) =>
+        open.includes(sessionId)
+          ? Effect.asSome(Effect.flatMap(journals.get(sessionId), (journal) => sealJournal(sessionId, journal)))
+          : Effect.succeedNone)
+
+    const endSession = (sessionId: string) =>
+      Effect.gen(function*() {
+        const sealed = yield* seal(sessionId)
+        yield* journals.end(sessionId)
+        agents.delete(sessionId)
+        return sealed
+      })
+
+    return McpGuard.of({
+      check,
+      complete,
+      seal,
+      endSession,
+      journal: journals.get,
+      isVisible: policy.isVisible
+    })
+  })
+
+/** The guard on the `AuditQueue` in context, with its own journals. */
+export const layer = (options: Options): Layer.Layer<McpGuard, never, AuditQueue.AuditQueue> =>
+  Layer.effect(McpGuard, make(options)).pipe(
+    Layer.provide(Layer.effect(SessionJournals.SessionJournals, SessionJournals.make))
+  )
+
+/** The guard for Promise-based code (the MCP SDK's handlers): each method runs on the runtime given. */
+export interface PromiseGuard {
+  readonly check: (call: GuardCall) => Promise<Check>
+  readonly complete: (ticket: Ticket, bytesRead: number) => Promise<void>
+  readonly endSession: (sessionId: string) => Promise<Option.Option<SessionJournal.JournalExport>>
+  readonly isVisible: (serverId: string, toolName: string) => boolean
+}
+
+/** `guard` as Promises, run on `runtime` (e.g. from `ManagedRuntime.make(layer).runtime()`). */
+export const toPromise = <R>(guard: Service, runtime: Runtime.Runtime<R>): PromiseGuard => {
+  const run = Runtime.runPromise(runtime)
+  return {
+    check: (call) => run(guard.check(call)),
+    complete: (ticket, bytesRead) => run(guard.complete(ticket, bytesRead)),
+    endSession: (sessionId) => run(guard.endSession(sessionId)),
+    isVisible: guard.isVisible
+  }
+}

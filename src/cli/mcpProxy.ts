@@ -1,0 +1,192 @@
+/**
+ * `agent-ledger mcp-proxy --db FILE --policy FILE [--agent ID] [--fail-closed] -- <server command...>`: a
+ * stdio MCP proxy. To the MCP client it is the server; it spawns the real server and is its client. Every
+ * message passes through unchanged except `tools/call`, which `McpGuard` decides on: a refused call gets a
+ * tool result with `isError: true` naming the rule and the reason, and the upstream never sees it.
+ *
+ * Identities: the session id is one per proxy process (`--session` to choose it); the agent id is the
+ * client's self-declared `clientInfo.name` from `initialize` unless `--agent` sets it (a client can claim
+ * any name: set `--agent` where it matters); the server id is `--server-id`, else the server command's
+ * base name.
+ *
+ * Nothing but MCP messages goes to stdout; diagnostics go to stderr. When the client disconnects, the
+ * upstream exits, or the process gets SIGINT/SIGTERM, the session is sealed into the ledger, the journal
+ * is written to `--export-session` if asked, and the audit queue is flushed before the process exits.
+ */
+import { Args, Command, Options } from "@effect/cli"
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
+import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
+import { Effect, Option } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import * as AuditLedger from "../AuditLedger.js"
+import * as AuditSigner from "../AuditSigner.js"
+import * as GuardPolicy from "../GuardPolicy.js"
+import { uuidV7 } from "../internal/uuid.js"
+import * as LedgerSql from "../LedgerSql.js"
+import * as McpGuard from "../McpGuard.js"
+import * as McpProxy from "../McpProxy.js"
+import * as SessionJournals from "../SessionJournals.js"
+import { InputError } from "./CliError.js"
+import { requireWritableFile } from "./shared.js"
+
+export interface McpProxyOptions {
+  readonly db: string
+  readonly policy: string
+  readonly agent: Option.Option<string>
+  readonly session: Option.Option<string>
+  readonly serverId: Option.Option<string>
+  readonly failClosed: boolean
+  readonly sealEvery: number
+  readonly privateKey: Option.Option<string>
+  readonly exportSession: Option.Option<string>
+  readonly server: ReadonlyArray<string>
+}
+
+/** The text a refused call returns to the agent, so it sees why. */
+export const refusalText = (ruleId: string, reason: string): string =>
+  `agent-ledger refused this call (rule ${ruleId}): ${reason}`
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+/** Resolves when stdin ends (the client went away): the server transport does not notice it itself. */
+const stdinEnded = Effect.async<void>((resume) => {
+  const done = () => resume(Effect.void)
+  process.stdin.once("end", done)
+  process.stdin.once("close", done)
+  return Effect.sync(() => {
+    process.stdin.off("end", done)
+    process.stdin.off("close", done)
+  })
+})
+
+export const runMcpProxy = (options: McpProxyOptions) =>
+  Effect.gen(function*() {
+    const [command, ...args] = options.server
+    if (command === undefined) {
+      return yield* new InputError({ message: "mcp-proxy: no server command (put it after `--`)" })
+    }
+    const policy = yield* GuardPolicy.load(options.policy).pipe(
+      Effect.mapError((error) => new InputError({ message: `${options.policy}: ${error.message}` }))
+    )
+    if (Option.isSome(options.exportSession)) yield* requireWritableFile(options.exportSession.value)
+    const signer = Option.isSome(options.privateKey)
+      ? yield* AuditSigner.loadPrivateKeyFile(options.privateKey.value).pipe(
+        Effect.mapError((error) => new InputError({ message: error.message }))
+      )
+      : undefined
+    const sessionId = Option.getOrElse(options.session, () => uuidV7(Date.now()))
+    const serverId = Option.getOrElse(options.serverId, () => path.basename(command))
+    let agentId = Option.getOrElse(options.agent, () => "unknown")
+
+    const proxy = Effect.gen(function*() {
+      const salt = yield* LedgerSql.argumentSalt
+      const guard = yield* McpGuard.make({
+        policy: GuardPolicy.engine(policy, { salt }),
+        failClosed: options.failClosed,
+        sealEvery: options.sealEvery
+      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
+      const hooks: McpProxy.Hooks<McpGuard.Ticket> = {
+        onInitialize: (params) =>
+          Effect.sync(() => {
+            if (Option.isNone(options.agent) && isRecord(params) && isRecord(params.clientInfo)) {
+              const name = params.clientInfo.name
+              if (typeof name === "string" && name.length > 0) agentId = name
+            }
+          }),
+        onToolCall: (params) =>
+          Effect.map(
+            guard.check({
+              sessionId,
+              agentId,
+              serverId,
+              toolName: typeof params.name === "string" ? params.name : "",
+              arguments: params.arguments
+            }),
+            (check): McpProxy.ToolCallRoute<McpGuard.Ticket> =>
+              check._tag === "Allowed"
+                ? { _tag: "Forward", ticket: check.ticket }
+                : {
+                  _tag: "Answer",
+                  result: { content: [{ type: "text", text: refusalText(check.ruleId, check.reason) }], isError: true }
+                }
+          ),
+        onToolResult: (ticket, answer) =>
+          guard.complete(ticket, answer._tag === "Result" ? McpGuard.jsonBytes(answer.result) : 0),
+        onToolsList: (result) =>
+          Array.isArray(result.tools)
+            ? {
+              ...result,
+              tools: result.tools.filter((tool: unknown) =>
+                !isRecord(tool) || typeof tool.name !== "string" || guard.isVisible(serverId, tool.name)
+              )
+            }
+            : result
+      }
+      const client = new StdioServerTransport()
+      const upstream = new StdioClientTransport({ command, args, stderr: "inherit" })
+      const endSession = Effect.gen(function*() {
+        const sealed = yield* guard.endSession(sessionId)
+        if (Option.isSome(options.exportSession) && Option.isSome(sealed)) {
+          const file = options.exportSession.value
+          yield* Effect.try(() => fs.writeFileSync(file, JSON.stringify(sealed.value, null, 2) + "\n")).pipe(
+            Effect.catchAll((error) => Effect.logError(`agent-ledger mcp-proxy: cannot write ${file}: ${error}`))
+          )
+        }
+      })
+      yield* Effect.raceFirst(
+        McpProxy.run({ client, upstream, hooks }),
+        Effect.as(stdinEnded, "client" as const)
+      ).pipe(
+        Effect.catchAll((error) => Effect.logError(`agent-ledger mcp-proxy: ${error.message} (${error.side})`)),
+        Effect.ensuring(endSession)
+      )
+    })
+    yield* proxy.pipe(
+      Effect.provide(AuditLedger.layerSqlite({ filename: options.db, signer })),
+      Effect.catchTag("LedgerOpenError", (error) => new InputError({ message: error.message }))
+    )
+  })
+
+export const command = Command.make(
+  "mcp-proxy",
+  {
+    db: Options.text("db").pipe(Options.withDescription("the ledger database (SQLite file, created if missing)")),
+    policy: Options.text("policy").pipe(Options.withDescription("the guard policy (JSON, see examples/policy.json)")),
+    agent: Options.text("agent").pipe(
+      Options.optional,
+      Options.withDescription("the agent id to record (default: the client's self-declared clientInfo.name)")
+    ),
+    session: Options.text("session").pipe(
+      Options.optional,
+      Options.withDescription("the session id (default: a new UUID v7 per proxy process)")
+    ),
+    serverId: Options.text("server-id").pipe(
+      Options.optional,
+      Options.withDescription("the server id to record (default: the server command's base name)")
+    ),
+    failClosed: Options.boolean("fail-closed").pipe(
+      Options.withDescription("refuse every call while refusals cannot be made durable in the ledger")
+    ),
+    sealEvery: Options.integer("seal-every").pipe(
+      Options.withDefault(100),
+      Options.withDescription("seal the session journal into the ledger every N entries (0: only at the end)")
+    ),
+    privateKey: Options.text("private-key").pipe(
+      Options.optional,
+      Options.withDescription("sign ledger rows with this Ed25519 private key (PKCS#8 PEM, see keygen)")
+    ),
+    exportSession: Options.text("export-session").pipe(
+      Options.optional,
+      Options.withDescription("write the session journal here when the session ends")
+    ),
+    server: Args.text({ name: "server command" }).pipe(
+      Args.atLeast(1),
+      Args.withDescription(
+        "the MCP server to start and guard, after `--` (e.g. -- npx @modelcontextprotocol/server-filesystem /data)"
+      )
+    )
+  },
+  runMcpProxy
+).pipe(Command.withDescription("guard an MCP server: a stdio proxy that journals every tool call and ledgers refusals"))
