@@ -1,0 +1,251 @@
+/**
+ * GuardPolicy: each rule kind at its boundary, rule order, warnings, budgets over allowed calls only,
+ * deny-by-default, hidden tools, what the ledger stores of arguments, and one clear error for a bad policy.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, TestClock } from "effect"
+import { join } from "node:path"
+import * as GuardPolicy from "../src/GuardPolicy.js"
+import type { GuardCall } from "../src/McpGuard.js"
+import * as SessionJournal from "../src/SessionJournal.js"
+import { repoRoot } from "./fixtures/cliBundle.js"
+
+const call = (toolName: string, extra: Partial<GuardCall> = {}): GuardCall => ({
+  sessionId: "s",
+  agentId: "agent",
+  serverId: "fs",
+  toolName,
+  ...extra
+})
+
+const allowed = (toolName: string, timestampMillis = 0) => ({ toolName, timestampMillis })
+
+const snapshot = (
+  calls: ReadonlyArray<{ toolName: string; timestampMillis: number }> = [],
+  totals: { read?: number; written?: number; now?: number } = {}
+): GuardPolicy.Snapshot => ({
+  allowed: calls,
+  allowedRead: totals.read ?? 0,
+  allowedWritten: totals.written ?? 0,
+  nowMillis: totals.now ?? 0
+})
+
+const policyOf = (rules: ReadonlyArray<unknown>, extra: Record<string, unknown> = {}) =>
+  Effect.runSync(GuardPolicy.decode({ version: 1, rules, ...extra }))
+
+const decisionOf = (policy: GuardPolicy.GuardPolicy, c: GuardCall, s = snapshot()) => {
+  const verdict = GuardPolicy.evaluate(policy, c, s)
+  return verdict.decision._tag === "Refuse" ? verdict.decision.ruleId : verdict.decision._tag
+}
+
+describe("GuardPolicy rules", () => {
+  it("blockTools and blockServers match globs; other tools pass", () => {
+    const policy = policyOf([
+      { id: "no-move", kind: "blockTools", tools: ["move_*", "rm?"] },
+      { id: "no-relay", kind: "blockServers", servers: ["exfil-*"] }
+    ])
+    expect(decisionOf(policy, call("move_file"))).toBe("no-move")
+    expect(decisionOf(policy, call("rmx"))).toBe("no-move")
+    expect(decisionOf(policy, call("rmxx"))).toBe("Allow")
+    expect(decisionOf(policy, call("read_file", { serverId: "exfil-relay" }))).toBe("no-relay")
+    expect(decisionOf(policy, call("read_file"))).toBe("Allow")
+  })
+
+  it("the first refusing rule wins; warnings are collected and do not block", () => {
+    const policy = policyOf([
+      { id: "watch", kind: "blockTools", tools: ["*"], action: "warn", reason: "{tool} on {server}" },
+      { id: "first", kind: "blockTools", tools: ["write_*"] },
+      { id: "second", kind: "blockTools", tools: ["*"] }
+    ])
+    const verdict = GuardPolicy.evaluate(policy, call("write_file"), snapshot())
+    expect(verdict.decision).toMatchObject({ _tag: "Refuse", ruleId: "first" })
+    expect(verdict.warnings.map((w) => [w.ruleId, w.reason])).toEqual([["watch", "write_file on fs"]])
+    const warnedOnly = policyOf([{ id: "watch", kind: "blockTools", tools: ["*"], action: "warn" }])
+    expect(decisionOf(warnedOnly, call("x"))).toBe("Allow")
+  })
+
+  it("budgets: read refuses once reached, written counts this call's argument bytes, warn at a fraction", () => {
+    const policy = policyOf([{ id: "budget", kind: "budget", read: 100, written: 50, warnAt: 0.5 }])
+    expect(decisionOf(policy, call("read"), snapshot([], { read: 99 }))).toBe("Allow")
+    expect(decisionOf(policy, call("read"), snapshot([], { read: 100 }))).toBe("budget")
+    const args = { text: "x".repeat(30) } // 41 bytes of JSON
+    expect(decisionOf(policy, call("write", { arguments: args }), snapshot([], { written: 9 }))).toBe("Allow")
+    expect(decisionOf(policy, call("write", { arguments: args }), snapshot([], { written: 10 }))).toBe("budget")
+    const warned = GuardPolicy.evaluate(policy, call("read"), snapshot([], { read: 60 }))
+    expect(warned.decision._tag).toBe("Allow")
+    expect(warned.warnings.map((w) => w.ruleId)).toEqual(["budget"])
+    expect(GuardPolicy.evaluate(policy, call("read"), snapshot([], { read: 40 })).warnings).toEqual([])
+  })
+
+  it("maxDelegationDepth refuses above the maximum, with the reason filled in", () => {
+    const policy = policyOf([{ id: "depth", kind: "maxDelegationDepth", max: 2 }])
+    expect(decisionOf(policy, call("t", { delegationDepth: 2 }))).toBe("Allow")
+    const verdict = GuardPolicy.evaluate(policy, call("t", { delegationDepth: 3 }), snapshot())
+    expect(verdict.decision).toMatchObject({ ruleId: "depth", reason: "delegation depth 3 exceeds 2" })
+  })
+
+  it("callLimit counts earlier allowed calls of matching tools", () => {
+    const policy = policyOf([{ id: "limit", kind: "callLimit", tools: ["write_*"], max: 2 }])
+    const one = [allowed("write_file"), allowed("read_file")]
+    expect(decisionOf(policy, call("write_file"), snapshot(one))).toBe("Allow")
+    expect(decisionOf(policy, call("write_file"), snapshot([...one, allowed("write_x")]))).toBe("limit")
+    expect(decisionOf(policy, call("read_file"), snapshot([...one, allowed("write_x")]))).toBe("Allow")
+  })
+
+  it("rateLimit counts allowed calls inside the window only", () => {
+    const policy = policyOf([{ id: "rate", kind: "rateLimit", max: 2, windowSeconds: 10 }])
+    const calls = [allowed("a", 1_000), allowed("b", 5_000), allowed("c", 9_000)]
+    expect(decisionOf(policy, call("d"), snapshot(calls, { now: 12_000 }))).toBe("rate") // b, c in window
+    expect(decisionOf(policy, call("d"), snapshot(calls, { now: 15_000 }))).toBe("Allow") // only c
+  })
+
+  it("sequence: a matching call after a matching one within the last N allowed calls", () => {
+    const policy = policyOf([
+      { id: "exfil", kind: "sequence", after: ["read_*"], then: ["http_*", "send_*"], within: 2 }
+    ])
+    expect(decisionOf(policy, call("http_post"), snapshot([allowed("read_file")]))).toBe("exfil")
+    expect(decisionOf(policy, call("http_post"), snapshot([allowed("read_file"), allowed("x")]))).toBe("exfil")
+    expect(decisionOf(policy, call("http_post"), snapshot([allowed("read_file"), allowed("x"), allowed("y")])))
+      .toBe("Allow")
+    expect(decisionOf(policy, call("list"), snapshot([allowed("read_file")]))).toBe("Allow")
+  })
+
+  it("argument matchers: regex, equals and oneOf on a path; a missing value does not satisfy", () => {
+    const policy = policyOf([
+      { id: "select-only", kind: "arguments", tools: ["query"], path: "sql", match: { regex: "^\\s*SELECT\\b" } },
+      { id: "mode", kind: "arguments", tools: ["open"], path: "options.mode", match: { oneOf: ["r", "rb"] } },
+      { id: "first", kind: "arguments", tools: ["copy"], path: "paths.0", match: { equals: "/tmp/a" } }
+    ])
+    expect(decisionOf(policy, call("query", { arguments: { sql: "SELECT 1" } }))).toBe("Allow")
+    expect(decisionOf(policy, call("query", { arguments: { sql: "DROP TABLE t" } }))).toBe("select-only")
+    expect(decisionOf(policy, call("query", { arguments: {} }))).toBe("select-only")
+    expect(decisionOf(policy, call("open", { arguments: { options: { mode: "rb" } } }))).toBe("Allow")
+    expect(decisionOf(policy, call("open", { arguments: { options: { mode: "w" } } }))).toBe("mode")
+    expect(decisionOf(policy, call("copy", { arguments: { paths: ["/tmp/a", "/x"] } }))).toBe("Allow")
+    expect(decisionOf(policy, call("copy", { arguments: { paths: ["/x"] } }))).toBe("first")
+  })
+
+  it("deny by default: only listed tools run; refused tools are hidden from tools/list when asked", () => {
+    const policy = policyOf([
+      { id: "reads", kind: "allowTools", tools: ["read_*", "list_*"] },
+      { id: "no-secrets", kind: "blockTools", tools: ["read_secret"] },
+      { id: "watch", kind: "blockTools", tools: ["list_all"], action: "warn" }
+    ], { defaultAction: "deny", hideRefusedTools: true })
+    expect(decisionOf(policy, call("read_file"))).toBe("Allow")
+    expect(decisionOf(policy, call("write_file"))).toBe(GuardPolicy.DEFAULT_DENY_RULE)
+    expect(decisionOf(policy, call("read_secret"))).toBe("no-secrets")
+    expect(GuardPolicy.isVisible(policy, "fs", "read_file")).toBe(true)
+    expect(GuardPolicy.isVisible(policy, "fs", "write_file")).toBe(false)
+    expect(GuardPolicy.isVisible(policy, "fs", "read_secret")).toBe(false)
+    expect(GuardPolicy.isVisible(policy, "fs", "list_all")).toBe(true)
+    const shown = policyOf([{ id: "no-secrets", kind: "blockTools", tools: ["read_secret"] }])
+    expect(GuardPolicy.isVisible(shown, "fs", "read_secret")).toBe(true)
+  })
+})
+
+describe("GuardPolicy on a live journal", () => {
+  it.effect("budgets and limits count allowed calls only: a refused oversized call does not spend the budget", () =>
+    Effect.gen(function*() {
+      const policy = policyOf([{ id: "budget", kind: "budget", read: 1000 }])
+      const engine = GuardPolicy.engine(policy, { salt: "s" })
+      const journal = yield* SessionJournal.make("s")
+      const record = (bytesRead: number, allowed: boolean) =>
+        journal.record({
+          toolName: "read",
+          serverId: "fs",
+          agentId: "a",
+          bytesRead,
+          bytesWritten: 0,
+          delegationDepth: 0,
+          allowed
+        })
+      yield* record(600, true)
+      yield* record(50_000, false) // refused, and counted in dataFlow, but not against the budget
+      expect((yield* journal.dataFlow).totalBytesRead).toBe(50_600)
+      expect((yield* engine.decide(call("read"), journal)).decision._tag).toBe("Allow")
+      yield* record(400, true)
+      expect((yield* engine.decide(call("read"), journal)).decision).toMatchObject({ ruleId: "budget" })
+    }))
+
+  it.effect("the rate limit reads Clock: TestClock moves the window", () =>
+    Effect.gen(function*() {
+      const policy = policyOf([{ id: "rate", kind: "rateLimit", max: 2, windowSeconds: 60 }])
+      const engine = GuardPolicy.engine(policy, { salt: "s" })
+      const journal = yield* SessionJournal.make("s")
+      const record = journal.record({
+        toolName: "t",
+        serverId: "fs",
+        agentId: "a",
+        bytesRead: 0,
+        bytesWritten: 0,
+        delegationDepth: 0,
+        allowed: true
+      })
+      yield* record
+      yield* TestClock.adjust("30 seconds")
+      yield* record
+      expect((yield* engine.decide(call("t"), journal)).decision).toMatchObject({ ruleId: "rate" })
+      yield* TestClock.adjust("31 seconds") // the first call left the window
+      expect((yield* engine.decide(call("t"), journal)).decision._tag).toBe("Allow")
+    }))
+})
+
+describe("what the ledger stores of arguments", () => {
+  const args = { path: "/home/u/.ssh/id_ed25519", content: "-----BEGIN KEY-----", mode: 384 }
+
+  it("by default only a salted hash and the size: no value of the arguments", () => {
+    const policy = policyOf([])
+    const stored = GuardPolicy.storedArguments(policy, "write_file", args, "salt-1") as Record<string, unknown>
+    expect(Object.keys(stored).sort()).toEqual(["bytes", "sha256"])
+    expect(stored.bytes).toBe(JSON.stringify(args).length)
+    expect(JSON.stringify(stored)).not.toContain("ssh")
+    // Salted per ledger: the same arguments hash differently under another salt, identically under the same.
+    const again = GuardPolicy.storedArguments(policy, "write_file", {
+      mode: 384,
+      content: args.content,
+      path: args.path
+    }, "salt-1")
+    expect(again).toEqual(stored)
+    expect(GuardPolicy.storedArguments(policy, "write_file", args, "salt-2")).not.toEqual(stored)
+  })
+
+  it("per tool: stored fields as given, hashed fields as hashes, the rest dropped", () => {
+    const policy = policyOf([], { argumentStorage: { "write_*": { store: ["path"], hash: ["content"] } } })
+    const stored = GuardPolicy.storedArguments(policy, "write_file", args, "salt") as {
+      fields: Record<string, unknown>
+    }
+    expect(stored.fields.path).toBe(args.path)
+    expect(stored.fields.content).toMatchObject({ bytes: JSON.stringify(args.content).length })
+    expect(JSON.stringify(stored)).not.toContain("BEGIN KEY")
+    expect("mode" in stored.fields).toBe(false)
+  })
+})
+
+describe("loading a policy", () => {
+  const errorOf = (input: unknown) => Effect.runSync(Effect.flip(GuardPolicy.decode(input)))
+
+  it("one error that names the field", () => {
+    expect(errorOf({ version: 1, rules: [{ id: "a", kind: "blockTools", tools: [3] }] })).toMatchObject({
+      path: "rules.0.tools.0"
+    })
+    expect(errorOf({ version: 2, rules: [] }).path).toBe("version")
+    expect(errorOf({ version: 1, rules: [{ id: "a", kind: "nope" }] }).path).toMatch(/^rules\.0/)
+    expect(errorOf({ version: 1, rules: [], extra: true }).path).toBe("extra")
+    const badRegex = errorOf({
+      version: 1,
+      rules: [{ id: "a", kind: "blockTools" }, { id: "q", kind: "arguments", path: "sql", match: { regex: "(" } }]
+    })
+    expect(badRegex.path).toBe("rules.1.match.regex")
+    expect(badRegex.message).toContain("rules.1.match.regex")
+    expect(errorOf({ version: 1, rules: [{ id: "a", kind: "blockTools" }, { id: "a", kind: "blockTools" }] }).path)
+      .toBe("rules.1.id")
+  })
+
+  it.effect("a file that is not JSON is an error too; the example policy loads", () =>
+    Effect.gen(function*() {
+      const missing = yield* Effect.flip(GuardPolicy.load(join(repoRoot, "nope.json")))
+      expect(missing._tag).toBe("PolicyError")
+      const example = yield* GuardPolicy.load(join(repoRoot, "examples", "policy.json"))
+      expect(example.rules.map((rule) => rule.kind)).toContain("sequence")
+    }))
+})
