@@ -13,7 +13,7 @@
  * events durable (closed, failed, or its database unwritable) every call is refused under the rule
  * `audit-unavailable`, since a refusal that cannot be recorded must not happen unrecorded.
  */
-import { Context, Effect, Layer, Option, Runtime } from "effect"
+import { Context, Duration, Effect, Layer, Option, Runtime } from "effect"
 import type { Decision, JsonValue, Warn } from "./AuditEvent.js"
 import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "./AuditEvent.js"
 import * as AuditQueue from "./AuditQueue.js"
@@ -58,6 +58,11 @@ export interface Options {
   readonly failClosed?: boolean | undefined
   /** Seal the journal into the ledger every this many entries (0: only at session end). Default 100. */
   readonly sealEvery?: number | undefined
+  /**
+   * Fail-closed: how long a refusal waits for its durable acknowledgement before the guard answers anyway
+   * (the call is refused either way; the event stays queued). Default 5 seconds.
+   */
+  readonly ackTimeout?: Duration.DurationInput | undefined
 }
 
 /** An allowed call the guard is waiting to see complete. */
@@ -171,7 +176,13 @@ export const make = (
         return sequence
       })
 
-    const refuse = (call: GuardCall, bytesWritten: number, ruleId: string, reason: string) =>
+    const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
+
+    /**
+     * Ledgers a refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable, unless the
+     * queue is known not to be able to write now (the event is then held in order until it can).
+     */
+    const refuse = (call: GuardCall, bytesWritten: number, ruleId: string, reason: string, wait = failClosed) =>
       Effect.gen(function*() {
         const sequence = yield* record(call, false, bytesWritten, 0)
         const action = new ToolCall({
@@ -182,9 +193,13 @@ export const make = (
         const decision = new Refuse({ ruleId, reason })
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
         let ledgerSequence: number | null = null
-        if (failClosed) {
-          const receipt = yield* Effect.either(
-            queue.submitRefusalAndWait(call.agentId, action, decision, journalRef)
+        if (wait) {
+          const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef).pipe(
+            Effect.timeoutFail({
+              duration: ackTimeout,
+              onTimeout: () => ({ reason: "timeout", detail: `no acknowledgement within ${Duration.format(ackTimeout)}` })
+            }),
+            Effect.either
           )
           if (receipt._tag === "Left") {
             yield* Effect.logError("agent-ledger: a refusal could not be made durable").pipe(
@@ -207,7 +222,8 @@ export const make = (
             call,
             bytesWritten,
             AUDIT_UNAVAILABLE_RULE,
-            "the audit ledger cannot record decisions right now (fail-closed guard)"
+            "the audit ledger cannot record decisions right now (fail-closed guard)",
+            false
           )
         }
         const journal = yield* journals.get(call.sessionId)

@@ -1,0 +1,147 @@
+/**
+ * McpGuard on an in-memory sink: what it journals and ledgers for allowed and refused calls, seals every N
+ * entries and at session end, fail-closed refusals while the sink cannot write, and the Promise form.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import type { Context } from "effect"
+import { Effect, Layer, ManagedRuntime, Option, Ref } from "effect"
+import * as AuditEvent from "../src/AuditEvent.js"
+import * as AuditQueue from "../src/AuditQueue.js"
+import { Appended, AuditSink, AuditSinkError } from "../src/AuditSink.js"
+import * as GuardPolicy from "../src/GuardPolicy.js"
+import * as McpGuard from "../src/McpGuard.js"
+import { eventLoopTurn, quietly } from "./fixtures/effects.js"
+
+const policy = Effect.runSync(GuardPolicy.decode({
+  version: 1,
+  rules: [
+    { id: "no-move", kind: "blockTools", tools: ["move_file"] },
+    { id: "no-read-then-write", kind: "sequence", after: ["read_*"], then: ["write_file"], within: 2 }
+  ]
+}))
+
+/** A sink that keeps what it appends, and can be switched to "cannot write". */
+const memorySink = Effect.gen(function*() {
+  const appended = yield* Ref.make<ReadonlyArray<AuditEvent.DeferredAuditEvent>>([])
+  const down = yield* Ref.make(false)
+  let sequence = 0
+  const sink = AuditSink.of({
+    append: (event) =>
+      Effect.flatMap(Ref.get(down), (isDown) =>
+        isDown
+          ? Effect.fail(new AuditSinkError({ eventId: event.id, reason: "disk full", unavailable: true }))
+          : Effect.as(
+            Ref.update(appended, (all) => [...all, event]),
+            new Appended({ uniqueRaceRetries: 0, position: { sequence: sequence++, entryHash: "0".repeat(64) } })
+          )),
+    deadLetter: () => Effect.void
+  })
+  return { sink, appended, down }
+})
+
+const call = (toolName: string, args: unknown = { path: "/data/x" }): McpGuard.GuardCall => ({
+  sessionId: "sess-1",
+  agentId: "agent-1",
+  serverId: "fs",
+  toolName,
+  arguments: args
+})
+
+const guardOn = (sink: Context.Tag.Service<typeof AuditSink>, options: Partial<McpGuard.Options> = {}) =>
+  Effect.gen(function*() {
+    const queue = yield* AuditQueue.make({ sink })
+    const guard = yield* McpGuard.McpGuard.pipe(
+      Effect.provide(McpGuard.layer({ policy: GuardPolicy.engine(policy, { salt: "salt" }), ...options })),
+      Effect.provideService(AuditQueue.AuditQueue, queue)
+    )
+    return { guard, queue }
+  })
+
+describe("McpGuard", () => {
+  it.scoped("journals allowed calls on completion with both byte counts, and refusals at once, ledgered", () =>
+    Effect.gen(function*() {
+      const memory = yield* memorySink
+      const { guard, queue } = yield* guardOn(memory.sink, { sealEvery: 0 })
+      const read = yield* guard.check(call("read_file"))
+      expect(read._tag).toBe("Allowed")
+      if (read._tag !== "Allowed") return
+      // Nothing journaled until the call completes.
+      expect(yield* (yield* guard.journal("sess-1")).length).toBe(0)
+      yield* guard.complete(read.ticket, 1234)
+      const write = yield* guard.check(call("write_file", { path: "/data/out", content: "secret" }))
+      expect(write).toMatchObject({ _tag: "Refused", ruleId: "no-read-then-write", sequence: 1 })
+      expect(yield* queue.drainPending("5 seconds")).toBe(true)
+
+      const entries = yield* (yield* guard.journal("sess-1")).entries
+      expect(entries.map((e) => [e.toolName, e.allowed, e.bytesRead, e.bytesWritten])).toEqual([
+        ["read_file", true, 1234, McpGuard.jsonBytes({ path: "/data/x" })],
+        ["write_file", false, 0, McpGuard.jsonBytes({ path: "/data/out", content: "secret" })]
+      ])
+      const [refusal] = yield* Ref.get(memory.appended)
+      expect(refusal?.journal).toEqual(new AuditEvent.JournalRef({ sessionId: "sess-1", sequence: 1 }))
+      expect(AuditEvent.ruleId(refusal!)).toEqual(Option.some("no-read-then-write"))
+      expect(JSON.stringify(AuditEvent.canonicalObject(refusal!))).not.toContain("secret")
+    }))
+
+  it.scoped("seals every N entries and at session end, each seal naming the journal's length and head", () =>
+    Effect.gen(function*() {
+      const memory = yield* memorySink
+      const { guard, queue } = yield* guardOn(memory.sink, { sealEvery: 2 })
+      for (let i = 0; i < 3; i++) {
+        const checked = yield* guard.check(call("list_directory"))
+        if (checked._tag === "Allowed") yield* guard.complete(checked.ticket, 10)
+      }
+      const journal = yield* guard.journal("sess-1")
+      const head = yield* journal.headHash
+      const ended = yield* guard.endSession("sess-1")
+      expect(Option.map(ended, (e) => e.entries.length)).toEqual(Option.some(3))
+      expect(yield* queue.drainPending("5 seconds")).toBe(true)
+      const seals = (yield* Ref.get(memory.appended)).flatMap((event) => Option.toArray(AuditEvent.sealOf(event)))
+      expect(seals.map((s) => s.length)).toEqual([2, 3])
+      expect(seals[1]).toEqual({ sessionId: "sess-1", length: 3, headHash: head })
+      // An ended session is gone: the next call starts a new journal.
+      expect(yield* guard.endSession("sess-1")).toEqual(Option.none())
+    }))
+
+  it.live("fail-closed: while the ledger cannot write, every call is refused as audit-unavailable", () =>
+    Effect.gen(function*() {
+      const memory = yield* memorySink
+      const { guard, queue } = yield* guardOn(memory.sink, { failClosed: true, sealEvery: 0 })
+      const before = yield* guard.check(call("list_directory"))
+      expect(before._tag).toBe("Allowed")
+      // A refusal is acknowledged durable before the guard answers.
+      const refused = yield* guard.check(call("move_file"))
+      expect(refused).toMatchObject({ _tag: "Refused", ruleId: "no-move", ledgerSequence: 0 })
+
+      yield* Ref.set(memory.down, true)
+      yield* queue.submit(
+        yield* AuditEvent.DeferredAuditEvent.sessionSeal("a", {
+          sessionId: "x",
+          length: 0,
+          headHash: "0".repeat(64)
+        })
+      )
+      for (let i = 0; i < 100 && (yield* queue.status) !== "Stalled"; i++) yield* eventLoopTurn
+      expect(yield* queue.status).toBe("Stalled")
+      const during = yield* guard.check(call("list_directory"))
+      expect(during).toMatchObject({ _tag: "Refused", ruleId: McpGuard.AUDIT_UNAVAILABLE_RULE, ledgerSequence: null })
+      // When the ledger can write again, the held events land in order, the unavailable refusal among them.
+      yield* Ref.set(memory.down, false)
+      expect(yield* queue.drainPending("10 seconds")).toBe(true)
+      const rules = (yield* Ref.get(memory.appended)).map((event) =>
+        Option.getOrElse(AuditEvent.ruleId(event), () => "seal")
+      )
+      expect(rules).toEqual(["no-move", "seal", McpGuard.AUDIT_UNAVAILABLE_RULE])
+    }).pipe(Effect.scoped, quietly))
+
+  it("the Promise form serves code that is not written with Effect", async () => {
+    const runtime = ManagedRuntime.make(Layer.empty)
+    const memory = await runtime.runPromise(memorySink)
+    const guard = await runtime.runPromise(Effect.scoped(Effect.map(guardOn(memory.sink), (g) => g.guard)))
+    const promised = McpGuard.toPromise(guard, await runtime.runtime())
+    const checked = await promised.check(call("move_file"))
+    expect(checked).toMatchObject({ _tag: "Refused", ruleId: "no-move" })
+    expect(promised.isVisible("fs", "move_file")).toBe(true)
+    await runtime.dispose()
+  })
+})
