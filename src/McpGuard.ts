@@ -197,7 +197,10 @@ export const make = (
           const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef).pipe(
             Effect.timeoutFail({
               duration: ackTimeout,
-              onTimeout: () => ({ reason: "timeout", detail: `no acknowledgement within ${Duration.format(ackTimeout)}` })
+              onTimeout: () => ({
+                reason: "timeout",
+                detail: `no acknowledgement within ${Duration.format(ackTimeout)}`
+              })
             }),
             Effect.either
           )

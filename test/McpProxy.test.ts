@@ -8,11 +8,11 @@
  */
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
-import { describe, expect, it } from "vitest"
 import { Effect } from "effect"
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { describe, expect, it } from "vitest"
 import { afterAll } from "vitest"
 import * as AuditEvent from "../src/AuditEvent.js"
 import * as LedgerSql from "../src/LedgerSql.js"
@@ -113,78 +113,91 @@ const checkSeal = async (paths: ReturnType<typeof setup>) => {
 }
 
 describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesystem", () => {
-  it("passes the upstream through, refuses by rule, and leaves a ledger that verifies with a matching seal", async () => {
-    const paths = setup()
-    const direct = await connect(new StdioClientTransport({ command: process.execPath, args: [fsServer, paths.root] }))
-    const upstreamTools = (await direct.listTools()).tools.map((tool) => tool.name).sort()
-    const directRead = await direct.callTool({ name: "read_text_file", arguments: { path: join(paths.root, "small.txt") } })
-    await direct.close()
+  it(
+    "passes the upstream through, refuses by rule, and leaves a ledger that verifies with a matching seal",
+    async () => {
+      const paths = setup()
+      const direct = await connect(
+        new StdioClientTransport({ command: process.execPath, args: [fsServer, paths.root] })
+      )
+      const upstreamTools = (await direct.listTools()).tools.map((tool) => tool.name).sort()
+      const directRead = await direct.callTool({
+        name: "read_text_file",
+        arguments: { path: join(paths.root, "small.txt") }
+      })
+      await direct.close()
 
-    const client = await connect(proxied(paths))
-    // tools/list: the upstream's, with the blocked tool hidden.
-    const tools = (await client.listTools()).tools.map((tool) => tool.name).sort()
-    expect(upstreamTools).toContain("move_file")
-    expect(tools).toEqual(upstreamTools.filter((name) => name !== "move_file"))
+      const client = await connect(proxied(paths))
+      // tools/list: the upstream's, with the blocked tool hidden.
+      const tools = (await client.listTools()).tools.map((tool) => tool.name).sort()
+      expect(upstreamTools).toContain("move_file")
+      expect(tools).toEqual(upstreamTools.filter((name) => name !== "move_file"))
 
-    // An allowed call returns the upstream's result.
-    const read = await client.callTool({ name: "read_text_file", arguments: { path: join(paths.root, "small.txt") } })
-    expect(read).toEqual(directRead)
-    expect(read.isError).not.toBe(true)
+      // An allowed call returns the upstream's result.
+      const read = await client.callTool({ name: "read_text_file", arguments: { path: join(paths.root, "small.txt") } })
+      expect(read).toEqual(directRead)
+      expect(read.isError).not.toBe(true)
 
-    // Read, then write within 2 calls: refused by the sequence rule; the file is not created.
-    const write = await client.callTool({
-      name: "write_file",
-      arguments: { path: join(paths.root, "out.txt"), content: "exfiltrated" }
-    })
-    expect(write.isError).toBe(true)
-    expect(textOf(write)).toContain("no-read-then-write")
-    expect(() => readFileSync(join(paths.root, "out.txt"))).toThrow()
+      // Read, then write within 2 calls: refused by the sequence rule; the file is not created.
+      const write = await client.callTool({
+        name: "write_file",
+        arguments: { path: join(paths.root, "out.txt"), content: "exfiltrated" }
+      })
+      expect(write.isError).toBe(true)
+      expect(textOf(write)).toContain("no-read-then-write")
+      expect(() => readFileSync(join(paths.root, "out.txt"))).toThrow()
 
-    // A hidden, blocked tool: refused with its rule, and the upstream never moves the file.
-    const move = await client.callTool({
-      name: "move_file",
-      arguments: { source: join(paths.root, "small.txt"), destination: join(paths.root, "moved.txt") }
-    })
-    expect(move.isError).toBe(true)
-    expect(textOf(move)).toContain("no-move")
-    expect(readFileSync(join(paths.root, "small.txt"), "utf8")).toHaveLength(100)
+      // A hidden, blocked tool: refused with its rule, and the upstream never moves the file.
+      const move = await client.callTool({
+        name: "move_file",
+        arguments: { source: join(paths.root, "small.txt"), destination: join(paths.root, "moved.txt") }
+      })
+      expect(move.isError).toBe(true)
+      expect(textOf(move)).toContain("no-move")
+      expect(readFileSync(join(paths.root, "small.txt"), "utf8")).toHaveLength(100)
 
-    // Real bytes read: the big file passes (budget not yet used), the next read finds the budget spent.
-    const big = await client.callTool({ name: "read_text_file", arguments: { path: join(paths.root, "big.txt") } })
-    expect(big.isError).not.toBe(true)
-    const over = await client.callTool({ name: "read_text_file", arguments: { path: join(paths.root, "small.txt") } })
-    expect(over.isError).toBe(true)
-    expect(textOf(over)).toContain("read-budget")
-    await client.close()
+      // Real bytes read: the big file passes (budget not yet used), the next read finds the budget spent.
+      const big = await client.callTool({ name: "read_text_file", arguments: { path: join(paths.root, "big.txt") } })
+      expect(big.isError).not.toBe(true)
+      const over = await client.callTool({ name: "read_text_file", arguments: { path: join(paths.root, "small.txt") } })
+      expect(over.isError).toBe(true)
+      expect(textOf(over)).toContain("read-budget")
+      await client.close()
 
-    const { exported, rows } = await checkSeal(paths)
-    const refusals = rows.filter((row) => row.event_type === AuditEvent.GOVERNANCE_REFUSAL_EVENT_TYPE)
-      .map((row) => JSON.parse(row.payload))
-    expect(refusals.map((payload) => payload.decision.ruleId)).toEqual(["no-read-then-write", "no-move", "read-budget"])
-    expect(rows.every((row) => row.agent_id === "test-agent")).toBe(true)
-    // Each refusal names its journal entry, which is the refused call.
-    for (const payload of refusals) {
-      const entry = exported.entries[payload.journal.sequence]!
-      expect(payload.journal.session_id).toBe("sess-test")
-      expect(entry.allowed).toBe(false)
-      expect(entry.toolName).toBe(payload.action.toolName)
-    }
-    // Arguments: by default only a salted hash and size; read_* stores its path (policy argumentStorage).
-    const stored = refusals.find((payload) => payload.action.toolName === "write_file").action.arguments
-    expect(Object.keys(stored).sort()).toEqual(["bytes", "sha256"])
-    expect(JSON.stringify(stored)).not.toContain("exfiltrated")
-    const readArgs = refusals.find((payload) => payload.action.toolName === "read_text_file").action.arguments
-    expect(readArgs.fields).toEqual({ path: join(paths.root, "small.txt") })
-    // The journal holds every call, with the bytes the allowed reads returned.
-    expect(exported.entries.map((entry) => [entry.toolName, entry.allowed])).toEqual([
-      ["read_text_file", true],
-      ["write_file", false],
-      ["move_file", false],
-      ["read_text_file", true],
-      ["read_text_file", false]
-    ])
-    expect(exported.entries[3]!.bytesRead).toBeGreaterThan(3000)
-  }, 60_000)
+      const { exported, rows } = await checkSeal(paths)
+      const refusals = rows.filter((row) => row.event_type === AuditEvent.GOVERNANCE_REFUSAL_EVENT_TYPE)
+        .map((row) => JSON.parse(row.payload))
+      expect(refusals.map((payload) => payload.decision.ruleId)).toEqual([
+        "no-read-then-write",
+        "no-move",
+        "read-budget"
+      ])
+      expect(rows.every((row) => row.agent_id === "test-agent")).toBe(true)
+      // Each refusal names its journal entry, which is the refused call.
+      for (const payload of refusals) {
+        const entry = exported.entries[payload.journal.sequence]!
+        expect(payload.journal.session_id).toBe("sess-test")
+        expect(entry.allowed).toBe(false)
+        expect(entry.toolName).toBe(payload.action.toolName)
+      }
+      // Arguments: by default only a salted hash and size; read_* stores its path (policy argumentStorage).
+      const stored = refusals.find((payload) => payload.action.toolName === "write_file").action.arguments
+      expect(Object.keys(stored).sort()).toEqual(["bytes", "sha256"])
+      expect(JSON.stringify(stored)).not.toContain("exfiltrated")
+      const readArgs = refusals.find((payload) => payload.action.toolName === "read_text_file").action.arguments
+      expect(readArgs.fields).toEqual({ path: join(paths.root, "small.txt") })
+      // The journal holds every call, with the bytes the allowed reads returned.
+      expect(exported.entries.map((entry) => [entry.toolName, entry.allowed])).toEqual([
+        ["read_text_file", true],
+        ["write_file", false],
+        ["move_file", false],
+        ["read_text_file", true],
+        ["read_text_file", false]
+      ])
+      expect(exported.entries[3]!.bytesRead).toBeGreaterThan(3000)
+    },
+    60_000
+  )
 
   for (const how of ["the client's pipe closes", "the proxy gets SIGTERM"] as const) {
     it(`${how} mid-session: the session is sealed and the ledger verifies`, async () => {
