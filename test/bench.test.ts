@@ -20,7 +20,8 @@ const BOUNDED = [
   "audit.perEventCommit",
   "audit.groupCommit",
   "audit.groupCommitSigned",
-  "ledger.verify"
+  "ledger.verify",
+  "mcp.proxiedCallMs"
 ]
 const UNBOUNDED = [
   "journal.perOpGrowth",
@@ -30,7 +31,8 @@ const UNBOUNDED = [
   "audit.submitP99WhileDraining",
   "audit.queueHeapBytesPerEvent",
   "audit.submitAndWait",
-  "ledger.verifyPeakRssMb"
+  "ledger.verifyPeakRssMb",
+  "mcp.proxyOverheadMs"
 ]
 
 describe("npm run bench -- --quick", () => {
