@@ -9,9 +9,11 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import { Effect } from "effect"
+import { execFile } from "node:child_process"
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import { afterAll } from "vitest"
 import * as AuditEvent from "../src/AuditEvent.js"
@@ -195,6 +197,23 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
         ["read_text_file", false]
       ])
       expect(exported.entries[3]!.bytesRead).toBeGreaterThan(3000)
+
+      // `verify <journal> --ledger <db>`: the export matches the ledger's seal; a truncated one does not.
+      const verify = (journal: string) =>
+        promisify(execFile)(process.execPath, [cliBundle, "verify", journal, "--ledger", paths.db, "--json"]).then(
+          ({ stdout }) => ({ code: 0, report: JSON.parse(stdout) }),
+          (error: { code: number; stdout: string }) => ({ code: error.code, report: JSON.parse(error.stdout) })
+        )
+      const sealed = await verify(paths.journal)
+      expect(sealed.code).toBe(0)
+      expect(sealed.report.seal).toMatchObject({ status: "sealed", length: 5 })
+      const truncated = JSON.parse(readFileSync(paths.journal, "utf8"))
+      truncated.entries = truncated.entries.slice(0, 4)
+      truncated.headHash = truncated.entries[3].entryHash
+      writeFileSync(join(paths.dir, "truncated.json"), JSON.stringify(truncated))
+      const cut = await verify(join(paths.dir, "truncated.json"))
+      expect(cut.code).toBe(1)
+      expect(cut.report).toMatchObject({ ok: false, seal: { status: "mismatch" } })
     },
     60_000
   )

@@ -7,6 +7,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import * as JournalSeal from "../JournalSeal.js"
 import * as LedgerExport from "../LedgerExport.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as SessionJournal from "../SessionJournal.js"
@@ -24,6 +25,8 @@ export interface VerifyOptions {
   /** With --public-key: the sequence signing began at (rows before it may be unsigned). */
   readonly signedFrom: Option.Option<number>
   readonly allowMixed: boolean
+  /** For a journal export: the ledger database whose `session.sealed` rows it must match. */
+  readonly ledger: Option.Option<string>
   readonly json: boolean
 }
 
@@ -149,6 +152,18 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
     })
   })
 
+/** The ledger at `db` verified, and the export compared with its last seal of the session. */
+const checkSeal = (db: string, exported: SessionJournal.JournalExport) =>
+  Effect.gen(function*() {
+    const report = yield* LedgerVerifier.verifyLedger()
+    const seals = yield* JournalSeal.sealsOf(exported.sessionId)
+    return { ledgerOk: report.ok, check: JournalSeal.check(exported, seals) }
+  }).pipe(
+    Effect.provide(openLedger(db, { readonly: true })),
+    Effect.catchTag("SqlError", (error) =>
+      new InputError({ message: `${db}: cannot read the ledger (${error.message})` }))
+  )
+
 const verifyJournalExport = (options: VerifyOptions) =>
   Effect.gen(function*() {
     const json = yield* Effect.try({
@@ -163,11 +178,43 @@ const verifyJournalExport = (options: VerifyOptions) =>
     )
     if (outcome.ok) {
       const entries = outcome.exported.entries.length
-      return yield* emit(options, "journal export", true, [
+      const sealed = yield* Option.match(options.ledger, {
+        onNone: () => Effect.succeedNone,
+        onSome: (db) => Effect.asSome(checkSeal(db, outcome.exported))
+      })
+      const ok = Option.match(sealed, {
+        onNone: () => true,
+        onSome: (s) => s.ledgerOk && (s.check.status === "sealed" || s.check.status === "sealedPrefix")
+      })
+      return yield* emit(options, "journal export", ok, [
         `  session:       ${outcome.exported.sessionId}`,
         `  entries:       ${entries}`,
-        `  head:          ${outcome.exported.headHash}`
-      ], { sessionId: outcome.exported.sessionId, entries, headHash: outcome.exported.headHash })
+        `  head:          ${outcome.exported.headHash}`,
+        ...Option.match(sealed, {
+          onNone: () => [],
+          onSome: (s) => [
+            ...(s.ledgerOk ? [] : [`  ledger:        ${Option.getOrThrow(options.ledger)} does NOT verify`]),
+            `  seal:          ${s.check.status}: ${s.check.detail}`
+          ]
+        })
+      ], {
+        sessionId: outcome.exported.sessionId,
+        entries,
+        headHash: outcome.exported.headHash,
+        ...Option.match(sealed, {
+          onNone: () => ({}),
+          onSome: (s) => ({
+            ledger: Option.getOrThrow(options.ledger),
+            ledgerOk: s.ledgerOk,
+            seal: {
+              status: s.check.status,
+              detail: s.check.detail,
+              ledgerSequence: Option.getOrNull(Option.map(s.check.seal, (seal) => seal.sequence)),
+              length: Option.getOrNull(Option.map(s.check.seal, (seal) => seal.length))
+            }
+          })
+        })
+      })
     }
     const v = outcome.violation
     return yield* emit(options, "journal export", false, [
@@ -190,8 +237,14 @@ export const runVerify = (options: VerifyOptions) =>
     }
     switch (kind) {
       case "sqlite":
+        if (Option.isSome(options.ledger)) {
+          return yield* new InputError({ message: "--ledger applies to journal exports (checked against its seals)" })
+        }
         return yield* verifyDatabase(options, { keyring, pin, ...signing })
       case "ledgerExport":
+        if (Option.isSome(options.ledger)) {
+          return yield* new InputError({ message: "--ledger applies to journal exports (checked against its seals)" })
+        }
         return yield* verifyLedgerExport(options, { keyring, pin, ...signing })
       case "journalExport":
         if (
@@ -233,6 +286,12 @@ export const command = Command.make(
     allowMixed: Options.boolean("allow-mixed").pipe(
       Options.withDescription(
         "accept unsigned rows anywhere (by default an unsigned row in a signed ledger is a downgrade)"
+      )
+    ),
+    ledger: Options.text("ledger").pipe(
+      Options.optional,
+      Options.withDescription(
+        "for a journal export: the ledger database whose session.sealed rows it must match (the ledger is verified too)"
       )
     ),
     json: Options.boolean("json").pipe(Options.withDescription("print the report as one JSON object"))
