@@ -608,7 +608,11 @@ describe("stats", () => {
     const stats = JSON.parse(run.stdout)
     expect(stats.rows).toBe(rowCount(ledger))
     expect(stats.head.sequence).toBe(stats.rows - 1)
-    expect(Object.values(stats.refusalsByRule as Record<string, number>).reduce((a, b) => a + b, 0)).toBe(stats.rows)
+    // Every row is a refusal or a session seal.
+    expect(Object.values(stats.refusalsByRule as Record<string, number>).reduce((a, b) => a + b, 0)).toBe(
+      stats.rows - (stats.byEventType["session.sealed"] ?? 0)
+    )
+    expect(stats.byEventType["session.sealed"]).toBeGreaterThan(0)
     expect(stats.attestLevels).toEqual({ unsigned: stats.rows })
     const text = await cli("stats", ledger)
     expect(text.code).toBe(0)

@@ -9,13 +9,14 @@ import { Clock, Console, Effect, Option, Random } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as AuditEvent from "../AuditEvent.js"
 import * as AuditLedger from "../AuditLedger.js"
 import * as AuditQueue from "../AuditQueue.js"
 import * as AuditSigner from "../AuditSigner.js"
+import * as GuardPolicy from "../GuardPolicy.js"
 import { sha256Hex } from "../internal/encoding.js"
 import * as LedgerSql from "../LedgerSql.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
+import * as McpGuard from "../McpGuard.js"
 import * as SessionJournals from "../SessionJournals.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
@@ -23,12 +24,24 @@ import { openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
 import { failureLine, keyFiles, requireWritableFile } from "./shared.js"
 
-/** The guard's rules: each call is checked in this order and the first that fires refuses it. */
-export const RULES = {
-  blockedServer: { ruleId: "R-BLOCKED-SERVER", server: "exfil-relay" },
-  byteBudget: { ruleId: "R-BYTE-BUDGET", maxBytesPerSession: 3 * 1024 * 1024 },
-  delegationDepth: { ruleId: "R-DELEGATION-DEPTH", maxDepth: 3 }
-} as const
+/**
+ * The demo guard's policy (a `GuardPolicy`, as a file would hold it): a blocked relay server, a session
+ * byte budget, a delegation-depth limit, and the read-then-send pattern.
+ */
+export const DEMO_POLICY: GuardPolicy.GuardPolicy = {
+  version: 1,
+  rules: [
+    { kind: "blockServers", id: "R-BLOCKED-SERVER", servers: ["exfil-relay"], reason: "server {server} is blocked" },
+    {
+      kind: "budget",
+      id: "R-BYTE-BUDGET",
+      total: 1536 * 1024,
+      reason: "session byte budget of {limit} bytes used ({actual})"
+    },
+    { kind: "maxDelegationDepth", id: "R-DELEGATION-DEPTH", max: 3 },
+    { kind: "sequence", id: "R-READ-THEN-SEND", after: ["query"], then: ["fetch_url"], within: 1 }
+  ]
+}
 
 const SERVERS = ["fs-server", "web-server", "db-server", "exfil-relay"] as const
 const TOOLS: Readonly<Record<(typeof SERVERS)[number], ReadonlyArray<string>>> = {
@@ -38,11 +51,12 @@ const TOOLS: Readonly<Record<(typeof SERVERS)[number], ReadonlyArray<string>>> =
   "exfil-relay": ["upload_blob"]
 }
 
-interface Call {
+interface SimulatedCall {
   readonly toolName: string
   readonly serverId: string
-  readonly bytesRead: number
-  readonly bytesWritten: number
+  readonly arguments: Record<string, unknown>
+  /** Bytes the call's result would return. */
+  readonly resultBytes: number
   readonly delegationDepth: number
 }
 
@@ -53,37 +67,19 @@ const simulateCall = Effect.gen(function*() {
   const roll = yield* Random.nextIntBetween(0, 100)
   const serverId = roll < 4 ? "exfil-relay" : yield* pick(SERVERS.slice(0, 3))
   const toolName = yield* pick(TOOLS[serverId])
-  const bytesRead = yield* Random.nextIntBetween(0, 80_000)
-  const bytesWritten = toolName.startsWith("write") || toolName.startsWith("insert") || toolName === "upload_blob"
-    ? yield* Random.nextIntBetween(0, 200_000)
-    : 0
+  const resultBytes = yield* Random.nextIntBetween(0, 80_000)
+  const writes = toolName.startsWith("write") || toolName.startsWith("insert") || toolName === "upload_blob"
+  const content = writes ? "x".repeat(yield* Random.nextIntBetween(0, 20_000)) : undefined
   const deep = yield* Random.nextIntBetween(0, 100)
   const delegationDepth = deep < 3 ? 4 : yield* Random.nextIntBetween(0, 3)
-  return { toolName, serverId, bytesRead, bytesWritten, delegationDepth } satisfies Call
+  return {
+    toolName,
+    serverId,
+    arguments: { target: `${serverId}/${toolName}/${roll}`, ...(content === undefined ? {} : { content }) },
+    resultBytes,
+    delegationDepth
+  } satisfies SimulatedCall
 })
-
-/** The rule that refuses `call`, given the bytes the session has moved so far. */
-export const evaluate = (call: Call, bytesSoFar: number): AuditEvent.Decision => {
-  if (call.serverId === RULES.blockedServer.server) {
-    return new AuditEvent.Refuse({
-      ruleId: RULES.blockedServer.ruleId,
-      reason: `server ${call.serverId} is blocked`
-    })
-  }
-  if (bytesSoFar + call.bytesRead + call.bytesWritten > RULES.byteBudget.maxBytesPerSession) {
-    return new AuditEvent.Refuse({
-      ruleId: RULES.byteBudget.ruleId,
-      reason: `session byte budget of ${RULES.byteBudget.maxBytesPerSession} bytes exceeded`
-    })
-  }
-  if (call.delegationDepth > RULES.delegationDepth.maxDepth) {
-    return new AuditEvent.Refuse({
-      ruleId: RULES.delegationDepth.ruleId,
-      reason: `delegation depth ${call.delegationDepth} exceeds ${RULES.delegationDepth.maxDepth}`
-    })
-  }
-  return new AuditEvent.Allow()
-}
 
 export interface DemoOptions {
   readonly db: string
@@ -166,43 +162,25 @@ export const runDemo = (options: DemoOptions) =>
 
     // Everything that writes runs inside the ledger layer's scope; leaving it flushes the queue.
     const { dlqSize, metrics } = yield* Effect.gen(function*() {
-      const journals = yield* SessionJournals.SessionJournals
       const queue = yield* AuditQueue.AuditQueue
+      const guard = yield* McpGuard.make({
+        policy: GuardPolicy.engine(DEMO_POLICY, { salt: yield* LedgerSql.argumentSalt }),
+        sealEvery: 0
+      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
       yield* Effect.forEach(
         Array.from({ length: options.sessions }, (_, i) => i),
         (i) =>
           Effect.gen(function*() {
             const sessionId = `demo-session-${started}-${i}`
             const agentId = `agent-${i % 5}`
-            const journal = yield* journals.get(sessionId)
+            const journal = yield* guard.journal(sessionId)
             for (let c = 0; c < options.calls; c++) {
               const call = yield* simulateCall
-              const flow = yield* journal.dataFlow
-              const decision = evaluate(call, flow.totalBytesRead + flow.totalBytesWritten)
-              const allowed = decision._tag === "Allow"
-              yield* journal.record({
-                ...call,
-                agentId,
-                // A refused call moved no data.
-                bytesRead: allowed ? call.bytesRead : 0,
-                bytesWritten: allowed ? call.bytesWritten : 0,
-                allowed
-              })
-              if (AuditEvent.isRefusal(decision)) {
-                refusalsByRule[decision.ruleId] = (refusalsByRule[decision.ruleId] ?? 0) + 1
-                yield* queue.submitRefusal(
-                  agentId,
-                  new AuditEvent.ToolCall({
-                    toolName: call.toolName,
-                    serverId: call.serverId,
-                    arguments: {
-                      bytesRead: call.bytesRead,
-                      bytesWritten: call.bytesWritten,
-                      delegationDepth: call.delegationDepth
-                    }
-                  }),
-                  decision
-                )
+              const checked = yield* guard.check({ sessionId, agentId, ...call })
+              if (checked._tag === "Allowed") {
+                yield* guard.complete(checked.ticket, call.resultBytes)
+              } else {
+                refusalsByRule[checked.ruleId] = (refusalsByRule[checked.ruleId] ?? 0) + 1
               }
               callsDone++
               yield* progress.update(callsDone, totalCalls)
@@ -216,7 +194,8 @@ export const runDemo = (options: DemoOptions) =>
             for (const [tool, count] of yield* journal.toolCounts) {
               toolCounts.set(tool, (toolCounts.get(tool) ?? 0) + count)
             }
-            const exported = yield* journals.end(sessionId)
+            // Ending the session seals its journal into the ledger (a session.sealed row).
+            const exported = yield* guard.endSession(sessionId)
             if (i === 0) firstExport = exported
           }),
         { concurrency: 4, discard: true }
@@ -226,7 +205,6 @@ export const runDemo = (options: DemoOptions) =>
       const sink = yield* SqlAuditSink.SqlAuditSink
       return { metrics: yield* queue.metrics, dlqSize: yield* sink.dlqSize }
     }).pipe(
-      Effect.provide(SessionJournals.layer),
       Effect.provide(AuditLedger.layerSqlite({
         filename: options.db,
         signer: Option.getOrUndefined(Option.map(signing, (s) => s.signer)),
@@ -273,7 +251,9 @@ export const runDemo = (options: DemoOptions) =>
         Array.from(toolCounts).sort(([, a], [, b]) => b - a).map(([tool, n]) => `${tool} ${n}`).join(", ")
       }`
     )
-    yield* Console.log(`  rows appended:   ${metrics.appended}`)
+    yield* Console.log(
+      `  rows appended:   ${metrics.appended} (${refusals} refusals, ${options.sessions} session seals)`
+    )
     yield* Console.log(`  dead-letter:     ${dlqSize} pending`)
     yield* Console.log(`  append failures: ${metrics.appendFailures}`)
     yield* Option.match(report.head, {
