@@ -248,4 +248,33 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
       await client.close().catch(() => undefined)
     }, 60_000)
   }
+
+  it(
+    "demo --mcp drives the proxy with a scripted client: one allowed read, three refusals, a sealed journal",
+    async () => {
+      const dir = join(tempRoot, `demo-${++counter}`)
+      mkdirSync(dir)
+      const db = join(dir, "demo.db")
+      const { stdout } = await promisify(execFile)(process.execPath, [
+        cliBundle,
+        "demo",
+        "--mcp",
+        "--db",
+        db,
+        "--session-out",
+        join(dir, "session.json")
+      ])
+      expect(stdout.match(/REFUSED/g)).toHaveLength(3)
+      expect(stdout).toMatch(/^  read a note +allowed /m)
+      expect(stdout).toContain("verify OK")
+      expect(stdout).toMatch(/session\.json: sealed/)
+      const { report, rows } = await ledgerOf(db)
+      expect(report.ok).toBe(true)
+      expect(rows.map((row) => row.event_type)).toEqual([
+        ...Array(3).fill(AuditEvent.GOVERNANCE_REFUSAL_EVENT_TYPE),
+        AuditEvent.SESSION_SEALED_EVENT_TYPE
+      ])
+    },
+    60_000
+  )
 })

@@ -21,6 +21,7 @@ import * as SessionJournals from "../SessionJournals.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { openLedger } from "./InputFile.js"
+import { runMcpDemo } from "./mcpDemo.js"
 import * as Progress from "./Progress.js"
 import { failureLine, keyFiles, requireWritableFile } from "./shared.js"
 
@@ -90,6 +91,8 @@ export interface DemoOptions {
   readonly keyDir: string
   readonly seed: number
   readonly sessionOut: string
+  /** Drive the real guard proxy in front of the official filesystem MCP server instead of simulating. */
+  readonly mcp?: boolean | undefined
 }
 
 /** The default `--key-dir`: in the user's configuration directory, away from any ledger file. */
@@ -133,6 +136,7 @@ const demoSigner = (db: string, keyDir: string) =>
 
 export const runDemo = (options: DemoOptions) =>
   Effect.gen(function*() {
+    if (options.mcp === true) return yield* runMcpDemo(options)
     if (!Number.isSafeInteger(options.sessions) || options.sessions < 1) {
       return yield* new InputError({ message: `--sessions must be a positive integer, got ${options.sessions}` })
     }
@@ -297,6 +301,11 @@ export const command = Command.make(
     sessionOut: Options.file("session-out").pipe(
       Options.withDefault("./agent-ledger-session.json"),
       Options.withDescription("where to write the first session's journal export")
+    ),
+    mcp: Options.boolean("mcp").pipe(
+      Options.withDescription(
+        "a real interception: a scripted MCP client through mcp-proxy in front of the official filesystem server"
+      )
     )
   },
   runDemo
