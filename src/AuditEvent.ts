@@ -7,7 +7,7 @@
  * hashes, so it needs a format version bump.
  */
 import canonicalize from "canonicalize"
-import { Clock, DateTime, Effect, Option, Schema } from "effect"
+import { Clock, DateTime, Effect, Either, Option, Schema } from "effect"
 import { sha256Hex } from "./internal/encoding.js"
 import { isWellFormed, isWellFormedDeep, toWellFormed, toWellFormedDeep } from "./internal/unicode.js"
 import { uuidV7 } from "./internal/uuid.js"
@@ -54,6 +54,109 @@ export class Custom extends Schema.TaggedClass<Custom>()("Custom", {
   customKind: Schema.String,
   payload: JsonValue
 }) {}
+
+/**
+ * A value that JSON cannot represent faithfully, found while normalising arguments: `path` is where
+ * (`arguments.items.3`), `reason` what (`cycle`, `bigint`, `nonFiniteNumber`, `unsupportedType`).
+ */
+export class InvalidJson extends Schema.TaggedError<InvalidJson>()("InvalidJson", {
+  path: Schema.String,
+  reason: Schema.Literal("cycle", "bigint", "nonFiniteNumber", "unsupportedType", "tooDeep"),
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return `${this.path}: ${this.detail}`
+  }
+}
+
+/** The deepest nesting `normalizeJson` follows. */
+export const MAX_JSON_DEPTH = 256
+
+/**
+ * `value` as the JSON value `JSON.parse(JSON.stringify(value))` would give, without a round trip:
+ * object members that are `undefined`, functions or symbols are dropped (array elements become `null`),
+ * anything with `toJSON` (a `Date`) is replaced by its result, boxed primitives are unwrapped. Where
+ * `JSON.stringify` would lose information silently, this fails with `InvalidJson` instead, because an audit
+ * record must say what happened: `NaN` and `±Infinity` (which it turns into `null`), `Map`, `Set` and
+ * typed arrays (which it turns into `{}` or index maps); and it fails where it would throw: cycles and
+ * `BigInt`. `root` names the value in error paths.
+ */
+export const normalizeJson = (value: unknown, root = "value"): Either.Either<JsonValue, InvalidJson> => {
+  const ancestors = new Set<object>()
+  const fail = (path: string, reason: InvalidJson["reason"], detail: string) =>
+    new InvalidJson({ path, reason, detail })
+  const go = (input: unknown, path: string, depth: number): JsonValue | InvalidJson | undefined => {
+    let v = input
+    if (typeof v === "object" && v !== null && typeof (v as { toJSON?: unknown }).toJSON === "function") {
+      v = (v as { toJSON: (key: string) => unknown }).toJSON(path.slice(path.lastIndexOf(".") + 1))
+    }
+    if (v instanceof Number || v instanceof String || v instanceof Boolean) v = v.valueOf()
+    switch (typeof v) {
+      case "string":
+      case "boolean":
+        return v
+      case "number":
+        // -0 is written as 0 by JSON (and RFC 8785).
+        return Number.isFinite(v) ? (v === 0 ? 0 : v) : fail(path, "nonFiniteNumber", `${v} is not a JSON number`)
+      case "bigint":
+        return fail(path, "bigint", "a BigInt is not a JSON value (convert it to a string or number)")
+      case "undefined":
+      case "function":
+      case "symbol":
+        return undefined
+    }
+    if (v === null) return null
+    const object = v as object
+    if (depth >= MAX_JSON_DEPTH) return fail(path, "tooDeep", `nested deeper than ${MAX_JSON_DEPTH} levels`)
+    if (ancestors.has(object)) return fail(path, "cycle", "the value contains itself")
+    if (object instanceof Map || object instanceof Set || ArrayBuffer.isView(object) || object instanceof ArrayBuffer) {
+      return fail(path, "unsupportedType", `a ${object.constructor.name} has no faithful JSON form`)
+    }
+    ancestors.add(object)
+    try {
+      if (Array.isArray(object)) {
+        const out: Array<JsonValue> = []
+        for (let i = 0; i < object.length; i++) {
+          const item = go(object[i], `${path}.${i}`, depth + 1)
+          if (item instanceof InvalidJson) return item
+          out.push(item === undefined ? null : item)
+        }
+        return out
+      }
+      const out: Record<string, JsonValue> = {}
+      for (const key of Object.keys(object)) {
+        const item = go((object as Record<string, unknown>)[key], `${path}.${key}`, depth + 1)
+        if (item instanceof InvalidJson) return item
+        if (item !== undefined) out[key] = item
+      }
+      return out
+    } finally {
+      ancestors.delete(object)
+    }
+  }
+  const result = go(value, root, 0)
+  return result instanceof InvalidJson ? Either.left(result) : Either.right(result === undefined ? null : result)
+}
+
+/**
+ * A `ToolCall` from arguments as they arrive (MCP's `Record<string, unknown>`, or anything else), normalised
+ * by `normalizeJson`; fails with `InvalidJson` naming the argument JSON cannot represent. Never throws.
+ */
+export const toolCall = (call: {
+  readonly toolName: string
+  readonly serverId: string
+  readonly arguments?: unknown
+}): Effect.Effect<ToolCall, InvalidJson> =>
+  call.arguments === undefined
+    ? Effect.succeed(new ToolCall({ toolName: call.toolName, serverId: call.serverId }, true))
+    : Effect.map(
+      normalizeJson(call.arguments, "arguments"),
+      (args) => new ToolCall({ toolName: call.toolName, serverId: call.serverId, arguments: args }, true)
+    )
+
+/** A `Custom` action with its payload normalised by `normalizeJson` (see `toolCall`). */
+export const custom = (customKind: string, payload: unknown): Effect.Effect<Custom, InvalidJson> =>
+  Effect.map(normalizeJson(payload, "payload"), (json) => new Custom({ customKind, payload: json }, true))
 
 export const AgentAction = Schema.Union(ToolCall, DataAccess, Delegation, Custom)
 export type AgentAction = typeof AgentAction.Type
