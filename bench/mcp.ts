@@ -61,7 +61,7 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
 
   const direct = () =>
     connected(
-      new StdioClientTransport({ command: process.execPath, args: [fsServer, root] }),
+      new StdioClientTransport({ command: process.execPath, args: [fsServer, root], stderr: "ignore" }),
       (client) => callLatency(client, file, calls)
     )
   const proxied = (round: number) =>
@@ -82,7 +82,8 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
           fsServer,
           root
         ],
-        cwd: repoRoot
+        cwd: repoRoot,
+        stderr: "ignore"
       }),
       (client) => callLatency(client, file, calls)
     )

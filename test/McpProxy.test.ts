@@ -76,7 +76,7 @@ const proxied = (paths: ReturnType<typeof setup>, extra: ReadonlyArray<string> =
       fsServer,
       paths.root
     ],
-    stderr: "pipe"
+    stderr: "ignore"
   })
 
 const textOf = (result: unknown): string =>
@@ -120,7 +120,7 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
     async () => {
       const paths = setup()
       const direct = await connect(
-        new StdioClientTransport({ command: process.execPath, args: [fsServer, paths.root] })
+        new StdioClientTransport({ command: process.execPath, args: [fsServer, paths.root], stderr: "ignore" })
       )
       const upstreamTools = (await direct.listTools()).tools.map((tool) => tool.name).sort()
       const directRead = await direct.callTool({
