@@ -13,9 +13,24 @@
  * reorders what the client sent. The proxy ends when either side closes; `onToolResult` is then called
  * for calls still waiting for an answer (with `undefined`, so they are journaled as unanswered).
  */
-import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js"
-import type { JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js"
 import { Data, Deferred, Effect, Queue, Runtime } from "effect"
+
+/** A JSON-RPC 2.0 message (request, response or notification), as the transports carry it. */
+export type JSONRPCMessage = { readonly jsonrpc: "2.0" } & Record<string, unknown>
+
+/**
+ * The part of an MCP SDK transport (`@modelcontextprotocol/sdk/shared/transport.js`) the proxy uses:
+ * `StdioServerTransport`, `StdioClientTransport`, `StreamableHTTPClientTransport` and the others fit it.
+ * Written out so that this module's types do not depend on the SDK's (which need the DOM library).
+ */
+export interface Transport {
+  start(): Promise<void>
+  send(message: JSONRPCMessage): Promise<void>
+  close(): Promise<void>
+  onclose?(): void
+  onerror?(error: Error): void
+  onmessage?(message: JSONRPCMessage): void
+}
 
 /** What the guard does with a `tools/call` request. */
 export type ToolCallRoute<T> =
@@ -85,7 +100,7 @@ export const run = <T>(options: {
 
     const fromClientStep = (message: JSONRPCMessage): Effect.Effect<void, McpProxyError> =>
       Effect.gen(function*() {
-        const raw = message as unknown as Record<string, unknown>
+        const raw: Record<string, unknown> = message
         const id = idOf(raw)
         if (id !== undefined && typeof raw.method === "string") {
           if (raw.method === "initialize") yield* hooks.onInitialize(raw.params)
@@ -93,7 +108,7 @@ export const run = <T>(options: {
           if (raw.method === "tools/call") {
             const route = yield* hooks.onToolCall(isRecord(raw.params) ? raw.params : {})
             if (route._tag === "Answer") {
-              return yield* send(client, "client", { jsonrpc: "2.0", id, result: route.result } as JSONRPCMessage)
+              return yield* send(client, "client", { jsonrpc: "2.0", id, result: route.result })
             }
             pendingCalls.set(id, route.ticket)
           }
@@ -103,7 +118,7 @@ export const run = <T>(options: {
 
     const fromUpstreamStep = (message: JSONRPCMessage): Effect.Effect<void, McpProxyError> =>
       Effect.gen(function*() {
-        const raw = message as unknown as Record<string, unknown>
+        const raw: Record<string, unknown> = message
         const id = idOf(raw)
         const isResponse = id !== undefined && typeof raw.method !== "string"
         if (isResponse && pendingCalls.has(id)) {
@@ -116,7 +131,7 @@ export const run = <T>(options: {
         } else if (isResponse && pendingLists.has(id)) {
           pendingLists.delete(id)
           if (isRecord(raw.result)) {
-            return yield* send(client, "client", { ...raw, result: hooks.onToolsList(raw.result) } as JSONRPCMessage)
+            return yield* send(client, "client", { ...message, result: hooks.onToolsList(raw.result) })
           }
         }
         yield* send(client, "client", message)
