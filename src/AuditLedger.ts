@@ -78,7 +78,41 @@ export type LedgerServices =
  */
 export const layerSqlite = (
   options: SqliteOptions
-): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> => {
+): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
+  layerOn(LedgerSql.layerSqlite(options), options)
+
+/** The options of the ledger on PostgreSQL: the sink's and the queue's, as for SQLite. */
+export interface PgOptions extends Omit<SqliteOptions, "filename" | "synchronous" | "busyTimeout"> {
+  /** `postgres://user@host:port/database` */
+  readonly url: string
+  /** Connections in the pool (default 4). */
+  readonly maxConnections?: number | undefined
+}
+
+/**
+ * The whole ledger on PostgreSQL, for a fleet of guard instances writing one chain: the same tables, row
+ * format, sink, queue, verifier, dead letters and CLI as on SQLite. Every write transaction takes a
+ * transaction-scoped advisory lock on the chain before it reads the head, so writers queue up instead of
+ * racing; group commit takes it once per batch. Fails with `LedgerOpenError` when the server cannot be
+ * reached.
+ */
+export const layerPg = (
+  options: PgOptions
+): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
+  layerOn(LedgerSql.layerPg({ url: options.url, maxConnections: options.maxConnections }), options)
+
+/** `layerPg` for a `postgres://` URL, else `layerSqlite` for a file name: what the CLI's `--db` takes. */
+export const layerFor = (
+  db: string,
+  options: Omit<SqliteOptions, "filename"> = {}
+): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
+  LedgerSql.isPostgresUrl(db) ? layerPg({ ...options, url: db }) : layerSqlite({ ...options, filename: db })
+
+/** The sink and the queue on a ledger database. */
+const layerOn = <E>(
+  database: Layer.Layer<LedgerSql.LedgerSql, E>,
+  options: Omit<SqliteOptions, "filename">
+): Layer.Layer<LedgerServices, E | SqlError | ParseResult.ParseError> => {
   const sink = SqlAuditSink.layer({
     signer: options.signer,
     synchronous: options.synchronous,
@@ -113,7 +147,7 @@ export const layerSqlite = (
   return queue.pipe(
     Layer.provide(replayOnStart),
     Layer.provideMerge(sink),
-    Layer.provideMerge(LedgerSql.layerSqlite(options))
+    Layer.provideMerge(database)
   )
 }
 

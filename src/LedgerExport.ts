@@ -66,16 +66,19 @@ export class ExportAnchorMissing extends Data.TaggedError("ExportAnchorMissing")
   }
 }
 
+/** The largest sequence a ledger holds: `sequence` is a 32-bit INTEGER column on PostgreSQL. */
+export const MAX_SEQUENCE = 2_147_483_647
+
 export const exportLines = (
   range: ExportRange = {}
 ): Stream.Stream<string, SqlError | ExportAnchorMissing, LedgerSql.LedgerSql> =>
   Stream.unwrap(LedgerSql.use(Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const from = range.from ?? 0
-    const to = range.to ?? Number.MAX_SAFE_INTEGER
+    const to = Math.min(range.to ?? MAX_SEQUENCE, MAX_SEQUENCE)
     const pageSize = range.pageSize ?? LedgerVerifier.DEFAULT_PAGE_SIZE
     const [bounds] = yield* sql<{ first: number | null; last: number | null; count: number }>`
-      SELECT MIN(sequence) AS first, MAX(sequence) AS last, COUNT(*) AS count
+      SELECT MIN(sequence) AS first, MAX(sequence) AS last, CAST(COUNT(*) AS INTEGER) AS count
       FROM signed_events WHERE sequence >= ${from} AND sequence <= ${to}`
     const first = bounds?.first ?? null
     const last = bounds?.last ?? null

@@ -12,11 +12,12 @@
  * - `fromSqlClient`: the application's own `SqlClient` is the ledger's database (one database for both).
  *   Then a ledger write made inside the application's `sql.withTransaction` joins that transaction.
  */
+import type * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import type { MigrationError } from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Cause, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { constants as fsConstants } from "node:fs"
 import { access, stat } from "node:fs/promises"
@@ -210,7 +211,7 @@ const sqliteClient = (
 
 /** A private connection built from `client`, published only as `LedgerSql`. */
 const privately = <E1, E2>(
-  client: Layer.Layer<SqliteClient.SqliteClient | SqlClient.SqlClient, E1>,
+  client: Layer.Layer<SqlClient.SqlClient, E1>,
   setup: Effect.Effect<unknown, E2, SqlClient.SqlClient>
 ): Layer.Layer<LedgerSql, E1 | E2> =>
   Layer.scoped(
@@ -246,3 +247,76 @@ export const layerSqlite = (
     Effect.as(checkDatabasePath(options.filename), privately(sqliteClient({ filename: options.filename }, path), setup))
   )
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// A private PostgreSQL connection pool
+// ---------------------------------------------------------------------------------------------------------
+
+/** The advisory lock key that serializes migrations of one PostgreSQL database ("agmigrat" in ASCII). */
+const MIGRATION_LOCK_KEY = "7018141398398034292"
+
+/** Whether `db` names a PostgreSQL database (`postgres://` or `postgresql://` URL) rather than a file. */
+export const isPostgresUrl = (db: string): boolean => /^postgres(ql)?:\/\//i.test(db)
+
+export interface PgOptions {
+  /** `postgres://user@host:port/database` */
+  readonly url: string
+  /** Connections in the pool; default 4 (one writes at a time: the chain is locked per transaction). */
+  readonly maxConnections?: number | undefined
+}
+
+/** The URL without its password, for messages and logs. */
+export const redactUrl = (url: string): string => url.replace(/(\/\/[^:/@]+):[^@/]*@/, "$1:***@")
+
+/**
+ * A private PostgreSQL pool on `url`, migrated to the current schema (the same tables as on SQLite, in
+ * PostgreSQL types). Fails with `LedgerOpenError` (reason `openFailed`, the URL without its password) when
+ * the server cannot be reached.
+ */
+export const layerPg = (options: PgOptions): Layer.Layer<LedgerSql, LedgerOpenError | SqlError | MigrationError> => {
+  const where = redactUrl(options.url)
+  // Loaded on use: @effect/sql-pg is an optional peer dependency, needed only by PostgreSQL ledgers.
+  const pgClient = Effect.tryPromise({
+    try: (): Promise<typeof PgClient> => import("@effect/sql-pg/PgClient"),
+    catch: () =>
+      new LedgerOpenError({
+        path: where,
+        reason: "openFailed",
+        detail: "a PostgreSQL ledger needs the package @effect/sql-pg (npm install @effect/sql-pg)"
+      })
+  })
+  const client = Layer.unwrapEffect(Effect.map(pgClient, (Pg) =>
+    Pg.layer({
+      url: Redacted.make(options.url),
+      maxConnections: options.maxConnections ?? 4,
+      applicationName: "agent-ledger"
+    }))).pipe(
+      Layer.catchAllCause((cause) =>
+        Layer.fail(Option.match(Cause.failureOption(cause), {
+          onNone: () => new LedgerOpenError({ path: where, reason: "openFailed", detail: Cause.pretty(cause) }),
+          onSome: (error) =>
+            error._tag === "LedgerOpenError"
+              ? error
+              : new LedgerOpenError({ path: where, reason: "openFailed", detail: error.message })
+        }))
+      )
+    )
+  // Writers of a fleet start together: one migrates while the others wait on a lock (concurrent
+  // CREATE TABLEs collide in PostgreSQL's catalog), then find the schema current.
+  // The lock is a session lock held by one reserved connection; the migrations run on the others (the
+  // migrator's own error handling needs statements outside one transaction).
+  const migrate = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.scoped(Effect.gen(function*() {
+      const conn = yield* sql.reserve
+      yield* Effect.acquireRelease(
+        conn.executeUnprepared(`SELECT pg_advisory_lock(${MIGRATION_LOCK_KEY})`, [], undefined),
+        () => Effect.ignore(conn.executeUnprepared(`SELECT pg_advisory_unlock(${MIGRATION_LOCK_KEY})`, [], undefined))
+      )
+      return yield* runMigrations
+    })))
+  return privately(client, migrate)
+}
+
+/** `layerPg` for a `postgres://` URL, else `layerSqlite` for a file name. */
+export const layerFor = (db: string): Layer.Layer<LedgerSql, LedgerOpenError | SqlError | MigrationError> =>
+  isPostgresUrl(db) ? layerPg({ url: db }) : layerSqlite({ filename: db })

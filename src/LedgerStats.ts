@@ -45,8 +45,8 @@ export const stats = (options: { readonly pageSize?: number } = {}): Effect.Effe
   LedgerSql.use(Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const [dlq] = yield* sql<{ pending: number | null; replayed: number | null }>`
-      SELECT SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS pending,
-             SUM(CASE WHEN replayed_at IS NULL THEN 0 ELSE 1 END) AS replayed
+      SELECT CAST(SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS INTEGER) AS pending,
+             CAST(SUM(CASE WHEN replayed_at IS NULL THEN 0 ELSE 1 END) AS INTEGER) AS replayed
       FROM signed_events_dlq`
     let rows = 0
     let head: LedgerStats["head"] = Option.none()

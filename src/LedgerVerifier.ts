@@ -18,6 +18,7 @@ import { Chunk, Effect, Either, Option, ParseResult, Schema, Stream } from "effe
 import * as AuditSigner from "./AuditSigner.js"
 import { digestHex, isHash, ZERO_HASH } from "./internal/encoding.js"
 import { rowEntryHash } from "./internal/rowFormat.js"
+import { dialectOf } from "./internal/sqlDialect.js"
 import * as LedgerRow from "./LedgerRow.js"
 import * as LedgerSql from "./LedgerSql.js"
 
@@ -611,6 +612,21 @@ const releasePage = (rows: Page): void => {
   if (Object.isExtensible(rows)) (rows as Array<unknown>).length = 0
 }
 
+/**
+ * On PostgreSQL, `body` runs in one read-only transaction with a repeatable-read snapshot: every page
+ * comes from the same state of the chain, whatever the fleet appends meanwhile. SQLite reads are already
+ * consistent per connection.
+ */
+const consistentRead = <A, E, R>(
+  body: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Option.exists(dialectOf(sql), (dialect) => dialect.name === "postgres")
+      ? sql.withTransaction(
+        Effect.zipRight(sql.unsafe("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"), body)
+      )
+      : body)
+
 /** The span around `verifyLedger` (docs/OPERATIONS.md, "Traces"). */
 export const SPAN_VERIFY = "agent_ledger.ledger.verify"
 
@@ -638,36 +654,38 @@ export interface VerifyLedgerOptions {
 export const verifyLedger = (
   options: VerifyLedgerOptions = {}
 ): Effect.Effect<VerifyReport, SqlError, LedgerSql.LedgerSql> =>
-  LedgerSql.use(Effect.gen(function*() {
-    const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
-    const invalid = invalidPageSize(pageSize)
-    if (invalid !== undefined) return yield* Effect.dieMessage(invalid)
-    const checker = makeChecker({
-      keyring: options.keyring,
-      pin: options.pin,
-      requireSigned: options.requireSigned,
-      signedFrom: options.signedFrom,
-      allowMixed: options.allowMixed
-    })
-    const page = pageReader(yield* SqlClient.SqlClient, {}, pageSize)
-    let after = Option.none<unknown>()
-    let rowsRead = 0
-    do {
-      const rows = yield* page(after)
-      for (let i = 0; i < rows.length; i++) checker.checkUnknown(rows[i])
-      rowsRead += rows.length
-      after = nextPage(rows, pageSize)
-      releasePage(rows)
-      if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
-    } while (Option.isSome(after))
-    const report = yield* withDuplicateCheck(checker.report())
-    yield* Effect.annotateCurrentSpan({
-      "agent_ledger.rows_checked": report.rowsChecked,
-      "agent_ledger.ok": report.ok,
-      "agent_ledger.failure_count": report.failureCount
-    })
-    return report
-  })).pipe(Effect.withSpan(SPAN_VERIFY))
+  LedgerSql.use(
+    Effect.gen(function*() {
+      const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
+      const invalid = invalidPageSize(pageSize)
+      if (invalid !== undefined) return yield* Effect.dieMessage(invalid)
+      const checker = makeChecker({
+        keyring: options.keyring,
+        pin: options.pin,
+        requireSigned: options.requireSigned,
+        signedFrom: options.signedFrom,
+        allowMixed: options.allowMixed
+      })
+      const page = pageReader(yield* SqlClient.SqlClient, {}, pageSize)
+      let after = Option.none<unknown>()
+      let rowsRead = 0
+      do {
+        const rows = yield* page(after)
+        for (let i = 0; i < rows.length; i++) checker.checkUnknown(rows[i])
+        rowsRead += rows.length
+        after = nextPage(rows, pageSize)
+        releasePage(rows)
+        if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
+      } while (Option.isSome(after))
+      const report = yield* withDuplicateCheck(checker.report())
+      yield* Effect.annotateCurrentSpan({
+        "agent_ledger.rows_checked": report.rowsChecked,
+        "agent_ledger.ok": report.ok,
+        "agent_ledger.failure_count": report.failureCount
+      })
+      return report
+    }).pipe(consistentRead)
+  ).pipe(Effect.withSpan(SPAN_VERIFY))
 
 /**
  * Paging by `sequence > last` reads one row per sequence; a second row with a sequence already read is
@@ -680,7 +698,7 @@ const withDuplicateCheck = (report: VerifyReport): Effect.Effect<VerifyReport, S
       Effect.gen(function*() {
         const sql = (yield* SqlClient.SqlClient).withoutTransforms()
         const [counted] = yield* sql<{ n: number }>`
-          SELECT COUNT(*) AS n FROM signed_events WHERE sequence <= ${head.sequence}`
+          SELECT CAST(COUNT(*) AS INTEGER) AS n FROM signed_events WHERE sequence <= ${head.sequence}`
         const passedBy = Number(counted?.n ?? 0) - report.rowsChecked
         if (passedBy <= 0) return report
         const [duplicate] = yield* sql<{ sequence: number }>`

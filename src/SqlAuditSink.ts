@@ -191,12 +191,15 @@ const ROWS_PER_STATEMENT = 64
  */
 const insertText = (() => {
   const cache = new Map<string, string>()
-  return (table: string, columns: ReadonlyArray<string>, rows: number): string => {
-    const key = `${table}:${rows}`
+  return (dialect: SqlDialect, table: string, columns: ReadonlyArray<string>, rows: number): string => {
+    const key = `${dialect.name}:${table}:${rows}`
     let text = cache.get(key)
     if (text === undefined) {
-      const row = `(${columns.map(() => "?").join(", ")})`
-      text = `INSERT INTO ${table} (${columns.join(", ")}) VALUES ${Array.from({ length: rows }, () => row).join(", ")}`
+      const values = Array.from(
+        { length: rows },
+        (_, r) => `(${columns.map((_, c) => dialect.placeholder(r * columns.length + c)).join(", ")})`
+      )
+      text = `INSERT INTO ${table} (${columns.join(", ")}) VALUES ${values.join(", ")}`
       cache.set(key, text)
     }
     return text
@@ -206,6 +209,7 @@ const insertText = (() => {
 /** Inserts `rows` (each in `columns` order) with as few statements as power-of-two sizes allow. */
 const insertRows = (
   sql: SqlClient.SqlClient,
+  dialect: SqlDialect,
   table: string,
   columns: ReadonlyArray<string>,
   rows: ReadonlyArray<ReadonlyArray<Param>>
@@ -216,7 +220,7 @@ const insertRows = (
     while (start < rows.length) {
       let size = ROWS_PER_STATEMENT
       while (size > rows.length - start) size >>= 1
-      statements.push(sql.unsafe(insertText(table, columns, size), rows.slice(start, start + size).flat()))
+      statements.push(sql.unsafe(insertText(dialect, table, columns, size), rows.slice(start, start + size).flat()))
       start += size
     }
     return Effect.all(statements, { discard: true })
@@ -333,10 +337,12 @@ export const make = (options: Options = {}) =>
       deadLetter: (event, reason) => onLedger(deadLetters.insert([deadLetterPayload(event)], reason)),
       deadLetterBatch: (events, reason) => onLedger(deadLetters.insert(events.map(deadLetterPayload), reason)),
       appendOnly: (event) => onLedger(appendOnly(event)),
-      dlqSize: onLedger(count(sql`SELECT COUNT(*) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`)),
+      dlqSize: onLedger(
+        count(sql`SELECT CAST(COUNT(*) AS INTEGER) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`)
+      ),
       head: onLedger(chain.readHead),
       countByEventType: (eventType) =>
-        onLedger(count(sql`SELECT COUNT(*) AS n FROM signed_events WHERE event_type = ${eventType}`))
+        onLedger(count(sql`SELECT CAST(COUNT(*) AS INTEGER) AS n FROM signed_events WHERE event_type = ${eventType}`))
     })
   })
 
@@ -454,7 +460,7 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
           head = Option.some(row.position)
           positions.push(row.position)
         }
-        yield* insertRows(sql, "signed_events", LedgerRow.COLUMNS, rows)
+        yield* insertRows(sql, dialect, "signed_events", LedgerRow.COLUMNS, rows)
         return positions
       })
 
@@ -590,6 +596,7 @@ const makeDeadLetterWriter = (
         dialect,
         insertRows(
           sql,
+          dialect,
           "signed_events_dlq",
           DLQ_COLUMNS,
           events.map((p) => [

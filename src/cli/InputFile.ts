@@ -69,6 +69,8 @@ const formatOf = (text: string): unknown => {
 /** Detects what kind of agent-ledger file `path` is. */
 export const detect = (path: string): Effect.Effect<TargetKind, InputError> =>
   Effect.gen(function*() {
+    // A PostgreSQL ledger is named by its URL; it is a database like a SQLite file.
+    if (LedgerSql.isPostgresUrl(path)) return "sqlite"
     yield* requireFile(path)
     const head = yield* readHead(path, 64 * 1024)
     if (head.subarray(0, SQLITE_MAGIC.length).equals(SQLITE_MAGIC)) return "sqlite"
@@ -96,6 +98,16 @@ export const openLedger = (
   path: string,
   options: { readonly readonly: boolean }
 ): Layer.Layer<LedgerSql.LedgerSql, InputError> => {
+  if (LedgerSql.isPostgresUrl(path)) {
+    // PostgreSQL: the schema is created (or upgraded) when missing; reads never change rows.
+    return LedgerSql.layerPg({ url: path, maxConnections: 2 }).pipe(
+      Layer.mapError((error) =>
+        new InputError({
+          message: error._tag === "LedgerOpenError" ? error.message : `${LedgerSql.redactUrl(path)}: ${error.message}`
+        })
+      )
+    )
+  }
   const client = SqliteClient.layer({ filename: path, readonly: options.readonly, disableWAL: options.readonly })
   const checked = Layer.effectDiscard(Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient

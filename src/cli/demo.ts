@@ -145,9 +145,11 @@ export const runDemo = (options: DemoOptions) =>
     }
     const started = yield* Clock.currentTimeMillis
     // Check every path before simulating, so a bad one costs nothing and leaves nothing behind.
-    yield* AuditLedger.checkDatabasePath(options.db).pipe(
-      Effect.mapError((e) => new InputError({ message: e.message }))
-    )
+    if (!LedgerSql.isPostgresUrl(options.db)) {
+      yield* AuditLedger.checkDatabasePath(options.db).pipe(
+        Effect.mapError((e) => new InputError({ message: e.message }))
+      )
+    }
     yield* requireWritableFile(options.sessionOut)
     const signing = options.sign
       ? Option.some(
@@ -209,8 +211,7 @@ export const runDemo = (options: DemoOptions) =>
       const sink = yield* SqlAuditSink.SqlAuditSink
       return { metrics: yield* queue.metrics, dlqSize: yield* sink.dlqSize }
     }).pipe(
-      Effect.provide(AuditLedger.layerSqlite({
-        filename: options.db,
+      Effect.provide(AuditLedger.layerFor(options.db, {
         signer: Option.getOrUndefined(Option.map(signing, (s) => s.signer)),
         // On Ctrl-C the scope still closes: give the backlog of refusals time to reach the ledger.
         shutdownDrainTimeout: "1 minute"

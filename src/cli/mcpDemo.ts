@@ -124,7 +124,7 @@ export const runMcpDemo = (options: { readonly db: string; readonly sessionOut: 
       const seal = JournalSeal.check(exported, yield* JournalSeal.sealsOf(sessionId))
       return { report, seal, stats }
     }).pipe(
-      Effect.provide(LedgerSql.layerSqlite({ filename: options.db })),
+      Effect.provide(LedgerSql.layerFor(options.db)),
       Effect.mapError((error) => new InputError({ message: `demo --mcp: ${error.message}` }))
     )
     fs.rmSync(scratch, { recursive: true, force: true })

@@ -144,7 +144,7 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       )
     })
     yield* proxy.pipe(
-      Effect.provide(AuditLedger.layerSqlite({ filename: options.db, signer })),
+      Effect.provide(AuditLedger.layerFor(options.db, { signer })),
       Effect.catchTag("LedgerOpenError", (error) => new InputError({ message: error.message }))
     )
   })

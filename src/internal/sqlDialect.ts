@@ -4,8 +4,10 @@
  * driver error is classified. Classification reads the driver's error code only, never its message, so a
  * driver that rewords its messages cannot turn a retryable race into a dead letter.
  *
- * Only SQLite is implemented; PostgreSQL (`23505` unique violation, `40001` / `40P01` serialization) is the
- * next dialect.
+ * SQLite (`@effect/sql-sqlite-node`) and PostgreSQL (`@effect/sql-pg`): on PostgreSQL every write
+ * transaction takes a transaction-scoped advisory lock on the chain before it reads the head, so writers of
+ * a fleet queue up instead of racing for sequences; a race that still happens (`23505`), a serialization
+ * failure (`40001`) or a deadlock (`40P01`) is retried like SQLite's busy database.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
@@ -47,9 +49,13 @@ export interface ClassifiedFailure {
 }
 
 export interface SqlDialect {
-  readonly name: "sqlite"
+  readonly name: "sqlite" | "postgres"
   /** Opens a transaction that takes the write lock at once, so a read-then-insert cannot interleave. */
   readonly beginWrite: string
+  /** Run right after `beginWrite` (and inside a caller's transaction) to serialize writers of the chain. */
+  readonly lockChain: Option.Option<string>
+  /** The placeholder of the `index`-th (0-based) parameter of a raw statement. */
+  readonly placeholder: (index: number) => string
   readonly commit: string
   readonly rollback: string
   /** Applies the ledger's per-connection settings. */
@@ -106,6 +112,8 @@ const classifySqliteCode = (code: string): FailureKind => {
 export const sqlite: SqlDialect = {
   name: "sqlite",
   beginWrite: "BEGIN IMMEDIATE",
+  lockChain: Option.none(),
+  placeholder: () => "?",
   maxOpsBeforeYieldInWrite: Number.MAX_SAFE_INTEGER,
   commit: "COMMIT",
   rollback: "ROLLBACK",
@@ -128,13 +136,73 @@ export const sqlite: SqlDialect = {
   }
 }
 
-const SQLITE_CLIENT_TYPE_ID = Symbol.for("@effect/sql-sqlite-node/SqliteClient")
+/**
+ * The advisory lock key of the chain (PostgreSQL): any fixed 64-bit number, the same for every writer of a
+ * database. It spells "agledger" in ASCII.
+ */
+export const CHAIN_LOCK_KEY = "7018141391744435570"
 
-/** The dialect of a connected client; fails with `SqlError` for an engine the ledger does not support yet. */
+/** SQLSTATE classes and codes (PostgreSQL appendix A). */
+const classifyPgCode = (code: string): FailureKind => {
+  if (code === "23505") return "uniqueViolation"
+  // serialization_failure, deadlock_detected, lock_not_available: another writer was in the way.
+  if (code === "40001" || code === "40P01" || code === "55P03") return "busy"
+  // disk_full, insufficient_resources, out_of_memory, too_many_connections
+  if (code === "53100") return "storageFull"
+  if (
+    code.startsWith("08") || // connection exception
+    code.startsWith("53") || // insufficient resources
+    code.startsWith("57P") || // operator intervention (admin shutdown, crash shutdown, cannot connect now)
+    code === "25006" || // read_only_sql_transaction (a standby)
+    code.startsWith("58") // system error (I/O)
+  ) return "unavailable"
+  return "other"
+}
+
+/** Node's network errors before any SQLSTATE: the server is not there. */
+const NETWORK_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EHOSTUNREACH"])
+
+export const postgres: SqlDialect = {
+  name: "postgres",
+  beginWrite: "BEGIN",
+  lockChain: Option.some(`SELECT pg_advisory_xact_lock(${CHAIN_LOCK_KEY})`),
+  placeholder: (index) => `$${index + 1}`,
+  // The driver is asynchronous: a transaction that yields blocks no other fiber.
+  maxOpsBeforeYieldInWrite: 2048,
+  commit: "COMMIT",
+  rollback: "ROLLBACK",
+  configure: () => Effect.void,
+  classify: (error) => {
+    const driver = driverError(error)
+    return {
+      kind: Option.match(driver, {
+        onNone: () => "other" as const,
+        onSome: (d) => NETWORK_CODES.has(d.code) ? "unavailable" as const : classifyPgCode(d.code)
+      }),
+      code: Option.map(driver, (d) => d.code),
+      description: describe(error, driver)
+    }
+  }
+}
+
+const SQLITE_CLIENT_TYPE_ID = Symbol.for("@effect/sql-sqlite-node/SqliteClient")
+const PG_CLIENT_TYPE_ID = "~@effect/sql-pg/PgClient"
+
+/** The dialect of a connected client, `None` for an engine the ledger does not support. */
+export const dialectOf = (sql: SqlClient.SqlClient): Option.Option<SqlDialect> =>
+  SQLITE_CLIENT_TYPE_ID in sql ? Option.some(sqlite) : PG_CLIENT_TYPE_ID in sql ? Option.some(postgres) : Option.none()
+
+/** The dialect of a connected client; fails with `SqlError` for an engine the ledger does not support. */
 export const forClient = (sql: SqlClient.SqlClient): Effect.Effect<SqlDialect, SqlError> =>
-  SQLITE_CLIENT_TYPE_ID in sql
-    ? Effect.succeed(sqlite)
-    : Effect.fail(new SqlError({ message: "agent-ledger's SQL sink supports SQLite (@effect/sql-sqlite-node) only" }))
+  Option.match(dialectOf(sql), {
+    onSome: Effect.succeed,
+    onNone: () =>
+      Effect.fail(
+        new SqlError({
+          message: "agent-ledger's SQL sink supports SQLite (@effect/sql-sqlite-node) and PostgreSQL (@effect/sql-pg)"
+        })
+      )
+  })
 
 /**
  * Runs `body` in a write transaction (`dialect.beginWrite`) on one reserved connection: every statement of
@@ -153,7 +221,11 @@ export const withWriteTransaction = <A, E, R>(
   Effect.flatMap(
     Effect.serviceOption(SqlClient.TransactionConnection),
     Option.match({
-      onSome: () => sql.withTransaction(body),
+      onSome: () =>
+        sql.withTransaction(Option.match(dialect.lockChain, {
+          onNone: () => body,
+          onSome: (lock) => Effect.zipRight(sql.unsafe(lock), body)
+        })),
       onNone: () => ownWriteTransaction(sql, dialect, body)
     })
   ).pipe(Effect.withMaxOpsBeforeYield(dialect.maxOpsBeforeYieldInWrite))
@@ -168,6 +240,14 @@ const ownWriteTransaction = <A, E, R>(
       Effect.gen(function*() {
         const conn = yield* restore(sql.reserve)
         yield* conn.executeUnprepared(dialect.beginWrite, [], undefined)
+        if (Option.isSome(dialect.lockChain)) {
+          // A failed lock (connection lost, a statement timeout) rolls back like a failed body.
+          const locked = yield* Effect.exit(restore(conn.executeUnprepared(dialect.lockChain.value, [], undefined)))
+          if (Exit.isFailure(locked)) {
+            yield* conn.executeUnprepared(dialect.rollback, [], undefined).pipe(Effect.ignore)
+            return yield* Effect.failCause(locked.cause)
+          }
+        }
         const bodyExit = yield* Effect.exit(
           restore(Effect.provideService(body, SqlClient.TransactionConnection, [conn, 0] as const))
         )

@@ -1,0 +1,154 @@
+/**
+ * The ledger on PostgreSQL, against the real server (`AGENT_LEDGER_PG_URL`; skipped, visibly, without it):
+ * the same sink, migrations, verifier, dead letters, stats and export as on SQLite; many writers on one
+ * chain; and the CLI taking a `postgres://` URL wherever it takes a file.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Effect, Logger, LogLevel, Option, Stream } from "effect"
+import { execFile } from "node:child_process"
+import { join } from "node:path"
+import { promisify } from "node:util"
+import * as AuditEvent from "../src/AuditEvent.js"
+import * as AuditLedger from "../src/AuditLedger.js"
+import { AuditQueue } from "../src/AuditQueue.js"
+import * as AuditSigner from "../src/AuditSigner.js"
+import * as DeadLetters from "../src/DeadLetters.js"
+import * as LedgerExport from "../src/LedgerExport.js"
+import * as LedgerSql from "../src/LedgerSql.js"
+import * as LedgerStats from "../src/LedgerStats.js"
+import { verifyLedger } from "../src/LedgerVerifier.js"
+import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
+import { refusalEvent } from "./fixtures/events.js"
+import { freshDatabase, noPostgres } from "./fixtures/postgres.js"
+
+const withDatabase = <A, E>(use: (url: string) => Effect.Effect<A, E>) =>
+  Effect.acquireUseRelease(Effect.sync(freshDatabase), (db) => use(db.url), (db) => Effect.sync(db.drop))
+
+const rowsOf = (url: string) =>
+  Effect.provide(
+    Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+      client<{ id: string; sequence: number; event_type: string }>`
+        SELECT id, sequence, event_type FROM signed_events ORDER BY sequence`),
+    LedgerSql.layerPg({ url })
+  )
+
+const quietLogs = Logger.minimumLogLevel(LogLevel.None)
+
+describe.skipIf(noPostgres)("the ledger on PostgreSQL", () => {
+  it.live(
+    "group commit: 2,000 signed refusals in batches, a dense chain that verifies, stats and export",
+    () =>
+      withDatabase((url) =>
+        Effect.gen(function*() {
+          const signer = yield* AuditSigner.generate
+          const receipts = yield* Effect.gen(function*() {
+            const queue = yield* AuditQueue
+            for (let n = 0; n < 1999; n++) yield* queue.submit(refusalEvent("agent-pg", n))
+            const last = yield* queue.submitAndWait(refusalEvent("agent-pg", 1999))
+            return last
+          }).pipe(Effect.provide(AuditLedger.layerPg({ url, signer })))
+          expect(receipts.sequence).toBe(1999)
+          const { report, stats, lines } = yield* Effect.gen(function*() {
+            const report = yield* verifyLedger({ keyring: AuditSigner.Keyring.fromSigners([signer]) })
+            const stats = yield* LedgerStats.stats()
+            const lines = yield* Stream.runCollect(LedgerExport.exportLines({ from: 1000 }))
+            return { report, stats, lines: Chunk.toReadonlyArray(lines) }
+          }).pipe(Effect.provide(LedgerSql.layerPg({ url })))
+          expect(report.ok).toBe(true)
+          expect(report.rowsChecked).toBe(2000)
+          expect(report.signatures.valid).toBe(2000)
+          expect(stats.rows).toBe(2000)
+          expect(Option.map(stats.head, (head) => head.sequence)).toEqual(Option.some(1999))
+          expect(stats.deadLetters).toEqual({ pending: 0, replayed: 0 })
+          expect(lines).toHaveLength(1001)
+          expect(JSON.parse(lines[0]!)).toMatchObject({ from_sequence: 1000, to_sequence: 1999, row_count: 1000 })
+        })
+      ),
+    120_000
+  )
+
+  it.live(
+    "an event that cannot be appended is dead-lettered, listed and replayed",
+    () =>
+      withDatabase((url) =>
+        Effect.gen(function*() {
+          yield* Effect.gen(function*() {
+            const queue = yield* AuditQueue
+            const good = refusalEvent("agent-pg", 0)
+            // A lone surrogate cannot be canonicalized: the sink dead-letters the event (with its data).
+            const bad = new AuditEvent.DeferredAuditEvent({ ...refusalEvent("agent-pg", 1), agentId: "x\uD800" })
+            yield* queue.submit(good)
+            yield* queue.submit(bad)
+            expect(yield* queue.drainPending("10 seconds")).toBe(true)
+            expect(yield* queue.metrics).toMatchObject({ appended: 1, dlqLanded: 1 })
+            const letters = yield* DeadLetters.list()
+            expect(letters.map((letter) => letter.id)).toEqual([bad.id])
+            expect(typeof letters[0]!.dlq_id).toBe("number")
+          }).pipe(Effect.provide(AuditLedger.layerPg({ url })), Effect.provide(quietLogs))
+          const report = yield* Effect.provide(verifyLedger(), LedgerSql.layerPg({ url }))
+          expect(report.ok).toBe(true)
+        })
+      ),
+    60_000
+  )
+
+  it.live(
+    "4 writer processes × 2,500 events: 10,000 rows, no gaps, no duplicate ids, the chain verifies",
+    () =>
+      withDatabase((url) =>
+        Effect.gen(function*() {
+          const writers = Array.from({ length: 4 }, (_, w) =>
+            Effect.promise(() =>
+              promisify(execFile)(process.execPath, [
+                "--import",
+                "tsx",
+                join(repoRoot, "test/fixtures/pgWriter.ts"),
+                url,
+                `writer-${w}`,
+                "2500"
+              ], { cwd: repoRoot, timeout: 120_000 })
+            ))
+          yield* Effect.all(writers, { concurrency: "unbounded" })
+          const rows = yield* rowsOf(url)
+          expect(rows).toHaveLength(10_000)
+          expect(rows.map((row) => row.sequence)).toEqual(Array.from({ length: 10_000 }, (_, i) => i))
+          expect(new Set(rows.map((row) => row.id)).size).toBe(10_000)
+          const report = yield* Effect.provide(verifyLedger(), LedgerSql.layerPg({ url }))
+          expect(report.ok).toBe(true)
+        })
+      ),
+    180_000
+  )
+
+  it.live(
+    "the CLI takes a postgres:// URL: demo, then verify, stats and export on the same URL",
+    () =>
+      withDatabase((url) =>
+        Effect.promise(async () => {
+          const run = (...args: Array<string>) => promisify(execFile)(process.execPath, [cliBundle, ...args])
+          const demo = await run(
+            "demo",
+            "--db",
+            url,
+            "--sessions",
+            "3",
+            "--calls",
+            "20",
+            "--session-out",
+            join(
+              repoRoot,
+              "node_modules/.cache/agent-ledger-test/pg-session.json"
+            )
+          )
+          expect(demo.stdout).toContain("verify:          OK")
+          const verify = await run("verify", url, "--json")
+          expect(JSON.parse(verify.stdout)).toMatchObject({ ok: true })
+          const stats = JSON.parse((await run("stats", url, "--json")).stdout)
+          expect(stats.rows).toBeGreaterThan(0)
+          const exported = await run("export", url)
+          expect(exported.stdout.trim().split("\n")).toHaveLength(stats.rows + 1)
+        })
+      ),
+    120_000
+  )
+})
