@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Logger, LogLevel, Option, Stream } from "effect"
-import { execFile } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
 import { join } from "node:path"
 import { promisify } from "node:util"
 import * as AuditEvent from "../src/AuditEvent.js"
@@ -147,6 +147,45 @@ describe.skipIf(noPostgres)("the ledger on PostgreSQL", () => {
           expect(stats.rows).toBeGreaterThan(0)
           const exported = await run("export", url)
           expect(exported.stdout.trim().split("\n")).toHaveLength(stats.rows + 1)
+        })
+      ),
+    120_000
+  )
+
+  it.live(
+    "a writer SIGKILLed mid-batch: the ledger verifies and every acknowledged event is in it",
+    () =>
+      withDatabase((url) =>
+        Effect.gen(function*() {
+          const acked = yield* Effect.async<ReadonlyArray<string>>((resume) => {
+            const child = spawn(process.execPath, [
+              "--import",
+              "tsx",
+              join(repoRoot, "test/fixtures/pgAckWriter.ts"),
+              url
+            ], {
+              cwd: repoRoot,
+              stdio: ["ignore", "pipe", "ignore"]
+            })
+            const ids: Array<string> = []
+            let buffered = ""
+            child.stdout.on("data", (chunk: Buffer) => {
+              buffered += chunk.toString("utf8")
+              const lines = buffered.split("\n")
+              buffered = lines.pop() ?? ""
+              for (const line of lines) if (line.startsWith("ack ")) ids.push(line.slice(4))
+              // Killed while batches are in flight: many fibers are waiting for their commit right now.
+              if (ids.length >= 1500 && child.exitCode === null && !child.killed) child.kill("SIGKILL")
+            })
+            child.on("exit", () => resume(Effect.succeed(ids)))
+          })
+          expect(acked.length).toBeGreaterThanOrEqual(1500)
+          const rows = yield* rowsOf(url)
+          const stored = new Set(rows.map((row) => row.id))
+          expect(acked.filter((id) => !stored.has(id))).toEqual([])
+          expect(rows.map((row) => row.sequence)).toEqual(rows.map((_, i) => i))
+          const report = yield* Effect.provide(verifyLedger(), LedgerSql.layerPg({ url }))
+          expect(report.ok).toBe(true)
         })
       ),
     120_000
