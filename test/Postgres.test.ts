@@ -4,8 +4,8 @@
  * chain; and the CLI taking a `postgres://` URL wherever it takes a file.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Logger, LogLevel, Option, Stream } from "effect"
-import { execFile, spawn } from "node:child_process"
+import { Chunk, Effect, Logger, LogLevel, Option, Schedule, Stream } from "effect"
+import { execFile, execFileSync, spawn } from "node:child_process"
 import { join } from "node:path"
 import { promisify } from "node:util"
 import * as AuditEvent from "../src/AuditEvent.js"
@@ -186,6 +186,43 @@ describe.skipIf(noPostgres)("the ledger on PostgreSQL", () => {
           expect(rows.map((row) => row.sequence)).toEqual(rows.map((_, i) => i))
           const report = yield* Effect.provide(verifyLedger(), LedgerSql.layerPg({ url }))
           expect(report.ok).toBe(true)
+        })
+      ),
+    120_000
+  )
+
+  it.live(
+    "connections killed under the writer: the events wait and land in order, none is dead-lettered",
+    () =>
+      withDatabase((url) =>
+        Effect.gen(function*() {
+          const events = Array.from({ length: 300 }, (_, i) => refusalEvent("agent-pg", i))
+          const terminate = Effect.sync(() =>
+            execFileSync("psql", [
+              url,
+              "-qAtc",
+              "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity " +
+              "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ])
+          )
+          yield* Effect.gen(function*() {
+            const queue = yield* AuditQueue
+            for (const [i, event] of events.entries()) {
+              yield* queue.submit(event)
+              if (i % 50 === 25) {
+                yield* terminate
+                yield* Effect.sleep("5 millis")
+              }
+            }
+            expect(yield* queue.drainPending("60 seconds")).toBe(true)
+            expect(yield* queue.metrics).toMatchObject({ appended: 300, dlqLanded: 0, appendFailures: 0 })
+          }).pipe(
+            Effect.provide(AuditLedger.layerPg({ url, stallSchedule: Schedule.spaced("20 millis") })),
+            Effect.provide(quietLogs)
+          )
+          const rows = yield* rowsOf(url)
+          expect(rows.map((row) => row.id)).toEqual(events.map((event) => event.id))
+          expect((yield* Effect.provide(verifyLedger(), LedgerSql.layerPg({ url }))).ok).toBe(true)
         })
       ),
     120_000

@@ -176,7 +176,9 @@ export const postgres: SqlDialect = {
     const driver = driverError(error)
     return {
       kind: Option.match(driver, {
-        onNone: () => "other" as const,
+        // The server judges every statement it receives with a SQLSTATE; a failure without one never reached
+        // it (a pooled connection that died, a socket closed mid-query): the environment, not the event.
+        onNone: () => "unavailable" as const,
         onSome: (d) => NETWORK_CODES.has(d.code) ? "unavailable" as const : classifyPgCode(d.code)
       }),
       code: Option.map(driver, (d) => d.code),
