@@ -15,6 +15,7 @@ import { SCHEMA } from "./harness.js"
 import * as journal from "./journal.js"
 import * as ledger from "./ledger.js"
 import * as mcp from "./mcp.js"
+import * as pg from "./pg.js"
 
 const args = process.argv.slice(2)
 const quick = args.includes("--quick")
@@ -50,7 +51,12 @@ const printTable = (figures: Figures): void => {
 const main = async () => {
   const figures: Figures = {}
   // The verifier first: its peak RSS figure is the process's, and later sections leave a larger heap behind.
-  for (const [name, section] of [["ledger", ledger], ["journal", journal], ["audit", audit], ["mcp", mcp]] as const) {
+  for (
+    const [name, section] of [["ledger", ledger], ["journal", journal], ["audit", audit], ["mcp", mcp], [
+      "pg",
+      pg
+    ]] as const
+  ) {
     const start = Date.now()
     Object.assign(figures, await section.run(mode))
     console.error(`bench: ${name} done in ${((Date.now() - start) / 1000).toFixed(1)} s`)
