@@ -2,7 +2,7 @@
  * The `agent-ledger` command tree and its exit-code contract. Exit codes: 0 success, 1 a verification failed, 2 usage error or
  * unusable input (one line on stderr, never a stack trace), 70 an internal error (a bug: please report).
  */
-import { Command, ValidationError } from "@effect/cli"
+import { CliConfig, Command, ValidationError } from "@effect/cli"
 import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Console, Effect, Layer, Logger, LogLevel } from "effect"
 import { eventLoopScheduler } from "../internal/eventLoopScheduler.js"
@@ -10,6 +10,7 @@ import * as CliError from "./CliError.js"
 import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
 import * as exportCommand from "./exportCommand.js"
+import * as Help from "./Help.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
 import * as stats from "./stats.js"
@@ -32,9 +33,39 @@ export const root = Command.make("agent-ledger").pipe(
 
 const cli = Command.run(root, { name: "agent-ledger", version: VERSION })
 
+const SUBCOMMANDS = [
+  { name: "demo", command: demo.command },
+  { name: "verify", command: verify.command },
+  { name: "export", command: exportCommand.command },
+  { name: "dlq", command: dlq.command },
+  { name: "stats", command: stats.command },
+  { name: "keygen", command: keygen.command },
+  { name: "mcp-proxy", command: mcpProxy.command }
+] as const
+
+/** The subcommands' names. */
+export const COMMANDS: ReadonlyArray<string> = SUBCOMMANDS.map((c) => c.name)
+
+const knownOptions = (entry: (typeof SUBCOMMANDS)[number]): ReadonlySet<string> =>
+  Help.optionsOf(
+    Command.getHelp(entry.command as Command.Command<string, never, never, unknown>, CliConfig.defaultConfig)
+  )
+
 /** Runs the CLI on `argv` (as `process.argv`) and returns the process exit code. */
-export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, NodeContext.NodeContext> =>
-  cli(argv).pipe(
+export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, NodeContext.NodeContext> => {
+  const first = argv[2]
+  const usageError = (message: string) =>
+    Effect.as(Console.error(message), CliError.EXIT_USAGE).pipe(Effect.provide(Help.consoleLayer))
+  if (first !== undefined && !first.startsWith("-") && !COMMANDS.includes(first)) {
+    return usageError(Help.unknownCommand(first, COMMANDS))
+  }
+  const command = SUBCOMMANDS.find((c) => c.name === first)
+  if (command !== undefined) {
+    const unknown = Help.unknownOption(command.name, argv.slice(3), knownOptions(command))
+    if (unknown !== undefined) return usageError(unknown)
+  }
+  return cli(argv).pipe(
+    Effect.provide(Layer.merge(Help.cliConfig, Help.consoleLayer)),
     // Long loops stay responsive to Ctrl-C (signal handlers run on the event loop).
     Effect.withScheduler(eventLoopScheduler),
     Effect.as(CliError.EXIT_OK),
@@ -56,6 +87,7 @@ export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, N
       )
     )
   )
+}
 
 const errorMessage = (error: unknown): string =>
   typeof error === "object" && error !== null && "message" in error && typeof error.message === "string" &&

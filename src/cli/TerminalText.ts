@@ -23,3 +23,14 @@ export const jsonText = (value: unknown): string => JSON.stringify(value).replac
 
 /** Prints `value` as one line of JSON, escaped. */
 export const printJson = (value: unknown): Effect.Effect<void> => Console.log(jsonText(value))
+
+/** A duration as operators read it: `850ms`, `7.3s`, `7m12s`, `1h02m`. */
+export const formatDuration = (millis: number): string => {
+  const ms = Math.max(0, Math.round(millis))
+  if (ms < 1000) return `${ms}ms`
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`
+  const totalSeconds = Math.floor(ms / 1000)
+  if (totalSeconds < 3600) return `${Math.floor(totalSeconds / 60)}m${String(totalSeconds % 60).padStart(2, "0")}s`
+  const totalMinutes = Math.floor(totalSeconds / 60)
+  return `${Math.floor(totalMinutes / 60)}h${String(totalMinutes % 60).padStart(2, "0")}m`
+}

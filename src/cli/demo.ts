@@ -15,15 +15,18 @@ import * as AuditSigner from "../AuditSigner.js"
 import * as GuardPolicy from "../GuardPolicy.js"
 import { sha256Hex } from "../internal/encoding.js"
 import * as LedgerSql from "../LedgerSql.js"
+import * as LedgerStats from "../LedgerStats.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as McpGuard from "../McpGuard.js"
 import * as SessionJournals from "../SessionJournals.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
+import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import { runMcpDemo } from "./mcpDemo.js"
 import * as Progress from "./Progress.js"
 import { failureLine, keyFiles, requireWritableFile } from "./shared.js"
+import { formatDuration } from "./TerminalText.js"
 
 /**
  * The demo guard's policy (a `GuardPolicy`, as a file would hold it): a blocked relay server, a session
@@ -211,12 +214,37 @@ export const runDemo = (options: DemoOptions) =>
       const sink = yield* SqlAuditSink.SqlAuditSink
       return { metrics: yield* queue.metrics, dlqSize: yield* sink.dlqSize }
     }).pipe(
+      // Ctrl-C: say what is being flushed (closing the layer's scope next appends it), and then where the
+      // ledger ended.
+      Effect.onInterrupt(() =>
+        Effect.flatMap(AuditQueue.AuditQueue, (queue) =>
+          Effect.flatMap(queue.metrics, (m) =>
+            Console.error(
+              `agent-ledger: interrupted; flushing ${
+                m.submitted - m.appended - m.appendFailures - m.sendFailures
+              } queued events into the ledger…`
+            )))
+      ),
       Effect.provide(AuditLedger.layerFor(options.db, {
         signer: Option.getOrUndefined(Option.map(signing, (s) => s.signer)),
         // On Ctrl-C the scope still closes: give the backlog of refusals time to reach the ledger.
         shutdownDrainTimeout: "1 minute"
       })),
-      Effect.withRandom(Random.make(options.seed))
+      Effect.withRandom(Random.make(options.seed)),
+      Effect.onInterrupt(() =>
+        LedgerStats.stats().pipe(
+          Effect.flatMap((stats) =>
+            Console.error(`agent-ledger: flushed; the ledger's head is ${
+              Option.match(stats.head, {
+                onNone: () => "(empty)",
+                onSome: (head) => `sequence ${head.sequence} ${head.entryHash}`
+              })
+            }`)
+          ),
+          Effect.provide(openLedger(options.db, { readonly: true })),
+          Effect.ignore
+        )
+      )
     )
 
     if (Option.isSome(firstExport)) {
@@ -281,7 +309,7 @@ export const runDemo = (options: DemoOptions) =>
       })`
     )
     yield* Console.log(`  session journal: ${options.sessionOut} (first session's export)`)
-    yield* Console.log(`  elapsed:         ${elapsed} ms`)
+    yield* Console.log(`  elapsed:         ${formatDuration(elapsed)}`)
     if (!report.ok) return yield* new VerificationFailed({ message: "the ledger did not verify" })
   })
 
@@ -310,4 +338,13 @@ export const command = Command.make(
     )
   },
   runDemo
-).pipe(Command.withDescription("simulate a guard in front of agents, audit its refusals into a SQLite ledger"))
+).pipe(Command.withDescription(commandHelp(
+  "simulate a guard in front of agents, audit its refusals into a ledger (a SQLite file or a postgres:// URL); --mcp drives the real proxy in front of the official filesystem MCP server",
+  [
+    "agent-ledger demo",
+    "agent-ledger demo --sign --key-dir ./demo-keys --sessions 50",
+    "agent-ledger demo --mcp",
+    "agent-ledger demo --db postgres://postgres@127.0.0.1:5432/ledger"
+  ],
+  [0, 1, 2, 70, 130]
+)))

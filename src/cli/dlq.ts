@@ -9,6 +9,7 @@ import * as AuditSigner from "../AuditSigner.js"
 import * as DeadLetters from "../DeadLetters.js"
 import * as SqlAuditSink from "../SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
+import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
 import { printJson, printLine } from "./TerminalText.js"
@@ -78,7 +79,9 @@ const list = Command.make(
   "list",
   { db, json: Options.boolean("json").pipe(Options.withDescription("print the dead letters as JSON")) },
   runList
-).pipe(Command.withDescription("list dead-lettered events"))
+).pipe(
+  Command.withDescription(commandHelp("list dead-lettered events", ["agent-ledger dlq list ./agent-ledger.db --json"]))
+)
 
 const replay = Command.make(
   "replay",
@@ -91,9 +94,16 @@ const replay = Command.make(
     )
   },
   runReplay
-).pipe(Command.withDescription("re-append pending dead letters to the chain, in order (idempotent)"))
+).pipe(Command.withDescription(commandHelp(
+  "re-append pending dead letters to the chain, in order (idempotent); exits 1 when some stay pending",
+  ["agent-ledger dlq replay ./agent-ledger.db --dry-run", "agent-ledger dlq replay ./agent-ledger.db"],
+  [0, 1, 2, 70, 130]
+)))
 
 export const command = Command.make("dlq").pipe(
-  Command.withDescription("inspect and replay the dead-letter table"),
+  Command.withDescription(commandHelp("inspect and replay the dead-letter table", [
+    "agent-ledger dlq list ./agent-ledger.db",
+    "agent-ledger dlq replay ./agent-ledger.db --dry-run"
+  ], [0, 1, 2, 70, 130])),
   Command.withSubcommands([list, replay])
 )

@@ -6,6 +6,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option, Stream } from "effect"
 import * as LedgerExport from "../LedgerExport.js"
 import { InputError } from "./CliError.js"
+import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
 import { writeLines } from "./shared.js"
@@ -35,9 +36,12 @@ export const runExport = (options: ExportOptions) =>
     }
     const out = Option.getOrUndefined(options.out)
     const progress = Progress.make("exported rows")
+    let header: LedgerExport.ExportHeader | undefined
     const lines = LedgerExport.exportLines({ from, to }).pipe(
       Stream.zipWithIndex,
-      Stream.tap(([, i]) => progress.update(i)),
+      Stream.tap(([line, i]) =>
+        i === 0 ? Effect.sync(() => header = JSON.parse(line) as LedgerExport.ExportHeader) : progress.update(i)
+      ),
       Stream.map(([line]) => line)
     )
     const written = yield* writeLines(lines, out).pipe(
@@ -48,7 +52,12 @@ export const runExport = (options: ExportOptions) =>
       })
     )
     yield* progress.finish
-    if (out !== undefined) yield* Console.error(`exported ${written - 1} rows to ${out}`)
+    if (from !== undefined && header !== undefined && header.row_count === 0) {
+      yield* Console.error(
+        `agent-ledger: warning: --from ${from} is past the head of ${options.db}; nothing was exported`
+      )
+    }
+    if (out !== undefined) yield* Console.error(`agent-ledger: exported ${written - 1} rows to ${out}`)
   })
 
 export const command = Command.make(
@@ -60,4 +69,10 @@ export const command = Command.make(
     out: Options.text("out").pipe(Options.optional, Options.withDescription("output file (default: stdout)"))
   },
   runExport
-).pipe(Command.withDescription("export ledger rows as JSON Lines for offline verification"))
+).pipe(Command.withDescription(commandHelp(
+  "export ledger rows as JSON Lines for offline verification (a header anchors a mid-chain range)",
+  [
+    "agent-ledger export ./agent-ledger.db --out rows.jsonl",
+    "agent-ledger export ./agent-ledger.db --from 100 --to 199"
+  ]
+)))

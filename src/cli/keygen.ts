@@ -4,6 +4,7 @@ import { Console, Effect } from "effect"
 import * as fs from "node:fs"
 import * as AuditSigner from "../AuditSigner.js"
 import { InputError } from "./CliError.js"
+import { commandHelp } from "./Help.js"
 import { keyFiles } from "./shared.js"
 
 export const KEY_NAME = "agent-ledger-ed25519"
@@ -36,4 +37,6 @@ export const command = Command.make(
   "keygen",
   { out: Options.text("out").pipe(Options.withDescription("directory for the key files")) },
   runKeygen
-).pipe(Command.withDescription("generate an Ed25519 signing key pair"))
+).pipe(
+  Command.withDescription(commandHelp("generate an Ed25519 signing key pair", ["agent-ledger keygen --out ./keys"]))
+)

@@ -28,6 +28,7 @@ import * as McpGuard from "../McpGuard.js"
 import * as McpProxy from "../McpProxy.js"
 import * as SessionJournals from "../SessionJournals.js"
 import { InputError } from "./CliError.js"
+import { commandHelp } from "./Help.js"
 import { requireWritableFile } from "./shared.js"
 
 export interface McpProxyOptions {
@@ -189,4 +190,10 @@ export const command = Command.make(
     )
   },
   runMcpProxy
-).pipe(Command.withDescription("guard an MCP server: a stdio proxy that journals every tool call and ledgers refusals"))
+).pipe(Command.withDescription(commandHelp(
+  "guard an MCP server: a stdio proxy that journals every tool call and ledgers refusals (README, \"Guarding an MCP server\")",
+  [
+    "agent-ledger mcp-proxy --db ledger.db --policy policy.json -- npx -y @modelcontextprotocol/server-filesystem ~/projects",
+    "agent-ledger mcp-proxy --db ledger.db --policy policy.json --agent claude-desktop --fail-closed -- <server command...>"
+  ]
+)))

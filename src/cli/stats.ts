@@ -3,6 +3,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
 import * as LedgerStats from "../LedgerStats.js"
 import { InputError } from "./CliError.js"
+import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import { printJson, printLine } from "./TerminalText.js"
 
@@ -50,4 +51,7 @@ export const command = Command.make(
     json: Options.boolean("json").pipe(Options.withDescription("print the statistics as one JSON object"))
   },
   runStats
-).pipe(Command.withDescription("summarize a ledger database"))
+).pipe(Command.withDescription(commandHelp("summarize a ledger database", [
+  "agent-ledger stats ./agent-ledger.db",
+  "agent-ledger stats ./agent-ledger.db --json"
+])))

@@ -9,9 +9,11 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import * as JournalSeal from "../JournalSeal.js"
 import * as LedgerExport from "../LedgerExport.js"
+import * as LedgerSql from "../LedgerSql.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as SessionJournal from "../SessionJournal.js"
 import { InputError, VerificationFailed } from "./CliError.js"
+import { commandHelp } from "./Help.js"
 import { detect, openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
 import { failureLine, loadKeyring, parsePin } from "./shared.js"
@@ -109,7 +111,16 @@ const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.Ve
   Effect.gen(function*() {
     yield* warnAboutKeysBeside(options.target)
     const progress = Progress.make("verified rows")
-    const report = yield* LedgerVerifier.verifyLedger({ ...verifyOptions, onProgress: progress.update }).pipe(
+    const report = yield* Effect.gen(function*() {
+      // The total, for a progress line with a percentage (rows appended meanwhile are checked too).
+      const { client } = yield* LedgerSql.LedgerSql
+      const [counted] = yield* client<{ n: number }>`SELECT CAST(COUNT(*) AS INTEGER) AS n FROM signed_events`
+      const total = Number(counted?.n ?? 0)
+      return yield* LedgerVerifier.verifyLedger({
+        ...verifyOptions,
+        onProgress: (rows) => progress.update(rows, Math.max(total, rows))
+      })
+    }).pipe(
       Effect.ensuring(progress.finish),
       Effect.provide(openLedger(options.target, { readonly: true })),
       Effect.catchTag(
@@ -297,4 +308,13 @@ export const command = Command.make(
     json: Options.boolean("json").pipe(Options.withDescription("print the report as one JSON object"))
   },
   runVerify
-).pipe(Command.withDescription("verify a ledger database or export offline (never modifies it)"))
+).pipe(Command.withDescription(commandHelp(
+  "verify a ledger database, a JSONL export or a session journal export offline (never modifies it)",
+  [
+    "agent-ledger verify ./agent-ledger.db --public-key ./keys/agent-ledger-ed25519.pub.pem",
+    "agent-ledger verify rows.jsonl --pin 99:<entry hash of row 99>",
+    "agent-ledger verify ./session.json --ledger ./agent-ledger.db",
+    "agent-ledger verify postgres://auditor@db:5432/ledger --json"
+  ],
+  [0, 1, 2, 70, 130]
+)))

@@ -1,0 +1,112 @@
+/**
+ * The CLI speaks like the tools operators know: help without type boilerplate or colour codes when piped,
+ * with EXAMPLES and EXIT CODES; "did you mean" for a mistyped command or option, one `agent-ledger:` line
+ * on stderr and exit 2; durations as `7m12s`; a warning for `export --from` past the head.
+ */
+import { execFile } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { COMMANDS } from "../src/cli/Cli.js"
+import { distance, unknownCommand } from "../src/cli/Help.js"
+import { formatDuration } from "../src/cli/TerminalText.js"
+import { cliBundle } from "./fixtures/cliBundle.js"
+
+const dir = mkdtempSync(join(tmpdir(), "agent-ledger-clitext-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const cli = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
+  new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(
+      process.execPath,
+      [cliBundle, ...args],
+      { cwd: dir, env: { ...process.env, ...env } },
+      (error, stdout, stderr) => resolve({ code: error === null ? 0 : Number(error.code), stdout, stderr })
+    )
+  })
+
+const ANSI = /\u001b\[/
+
+describe("--help", () => {
+  for (const command of COMMANDS) {
+    it(`${command} --help: examples, exit codes, no type blurbs, no colour codes when piped`, async () => {
+      const help = await cli([command, "--help"])
+      expect(help.code).toBe(0)
+      expect(help.stdout).not.toMatch(ANSI)
+      expect(help.stdout).not.toContain("A user-defined piece of text.")
+      expect(help.stdout).not.toContain("A true or false value.")
+      expect(help.stdout).toContain("EXAMPLES")
+      expect(help.stdout).toContain("agent-ledger ")
+      expect(help.stdout).toContain("EXIT CODES")
+      expect(help.stdout).toMatch(/^\s+2\s+usage error/m)
+    })
+  }
+
+  it("optional options say so", async () => {
+    const help = await cli(["verify", "--help"])
+    expect(help.stdout).toMatch(/--pin[^\n]*\n\n[^\n]*\n\n\s+This setting is optional\./)
+  })
+})
+
+describe("mistakes get one line on stderr, exit 2, and a suggestion", () => {
+  it("a mistyped command: did you mean", async () => {
+    const run = await cli(["verfy", "x.db"])
+    expect(run.code).toBe(2)
+    expect(run.stdout).toBe("")
+    expect(run.stderr.trim()).toMatch(/^agent-ledger: unknown command 'verfy'; did you mean 'verify'\?/)
+    expect(run.stderr.trim().split("\n")).toHaveLength(1)
+  })
+
+  it("a mistyped option names the option", async () => {
+    const run = await cli(["verify", "--pinn", "3:ab", "x.db"])
+    expect(run.code).toBe(2)
+    expect(run.stderr.trim()).toBe(
+      "agent-ledger: unknown option '--pinn' for verify; did you mean '--pin'? (see agent-ledger verify --help)"
+    )
+  })
+
+  it("a missing argument is one prefixed line, without colour codes", async () => {
+    const run = await cli(["stats"], { FORCE_COLOR: "1" })
+    expect(run.code).toBe(2)
+    expect(run.stderr).not.toMatch(ANSI)
+    expect(run.stderr.trim().split("\n")).toHaveLength(1)
+    expect(run.stderr).toMatch(/^agent-ledger: /)
+  })
+
+  it("did-you-mean picks the closest command, and only a close one", () => {
+    expect(distance("verfy", "verify")).toBe(1)
+    expect(unknownCommand("stat", COMMANDS)).toContain("did you mean 'stats'")
+    expect(unknownCommand("frobnicate", COMMANDS)).not.toContain("did you mean")
+  })
+})
+
+describe("output", () => {
+  it("durations read like 850ms, 7.3s, 7m12s, 1h02m", () => {
+    expect(formatDuration(850)).toBe("850ms")
+    expect(formatDuration(7_300)).toBe("7.3s")
+    expect(formatDuration(7 * 60_000 + 12_000)).toBe("7m12s")
+    expect(formatDuration(3_600_000 + 2 * 60_000 + 5_000)).toBe("1h02m")
+  })
+
+  it("export --from past the head warns that nothing was exported", async () => {
+    const db = join(dir, "small.db")
+    const demo = await cli([
+      "demo",
+      "--db",
+      db,
+      "--sessions",
+      "1",
+      "--calls",
+      "10",
+      "--session-out",
+      join(dir, "s.json")
+    ])
+    expect(demo.code).toBe(0)
+    expect(demo.stdout).toMatch(/elapsed: +\d+(ms|\.\ds)/)
+    const run = await cli(["export", db, "--from", "100000"])
+    expect(run.code).toBe(0)
+    expect(run.stderr).toContain("agent-ledger: warning: --from 100000 is past the head")
+    expect(run.stdout.trim().split("\n")).toHaveLength(1) // the header only
+  })
+})
