@@ -167,7 +167,7 @@ export const checkDatabasePath = (filename: string): Effect.Effect<void, LedgerO
   if (filename === ":memory:" || filename === "") return Effect.void
   const path = resolve(filename)
   const fail = (reason: LedgerOpenError["reason"], detail: string) =>
-    Effect.fail(new LedgerOpenError({ path, reason, detail }))
+    Effect.fail(new LedgerOpenError({ path: filename, reason, detail }))
   const fromStatError = (code: string) =>
     code === "ENOTDIR"
       ? fail("notADirectory", "a component of the path is a file, not a directory")
@@ -233,7 +233,6 @@ const privately = <E1, E2>(
 export const layerSqlite = (
   options: SqliteOptions
 ): Layer.Layer<LedgerSql, LedgerOpenError | SqlError | MigrationError> => {
-  const path = resolve(options.filename)
   const setup = Effect.zipRight(
     Effect.flatMap(SqlClient.SqlClient, (sql) =>
       sqlite.configure(sql, {
@@ -244,7 +243,10 @@ export const layerSqlite = (
   )
   // The path check runs before the driver can create anything.
   return Layer.unwrapEffect(
-    Effect.as(checkDatabasePath(options.filename), privately(sqliteClient({ filename: options.filename }, path), setup))
+    Effect.as(
+      checkDatabasePath(options.filename),
+      privately(sqliteClient({ filename: options.filename }, options.filename), setup)
+    )
   )
 }
 
