@@ -135,13 +135,20 @@ describe("McpGuard", () => {
     }).pipe(Effect.scoped, quietly))
 
   it("the Promise form serves code that is not written with Effect", async () => {
-    const runtime = ManagedRuntime.make(Layer.empty)
-    const memory = await runtime.runPromise(memorySink)
-    const guard = await runtime.runPromise(Effect.scoped(Effect.map(guardOn(memory.sink), (g) => g.guard)))
+    const memory = await Effect.runPromise(memorySink)
+    const runtime = ManagedRuntime.make(
+      McpGuard.layer({ policy: GuardPolicy.engine(policy, { salt: "salt" }) }).pipe(
+        Layer.provideMerge(AuditQueue.layer({ sink: memory.sink }))
+      )
+    )
+    const guard = await runtime.runPromise(McpGuard.McpGuard)
     const promised = McpGuard.toPromise(guard, await runtime.runtime())
     const checked = await promised.check(call("move_file"))
     expect(checked).toMatchObject({ _tag: "Refused", ruleId: "no-move" })
     expect(promised.isVisible("fs", "move_file")).toBe(true)
+    await runtime.runPromise(Effect.flatMap(AuditQueue.AuditQueue, (queue) => queue.drainPending("5 seconds")))
+    const ledgered = await Effect.runPromise(Ref.get(memory.appended))
+    expect(ledgered.map((event) => Option.getOrNull(AuditEvent.ruleId(event)))).toEqual(["no-move"])
     await runtime.dispose()
   })
 })
