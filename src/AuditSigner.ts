@@ -102,6 +102,18 @@ class Ed25519Signer implements AuditSigner {
     return ed25519Sign(null, entryHash, this.#privateKey).toString("hex")
   }
 
+  /**
+   * Ed25519 over a signed note's text (C2SP signed-note; `SignedNote`). Never 32 bytes long, so a note
+   * signature can never stand for a row's (which signs exactly the 32 bytes of an entry hash).
+   */
+  static signNote(signer: AuditSigner, text: Uint8Array): Uint8Array {
+    if (!(signer instanceof Ed25519Signer)) {
+      throw new TypeError("AuditSigner.signNote: the signer was not made by AuditSigner")
+    }
+    if (text.length === 32) throw new RangeError("AuditSigner.signNote: a note's text is never 32 bytes")
+    return ed25519Sign(null, text, signer.#privateKey)
+  }
+
   static exportPem(signer: AuditSigner): { readonly privateKeyPem: string; readonly publicKeyPem: string } {
     if (!(signer instanceof Ed25519Signer)) {
       throw new TypeError("AuditSigner.exportPem: the signer was not made by AuditSigner (no exportable key)")
@@ -207,6 +219,9 @@ export const loadPrivateKeyFile = (path: string): Effect.Effect<AuditSigner, Key
  * Only for signers made by this module (`generate`, `fromPrivateKeyPem`, `loadPrivateKeyFile`); any other
  * `AuditSigner` implementation has no exportable key and makes this throw.
  */
+/** Ed25519 over a signed note's text with the signer's key (see `SignedNote.signNote`). */
+export const signNote = (signer: AuditSigner, text: Uint8Array): Uint8Array => Ed25519Signer.signNote(signer, text)
+
 export const exportPem = (signer: AuditSigner): { readonly privateKeyPem: string; readonly publicKeyPem: string } =>
   Ed25519Signer.exportPem(signer)
 

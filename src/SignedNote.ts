@@ -61,9 +61,10 @@ export interface Verifier {
 /** Parses a verifier key string (Ed25519 only); its key id must match its name and key. */
 export const parseVerifierKey = (text: string): Either.Either<Verifier, NoteError> => {
   const bad = (detail: string) => Either.left(new NoteError({ reason: "badKey", detail }))
-  const parts = text.trim().split("+")
-  if (parts.length !== 3) return bad("a verifier key is <name>+<key id>+<key>")
-  const [name, hex, key] = parts as [string, string, string]
+  // The name cannot hold a `+`; the base64 key can.
+  const match = /^([^+]+)\+([^+]*)\+(.+)$/su.exec(text.trim())
+  if (match === null) return bad("a verifier key is <name>+<key id>+<key>")
+  const [, name, hex, key] = match as unknown as [string, string, string, string]
   if (!validName(name) || !/^[0-9a-f]{8}$/.test(hex)) return bad("bad name or key id in the verifier key")
   const bytes = Buffer.from(key, "base64")
   if (bytes.length !== 33 || bytes[0] !== ED25519) return bad("only Ed25519 verifier keys (type 0x01) are supported")
@@ -73,10 +74,19 @@ export const parseVerifierKey = (text: string): Either.Either<Verifier, NoteErro
   return Either.right({ name, keyId: id, publicKey: publicKeyOf(raw) })
 }
 
-/** Signs `text` (which must end in a newline) as key `name`: the whole note, text and signature line. */
-export const signNote = (text: string, name: string, privateKey: KeyObject, publicKey: KeyObject): string => {
+/**
+ * Signs `text` (which must end in a newline) as key `name`, with a private key or a signing function
+ * (`(bytes) => AuditSigner.signNote(signer, bytes)`): the whole note, text and signature line.
+ */
+export const signNote = (
+  text: string,
+  name: string,
+  signer: KeyObject | ((message: Uint8Array) => Uint8Array),
+  publicKey: KeyObject
+): string => {
   if (!text.endsWith("\n")) throw new Error("a note's text ends with a newline")
-  const signature = sign(null, Buffer.from(text, "utf8"), privateKey)
+  const bytes = Buffer.from(text, "utf8")
+  const signature = typeof signer === "function" ? signer(bytes) : sign(null, bytes, signer)
   const id = keyId(name, rawPublicKey(publicKey))
   return `${text}\n${EM_DASH} ${name} ${Buffer.concat([id, signature]).toString("base64")}\n`
 }

@@ -14,6 +14,7 @@ import * as Help from "./Help.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
 import * as stats from "./stats.js"
+import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
 
 export const VERSION = "0.1.0"
@@ -27,7 +28,11 @@ export const root = Command.make("agent-ledger").pipe(
     dlq.command,
     stats.command,
     keygen.command,
-    mcpProxy.command
+    mcpProxy.command,
+    transparency.checkpointCommand,
+    transparency.proveCommand,
+    transparency.verifyReceiptCommand,
+    transparency.verifyConsistencyCommand
   ])
 )
 
@@ -40,7 +45,11 @@ const SUBCOMMANDS = [
   { name: "dlq", command: dlq.command },
   { name: "stats", command: stats.command },
   { name: "keygen", command: keygen.command },
-  { name: "mcp-proxy", command: mcpProxy.command }
+  { name: "mcp-proxy", command: mcpProxy.command },
+  { name: "checkpoint", command: transparency.checkpointCommand },
+  { name: "prove", command: transparency.proveCommand },
+  { name: "verify-receipt", command: transparency.verifyReceiptCommand },
+  { name: "verify-consistency", command: transparency.verifyConsistencyCommand }
 ] as const
 
 /** The subcommands' names. */

@@ -4,14 +4,16 @@
  * fails (the first failing sequence and its kind, then the counts), 2 on usage errors or unreadable input.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Console, Effect, Option, Schema } from "effect"
+import { Console, Effect, Either, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as JournalSeal from "../JournalSeal.js"
 import * as LedgerExport from "../LedgerExport.js"
 import * as LedgerSql from "../LedgerSql.js"
+import * as LedgerTransparency from "../LedgerTransparency.js"
 import * as LedgerVerifier from "../LedgerVerifier.js"
 import * as SessionJournal from "../SessionJournal.js"
+import * as SignedNote from "../SignedNote.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { detect, openLedger } from "./InputFile.js"
@@ -29,6 +31,10 @@ export interface VerifyOptions {
   readonly allowMixed: boolean
   /** For a journal export: the ledger database whose `session.sealed` rows it must match. */
   readonly ledger: Option.Option<string>
+  /** For a database: a checkpoint saved earlier that the ledger must still extend. */
+  readonly checkpoint: Option.Option<string>
+  /** The verifier key the checkpoint's signature is checked with. */
+  readonly checkpointKey: Option.Option<string>
   readonly json: boolean
 }
 
@@ -128,7 +134,63 @@ const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.Ve
         (error) => new InputError({ message: `${options.target}: cannot read the ledger (${error.message})` })
       )
     )
-    return yield* emit(options, "ledger", report.ok, reportLines(report), { report: encodeReport(report) })
+    const pinned = yield* Option.match(options.checkpoint, {
+      onNone: () => Effect.succeedNone,
+      onSome: (file) => Effect.asSome(checkCheckpoint(options, file))
+    })
+    const ok = report.ok && Option.match(pinned, { onNone: () => true, onSome: (p) => p.ok })
+    return yield* emit(
+      options,
+      "ledger",
+      ok,
+      [
+        ...reportLines(report),
+        ...Option.match(pinned, { onNone: () => [], onSome: (p) => [`  checkpoint:    ${p.line}`] })
+      ],
+      {
+        report: encodeReport(report),
+        ...Option.match(pinned, {
+          onNone: () => ({}),
+          onSome: (p) => ({ checkpoint: { file: p.file, ok: p.ok, detail: p.line } })
+        })
+      }
+    )
+  })
+
+/** The ledger against a checkpoint saved earlier: its tree must extend the checkpoint's (RFC 6962 roots). */
+const checkCheckpoint = (options: VerifyOptions, file: string) =>
+  Effect.gen(function*() {
+    const note = yield* Effect.try({
+      try: () => fs.readFileSync(file, "utf8"),
+      catch: (error) => new InputError({ message: `${file}: cannot read (${String(error)})` })
+    })
+    const text = yield* Option.match(options.checkpointKey, {
+      // Without a key, the note's text is taken as it is: the comparison still finds a rewrite or a cut.
+      onNone: () => Effect.succeed(note.slice(0, Math.max(0, note.indexOf("\n\n")) + 1)),
+      onSome: (key) =>
+        Either.match(Either.flatMap(SignedNote.parseVerifierKey(key), (v) => SignedNote.verifyNote(note, v)), {
+          onLeft: (error) => Effect.fail(new InputError({ message: `${file}: ${error.message}` })),
+          onRight: Effect.succeed
+        })
+    })
+    const checkpoint = yield* Either.match(SignedNote.parseCheckpoint(text), {
+      onLeft: (error) => Effect.fail(new InputError({ message: `${file}: ${error.message}` })),
+      onRight: Effect.succeed
+    })
+    const merkle = yield* LedgerTransparency.tree.pipe(
+      Effect.provide(openLedger(options.target, { readonly: true })),
+      Effect.mapError((error) =>
+        error._tag === "InputError" ? error : new InputError({ message: `${options.target}: ${error.message}` })
+      )
+    )
+    return Either.match(LedgerTransparency.checkAgainst(merkle, checkpoint), {
+      onLeft: (failure) => ({ file, ok: false, line: `${file} FAILED: ${failure.detail}` }),
+      onRight: () => ({
+        file,
+        ok: true,
+        line: `${file}: the ledger (${merkle.size} rows) extends its ${checkpoint.treeSize} leaves`
+      })
+    })
   })
 
 /** What an export verified without a pin proves, and what it does not (the header is not authenticated). */
@@ -253,14 +315,16 @@ export const runVerify = (options: VerifyOptions) =>
         }
         return yield* verifyDatabase(options, { keyring, pin, ...signing })
       case "ledgerExport":
-        if (Option.isSome(options.ledger)) {
-          return yield* new InputError({ message: "--ledger applies to journal exports (checked against its seals)" })
+        if (Option.isSome(options.ledger) || Option.isSome(options.checkpoint)) {
+          return yield* new InputError({
+            message: "--ledger applies to journal exports, --checkpoint to databases"
+          })
         }
         return yield* verifyLedgerExport(options, { keyring, pin, ...signing })
       case "journalExport":
         if (
           pin !== undefined || options.publicKeys.length > 0 || options.requireSigned ||
-          Option.isSome(options.signedFrom) || options.allowMixed
+          Option.isSome(options.signedFrom) || options.allowMixed || Option.isSome(options.checkpoint)
         ) {
           return yield* new InputError({
             message:
@@ -298,6 +362,16 @@ export const command = Command.make(
       Options.withDescription(
         "accept unsigned rows anywhere (by default an unsigned row in a signed ledger is a downgrade)"
       )
+    ),
+    checkpoint: Options.text("checkpoint").pipe(
+      Options.optional,
+      Options.withDescription(
+        "for a database: a checkpoint saved earlier (agent-ledger checkpoint); the ledger must still extend it"
+      )
+    ),
+    checkpointKey: Options.text("checkpoint-key").pipe(
+      Options.optional,
+      Options.withDescription("the verifier key to check --checkpoint's signature with")
     ),
     ledger: Options.text("ledger").pipe(
       Options.optional,

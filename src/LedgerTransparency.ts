@@ -1,0 +1,270 @@
+/**
+ * The ledger as a transparency log (docs/FORMAT.md, "Transparency"): an RFC 6962 Merkle tree whose leaf i
+ * is the row with sequence i (leaf data: the row's 32-byte `entry_hash`), signed checkpoints in the C2SP
+ * tlog-checkpoint format, and receipts (a row, its inclusion proof, the signed checkpoint it is proven
+ * against) and consistency proofs that an auditor checks with the verifier key alone: no database, no
+ * network, no trust in the ledger's operator.
+ *
+ * The tree is built from the ledger's entry hashes when a checkpoint or a proof is asked for (O(n), then
+ * O(log n) per proof).
+ */
+import type { SqlError } from "@effect/sql/SqlError"
+import { Effect, Either, Schema } from "effect"
+import { createHash } from "node:crypto"
+import type { AuditSigner } from "./AuditSigner.js"
+import { signNote as signNoteBytes } from "./AuditSigner.js"
+import { rowEntryHash } from "./internal/rowFormat.js"
+import * as LedgerSql from "./LedgerSql.js"
+import type { Hash } from "./MerkleTree.js"
+import { leafHash, MerkleTree, verifyConsistency, verifyInclusion } from "./MerkleTree.js"
+import * as SignedNote from "./SignedNote.js"
+
+export const RECEIPT_FORMAT = "agent-ledger/receipt/v1"
+export const CONSISTENCY_FORMAT = "agent-ledger/consistency/v1"
+
+const PAGE = 10_000
+
+/** The ledger's leaf hashes, in sequence order (leaf i = row i). */
+export const leafHashes: Effect.Effect<ReadonlyArray<Hash>, SqlError, LedgerSql.LedgerSql> = Effect.flatMap(
+  LedgerSql.LedgerSql,
+  ({ client }) =>
+    Effect.gen(function*() {
+      const sql = client.withoutTransforms()
+      const leaves: Array<Hash> = []
+      while (true) {
+        const rows = yield* sql<{ sequence: number; entry_hash: string }>`
+          SELECT sequence, entry_hash FROM signed_events WHERE sequence >= ${leaves.length}
+          ORDER BY sequence LIMIT ${PAGE}`
+        for (const row of rows) {
+          if (Number(row.sequence) !== leaves.length) break
+          leaves.push(leafHash(Buffer.from(row.entry_hash, "hex")))
+        }
+        if (rows.length < PAGE) return leaves
+      }
+    })
+)
+
+/** The ledger's Merkle tree (over its dense prefix of sequences 0, 1, 2, …). */
+export const tree: Effect.Effect<MerkleTree, SqlError, LedgerSql.LedgerSql> = Effect.map(
+  leafHashes,
+  MerkleTree.fromLeafHashes
+)
+
+/** A log origin for `db` when none is configured: `agent-ledger/<file or database name>`. */
+export const defaultOrigin = (db: string): string => {
+  const name = LedgerSql.isPostgresUrl(db)
+    ? new URL(db).pathname.replace(/^\//, "")
+    : db.replace(/^.*[\\/]/, "").replace(/\.[^.]*$/, "")
+  return `agent-ledger/${(name.length > 0 ? name : "ledger").replace(/[\s+]/gu, "_")}`
+}
+
+/** The signed checkpoint (a C2SP signed note) of `tree` at `size` leaves, signed as `origin`. */
+export const signCheckpoint = (
+  merkle: MerkleTree,
+  origin: string,
+  signer: AuditSigner,
+  size: number = merkle.size
+): string =>
+  SignedNote.signNote(
+    SignedNote.formatCheckpoint({ origin, treeSize: size, rootHash: merkle.rootHash(size) }),
+    origin,
+    (bytes) => signNoteBytes(signer, bytes),
+    signer.publicKey
+  )
+
+// ---------------------------------------------------------------------------------------------------------
+// Receipts
+// ---------------------------------------------------------------------------------------------------------
+
+const Row = Schema.Struct({
+  id: Schema.String,
+  sequence: Schema.Number,
+  agent_id: Schema.String,
+  event_type: Schema.String,
+  payload: Schema.String,
+  payload_hash: Schema.String,
+  prev_hash: Schema.String,
+  entry_hash: Schema.String,
+  signature: Schema.NullOr(Schema.String),
+  key_id: Schema.NullOr(Schema.String),
+  attest_level: Schema.String,
+  timestamp: Schema.String
+})
+
+/** A receipt: one row, its inclusion proof, and the signed checkpoint it is proven against. */
+export const Receipt = Schema.Struct({
+  format: Schema.Literal(RECEIPT_FORMAT),
+  row: Row,
+  tree_size: Schema.Number,
+  /** Base64 hashes, RFC 6962 audit path order (leaf to root). */
+  inclusion_proof: Schema.Array(Schema.String),
+  /** The whole signed note. */
+  checkpoint: Schema.String
+})
+export type Receipt = typeof Receipt.Type
+
+/** A consistency proof from an older checkpoint to a newer one. */
+export const ConsistencyProof = Schema.Struct({
+  format: Schema.Literal(CONSISTENCY_FORMAT),
+  old_checkpoint: Schema.String,
+  new_checkpoint: Schema.String,
+  proof: Schema.Array(Schema.String)
+})
+export type ConsistencyProof = typeof ConsistencyProof.Type
+
+/** The receipt of the row at `sequence`, against the signed checkpoint `note` (of `size` leaves). */
+export const receiptOf = (
+  row: typeof Row.Type,
+  merkle: MerkleTree,
+  note: string,
+  size: number
+): Receipt => ({
+  format: RECEIPT_FORMAT,
+  row,
+  tree_size: size,
+  inclusion_proof: merkle.inclusionProof(row.sequence, size).map((h) => Buffer.from(h).toString("base64")),
+  checkpoint: note
+})
+
+/** Why a receipt or a consistency proof does not hold. */
+export class ProofFailure extends Schema.TaggedError<ProofFailure>()("ProofFailure", {
+  reason: Schema.Literal(
+    "malformed",
+    "checkpointSignature",
+    "wrongLog",
+    "rowHash",
+    "notIncluded",
+    "inconsistent"
+  ),
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return `${this.reason}: ${this.detail}`
+  }
+}
+
+const fail = (reason: ProofFailure["reason"], detail: string) => Either.left(new ProofFailure({ reason, detail }))
+
+/** The checkpoint a note holds, once its signature by `verifier` is checked and its origin is the key's. */
+const checkpointOf = (note: string, verifier: SignedNote.Verifier) =>
+  Either.flatMap(
+    Either.mapLeft(SignedNote.verifyNote(note, verifier), (error) =>
+      new ProofFailure({ reason: "checkpointSignature", detail: error.detail })),
+    (text) =>
+      Either.flatMap(
+        Either.mapLeft(SignedNote.parseCheckpoint(text), (error) =>
+          new ProofFailure({ reason: "malformed", detail: error.detail })),
+        (checkpoint) =>
+          checkpoint.origin === verifier.name
+            ? Either.right(checkpoint)
+            : fail("wrongLog", `the checkpoint is of ${checkpoint.origin}, the key of ${verifier.name}`)
+      )
+  )
+
+const hashes = (list: ReadonlyArray<string>) => list.map((h) => Buffer.from(h, "base64"))
+
+/**
+ * Checks a receipt with nothing but the verifier key: the checkpoint's signature, the row's own hashes
+ * (its payload hash and its entry hash recomputed from its fields, docs/FORMAT.md "Ledger row"), and the
+ * row's inclusion in the checkpoint's tree. Returns the checkpoint the row is proven in.
+ */
+export const verifyReceipt = (
+  input: unknown,
+  verifierKey: string
+): Either.Either<SignedNote.Checkpoint, ProofFailure> =>
+  Either.flatMap(
+    Either.mapLeft(Schema.decodeUnknownEither(Receipt)(input), (error) =>
+      new ProofFailure({ reason: "malformed", detail: error.message })),
+    (receipt) =>
+      Either.flatMap(
+        Either.mapLeft(SignedNote.parseVerifierKey(verifierKey), (error) =>
+          new ProofFailure({ reason: "malformed", detail: error.detail })),
+        (verifier) =>
+          Either.flatMap(checkpointOf(receipt.checkpoint, verifier), (checkpoint) => {
+            const row = receipt.row
+            if (checkpoint.treeSize !== receipt.tree_size) {
+              return fail(
+                "malformed",
+                `the receipt says ${receipt.tree_size} leaves, its checkpoint ${checkpoint.treeSize}`
+              )
+            }
+            const payloadHash = createHash("sha256").update(row.payload, "utf8").digest("hex")
+            const entryHash = rowEntryHash({
+              sequence: row.sequence,
+              prevHash: row.prev_hash,
+              id: row.id,
+              agentId: row.agent_id,
+              eventType: row.event_type,
+              payloadHash: row.payload_hash,
+              timestamp: row.timestamp
+            })
+            if (payloadHash !== row.payload_hash || entryHash !== row.entry_hash) {
+              return fail("rowHash", `the row at sequence ${row.sequence} does not hash to its entry_hash`)
+            }
+            return verifyInclusion(
+                leafHash(Buffer.from(row.entry_hash, "hex")),
+                row.sequence,
+                checkpoint.treeSize,
+                hashes(receipt.inclusion_proof),
+                checkpoint.rootHash
+              )
+              ? Either.right(checkpoint)
+              : fail("notIncluded", `row ${row.sequence} is not in the tree of ${checkpoint.treeSize} leaves`)
+          })
+      )
+  )
+
+/** The consistency proof from the checkpoint `oldNote` (of this ledger) to `newNote`. */
+export const consistencyOf = (
+  merkle: MerkleTree,
+  oldSize: number,
+  oldNote: string,
+  newNote: string
+): ConsistencyProof => ({
+  format: CONSISTENCY_FORMAT,
+  old_checkpoint: oldNote,
+  new_checkpoint: newNote,
+  proof: merkle.consistencyProof(oldSize).map((h) => Buffer.from(h).toString("base64"))
+})
+
+/** Checks that the older checkpoint's log is a prefix of the newer's, with nothing but the verifier key. */
+export const verifyConsistencyProof = (
+  input: unknown,
+  verifierKey: string
+): Either.Either<{ readonly old: SignedNote.Checkpoint; readonly new: SignedNote.Checkpoint }, ProofFailure> =>
+  Either.flatMap(
+    Either.mapLeft(
+      Schema.decodeUnknownEither(ConsistencyProof)(input),
+      (error) => new ProofFailure({ reason: "malformed", detail: error.message })
+    ),
+    (proof) =>
+      Either.flatMap(
+        Either.mapLeft(SignedNote.parseVerifierKey(verifierKey), (error) =>
+          new ProofFailure({ reason: "malformed", detail: error.detail })),
+        (verifier) =>
+          Either.flatMap(checkpointOf(proof.old_checkpoint, verifier), (older) =>
+            Either.flatMap(checkpointOf(proof.new_checkpoint, verifier), (newer) =>
+              verifyConsistency(older.treeSize, newer.treeSize, hashes(proof.proof), older.rootHash, newer.rootHash)
+                ? Either.right({ old: older, new: newer })
+                : fail(
+                  "inconsistent",
+                  `the log of ${older.treeSize} leaves is not a prefix of the log of ${newer.treeSize} leaves`
+                )))
+      )
+  )
+
+/** Whether the ledger's tree still has the older checkpoint's tree as its prefix (rewrite or truncation). */
+export const checkAgainst = (
+  merkle: MerkleTree,
+  checkpoint: SignedNote.Checkpoint
+): Either.Either<void, ProofFailure> => {
+  if (checkpoint.treeSize > merkle.size) {
+    return fail(
+      "inconsistent",
+      `the checkpoint has ${checkpoint.treeSize} leaves, the ledger ${merkle.size}: truncated`
+    )
+  }
+  return Buffer.from(merkle.rootHash(checkpoint.treeSize)).equals(checkpoint.rootHash)
+    ? Either.right(undefined)
+    : fail("inconsistent", `the ledger's first ${checkpoint.treeSize} rows are not the checkpoint's: rewritten`)
+}

@@ -1,0 +1,111 @@
+/**
+ * The auditor's workflow, through the CLI on a real signed ledger: a checkpoint and its verifier key, a
+ * receipt that verifies with the key alone, a consistency proof after the ledger grew, and rejections of a
+ * tampered receipt, a checkpoint of another key, a rewritten and a truncated ledger.
+ */
+import { execFile } from "node:child_process"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { cliBundle } from "./fixtures/cliBundle.js"
+
+const dir = mkdtempSync(join(tmpdir(), "agent-ledger-tlog-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const cli = (...args: ReadonlyArray<string>) =>
+  new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(
+      process.execPath,
+      [cliBundle, ...args],
+      { cwd: dir },
+      (error, stdout, stderr) => resolve({ code: error === null ? 0 : Number(error.code), stdout, stderr })
+    )
+  })
+
+const demo = (db: string, sessions: string) =>
+  cli("demo", "--db", db, "--sessions", sessions, "--calls", "20", "--session-out", join(dir, "s.json"))
+
+describe("transparency-log proofs through the CLI", () => {
+  it("checkpoint, receipt, consistency proof, and the rejections an auditor needs", async () => {
+    const db = join(dir, "ledger.db")
+    expect((await cli("keygen", "--out", join(dir, "keys"))).code).toBe(0)
+    const key = join(dir, "keys", "agent-ledger-ed25519.pem")
+    expect((await demo(db, "3")).code).toBe(0)
+
+    const checkpoint = await cli("checkpoint", db, "--private-key", key)
+    expect(checkpoint.code).toBe(0)
+    const [origin, size, root, blank, signature] = checkpoint.stdout.split("\n")
+    expect(origin).toBe("agent-ledger/ledger")
+    expect(Number(size)).toBeGreaterThan(0)
+    expect(Buffer.from(root!, "base64")).toHaveLength(32)
+    expect(blank).toBe("")
+    expect(signature).toMatch(/^\u2014 agent-ledger\/ledger [A-Za-z0-9+/=]+$/)
+    writeFileSync(join(dir, "old.txt"), checkpoint.stdout)
+    const vkey = (await cli("checkpoint", db, "--private-key", key, "--key")).stdout.trim()
+    expect(vkey).toMatch(/^agent-ledger\/ledger\+[0-9a-f]{8}\+/)
+
+    // A receipt for one row verifies with the key alone; the same receipt with a changed row does not.
+    expect((await cli("prove", db, "--private-key", key, "--sequence", "3", "--out", join(dir, "r.json"))).code)
+      .toBe(0)
+    const ok = await cli("verify-receipt", join(dir, "r.json"), "--key", vkey)
+    expect(ok.code).toBe(0)
+    expect(ok.stdout).toContain("OK")
+    const receipt = JSON.parse(readFileSync(join(dir, "r.json"), "utf8"))
+    writeFileSync(join(dir, "tampered.json"), JSON.stringify({ ...receipt, row: { ...receipt.row, agent_id: "x" } }))
+    const tampered = await cli("verify-receipt", join(dir, "tampered.json"), "--key", vkey)
+    expect(tampered.code).toBe(1)
+    expect(tampered.stdout).toContain("rowHash")
+    const proofCut = { ...receipt, inclusion_proof: receipt.inclusion_proof.slice(1) }
+    writeFileSync(join(dir, "cut.json"), JSON.stringify(proofCut))
+    expect((await cli("verify-receipt", join(dir, "cut.json"), "--key", vkey)).stdout).toContain("notIncluded")
+    // Another key (another log) does not vouch for it.
+    expect((await cli("keygen", "--out", join(dir, "other"))).code).toBe(0)
+    const otherKey = (await cli(
+      "checkpoint",
+      db,
+      "--private-key",
+      join(dir, "other", "agent-ledger-ed25519.pem"),
+      "--key"
+    )).stdout.trim()
+    const wrongKey = await cli("verify-receipt", join(dir, "r.json"), "--key", otherKey)
+    expect(wrongKey.code).toBe(1)
+    expect(wrongKey.stdout).toContain("checkpointSignature")
+
+    // The ledger grows: the old checkpoint is a prefix, provably, and `verify --checkpoint` agrees.
+    expect((await demo(db, "2")).code).toBe(0)
+    expect(
+      (await cli(
+        "prove",
+        db,
+        "--private-key",
+        key,
+        "--consistency",
+        join(dir, "old.txt"),
+        "--out",
+        join(dir, "c.json")
+      ))
+        .code
+    ).toBe(0)
+    const consistent = await cli("verify-consistency", join(dir, "c.json"), "--key", vkey)
+    expect(consistent.code).toBe(0)
+    expect(consistent.stdout).toMatch(/\d+ leaves are a prefix of \d+/)
+    const pinned = await cli("verify", db, "--checkpoint", join(dir, "old.txt"), "--checkpoint-key", vkey, "--json")
+    expect(pinned.code).toBe(0)
+    expect(JSON.parse(pinned.stdout).checkpoint).toMatchObject({ ok: true })
+
+    // A rewritten or truncated ledger no longer extends the checkpoint.
+    const sqlite = (statement: string) =>
+      new Promise<void>((resolve, reject) =>
+        execFile("node", [
+          "-e",
+          `const D=require(${JSON.stringify(join(process.cwd(), "node_modules/better-sqlite3"))});` +
+          `new D(${JSON.stringify(db)}).exec(${JSON.stringify(statement)})`
+        ], (error) => error === null ? resolve() : reject(error))
+      )
+    await sqlite("DELETE FROM signed_events WHERE sequence >= 2")
+    const truncated = await cli("verify", db, "--checkpoint", join(dir, "old.txt"), "--json")
+    expect(truncated.code).toBe(1)
+    expect(JSON.parse(truncated.stdout).checkpoint.detail).toContain("truncated")
+  }, 120_000)
+})
