@@ -23,6 +23,8 @@ import { runMigrations } from "../src/internal/migrations.js"
 import { rowEntryHash } from "../src/internal/rowFormat.js"
 import { uuidV7 } from "../src/internal/uuid.js"
 import * as LedgerRow from "../src/LedgerRow.js"
+import * as LedgerSql from "../src/LedgerSql.js"
+import * as LedgerTransparency from "../src/LedgerTransparency.js"
 import * as LedgerVerifier from "../src/LedgerVerifier.js"
 import { BASE_MILLIS } from "../test/fixtures/events.js"
 import { sharedSqlite } from "../test/fixtures/ledgerSql.js"
@@ -200,6 +202,26 @@ const verify = (file: string, rows: number): Promise<VerifyRun> =>
     }).pipe(Effect.provide(sharedSqlite({ filename: file, readonly: true, disableWAL: true })))
   )
 
+/**
+ * Transparency proofs on the same ledger: building the RFC 6962 tree from the rows' entry hashes (what
+ * `checkpoint` and `prove` do today, once per command), then inclusion proofs per second on the built tree.
+ */
+const proofFigures = async (file: string, rows: number): Promise<Figures> => {
+  const start = performance.now()
+  const merkle = await Effect.runPromise(
+    LedgerTransparency.tree.pipe(Effect.provide(LedgerSql.layerSqlite({ filename: file })))
+  )
+  const buildMs = performance.now() - start
+  if (merkle.size !== rows) throw new Error(`bench ledger: the tree has ${merkle.size} leaves, expected ${rows}`)
+  const proofs = 20_000
+  const proveStart = performance.now()
+  for (let i = 0; i < proofs; i++) merkle.inclusionProof((i * 7919) % rows)
+  return {
+    "ledger.buildTreeMs": figure(buildMs, "ms"),
+    "ledger.proveInclusion": figure(perSecond(proofs, performance.now() - proveStart), "proofs/s")
+  }
+}
+
 export const run = async (mode: BenchMode): Promise<Figures> => {
   const rows = mode.size(1_000_000, 5_000)
   const file = join(mode.dir, "verify.db")
@@ -214,7 +236,9 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
     },
     () => Promise.resolve(rawIterationPerSecond(file, rows))
   )
+  const proofs = await proofFigures(file, rows)
   return {
+    ...proofs,
     "ledger.verify": bounded(result.value, "rows/s", result.bound),
     "ledger.verifyPeakRssMb": figure(Math.max(...runs.map((r) => r.peakRssMb)), "MB"),
     "ledger.verifyRssGrowthMb": figure(Math.max(...runs.map((r) => r.peakRssMb - r.rssBeforeMb)), "MB"),
