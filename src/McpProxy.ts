@@ -57,6 +57,8 @@ export interface Hooks<T> {
 /** A transport failed (a broken pipe, an upstream that could not be started). */
 export class McpProxyError extends Data.TaggedError("McpProxyError")<{
   readonly side: "client" | "upstream"
+  /** `start`: the transport could not be started (e.g. the server command does not exist). */
+  readonly stage: "start" | "run"
   readonly message: string
 }> {}
 
@@ -95,7 +97,7 @@ export const run = <T>(options: {
     const send = (transport: Transport, side: "client" | "upstream", message: JSONRPCMessage) =>
       Effect.tryPromise({
         try: () => transport.send(message),
-        catch: (error) => new McpProxyError({ side, message: `cannot send: ${String(error)}` })
+        catch: (error) => new McpProxyError({ side, stage: "run", message: `cannot send: ${String(error)}` })
       })
 
     const fromClientStep = (message: JSONRPCMessage): Effect.Effect<void, McpProxyError> =>
@@ -157,7 +159,7 @@ export const run = <T>(options: {
     const start = (transport: Transport, side: "client" | "upstream") =>
       Effect.tryPromise({
         try: () => transport.start(),
-        catch: (error) => new McpProxyError({ side, message: `cannot start: ${String(error)}` })
+        catch: (error) => new McpProxyError({ side, stage: "start", message: `cannot start: ${String(error)}` })
       })
     const close = (transport: Transport) => Effect.promise(() => transport.close().catch(() => undefined))
 

@@ -277,4 +277,20 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
     },
     60_000
   )
+
+  it("a server command that cannot start is one line on stderr and exit 2", async () => {
+    const paths = setup()
+    const run = await promisify(execFile)(process.execPath, [
+      cliBundle,
+      "mcp-proxy",
+      "--db",
+      paths.db,
+      "--policy",
+      paths.policyFile,
+      "--",
+      join(paths.dir, "no-such-server")
+    ]).then(() => ({ code: 0, stderr: "" }), (error: { code: number; stderr: string }) => error)
+    expect(run.code).toBe(2)
+    expect(run.stderr.trim()).toMatch(/^agent-ledger: mcp-proxy: the server cannot start: .*ENOENT/)
+  })
 })

@@ -140,7 +140,15 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         McpProxy.run({ client, upstream, hooks }),
         Effect.as(stdinEnded, "client" as const)
       ).pipe(
-        Effect.catchAll((error) => Effect.logError(`agent-ledger mcp-proxy: ${error.message} (${error.side})`)),
+        Effect.catchAll((error) =>
+          error.stage === "start"
+            ? Effect.fail(
+              new InputError({
+                message: `mcp-proxy: the ${error.side === "upstream" ? "server" : "client connection"} ${error.message}`
+              })
+            )
+            : Effect.logError(`agent-ledger mcp-proxy: ${error.message} (${error.side})`)
+        ),
         Effect.ensuring(endSession)
       )
     })
