@@ -16,7 +16,7 @@ import { signNote as signNoteBytes } from "./AuditSigner.js"
 import { rowEntryHash } from "./internal/rowFormat.js"
 import * as LedgerSql from "./LedgerSql.js"
 import type { Hash } from "./MerkleTree.js"
-import { leafHash, MerkleTree, verifyConsistency, verifyInclusion } from "./MerkleTree.js"
+import { leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from "./MerkleTree.js"
 import * as SignedNote from "./SignedNote.js"
 
 export const RECEIPT_FORMAT = "agent-ledger/receipt/v1"
@@ -49,6 +49,150 @@ export const tree: Effect.Effect<MerkleTree, SqlError, LedgerSql.LedgerSql> = Ef
   leafHashes,
   MerkleTree.fromLeafHashes
 )
+
+// ---------------------------------------------------------------------------------------------------------
+// The stored tree: complete subtrees in `merkle_nodes`, so proofs at a million rows take milliseconds
+// ---------------------------------------------------------------------------------------------------------
+
+const NODE_INSERT_CHUNK = 500
+
+/** The number of rows of the dense chain (sequences 0 … n-1). */
+const chainSize = Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+  Effect.map(
+    client.withoutTransforms()<{ n: number | null }>`SELECT MAX(sequence) AS n FROM signed_events`,
+    (rows) => rows[0]?.n === null || rows[0]?.n === undefined ? 0 : Number(rows[0].n) + 1
+  ))
+
+/**
+ * Brings `merkle_nodes` up to the ledger's current size: every complete subtree of two or more leaves not
+ * stored yet is computed (from the rows' entry hashes and the stored subtrees below it) and stored, in one
+ * write transaction. Incremental: a ledger of n rows with m stored costs O(n - m) hashes; a ledger written
+ * before this feature is built the first time. Returns the tree size now covered.
+ */
+export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(
+  Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    client.withTransaction(Effect.gen(function*() {
+      const sql = client.withoutTransforms()
+      const size = yield* chainSize
+      // The level below, as far as it is needed: hashes from index `from` on.
+      let below: { from: number; hashes: Array<Hash> } = { from: 0, hashes: [] }
+      for (let level = 1; 2 ** level <= size; level++) {
+        const want = Math.floor(size / 2 ** level)
+        const [stored] = yield* sql<{ n: number | null }>`
+          SELECT MAX(idx) AS n FROM merkle_nodes WHERE level = ${level}`
+        const have = stored?.n === null || stored?.n === undefined ? 0 : Number(stored.n) + 1
+        if (have >= want) {
+          below = { from: 0, hashes: [] }
+          continue
+        }
+        // Children 2·have … 2·want-1 of the level below: computed just now, or stored (or, at level 1, rows).
+        const first = 2 * have
+        const last = 2 * want
+        const children: Array<Hash> = []
+        for (let i = first; i < last; i++) {
+          const fresh = below.hashes[i - below.from]
+          if (fresh !== undefined && i >= below.from) {
+            children.push(fresh)
+            continue
+          }
+          break
+        }
+        if (children.length < last - first) {
+          const missingFrom = first + children.length
+          const rows = level === 1
+            ? yield* sql<{ i: number; h: string }>`
+                SELECT sequence AS i, entry_hash AS h FROM signed_events
+                WHERE sequence >= ${missingFrom} AND sequence < ${last} ORDER BY sequence`
+            : yield* sql<{ i: number; h: string }>`
+                SELECT idx AS i, hash AS h FROM merkle_nodes
+                WHERE level = ${level - 1} AND idx >= ${missingFrom} AND idx < ${last} ORDER BY idx`
+          for (const row of rows) {
+            children.push(level === 1 ? leafHash(Buffer.from(row.h, "hex")) : Buffer.from(row.h, "hex"))
+          }
+        }
+        const made: Array<Hash> = []
+        for (let i = 0; i + 1 < children.length; i += 2) made.push(nodeHash(children[i]!, children[i + 1]!))
+        for (let i = 0; i < made.length; i += NODE_INSERT_CHUNK) {
+          const rows = made.slice(i, i + NODE_INSERT_CHUNK).map((hash, j) => ({
+            level,
+            idx: have + i + j,
+            hash: Buffer.from(hash).toString("hex")
+          }))
+          yield* sql`INSERT INTO merkle_nodes ${sql.insert(rows)}`
+        }
+        below = { from: have, hashes: made }
+      }
+      return size
+    })))
+)
+
+/**
+ * `use` run on the stored tree of the ledger's first `size` rows: the complete subtrees it reads are fetched
+ * (O(log² n) of them, one query per level and round), then it computes as on an in-memory tree. `use` must
+ * be pure (it may run more than once). Call `extendStoredTree` first; a missing subtree is a defect.
+ */
+export const withStoredTree = <A>(
+  size: number,
+  use: (tree: MerkleTree) => A
+): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    Effect.gen(function*() {
+      const sql = client.withoutTransforms()
+      const found = new Map<string, Hash>()
+      const fetch = (needed: ReadonlyArray<readonly [number, number]>) =>
+        Effect.gen(function*() {
+          const byLevel = new Map<number, Array<number>>()
+          for (const [level, index] of needed) byLevel.set(level, [...(byLevel.get(level) ?? []), index])
+          for (const [level, indexes] of byLevel) {
+            const rows = level === 0
+              ? yield* sql<{ i: number; h: string }>`
+                  SELECT sequence AS i, entry_hash AS h FROM signed_events WHERE ${sql.in("sequence", indexes)}`
+              : yield* sql<{ i: number; h: string }>`
+                  SELECT idx AS i, hash AS h FROM merkle_nodes WHERE level = ${level} AND ${sql.in("idx", indexes)}`
+            for (const row of rows) {
+              const bytes = Buffer.from(row.h, "hex")
+              found.set(`${level}/${Number(row.i)}`, level === 0 ? leafHash(bytes) : bytes)
+            }
+          }
+        })
+      // What `use` reads can depend on what it read (a comparison, then a proof): run it against what is
+      // fetched so far, fetch what it asked for and did not get, until it asks for nothing new.
+      for (let round = 0; round < 8; round++) {
+        const missing = new Map<string, readonly [number, number]>()
+        const result = use(MerkleTree.fromSource({
+          size,
+          node: (level, index) => {
+            const hash = found.get(`${level}/${index}`)
+            if (hash !== undefined) return hash
+            missing.set(`${level}/${index}`, [level, index])
+            return new Uint8Array(32)
+          }
+        }))
+        if (missing.size === 0) return result
+        const before = found.size
+        yield* fetch(Array.from(missing.values()))
+        if (found.size === before) {
+          return yield* Effect.dieMessage(`merkle_nodes lacks ${Array.from(missing.keys()).slice(0, 3).join(", ")}`)
+        }
+      }
+      return yield* Effect.dieMessage("the stored tree did not settle")
+    })))
+
+/** `use` on the ledger's whole stored tree, brought up to date first. */
+export const onStoredTree = <A>(use: (tree: MerkleTree) => A): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> =>
+  Effect.flatMap(extendStoredTree, (size) => withStoredTree(size, use))
+
+/** Keeps a signed checkpoint in the ledger's `checkpoints` table (one per origin and size). */
+export const saveCheckpoint = (
+  origin: string,
+  size: number,
+  note: string
+): Effect.Effect<void, SqlError, LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    Effect.asVoid(client.withoutTransforms()`
+      INSERT INTO checkpoints (origin, tree_size, note, created_at)
+      VALUES (${origin}, ${size}, ${note}, ${new Date().toISOString()})
+      ON CONFLICT (origin, tree_size) DO NOTHING`)))
 
 /** A log origin for `db` when none is configured: `agent-ledger/<file or database name>`. */
 export const defaultOrigin = (db: string): string => {

@@ -37,9 +37,18 @@ const split = (n: number): number => {
   return k
 }
 
+/**
+ * Where a tree's complete subtrees come from: `node(level, index)` is the hash of the 2^level leaves from
+ * leaf index·2^level (level 0: a leaf hash). An in-memory tree holds them all; a stored one (the ledger's
+ * `merkle_nodes`) is asked only for the O(log² n) a proof needs.
+ */
+export interface NodeSource {
+  readonly size: number
+  readonly node: (level: number, index: number) => Hash
+}
+
 export class MerkleTree {
-  /** `levels[h][i]`: the hash of the complete subtree of 2^h leaves starting at leaf i·2^h. */
-  private constructor(private readonly levels: ReadonlyArray<ReadonlyArray<Hash>>) {}
+  private constructor(private readonly source: NodeSource) {}
 
   /** The tree over leaves whose leaf hashes (`leafHash(data)`) are given, in order. */
   static fromLeafHashes(leafHashes: ReadonlyArray<Hash>): MerkleTree {
@@ -50,7 +59,14 @@ export class MerkleTree {
       levels.push(next)
       level = next
     }
-    return new MerkleTree(levels)
+    return new MerkleTree({
+      size: leafHashes.length,
+      node: (level, index) => {
+        const hash = levels[level]?.[index]
+        if (hash === undefined) throw new RangeError(`no node ${level}/${index}`)
+        return hash
+      }
+    })
   }
 
   /** The tree over the leaves' data. */
@@ -58,19 +74,20 @@ export class MerkleTree {
     return MerkleTree.fromLeafHashes(leaves.map(leafHash))
   }
 
+  /** A tree whose complete subtrees come from `source`. */
+  static fromSource(source: NodeSource): MerkleTree {
+    return new MerkleTree(source)
+  }
+
   get size(): number {
-    return this.levels[0]!.length
+    return this.source.size
   }
 
   /** The hash of leaves [start, start + count), a range the RFC's recursion visits. */
   private range(start: number, count: number): Hash {
     if (count === 0) return EMPTY_ROOT
-    // A complete, aligned subtree is stored.
-    if ((count & (count - 1)) === 0 && start % count === 0) {
-      const height = Math.log2(count)
-      const stored = this.levels[height]?.[start / count]
-      if (stored !== undefined) return stored
-    }
+    // A complete, aligned subtree: one node.
+    if ((count & (count - 1)) === 0 && start % count === 0) return this.source.node(Math.log2(count), start / count)
     const k = split(count)
     return nodeHash(this.range(start, k), this.range(start + k, count - k))
   }

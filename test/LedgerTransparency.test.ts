@@ -3,12 +3,18 @@
  * receipt that verifies with the key alone, a consistency proof after the ledger grew, and rejections of a
  * tampered receipt, a checkpoint of another key, a rewritten and a truncated ledger.
  */
+import { Effect } from "effect"
 import { execFile } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
+import * as AuditLedger from "../src/AuditLedger.js"
+import { AuditQueue } from "../src/AuditQueue.js"
+import * as LedgerSql from "../src/LedgerSql.js"
+import * as LedgerTransparency from "../src/LedgerTransparency.js"
 import { cliBundle } from "./fixtures/cliBundle.js"
+import { refusalEvent } from "./fixtures/events.js"
 
 const dir = mkdtempSync(join(tmpdir(), "agent-ledger-tlog-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -108,4 +114,36 @@ describe("transparency-log proofs through the CLI", () => {
     expect(truncated.code).toBe(1)
     expect(JSON.parse(truncated.stdout).checkpoint.detail).toContain("truncated")
   }, 120_000)
+
+  it("the stored tree (merkle_nodes) agrees with the tree built from the rows, as the ledger grows", async () => {
+    const filename = join(dir, "stored.db")
+    const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex")
+    let appended = 0
+    for (const batch of [1, 2, 5, 8, 13, 31, 64, 3]) {
+      await Effect.runPromise(
+        Effect.gen(function*() {
+          const queue = yield* AuditQueue
+          for (let i = 0; i < batch; i++) yield* queue.submit(refusalEvent("stored", appended++))
+          yield* queue.drainPending("10 seconds")
+        }).pipe(Effect.provide(AuditLedger.layerSqlite({ filename, synchronous: "NORMAL" })))
+      )
+      await Effect.runPromise(
+        Effect.gen(function*() {
+          const memory = yield* LedgerTransparency.tree
+          const size = yield* LedgerTransparency.extendStoredTree
+          expect(size).toBe(appended)
+          const stored = yield* LedgerTransparency.withStoredTree(size, (tree) => ({
+            root: hex(tree.rootHash()),
+            proofs: Array.from({ length: size }, (_, i) => tree.inclusionProof(i).map(hex)),
+            consistency: Array.from({ length: size }, (_, m) => tree.consistencyProof(m + 1).map(hex))
+          }))
+          expect(stored.root).toBe(hex(memory.rootHash()))
+          expect(stored.proofs).toEqual(Array.from({ length: size }, (_, i) => memory.inclusionProof(i).map(hex)))
+          expect(stored.consistency).toEqual(
+            Array.from({ length: size }, (_, m) => memory.consistencyProof(m + 1).map(hex))
+          )
+        }).pipe(Effect.provide(LedgerSql.layerSqlite({ filename })))
+      )
+    }
+  }, 60_000)
 })

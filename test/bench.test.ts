@@ -32,8 +32,8 @@ const UNBOUNDED = [
   "audit.queueHeapBytesPerEvent",
   "audit.submitAndWait",
   "ledger.verifyPeakRssMb",
-  "ledger.buildTreeMs",
-  "ledger.proveInclusion",
+  "ledger.storeTreeMs",
+  "ledger.proveInclusionMs",
   "mcp.proxyOverheadMs",
   // Measured only against a PostgreSQL server (AGENT_LEDGER_PG_URL).
   ...(process.env.AGENT_LEDGER_PG_URL ? ["pg.perEventCommit", "pg.groupCommit", "pg.groupCommit4Writers"] : [])

@@ -46,10 +46,11 @@ const write = (out: Option.Option<string>, text: string) =>
       })
   })
 
+/** `effect` on the ledger; it may store the tree's subtrees and checkpoints (never a row). */
 const onLedger = <A>(db: string, effect: Effect.Effect<A, SqlError, LedgerSql.LedgerSql>) =>
   effect.pipe(
     Effect.mapError((error) => new InputError({ message: `${db}: ${error.message}` })),
-    Effect.provide(openLedger(db, { readonly: true }))
+    Effect.provide(openLedger(db, { readonly: false }))
   )
 
 const db = Args.text({ name: "db" }).pipe(Args.withDescription("ledger database (file or postgres:// URL)"))
@@ -81,8 +82,17 @@ export const checkpointCommand = Command.make(
       const signer = yield* loadSigner(options.privateKey)
       const name = originOf(options.db, options.origin)
       if (options.key) return yield* printLine(SignedNote.verifierKey(name, signer.publicKey))
-      const merkle = yield* onLedger(options.db, LedgerTransparency.tree)
-      yield* write(Option.none(), LedgerTransparency.signCheckpoint(merkle, name, signer))
+      const note = yield* onLedger(
+        options.db,
+        Effect.flatMap(
+          LedgerTransparency.onStoredTree((merkle) => ({
+            size: merkle.size,
+            note: LedgerTransparency.signCheckpoint(merkle, name, signer)
+          })),
+          ({ note, size }) => Effect.as(LedgerTransparency.saveCheckpoint(name, size, note), note)
+        )
+      )
+      yield* write(Option.none(), note)
     })
 ).pipe(Command.withDescription(commandHelp(
   "print the ledger's signed checkpoint (C2SP tlog-checkpoint as a signed note), or its verifier key",
@@ -122,18 +132,26 @@ export const proveCommand = Command.make(
               onRight: Effect.succeed
             })
         })
-        const merkle = yield* onLedger(options.db, LedgerTransparency.tree)
-        const consistent = LedgerTransparency.checkAgainst(merkle, older)
-        if (Either.isLeft(consistent)) {
-          yield* printLine(`agent-ledger: ${consistent.left.message}`)
-          return yield* new VerificationFailed({ message: consistent.left.message })
-        }
-        const proof = LedgerTransparency.consistencyOf(
-          merkle,
-          older.treeSize,
-          oldNote,
-          LedgerTransparency.signCheckpoint(merkle, name, signer)
+        const { consistent, proof } = yield* onLedger(
+          options.db,
+          LedgerTransparency.onStoredTree((merkle) => {
+            const consistent = LedgerTransparency.checkAgainst(merkle, older)
+            return {
+              consistent,
+              proof: Either.isLeft(consistent) ? undefined : LedgerTransparency.consistencyOf(
+                merkle,
+                older.treeSize,
+                oldNote,
+                LedgerTransparency.signCheckpoint(merkle, name, signer)
+              )
+            }
+          })
         )
+        if (Either.isLeft(consistent) || proof === undefined) {
+          const message = Either.isLeft(consistent) ? consistent.left.message : "no proof"
+          yield* printLine(`agent-ledger: ${message}`)
+          return yield* new VerificationFailed({ message })
+        }
         return yield* write(options.out, `${JSON.stringify(proof, null, 2)}\n`)
       }
       const row = yield* onLedger(
@@ -153,13 +171,17 @@ export const proveCommand = Command.make(
       if (found === undefined) {
         return yield* new InputError({ message: "no such row (give --sequence N or --event-id ID of a ledger row)" })
       }
-      const merkle = yield* onLedger(options.db, LedgerTransparency.tree)
       const { appended_at: _appendedAt, ...stored } = found
-      const receipt = LedgerTransparency.receiptOf(
-        { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"],
-        merkle,
-        LedgerTransparency.signCheckpoint(merkle, name, signer),
-        merkle.size
+      const receipt = yield* onLedger(
+        options.db,
+        LedgerTransparency.onStoredTree((merkle) =>
+          LedgerTransparency.receiptOf(
+            { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"],
+            merkle,
+            LedgerTransparency.signCheckpoint(merkle, name, signer),
+            merkle.size
+          )
+        )
       )
       yield* write(options.out, `${JSON.stringify(receipt, null, 2)}\n`)
     })

@@ -56,9 +56,33 @@ const createSettings = Effect.flatMap(SqlClient.SqlClient, (sql) =>
       value TEXT NOT NULL
     )`)
 
+/**
+ * The transparency tree's complete subtrees (`LedgerTransparency`): `hash` of the 2^level leaves from leaf
+ * idx·2^level, for levels ≥ 1 (leaves are the rows' entry hashes), and the signed checkpoints made.
+ */
+const createTransparency = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`
+    CREATE TABLE merkle_nodes (
+      level INTEGER NOT NULL,
+      idx   INTEGER NOT NULL,
+      hash  TEXT NOT NULL,
+      PRIMARY KEY (level, idx)
+    )`
+  yield* sql`
+    CREATE TABLE checkpoints (
+      origin     TEXT NOT NULL,
+      tree_size  INTEGER NOT NULL,
+      note       TEXT NOT NULL,
+      created_at TEXT NOT NULL,
+      PRIMARY KEY (origin, tree_size)
+    )`
+})
+
 const loader = Migrator.fromRecord({
   "0001_create_ledger": createLedger,
-  "0002_create_settings": createSettings
+  "0002_create_settings": createSettings,
+  "0003_create_transparency": createTransparency
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */
