@@ -50,6 +50,11 @@ describe("transparency-log proofs through the CLI", () => {
     writeFileSync(join(dir, "old.txt"), checkpoint.stdout)
     const vkey = (await cli("checkpoint", db, "--private-key", key, "--key")).stdout.trim()
     expect(vkey).toMatch(/^agent-ledger\/ledger\+[0-9a-f]{8}\+/)
+    // keygen --origin prints the same verifier key for a new key; checkpoint --key prints it for this one.
+    const fresh = await cli("keygen", "--out", join(dir, "fresh"), "--origin", "agent-ledger/ledger")
+    const freshKey = /verifier key: (\S+)/.exec(fresh.stdout)![1]!
+    const freshPem = join(dir, "fresh", "agent-ledger-ed25519.pem")
+    expect((await cli("checkpoint", db, "--private-key", freshPem, "--key")).stdout.trim()).toBe(freshKey)
 
     // A receipt for one row verifies with the key alone; the same receipt with a changed row does not.
     expect((await cli("prove", db, "--private-key", key, "--sequence", "3", "--out", join(dir, "r.json"))).code)
