@@ -19,6 +19,7 @@ import * as DeadLetters from "./DeadLetters.js"
 import type { Synchronous } from "./internal/sqlDialect.js"
 import * as LedgerSql from "./LedgerSql.js"
 import type { LedgerOpenError } from "./LedgerSql.js"
+import * as LedgerTransparency from "./LedgerTransparency.js"
 import * as SqlAuditSink from "./SqlAuditSink.js"
 
 export { checkDatabasePath, LedgerOpenError } from "./LedgerSql.js"
@@ -54,6 +55,17 @@ export interface SqliteOptions {
    * logged. Default false.
    */
   readonly replayDeadLettersOnStart?: boolean | undefined
+  /**
+   * Signed checkpoints of the ledger as a transparency log (docs/FORMAT.md, "Transparency"), made every
+   * `every` by a background fiber while the layer is open (and once more when it closes), signed with
+   * `signer`, kept in the `checkpoints` table. Needs `signer`. Default: none (run `agent-ledger checkpoint`).
+   */
+  readonly checkpoints?: {
+    /** The log's origin, the checkpoint's first line and the signing key's name. */
+    readonly origin: string
+    /** How often; default 1 minute. */
+    readonly every?: Duration.DurationInput | undefined
+  } | undefined
 }
 
 /**
@@ -144,11 +156,46 @@ const layerOn = <E>(
           ), { discard: true })
       )))
     : Layer.empty
-  return queue.pipe(
+  return checkpointer(options).pipe(
+    Layer.provideMerge(queue),
     Layer.provide(replayOnStart),
     Layer.provideMerge(sink),
     Layer.provideMerge(database)
   )
+}
+
+/**
+ * The checkpoint fiber of `options.checkpoints`: extends the stored tree, signs, keeps the checkpoint, every
+ * interval on `Clock`; a failed round is logged and the next one tries again. Built beside the queue, so
+ * its last checkpoint (made when the layer closes, after the queue's flush) covers every flushed row.
+ */
+const checkpointer = (
+  options: Omit<SqliteOptions, "filename">
+): Layer.Layer<never, never, LedgerSql.LedgerSql | AuditQueue.AuditQueue> => {
+  const config = options.checkpoints
+  const signer = options.signer
+  if (config === undefined) return Layer.empty
+  if (signer === undefined) {
+    return Layer.effectDiscard(Effect.logWarning("agent-ledger: checkpoints need a signer; none are made"))
+  }
+  const once = LedgerTransparency.onStoredTree((tree) => ({
+    size: tree.size,
+    note: LedgerTransparency.signCheckpoint(tree, config.origin, signer)
+  })).pipe(
+    Effect.flatMap(({ note, size }) => LedgerTransparency.saveCheckpoint(config.origin, size, note)),
+    Effect.catchAll((error) => Effect.logWarning("agent-ledger: a checkpoint could not be made", error))
+  )
+  return Layer.scopedDiscard(Effect.gen(function*() {
+    // Released before the queue (built after it): wait for what is queued, then a last checkpoint.
+    const queue = yield* AuditQueue.AuditQueue
+    yield* Effect.addFinalizer(() =>
+      Effect.zipRight(
+        queue.drainPending(options.shutdownDrainTimeout ?? AuditQueue.DEFAULT_SHUTDOWN_DRAIN_TIMEOUT),
+        once
+      )
+    )
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sleep(config.every ?? "1 minute"), once)))
+  }))
 }
 
 /**

@@ -3,7 +3,7 @@
  * receipt that verifies with the key alone, a consistency proof after the ledger grew, and rejections of a
  * tampered receipt, a checkpoint of another key, a rewritten and a truncated ledger.
  */
-import { Effect } from "effect"
+import { Effect, Either, TestClock, TestContext } from "effect"
 import { execFile } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -11,8 +11,10 @@ import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import * as AuditLedger from "../src/AuditLedger.js"
 import { AuditQueue } from "../src/AuditQueue.js"
+import * as AuditSigner from "../src/AuditSigner.js"
 import * as LedgerSql from "../src/LedgerSql.js"
 import * as LedgerTransparency from "../src/LedgerTransparency.js"
+import * as SignedNote from "../src/SignedNote.js"
 import { cliBundle } from "./fixtures/cliBundle.js"
 import { refusalEvent } from "./fixtures/events.js"
 
@@ -149,6 +151,41 @@ describe("transparency-log proofs through the CLI", () => {
           )
         }).pipe(Effect.provide(LedgerSql.layerSqlite({ filename })))
       )
+    }
+  }, 60_000)
+
+  it("AuditLedger checkpoints: every interval on Clock, and a last one covering every flushed row", async () => {
+    const filename = join(dir, "checkpointed.db")
+    const signer = await Effect.runPromise(AuditSigner.generate)
+    const origin = "example.org/agent-ledger/checkpointed"
+    const notes = await Effect.runPromise(
+      Effect.gen(function*() {
+        yield* Effect.gen(function*() {
+          const queue = yield* AuditQueue
+          for (let i = 0; i < 5; i++) yield* queue.submit(refusalEvent("cp", i))
+          yield* queue.drainPending("10 seconds")
+          yield* TestClock.adjust("10 seconds") // the first checkpoint: 5 rows
+          for (let i = 0; i < 10; i++) yield* TestClock.adjust("0 millis")
+          for (let i = 5; i < 12; i++) yield* queue.submit(refusalEvent("cp", i))
+        }).pipe(
+          Effect.provide(AuditLedger.layerSqlite({
+            filename,
+            signer,
+            synchronous: "NORMAL",
+            checkpoints: { origin, every: "10 seconds" }
+          }))
+        )
+        const { client } = yield* LedgerSql.LedgerSql
+        return yield* client<
+          { tree_size: number; note: string }
+        >`SELECT tree_size, note FROM checkpoints ORDER BY tree_size`
+      }).pipe(Effect.provide(LedgerSql.layerSqlite({ filename })), Effect.provide(TestContext.TestContext))
+    )
+    expect(notes.map((n) => n.tree_size)).toEqual([5, 12])
+    const verifier = Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(origin, signer.publicKey)))
+    for (const { note, tree_size } of notes) {
+      const text = Either.getOrThrow(SignedNote.verifyNote(note, verifier))
+      expect(text.split("\n").slice(0, 2)).toEqual([origin, String(tree_size)])
     }
   }, 60_000)
 })
