@@ -30,6 +30,13 @@ export const leafHash = (data: Uint8Array): Hash => sha256(LEAF_PREFIX, data)
 /** RFC 6962 interior node hash. */
 export const nodeHash = (left: Hash, right: Hash): Hash => sha256(NODE_PREFIX, left, right)
 
+/** Whether n (≥ 1) is a power of two; arithmetic rather than bit operations, which stop at 2^32. */
+const isPowerOfTwo = (n: number): boolean => {
+  if (!(n >= 1)) return false
+  while (n % 2 === 0) n /= 2
+  return n === 1
+}
+
 /** The largest power of two strictly smaller than `n` (n ≥ 2). */
 const split = (n: number): number => {
   let k = 1
@@ -87,7 +94,7 @@ export class MerkleTree {
   private range(start: number, count: number): Hash {
     if (count === 0) return EMPTY_ROOT
     // A complete, aligned subtree: one node.
-    if ((count & (count - 1)) === 0 && start % count === 0) return this.source.node(Math.log2(count), start / count)
+    if (isPowerOfTwo(count) && start % count === 0) return this.source.node(Math.log2(count), start / count)
     const k = split(count)
     return nodeHash(this.range(start, k), this.range(start + k, count - k))
   }
@@ -149,25 +156,25 @@ export const verifyInclusion = (
   proof: ReadonlyArray<Hash>,
   root: Hash
 ): boolean => {
-  if (!Number.isInteger(index) || !Number.isInteger(size) || index < 0 || index >= size) return false
+  if (!Number.isSafeInteger(index) || !Number.isSafeInteger(size) || index < 0 || index >= size) return false
   let fn = index
   let sn = size - 1
   let r = leaf
   for (const p of proof) {
     if (sn === 0) return false
-    if ((fn & 1) === 1 || fn === sn) {
+    if (fn % 2 === 1 || fn === sn) {
       r = nodeHash(p, r)
-      if ((fn & 1) === 0) {
-        while ((fn & 1) === 0 && fn !== 0) {
-          fn >>>= 1
-          sn >>>= 1
+      if (fn % 2 === 0) {
+        while (fn % 2 === 0 && fn !== 0) {
+          fn = Math.floor(fn / 2)
+          sn = Math.floor(sn / 2)
         }
       }
     } else {
       r = nodeHash(r, p)
     }
-    fn >>>= 1
-    sn >>>= 1
+    fn = Math.floor(fn / 2)
+    sn = Math.floor(sn / 2)
   }
   return sn === 0 && equal(r, root)
 }
@@ -180,37 +187,37 @@ export const verifyConsistency = (
   oldRoot: Hash,
   newRoot: Hash
 ): boolean => {
-  if (!Number.isInteger(oldSize) || !Number.isInteger(newSize) || oldSize < 0 || oldSize > newSize) return false
+  if (!Number.isSafeInteger(oldSize) || !Number.isSafeInteger(newSize) || oldSize < 0 || oldSize > newSize) return false
   if (oldSize === newSize) return proof.length === 0 && equal(oldRoot, newRoot)
   if (oldSize === 0) return proof.length === 0
   if (proof.length === 0) return false
   const path = [...proof]
   // When the old tree is a complete subtree of the new one, its root is the first step of the path.
-  if ((oldSize & (oldSize - 1)) === 0) path.unshift(oldRoot)
+  if (isPowerOfTwo(oldSize)) path.unshift(oldRoot)
   let fn = oldSize - 1
   let sn = newSize - 1
-  while ((fn & 1) === 1) {
-    fn >>>= 1
-    sn >>>= 1
+  while (fn % 2 === 1) {
+    fn = Math.floor(fn / 2)
+    sn = Math.floor(sn / 2)
   }
   let fr = path[0]!
   let sr = path[0]!
   for (const c of path.slice(1)) {
     if (sn === 0) return false
-    if ((fn & 1) === 1 || fn === sn) {
+    if (fn % 2 === 1 || fn === sn) {
       fr = nodeHash(c, fr)
       sr = nodeHash(c, sr)
-      if ((fn & 1) === 0) {
-        while ((fn & 1) === 0 && fn !== 0) {
-          fn >>>= 1
-          sn >>>= 1
+      if (fn % 2 === 0) {
+        while (fn % 2 === 0 && fn !== 0) {
+          fn = Math.floor(fn / 2)
+          sn = Math.floor(sn / 2)
         }
       }
     } else {
       sr = nodeHash(sr, c)
     }
-    fn >>>= 1
-    sn >>>= 1
+    fn = Math.floor(fn / 2)
+    sn = Math.floor(sn / 2)
   }
   return sn === 0 && equal(fr, oldRoot) && equal(sr, newRoot)
 }

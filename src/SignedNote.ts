@@ -67,6 +67,7 @@ export const parseVerifierKey = (text: string): Either.Either<Verifier, NoteErro
   const [, name, hex, key] = match as unknown as [string, string, string, string]
   if (!validName(name) || !/^[0-9a-f]{8}$/.test(hex)) return bad("bad name or key id in the verifier key")
   const bytes = Buffer.from(key, "base64")
+  if (bytes.toString("base64") !== key) return bad("the key is not canonical base64")
   if (bytes.length !== 33 || bytes[0] !== ED25519) return bad("only Ed25519 verifier keys (type 0x01) are supported")
   const raw = bytes.subarray(1)
   const id = keyId(name, raw)
@@ -91,34 +92,42 @@ export const signNote = (
   return `${text}\n${EM_DASH} ${name} ${Buffer.concat([id, signature]).toString("base64")}\n`
 }
 
+/** The most signature lines a note may carry (the spec asks verifiers for a limit of at least 16). */
+const MAX_SIGNATURES = 100
+
 /**
  * Verifies a signed note with `verifier`: returns its text when a signature line of that key verifies.
- * Signatures of other keys are ignored (a note may carry several, e.g. witnesses').
+ * Signatures of other keys are ignored (a note may carry several, e.g. witnesses'); a signature of this
+ * key that does not verify rejects the whole note, as the spec recommends.
  */
 export const verifyNote = (note: string, verifier: Verifier): Either.Either<string, NoteError> => {
   const malformed = (detail: string) => Either.left(new NoteError({ reason: "malformed", detail }))
+  if (/[\u0000-\u0009\u000b-\u001f\ufffd]/u.test(note)) {
+    return malformed("a signed note holds no control characters other than newline, and is valid UTF-8")
+  }
   const split = note.lastIndexOf("\n\n")
   if (split < 0 || !note.endsWith("\n")) return malformed("a signed note is text, a blank line, signature lines")
   const text = note.slice(0, split + 1)
   const lines = note.slice(split + 2, -1).split("\n")
-  let found = false
+  if (lines.length > MAX_SIGNATURES) return malformed(`more than ${MAX_SIGNATURES} signature lines`)
+  let verified = false
   for (const line of lines) {
     const match = /^\u2014 (\S+) ([A-Za-z0-9+/=]+)$/u.exec(line)
     if (match === null) return malformed(`not a signature line: ${JSON.stringify(line)}`)
     const bytes = Buffer.from(match[2]!, "base64")
     if (match[1] !== verifier.name || bytes.length < 4 || !bytes.subarray(0, 4).equals(verifier.keyId)) continue
-    found = true
-    if (bytes.length === 68 && verify(null, Buffer.from(text, "utf8"), verifier.publicKey, bytes.subarray(4))) {
-      return Either.right(text)
+    if (bytes.length !== 68 || !verify(null, Buffer.from(text, "utf8"), verifier.publicKey, bytes.subarray(4))) {
+      return Either.left(
+        new NoteError({ reason: "badSignature", detail: `the signature of ${verifier.name} does not verify` })
+      )
     }
+    verified = true
   }
-  return Either.left(
-    found
-      ? new NoteError({ reason: "badSignature", detail: `the signature of ${verifier.name} does not verify` })
-      : new NoteError({
-        reason: "unknownKey",
-        detail: `no signature by ${verifier.name}+${verifier.keyId.toString("hex")}`
-      })
+  return verified ? Either.right(text) : Either.left(
+    new NoteError({
+      reason: "unknownKey",
+      detail: `no signature by ${verifier.name}+${verifier.keyId.toString("hex")}`
+    })
   )
 }
 

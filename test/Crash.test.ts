@@ -19,8 +19,8 @@ const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-crash-test-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
 
 describe("crash: SIGKILL at random moments", () => {
-  it("10 rounds: every acknowledged id is in the ledger exactly once, and the chain verifies", async () => {
-    const totals = await crashRounds(10, join(tempRoot, "crash.db"))
+  it("6 rounds: every acknowledged id is in the ledger exactly once, and the chain verifies", async () => {
+    const totals = await crashRounds(6, join(tempRoot, "crash.db"))
     console.log(`crash evidence: ${JSON.stringify(totals)}`)
     expect(totals.acknowledged).toBeGreaterThan(0)
     expect(totals.lost).toBe(0)

@@ -1,8 +1,9 @@
 /**
- * Corrupted-input evidence, in process (a process per case would be far too slow): 2,000 SQLite files with
- * random byte flips and truncations, 2,000 JSONL ledger exports with random edits and 2,000 journal exports
- * with random JSON edits. Every case must end in a report or a typed error (never a defect or a hang), and
- * a verification that says OK must be about rows identical to the ones written.
+ * Corrupted-input evidence, in process (a process per case would be far too slow): SQLite files with
+ * random byte flips and truncations, JSONL ledger exports with random edits and journal exports with random
+ * JSON edits, 800 of each by default (`AGENT_LEDGER_FUZZ_CASES=20000 npx vitest run test/Fuzz.test.ts`
+ * for more). Every case must end in a report or a typed error (never a defect or a hang), and a
+ * verification that says OK must be about rows identical to the ones written.
  */
 import Database from "better-sqlite3"
 import { Cause, Effect, Exit, Layer, Stream } from "effect"
@@ -19,7 +20,7 @@ import * as SqlAuditSink from "../src/SqlAuditSink.js"
 import { refusalEvent } from "./fixtures/events.js"
 import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
-const CASES = 2_000
+const CASES = Number(process.env.AGENT_LEDGER_FUZZ_CASES ?? 800)
 const dir = fs.mkdtempSync(join(tmpdir(), "agent-ledger-fuzz-"))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 

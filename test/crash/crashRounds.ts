@@ -5,7 +5,7 @@
  * the ledger exactly once, `PRAGMA integrity_check` is ok, the chain verifies, and the next round appends
  * onto the same chain.
  *
- * Run by test/Crash.test.ts (10 rounds) and by `npm run test:crash -- --rounds 200`.
+ * Run by test/Crash.test.ts (6 rounds) and by `npm run test:crash -- --rounds 200`.
  */
 import Database from "better-sqlite3"
 import { Effect } from "effect"
