@@ -1,17 +1,19 @@
 /**
  * The auditor's workflow, through the CLI on a real signed ledger: a checkpoint and its verifier key, a
  * receipt that verifies with the key alone, a consistency proof after the ledger grew, and rejections of a
- * tampered receipt, a checkpoint of another key, a rewritten and a truncated ledger.
+ * tampered receipt, a checkpoint of another key, a rewritten and a truncated ledger; evidence bundles and
+ * each way of forging one.
  */
 import { Effect, Either, TestClock, TestContext } from "effect"
 import { execFile } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import * as AuditLedger from "../src/AuditLedger.js"
 import { AuditQueue } from "../src/AuditQueue.js"
 import * as AuditSigner from "../src/AuditSigner.js"
+import * as EvidenceBundle from "../src/EvidenceBundle.js"
 import * as LedgerSql from "../src/LedgerSql.js"
 import * as LedgerTransparency from "../src/LedgerTransparency.js"
 import * as SignedNote from "../src/SignedNote.js"
@@ -120,6 +122,123 @@ describe("transparency-log proofs through the CLI", () => {
     const truncated = await cli("verify", db, "--checkpoint", join(dir, "old.txt"), "--json")
     expect(truncated.code).toBe(1)
     expect(JSON.parse(truncated.stdout).checkpoint.detail).toContain("truncated")
+  }, 120_000)
+
+  it("evidence bundles: rows, proofs and keys in one file that verifies offline; every forgery is caught", async () => {
+    const db = join(dir, "bundled.db")
+    const keyDir = join(dir, "bundle-keys")
+    const demoed = await cli(
+      "demo",
+      "--db",
+      db,
+      "--sessions",
+      "3",
+      "--calls",
+      "20",
+      "--sign",
+      "--key-dir",
+      keyDir,
+      "--session-out",
+      join(dir, "s2.json")
+    )
+    expect(demoed.code).toBe(0)
+    const key = join(keyDir, readdirSync(keyDir).find((f) => f.endsWith(".ed25519.pem") && !f.includes(".pub."))!)
+    const vkey = (await cli("checkpoint", db, "--private-key", key, "--key")).stdout.trim()
+    const bundleFile = join(dir, "bundle.json")
+    const made = await cli("export", db, "--from", "2", "--to", "7", "--bundle", bundleFile, "--private-key", key)
+    expect(made.code).toBe(0)
+    expect(made.stderr).toContain("bundled rows 2..7")
+    expect(made.stderr).not.toContain("warning")
+    const bundle = JSON.parse(readFileSync(bundleFile, "utf8"))
+    expect(bundle).toMatchObject({ format: EvidenceBundle.BUNDLE_FORMAT, from_sequence: 2, to_sequence: 7 })
+    expect(bundle.rows).toHaveLength(6)
+    expect(bundle.verifier_key).toBe(vkey)
+
+    const verify = async (file: string, ...extra: ReadonlyArray<string>) => {
+      const result = await cli("verify", file, "--json", ...extra)
+      return { code: result.code, json: JSON.parse(result.stdout), stderr: result.stderr }
+    }
+    const ok = await verify(bundleFile, "--checkpoint-key", vkey)
+    expect(ok.code).toBe(0)
+    expect(ok.json).toMatchObject({
+      kind: "evidence bundle",
+      ok: true,
+      keyPinned: true,
+      proven: 6,
+      complete: true,
+      checkpoint: { ok: true, origin: "agent-ledger/bundled" },
+      report: { signatures: { valid: 6, invalid: 0, unknownKey: 0 } }
+    })
+    // Without the auditor's key it still checks, with the bundle's own key, and says so.
+    const unpinned = await cli("verify", bundleFile)
+    expect(unpinned.code).toBe(0)
+    expect(unpinned.stdout).toContain("unpinned key")
+    // The checkpoint made for the bundle is kept: a later consistency proof can start from it.
+    writeFileSync(join(dir, "bundle-cp.txt"), bundle.checkpoint)
+    const publicKey = key.replace(/\.pem$/, ".pub.pem")
+    const against = ["--checkpoint", join(dir, "bundle-cp.txt"), "--checkpoint-key", vkey, "--public-key", publicKey]
+    expect((await cli("verify", db, ...against)).code).toBe(0)
+
+    const forge = async (name: string, change: (b: any) => void, ...extra: ReadonlyArray<string>) => {
+      const copy = JSON.parse(JSON.stringify(bundle))
+      change(copy)
+      const file = join(dir, `${name}.json`)
+      writeFileSync(file, JSON.stringify(copy))
+      const result = await verify(file, "--checkpoint-key", vkey, ...extra)
+      expect(result.code, name).toBe(1)
+      expect(result.json.ok, name).toBe(false)
+      return result.json
+    }
+    // Each forgery is verified by its own process, concurrently.
+    const [rewritten, rehashed, stripped, dropped, swapped, resized, cut] = await Promise.all([
+      forge("rewritten", (b) => (b.rows[2].row.agent_id = "someone-else")),
+      // A rewritten row whose hashes were recomputed: its entry hash is no longer the tree's leaf.
+      forge("rehashed", (b) => (b.rows[5].row.entry_hash = "ab".repeat(32))),
+      forge(
+        "stripped",
+        (b) => Object.assign(b.rows[1].row, { signature: null, key_id: null, attest_level: "unsigned" })
+      ),
+      forge("dropped", (b) => b.rows.splice(3, 1)),
+      forge("swapped", (b) => ([b.rows[1], b.rows[2]] = [b.rows[2], b.rows[1]])),
+      forge("resized", (b) => (b.checkpoint = b.checkpoint.replace(/\n\d+\n/, "\n9999\n"))),
+      forge("cut", (b) => (b.rows[0].inclusion_proof = b.rows[0].inclusion_proof.slice(1)))
+    ])
+    expect(rewritten.report.firstFailure).toMatchObject({ sequence: 4, kind: "entryHash" })
+    expect(rehashed.firstUnproven).toBe(7)
+    expect(stripped.report.firstFailure).toMatchObject({ sequence: 3, kind: "downgrade" })
+    expect(dropped.complete).toBe(false)
+    expect(swapped.complete).toBe(false)
+    expect(resized.checkpoint.ok).toBe(false)
+    expect(resized.proven).toBe(0)
+    expect(cut.firstUnproven).toBe(2)
+    // A bundle re-signed by another key (its own verifier key and public keys written in) fails the auditor's
+    // key; when it is made, the rows signed by a key whose public key is not in it are flagged.
+    const otherDir = join(dir, "bundle-other")
+    expect((await cli("keygen", "--out", otherDir)).code).toBe(0)
+    const forgedFile = join(dir, "forged-bundle.json")
+    const reSigned = await cli(
+      "export",
+      db,
+      "--bundle",
+      forgedFile,
+      "--private-key",
+      join(otherDir, "agent-ledger-ed25519.pem")
+    )
+    expect(reSigned.code).toBe(0)
+    expect(reSigned.stderr).toContain("whose public key is not in the bundle")
+    const forged = await verify(forgedFile, "--checkpoint-key", vkey)
+    expect(forged.code).toBe(1)
+    expect(forged.json.checkpoint.ok).toBe(false)
+
+    // Usage errors exit 2: no key to sign with, an empty range, a file that is not a bundle.
+    writeFileSync(join(dir, "not-a-bundle.json"), JSON.stringify({ ...bundle, rows: "none" }))
+    const usage = await Promise.all([
+      cli("export", db, "--bundle", join(dir, "x.json")),
+      cli("export", db, "--from", "100000", "--bundle", join(dir, "x.json"), "--private-key", key),
+      cli("verify", join(dir, "not-a-bundle.json"))
+    ])
+    expect(usage.map((u) => u.code)).toEqual([2, 2, 2])
+    expect(Either.isLeft(EvidenceBundle.verify({ ...bundle, extra: 1 }))).toBe(true)
   }, 120_000)
 
   it("the stored tree (merkle_nodes) agrees with the tree built from the rows, as the ledger grows", async () => {

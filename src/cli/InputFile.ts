@@ -7,11 +7,12 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Cause, Effect, Layer, Option } from "effect"
 import * as fs from "node:fs"
+import { BUNDLE_FORMAT } from "../EvidenceBundle.js"
 import { LEDGER_EXPORT_FORMAT } from "../LedgerExport.js"
 import * as LedgerSql from "../LedgerSql.js"
 import { InputError } from "./CliError.js"
 
-export type TargetKind = "sqlite" | "ledgerExport" | "journalExport"
+export type TargetKind = "sqlite" | "ledgerExport" | "journalExport" | "bundle"
 
 const SQLITE_MAGIC = Buffer.from("SQLite format 3\u0000", "latin1")
 const JOURNAL_EXPORT_FORMAT = "agent-ledger/journal/v1"
@@ -82,10 +83,12 @@ export const detect = (path: string): Effect.Effect<TargetKind, InputError> =>
         try: () => fs.readFileSync(path, "utf8"),
         catch: (error) => new InputError({ message: `${path}: ${describeFsError(error)}` })
       })
-      if (formatOf(whole) === JOURNAL_EXPORT_FORMAT) return "journalExport"
+      const format = formatOf(whole)
+      if (format === JOURNAL_EXPORT_FORMAT) return "journalExport"
+      if (format === BUNDLE_FORMAT) return "bundle"
     }
     return yield* new InputError({
-      message: `${path}: not an agent-ledger database, ledger export (JSONL) or journal export`
+      message: `${path}: not an agent-ledger database, ledger export (JSONL), evidence bundle or journal export`
     })
   })
 

@@ -23,6 +23,9 @@ export const parsePin = (text: string): Effect.Effect<LedgerVerifier.Pin, InputE
 }
 
 /** The keyring of the `--public-key` files; an unreadable or invalid key file is a usage error. */
+export const loadSigner = (file: string): Effect.Effect<AuditSigner.AuditSigner, InputError> =>
+  AuditSigner.loadPrivateKeyFile(file).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
+
 export const loadKeyring = (files: ReadonlyArray<string>): Effect.Effect<AuditSigner.Keyring, InputError> =>
   AuditSigner.loadKeyring(files).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
 

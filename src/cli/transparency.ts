@@ -11,17 +11,14 @@ import { Args, Command, Options } from "@effect/cli"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Either, Option } from "effect"
 import * as fs from "node:fs"
-import * as AuditSigner from "../AuditSigner.js"
 import * as LedgerSql from "../LedgerSql.js"
 import * as LedgerTransparency from "../LedgerTransparency.js"
 import * as SignedNote from "../SignedNote.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
+import { loadSigner } from "./shared.js"
 import { printLine } from "./TerminalText.js"
-
-const loadSigner = (file: string) =>
-  AuditSigner.loadPrivateKeyFile(file).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
 
 const readText = (file: string) =>
   Effect.try({

@@ -1,12 +1,14 @@
 /**
- * `agent-ledger verify <target>`: checks a ledger database (opened read-only), a JSONL ledger export or a
- * session journal export, detected from the file's bytes. Exit 0 when everything verifies, 1 when a check
+ * `agent-ledger verify <target>`: checks a ledger database (opened read-only), a JSONL ledger export, an
+ * evidence bundle or a session journal export, detected from the file's bytes. Exit 0 when everything verifies, 1 when a check
  * fails (the first failing sequence and its kind, then the counts), 2 on usage errors or unreadable input.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import type * as AuditSigner from "../AuditSigner.js"
+import * as EvidenceBundle from "../EvidenceBundle.js"
 import * as JournalSeal from "../JournalSeal.js"
 import * as LedgerExport from "../LedgerExport.js"
 import * as LedgerSql from "../LedgerSql.js"
@@ -225,6 +227,73 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
     })
   })
 
+/** What a bundle checked with its own key proves, and what it does not. */
+const UNPINNED_BUNDLE_NOTE = [
+  "  unpinned key:  the checkpoint verified with the key written in the bundle, which whoever made the file",
+  "                 chose: pass --checkpoint-key with the log's verifier key you trust to prove the rows are its."
+]
+
+const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin: LedgerVerifier.Pin | undefined) =>
+  Effect.gen(function*() {
+    const json = yield* Effect.try({
+      try: () => JSON.parse(fs.readFileSync(options.target, "utf8")) as unknown,
+      catch: (error) => new InputError({ message: `${options.target}: cannot read the bundle (${String(error)})` })
+    })
+    const result = yield* Either.match(
+      EvidenceBundle.verify(json, {
+        verifierKey: Option.getOrUndefined(options.checkpointKey),
+        keyring,
+        requireSigned: options.requireSigned,
+        signedFrom: Option.getOrUndefined(options.signedFrom),
+        allowMixed: options.allowMixed
+      }),
+      {
+        onLeft: (error) => Effect.fail(new InputError({ message: `${options.target}: ${error.message}` })),
+        onRight: Effect.succeed
+      }
+    )
+    const bundle = json as EvidenceBundle.EvidenceBundle
+    const rows = bundle.rows.length
+    const cp = result.checkpoint
+    // A pin from an earlier run must match the bundled row at its sequence.
+    const pinRow = pin === undefined ? undefined : bundle.rows.find(({ row }) => row.sequence === pin.sequence)
+    const pinOk = pin === undefined || pinRow?.row.entry_hash === pin.entryHash ||
+      (pin.sequence === bundle.from_sequence - 1 && bundle.rows[0]?.row.prev_hash === pin.entryHash)
+    const ok = result.ok && pinOk
+    return yield* emit(options, "evidence bundle", ok, [
+      `  range:         sequences ${bundle.from_sequence}..${bundle.to_sequence} (${rows} rows)`,
+      `  checkpoint:    ${cp.origin}, ${cp.treeSize} leaves, root ${Buffer.from(cp.rootHash).toString("base64")}`,
+      ...Option.match(result.checkpointProblem, {
+        onNone: () => [`  signature:     the checkpoint is signed by ${cp.origin}`],
+        onSome: (problem) => [`  signature:     FAILED: ${problem}`]
+      }),
+      `  inclusion:     ${result.proven} of ${rows} rows proven in the checkpoint's tree${
+        Option.match(result.firstUnproven, { onNone: () => "", onSome: (s) => ` (first unproven: sequence ${s})` })
+      }`,
+      ...(result.complete ? [] : ["  incomplete:    the rows are not exactly the stated range, each once, in order"]),
+      ...reportLines(result.report),
+      ...(pin === undefined
+        ? []
+        : [`  pin:           ${pin.sequence}:${pin.entryHash} ${pinOk ? "matched" : "NOT in the bundle as pinned"}`]),
+      ...(result.keyPinned ? [] : UNPINNED_BUNDLE_NOTE)
+    ], {
+      range: { from: bundle.from_sequence, to: bundle.to_sequence, rows },
+      checkpoint: {
+        origin: cp.origin,
+        treeSize: cp.treeSize,
+        rootHash: Buffer.from(cp.rootHash).toString("base64"),
+        ok: Option.isNone(result.checkpointProblem),
+        problem: Option.getOrNull(result.checkpointProblem)
+      },
+      keyPinned: result.keyPinned,
+      proven: result.proven,
+      firstUnproven: Option.getOrNull(result.firstUnproven),
+      complete: result.complete,
+      ...(pin === undefined ? {} : { pin: { ...pin, ok: pinOk } }),
+      report: encodeReport(result.report)
+    })
+  })
+
 /** The ledger at `db` verified, and the export compared with its last seal of the session. */
 const checkSeal = (db: string, exported: SessionJournal.JournalExport) =>
   Effect.gen(function*() {
@@ -332,6 +401,13 @@ export const runVerify = (options: VerifyOptions) =>
           })
         }
         return yield* verifyJournalExport(options)
+      case "bundle":
+        if (Option.isSome(options.ledger) || Option.isSome(options.checkpoint)) {
+          return yield* new InputError({
+            message: "--ledger applies to journal exports, --checkpoint to databases (a bundle carries its checkpoint)"
+          })
+        }
+        return yield* verifyBundle(options, keyring, pin)
     }
   })
 
@@ -339,7 +415,7 @@ export const command = Command.make(
   "verify",
   {
     target: Args.text({ name: "target" }).pipe(
-      Args.withDescription("a ledger database, a JSONL ledger export or a session journal export")
+      Args.withDescription("a ledger database, a JSONL ledger export, an evidence bundle or a session journal export")
     ),
     publicKeys: Options.text("public-key").pipe(
       Options.repeated,
@@ -371,7 +447,7 @@ export const command = Command.make(
     ),
     checkpointKey: Options.text("checkpoint-key").pipe(
       Options.optional,
-      Options.withDescription("the verifier key to check --checkpoint's signature with")
+      Options.withDescription("the verifier key to check --checkpoint's signature (or an evidence bundle's) with")
     ),
     ledger: Options.text("ledger").pipe(
       Options.optional,
@@ -383,11 +459,12 @@ export const command = Command.make(
   },
   runVerify
 ).pipe(Command.withDescription(commandHelp(
-  "verify a ledger database, a JSONL export or a session journal export offline (never modifies it)",
+  "verify a ledger database, a JSONL export, an evidence bundle or a session journal export offline (never modifies it)",
   [
     "agent-ledger verify ./agent-ledger.db --public-key ./keys/agent-ledger-ed25519.pub.pem",
     "agent-ledger verify rows.jsonl --pin 99:<entry hash of row 99>",
     "agent-ledger verify ./session.json --ledger ./agent-ledger.db",
+    "agent-ledger verify evidence.json --checkpoint-key 'agent-ledger/prod+1a2b3c4d+AV...'",
     "agent-ledger verify postgres://auditor@db:5432/ledger --json"
   ],
   [0, 1, 2, 70, 130]

@@ -1,0 +1,260 @@
+/**
+ * Evidence bundles (docs/FORMAT.md, "Evidence bundle"): one JSON file holding a range of ledger rows, each
+ * with its RFC 6962 inclusion proof against one signed checkpoint, the checkpoint's verifier key and the
+ * public keys of the rows' signatures. An auditor checks it offline with nothing else: unlike a plain
+ * export, whose header nobody signed, every row of a bundle is proven to sit at its sequence in the log the
+ * checkpoint's key vouches for, so a rewritten row, a row moved or a forged range fails.
+ *
+ * A bundle is built in memory: at most `MAX_ROWS` rows (use `export` and receipts for more).
+ */
+import type { SqlError } from "@effect/sql/SqlError"
+import { Data, Effect, Either, Option, Schema, Stream } from "effect"
+import { createPublicKey } from "node:crypto"
+import type { KeyObject } from "node:crypto"
+import * as AuditSigner from "./AuditSigner.js"
+import * as LedgerRow from "./LedgerRow.js"
+import type * as LedgerSql from "./LedgerSql.js"
+import * as LedgerTransparency from "./LedgerTransparency.js"
+import * as LedgerVerifier from "./LedgerVerifier.js"
+import { leafHash, verifyInclusion } from "./MerkleTree.js"
+import * as SignedNote from "./SignedNote.js"
+
+export const BUNDLE_FORMAT = "agent-ledger/evidence-bundle/v1"
+
+/** The most rows one bundle holds (it is built and checked in memory). */
+export const MAX_ROWS = 100_000
+
+export const BundleRow = Schema.Struct({
+  row: LedgerRow.LedgerRow,
+  /** Base64 hashes, RFC 6962 audit path order (leaf to root), of leaf `row.sequence`. */
+  inclusion_proof: Schema.Array(Schema.String)
+})
+export type BundleRow = typeof BundleRow.Type
+
+export const EvidenceBundle = Schema.Struct({
+  format: Schema.Literal(BUNDLE_FORMAT),
+  /** The sequences the bundle covers, both inclusive; every row between them is in `rows`. */
+  from_sequence: Schema.Number,
+  to_sequence: Schema.Number,
+  /** The whole signed note of the checkpoint every proof leads to. */
+  checkpoint: Schema.String,
+  /** The checkpoint's verifier key (`<origin>+<key id>+<base64 key>`), as the bundle's maker gave it. */
+  verifier_key: Schema.String,
+  /** SPKI PEM public keys of the rows' signatures. */
+  public_keys: Schema.Array(Schema.String),
+  rows: Schema.Array(BundleRow)
+})
+export type EvidenceBundle = typeof EvidenceBundle.Type
+
+/** Why a bundle could not be made. */
+export class BundleError extends Data.TaggedError("BundleError")<{
+  readonly reason: "emptyRange" | "tooManyRows" | "unreadableRow"
+  readonly detail: string
+}> {
+  override get message(): string {
+    return this.detail
+  }
+}
+
+export interface MakeOptions {
+  /** First sequence (inclusive; default 0). */
+  readonly from?: number | undefined
+  /** Last sequence (inclusive; default the head). */
+  readonly to?: number | undefined
+  /** The log's origin: the checkpoint's first line and its key name. */
+  readonly origin: string
+  /** Signs the checkpoint; its public key goes into the bundle. */
+  readonly signer: AuditSigner.AuditSigner
+  /** More public keys to include (of rotated-out signers whose rows are in the range). */
+  readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
+}
+
+const pemOf = (key: KeyObject): string => key.export({ format: "pem", type: "spki" }).toString()
+
+/**
+ * The bundle of the rows `from`..`to`, proven against a checkpoint of the whole ledger signed now (and
+ * kept in the `checkpoints` table, so later consistency proofs can start from it).
+ */
+export const make = (
+  options: MakeOptions
+): Effect.Effect<EvidenceBundle, BundleError | SqlError, LedgerSql.LedgerSql> =>
+  Effect.gen(function*() {
+    const rows = yield* LedgerVerifier.storedRows({ from: options.from, to: options.to }).pipe(
+      Stream.take(MAX_ROWS + 1),
+      Stream.runCollect
+    )
+    if (rows.length > MAX_ROWS) {
+      return yield* new BundleError({
+        reason: "tooManyRows",
+        detail: `more than ${MAX_ROWS} rows in the range: narrow it with --from/--to (or export and prove rows)`
+      })
+    }
+    const decoded: Array<LedgerRow.LedgerRow> = []
+    for (const row of rows) {
+      const result = LedgerRow.decodeUnknownEither({ ...row, sequence: Number(row.sequence) })
+      if (Either.isLeft(result)) {
+        return yield* new BundleError({
+          reason: "unreadableRow",
+          detail: `the row at sequence ${
+            String(row.sequence)
+          } is not a ledger row (${result.left.message}): verify the ledger`
+        })
+      }
+      decoded.push(result.right)
+    }
+    const first = decoded[0]
+    const last = decoded[decoded.length - 1]
+    if (first === undefined || last === undefined) {
+      return yield* new BundleError({
+        reason: "emptyRange",
+        detail: `no rows in the range ${options.from ?? 0}..${options.to ?? "head"}`
+      })
+    }
+    const { note, proofs, size } = yield* LedgerTransparency.onStoredTree((merkle) => ({
+      size: merkle.size,
+      note: LedgerTransparency.signCheckpoint(merkle, options.origin, options.signer),
+      proofs: decoded.map((row) =>
+        merkle.inclusionProof(row.sequence).map((hash) => Buffer.from(hash).toString("base64"))
+      )
+    }))
+    yield* LedgerTransparency.saveCheckpoint(options.origin, size, note)
+    const keys = [options.signer.publicKey, ...(options.publicKeys ?? [])]
+    return {
+      format: BUNDLE_FORMAT,
+      from_sequence: first.sequence,
+      to_sequence: last.sequence,
+      checkpoint: note,
+      verifier_key: SignedNote.verifierKey(options.origin, options.signer.publicKey),
+      public_keys: Array.from(new Set(keys.map(pemOf))),
+      rows: decoded.map((row, i) => ({ row, inclusion_proof: proofs[i]! }))
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// Verification
+// ---------------------------------------------------------------------------------------------------------
+
+/** A bundle that is not one (not the format, a bad key, a checkpoint that does not parse). */
+export class MalformedBundle extends Data.TaggedError("MalformedBundle")<{ readonly detail: string }> {
+  override get message(): string {
+    return `not a valid evidence bundle: ${this.detail}`
+  }
+}
+
+export interface VerifyOptions {
+  /** The verifier key the auditor trusts. Without it the bundle's own `verifier_key` is used (unpinned). */
+  readonly verifierKey?: string | undefined
+  /** Public keys for row signatures. Without them the bundle's `public_keys` are used. */
+  readonly keyring?: AuditSigner.Keyring | undefined
+  readonly requireSigned?: boolean | undefined
+  readonly signedFrom?: number | undefined
+  readonly allowMixed?: boolean | undefined
+}
+
+export interface BundleVerification {
+  /** The checkpoint every proof was checked against. */
+  readonly checkpoint: SignedNote.Checkpoint
+  /** Why the checkpoint's signature does not vouch for it (none: it verified with the key used). */
+  readonly checkpointProblem: Option.Option<string>
+  /** Whether the checkpoint's key was given by the auditor, not taken from the bundle. */
+  readonly keyPinned: boolean
+  /** The row checks: hashes, links between consecutive rows, signatures, downgrades. */
+  readonly report: LedgerVerifier.VerifyReport
+  /** Rows whose inclusion proof leads to the checkpoint's root. */
+  readonly proven: number
+  /** The first row whose proof does not (or that lies past the checkpoint's tree). */
+  readonly firstUnproven: Option.Option<number>
+  /** The rows are exactly `from_sequence`..`to_sequence`, each once, in order. */
+  readonly complete: boolean
+  readonly ok: boolean
+}
+
+const malformed = (detail: string) => Either.left(new MalformedBundle({ detail }))
+
+const publicKeyOf = (pem: string): Either.Either<KeyObject, string> => {
+  try {
+    const key = createPublicKey(pem)
+    return key.asymmetricKeyType === "ed25519" ? Either.right(key) : Either.left("not an Ed25519 public key")
+  } catch (error) {
+    return Either.left(`not a public key (${String(error)})`)
+  }
+}
+
+/**
+ * Checks a bundle offline: the checkpoint's signature (with the auditor's key, or the bundle's own), every
+ * row's hashes and signature and its link to the row before, every row's inclusion proof against the
+ * checkpoint's root at the index of its sequence, and that the rows are the range the bundle states.
+ * Failing checks are in the result; only a bundle that cannot be read as one is an error.
+ */
+export const verify = (
+  input: unknown,
+  options: VerifyOptions = {}
+): Either.Either<BundleVerification, MalformedBundle> => {
+  const decoded = Schema.decodeUnknownEither(EvidenceBundle, { onExcessProperty: "error" })(input)
+  if (Either.isLeft(decoded)) return malformed(decoded.left.message)
+  const bundle = decoded.right
+  const keyPinned = options.verifierKey !== undefined
+  const verifier = SignedNote.parseVerifierKey(options.verifierKey ?? bundle.verifier_key)
+  if (Either.isLeft(verifier)) return malformed(verifier.left.detail)
+  const signed = SignedNote.verifyNote(bundle.checkpoint, verifier.right)
+  if (Either.isLeft(signed) && signed.left.reason === "malformed") return malformed(signed.left.detail)
+  // A signature that does not verify is a failed check (a forged bundle, another log), not a malformed file:
+  // the rows are still checked against the checkpoint as written, to say what else is wrong.
+  const text = Either.getOrElse(signed, () => bundle.checkpoint.slice(0, bundle.checkpoint.lastIndexOf("\n\n") + 1))
+  const parsed = SignedNote.parseCheckpoint(text)
+  if (Either.isLeft(parsed)) return malformed(parsed.left.detail)
+  const checkpoint = parsed.right
+  const checkpointProblem = Either.isLeft(signed)
+    ? Option.some(signed.left.detail)
+    : checkpoint.origin === verifier.right.name
+    ? Option.none()
+    : Option.some(`the checkpoint is of ${checkpoint.origin}, the key of ${verifier.right.name}`)
+  let keyring = options.keyring
+  if (keyring === undefined || keyring.size === 0) {
+    const keys: Array<KeyObject> = []
+    for (const pem of bundle.public_keys) {
+      const key = publicKeyOf(pem)
+      if (Either.isLeft(key)) return malformed(`public_keys: ${key.left}`)
+      keys.push(key.right)
+    }
+    keyring = AuditSigner.Keyring.make(keys)
+  }
+  const rows = bundle.rows
+  const checker = LedgerVerifier.makeChecker({
+    keyring,
+    // The first row's anchor needs no trust: the row (prev_hash included) is proven in the signed tree.
+    expectedFirstSequence: bundle.from_sequence,
+    expectedFirstPrevHash: rows[0]?.row.prev_hash,
+    requireSigned: options.requireSigned,
+    signedFrom: options.signedFrom,
+    allowMixed: options.allowMixed
+  })
+  let proven = 0
+  let firstUnproven: Option.Option<number> = Option.none()
+  for (const { inclusion_proof, row } of rows) {
+    checker.check(row)
+    const included = /^[0-9a-f]{64}$/.test(row.entry_hash) &&
+      verifyInclusion(
+        leafHash(Buffer.from(row.entry_hash, "hex")),
+        row.sequence,
+        checkpoint.treeSize,
+        inclusion_proof.map((hash) => Buffer.from(hash, "base64")),
+        checkpoint.rootHash
+      )
+    if (included) proven++
+    else if (Option.isNone(firstUnproven)) firstUnproven = Option.some(row.sequence)
+  }
+  const report = checker.report()
+  const complete = rows.length > 0 && rows.length === bundle.to_sequence - bundle.from_sequence + 1 &&
+    rows.every(({ row }, i) => row.sequence === bundle.from_sequence + i)
+  return Either.right({
+    checkpoint,
+    checkpointProblem,
+    keyPinned,
+    report,
+    proven,
+    firstUnproven,
+    complete,
+    ok: Option.isNone(checkpointProblem) && report.ok && complete && proven === rows.length
+  })
+}
