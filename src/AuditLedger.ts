@@ -178,11 +178,7 @@ const checkpointer = (
   if (signer === undefined) {
     return Layer.effectDiscard(Effect.logWarning("agent-ledger: checkpoints need a signer; none are made"))
   }
-  const once = LedgerTransparency.onStoredTree((tree) => ({
-    size: tree.size,
-    note: LedgerTransparency.signCheckpoint(tree, config.origin, signer)
-  })).pipe(
-    Effect.flatMap(({ note, size }) => LedgerTransparency.saveCheckpoint(config.origin, size, note)),
+  const once = LedgerTransparency.checkpointNow(config.origin, signer).pipe(
     Effect.catchAll((error) => Effect.logWarning("agent-ledger: a checkpoint could not be made", error))
   )
   return Layer.scopedDiscard(Effect.gen(function*() {

@@ -63,9 +63,9 @@ export interface MakeOptions {
   readonly to?: number | undefined
   /** The log's origin: the checkpoint's first line and its key name. */
   readonly origin: string
-  /** Signs the checkpoint; its public key goes into the bundle. */
+  /** Signs the checkpoint; its public key goes into the bundle when it signed rows of the range. */
   readonly signer: AuditSigner.AuditSigner
-  /** More public keys to include (of rotated-out signers whose rows are in the range). */
+  /** More public keys to include (e.g. of rotated-out signers whose rows are in the range). */
   readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
 }
 
@@ -118,7 +118,13 @@ export const make = (
       )
     }))
     yield* LedgerTransparency.saveCheckpoint(options.origin, size, note)
-    const keys = [options.signer.publicKey, ...(options.publicKeys ?? [])]
+    // The checkpoint's key signs rows too only if the ledger was signed with it: a key in `public_keys` tells
+    // the verifier the rows are signed, so an unsigned ledger's bundle carries only the keys given.
+    const rowKeyIds = new Set(decoded.map((row) => row.key_id))
+    const keys = [
+      ...(rowKeyIds.has(AuditSigner.keyIdOf(options.signer.publicKey)) ? [options.signer.publicKey] : []),
+      ...(options.publicKeys ?? [])
+    ]
     return {
       format: BUNDLE_FORMAT,
       from_sequence: first.sequence,

@@ -9,7 +9,7 @@
  * O(log n) per proof).
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either, Schema } from "effect"
+import { Clock, Effect, Either, Schema } from "effect"
 import { createHash } from "node:crypto"
 import type { AuditSigner } from "./AuditSigner.js"
 import { signNote as signNoteBytes } from "./AuditSigner.js"
@@ -56,6 +56,13 @@ export const tree: Effect.Effect<MerkleTree, SqlError, LedgerSql.LedgerSql> = Ef
 
 const NODE_INSERT_CHUNK = 500
 
+/**
+ * The lowest level kept in `merkle_nodes`: subtrees of 16 leaves and up. Lower ones are recomputed from
+ * the rows when a proof needs them (at most 15 entry hashes per level it crosses), which keeps the table
+ * at about one row per 8 ledger rows instead of one per row, and the checkpoints' cost on appends small.
+ */
+export const MIN_STORED_LEVEL = 4
+
 /** The number of rows of the dense chain (sequences 0 … n-1). */
 const chainSize = Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
   Effect.map(
@@ -63,24 +70,30 @@ const chainSize = Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
     (rows) => rows[0]?.n === null || rows[0]?.n === undefined ? 0 : Number(rows[0].n) + 1
   ))
 
-/**
- * Brings `merkle_nodes` up to the ledger's current size: every complete subtree of two or more leaves not
- * stored yet is computed (from the rows' entry hashes and the stored subtrees below it) and stored, in one
- * write transaction. Incremental: a ledger of n rows with m stored costs O(n - m) hashes; a ledger written
- * before this feature is built the first time. Returns the tree size now covered.
- */
-export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(
-  Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+/** `extendStoredTree` on the ledger's client in context (no `LedgerSql.use`, so it can join a ledger transaction). */
+const extendBody: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = Effect.flatMap(
+  LedgerSql.LedgerSql,
+  ({ client }) =>
     client.withTransaction(Effect.gen(function*() {
       const sql = client.withoutTransforms()
       const size = yield* chainSize
+      const storedCount = (level: number) =>
+        Effect.map(
+          sql<{ n: number | null }>`SELECT MAX(idx) AS n FROM merkle_nodes WHERE level = ${level}`,
+          ([stored]) => stored?.n === null || stored?.n === undefined ? 0 : Number(stored.n) + 1
+        )
+      // The levels below MIN_STORED_LEVEL are computed from the rows the lowest stored level still lacks.
+      const haveLowest = yield* storedCount(MIN_STORED_LEVEL)
       // The level below, as far as it is needed: hashes from index `from` on.
       let below: { from: number; hashes: Array<Hash> } = { from: 0, hashes: [] }
       for (let level = 1; 2 ** level <= size; level++) {
+        const stored = level >= MIN_STORED_LEVEL
         const want = Math.floor(size / 2 ** level)
-        const [stored] = yield* sql<{ n: number | null }>`
-          SELECT MAX(idx) AS n FROM merkle_nodes WHERE level = ${level}`
-        const have = stored?.n === null || stored?.n === undefined ? 0 : Number(stored.n) + 1
+        const have = level === MIN_STORED_LEVEL
+          ? haveLowest
+          : stored
+          ? yield* storedCount(level)
+          : haveLowest * 2 ** (MIN_STORED_LEVEL - level)
         if (have >= want) {
           below = { from: 0, hashes: [] }
           continue
@@ -99,6 +112,9 @@ export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerS
         }
         if (children.length < last - first) {
           const missingFrom = first + children.length
+          if (level !== 1 && level <= MIN_STORED_LEVEL) {
+            return yield* Effect.dieMessage(`extendStoredTree: level ${level - 1} not computed from ${missingFrom}`)
+          }
           const rows = level === 1
             ? yield* sql<{ i: number; h: string }>`
                 SELECT sequence AS i, entry_hash AS h FROM signed_events
@@ -112,19 +128,29 @@ export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerS
         }
         const made: Array<Hash> = []
         for (let i = 0; i + 1 < children.length; i += 2) made.push(nodeHash(children[i]!, children[i + 1]!))
-        for (let i = 0; i < made.length; i += NODE_INSERT_CHUNK) {
-          const rows = made.slice(i, i + NODE_INSERT_CHUNK).map((hash, j) => ({
-            level,
-            idx: have + i + j,
-            hash: Buffer.from(hash).toString("hex")
-          }))
-          yield* sql`INSERT INTO merkle_nodes ${sql.insert(rows)}`
+        if (stored) {
+          for (let i = 0; i < made.length; i += NODE_INSERT_CHUNK) {
+            const rows = made.slice(i, i + NODE_INSERT_CHUNK).map((hash, j) => ({
+              level,
+              idx: have + i + j,
+              hash: Buffer.from(hash).toString("hex")
+            }))
+            yield* sql`INSERT INTO merkle_nodes ${sql.insert(rows)}`
+          }
         }
         below = { from: have, hashes: made }
       }
       return size
-    })))
+    }))
 )
+
+/**
+ * Brings `merkle_nodes` up to the ledger's current size: every complete subtree of 2^MIN_STORED_LEVEL or
+ * more leaves not stored yet is computed (from the rows' entry hashes and the stored subtrees below it) and
+ * stored, in one write transaction. Incremental: a ledger of n rows with m covered costs O(n - m) hashes; a
+ * ledger written before this feature is built the first time. Returns the tree size now covered.
+ */
+export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(extendBody)
 
 /**
  * `use` run on the stored tree of the ledger's first `size` rows: the complete subtrees it reads are fetched
@@ -134,8 +160,13 @@ export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerS
 export const withStoredTree = <A>(
   size: number,
   use: (tree: MerkleTree) => A
+): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> => LedgerSql.use(withStoredTreeBody(size, use))
+
+const withStoredTreeBody = <A>(
+  size: number,
+  use: (tree: MerkleTree) => A
 ): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> =>
-  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+  Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
     Effect.gen(function*() {
       const sql = client.withoutTransforms()
       const found = new Map<string, Hash>()
@@ -161,9 +192,15 @@ export const withStoredTree = <A>(
         const missing = new Map<string, readonly [number, number]>()
         const result = use(MerkleTree.fromSource({
           size,
-          node: (level, index) => {
+          node: function node(level, index): Hash {
+            // Subtrees below MIN_STORED_LEVEL are not stored: computed from their leaves.
+            if (level > 0 && level < MIN_STORED_LEVEL) {
+              return nodeHash(node(level - 1, 2 * index), node(level - 1, 2 * index + 1))
+            }
             const hash = found.get(`${level}/${index}`)
-            if (hash !== undefined) return hash
+            if (hash !== undefined) {
+              return hash
+            }
             missing.set(`${level}/${index}`, [level, index])
             return new Uint8Array(32)
           }
@@ -176,23 +213,47 @@ export const withStoredTree = <A>(
         }
       }
       return yield* Effect.dieMessage("the stored tree did not settle")
-    })))
+    }))
 
 /** `use` on the ledger's whole stored tree, brought up to date first. */
 export const onStoredTree = <A>(use: (tree: MerkleTree) => A): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> =>
-  Effect.flatMap(extendStoredTree, (size) => withStoredTree(size, use))
+  LedgerSql.use(Effect.flatMap(extendBody, (size) => withStoredTreeBody(size, use)))
+
+/**
+ * Brings the stored tree up to date, signs a checkpoint of the whole ledger as `origin` and keeps it: one
+ * write transaction (one commit, so one fsync beside the sink's). Returns the size and the note.
+ */
+export const checkpointNow = (
+  origin: string,
+  signer: AuditSigner
+): Effect.Effect<{ readonly size: number; readonly note: string }, SqlError, LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    client.withTransaction(
+      Effect.tap(
+        Effect.flatMap(
+          extendBody,
+          (size) => withStoredTreeBody(size, (tree) => ({ size, note: signCheckpoint(tree, origin, signer) }))
+        ),
+        ({ note, size }) => saveCheckpointBody(origin, size, note)
+      )
+    )))
 
 /** Keeps a signed checkpoint in the ledger's `checkpoints` table (one per origin and size). */
 export const saveCheckpoint = (
   origin: string,
   size: number,
   note: string
-): Effect.Effect<void, SqlError, LedgerSql.LedgerSql> =>
-  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
-    Effect.asVoid(client.withoutTransforms()`
+): Effect.Effect<void, SqlError, LedgerSql.LedgerSql> => LedgerSql.use(saveCheckpointBody(origin, size, note))
+
+const saveCheckpointBody = (origin: string, size: number, note: string) =>
+  Effect.gen(function*() {
+    const { client } = yield* LedgerSql.LedgerSql
+    const now = new Date(yield* Clock.currentTimeMillis).toISOString()
+    yield* client.withoutTransforms()`
       INSERT INTO checkpoints (origin, tree_size, note, created_at)
-      VALUES (${origin}, ${size}, ${note}, ${new Date().toISOString()})
-      ON CONFLICT (origin, tree_size) DO NOTHING`)))
+      VALUES (${origin}, ${size}, ${note}, ${now})
+      ON CONFLICT (origin, tree_size) DO NOTHING`
+  })
 
 /** A log origin for `db` when none is configured: `agent-ledger/<file or database name>`. */
 export const defaultOrigin = (db: string): string => {

@@ -128,7 +128,7 @@ describe("AuditLedger.layerSqlite", () => {
         Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => client`SELECT migration_id FROM agent_ledger_migrations`),
         context
       )
-      expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }])
+      expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }])
     }).pipe(Effect.scoped))
 })
 

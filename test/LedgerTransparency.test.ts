@@ -105,6 +105,30 @@ describe("transparency-log proofs through the CLI", () => {
     const consistent = await cli("verify-consistency", join(dir, "c.json"), "--key", vkey)
     expect(consistent.code).toBe(0)
     expect(consistent.stdout).toMatch(/\d+ leaves are a prefix of \d+/)
+    // A receipt against the saved checkpoint (say, the one published on Monday), not a new one.
+    const oldSize = Number(size)
+    const [againstOld, pastOld] = await Promise.all([
+      cli(
+        "prove",
+        db,
+        "--private-key",
+        key,
+        "--sequence",
+        "3",
+        "--checkpoint",
+        join(dir, "old.txt"),
+        "--out",
+        join(dir, "r-old.json")
+      ),
+      cli("prove", db, "--private-key", key, "--sequence", String(oldSize), "--checkpoint", join(dir, "old.txt"))
+    ])
+    expect(againstOld.code).toBe(0)
+    const oldReceipt = JSON.parse(readFileSync(join(dir, "r-old.json"), "utf8"))
+    expect(oldReceipt.tree_size).toBe(oldSize)
+    expect(oldReceipt.checkpoint).toBe(checkpoint.stdout)
+    expect((await cli("verify-receipt", join(dir, "r-old.json"), "--key", vkey)).code).toBe(0)
+    expect(pastOld.code).toBe(2)
+    expect(pastOld.stderr).toContain("came after the checkpoint")
     const pinned = await cli("verify", db, "--checkpoint", join(dir, "old.txt"), "--checkpoint-key", vkey, "--json")
     expect(pinned.code).toBe(0)
     expect(JSON.parse(pinned.stdout).checkpoint).toMatchObject({ ok: true })
@@ -122,6 +146,19 @@ describe("transparency-log proofs through the CLI", () => {
     const truncated = await cli("verify", db, "--checkpoint", join(dir, "old.txt"), "--json")
     expect(truncated.code).toBe(1)
     expect(JSON.parse(truncated.stdout).checkpoint.detail).toContain("truncated")
+    // Nor is a receipt against that checkpoint made from the cut ledger.
+    const cutReceipt = await cli(
+      "prove",
+      db,
+      "--private-key",
+      key,
+      "--sequence",
+      "1",
+      "--checkpoint",
+      join(dir, "old.txt")
+    )
+    expect(cutReceipt.code).toBe(1)
+    expect(cutReceipt.stdout).toContain("truncated")
   }, 120_000)
 
   it("evidence bundles: rows, proofs and keys in one file that verifies offline; every forgery is caught", async () => {
@@ -267,6 +304,16 @@ describe("transparency-log proofs through the CLI", () => {
           expect(stored.proofs).toEqual(Array.from({ length: size }, (_, i) => memory.inclusionProof(i).map(hex)))
           expect(stored.consistency).toEqual(
             Array.from({ length: size }, (_, m) => memory.consistencyProof(m + 1).map(hex))
+          )
+          // Only subtrees of 16 leaves and up are stored; every one of them, once.
+          const { client } = yield* LedgerSql.LedgerSql
+          const levels = yield* client<{ level: number; n: number }>`
+            SELECT level, COUNT(*) AS n FROM merkle_nodes GROUP BY level ORDER BY level`
+          expect(levels.map((l) => [Number(l.level), Number(l.n)])).toEqual(
+            Array.from({ length: Math.max(0, Math.floor(Math.log2(size)) - 3) }, (_, i) => [
+              i + LedgerTransparency.MIN_STORED_LEVEL,
+              Math.floor(size / 2 ** (i + LedgerTransparency.MIN_STORED_LEVEL))
+            ])
           )
         }).pipe(Effect.provide(LedgerSql.layerSqlite({ filename })))
       )

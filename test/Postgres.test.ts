@@ -6,6 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Logger, LogLevel, Option, Schedule, Stream } from "effect"
 import { execFile, execFileSync, spawn } from "node:child_process"
+import { rmSync } from "node:fs"
 import { join } from "node:path"
 import { promisify } from "node:util"
 import * as AuditEvent from "../src/AuditEvent.js"
@@ -147,6 +148,22 @@ describe.skipIf(noPostgres)("the ledger on PostgreSQL", () => {
           expect(stats.rows).toBeGreaterThan(0)
           const exported = await run("export", url)
           expect(exported.stdout.trim().split("\n")).toHaveLength(stats.rows + 1)
+          // The transparency commands on the same URL: checkpoint, receipt, evidence bundle.
+          const cache = join(repoRoot, "node_modules/.cache/agent-ledger-test")
+          const keys = join(cache, `pg-keys-${process.pid}-${Date.now()}`)
+          await run("keygen", "--out", keys)
+          const key = join(keys, "agent-ledger-ed25519.pem")
+          const vkey = (await run("checkpoint", url, "--private-key", key, "--key")).stdout.trim()
+          const checkpoint = (await run("checkpoint", url, "--private-key", key)).stdout
+          expect(checkpoint.split("\n")[1]).toBe(String(stats.rows))
+          const receipt = join(keys, "receipt.json")
+          await run("prove", url, "--private-key", key, "--sequence", "2", "--out", receipt)
+          expect((await run("verify-receipt", receipt, "--key", vkey)).stdout).toContain("OK")
+          const bundle = join(keys, "bundle.json")
+          await run("export", url, "--from", "1", "--to", "5", "--bundle", bundle, "--private-key", key)
+          const verified = JSON.parse((await run("verify", bundle, "--checkpoint-key", vkey, "--json")).stdout)
+          expect(verified).toMatchObject({ ok: true, proven: 5, complete: true })
+          rmSync(keys, { recursive: true, force: true })
         })
       ),
     120_000

@@ -20,6 +20,7 @@ const BOUNDED = [
   "audit.perEventCommit",
   "audit.groupCommit",
   "audit.groupCommitSigned",
+  "audit.groupCommitCheckpointed",
   "ledger.verify",
   "mcp.proxiedCallMs"
 ]

@@ -11,6 +11,7 @@ import { Args, Command, Options } from "@effect/cli"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Either, Option } from "effect"
 import * as fs from "node:fs"
+import type * as AuditSigner from "../AuditSigner.js"
 import * as LedgerSql from "../LedgerSql.js"
 import * as LedgerTransparency from "../LedgerTransparency.js"
 import * as SignedNote from "../SignedNote.js"
@@ -99,6 +100,21 @@ export const checkpointCommand = Command.make(
   ]
 )))
 
+/** A checkpoint file signed by this ledger's key (as `name`): its note and what it says. */
+const readCheckpoint = (file: string, name: string, signer: AuditSigner.AuditSigner) =>
+  Effect.gen(function*() {
+    const note = yield* readText(file)
+    const verifier = Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(name, signer.publicKey)))
+    const checkpoint = yield* Either.match(
+      Either.flatMap(SignedNote.verifyNote(note, verifier), SignedNote.parseCheckpoint),
+      {
+        onLeft: (error) => Effect.fail(new InputError({ message: `${file}: ${error.message}` })),
+        onRight: Effect.succeed
+      }
+    )
+    return { note, checkpoint }
+  })
+
 export const proveCommand = Command.make(
   "prove",
   {
@@ -111,6 +127,10 @@ export const proveCommand = Command.make(
     consistency: Options.text("consistency").pipe(
       Options.optional,
       Options.withDescription("an older checkpoint file: prove the ledger grew from it without a rewrite")
+    ),
+    checkpoint: Options.text("checkpoint").pipe(
+      Options.optional,
+      Options.withDescription("prove the row against this saved checkpoint (of this key) instead of a new one")
     )
   },
   (options) =>
@@ -118,17 +138,10 @@ export const proveCommand = Command.make(
       const signer = yield* loadSigner(options.privateKey)
       const name = originOf(options.db, options.origin)
       if (Option.isSome(options.consistency)) {
-        const oldFile = options.consistency.value
-        const oldNote = yield* readText(oldFile)
-        const verifier = Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(name, signer.publicKey)))
-        const older = yield* Either.match(SignedNote.verifyNote(oldNote, verifier), {
-          onLeft: (error) => Effect.fail(new InputError({ message: `${oldFile}: ${error.message}` })),
-          onRight: (text) =>
-            Either.match(SignedNote.parseCheckpoint(text), {
-              onLeft: (error) => Effect.fail(new InputError({ message: error.message })),
-              onRight: Effect.succeed
-            })
-        })
+        if (Option.isSome(options.checkpoint)) {
+          return yield* new InputError({ message: "--consistency starts from its own checkpoint: drop --checkpoint" })
+        }
+        const { checkpoint: older, note: oldNote } = yield* readCheckpoint(options.consistency.value, name, signer)
         const { consistent, proof } = yield* onLedger(
           options.db,
           LedgerTransparency.onStoredTree((merkle) => {
@@ -169,23 +182,48 @@ export const proveCommand = Command.make(
         return yield* new InputError({ message: "no such row (give --sequence N or --event-id ID of a ledger row)" })
       }
       const { appended_at: _appendedAt, ...stored } = found
+      const proven = { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"]
+      const saved = yield* Option.match(options.checkpoint, {
+        onNone: () => Effect.succeedNone,
+        onSome: (file) => Effect.asSome(readCheckpoint(file, name, signer))
+      })
+      if (Option.isSome(saved) && proven.sequence >= saved.value.checkpoint.treeSize) {
+        return yield* new InputError({
+          message: `row ${proven.sequence} came after the checkpoint (${saved.value.checkpoint.treeSize} leaves): ` +
+            `prove it against a newer one`
+        })
+      }
       const receipt = yield* onLedger(
         options.db,
         LedgerTransparency.onStoredTree((merkle) =>
-          LedgerTransparency.receiptOf(
-            { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"],
-            merkle,
-            LedgerTransparency.signCheckpoint(merkle, name, signer),
-            merkle.size
-          )
+          Option.match(saved, {
+            onNone: () =>
+              Either.right(LedgerTransparency.receiptOf(
+                proven,
+                merkle,
+                LedgerTransparency.signCheckpoint(merkle, name, signer),
+                merkle.size
+              )),
+            // The ledger must still hold the checkpoint's tree, or the receipt would prove a history it rewrote.
+            onSome: ({ checkpoint, note }) =>
+              Either.map(
+                LedgerTransparency.checkAgainst(merkle, checkpoint),
+                () => LedgerTransparency.receiptOf(proven, merkle, note, checkpoint.treeSize)
+              )
+          })
         )
       )
-      yield* write(options.out, `${JSON.stringify(receipt, null, 2)}\n`)
+      if (Either.isLeft(receipt)) {
+        yield* printLine(`agent-ledger: ${receipt.left.message}`)
+        return yield* new VerificationFailed({ message: receipt.left.message })
+      }
+      yield* write(options.out, `${JSON.stringify(receipt.right, null, 2)}\n`)
     })
 ).pipe(Command.withDescription(commandHelp(
   "write a receipt for one row (the row, its inclusion proof, a signed checkpoint) or a consistency proof",
   [
     "agent-ledger prove ./agent-ledger.db --private-key key.pem --sequence 42 --out receipt.json",
+    "agent-ledger prove ./agent-ledger.db --private-key key.pem --event-id 0193... --checkpoint published.txt",
     "agent-ledger prove ./agent-ledger.db --private-key key.pem --consistency checkpoint-monday.txt --out grew.json"
   ],
   [0, 1, 2, 70, 130]

@@ -79,10 +79,17 @@ const createTransparency = Effect.gen(function*() {
     )`
 })
 
+/**
+ * `merkle_nodes` keeps subtrees of 16 leaves and up (`LedgerTransparency.MIN_STORED_LEVEL`); the lower levels
+ * a ledger stored before are recomputed from rows now, so they go.
+ */
+const pruneLowMerkleNodes = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM merkle_nodes WHERE level < 4`)
+
 const loader = Migrator.fromRecord({
   "0001_create_ledger": createLedger,
   "0002_create_settings": createSettings,
-  "0003_create_transparency": createTransparency
+  "0003_create_transparency": createTransparency,
+  "0004_prune_low_merkle_nodes": pruneLowMerkleNodes
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */
