@@ -449,7 +449,7 @@ describe("SqlAuditSink", () => {
         yield* Effect.provide(expectIntactChain(5), context)
         const sql = Context.get(context, SqlClient.SqlClient)
         const migrations = yield* sql`SELECT migration_id FROM agent_ledger_migrations`
-        expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }])
+        expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }])
       }))
     }))
 
