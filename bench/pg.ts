@@ -85,9 +85,9 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   const group: Array<number> = []
   const writers: Array<number> = []
   for (let round = 0; round < mode.rounds; round++) {
-    perEvent.push(await withDatabase(adminUrl, (url) => pipelineRate(url, mode.size(2_000, 200), 1)))
-    group.push(await withDatabase(adminUrl, (url) => pipelineRate(url, mode.size(20_000, 2_000), 512)))
-    writers.push(await withDatabase(adminUrl, (url) => fourWriters(url, mode.size(5_000, 500))))
+    perEvent.push(await withDatabase(adminUrl, (url) => pipelineRate(url, mode.size(2_000, 50), 1)))
+    group.push(await withDatabase(adminUrl, (url) => pipelineRate(url, mode.size(20_000, 500), 512)))
+    writers.push(await withDatabase(adminUrl, (url) => fourWriters(url, mode.size(5_000, 100))))
   }
   return {
     "pg.perEventCommit": figure(median(perEvent), "events/s"),
