@@ -59,7 +59,11 @@ export const runOn =
       (context: Context.Context<Exclude<R, SqlClient.SqlClient>>) => ledgerContext(ledger, context)
     )
 
-/** `runOn` with the ledger from context. */
+/**
+ * `runOn` with the ledger from context. For a private connection it hides every open transaction, the
+ * ledger's own too: inside `client.withTransaction`, compose effects that do not call `use` again (a nested
+ * `use` would wait for the connection the transaction holds).
+ */
 export const use = <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, Exclude<R, SqlClient.SqlClient> | LedgerSql> =>
