@@ -7,7 +7,7 @@
  * from PKCS#8 PEM, public keys from SPKI PEM. The private key of a signer is held in a JS private field:
  * printing or logging a signer never shows it, and only `exportPem` reads it (for `keygen`).
  */
-import { Effect, Option, Schema } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
 import type { KeyObject } from "node:crypto"
 import {
   createHash,
@@ -164,33 +164,34 @@ const parsePrivateKey = (pem: string, path: string | undefined): Effect.Effect<K
       )))
   })
 
-const parsePublicKey = (pem: string, path: string | undefined): Effect.Effect<KeyObject, KeyLoadError> =>
-  Effect.suspend(() => {
-    const label = pemLabel(pem)
-    if (label === undefined) {
-      return Effect.fail(keyLoadError(path, "notPem", "no PEM block (expected -----BEGIN PUBLIC KEY-----)"))
-    }
-    // node would derive a public key from a private one; a keyring file must never hold a private key.
-    if (label.endsWith("PRIVATE KEY")) {
-      return Effect.fail(
-        keyLoadError(path, "wrongKeyType", "found a private key; a keyring takes SPKI public keys only")
-      )
-    }
-    if (label !== "PUBLIC KEY") {
-      return Effect.fail(
-        keyLoadError(path, "wrongKeyType", `found a "${label}" PEM block; expected an SPKI "PUBLIC KEY"`)
-      )
-    }
-    return Effect.try({
-      try: () => createPublicKey({ key: pem, format: "pem" }),
-      catch: (cause) => keyLoadError(path, "invalidKey", `not a valid SPKI public key (${String(cause)})`)
-    }).pipe(Effect.filterOrFail(isEd25519, (key) =>
-      keyLoadError(
-        path,
-        "wrongKeyType",
-        `found a ${key.asymmetricKeyType ?? "non-asymmetric"} public key; expected Ed25519`
-      )))
-  })
+const parsePublicKey = (pem: string, path: string | undefined): Either.Either<KeyObject, KeyLoadError> => {
+  const label = pemLabel(pem)
+  if (label === undefined) {
+    return Either.left(keyLoadError(path, "notPem", "no PEM block (expected -----BEGIN PUBLIC KEY-----)"))
+  }
+  // node would derive a public key from a private one; a keyring file must never hold a private key.
+  if (label.endsWith("PRIVATE KEY")) {
+    return Either.left(keyLoadError(path, "wrongKeyType", "found a private key; a keyring takes SPKI public keys only"))
+  }
+  if (label !== "PUBLIC KEY") {
+    return Either.left(
+      keyLoadError(path, "wrongKeyType", `found a "${label}" PEM block; expected an SPKI "PUBLIC KEY"`)
+    )
+  }
+  let key: KeyObject
+  try {
+    key = createPublicKey({ key: pem, format: "pem" })
+  } catch (cause) {
+    return Either.left(keyLoadError(path, "invalidKey", `not a valid SPKI public key (${String(cause)})`))
+  }
+  return isEd25519(key) ? Either.right(key) : Either.left(
+    keyLoadError(
+      path,
+      "wrongKeyType",
+      `found a ${key.asymmetricKeyType ?? "non-asymmetric"} public key; expected Ed25519`
+    )
+  )
+}
 
 const readKeyFile = (path: string): Effect.Effect<string, KeyLoadError> =>
   Effect.tryPromise({
@@ -230,7 +231,11 @@ export const exportPem = (signer: AuditSigner): { readonly privateKeyPem: string
 // ---------------------------------------------------------------------------------------------------------
 
 /** An Ed25519 public key from SPKI PEM text. */
-export const fromPublicKeyPem = (pem: string): Effect.Effect<KeyObject, KeyLoadError> => parsePublicKey(pem, undefined)
+export const fromPublicKeyPem = (pem: string): Effect.Effect<KeyObject, KeyLoadError> =>
+  Effect.suspend(() => publicKeyFromPem(pem))
+
+/** `fromPublicKeyPem`, synchronously (for pure checks such as `EvidenceBundle.verify`). */
+export const publicKeyFromPem = (pem: string): Either.Either<KeyObject, KeyLoadError> => parsePublicKey(pem, undefined)
 
 /** An Ed25519 public key from a file holding SPKI PEM. */
 export const loadPublicKeyFile = (path: string): Effect.Effect<KeyObject, KeyLoadError> =>

@@ -9,7 +9,6 @@
  */
 import type { SqlError } from "@effect/sql/SqlError"
 import { Data, Effect, Either, Option, Schema, Stream } from "effect"
-import { createPublicKey } from "node:crypto"
 import type { KeyObject } from "node:crypto"
 import * as AuditSigner from "./AuditSigner.js"
 import * as LedgerRow from "./LedgerRow.js"
@@ -110,14 +109,11 @@ export const make = (
         detail: `no rows in the range ${options.from ?? 0}..${options.to ?? "head"}`
       })
     }
-    const { note, proofs, size } = yield* LedgerTransparency.onStoredTree((merkle) => ({
-      size: merkle.size,
-      note: LedgerTransparency.signCheckpoint(merkle, options.origin, options.signer),
-      proofs: decoded.map((row) =>
+    const { note, size } = yield* LedgerTransparency.checkpointNow(options.origin, options.signer)
+    const proofs = yield* LedgerTransparency.withStoredTree(size, (merkle) =>
+      decoded.map((row) =>
         merkle.inclusionProof(row.sequence).map((hash) => Buffer.from(hash).toString("base64"))
-      )
-    }))
-    yield* LedgerTransparency.saveCheckpoint(options.origin, size, note)
+      ))
     // The checkpoint's key signs rows too only if the ledger was signed with it: a key in `public_keys` tells
     // the verifier the rows are signed, so an unsigned ledger's bundle carries only the keys given.
     const rowKeyIds = new Set(decoded.map((row) => row.key_id))
@@ -158,6 +154,8 @@ export interface VerifyOptions {
 }
 
 export interface BundleVerification {
+  /** The bundle as decoded. */
+  readonly bundle: EvidenceBundle
   /** The checkpoint every proof was checked against. */
   readonly checkpoint: SignedNote.Checkpoint
   /** Why the checkpoint's signature does not vouch for it (none: it verified with the key used). */
@@ -176,15 +174,6 @@ export interface BundleVerification {
 }
 
 const malformed = (detail: string) => Either.left(new MalformedBundle({ detail }))
-
-const publicKeyOf = (pem: string): Either.Either<KeyObject, string> => {
-  try {
-    const key = createPublicKey(pem)
-    return key.asymmetricKeyType === "ed25519" ? Either.right(key) : Either.left("not an Ed25519 public key")
-  } catch (error) {
-    return Either.left(`not a public key (${String(error)})`)
-  }
-}
 
 /**
  * Checks a bundle offline: the checkpoint's signature (with the auditor's key, or the bundle's own), every
@@ -219,8 +208,8 @@ export const verify = (
   if (keyring === undefined || keyring.size === 0) {
     const keys: Array<KeyObject> = []
     for (const pem of bundle.public_keys) {
-      const key = publicKeyOf(pem)
-      if (Either.isLeft(key)) return malformed(`public_keys: ${key.left}`)
+      const key = AuditSigner.publicKeyFromPem(pem)
+      if (Either.isLeft(key)) return malformed(`public_keys: ${key.left.detail}`)
       keys.push(key.right)
     }
     keyring = AuditSigner.Keyring.make(keys)
@@ -254,6 +243,7 @@ export const verify = (
   const complete = rows.length > 0 && rows.length === bundle.to_sequence - bundle.from_sequence + 1 &&
     rows.every(({ row }, i) => row.sequence === bundle.from_sequence + i)
   return Either.right({
+    bundle,
     checkpoint,
     checkpointProblem,
     keyPinned,
