@@ -186,6 +186,9 @@ describe("RFC 6962 published vectors (transparency-dev/merkle)", () => {
     ]]
   ]
   const someHash = h("abacaba000000000000000000000000000000000000000000060061e00123456")
+  /** The proof with the first byte of its element `i` XORed with `mask` (the published tests flip one bit). */
+  const withFirstByteXored = (proof: ReadonlyArray<Uint8Array>, i: number, mask: number) =>
+    proof.map((p, j) => j === i ? Buffer.from(p).map((b, k) => k === 0 ? b ^ mask : b) : p)
 
   it("leaf hashes and the root of every prefix", () => {
     expect(inputs.map((d) => hex(MerkleTree.leafHash(d)))).toEqual(leafHashes)
@@ -219,7 +222,7 @@ describe("RFC 6962 published vectors (transparency-dev/merkle)", () => {
           `proof[${i}] bit 3`,
           index,
           size,
-          proof.map((p, j) => j === i ? Buffer.from(p).map((b, k) => k === 0 ? b ^ 8 : b) : p),
+          withFirstByteXored(proof, i, 8),
           root,
           leafHash
         ])
@@ -265,7 +268,7 @@ describe("RFC 6962 published vectors (transparency-dev/merkle)", () => {
           `proof[${i}] bit 4`,
           size1,
           size2,
-          proof.map((p, j) => j === i ? Buffer.from(p).map((b, k) => k === 0 ? b ^ 16 : b) : p),
+          withFirstByteXored(proof, i, 16),
           root1,
           root2
         ])

@@ -80,16 +80,7 @@ export const checkpointCommand = Command.make(
       const signer = yield* loadSigner(options.privateKey)
       const name = originOf(options.db, options.origin)
       if (options.key) return yield* printLine(SignedNote.verifierKey(name, signer.publicKey))
-      const note = yield* onLedger(
-        options.db,
-        Effect.flatMap(
-          LedgerTransparency.onStoredTree((merkle) => ({
-            size: merkle.size,
-            note: LedgerTransparency.signCheckpoint(merkle, name, signer)
-          })),
-          ({ note, size }) => Effect.as(LedgerTransparency.saveCheckpoint(name, size, note), note)
-        )
-      )
+      const { note } = yield* onLedger(options.db, LedgerTransparency.checkpointNow(name, signer))
       yield* write(Option.none(), note)
     })
 ).pipe(Command.withDescription(commandHelp(

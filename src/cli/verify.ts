@@ -227,6 +227,13 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
     })
   })
 
+/** A JSON file given as the target: `what` names it in the error. */
+const readJsonTarget = (target: string, what: string) =>
+  Effect.try({
+    try: () => JSON.parse(fs.readFileSync(target, "utf8")) as unknown,
+    catch: (error) => new InputError({ message: `${target}: cannot read the ${what} (${String(error)})` })
+  })
+
 /** What a bundle checked with its own key proves, and what it does not. */
 const UNPINNED_BUNDLE_NOTE = [
   "  unpinned key:  the checkpoint verified with the key written in the bundle, which whoever made the file",
@@ -235,10 +242,7 @@ const UNPINNED_BUNDLE_NOTE = [
 
 const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin: LedgerVerifier.Pin | undefined) =>
   Effect.gen(function*() {
-    const json = yield* Effect.try({
-      try: () => JSON.parse(fs.readFileSync(options.target, "utf8")) as unknown,
-      catch: (error) => new InputError({ message: `${options.target}: cannot read the bundle (${String(error)})` })
-    })
+    const json = yield* readJsonTarget(options.target, "bundle")
     const result = yield* Either.match(
       EvidenceBundle.verify(json, {
         verifierKey: Option.getOrUndefined(options.checkpointKey),
@@ -252,7 +256,7 @@ const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin:
         onRight: Effect.succeed
       }
     )
-    const bundle = json as EvidenceBundle.EvidenceBundle
+    const bundle = result.bundle
     const rows = bundle.rows.length
     const cp = result.checkpoint
     // A pin from an earlier run must match the bundled row at its sequence.
@@ -308,11 +312,7 @@ const checkSeal = (db: string, exported: SessionJournal.JournalExport) =>
 
 const verifyJournalExport = (options: VerifyOptions) =>
   Effect.gen(function*() {
-    const json = yield* Effect.try({
-      try: () => JSON.parse(fs.readFileSync(options.target, "utf8")) as unknown,
-      catch: (error) =>
-        new InputError({ message: `${options.target}: cannot read the journal export (${String(error)})` })
-    })
+    const json = yield* readJsonTarget(options.target, "journal export")
     const outcome = yield* SessionJournal.verifyExport(json).pipe(
       Effect.map((exported) => ({ ok: true as const, exported })),
       Effect.catchTag("IntegrityViolation", (violation) => Effect.succeed({ ok: false as const, violation })),
