@@ -6,7 +6,7 @@
 import { Effect } from "effect"
 import * as crypto from "node:crypto"
 import { performance } from "node:perf_hooks"
-import * as SessionJournal from "../src/SessionJournal.js"
+import * as SessionJournal from "../src/journal/SessionJournal.js"
 import type { BenchMode, Figures } from "./harness.js"
 import { bounded, figure, gc, median, perSecond, sideBySide } from "./harness.js"
 

@@ -17,15 +17,15 @@ import {
   GOVERNANCE_REFUSAL_EVENT_TYPE,
   Refuse,
   ToolCall
-} from "../src/AuditEvent.js"
+} from "../src/audit/AuditEvent.js"
 import { digestHex, ZERO_HASH } from "../src/internal/encoding.js"
 import { runMigrations } from "../src/internal/migrations.js"
 import { rowEntryHash } from "../src/internal/rowFormat.js"
 import { uuidV7 } from "../src/internal/uuid.js"
-import * as LedgerRow from "../src/LedgerRow.js"
-import * as LedgerSql from "../src/LedgerSql.js"
-import * as LedgerTransparency from "../src/LedgerTransparency.js"
-import * as LedgerVerifier from "../src/LedgerVerifier.js"
+import * as LedgerRow from "../src/ledger/LedgerRow.js"
+import * as LedgerSql from "../src/ledger/LedgerSql.js"
+import * as LedgerVerifier from "../src/ledger/LedgerVerifier.js"
+import * as LedgerTransparency from "../src/transparency/LedgerTransparency.js"
 import { BASE_MILLIS } from "../test/fixtures/events.js"
 import { sharedSqlite } from "../test/fixtures/ledgerSql.js"
 import type { BenchMode, Figures } from "./harness.js"

@@ -23,9 +23,9 @@ import {
   ruleId,
   ToolCall,
   Warn
-} from "../src/AuditEvent.js"
-import { AgentAction, Decision } from "../src/AuditEvent.js"
-import type { JsonValue } from "../src/AuditEvent.js"
+} from "../src/audit/AuditEvent.js"
+import { AgentAction, Decision } from "../src/audit/AuditEvent.js"
+import type { JsonValue } from "../src/audit/AuditEvent.js"
 import { isWellFormed } from "../src/internal/unicode.js"
 import { UUID_V7 } from "../src/internal/uuid.js"
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Metric } from "effect"
-import * as AuditMetrics from "../src/AuditMetrics.js"
+import * as AuditMetrics from "../src/audit/AuditMetrics.js"
 
 const fields = Object.keys(AuditMetrics.empty) as Array<keyof AuditMetrics.AuditMetricsSnapshot>
 

@@ -1,12 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { Duration } from "effect"
 import { Context, Effect, Exit, Fiber, Layer, Logger, Metric, Option, Ref, Schedule, Scope, TestClock } from "effect"
-import type { AgentAction } from "../src/AuditEvent.js"
-import { Allow, Custom, DeferredAuditEvent, Refuse, Warn } from "../src/AuditEvent.js"
-import * as AuditMetrics from "../src/AuditMetrics.js"
-import * as AuditQueue from "../src/AuditQueue.js"
-import type { AppendOutcome } from "../src/AuditSink.js"
-import { Appended, AuditSink, AuditSinkError, DlqLanded } from "../src/AuditSink.js"
+import type { AgentAction } from "../src/audit/AuditEvent.js"
+import { Allow, Custom, DeferredAuditEvent, Refuse, Warn } from "../src/audit/AuditEvent.js"
+import * as AuditMetrics from "../src/audit/AuditMetrics.js"
+import * as AuditQueue from "../src/audit/AuditQueue.js"
+import type { AppendOutcome } from "../src/audit/AuditSink.js"
+import { Appended, AuditSink, AuditSinkError, DlqLanded } from "../src/audit/AuditSink.js"
 import { captureLogs, waitUntil } from "./fixtures/effects.js"
 
 // ---------------------------------------------------------------------------------------------------------

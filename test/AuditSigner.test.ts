@@ -5,7 +5,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { inspect } from "node:util"
-import * as AuditSigner from "../src/AuditSigner.js"
+import * as AuditSigner from "../src/audit/AuditSigner.js"
 import { sha256Bytes } from "../src/internal/encoding.js"
 
 /** A temp directory removed when the test's scope closes. */

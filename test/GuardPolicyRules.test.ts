@@ -5,9 +5,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, TestClock } from "effect"
 import { join } from "node:path"
-import * as GuardPolicy from "../src/GuardPolicy.js"
-import type { GuardCall } from "../src/McpGuard.js"
-import * as SessionJournal from "../src/SessionJournal.js"
+import * as GuardPolicy from "../src/guard/GuardPolicy.js"
+import type { GuardCall } from "../src/guard/McpGuard.js"
+import * as SessionJournal from "../src/journal/SessionJournal.js"
 import { repoRoot } from "./fixtures/cliBundle.js"
 
 const call = (toolName: string, extra: Partial<GuardCall> = {}): GuardCall => ({

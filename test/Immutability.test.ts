@@ -4,9 +4,9 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
-import * as AuditQueue from "../src/AuditQueue.js"
-import { Appended, AuditSink } from "../src/AuditSink.js"
-import * as SessionJournal from "../src/SessionJournal.js"
+import * as AuditQueue from "../src/audit/AuditQueue.js"
+import { Appended, AuditSink } from "../src/audit/AuditSink.js"
+import * as SessionJournal from "../src/journal/SessionJournal.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 type Writable<T> = { -readonly [K in keyof T]: T[K] }

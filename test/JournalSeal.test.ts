@@ -1,8 +1,8 @@
 /** Comparing a journal export with the ledger's seals of its session (docs/FORMAT.md, "Session seal"). */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import * as JournalSeal from "../src/JournalSeal.js"
-import * as SessionJournal from "../src/SessionJournal.js"
+import * as JournalSeal from "../src/journal/JournalSeal.js"
+import * as SessionJournal from "../src/journal/SessionJournal.js"
 
 const exportOf = (calls: number) =>
   Effect.gen(function*() {

@@ -5,7 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import fc from "fast-check"
-import * as AuditEvent from "../src/AuditEvent.js"
+import * as AuditEvent from "../src/audit/AuditEvent.js"
 
 const reasonAt = (value: unknown) =>
   Either.match(AuditEvent.normalizeJson(value, "arguments"), {

@@ -15,13 +15,13 @@ import {
   GOVERNANCE_REFUSAL_EVENT_TYPE,
   Refuse,
   ToolCall
-} from "../src/AuditEvent.js"
-import * as AuditSigner from "../src/AuditSigner.js"
+} from "../src/audit/AuditEvent.js"
+import * as AuditSigner from "../src/audit/AuditSigner.js"
 import { hashBytes, lp, sha256Bytes, sha256Hex, u64, ZERO_HASH } from "../src/internal/encoding.js"
 import { runMigrations } from "../src/internal/migrations.js"
 import { rowEntryHash, rowEntryHashBytes } from "../src/internal/rowFormat.js"
-import * as LedgerRow from "../src/LedgerRow.js"
-import * as LedgerVerifier from "../src/LedgerVerifier.js"
+import * as LedgerRow from "../src/ledger/LedgerRow.js"
+import * as LedgerVerifier from "../src/ledger/LedgerVerifier.js"
 import { sharedSqlite } from "./fixtures/ledgerSql.js"
 
 // ---------------------------------------------------------------------------------------------------------

@@ -5,11 +5,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { Context } from "effect"
 import { Effect, Layer, ManagedRuntime, Option, Ref } from "effect"
-import * as AuditEvent from "../src/AuditEvent.js"
-import * as AuditQueue from "../src/AuditQueue.js"
-import { Appended, AuditSink, AuditSinkError } from "../src/AuditSink.js"
-import * as GuardPolicy from "../src/GuardPolicy.js"
-import * as McpGuard from "../src/McpGuard.js"
+import * as AuditEvent from "../src/audit/AuditEvent.js"
+import * as AuditQueue from "../src/audit/AuditQueue.js"
+import { Appended, AuditSink, AuditSinkError } from "../src/audit/AuditSink.js"
+import * as GuardPolicy from "../src/guard/GuardPolicy.js"
+import * as McpGuard from "../src/guard/McpGuard.js"
 import { eventLoopTurn, quietly } from "./fixtures/effects.js"
 
 const policy = Effect.runSync(GuardPolicy.decode({

@@ -10,8 +10,8 @@ import { Either } from "effect"
 import fc from "fast-check"
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from "node:crypto"
 import { describe, expect, it } from "vitest"
-import * as MerkleTree from "../src/MerkleTree.js"
-import * as SignedNote from "../src/SignedNote.js"
+import * as MerkleTree from "../src/transparency/MerkleTree.js"
+import * as SignedNote from "../src/transparency/SignedNote.js"
 
 const sha = (...parts: ReadonlyArray<Uint8Array>) => {
   const h = createHash("sha256")

@@ -9,12 +9,12 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { afterAll } from "vitest"
-import * as AuditEvent from "../src/AuditEvent.js"
+import * as AuditEvent from "../src/audit/AuditEvent.js"
+import * as AuditQueue from "../src/audit/AuditQueue.js"
 import * as AuditLedger from "../src/AuditLedger.js"
-import * as AuditQueue from "../src/AuditQueue.js"
-import * as LedgerSql from "../src/LedgerSql.js"
-import * as LedgerStats from "../src/LedgerStats.js"
-import { verifyLedger } from "../src/LedgerVerifier.js"
+import * as LedgerSql from "../src/ledger/LedgerSql.js"
+import * as LedgerStats from "../src/ledger/LedgerStats.js"
+import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
 
 const formatDoc = fs.readFileSync(resolve(import.meta.dirname, "..", "docs", "FORMAT.md"), "utf8")
 const docBlock = (name: string): string => {

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, FastCheck as fc, Schema, TestClock } from "effect"
 import { readFileSync } from "node:fs"
 import { isHash, sha256Hex, ZERO_HASH } from "../src/internal/encoding.js"
-import * as SessionJournal from "../src/SessionJournal.js"
+import * as SessionJournal from "../src/journal/SessionJournal.js"
 
 const params = (
   toolName: string,

@@ -1,9 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import { ZERO_HASH } from "../src/internal/encoding.js"
-import * as SessionJournal from "../src/SessionJournal.js"
-import { SessionJournals } from "../src/SessionJournals.js"
-import * as Registry from "../src/SessionJournals.js"
+import * as SessionJournal from "../src/journal/SessionJournal.js"
+import { SessionJournals } from "../src/journal/SessionJournals.js"
+import * as Registry from "../src/journal/SessionJournals.js"
 
 const params = (toolName: string): SessionJournal.RecordParams => ({
   toolName,

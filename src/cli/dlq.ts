@@ -5,9 +5,9 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Layer, Option } from "effect"
-import * as AuditSigner from "../AuditSigner.js"
-import * as DeadLetters from "../DeadLetters.js"
-import * as SqlAuditSink from "../SqlAuditSink.js"
+import * as AuditSigner from "../audit/AuditSigner.js"
+import * as DeadLetters from "../ledger/DeadLetters.js"
+import * as SqlAuditSink from "../ledger/SqlAuditSink.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"

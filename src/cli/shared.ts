@@ -5,8 +5,8 @@
 import { Effect, Stream } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import * as AuditSigner from "../AuditSigner.js"
-import type * as LedgerVerifier from "../LedgerVerifier.js"
+import * as AuditSigner from "../audit/AuditSigner.js"
+import type * as LedgerVerifier from "../ledger/LedgerVerifier.js"
 import { InputError } from "./CliError.js"
 
 /** `SEQ:HASH` → a pin; anything else is a usage error. */

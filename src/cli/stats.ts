@@ -1,7 +1,7 @@
 /** `agent-ledger stats <db>`: rows, head, dead-letter backlog, refusals by agent and rule, attest levels, time span. */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
-import * as LedgerStats from "../LedgerStats.js"
+import * as LedgerStats from "../ledger/LedgerStats.js"
 import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"

@@ -12,7 +12,7 @@ import { Effect } from "effect"
 import { spawn } from "node:child_process"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
-import { verifyLedger } from "../../src/LedgerVerifier.js"
+import { verifyLedger } from "../../src/ledger/LedgerVerifier.js"
 import { repoRoot } from "../fixtures/cliBundle.js"
 import { sharedSqlite } from "../fixtures/ledgerSql.js"
 

@@ -17,12 +17,12 @@
 import canonicalize from "canonicalize"
 import { Clock, Effect, ParseResult, Schema } from "effect"
 import * as fs from "node:fs"
-import type { JsonValue } from "./AuditEvent.js"
-import { Allow, Refuse, Warn } from "./AuditEvent.js"
-import { sha256Hex } from "./internal/encoding.js"
+import type { JsonValue } from "../audit/AuditEvent.js"
+import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
+import { sha256Hex } from "../internal/encoding.js"
+import type * as SessionJournal from "../journal/SessionJournal.js"
 import type { GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
 import { jsonBytes } from "./McpGuard.js"
-import type * as SessionJournal from "./SessionJournal.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // The document

@@ -6,7 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Option, Stream } from "effect"
-import { GOVERNANCE_REFUSAL_EVENT_TYPE } from "./AuditEvent.js"
+import { GOVERNANCE_REFUSAL_EVENT_TYPE } from "../audit/AuditEvent.js"
 import * as LedgerSql from "./LedgerSql.js"
 import * as LedgerVerifier from "./LedgerVerifier.js"
 

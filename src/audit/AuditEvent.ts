@@ -8,9 +8,9 @@
  */
 import canonicalize from "canonicalize"
 import { Clock, DateTime, Effect, Either, Option, Schema } from "effect"
-import { sha256Hex } from "./internal/encoding.js"
-import { isWellFormed, isWellFormedDeep, toWellFormed, toWellFormedDeep } from "./internal/unicode.js"
-import { uuidV7 } from "./internal/uuid.js"
+import { sha256Hex } from "../internal/encoding.js"
+import { isWellFormed, isWellFormedDeep, toWellFormed, toWellFormedDeep } from "../internal/unicode.js"
+import { uuidV7 } from "../internal/uuid.js"
 
 /** Any JSON value (finite numbers only: RFC 8785 has no NaN or Infinity). */
 export type JsonValue =

@@ -6,9 +6,9 @@
  */
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Option } from "effect"
-import { SESSION_SEALED_EVENT_TYPE } from "./AuditEvent.js"
-import { ZERO_HASH } from "./internal/encoding.js"
-import * as LedgerSql from "./LedgerSql.js"
+import { SESSION_SEALED_EVENT_TYPE } from "../audit/AuditEvent.js"
+import { ZERO_HASH } from "../internal/encoding.js"
+import * as LedgerSql from "../ledger/LedgerSql.js"
 import type * as SessionJournal from "./SessionJournal.js"
 
 /** One `session.sealed` row. */

@@ -10,7 +10,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { DateTime, Effect, Either, Option, ParseResult, Schema } from "effect"
-import * as AuditEvent from "./AuditEvent.js"
+import * as AuditEvent from "../audit/AuditEvent.js"
 import * as LedgerSql from "./LedgerSql.js"
 import { SqlAuditSink } from "./SqlAuditSink.js"
 

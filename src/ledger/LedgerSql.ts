@@ -22,9 +22,9 @@ import { randomBytes } from "node:crypto"
 import { constants as fsConstants } from "node:fs"
 import { access, stat } from "node:fs/promises"
 import { dirname, resolve } from "node:path"
-import { runMigrations } from "./internal/migrations.js"
-import { driverError, sqlite } from "./internal/sqlDialect.js"
-import type { Synchronous } from "./internal/sqlDialect.js"
+import { runMigrations } from "../internal/migrations.js"
+import { driverError, sqlite } from "../internal/sqlDialect.js"
+import type { Synchronous } from "../internal/sqlDialect.js"
 
 /** The ledger's database: its client, and whether that client is the application's own. */
 export interface Service {

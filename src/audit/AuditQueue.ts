@@ -47,6 +47,7 @@ import {
   Schema
 } from "effect"
 import type { Tracer } from "effect"
+import { eventLoopScheduler } from "../internal/eventLoopScheduler.js"
 import type { AgentAction, Decision, JournalRef } from "./AuditEvent.js"
 import { DeferredAuditEvent } from "./AuditEvent.js"
 import * as AuditMetrics from "./AuditMetrics.js"
@@ -55,7 +56,6 @@ import type { AppendOutcome } from "./AuditSink.js"
 import type { AuditSinkError } from "./AuditSink.js"
 import { AuditSink } from "./AuditSink.js"
 import type { Service as AuditSinkService } from "./AuditSink.js"
-import { eventLoopScheduler } from "./internal/eventLoopScheduler.js"
 
 export type { AuditMetricsSnapshot } from "./AuditMetrics.js"
 

@@ -14,11 +14,11 @@
  * `audit-unavailable`, since a refusal that cannot be recorded must not happen unrecorded.
  */
 import { Context, Duration, Effect, Layer, Option, Runtime } from "effect"
-import type { Decision, JsonValue, Warn } from "./AuditEvent.js"
-import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "./AuditEvent.js"
-import * as AuditQueue from "./AuditQueue.js"
-import type * as SessionJournal from "./SessionJournal.js"
-import * as SessionJournals from "./SessionJournals.js"
+import type { Decision, JsonValue, Warn } from "../audit/AuditEvent.js"
+import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/AuditEvent.js"
+import * as AuditQueue from "../audit/AuditQueue.js"
+import type * as SessionJournal from "../journal/SessionJournal.js"
+import * as SessionJournals from "../journal/SessionJournals.js"
 
 /** One tool call, as the guard sees it. */
 export interface GuardCall {

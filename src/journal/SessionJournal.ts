@@ -9,8 +9,8 @@
  * comes from `Clock`.
  */
 import { Context, Effect, Layer, ParseResult, Schema } from "effect"
-import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "./internal/encoding.js"
-import { debugSpan } from "./internal/tracing.js"
+import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
+import { debugSpan } from "../internal/tracing.js"
 
 /** The `format` of a `JournalExport`. */
 export const EXPORT_FORMAT = "agent-ledger/journal/v1"

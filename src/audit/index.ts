@@ -1,0 +1,12 @@
+/**
+ * The governance audit pipeline's core: the events a guard submits (`AuditEvent`), the queue and its
+ * supervised drainer (`AuditQueue`), the sink interface it drains into (`AuditSink`), the Ed25519 signer
+ * (`AuditSigner`) and the pipeline's metrics (`AuditMetrics`). Nothing here knows about SQL.
+ *
+ * May import: `internal/` only.
+ */
+export * as AuditEvent from "./AuditEvent.js"
+export * as AuditMetrics from "./AuditMetrics.js"
+export * as AuditQueue from "./AuditQueue.js"
+export * as AuditSigner from "./AuditSigner.js"
+export * as AuditSink from "./AuditSink.js"

@@ -1,0 +1,15 @@
+/**
+ * The ledger store: its own SQL connection and migrations (`LedgerSql`), the SQL sink that appends the
+ * signed hash chain (`SqlAuditSink`), the row schema (`LedgerRow`), the verifier (`LedgerVerifier`), exports
+ * (`LedgerExport`), statistics (`LedgerStats`) and the dead-letter table (`DeadLetters`).
+ *
+ * May import: `audit/`, `internal/`. Never `journal/`, `transparency/`, `guard/` or the `AuditLedger`
+ * assembly.
+ */
+export * as DeadLetters from "./DeadLetters.js"
+export * as LedgerExport from "./LedgerExport.js"
+export * as LedgerRow from "./LedgerRow.js"
+export * as LedgerSql from "./LedgerSql.js"
+export * as LedgerStats from "./LedgerStats.js"
+export * as LedgerVerifier from "./LedgerVerifier.js"
+export * as SqlAuditSink from "./SqlAuditSink.js"
