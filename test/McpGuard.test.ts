@@ -67,7 +67,7 @@ describe("McpGuard", () => {
       if (read._tag !== "Allowed") return
       // Nothing journaled until the call completes.
       expect(yield* (yield* guard.journal("sess-1")).length).toBe(0)
-      yield* guard.complete(read.ticket, 1234)
+      yield* guard.complete(read.ticket, { _tag: "Result", bytesRead: 1234 })
       const write = yield* guard.check(call("write_file", { path: "/data/out", content: "secret" }))
       expect(write).toMatchObject({ _tag: "Refused", ruleId: "no-read-then-write", sequence: 1 })
       expect(yield* queue.drainPending("5 seconds")).toBe(true)
@@ -89,7 +89,7 @@ describe("McpGuard", () => {
       const { guard, queue } = yield* guardOn(memory.sink, { sealEvery: 2 })
       for (let i = 0; i < 3; i++) {
         const checked = yield* guard.check(call("list_directory"))
-        if (checked._tag === "Allowed") yield* guard.complete(checked.ticket, 10)
+        if (checked._tag === "Allowed") yield* guard.complete(checked.ticket, { _tag: "Result", bytesRead: 10 })
       }
       const journal = yield* guard.journal("sess-1")
       const head = yield* journal.headHash

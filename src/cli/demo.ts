@@ -187,7 +187,7 @@ export const runDemo = (options: DemoOptions) =>
               const call = yield* simulateCall
               const checked = yield* guard.check({ sessionId, agentId, ...call })
               if (checked._tag === "Allowed") {
-                yield* guard.complete(checked.ticket, call.resultBytes)
+                yield* guard.complete(checked.ticket, { _tag: "Result", bytesRead: call.resultBytes })
               } else {
                 refusalsByRule[checked.ruleId] = (refusalsByRule[checked.ruleId] ?? 0) + 1
               }

@@ -114,7 +114,14 @@ export const runMcpProxy = (options: McpProxyOptions) =>
                 }
           ),
         onToolResult: (ticket, answer) =>
-          guard.complete(ticket, answer._tag === "Result" ? McpGuard.jsonBytes(answer.result) : 0),
+          guard.complete(
+            ticket,
+            answer._tag === "Result"
+              ? { _tag: "Result", bytesRead: McpGuard.jsonBytes(answer.result) }
+              : answer._tag === "Error"
+              ? { _tag: "ErrorAnswer", bytesRead: McpGuard.jsonBytes(answer.error) }
+              : { _tag: "Interrupted" }
+          ),
         onToolsList: (result) =>
           Array.isArray(result.tools)
             ? {

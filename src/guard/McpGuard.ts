@@ -71,18 +71,42 @@ export interface Ticket {
   readonly bytesWritten: number
 }
 
+/**
+ * How an allowed call ended, as the proxy (or any transport) saw it. Every allowed call is completed with
+ * exactly one outcome; `bytesRead` counts what the upstream sent back (a JSON-RPC error's bytes too, so
+ * error answers count toward read budgets).
+ */
+export type CallOutcome =
+  /** The upstream answered with a result (an `isError` tool result included). */
+  | { readonly _tag: "Result"; readonly bytesRead: number }
+  /** The upstream answered with a JSON-RPC error. */
+  | { readonly _tag: "ErrorAnswer"; readonly bytesRead: number }
+  /** No answer within the call timeout; the client was answered with an error. */
+  | { readonly _tag: "TimedOut" }
+  /** The upstream exited, or its transport closed, before answering. */
+  | { readonly _tag: "UpstreamGone" }
+  /** The session ended (a signal, the client closing) before the upstream answered. */
+  | { readonly _tag: "Interrupted" }
+
+/** The bytes an outcome read from the upstream (0 when it never answered). */
+export const outcomeBytes = (outcome: CallOutcome): number =>
+  outcome._tag === "Result" || outcome._tag === "ErrorAnswer" ? Math.max(0, Math.floor(outcome.bytesRead)) : 0
+
 /** The guard's answer for a call. */
 export type Check =
   | { readonly _tag: "Allowed"; readonly ticket: Ticket; readonly warnings: ReadonlyArray<Warn> }
-  | {
-    readonly _tag: "Refused"
-    readonly ruleId: string
-    readonly reason: string
-    /** The journal entry of the refused call. */
-    readonly sequence: number
-    /** The ledger row, when the refusal was acknowledged durable (fail-closed mode). */
-    readonly ledgerSequence: number | null
-  }
+  | Refused
+
+/** A refused call. */
+export interface Refused {
+  readonly _tag: "Refused"
+  readonly ruleId: string
+  readonly reason: string
+  /** The journal entry of the refused call. */
+  readonly sequence: number
+  /** The ledger row, when the refusal was acknowledged durable (fail-closed mode). */
+  readonly ledgerSequence: number | null
+}
 
 /** The rule id of refusals made because auditing cannot be made durable (fail-closed mode). */
 export const AUDIT_UNAVAILABLE_RULE = "audit-unavailable"
@@ -90,8 +114,13 @@ export const AUDIT_UNAVAILABLE_RULE = "audit-unavailable"
 export class McpGuard extends Context.Tag("agent-ledger/McpGuard")<McpGuard, {
   /** Decide on a call: journal and ledger a refusal now; an allowed call is journaled by `complete`. */
   readonly check: (call: GuardCall) => Effect.Effect<Check>
-  /** An allowed call has completed with a result of `bytesRead` bytes (0 when it never answered). */
-  readonly complete: (ticket: Ticket, bytesRead: number) => Effect.Effect<void>
+  /** An allowed call has ended, with `outcome` (called exactly once per allowed call). */
+  readonly complete: (ticket: Ticket, outcome: CallOutcome) => Effect.Effect<void>
+  /**
+   * Refuse a call under a rule of the caller's (a transport-level rule such as `arguments-too-deep` or
+   * `duplicate-request-id`) without asking the policy: journaled and ledgered like a policy refusal.
+   */
+  readonly refuse: (call: GuardCall, ruleId: string, reason: string) => Effect.Effect<Refused>
   /** Seal the session's journal into the ledger now; its `length` and head hash, `None` if not open. */
   readonly seal: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
   /** Seal the session's journal and close it: its final export, `None` if it was not open. */
@@ -214,7 +243,7 @@ export const make = (
         } else {
           yield* queue.submitRefusal(call.agentId, action, decision, journalRef)
         }
-        return { _tag: "Refused", ruleId, reason, sequence, ledgerSequence } as const
+        return { _tag: "Refused", ruleId, reason, sequence, ledgerSequence } as Refused
       })
 
     const check = (call: GuardCall): Effect.Effect<Check> =>
@@ -242,8 +271,8 @@ export const make = (
         return { _tag: "Allowed", ticket: { call, bytesWritten }, warnings: verdict.warnings } as const
       })
 
-    const complete = (ticket: Ticket, bytesRead: number): Effect.Effect<void> =>
-      Effect.asVoid(record(ticket.call, true, ticket.bytesWritten, Math.max(0, Math.floor(bytesRead))))
+    const complete = (ticket: Ticket, outcome: CallOutcome): Effect.Effect<void> =>
+      Effect.asVoid(record(ticket.call, true, ticket.bytesWritten, outcomeBytes(outcome)))
 
     const seal = (sessionId: string) =>
       Effect.flatMap(journals.list, (open) =>
@@ -262,6 +291,7 @@ export const make = (
     return McpGuard.of({
       check,
       complete,
+      refuse: (call, ruleId, reason) => refuse(call, jsonBytes(call.arguments), ruleId, reason),
       seal,
       endSession,
       journal: journals.get,
@@ -278,7 +308,7 @@ export const layer = (options: Options): Layer.Layer<McpGuard, never, AuditQueue
 /** The guard for Promise-based code (the MCP SDK's handlers): each method runs on the runtime given. */
 export interface PromiseGuard {
   readonly check: (call: GuardCall) => Promise<Check>
-  readonly complete: (ticket: Ticket, bytesRead: number) => Promise<void>
+  readonly complete: (ticket: Ticket, outcome: CallOutcome) => Promise<void>
   readonly endSession: (sessionId: string) => Promise<Option.Option<SessionJournal.JournalExport>>
   readonly isVisible: (serverId: string, toolName: string) => boolean
 }
@@ -288,7 +318,7 @@ export const toPromise = <R>(guard: Service, runtime: Runtime.Runtime<R>): Promi
   const run = Runtime.runPromise(runtime)
   return {
     check: (call) => run(guard.check(call)),
-    complete: (ticket, bytesRead) => run(guard.complete(ticket, bytesRead)),
+    complete: (ticket, outcome) => run(guard.complete(ticket, outcome)),
     endSession: (sessionId) => run(guard.endSession(sessionId)),
     isVisible: guard.isVisible
   }
