@@ -5,8 +5,6 @@
  * a dotfile read, each refused by a rule of the policy. Then the ledger is verified and the session's
  * journal checked against its seal, as `agent-ledger verify` would.
  */
-import { Client } from "@modelcontextprotocol/sdk/client/index.js"
-import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import { Console, Effect, Option } from "effect"
 import * as fs from "node:fs"
 import * as NodeModule from "node:module"
@@ -18,6 +16,7 @@ import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerStats from "../ledger/LedgerStats.js"
 import * as LedgerVerifier from "../ledger/LedgerVerifier.js"
 import { InputError, VerificationFailed } from "./CliError.js"
+import * as McpSdk from "./McpSdk.js"
 
 /** The demo's policy: the shape of examples/policy.json, for the filesystem server's tools. */
 export const MCP_DEMO_POLICY = {
@@ -97,6 +96,7 @@ export const runMcpDemo = (options: { readonly db: string; readonly sessionOut: 
       ["move a file", "move_file", { source: path.join(files, "notes.txt"), destination: path.join(files, "x.txt") }],
       ["read the .env file", "read_text_file", { path: path.join(files, ".env") }]
     ]
+    const { Client, StdioClientTransport } = yield* McpSdk.stdioClient
     yield* Effect.tryPromise({
       try: async () => {
         const client = new Client({ name: "demo-agent", version: "1.0.0" })

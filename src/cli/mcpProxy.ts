@@ -14,8 +14,6 @@
  * is written to `--export-session` if asked, and the audit queue is flushed before the process exits.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
-import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
 import { Effect, Option } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -29,6 +27,7 @@ import * as SessionJournals from "../journal/SessionJournals.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
+import * as McpSdk from "./McpSdk.js"
 import { requireWritableFile } from "./shared.js"
 
 export interface McpProxyOptions {
@@ -132,6 +131,7 @@ export const runMcpProxy = (options: McpProxyOptions) =>
             }
             : result
       }
+      const { StdioClientTransport, StdioServerTransport } = yield* McpSdk.stdioTransports
       const client = new StdioServerTransport()
       const upstream = new StdioClientTransport({ command, args, stderr: "inherit" })
       const endSession = Effect.gen(function*() {

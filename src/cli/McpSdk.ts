@@ -1,0 +1,42 @@
+/**
+ * The MCP SDK is an optional peer dependency: a ledger-only application installs agent-ledger without it.
+ * The CLI's MCP commands (`mcp-proxy`, `demo --mcp`) load the SDK's pieces here when they run, and say how
+ * to install it (exit 2) when it is missing, instead of the whole CLI failing to start.
+ */
+import { Effect } from "effect"
+import { InputError } from "./CliError.js"
+
+/** The SDK version range agent-ledger is tested with (its peer dependency). */
+export const SDK_RANGE = "^1.32"
+
+const missing = (cause: unknown) =>
+  new InputError({
+    message:
+      `this command needs the MCP SDK, an optional peer dependency: npm install @modelcontextprotocol/sdk@${SDK_RANGE} (${
+        cause instanceof Error ? cause.message.split("\n")[0] : String(cause)
+      })`
+  })
+
+/** The SDK's stdio transports, for the proxy (server side to the client, client side to the upstream). */
+export const stdioTransports = Effect.tryPromise({
+  try: async () => {
+    const [client, server] = await Promise.all([
+      import("@modelcontextprotocol/sdk/client/stdio.js"),
+      import("@modelcontextprotocol/sdk/server/stdio.js")
+    ])
+    return { StdioClientTransport: client.StdioClientTransport, StdioServerTransport: server.StdioServerTransport }
+  },
+  catch: missing
+})
+
+/** The SDK's client and its stdio transport, for the scripted client of `demo --mcp`. */
+export const stdioClient = Effect.tryPromise({
+  try: async () => {
+    const [client, transport] = await Promise.all([
+      import("@modelcontextprotocol/sdk/client/index.js"),
+      import("@modelcontextprotocol/sdk/client/stdio.js")
+    ])
+    return { Client: client.Client, StdioClientTransport: transport.StdioClientTransport }
+  },
+  catch: missing
+})
