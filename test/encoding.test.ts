@@ -38,8 +38,28 @@ describe("internal/uuid", () => {
     expect(id.replace(/-/g, "").slice(0, 12)).toBe("0123456789ab")
   })
 
-  it("ids made later sort after ids made earlier", () => {
-    expect(uuidV7(1_000) < uuidV7(2_000)).toBe(true)
+  it("ids sort in the order they were made: within one millisecond, across milliseconds, and when the clock steps back", () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: -3, max: 3 }), { minLength: 2, maxLength: 2_000 }), (steps) => {
+        // A clock that mostly stands still (many ids per millisecond), sometimes moves on, sometimes steps back.
+        let millis = 0x0200_0000_0000 + Math.floor(Math.random() * 1e9)
+        const ids = steps.map((step) => {
+          millis += step > 1 ? step : step < -2 ? -1 : 0
+          return uuidV7(millis)
+        })
+        for (const id of ids) expect(id).toMatch(UUID_V7)
+        expect([...ids].sort()).toEqual(ids)
+        expect(new Set(ids).size).toBe(ids.length)
+      }),
+      { numRuns: 50 }
+    )
+  })
+
+  it("999 ids made in one millisecond sort in creation order (the RFC 9562 monotonic counter)", () => {
+    const millis = 0x0300_0000_0000
+    const ids = Array.from({ length: 999 }, () => uuidV7(millis))
+    expect([...ids].sort()).toEqual(ids)
+    expect(ids.every((id) => id.replace(/-/g, "").startsWith("030000000000"))).toBe(true)
   })
 })
 
