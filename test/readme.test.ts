@@ -9,6 +9,8 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { program } from "../examples/quickstart.js"
+// The README's TestClock recipe is a test file of its own: importing it runs its tests here.
+import "../examples/testing.js"
 
 const root = resolve(import.meta.dirname, "..")
 const readme = fs.readFileSync(join(root, "README.md"), "utf8")

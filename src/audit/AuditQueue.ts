@@ -26,7 +26,7 @@
  * `drainPending` waits for "every submitted event is accounted for" and is woken by the drainer (no
  * polling), with its timeout on `Clock`.
  */
-import type { Array as Arr, Metric, Scope } from "effect"
+import type { Array as Arr, Metric, Scheduler, Scope } from "effect"
 import {
   Cause,
   Chunk,
@@ -184,6 +184,13 @@ export interface Options {
    * `1` appends every event in its own transaction. Also bounds how long one step holds the thread.
    */
   readonly maxBatch?: number
+  /**
+   * The scheduler the drainer runs on. Default: one that yields to the Node event loop between batches, so
+   * a backlog never starves the host's own I/O. `"inherit"` runs it on the scheduler of the fiber that
+   * builds the queue: in an `@effect/vitest` test, `Effect.yieldNow()` and `TestClock.adjust` then move the
+   * drainer along with the test (README "Testing with the ledger").
+   */
+  readonly scheduler?: Scheduler.Scheduler | "inherit"
 }
 
 /** Exponential backoff from 10 ms, capped at 1 second, never giving up (`maxRestarts` bounds restarts). */
@@ -927,8 +934,11 @@ export const make = (
     // Interruptible whatever the caller's region (layers may be built uninterruptibly): shutdown interrupts it.
     // It yields to the event loop between batches: appends are synchronous I/O, and the default
     // scheduler's microtask yields would let a backlog starve the host's own I/O (the guard's hot path).
+    const drainLoop = Effect.interruptible(annotate(supervisor))
     const drainer = yield* Effect.forkScoped(
-      Effect.withScheduler(Effect.interruptible(annotate(supervisor)), eventLoopScheduler)
+      options.scheduler === "inherit"
+        ? drainLoop
+        : Effect.withScheduler(drainLoop, options.scheduler ?? eventLoopScheduler)
     )
     const shutdown = makeShutdown(accounts, drainer, residual, annotate)
     // Added after the drainer's fork, so it runs first when the scope closes: drain, then stop.

@@ -1,7 +1,8 @@
 /**
  * The governance audit pipeline's core: the events a guard submits (`AuditEvent`), the queue and its
  * supervised drainer (`AuditQueue`), the sink interface it drains into (`AuditSink`), the Ed25519 signer
- * (`AuditSigner`) and the pipeline's metrics (`AuditMetrics`). Nothing here knows about SQL.
+ * (`AuditSigner`), the pipeline's metrics (`AuditMetrics`) and an in-memory sink for tests (`MemorySink`).
+ * Nothing here knows about SQL.
  *
  * May import: `internal/` only.
  */
@@ -10,3 +11,4 @@ export * as AuditMetrics from "./AuditMetrics.js"
 export * as AuditQueue from "./AuditQueue.js"
 export * as AuditSigner from "./AuditSigner.js"
 export * as AuditSink from "./AuditSink.js"
+export * as MemorySink from "./MemorySink.js"
