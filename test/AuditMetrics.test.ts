@@ -59,10 +59,10 @@ describe("AuditMetrics", () => {
       expect(Object.fromEntries(yield* values(b))).toEqual(AuditMetrics.empty)
     }))
 
-  it("every snapshot field has a distinct counter name, without the _total a Prometheus exporter adds", () => {
+  it("every snapshot field has a distinct, dotted counter name, without the _total a Prometheus exporter adds", () => {
     const names = fields.map((field) => AuditMetrics.metricNames[field])
     expect(new Set(names).size).toBe(fields.length)
-    for (const name of names) expect(name).toMatch(/^agent_ledger_audit_[a-z_]+[a-z]$/)
+    for (const name of names) expect(name).toMatch(/^agent_ledger\.audit\.[a-z_.]+[a-z]$/)
     for (const name of names) expect(name.endsWith("_total")).toBe(false)
   })
 

@@ -6,6 +6,7 @@
  */
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import { describe, expect, it } from "@effect/vitest"
+import { SpanKind } from "@opentelemetry/api"
 import { PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
 import type { ResourceMetrics } from "@opentelemetry/sdk-metrics"
 import { MetricReader } from "@opentelemetry/sdk-metrics"
@@ -19,6 +20,7 @@ import { afterAll } from "vitest"
 import * as AuditMetrics from "../src/audit/AuditMetrics.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
 import * as AuditSink from "../src/audit/AuditSink.js"
+import * as MemorySink from "../src/audit/MemorySink.js"
 import * as AuditLedger from "../src/AuditLedger.js"
 import * as SessionJournal from "../src/journal/SessionJournal.js"
 import * as DeadLetters from "../src/ledger/DeadLetters.js"
@@ -124,14 +126,34 @@ describe("OpenTelemetry", () => {
         expect(histogram.count).toBeGreaterThanOrEqual(1)
         expect(histogram.sum).toBeGreaterThan(0)
 
-        // A Prometheus scrape: each counter once with `_total`, never `_total_total`.
+        // OpenTelemetry conventions: dotted names, UCUM units (`s`, `1`, `{event}`), never the unit "1" on a
+        // count of things or on a duration.
+        const units = Object.fromEntries(
+          after.scopeMetrics.flatMap((scope) => scope.metrics).map((metric) => [
+            metric.descriptor.name,
+            metric.descriptor.unit
+          ])
+        )
+        for (const [field, name] of Object.entries(AuditMetrics.metricNames)) {
+          expect(name).toMatch(/^agent_ledger\.audit\.[a-z_.]+[a-z]$/)
+          expect(units[name], name).toBe(AuditMetrics.metricUnits[field as keyof typeof AuditMetrics.metricUnits])
+          expect(units[name], name).toMatch(/^\{[a-z]+\}$/)
+        }
+        expect(units[AuditMetrics.APPEND_DURATION_HISTOGRAM]).toBe("s")
+        expect(units[AuditMetrics.QUEUE_DEPTH_GAUGE]).toBe("{event}")
+        expect(units[AuditMetrics.STALLED_GAUGE]).toBe("1")
+
+        // A Prometheus scrape: dots become underscores, each counter once with `_total`, never `_total_total`.
         const text = new PrometheusSerializer().serialize(after)
+        const scraped = (name: string) => name.replaceAll(".", "_")
         expect(text).not.toContain("_total_total")
         for (const name of Object.values(AuditMetrics.metricNames)) {
-          expect(text).toMatch(new RegExp(`^${name}_total\\{[^}]*queue_id="${QUEUE_ID}"[^}]*\\} `, "m"))
+          expect(text).toMatch(new RegExp(`^${scraped(name)}_total\\{.*queue_id="${QUEUE_ID}".*\\} \\d+$`, "m"))
         }
-        expect(text).toMatch(new RegExp(`^${AuditMetrics.QUEUE_DEPTH_GAUGE}\\{[^}]*queue_id="${QUEUE_ID}"`, "m"))
-        expect(text).toMatch(new RegExp(`^${AuditMetrics.APPEND_DURATION_HISTOGRAM}_bucket\\{`, "m"))
+        expect(text).toMatch(
+          new RegExp(`^${scraped(AuditMetrics.QUEUE_DEPTH_GAUGE)}\\{.*queue_id="${QUEUE_ID}"`, "m")
+        )
+        expect(text).toMatch(new RegExp(`^${scraped(AuditMetrics.APPEND_DURATION_HISTOGRAM)}_bucket\\{`, "m"))
         return submitted
       }).pipe(
         Effect.provide(AuditLedger.layerSqlite({ filename, queueId: QUEUE_ID, synchronous: "NORMAL" })),
@@ -146,6 +168,8 @@ describe("OpenTelemetry", () => {
       expect(appends.length).toBeGreaterThanOrEqual(1)
       for (const span of appends) {
         expect(span.parentSpanContext).toBeUndefined()
+        // The drainer consumes what submitters produced.
+        expect(span.kind).toBe(SpanKind.CONSUMER)
         expect(span.attributes["agent_ledger.outcome"]).toBe("appended")
         expect(span.attributes["agent_ledger.queue_id"]).toBe(QUEUE_ID)
         expect(span.attributes["agent_ledger.retries"]).toBe(0)
@@ -210,5 +234,31 @@ describe("OpenTelemetry", () => {
       expect(deadLetter?.parentSpanContext?.spanId).toBe(failedAppend!.spanContext().spanId)
       expect(deadLetter?.attributes["agent_ledger.event_count"]).toBe(1)
       expect(appends.some((span) => span.attributes["agent_ledger.outcome"] === "appended")).toBe(true)
+    }))
+
+  it.live("submitAndWait has a span of its own, linked from the append that made its event durable", () =>
+    Effect.gen(function*() {
+      const exporter = new KeptSpans()
+      const otel = NodeSdk.layer(() => ({
+        resource: { serviceName: "agent-ledger-test" },
+        spanProcessor: new SimpleSpanProcessor(exporter)
+      }))
+      const receipts = yield* Effect.scoped(Effect.gen(function*() {
+        const memory = yield* MemorySink.make()
+        const queue = yield* AuditQueue.make({ sink: memory.sink, queueId: QUEUE_ID })
+        return yield* Effect.all([0, 1].map((n) => queue.submitAndWait(refusalEvent("agent-otel", n))))
+      })).pipe(Effect.provide(otel))
+      const spans = exporter.getFinishedSpans()
+      const waits = spansNamed(spans, AuditQueue.SPAN_SUBMIT_AND_WAIT)
+      expect(waits).toHaveLength(2)
+      for (const [n, wait] of waits.entries()) {
+        expect(wait.kind).toBe(SpanKind.INTERNAL)
+        expect(wait.attributes["agent_ledger.outcome"]).toBe("appended")
+        expect(wait.attributes["agent_ledger.sequence"]).toBe(receipts[n]!.sequence)
+      }
+      const linked = spansNamed(spans, AuditQueue.SPAN_APPEND).flatMap((span) =>
+        span.links.map((l) => l.context.spanId)
+      )
+      for (const wait of waits) expect(linked).toContain(wait.spanContext().spanId)
     }))
 })

@@ -69,18 +69,35 @@ export const isDrained = (snapshot: AuditMetricsSnapshot): boolean => accounted(
 
 /**
  * Effect `Metric` counter names, one per snapshot field; every series carries a `queue_id` tag. Named as
- * OpenTelemetry instruments are (no `_total`): a Prometheus exporter adds the `_total` suffix itself, so
- * they are scraped as e.g. `agent_ledger_audit_submitted_total`.
+ * OpenTelemetry semantic conventions name instruments: dotted namespaces, no unit and no `_total` in the
+ * name (a Prometheus exporter writes `agent_ledger_audit_submitted_total` itself).
  */
 export const metricNames: { readonly [K in keyof AuditMetricsSnapshot]: string } = {
-  submitted: "agent_ledger_audit_submitted",
-  appended: "agent_ledger_audit_appended",
-  sendFailures: "agent_ledger_audit_send_failures",
-  appendFailures: "agent_ledger_audit_append_failures",
-  drainerDefects: "agent_ledger_audit_drainer_defects",
-  dlqLanded: "agent_ledger_audit_dlq_landed",
-  uniqueRaceRetries: "agent_ledger_audit_unique_race_retries"
+  submitted: "agent_ledger.audit.submitted",
+  appended: "agent_ledger.audit.appended",
+  sendFailures: "agent_ledger.audit.send_failures",
+  appendFailures: "agent_ledger.audit.append_failures",
+  drainerDefects: "agent_ledger.audit.drainer.defects",
+  dlqLanded: "agent_ledger.audit.dlq.landed",
+  uniqueRaceRetries: "agent_ledger.audit.race_retries"
 }
+
+/**
+ * Each instrument's unit (UCUM, as OpenTelemetry asks: `s`, `1`, and `{annotation}` for counts of things).
+ * Effect metrics carry it as the `unit` tag, which @effect/opentelemetry reads as the instrument's unit.
+ */
+export const metricUnits: { readonly [K in keyof AuditMetricsSnapshot]: string } = {
+  submitted: "{event}",
+  appended: "{event}",
+  sendFailures: "{event}",
+  appendFailures: "{event}",
+  drainerDefects: "{restart}",
+  dlqLanded: "{event}",
+  uniqueRaceRetries: "{transaction}"
+}
+
+/** The tag @effect/opentelemetry reads as an instrument's unit. */
+export const UNIT_TAG = "unit"
 
 const descriptions: { readonly [K in keyof AuditMetricsSnapshot]: string } = {
   submitted: "Audit events submitted to the queue, accepted or not",
@@ -107,6 +124,7 @@ const fields = Object.keys(empty) as ReadonlyArray<keyof AuditMetricsSnapshot>
 export const counters = (queueId: string): AuditCounters => {
   const make = (field: keyof AuditMetricsSnapshot) =>
     Metric.counter(metricNames[field], { description: descriptions[field], incremental: true }).pipe(
+      Metric.tagged(UNIT_TAG, metricUnits[field]),
       Metric.tagged(QUEUE_ID_TAG, queueId)
     ).register()
   return {
@@ -121,11 +139,12 @@ export const counters = (queueId: string): AuditCounters => {
 }
 
 /** Effect `Metric` gauge: 1 while the queue is `Stalled` (its sink cannot write; events are held), else 0. */
-export const STALLED_GAUGE = "agent_ledger_audit_stalled"
+export const STALLED_GAUGE = "agent_ledger.audit.stalled"
 
 /** The stalled gauge of the queue `queueId` (registered at 0). */
 export const stalledGauge = (queueId: string): Metric.Metric.Gauge<number> =>
   Metric.gauge(STALLED_GAUGE, { description: "1 while the audit sink cannot write and events are held" }).pipe(
+    Metric.tagged(UNIT_TAG, "1"),
     Metric.tagged(QUEUE_ID_TAG, queueId)
   ).register()
 
@@ -133,15 +152,15 @@ export const stalledGauge = (queueId: string): Metric.Metric.Gauge<number> =>
  * Effect `Metric` gauge: events accepted and not yet handled (queued, or in the batch being appended), set
  * at every submit and every settled batch. A backlog alert watches it.
  */
-export const QUEUE_DEPTH_GAUGE = "agent_ledger_audit_queue_depth"
+export const QUEUE_DEPTH_GAUGE = "agent_ledger.audit.queue.depth"
 
 /** The queue-depth gauge of the queue `queueId` (registered at 0). */
 export const queueDepthGauge = (queueId: string): Metric.Metric.Gauge<number> =>
   Metric.gauge(QUEUE_DEPTH_GAUGE, { description: "Audit events accepted and not yet appended or dead-lettered" })
-    .pipe(Metric.tagged(QUEUE_ID_TAG, queueId)).register()
+    .pipe(Metric.tagged(UNIT_TAG, "{event}"), Metric.tagged(QUEUE_ID_TAG, queueId)).register()
 
 /** Effect `Metric` histogram: seconds one append of a batch took in the sink (one write transaction). */
-export const APPEND_DURATION_HISTOGRAM = "agent_ledger_audit_append_duration_seconds"
+export const APPEND_DURATION_HISTOGRAM = "agent_ledger.audit.append.duration"
 
 /** Bucket bounds of the append histogram: 0.5 ms to about 16 s, doubling. */
 export const appendDurationBoundaries: Array<number> = Array.from({ length: 16 }, (_, i) => 0.0005 * 2 ** i)
@@ -152,7 +171,7 @@ export const appendDuration = (queueId: string): Metric.Metric.Histogram<number>
     APPEND_DURATION_HISTOGRAM,
     MetricBoundaries.fromIterable(appendDurationBoundaries),
     "Seconds one batch append took in the audit sink (one write transaction)"
-  ).pipe(Metric.tagged(QUEUE_ID_TAG, queueId)).register()
+  ).pipe(Metric.tagged(UNIT_TAG, "s"), Metric.tagged(QUEUE_ID_TAG, queueId)).register()
 
 /**
  * Adds `delta` to the published counters, synchronously (the queue's intake is one synchronous step).

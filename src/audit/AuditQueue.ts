@@ -215,6 +215,7 @@ export const DEFAULT_QUEUE_ID = "default"
 /** Span names (docs/OPERATIONS.md, "Traces"). */
 export const SPAN_APPEND = "agent_ledger.audit.append"
 export const SPAN_DEAD_LETTER = "agent_ledger.audit.dead_letter"
+export const SPAN_SUBMIT_AND_WAIT = "agent_ledger.audit.submit_and_wait"
 
 /** The most submitter spans one append span links to. */
 const MAX_SPAN_LINKS = 128
@@ -504,6 +505,16 @@ const makeIntake = (
     )
 
   const submitAndWait = (event: DeferredAuditEvent): Effect.Effect<AuditReceipt, AuditAckError> =>
+    admitAndWait(event).pipe(
+      Effect.tap((receipt) =>
+        Effect.annotateCurrentSpan({ "agent_ledger.sequence": receipt.sequence, "agent_ledger.outcome": "appended" })
+      ),
+      Effect.tapError((error) => Effect.annotateCurrentSpan({ "agent_ledger.outcome": error.reason })),
+      // The span is current while the event is admitted, so the append span's link leads back to it.
+      Effect.withSpan(SPAN_SUBMIT_AND_WAIT, { kind: "internal", attributes: { "agent_ledger.event_id": event.id } })
+    )
+
+  const admitAndWait = (event: DeferredAuditEvent): Effect.Effect<AuditReceipt, AuditAckError> =>
     Effect.flatMap(Deferred.make<AuditReceipt, AuditAckError>(), (deferred) =>
       Effect.withFiberRuntime((fiber) => {
         // Registered before the offer, so a drainer that settles the event at once finds the waiter.
@@ -842,7 +853,8 @@ const makeSupervisor = (
       return unavailable
     }).pipe(Effect.withSpan(SPAN_APPEND, {
       root: true,
-      kind: "producer",
+      // The drainer consumes what submitters produced (OpenTelemetry messaging conventions).
+      kind: "consumer",
       links: accounts.linksOf(batch.events),
       attributes: { "agent_ledger.batch.size": pending, "agent_ledger.queue_id": options.queueId }
     }))
