@@ -9,7 +9,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { COMMANDS } from "../src/cli/Cli.js"
-import { distance, unknownCommand } from "../src/cli/Help.js"
+import { colourAllowed, distance, unknownCommand } from "../src/cli/Help.js"
 import { formatDuration } from "../src/cli/TerminalText.js"
 import { cliBundle } from "./fixtures/cliBundle.js"
 
@@ -43,9 +43,41 @@ describe("--help", () => {
     })
   }
 
-  it("optional options say so", async () => {
+  it("optional options say so once, in brackets on the usage line, with placeholders for their values", async () => {
     const help = await cli(["verify", "--help"])
-    expect(help.stdout).toMatch(/--pin[^\n]*\n\n[^\n]*\n\n\s+This setting is optional\./)
+    expect(help.stdout).not.toContain("This setting is optional")
+    expect(help.stdout).not.toMatch(/ (text|integer)\b/)
+    expect(help.stdout).toMatch(/^\$ agent-ledger verify \[--public-key FILE\]\.\.\. \[--pin SEQ:HASH\] /m)
+    expect(help.stdout).toMatch(/^--pin SEQ:HASH \(optional\)$/m)
+    expect(help.stdout).toMatch(/^--public-key FILE \(optional, repeatable\)$/m)
+    const keygen = await cli(["keygen", "--help"])
+    expect(keygen.stdout).toMatch(/^--out DIR$/m) // required: no brackets, no "(optional)"
+  })
+
+  it("agent-ledger --help lists every command with a one-line description", async () => {
+    const help = await cli(["--help"])
+    expect(help.code).toBe(0)
+    expect(help.stdout).toMatch(/^USAGE\n  agent-ledger <command> \[options\]$/m)
+    for (const command of COMMANDS) expect(help.stdout).toMatch(new RegExp(`^  ${command} +[a-z][^\\n]{10,}$`, "m"))
+  })
+
+  it("no arguments: the help on stderr and exit 2", async () => {
+    const run = await cli([])
+    expect(run.code).toBe(2)
+    expect(run.stdout).toBe("")
+    expect(run.stderr).toContain("agent-ledger <command> [options]")
+  })
+
+  it("colour follows the terminal: hasColors (NO_COLOR, TERM=dumb) on a TTY, FORCE_COLOR even through a pipe", async () => {
+    const terminal = { isTTY: true }
+    expect(colourAllowed(terminal, { TERM: "xterm-256color" })).toBe(true)
+    expect(colourAllowed(terminal, { TERM: "dumb" })).toBe(false)
+    expect(colourAllowed(terminal, { TERM: "xterm-256color", NO_COLOR: "1" })).toBe(false)
+    expect(colourAllowed({ isTTY: false }, { TERM: "xterm-256color" })).toBe(false)
+    expect(colourAllowed({ isTTY: false }, { FORCE_COLOR: "1" })).toBe(true)
+    expect(colourAllowed(terminal, { TERM: "xterm-256color", FORCE_COLOR: "0" })).toBe(false)
+    expect((await cli(["verify", "--help"], { FORCE_COLOR: "1" })).stdout).toMatch(ANSI)
+    expect((await cli(["verify", "--help"], { NO_COLOR: "1" })).stdout).not.toMatch(ANSI)
   })
 })
 
@@ -63,6 +95,33 @@ describe("mistakes get one line on stderr, exit 2, and a suggestion", () => {
     expect(run.code).toBe(2)
     expect(run.stderr.trim()).toBe(
       "agent-ledger: unknown option '--pinn' for verify; did you mean '--pin'? (see agent-ledger verify --help)"
+    )
+  })
+
+  it("an option without its value names the option and its placeholder", async () => {
+    const run = await cli(["verify", "l.db", "--pin"])
+    expect(run.code).toBe(2)
+    expect(run.stderr.trim()).toBe(
+      "agent-ledger: option '--pin' needs a value: --pin SEQ:HASH (see agent-ledger verify --help)"
+    )
+    const followed = await cli(["verify", "--pin", "--json", "l.db"])
+    expect(followed.stderr.trim()).toMatch(/^agent-ledger: option '--pin' needs a value/)
+  })
+
+  it("a non-integer says so in English, naming the option", async () => {
+    const run = await cli(["demo", "--sessions", "abc"])
+    expect(run.code).toBe(2)
+    expect(run.stderr.trim()).toBe(
+      "agent-ledger: option '--sessions' takes a whole number, not 'abc' (see agent-ledger demo --help)"
+    )
+    expect((await cli(["demo", "--sessions=1.5"])).stderr).toContain("takes a whole number, not '1.5'")
+  })
+
+  it("conflicting options are refused, not silently resolved", async () => {
+    const run = await cli(["prove", "x.db", "--private-key", "k.pem", "--sequence", "1", "--event-id", "e"])
+    expect(run.code).toBe(2)
+    expect(run.stderr.trim()).toBe(
+      "agent-ledger: --sequence and --event-id cannot be used together (see agent-ledger prove --help)"
     )
   })
 

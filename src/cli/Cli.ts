@@ -55,23 +55,42 @@ const SUBCOMMANDS = [
 /** The subcommands' names. */
 export const COMMANDS: ReadonlyArray<string> = SUBCOMMANDS.map((c) => c.name)
 
-const knownOptions = (entry: (typeof SUBCOMMANDS)[number]): ReadonlySet<string> =>
-  Help.optionsOf(
-    Command.getHelp(entry.command as Command.Command<string, never, never, unknown>, CliConfig.defaultConfig)
-  )
+const helpOf = (entry: (typeof SUBCOMMANDS)[number]) =>
+  Command.getHelp(entry.command as Command.Command<string, never, never, unknown>, CliConfig.defaultConfig)
+
+const knownOptions = (entry: (typeof SUBCOMMANDS)[number]): ReadonlySet<string> => Help.optionsOf(helpOf(entry))
+
+/** Options of one command that contradict each other: given together, the command refuses to guess. */
+const CONFLICTS: Readonly<Record<string, ReadonlyArray<ReadonlyArray<string>>>> = {
+  prove: [["--sequence", "--event-id", "--consistency"]]
+}
+
+/** `agent-ledger --help`: every command with the first line of its description. */
+export const topLevelHelp = (): string =>
+  Help.topLevelHelp(VERSION, SUBCOMMANDS.map((entry) => ({ name: entry.name, summary: Help.summaryOf(helpOf(entry)) })))
 
 /** Runs the CLI on `argv` (as `process.argv`) and returns the process exit code. */
 export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, NodeContext.NodeContext> => {
   const first = argv[2]
   const usageError = (message: string) =>
     Effect.as(Console.error(message), CliError.EXIT_USAGE).pipe(Effect.provide(Help.consoleLayer))
-  if (first !== undefined && !first.startsWith("-") && !COMMANDS.includes(first)) {
+  // No command: the help, on stderr, as a usage error (a script that forgot its arguments must not pass).
+  if (first === undefined) {
+    return Effect.as(Effect.sync(() => process.stderr.write(`${topLevelHelp()}\n`)), CliError.EXIT_USAGE)
+  }
+  if ((first === "--help" || first === "-h") && argv.length === 3) {
+    return Effect.as(Console.log(topLevelHelp()), CliError.EXIT_OK)
+  }
+  if (!first.startsWith("-") && !COMMANDS.includes(first)) {
     return usageError(Help.unknownCommand(first, COMMANDS))
   }
   const command = SUBCOMMANDS.find((c) => c.name === first)
   if (command !== undefined) {
-    const unknown = Help.unknownOption(command.name, argv.slice(3), knownOptions(command))
-    if (unknown !== undefined) return usageError(unknown)
+    const args = argv.slice(3)
+    const mistake = Help.unknownOption(command.name, args, knownOptions(command)) ??
+      Help.badOptionValue(command.name, args, Help.optionTypes(helpOf(command))) ??
+      Help.conflictingOptions(command.name, args, CONFLICTS[command.name] ?? [])
+    if (mistake !== undefined) return usageError(mistake)
   }
   return cli(argv).pipe(
     Effect.provide(Layer.merge(Help.cliConfig, Help.consoleLayer)),
