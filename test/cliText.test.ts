@@ -4,7 +4,7 @@
  * on stderr and exit 2; durations as `7m12s`; a warning for `export --from` past the head.
  */
 import { execFile } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
@@ -167,5 +167,20 @@ describe("output", () => {
     expect(run.code).toBe(0)
     expect(run.stderr).toContain("agent-ledger: warning: --from 100000 is past the head")
     expect(run.stdout.trim().split("\n")).toHaveLength(1) // the header only
+  })
+
+  it("demo writes its session export beside its database and ends with the next commands, which work", async () => {
+    const sub = join(dir, "ledgers")
+    mkdirSync(sub)
+    const demo = await cli(["demo", "--db", join(sub, "team.db"), "--sessions", "2", "--calls", "10"])
+    expect(demo.code).toBe(0)
+    expect(existsSync(join(sub, "team-session.json"))).toBe(true)
+    expect(existsSync(join(dir, "agent-ledger-session.json"))).toBe(false)
+    const next = demo.stdout.split("\nnext:\n")[1]!.trim().split("\n").map((line) => line.trim())
+    expect(next[0]).toBe(`agent-ledger verify ${join(sub, "team.db")}`)
+    for (const step of next.slice(0, 3)) {
+      const run = await cli(step.split(" ").slice(1))
+      expect(run.code, step).toBe(0)
+    }
   })
 })

@@ -93,7 +93,8 @@ export interface DemoOptions {
   /** Where `--sign` keeps the demo's key pair: never beside the database. */
   readonly keyDir: string
   readonly seed: number
-  readonly sessionOut: string
+  /** Where to write the first session's journal export; by default beside the database (`sessionOutFor`). */
+  readonly sessionOut: Option.Option<string>
   /** Drive the real guard proxy in front of the official filesystem MCP server instead of simulating. */
   readonly mcp?: boolean | undefined
 }
@@ -137,8 +138,33 @@ const demoSigner = (db: string, keyDir: string) =>
     return { signer, files, created: true }
   })
 
-export const runDemo = (options: DemoOptions) =>
+/**
+ * The session export's default place: beside the database, named after it (`./ledgers/a.db` →
+ * `./ledgers/a-session.json`); for a PostgreSQL URL, the working directory.
+ */
+export const sessionOutFor = (db: string): string =>
+  LedgerSql.isPostgresUrl(db)
+    ? "./agent-ledger-session.json"
+    : path.join(path.dirname(db), `${path.basename(db, path.extname(db))}-session.json`)
+
+/** What to try after the demo, with this run's own paths. */
+const nextSteps = (db: string, sessionOut: string, publicKey: Option.Option<string>): ReadonlyArray<string> => {
+  const key = Option.match(publicKey, { onNone: () => "", onSome: (file) => ` --public-key ${file}` })
+  return [
+    `agent-ledger verify ${db}${key}`,
+    `agent-ledger stats ${db}`,
+    `agent-ledger verify ${sessionOut} --ledger ${db}`,
+    `agent-ledger export ${db} --out rows.jsonl`,
+    `agent-ledger demo --mcp`
+  ]
+}
+
+export const runDemo = (demoOptions: DemoOptions) =>
   Effect.gen(function*() {
+    const options = {
+      ...demoOptions,
+      sessionOut: Option.getOrElse(demoOptions.sessionOut, () => sessionOutFor(demoOptions.db))
+    }
     if (options.mcp === true) return yield* runMcpDemo(options)
     if (!Number.isSafeInteger(options.sessions) || options.sessions < 1) {
       return yield* new InputError({ message: `--sessions must be a positive integer, got ${options.sessions}` })
@@ -311,6 +337,15 @@ export const runDemo = (options: DemoOptions) =>
     yield* Console.log(`  session journal: ${options.sessionOut} (first session's export)`)
     yield* Console.log(`  elapsed:         ${formatDuration(elapsed)}`)
     if (!report.ok) return yield* new VerificationFailed({ message: "the ledger did not verify" })
+    yield* Console.log("")
+    yield* Console.log("next:")
+    for (
+      const step of nextSteps(
+        options.db,
+        options.sessionOut,
+        Option.map(signing, (s) => s.files.publicKey)
+      )
+    ) yield* Console.log(`  ${step}`)
   })
 
 export const command = Command.make(
@@ -328,8 +363,8 @@ export const command = Command.make(
     ),
     seed: Options.integer("seed").pipe(Options.withDefault(42), Options.withDescription("simulation seed")),
     sessionOut: Options.file("session-out").pipe(
-      Options.withDefault("./agent-ledger-session.json"),
-      Options.withDescription("where to write the first session's journal export")
+      Options.optional,
+      Options.withDescription("where to write the first session's journal export (default: beside --db)")
     ),
     mcp: Options.boolean("mcp").pipe(
       Options.withDescription(
