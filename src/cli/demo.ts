@@ -20,6 +20,7 @@ import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerStats from "../ledger/LedgerStats.js"
 import * as LedgerVerifier from "../ledger/LedgerVerifier.js"
 import * as SqlAuditSink from "../ledger/SqlAuditSink.js"
+import { writeText } from "./AtomicFile.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
@@ -275,10 +276,7 @@ export const runDemo = (demoOptions: DemoOptions) =>
 
     if (Option.isSome(firstExport)) {
       const exported = firstExport.value
-      yield* Effect.try({
-        try: () => fs.writeFileSync(options.sessionOut, JSON.stringify(exported, null, 2) + "\n"),
-        catch: (error) => new InputError({ message: `${options.sessionOut}: cannot write (${String(error)})` })
-      })
+      yield* writeText(options.sessionOut, JSON.stringify(exported, null, 2) + "\n")
     }
 
     const keyring = Option.match(signing, {
