@@ -16,7 +16,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
-import { Effect, Option } from "effect"
+import { Duration, Effect, Option } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as AuditSigner from "../audit/AuditSigner.js"
@@ -41,6 +41,9 @@ export interface McpProxyOptions {
   readonly sealEvery: number
   readonly privateKey: Option.Option<string>
   readonly exportSession: Option.Option<string>
+  readonly env: ReadonlyArray<string>
+  readonly callTimeout: number
+  readonly spill: Option.Option<string>
   readonly server: ReadonlyArray<string>
 }
 
@@ -51,15 +54,37 @@ export const refusalText = (ruleId: string, reason: string): string =>
 const isRecord = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
 
-/** Resolves when stdin ends (the client went away): the server transport does not notice it itself. */
-const stdinEnded = Effect.async<void>((resume) => {
-  const done = () => resume(Effect.void)
-  process.stdin.once("end", done)
-  process.stdin.once("close", done)
-  return Effect.sync(() => {
-    process.stdin.off("end", done)
-    process.stdin.off("close", done)
+/** How long the session's seal may wait to be made durable when the session ends. */
+const SEAL_TIMEOUT = Duration.millis(500)
+/**
+ * How long closing the ledger waits for queued events (then as long again for the dead-letter write):
+ * with the seal's bound, the whole shutdown fits the 2 seconds an SDK client gives between SIGTERM and
+ * SIGKILL.
+ */
+const SHUTDOWN_DRAIN_TIMEOUT = Duration.millis(500)
+
+/** `--env KEY=VALUE` options as an environment; an entry without `=` or with an empty key is an input error. */
+export const parseEnv = (entries: ReadonlyArray<string>): Effect.Effect<Record<string, string>, InputError> =>
+  Effect.suspend(() => {
+    const env: Record<string, string> = {}
+    for (const entry of entries) {
+      const at = entry.indexOf("=")
+      if (at <= 0) return Effect.fail(new InputError({ message: `mcp-proxy: --env ${entry}: expected KEY=VALUE` }))
+      env[entry.slice(0, at)] = entry.slice(at + 1)
+    }
+    return Effect.succeed(env)
   })
+
+/** The upstream server's environment: the proxy's own, then `--env` on top. */
+export const upstreamEnvironment = (extra: Record<string, string>): Record<string, string> => {
+  const env: Record<string, string> = {}
+  for (const [key, value] of Object.entries(process.env)) if (value !== undefined) env[key] = value
+  return { ...env, ...extra }
+}
+
+const refusalResult = (ruleId: string, reason: string): Record<string, unknown> => ({
+  content: [{ type: "text", text: refusalText(ruleId, reason) }],
+  isError: true
 })
 
 export const runMcpProxy = (options: McpProxyOptions) =>
@@ -72,6 +97,11 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       Effect.mapError((error) => new InputError({ message: `${options.policy}: ${error.message}` }))
     )
     if (Option.isSome(options.exportSession)) yield* requireWritableFile(options.exportSession.value)
+    if (Option.isSome(options.spill)) yield* requireWritableFile(options.spill.value)
+    if (options.callTimeout < 1) {
+      return yield* new InputError({ message: "mcp-proxy: --call-timeout must be at least 1 (seconds)" })
+    }
+    const env = upstreamEnvironment(yield* parseEnv(options.env))
     const signer = Option.isSome(options.privateKey)
       ? yield* AuditSigner.loadPrivateKeyFile(options.privateKey.value).pipe(
         Effect.mapError((error) => new InputError({ message: error.message }))
@@ -88,6 +118,13 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         failClosed: options.failClosed,
         sealEvery: options.sealEvery
       }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
+      const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
+        sessionId,
+        agentId,
+        serverId,
+        toolName: typeof params.name === "string" ? params.name : "",
+        arguments: params.arguments
+      })
       const hooks: McpProxy.Hooks<McpGuard.Ticket> = {
         onInitialize: (params) =>
           Effect.sync(() => {
@@ -98,30 +135,15 @@ export const runMcpProxy = (options: McpProxyOptions) =>
           }),
         onToolCall: (params) =>
           Effect.map(
-            guard.check({
-              sessionId,
-              agentId,
-              serverId,
-              toolName: typeof params.name === "string" ? params.name : "",
-              arguments: params.arguments
-            }),
+            guard.check(callOf(params)),
             (check): McpProxy.ToolCallRoute<McpGuard.Ticket> =>
               check._tag === "Allowed"
                 ? { _tag: "Forward", ticket: check.ticket }
-                : {
-                  _tag: "Answer",
-                  result: { content: [{ type: "text", text: refusalText(check.ruleId, check.reason) }], isError: true }
-                }
+                : { _tag: "Answer", result: refusalResult(check.ruleId, check.reason) }
           ),
-        onToolResult: (ticket, answer) =>
-          guard.complete(
-            ticket,
-            answer._tag === "Result"
-              ? { _tag: "Result", bytesRead: McpGuard.jsonBytes(answer.result) }
-              : answer._tag === "Error"
-              ? { _tag: "ErrorAnswer", bytesRead: McpGuard.jsonBytes(answer.error) }
-              : { _tag: "Interrupted" }
-          ),
+        onToolResult: (ticket, answer) => guard.complete(ticket, callOutcome(answer)),
+        onRefusal: (params, ruleId, reason) =>
+          Effect.as(guard.refuse(callOf(params), ruleId, reason), refusalResult(ruleId, reason)),
         onToolsList: (result) =>
           Array.isArray(result.tools)
             ? {
@@ -133,9 +155,25 @@ export const runMcpProxy = (options: McpProxyOptions) =>
             : result
       }
       const client = new StdioServerTransport()
-      const upstream = new StdioClientTransport({ command, args, stderr: "inherit" })
+      const upstream = new StdioClientTransport({ command, args, env, stderr: "inherit" })
+      // The server transport does not notice stdin ending (the client went away) by itself.
+      const clientGone = () => void client.close()
+      process.stdin.once("end", clientGone)
+      process.stdin.once("close", clientGone)
+
+      /** Seals the journal (bounded: a ledger that cannot write must not hold up the end) and exports it. */
       const endSession = Effect.gen(function*() {
-        const sealed = yield* guard.endSession(sessionId)
+        const sealed = yield* guard.endSession(sessionId).pipe(
+          Effect.timeout(SEAL_TIMEOUT),
+          Effect.catchTag("TimeoutException", () =>
+            Effect.zipRight(
+              Effect.logError(
+                `agent-ledger mcp-proxy: the session seal was not durable within ${Duration.format(SEAL_TIMEOUT)}; ` +
+                  "it stays queued for the ledger, else the dead letters, else a LOST line"
+              ),
+              Effect.asSome(Effect.flatMap(guard.journal(sessionId), (journal) => journal.export))
+            ))
+        )
         if (Option.isSome(options.exportSession) && Option.isSome(sealed)) {
           const file = options.exportSession.value
           yield* Effect.try(() => fs.writeFileSync(file, JSON.stringify(sealed.value, null, 2) + "\n")).pipe(
@@ -143,27 +181,57 @@ export const runMcpProxy = (options: McpProxyOptions) =>
           )
         }
       })
-      yield* Effect.raceFirst(
-        McpProxy.run({ client, upstream, hooks }),
-        Effect.as(stdinEnded, "client" as const)
-      ).pipe(
-        Effect.catchAll((error) =>
-          error.stage === "start"
-            ? Effect.fail(
-              new InputError({
-                message: `mcp-proxy: the ${error.side === "upstream" ? "server" : "client connection"} ${error.message}`
-              })
-            )
-            : Effect.logError(`agent-ledger mcp-proxy: ${error.message} (${error.side})`)
+      // Calls in flight are completed inside `run` (before it returns, also when interrupted by a signal),
+      // so the seal below covers them.
+      const ending = yield* McpProxy.run({
+        client,
+        upstream,
+        hooks,
+        callTimeout: Duration.seconds(options.callTimeout)
+      }).pipe(
+        Effect.mapError((error) =>
+          new InputError({
+            message: `mcp-proxy: the ${error.side === "upstream" ? "server" : "client connection"} ${error.message}`
+          })
         ),
-        Effect.ensuring(endSession)
+        Effect.ensuring(Effect.zipRight(
+          Effect.sync(() => {
+            process.stdin.off("end", clientGone)
+            process.stdin.off("close", clientGone)
+          }),
+          endSession
+        ))
       )
+      if (ending.side === "upstream") {
+        return yield* new InputError({
+          message: `mcp-proxy: ${ending.detail} while the client was connected` +
+            ` (${ending.inFlight} call${ending.inFlight === 1 ? "" : "s"} in flight ended UpstreamGone)`
+        })
+      }
     })
     yield* proxy.pipe(
-      Effect.provide(AuditLedger.layerFor(options.db, { signer })),
+      Effect.provide(AuditLedger.layerFor(options.db, {
+        signer,
+        shutdownDrainTimeout: SHUTDOWN_DRAIN_TIMEOUT,
+        lostEvents: { stderr: true, spillFile: Option.getOrUndefined(options.spill) }
+      })),
       Effect.catchTag("LedgerOpenError", (error) => new InputError({ message: error.message }))
     )
   })
+
+/** The guard's record of how a forwarded call ended; error answers count their bytes like results. */
+export const callOutcome = (answer: McpProxy.ToolAnswer): McpGuard.CallOutcome => {
+  switch (answer._tag) {
+    case "Result":
+      return { _tag: "Result", bytesRead: McpGuard.jsonBytes(answer.result) }
+    case "Error":
+      return { _tag: "ErrorAnswer", bytesRead: McpGuard.jsonBytes(answer.error) }
+    case "NotForwarded":
+      return { _tag: "ErrorAnswer", bytesRead: 0 }
+    default:
+      return answer
+  }
+}
 
 export const command = Command.make(
   "mcp-proxy",
@@ -196,6 +264,20 @@ export const command = Command.make(
     exportSession: Options.text("export-session").pipe(
       Options.optional,
       Options.withDescription("write the session journal here when the session ends")
+    ),
+    env: Options.text("env").pipe(
+      Options.repeated,
+      Options.withDescription("KEY=VALUE added to the server's environment (repeatable); it inherits the proxy's")
+    ),
+    callTimeout: Options.integer("call-timeout").pipe(
+      Options.withDefault(60),
+      Options.withDescription("seconds a forwarded tools/call may wait for its answer; then the client gets an error")
+    ),
+    spill: Options.text("spill").pipe(
+      Options.optional,
+      Options.withDescription(
+        "append audit events that reach neither the ledger nor its dead letters here (LOST lines)"
+      )
     ),
     server: Args.text({ name: "server command" }).pipe(
       Args.atLeast(1),

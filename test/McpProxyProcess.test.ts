@@ -1,0 +1,65 @@
+/**
+ * `agent-ledger mcp-proxy` as a process in front of the scripted server (test/fixtures/hostileMcpServer.js),
+ * driven by raw JSON-RPC lines or the official SDK client: every request gets exactly one answer whatever
+ * its depth or size; the upstream inherits the proxy's environment (and `--env`); the sealed journal holds
+ * calls in flight at every kind of ending; a full disk at shutdown loses no refusal silently; how each call
+ * ended (result, error answer and its bytes, timeout, upstream gone) and what the proxy refuses itself
+ * (duplicate ids, tool calls without an id) are on the record.
+ */
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { checkSealed, ledgerRows, proxyArgs, RawClient, workspace } from "./fixtures/proxyProcess.js"
+
+const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-proxy-"))
+afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
+
+const policy = {
+  version: 1,
+  rules: [
+    { id: "no-write", kind: "blockTools", tools: ["write_file"] },
+    { id: "read-budget", kind: "budget", read: 100_000 }
+  ]
+}
+
+/** JSON text of an object nested `levels` deep (JSON.stringify itself cannot write one this deep). */
+const deepJson = (levels: number): string => "{\"a\":".repeat(levels) + "\"bottom\"" + "}".repeat(levels)
+
+describe("mcp-proxy: every request gets exactly one answer", () => {
+  it("a 10,000-deep call, a 5 MB call and a result too deep to relay each get one answer; later calls work", async () => {
+    const ws = workspace(tempRoot, policy)
+    const client = new RawClient(proxyArgs(ws))
+    await client.initialize()
+    client.line(
+      `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"value":${
+        deepJson(10_000)
+      }}}}`
+    )
+    client.call(2, "echo", { value: "x".repeat(5_000_000) })
+    client.call(3, "deep", { depth: 10_000 })
+    client.call(4, "echo", { value: "after" })
+    await client.until(() => [1, 2, 3, 4].every((id) => client.answersTo(id).length > 0))
+    for (const id of [1, 2, 3, 4]) expect(client.answersTo(id)).toHaveLength(1)
+    // Refused by a named rule before the guard: a tool result, the upstream never sees it.
+    expect(client.answersTo(1)[0]!.result).toMatchObject({ isError: true })
+    expect(JSON.stringify(client.answersTo(1)[0]!.result)).toContain("arguments-too-deep")
+    expect(client.answersTo(2)[0]!.result.content[0].text).toHaveLength(5_000_000 + 12)
+    // The upstream's answer cannot be serialised for the client: an error answer instead.
+    expect(client.answersTo(3)[0]).toMatchObject({ error: { code: -32603 } })
+    expect(client.answersTo(4)[0]!.result.content[0].text).toBe("{\"value\":\"after\"}")
+    expect(client.junk).toEqual([])
+    expect(await client.end()).toMatchObject({ code: 0 })
+    const { exported, journal, last, ledger } = await checkSealed(ws)
+    expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
+      ["echo", false],
+      ["echo", true],
+      ["deep", true],
+      ["echo", true]
+    ])
+    expect(last).toMatchObject({ length: 4, head_hash: exported.headHash })
+    expect(ledger.code).toBe(0)
+    expect(journal.code).toBe(0)
+    expect(ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)).toEqual(["arguments-too-deep"])
+  })
+})
