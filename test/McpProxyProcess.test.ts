@@ -6,6 +6,8 @@
  * ended (result, error answer and its bytes, timeout, upstream gone) and what the proxy refuses itself
  * (duplicate ids, tool calls without an id) are on the record.
  */
+import { Client } from "@modelcontextprotocol/sdk/client/index.js"
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -61,5 +63,36 @@ describe("mcp-proxy: every request gets exactly one answer", () => {
     expect(ledger.code).toBe(0)
     expect(journal.code).toBe(0)
     expect(ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)).toEqual(["arguments-too-deep"])
+  })
+})
+
+describe("mcp-proxy: the upstream's environment", () => {
+  it("is the proxy's own plus --env KEY=VALUE (which wins), as the server reports it", async () => {
+    const ws = workspace(tempRoot, policy)
+    const transport = new StdioClientTransport({
+      command: process.execPath,
+      args: proxyArgs(ws, ["--env", "API_TOKEN=from-flag", "--env", "OVERRIDDEN=flag", "--env", "WITH_EQUALS=a=b"]),
+      env: { PATH: process.env.PATH ?? "", HOME: "/tmp", CLIENT_SECRET: "from-client-config", OVERRIDDEN: "client" },
+      stderr: "ignore"
+    })
+    const client = new Client({ name: "env-test", version: "1.0.0" })
+    await client.connect(transport)
+    const result = await client.callTool({ name: "env", arguments: {} })
+    await client.close()
+    const env = JSON.parse((result.content as Array<{ text: string }>)[0]!.text)
+    expect(env).toMatchObject({
+      CLIENT_SECRET: "from-client-config",
+      API_TOKEN: "from-flag",
+      OVERRIDDEN: "flag",
+      WITH_EQUALS: "a=b",
+      HOME: "/tmp"
+    })
+  })
+
+  it("an --env without = is a usage error naming it", async () => {
+    const ws = workspace(tempRoot, policy)
+    const client = new RawClient(proxyArgs(ws, ["--env", "NOVALUE"]))
+    expect(await client.exited).toMatchObject({ code: 2 })
+    expect(client.stderr.trim()).toBe("agent-ledger: mcp-proxy: --env NOVALUE: expected KEY=VALUE")
   })
 })
