@@ -52,7 +52,7 @@ describe("mcp-proxy: every request gets exactly one answer", () => {
     expect(client.answersTo(4)[0]!.result.content[0].text).toBe("{\"value\":\"after\"}")
     expect(client.junk).toEqual([])
     expect(await client.end()).toMatchObject({ code: 0 })
-    const { exported, journal, last, ledger } = await checkSealed(ws)
+    const { exported, last, ledgerOk } = await checkSealed(ws)
     expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
       ["echo", false],
       ["echo", true],
@@ -60,8 +60,7 @@ describe("mcp-proxy: every request gets exactly one answer", () => {
       ["echo", true]
     ])
     expect(last).toMatchObject({ length: 4, head_hash: exported.headHash })
-    expect(ledger.code).toBe(0)
-    expect(journal.code).toBe(0)
+    expect(ledgerOk).toBe(true)
     expect(ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)).toEqual(["arguments-too-deep"])
   })
 })
@@ -95,4 +94,50 @@ describe("mcp-proxy: the upstream's environment", () => {
     expect(await client.exited).toMatchObject({ code: 2 })
     expect(client.stderr.trim()).toBe("agent-ledger: mcp-proxy: --env NOVALUE: expected KEY=VALUE")
   })
+})
+
+describe("mcp-proxy: the sealed journal holds the calls in flight at every ending", () => {
+  const endings = ["SIGTERM", "SIGINT", "stdin EOF", "SDK client close"] as const
+  for (const ending of endings) {
+    it(`${ending} with a call in flight: the call is journaled before the seal`, async () => {
+      const ws = workspace(tempRoot, policy)
+      if (ending === "SDK client close") {
+        const transport = new StdioClientTransport({ command: process.execPath, args: proxyArgs(ws), stderr: "ignore" })
+        const client = new Client({ name: "ending-test", version: "1.0.0" })
+        await client.connect(transport)
+        await client.callTool({ name: "echo", arguments: {} })
+        const hanging = client.callTool({ name: "hang", arguments: {} }).catch((error: unknown) => error)
+        // The call reached the upstream once the next one is answered (the proxy forwards in order).
+        await client.callTool({ name: "echo", arguments: { after: "hang" } })
+        await client.close()
+        await hanging
+      } else {
+        const client = new RawClient(proxyArgs(ws))
+        await client.initialize()
+        client.call(1, "echo")
+        client.call(2, "hang")
+        client.call(3, "echo", { after: "hang" })
+        await client.answer(3)
+        if (ending === "stdin EOF") {
+          expect(await client.end()).toMatchObject({ code: 0 })
+        } else {
+          client.child.kill(ending)
+          const exit = await client.exited
+          expect(exit.code).toBe(130)
+          // The client, still there, got an answer for the call in flight.
+          expect(client.answersTo(2)).toEqual([
+            expect.objectContaining({ error: expect.objectContaining({ code: -32002 }) })
+          ])
+        }
+      }
+      const { exported, last, ledgerOk } = await checkSealed(ws)
+      expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
+        ["echo", true],
+        ["echo", true],
+        ["hang", true]
+      ])
+      expect(last).toMatchObject({ length: 3, head_hash: exported.headHash })
+      expect(ledgerOk).toBe(true)
+    })
+  }
 })
