@@ -8,14 +8,20 @@
  */
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
-import { mkdtempSync, rmSync } from "node:fs"
+import { spawnSync } from "node:child_process"
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { checkSealed, ledgerRows, proxyArgs, RawClient, workspace } from "./fixtures/proxyProcess.js"
+import { checkSealed, exportedJournal, ledgerRows, proxyArgs, RawClient, workspace } from "./fixtures/proxyProcess.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-proxy-"))
-afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
+/** tmpfs mounts of the full-disk test, unmounted before the directory is removed. */
+const mounts: Array<string> = []
+afterAll(() => {
+  for (const dir of mounts) spawnSync("umount", [dir])
+  rmSync(tempRoot, { recursive: true, force: true })
+})
 
 const policy = {
   version: 1,
@@ -140,4 +146,91 @@ describe("mcp-proxy: the sealed journal holds the calls in flight at every endin
       expect(ledgerOk).toBe(true)
     })
   }
+})
+
+/** A small tmpfs to fill up (needs root and mount rights; the test is skipped without them). */
+const mountTmpfs = (dir: string, size: string): boolean => {
+  mkdirSync(dir, { recursive: true })
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir]).status === 0
+  if (mounted) mounts.push(dir)
+  return mounted
+}
+const fillUp = (dir: string) => {
+  const fd = openSync(join(dir, "filler"), "w")
+  const chunk = Buffer.alloc(64 * 1024, 1)
+  try {
+    for (;;) writeSync(fd, chunk)
+  } catch {
+    // ENOSPC: the disk is full.
+  } finally {
+    closeSync(fd)
+  }
+  // The last few bytes, so not even one more page fits.
+  const small = openSync(join(dir, "filler-small"), "w")
+  try {
+    for (;;) writeSync(small, Buffer.alloc(512, 1))
+  } catch {
+    // full
+  } finally {
+    closeSync(small)
+  }
+}
+
+describe("mcp-proxy --fail-closed: shutdown on a full disk loses no refusal silently", () => {
+  const disk = join(tempRoot, "small-disk")
+  const mounted = mountTmpfs(disk, "3m")
+  if (!mounted) console.log("skipping the full-disk test: cannot mount a tmpfs (needs root and mount rights)")
+
+  it.skipIf(!mounted)(
+    "the SDK client closes while the ledger's disk is full: every answered refusal is in the ledger, the dead letters or a LOST line",
+    async () => {
+      const ws = workspace(tempRoot, policy)
+      const db = join(disk, "ledger.db")
+      const transport = new StdioClientTransport({
+        command: process.execPath,
+        args: proxyArgs({ ...ws, db }, ["--fail-closed", "--spill", ws.spill]),
+        stderr: "pipe"
+      })
+      let stderr = ""
+      transport.stderr!.on("data", (chunk) => (stderr += chunk))
+      const client = new Client({ name: "full-disk", version: "1.0.0" })
+      await client.connect(transport)
+      const refused: Array<string> = []
+      const refuse = async () => {
+        const result = await client.callTool({ name: "write_file", arguments: { path: "x", n: refused.length } })
+        expect(result.isError).toBe(true)
+        refused.push((result.content as Array<{ text: string }>)[0]!.text)
+      }
+      await refuse() // lands in the ledger: the disk still has room
+      fillUp(disk)
+      for (let i = 0; i < 5; i++) await refuse()
+      await client.close()
+
+      const exported = exportedJournal(ws)
+      const refusedEntries = exported.entries.filter((e) => !e.allowed).map((e) => e.sequence)
+      expect(refusedEntries).toHaveLength(6)
+      rmSync(join(disk, "filler"))
+      const { deadLetters, refusals, seals } = ledgerRows(db)
+      const lostLines = (text: string) =>
+        text.split("\n").filter((line) => line.startsWith("{\"lost\":")).map((line) => JSON.parse(line))
+      const spilled = existsSync(ws.spill) ? lostLines(readFileSync(ws.spill, "utf8")) : []
+      const onStderr = lostLines(stderr)
+      expect(onStderr.map((l) => l.event.id).sort()).toEqual(spilled.map((l) => l.event.id).sort())
+      const where = (sequence: number) =>
+        refusals.some((r) => r.journal?.sequence === sequence)
+          ? "ledger"
+          : deadLetters.some((d) => JSON.parse(d.payload).journal?.sequence === sequence)
+          ? "dead letters"
+          : spilled.some((l) => l.event.journal?.sequence === sequence)
+          ? "LOST"
+          : "nowhere"
+      const places = refusedEntries.map(where)
+      expect(places).not.toContain("nowhere")
+      expect(places[0]).toBe("ledger")
+      expect(places).toContain("LOST")
+      // The seal too: in the ledger, or written out whole.
+      const sealLost = spilled.some((l) => l.event.action?.customKind === "session.sealed")
+      expect(sealLost || seals.some((s) => s.length === exported.entries.length)).toBe(true)
+    }
+  )
 })

@@ -163,7 +163,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
 
       /** Seals the journal (bounded: a ledger that cannot write must not hold up the end) and exports it. */
       const endSession = Effect.gen(function*() {
-        const sealed = yield* guard.endSession(sessionId).pipe(
+        // Interruptible: this runs in a finalizer (uninterruptible), where a timeout could not cut the wait.
+        const sealed = yield* Effect.interruptible(guard.endSession(sessionId)).pipe(
           Effect.timeout(SEAL_TIMEOUT),
           Effect.catchTag("TimeoutException", () =>
             Effect.zipRight(

@@ -110,6 +110,9 @@ export interface Ending {
 /** `tools/call` arguments nested deeper than this are refused (`arguments-too-deep`) before the guard. */
 export const MAX_ARGUMENT_DEPTH = 256
 
+/** How long completing one call in flight may take when the proxy ends. */
+const END_HOOK_TIMEOUT = Duration.millis(250)
+
 /** The default `callTimeout`. */
 export const DEFAULT_CALL_TIMEOUT: Duration.Duration = Duration.seconds(60)
 
@@ -408,7 +411,10 @@ export const run = <T>(options: {
         let calls = 0
         for (const entry of entries) {
           if (entry._tag === "Call") {
-            if (yield* settle(entry, answer)) calls++
+            calls++
+            // Bounded and interruptible (this runs in a finalizer): a hook that waits on a ledger that cannot
+            // write (a fail-closed seal) must not hold up the end; `settle` takes the call off first.
+            yield* Effect.interruptible(settle(entry, answer)).pipe(Effect.timeoutOption(END_HOOK_TIMEOUT))
           } else {
             inFlight.delete(keyOf(entry.id))
           }
