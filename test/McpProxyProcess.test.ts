@@ -234,3 +234,70 @@ describe("mcp-proxy --fail-closed: shutdown on a full disk loses no refusal sile
     }
   )
 })
+
+describe("mcp-proxy: how a call ended is on the record", () => {
+  it("--call-timeout: the client gets one JSON-RPC error, the call is journaled, a late answer is dropped", async () => {
+    const ws = workspace(tempRoot, policy)
+    const client = new RawClient(proxyArgs(ws, ["--call-timeout", "1"]))
+    await client.initialize()
+    client.call("late", "slow", { ms: 2500 })
+    client.call("never", "hang")
+    for (const id of ["late", "never"]) {
+      expect(await client.answer(id)).toMatchObject({ error: { code: -32001 } })
+    }
+    // The late answer arrives and is dropped: still one answer, and the session goes on.
+    await client.until(() => client.stderr.includes("dropped an upstream answer"))
+    client.call("after", "echo", {})
+    await client.answer("after")
+    expect(client.answersTo("late")).toHaveLength(1)
+    expect(await client.end()).toMatchObject({ code: 0 })
+    const { exported, last, ledgerOk } = await checkSealed(ws)
+    expect(exported.entries.map((e) => [e.toolName, e.allowed, e.bytesRead])).toEqual([
+      ["slow", true, 0],
+      ["hang", true, 0],
+      ["echo", true, expect.any(Number)]
+    ])
+    expect(last).toMatchObject({ length: 3 })
+    expect(ledgerOk).toBe(true)
+  })
+
+  it("JSON-RPC error answers are completed with their bytes (3 × 1 MiB of error data)", async () => {
+    const ws = workspace(tempRoot, { version: 1, rules: [] })
+    const client = new RawClient(proxyArgs(ws))
+    await client.initialize()
+    for (const id of [1, 2, 3]) client.call(id, "error_answer", { bytes: 1024 * 1024 })
+    for (const id of [1, 2, 3]) expect(await client.answer(id)).toMatchObject({ error: { code: -32000 } })
+    expect(await client.end()).toMatchObject({ code: 0 })
+    const { exported } = await checkSealed(ws)
+    expect(exported.entries).toHaveLength(3)
+    for (const entry of exported.entries) expect(entry.bytesRead).toBeGreaterThan(1024 * 1024)
+  })
+
+  for (
+    const [how, tool, detail] of [
+      ["crashes mid-answer", "crash", "the upstream server exited"],
+      ["sends a message over the transport's limit", "oversize", "over the transport's limit"]
+    ] as const
+  ) {
+    it(`an upstream that ${how}: one line, a non-zero exit, calls in flight answered and journaled`, async () => {
+      const ws = workspace(tempRoot, policy)
+      const client = new RawClient(proxyArgs(ws))
+      await client.initialize()
+      client.call(1, "hang")
+      client.call(2, tool)
+      const exit = await client.exited
+      expect(exit.code).toBe(2)
+      const lines = client.stderr.split("\n").filter((line) => line.startsWith("agent-ledger: mcp-proxy:"))
+      expect(lines).toHaveLength(1)
+      expect(lines[0]).toContain(detail)
+      expect(lines[0]).toContain("2 calls in flight ended UpstreamGone")
+      for (const id of [1, 2]) {
+        expect(client.answersTo(id)).toEqual([expect.objectContaining({ error: expect.anything() })])
+      }
+      const { exported, last, ledgerOk } = await checkSealed(ws)
+      expect(exported.entries.map((e) => e.toolName).sort()).toEqual(["hang", tool].sort())
+      expect(last).toMatchObject({ length: 2 })
+      expect(ledgerOk).toBe(true)
+    })
+  }
+})
