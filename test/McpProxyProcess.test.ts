@@ -301,3 +301,40 @@ describe("mcp-proxy: how a call ended is on the record", () => {
     })
   }
 })
+
+describe("mcp-proxy: request ids", () => {
+  it("a duplicate in-flight id gets a JSON-RPC error and is journaled; a tools/call without an id is never forwarded", async () => {
+    const ws = workspace(tempRoot, policy)
+    const client = new RawClient(proxyArgs(ws))
+    await client.initialize()
+    client.call(5, "slow", { ms: 1000 })
+    client.call(5, "echo", { second: true })
+    client.send({ method: "tools/call", params: { name: "env", arguments: {} } })
+    client.send({ method: "tools/call", params: { name: "write_file", arguments: {} } })
+    await client.until(() => client.answersTo(5).length === 2)
+    expect(client.answersTo(5)).toEqual([
+      expect.objectContaining({ error: expect.objectContaining({ code: -32600 }) }),
+      expect.objectContaining({ result: { content: [{ type: "text", text: "slow" }] } })
+    ])
+    client.call(6, "echo", {})
+    await client.answer(6)
+    expect(await client.end()).toMatchObject({ code: 0 })
+    // The upstream saw the first call 5 and call 6, nothing else.
+    expect(client.stderr.match(/^called .*$/gm)).toEqual(["called slow", "called echo"])
+    const { exported, last, ledgerOk } = await checkSealed(ws)
+    expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
+      ["echo", false],
+      ["env", false],
+      ["write_file", false],
+      ["slow", true],
+      ["echo", true]
+    ])
+    expect(last).toMatchObject({ length: 5 })
+    expect(ledgerOk).toBe(true)
+    expect(ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)).toEqual([
+      "duplicate-request-id",
+      "tool-call-without-id",
+      "tool-call-without-id"
+    ])
+  })
+})
