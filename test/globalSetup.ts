@@ -3,8 +3,6 @@ import { join } from "node:path"
 import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
 
 export default async function setup() {
-  // A given bundle (e.g. an older commit's, to see a test fail before its fix) is used as it is.
-  if (process.env.AGENT_LEDGER_TEST_CLI !== undefined) return
   await build({
     entryPoints: [join(repoRoot, "src/cli/main.ts")],
     outfile: cliBundle,
