@@ -1,5 +1,6 @@
 /**
- * `agent-ledger mcp-proxy --db FILE --policy FILE [--agent ID] [--fail-closed] -- <server command...>`: a
+ * `agent-ledger mcp-proxy --db FILE --policy FILE [--agent ID] [--fail-closed] [--env KEY=VALUE]...
+ * [--call-timeout SECONDS] [--spill FILE] -- <server command...>`: a
  * stdio MCP proxy. To the MCP client it is the server; it spawns the real server and is its client. Every
  * message passes through unchanged except `tools/call`, which `McpGuard` decides on: a refused call gets a
  * tool result with `isError: true` naming the rule and the reason, and the upstream never sees it.
@@ -9,9 +10,15 @@
  * any name: set `--agent` where it matters); the server id is `--server-id`, else the server command's
  * base name.
  *
- * Nothing but MCP messages goes to stdout; diagnostics go to stderr. When the client disconnects, the
- * upstream exits, or the process gets SIGINT/SIGTERM, the session is sealed into the ledger, the journal
- * is written to `--export-session` if asked, and the audit queue is flushed before the process exits.
+ * The upstream is started with the proxy's environment plus `--env KEY=VALUE`; `--call-timeout` bounds
+ * each forwarded call (McpProxy answers the client with an error and completes the call as timed out).
+ *
+ * Nothing but MCP messages goes to stdout; diagnostics go to stderr. When the client disconnects, stdin
+ * ends, the upstream exits, or the process gets SIGINT/SIGTERM, calls in flight are completed (inside
+ * `McpProxy.run`), then the session is sealed into the ledger, the journal is written to
+ * `--export-session` if asked, and the audit queue is flushed, all bounded to fit the 2 s an SDK client
+ * waits between SIGTERM and SIGKILL; events that cannot be made durable are dead-lettered, else written
+ * as LOST lines to stderr and `--spill`. An upstream that ends the session exits 2 with one line.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
