@@ -41,10 +41,13 @@ describe("mcp-proxy against a hostile client", () => {
     client.line("{\"jsonrpc\":\"2.0\",")
     client.line("[{\"jsonrpc\":\"2.0\",\"id\":\"b1\",\"method\":\"tools/call\",\"params\":{\"name\":\"echo\"}}]")
     client.line("{\"jsonrpc\":\"2.0\",\"id\":{\"an\":\"object\"},\"method\":\"tools/call\"}")
-    await client.until((received) => received.filter((m) => m.id === null).length === 4)
+    // A line over the 10 MiB the proxy reads: skipped and answered, the session goes on.
+    client.line(callLine("too-long", "echo", JSON.stringify({ blob: "z".repeat(11 * 1024 * 1024) })))
+    await client.until((received) => received.filter((m) => m.id === null).length === 5)
     expect(client.received.filter((m) => m.id === null).map((m) => m.error.code)).toEqual([
       -32700,
       -32700,
+      -32600,
       -32600,
       -32600
     ])
@@ -102,6 +105,7 @@ describe("mcp-proxy against a hostile client", () => {
     // The upstream never saw a refused, batched, id-less or duplicated call.
     const called = client.stderr.match(/^called .*$/gm) ?? []
     expect(called.filter((line) => line === "called write_file")).toEqual([])
+    expect(client.answersTo("too-long")).toEqual([])
     expect(called.filter((line) => line === "called slow")).toHaveLength(51)
 
     const { exported, last, ledgerOk } = await checkSealed(ws)

@@ -26,6 +26,8 @@ import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
 import { Duration, Effect, Option } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import type { TransformCallback } from "node:stream"
+import { Transform } from "node:stream"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import * as AuditLedger from "../AuditLedger.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
@@ -60,6 +62,58 @@ export const refusalText = (ruleId: string, reason: string): string =>
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
+
+/** The longest line the proxy reads from the client; a longer one is answered with an error and skipped. */
+export const MAX_CLIENT_LINE_BYTES = 10 * 1024 * 1024
+
+/**
+ * Passes stdin on line by line, replacing a line longer than `limit` bytes by `replacement` (a line the
+ * SDK transport rejects, so the proxy answers it with a JSON-RPC error): the transport itself would close
+ * on it, ending the session.
+ */
+export class LineLimiter extends Transform {
+  private pending: Array<Buffer> = []
+  private size = 0
+  private skipping = false
+
+  constructor(private readonly limit: number, private readonly replacement: string) {
+    super()
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    let start = 0
+    while (start < chunk.length) {
+      const newline = chunk.indexOf(10, start)
+      const piece = chunk.subarray(start, newline === -1 ? chunk.length : newline)
+      if (!this.skipping) {
+        if (this.size + piece.length > this.limit) {
+          this.skipping = true
+          this.pending = []
+          this.size = 0
+        } else if (piece.length > 0) {
+          this.pending.push(piece)
+          this.size += piece.length
+        }
+      }
+      if (newline === -1) break
+      if (this.skipping) this.push(this.replacement + "\n")
+      else this.push(Buffer.concat([...this.pending, NEWLINE]))
+      this.skipping = false
+      this.pending = []
+      this.size = 0
+      start = newline + 1
+    }
+    done()
+  }
+
+  override _flush(done: TransformCallback): void {
+    if (this.skipping) this.push(this.replacement + "\n")
+    else if (this.size > 0) this.push(Buffer.concat(this.pending))
+    done()
+  }
+}
+
+const NEWLINE = Buffer.from("\n")
 
 /** How long the session's seal may wait to be made durable when the session ends. */
 const SEAL_TIMEOUT = Duration.millis(500)
@@ -161,12 +215,19 @@ export const runMcpProxy = (options: McpProxyOptions) =>
             }
             : result
       }
-      const client = new StdioServerTransport()
+      const stdin = process.stdin.pipe(
+        new LineLimiter(
+          MAX_CLIENT_LINE_BYTES,
+          JSON.stringify({ "agent-ledger": `a message over ${MAX_CLIENT_LINE_BYTES} bytes, not read` })
+        )
+      )
+      const client = new StdioServerTransport(stdin, process.stdout, { maxBufferSize: 2 * MAX_CLIENT_LINE_BYTES })
       const upstream = new StdioClientTransport({ command, args, env, stderr: "inherit" })
-      // The server transport does not notice stdin ending (the client went away) by itself.
+      // The server transport does not notice stdin ending (the client went away) by itself. The limiter's
+      // end comes after the last line it passed on; a stdin that fails never ends it.
       const clientGone = () => void client.close()
-      process.stdin.once("end", clientGone)
-      process.stdin.once("close", clientGone)
+      stdin.once("end", clientGone)
+      process.stdin.once("error", clientGone)
 
       /** Seals the journal (bounded: a ledger that cannot write must not hold up the end) and exports it. */
       const endSession = Effect.gen(function*() {
@@ -204,8 +265,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         ),
         Effect.ensuring(Effect.zipRight(
           Effect.sync(() => {
-            process.stdin.off("end", clientGone)
-            process.stdin.off("close", clientGone)
+            stdin.off("end", clientGone)
+            process.stdin.off("error", clientGone)
           }),
           endSession
         ))
