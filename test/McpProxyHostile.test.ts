@@ -61,7 +61,7 @@ describe("mcp-proxy against a hostile client", () => {
     client.line(callLine("deep", "echo", deepJson(10_000)))
     client.line(callLine("just-over", "echo", deepJson(300)))
     client.line(callLine("deep-ok", "echo", deepJson(100)))
-    client.call("huge", "echo", { blob: "y".repeat(3_000_000) })
+    client.call("huge", "echo", { blob: "y".repeat(1_000_000) })
     client.line(callLine("surrogate-arg", "write_file", "{\"path\":\"\\ud800\"}"))
     client.line(callLine("surrogate-name", "echo\udc00", "{\"text\":\"\\udfff\"}"))
     client.line(callLine("proto", "echo", "{\"__proto__\":{\"polluted\":true},\"constructor\":{\"prototype\":1}}"))
@@ -91,7 +91,7 @@ describe("mcp-proxy against a hostile client", () => {
     expect(textOf("deep")).toContain("arguments-too-deep")
     expect(textOf("just-over")).toContain("arguments-too-deep")
     expect(resultOf("deep-ok").isError).not.toBe(true)
-    expect(resultOf("huge").content[0].text).toHaveLength(3_000_000 + 11)
+    expect(resultOf("huge").content[0].text).toHaveLength(1_000_000 + 11)
     expect(textOf("surrogate-arg")).toContain("no-write")
     // Passed through unchanged, own `__proto__` key and all.
     expect(JSON.parse(resultOf("proto").content[0].text)).toEqual(
@@ -154,7 +154,7 @@ describe("mcp-proxy in front of a hostile server", () => {
     expect(text(await client.callTool({ name: "malformed", arguments: {} }))).toBe("after junk")
     expect(text(await client.callTool({ name: "flood", arguments: { count: 1000 } }))).toBe("flooded")
     expect(text(await client.callTool({ name: "double", arguments: {} }))).toBe("first")
-    expect(text(await client.callTool({ name: "huge", arguments: { bytes: 4_000_000 } }))).toHaveLength(4_000_000)
+    expect(text(await client.callTool({ name: "huge", arguments: { bytes: 2_000_000 } }))).toHaveLength(2_000_000)
     expect(text(await client.callTool({ name: "change_tools", arguments: {} }))).toBe("changed")
     await changed
     expect((await client.listTools()).tools.map((tool) => tool.name)).toContain("exfiltrate")
@@ -176,7 +176,7 @@ describe("mcp-proxy in front of a hostile server", () => {
     expect(exported.entries.map((e) => e.toolName).sort()).toEqual(
       ["malformed", "hang", "flood", "double", "huge", "change_tools", "echo", "crash"].sort()
     )
-    expect(exported.entries.find((e) => e.toolName === "huge")!.bytesRead).toBeGreaterThan(4_000_000)
+    expect(exported.entries.find((e) => e.toolName === "huge")!.bytesRead).toBeGreaterThan(2_000_000)
     expect(last).toMatchObject({ length: 8, head_hash: exported.headHash })
     expect((await verifyCli(ws.db)).code).toBe(0)
   })
