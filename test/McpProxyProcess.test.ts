@@ -13,7 +13,15 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { checkSealed, exportedJournal, ledgerRows, proxyArgs, RawClient, workspace } from "./fixtures/proxyProcess.js"
+import {
+  checkSealed,
+  exportedJournal,
+  hostileServer,
+  ledgerRows,
+  proxyArgs,
+  RawClient,
+  workspace
+} from "./fixtures/proxyProcess.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-proxy-"))
 /** tmpfs mounts of the full-disk test, unmounted before the directory is removed. */
@@ -233,6 +241,29 @@ describe("mcp-proxy --fail-closed: shutdown on a full disk loses no refusal sile
       expect(sealLost || seals.some((s) => s.length === exported.entries.length)).toBe(true)
     }
   )
+})
+
+describe("mcp-proxy: the upstream at the end", () => {
+  // A regression guard: on a loaded machine the SDK transport's own SIGTERM (2 s after closing stdin) can
+  // fire before the proxy is done, so this passes without the proxy's SIGTERM too.
+  it("a server that ignores its stdin closing is stopped when the proxy is done, not left behind", async () => {
+    const ws = workspace(tempRoot, policy)
+    const client = new RawClient(proxyArgs(ws, [], [process.execPath, hostileServer, "--ignore-eof"]))
+    await client.initialize()
+    client.call(1, "echo")
+    await client.answer(1)
+    const pid = Number(/^pid (\d+)$/m.exec(client.stderr)?.[1])
+    expect(pid).toBeGreaterThan(0)
+    expect(await client.end()).toMatchObject({ code: 0 })
+    await expect.poll(() => {
+      try {
+        process.kill(pid, 0)
+        return "running"
+      } catch {
+        return "gone"
+      }
+    }, { timeout: 10_000 }).toBe("gone")
+  })
 })
 
 describe("mcp-proxy: how a call ended is on the record", () => {

@@ -172,6 +172,16 @@ export const runMcpProxy = (options: McpProxyOptions) =>
     const serverId = Option.getOrElse(options.serverId, () => path.basename(command))
     let agentId = Option.getOrElse(options.agent, () => "unknown")
 
+    let upstreamPid: number | undefined
+    const stopUpstream = Effect.sync(() => {
+      if (upstreamPid === undefined) return
+      try {
+        process.kill(upstreamPid, "SIGTERM")
+      } catch {
+        // It has exited.
+      }
+    })
+
     const proxy = Effect.gen(function*() {
       const salt = yield* LedgerSql.argumentSalt
       const guard = yield* McpGuard.make({
@@ -223,6 +233,10 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       )
       const client = new StdioServerTransport(stdin, process.stdout, { maxBufferSize: 2 * MAX_CLIENT_LINE_BYTES })
       const upstream = new StdioClientTransport({ command, args, env, stderr: "inherit" })
+      // McpProxy.run closes the upstream's stdin at the end but does not wait for it to exit (a server that
+      // ignores it must not hold up the seal); one still running when the proxy is done gets SIGTERM.
+      const startUpstream = upstream.start.bind(upstream)
+      upstream.start = () => startUpstream().then(() => void (upstreamPid = upstream.pid ?? undefined))
       // The server transport does not notice stdin ending (the client went away) by itself. The limiter's
       // end comes after the last line it passed on; a stdin that fails never ends it.
       const clientGone = () => void client.close()
@@ -284,7 +298,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         shutdownDrainTimeout: SHUTDOWN_DRAIN_TIMEOUT,
         lostEvents: { stderr: true, spillFile: Option.getOrUndefined(options.spill) }
       })),
-      Effect.catchTag("LedgerOpenError", (error) => new InputError({ message: error.message }))
+      Effect.catchTag("LedgerOpenError", (error) => new InputError({ message: error.message })),
+      Effect.ensuring(stopUpstream)
     )
   })
 
