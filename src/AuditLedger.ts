@@ -45,6 +45,8 @@ export interface SqliteOptions {
   readonly queueId?: string | undefined
   /** See `AuditQueue.Options`: the delay before each restart of the drainer. */
   readonly restartSchedule?: AuditQueue.Options["restartSchedule"] | undefined
+  /** See `AuditQueue.Options`: where events that reach neither the ledger nor the dead letters are written. */
+  readonly lostEvents?: AuditQueue.Options["lostEvents"] | undefined
   /** See `AuditQueue.Options`: the delay between attempts while the database cannot be written. */
   readonly stallSchedule?: AuditQueue.Options["stallSchedule"] | undefined
   /** See `SqlAuditSink.Options`: payload bytes one write transaction may hold. */
@@ -143,7 +145,8 @@ const layerOn = <E>(
         ...(options.maxBatch === undefined ? {} : { maxBatch: options.maxBatch }),
         ...(options.queueId === undefined ? {} : { queueId: options.queueId }),
         ...(options.restartSchedule === undefined ? {} : { restartSchedule: options.restartSchedule }),
-        ...(options.stallSchedule === undefined ? {} : { stallSchedule: options.stallSchedule })
+        ...(options.stallSchedule === undefined ? {} : { stallSchedule: options.stallSchedule }),
+        ...(options.lostEvents === undefined ? {} : { lostEvents: options.lostEvents })
       }))
   )
   const replayOnStart = options.replayDeadLettersOnStart === true

@@ -1,6 +1,23 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { Duration } from "effect"
-import { Context, Effect, Exit, Fiber, Layer, Logger, Metric, Option, Ref, Schedule, Scope, TestClock } from "effect"
+import {
+  Context,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  Metric,
+  Option,
+  Ref,
+  Schedule,
+  Schema,
+  Scope,
+  TestClock
+} from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import type { AgentAction } from "../src/audit/AuditEvent.js"
 import { Allow, Custom, DeferredAuditEvent, Refuse, Warn } from "../src/audit/AuditEvent.js"
 import * as AuditMetrics from "../src/audit/AuditMetrics.js"
@@ -696,6 +713,35 @@ describe("AuditQueue drain and shutdown", () => {
       for (const event of events) expect(lost[0]?.message).toContain(event.id)
       expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 3, appendFailures: 3 })
       expect(yield* queue.drainPending("1 millis")).toBe(true)
+    }).pipe(Effect.provide(logs.layer))
+  })
+
+  it.effect("events lost at shutdown are written whole, one LOST line each, to the spill file: they decode back", () => {
+    const logs = captureLogs()
+    const spillFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "agent-ledger-spill-")), "spill.jsonl")
+    return Effect.gen(function*() {
+      const test = yield* makeSink({ wedged: true })
+      const sink = AuditSink.of({ ...test.sink, deadLetter: () => Effect.never })
+      const scope = yield* Scope.make()
+      const queue = yield* AuditQueue.make({
+        sink,
+        shutdownDrainTimeout: "1 second",
+        lostEvents: { stderr: false, spillFile }
+      }).pipe(Scope.extend(scope))
+      const events = yield* refusals(3)
+      for (const event of events) yield* queue.submit(event)
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* TestClock.adjust("2 seconds")
+      yield* Fiber.join(closing)
+      const lines = fs.readFileSync(spillFile, "utf8").split("\n").filter((line) => line.length > 0)
+      expect(lines).toHaveLength(3)
+      const decoded = lines.map((line) => JSON.parse(line))
+      for (const line of decoded) {
+        expect(line.lost).toBe(AuditQueue.LOST_MARK)
+        expect(line.reason).toContain("shutdown drain timed out")
+      }
+      const back = yield* Effect.forEach(decoded, (line) => Schema.decodeUnknown(DeferredAuditEvent)(line.event))
+      expect(back).toEqual(events)
     }).pipe(Effect.provide(logs.layer))
   })
 

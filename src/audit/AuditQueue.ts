@@ -17,8 +17,8 @@
  *   poison event like a defect.
  * - `closeAndFlush` stops intake and waits until every queued event has been handled (it does not use
  *   `Queue.shutdown`, which would discard them); the scope's finalizer does the same, bounded by
- *   `shutdownDrainTimeout`, and then writes what is still unhandled to the dead-letter store in one write,
- *   logging the ids only of events that cannot land there either.
+ *   `shutdownDrainTimeout`, and then writes what is still unhandled to the dead-letter store in one write;
+ *   events that cannot land there either are written whole as LOST lines (stderr, a spill file).
  *
  * Accounting is structural: every accepted event is held by the queue or by the batch in the drainer's
  * hands until it is settled exactly once, as appended or as an append failure, whatever the sink does
@@ -47,6 +47,7 @@ import {
   Schema
 } from "effect"
 import type { Tracer } from "effect"
+import * as fs from "node:fs"
 import { eventLoopScheduler } from "../internal/eventLoopScheduler.js"
 import type { AgentAction, Decision, JournalRef } from "./AuditEvent.js"
 import { DeferredAuditEvent } from "./AuditEvent.js"
@@ -141,7 +142,8 @@ export class AuditQueue extends Context.Tag("agent-ledger/AuditQueue")<AuditQueu
   /**
    * `closeAndFlush` bounded by `timeout`: `true` when everything was handled. At the timeout the drainer is
    * stopped and every event still unhandled is written to the dead-letter store in one write (bounded by
-   * `timeout` again); events that cannot land there are logged as lost, with their ids. Returns `false`.
+   * `timeout` again); events that cannot land there are written as LOST lines (`Options.lostEvents`).
+   * Returns `false`.
    */
   readonly closeAndFlushWithin: (timeout: Duration.DurationInput) => Effect.Effect<boolean>
   /** `true` while submits are accepted (not closed, not failed). */
@@ -191,6 +193,35 @@ export interface Options {
    * drainer along with the test (README "Testing with the ledger").
    */
   readonly scheduler?: Scheduler.Scheduler | "inherit"
+  /**
+   * Where events that reach neither the ledger nor the dead-letter store go, so none is lost silently:
+   * each as one complete JSON line (`lostLine`: the whole event, marked LOST) on stderr (default true) and,
+   * when `spillFile` is given, appended to that file (and fsync'd). The ids are logged as well.
+   */
+  readonly lostEvents?: LostEvents | undefined
+}
+
+/** See `Options.lostEvents`. */
+export interface LostEvents {
+  readonly stderr?: boolean | undefined
+  readonly spillFile?: string | undefined
+}
+
+/** The `lost` field of a LOST line. */
+export const LOST_MARK = "agent-ledger audit event LOST"
+
+/**
+ * One LOST line (without its newline): `{"lost":LOST_MARK,"reason":…,"event":…}`, the event as
+ * `DeferredAuditEvent` encodes it (decode it with `Schema.decodeUnknown(DeferredAuditEvent)` to replay it).
+ */
+export const lostLine = (event: DeferredAuditEvent, reason: string): string => {
+  let encoded: unknown
+  try {
+    encoded = Schema.encodeSync(DeferredAuditEvent)(event)
+  } catch (error) {
+    encoded = { id: event.id, agentId: event.agentId, unencodable: String(error) }
+  }
+  return JSON.stringify({ lost: LOST_MARK, reason, event: encoded })
 }
 
 /** Exponential backoff from 10 ms, capped at 1 second, never giving up (`maxRestarts` bounds restarts). */
@@ -709,7 +740,36 @@ type SinkCalls = ReturnType<typeof makeSinkCalls>
 // Residual events: what shutdown or a failed queue takes away from the drainer
 // ---------------------------------------------------------------------------------------------------------
 
-const logLost = (events: ReadonlyArray<DeferredAuditEvent>, reason: string) =>
+/** Writes the LOST lines where `lostEvents` says; a write that fails is skipped (stderr still has them). */
+const writeLost = (events: ReadonlyArray<DeferredAuditEvent>, reason: string, where: LostEvents) =>
+  Effect.sync(() => {
+    const text = events.map((event) => lostLine(event, reason) + "\n").join("")
+    if (where.stderr !== false) {
+      try {
+        process.stderr.write(text)
+      } catch {
+        // stderr itself is gone: the spill file is the last resort.
+      }
+    }
+    if (where.spillFile !== undefined) {
+      try {
+        const fd = fs.openSync(where.spillFile, "a")
+        try {
+          fs.writeSync(fd, text)
+          fs.fsyncSync(fd)
+        } finally {
+          fs.closeSync(fd)
+        }
+      } catch (error) {
+        process.stderr.write(`agent-ledger: cannot write the spill file ${where.spillFile}: ${String(error)}\n`)
+      }
+    }
+  })
+
+const logLost = (events: ReadonlyArray<DeferredAuditEvent>, reason: string, where: LostEvents) =>
+  Effect.zipRight(writeLost(events, reason, where), logLostIds(events, reason))
+
+const logLostIds = (events: ReadonlyArray<DeferredAuditEvent>, reason: string) =>
   Effect.forEach(
     Array.from({ length: Math.ceil(events.length / LOST_IDS_PER_LINE) }, (_, i) => i * LOST_IDS_PER_LINE),
     (start) => {
@@ -722,7 +782,12 @@ const logLost = (events: ReadonlyArray<DeferredAuditEvent>, reason: string) =>
     { discard: true }
   )
 
-const makeResidual = (accounts: Accounts, queue: Queue.Queue<DeferredAuditEvent>, calls: SinkCalls) => {
+const makeResidual = (
+  accounts: Accounts,
+  queue: Queue.Queue<DeferredAuditEvent>,
+  calls: SinkCalls,
+  lostEvents: LostEvents
+) => {
   /** Take every event still unhandled away from the drainer: the batch in hand first, then the queue. */
   const claimUnhandled = Effect.gen(function*() {
     const batch = MutableRef.get(accounts.inHand)
@@ -755,7 +820,7 @@ const makeResidual = (accounts: Accounts, queue: Queue.Queue<DeferredAuditEvent>
         unhandled.map((_, i) => failed(reason, false, landed[i] === true))
       )
       const lost = unhandled.filter((_, i) => landed[i] !== true)
-      if (lost.length > 0) yield* logLost(lost, reason)
+      if (lost.length > 0) yield* logLost(lost, reason, lostEvents)
     })
 
   return { deadLetterUnhandled }
@@ -927,7 +992,7 @@ export const make = (
     const queue = yield* Queue.unbounded<DeferredAuditEvent>()
     const accounts = yield* makeAccounts(queueId, restartDriver)
     const calls = makeSinkCalls(options.sink, accounts)
-    const residual = makeResidual(accounts, queue, calls)
+    const residual = makeResidual(accounts, queue, calls, options.lostEvents ?? {})
     const supervisor = makeSupervisor(
       {
         queueId,

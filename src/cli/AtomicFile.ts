@@ -8,10 +8,13 @@ import { Effect } from "effect"
 import writeFileAtomic from "write-file-atomic"
 import { InputError } from "./CliError.js"
 
-/** Writes `text` to `file` atomically; an `InputError` naming the file when it cannot. */
+/**
+ * Writes `text` to `file` atomically; an `InputError` naming the file when it cannot. Synchronous: it runs
+ * in shutdown finalizers of processes about to exit, where a pending promise would be cut off.
+ */
 export const writeText = (file: string, text: string): Effect.Effect<void, InputError> =>
-  Effect.tryPromise({
-    try: () => writeFileAtomic(file, text, { fsync: true }),
+  Effect.try({
+    try: () => writeFileAtomic.sync(file, text, { fsync: true }),
     catch: (error) =>
       new InputError({
         message: `${file}: cannot write (${(error as NodeJS.ErrnoException | undefined)?.code ?? String(error)})`
