@@ -3,11 +3,10 @@
  * deny-by-default, hidden tools, what the ledger stores of arguments, and one clear error for a bad policy.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, TestClock } from "effect"
+import { Effect } from "effect"
 import { join } from "node:path"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
-import type { GuardCall } from "../src/guard/McpGuard.js"
-import * as SessionJournal from "../src/journal/SessionJournal.js"
+import type { GuardCall, Verdict } from "../src/guard/McpGuard.js"
 import { repoRoot } from "./fixtures/cliBundle.js"
 
 const call = (toolName: string, extra: Partial<GuardCall> = {}): GuardCall => ({
@@ -22,19 +21,27 @@ const allowed = (toolName: string, timestampMillis = 0) => ({ toolName, timestam
 
 const snapshot = (
   calls: ReadonlyArray<{ toolName: string; timestampMillis: number }> = [],
-  totals: { read?: number; written?: number; now?: number } = {}
+  totals: { read?: number; written?: number; now?: number; inFlight?: number } = {}
 ): GuardPolicy.Snapshot => ({
   allowed: calls,
   allowedRead: totals.read ?? 0,
   allowedWritten: totals.written ?? 0,
+  inFlight: totals.inFlight ?? 0,
   nowMillis: totals.now ?? 0
 })
 
 const policyOf = (rules: ReadonlyArray<unknown>, extra: Record<string, unknown> = {}) =>
   Effect.runSync(GuardPolicy.decode({ version: 1, rules, ...extra }))
 
-const decisionOf = (policy: GuardPolicy.GuardPolicy, c: GuardCall, s = snapshot()) => {
+/** The verdict, when the policy can decide now (a test failure when it would wait on calls in flight). */
+const verdictOf = (policy: GuardPolicy.GuardPolicy, c: GuardCall, s = snapshot()): Verdict => {
   const verdict = GuardPolicy.evaluate(policy, c, s)
+  if ("_tag" in verdict) throw new Error(`the policy waits on calls in flight (rule ${verdict.ruleId})`)
+  return verdict
+}
+
+const decisionOf = (policy: GuardPolicy.GuardPolicy, c: GuardCall, s = snapshot()) => {
+  const verdict = verdictOf(policy, c, s)
   return verdict.decision._tag === "Refuse" ? verdict.decision.ruleId : verdict.decision._tag
 }
 
@@ -57,7 +64,7 @@ describe("GuardPolicy rules", () => {
       { id: "first", kind: "blockTools", tools: ["write_*"] },
       { id: "second", kind: "blockTools", tools: ["*"] }
     ])
-    const verdict = GuardPolicy.evaluate(policy, call("write_file"), snapshot())
+    const verdict = verdictOf(policy, call("write_file"), snapshot())
     expect(verdict.decision).toMatchObject({ _tag: "Refuse", ruleId: "first" })
     expect(verdict.warnings.map((w) => [w.ruleId, w.reason])).toEqual([["watch", "write_file on fs"]])
     const warnedOnly = policyOf([{ id: "watch", kind: "blockTools", tools: ["*"], action: "warn" }])
@@ -71,16 +78,16 @@ describe("GuardPolicy rules", () => {
     const args = { text: "x".repeat(30) } // 41 bytes of JSON
     expect(decisionOf(policy, call("write", { arguments: args }), snapshot([], { written: 9 }))).toBe("Allow")
     expect(decisionOf(policy, call("write", { arguments: args }), snapshot([], { written: 10 }))).toBe("budget")
-    const warned = GuardPolicy.evaluate(policy, call("read"), snapshot([], { read: 60 }))
+    const warned = verdictOf(policy, call("read"), snapshot([], { read: 60 }))
     expect(warned.decision._tag).toBe("Allow")
     expect(warned.warnings.map((w) => w.ruleId)).toEqual(["budget"])
-    expect(GuardPolicy.evaluate(policy, call("read"), snapshot([], { read: 40 })).warnings).toEqual([])
+    expect(verdictOf(policy, call("read"), snapshot([], { read: 40 })).warnings).toEqual([])
   })
 
   it("maxDelegationDepth refuses above the maximum, with the reason filled in", () => {
     const policy = policyOf([{ id: "depth", kind: "maxDelegationDepth", max: 2 }])
     expect(decisionOf(policy, call("t", { delegationDepth: 2 }))).toBe("Allow")
-    const verdict = GuardPolicy.evaluate(policy, call("t", { delegationDepth: 3 }), snapshot())
+    const verdict = verdictOf(policy, call("t", { delegationDepth: 3 }), snapshot())
     expect(verdict.decision).toMatchObject({ ruleId: "depth", reason: "delegation depth 3 exceeds 2" })
   })
 
@@ -143,51 +150,31 @@ describe("GuardPolicy rules", () => {
   })
 })
 
-describe("GuardPolicy on a live journal", () => {
-  it.effect("budgets and limits count allowed calls only: a refused oversized call does not spend the budget", () =>
-    Effect.gen(function*() {
-      const policy = policyOf([{ id: "budget", kind: "budget", read: 1000 }])
-      const engine = GuardPolicy.engine(policy, { salt: "s" })
-      const journal = yield* SessionJournal.make("s")
-      const record = (bytesRead: number, allowed: boolean) =>
-        journal.record({
-          toolName: "read",
-          serverId: "fs",
-          agentId: "a",
-          bytesRead,
-          bytesWritten: 0,
-          delegationDepth: 0,
-          allowed
-        })
-      yield* record(600, true)
-      yield* record(50_000, false) // refused, and counted in dataFlow, but not against the budget
-      expect((yield* journal.dataFlow).totalBytesRead).toBe(50_600)
-      expect((yield* engine.decide(call("read"), journal)).decision._tag).toBe("Allow")
-      yield* record(400, true)
-      expect((yield* engine.decide(call("read"), journal)).decision).toMatchObject({ ruleId: "budget" })
-    }))
-
-  it.effect("the rate limit reads Clock: TestClock moves the window", () =>
-    Effect.gen(function*() {
-      const policy = policyOf([{ id: "rate", kind: "rateLimit", max: 2, windowSeconds: 60 }])
-      const engine = GuardPolicy.engine(policy, { salt: "s" })
-      const journal = yield* SessionJournal.make("s")
-      const record = journal.record({
-        toolName: "t",
-        serverId: "fs",
-        agentId: "a",
-        bytesRead: 0,
-        bytesWritten: 0,
-        delegationDepth: 0,
-        allowed: true
-      })
-      yield* record
-      yield* TestClock.adjust("30 seconds")
-      yield* record
-      expect((yield* engine.decide(call("t"), journal)).decision).toMatchObject({ ruleId: "rate" })
-      yield* TestClock.adjust("31 seconds") // the first call left the window
-      expect((yield* engine.decide(call("t"), journal)).decision._tag).toBe("Allow")
-    }))
+describe("GuardPolicy with calls in flight", () => {
+  it("a refusing read or total budget waits for the calls in flight; written budgets and other rules do not", () => {
+    const await_ = { _tag: "AwaitInFlight", ruleId: "budget" }
+    const inFlight = snapshot([allowed("read")], { read: 100, inFlight: 1 })
+    expect(GuardPolicy.evaluate(policyOf([{ id: "budget", kind: "budget", read: 1000 }]), call("read"), inFlight))
+      .toEqual(await_)
+    expect(GuardPolicy.evaluate(policyOf([{ id: "budget", kind: "budget", total: 1000 }]), call("read"), inFlight))
+      .toEqual(await_)
+    // Written bytes are known when a call is allowed: no wait.
+    expect(decisionOf(policyOf([{ id: "budget", kind: "budget", written: 1000 }]), call("read"), inFlight))
+      .toBe("Allow")
+    // A warn-only budget never blocks, so it does not wait either.
+    expect(
+      decisionOf(policyOf([{ id: "budget", kind: "budget", read: 1000, action: "warn" }]), call("read"), inFlight)
+    ).toBe("Allow")
+    // An earlier rule that refuses decides without waiting.
+    const blocked = policyOf([
+      { id: "no-move", kind: "blockTools", tools: ["move_file"] },
+      { id: "budget", kind: "budget", read: 1000 }
+    ])
+    expect(decisionOf(blocked, call("move_file"), inFlight)).toBe("no-move")
+    expect(GuardPolicy.evaluate(blocked, call("read"), inFlight)).toEqual(await_)
+    // Nothing in flight: the budget decides on what was read.
+    expect(decisionOf(blocked, call("read"), snapshot([allowed("read")], { read: 1000 }))).toBe("budget")
+  })
 })
 
 describe("what the ledger stores of arguments", () => {

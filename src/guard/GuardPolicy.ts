@@ -15,13 +15,12 @@
  * stored as given, which as salted hashes and which are dropped.
  */
 import canonicalize from "canonicalize"
-import { Clock, Effect, ParseResult, Schema } from "effect"
+import { Effect, ParseResult, Schema } from "effect"
 import * as fs from "node:fs"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
 import { sha256Hex } from "../internal/encoding.js"
-import type * as SessionJournal from "../journal/SessionJournal.js"
-import type { GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
+import type { AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
 import { jsonBytes } from "./McpGuard.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -257,25 +256,25 @@ const satisfies = (value: unknown, match: typeof ArgumentMatch.Type): boolean =>
 // Evaluation
 // ---------------------------------------------------------------------------------------------------------
 
-/** An allowed call of the journal, as the rules read it. */
-interface AllowedCall {
+/** An allowed call, as the rules read it: the tool, and the time the guard allowed it. */
+export interface AllowedCall {
   readonly toolName: string
+  /** `Clock` time of the decision that allowed it (not of its completion). */
   readonly timestampMillis: number
 }
 
-/** The session as the rules see it: allowed calls only, kept up to date incrementally per journal. */
-interface SessionView {
-  seen: number
-  allowedRead: number
-  allowedWritten: number
-  readonly allowed: Array<AllowedCall>
-}
-
-/** What `evaluate` reads: the session's allowed calls and totals, and the time. */
+/**
+ * What `evaluate` reads: the session's allowed calls in the order the guard allowed them (calls still in
+ * flight included), its byte totals, and the time.
+ */
 export interface Snapshot {
   readonly allowed: ReadonlyArray<AllowedCall>
+  /** Bytes read by the allowed calls that have ended. */
   readonly allowedRead: number
+  /** Bytes of arguments of the allowed calls, those in flight included (known when they are allowed). */
   readonly allowedWritten: number
+  /** Allowed calls that have not ended yet: the bytes they will read are not known. Default 0. */
+  readonly inFlight?: number | undefined
   readonly nowMillis: number
 }
 
@@ -285,8 +284,12 @@ const fill = (template: string | undefined, fallback: string, values: Record<str
 /**
  * The policy's verdict on `call`, given the session's allowed calls: pure, so it can be tested and
  * reasoned about without a journal.
+ *
+ * `AwaitInFlight` when the verdict depends on bytes not known yet: a refusing `budget` rule with a `read`
+ * or `total` limit is reached while allowed calls are in flight (`snapshot.inFlight > 0`). The guard then
+ * waits for them to end and asks again, so the verdict is the one a sequential order would give.
  */
-export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapshot): Verdict => {
+export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapshot): Verdict | AwaitInFlight => {
   const warnings: Array<Warn> = []
   const bytesWritten = jsonBytes(call.arguments)
   const fire = (
@@ -320,7 +323,7 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
     }
     return n
   }
-  const check = (rule: Rule): Refuse | undefined => {
+  const check = (rule: Rule): Refuse | AwaitInFlight | undefined => {
     switch (rule.kind) {
       case "allowTools":
         return undefined
@@ -337,6 +340,12 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
           : undefined
       }
       case "budget": {
+        // Read bytes of calls in flight are known only when they end; a refusal under this rule (and its
+        // `{actual}`) depends on them, so the decision waits (a warn-only rule decides on what is known).
+        if (
+          (snapshot.inFlight ?? 0) > 0 && rule.action !== "warn" &&
+          (rule.read !== undefined || rule.total !== undefined)
+        ) return { _tag: "AwaitInFlight", ruleId: rule.id }
         const read = snapshot.allowedRead
         const written = snapshot.allowedWritten + bytesWritten
         const total = read + written
@@ -406,7 +415,7 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
   }
   for (const rule of policy.rules) {
     const refusal = check(rule)
-    if (refusal !== undefined) return { decision: refusal, warnings }
+    if (refusal !== undefined) return refusal._tag === "AwaitInFlight" ? refusal : { decision: refusal, warnings }
   }
   return { decision: new Allow(), warnings }
 }
@@ -480,38 +489,8 @@ export const storedArguments = (policy: GuardPolicy, toolName: string, args: unk
 // ---------------------------------------------------------------------------------------------------------
 
 /** The policy as the guard runs it, with `salt` for argument hashes (`LedgerSql.argumentSalt`). */
-export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => {
-  const views = new WeakMap<SessionJournal.Journal, SessionView>()
-
-  /** The journal's allowed calls, brought up to date with the entries recorded since the last look. */
-  const viewOf = (journal: SessionJournal.Journal) =>
-    Effect.gen(function*() {
-      let view = views.get(journal)
-      if (view === undefined) {
-        view = { seen: 0, allowedRead: 0, allowedWritten: 0, allowed: [] }
-        views.set(journal, view)
-      }
-      const length = yield* journal.length
-      if (length > view.seen) {
-        for (const entry of yield* journal.recentEntries(length - view.seen)) {
-          if (!entry.allowed) continue
-          view.allowedRead += entry.bytesRead
-          view.allowedWritten += entry.bytesWritten
-          view.allowed.push({ toolName: entry.toolName, timestampMillis: entry.timestampMillis })
-        }
-        view.seen = length
-      }
-      return view
-    })
-
-  return {
-    decide: (call, journal) =>
-      Effect.gen(function*() {
-        const view = yield* viewOf(journal)
-        const nowMillis = yield* Clock.currentTimeMillis
-        return evaluate(policy, call, { ...view, nowMillis })
-      }),
-    isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
-    storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
-  }
-}
+export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => ({
+  decide: (call, session, nowMillis) => evaluate(policy, call, { ...session, nowMillis }),
+  isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
+  storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
+})

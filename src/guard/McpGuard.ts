@@ -13,7 +13,7 @@
  * events durable (closed, failed, or its database unwritable) every call is refused under the rule
  * `audit-unavailable`, since a refusal that cannot be recorded must not happen unrecorded.
  */
-import { Context, Duration, Effect, Layer, Option, Runtime } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, Layer, Option, Runtime } from "effect"
 import type { Decision, JsonValue, Warn } from "../audit/AuditEvent.js"
 import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/AuditEvent.js"
 import * as AuditQueue from "../audit/AuditQueue.js"
@@ -40,12 +40,34 @@ export interface Verdict {
 }
 
 /**
+ * The policy cannot decide yet: its verdict depends on the bytes calls now in flight will read (a budget
+ * rule, `ruleId`). The guard waits for them to end and asks again.
+ */
+export interface AwaitInFlight {
+  readonly _tag: "AwaitInFlight"
+  readonly ruleId: string
+}
+
+/**
+ * The session as a policy reads it, kept by the guard: the allowed calls in the order the guard allowed
+ * them, calls in flight included (each with the time it was allowed), the bytes read by those that have
+ * ended, the argument bytes of all of them, and how many are still in flight.
+ */
+export interface SessionHistory {
+  readonly allowed: ReadonlyArray<{ readonly toolName: string; readonly timestampMillis: number }>
+  readonly allowedRead: number
+  readonly allowedWritten: number
+  readonly inFlight: number
+}
+
+/**
  * The policy side of the guard (`GuardPolicy.engine` builds one from a policy document): the decision on
- * a call given the session's journal, the tools a client may see, and what of a call's arguments goes into
+ * a call given the session's history, the tools a client may see, and what of a call's arguments goes into
  * the signed, append-only ledger.
  */
 export interface PolicyEngine {
-  readonly decide: (call: GuardCall, journal: SessionJournal.Journal) => Effect.Effect<Verdict>
+  /** Pure and synchronous: the guard calls it while it holds the session's decision lock. */
+  readonly decide: (call: GuardCall, session: SessionHistory, nowMillis: number) => Verdict | AwaitInFlight
   /** Whether `tools/list` shows the tool (false for tools the policy always refuses, when it hides them). */
   readonly isVisible: (serverId: string, toolName: string) => boolean
   /** The arguments as the ledger stores them (by default only their hash and size). */
@@ -69,6 +91,10 @@ export interface Options {
 export interface Ticket {
   readonly call: GuardCall
   readonly bytesWritten: number
+  /** Unique within the guard: `complete` ends the call of this id once; later completions do nothing. */
+  readonly id: number
+  /** The call's place in the session's order of decisions (0 for the first call decided). */
+  readonly decisionIndex: number
 }
 
 /**
@@ -106,6 +132,8 @@ export interface Refused {
   readonly sequence: number
   /** The ledger row, when the refusal was acknowledged durable (fail-closed mode). */
   readonly ledgerSequence: number | null
+  /** The call's place in the session's order of decisions (see `Ticket.decisionIndex`). */
+  readonly decisionIndex: number
 }
 
 /** The rule id of refusals made because auditing cannot be made durable (fail-closed mode). */
@@ -114,16 +142,26 @@ export const AUDIT_UNAVAILABLE_RULE = "audit-unavailable"
 export class McpGuard extends Context.Tag("agent-ledger/McpGuard")<McpGuard, {
   /** Decide on a call: journal and ledger a refusal now; an allowed call is journaled by `complete`. */
   readonly check: (call: GuardCall) => Effect.Effect<Check>
-  /** An allowed call has ended, with `outcome` (called exactly once per allowed call). */
+  /**
+   * An allowed call has ended, with `outcome`. Idempotent per ticket: a second completion of the same
+   * ticket (or of one `endSession`/`seal` already ended as interrupted) does nothing.
+   */
   readonly complete: (ticket: Ticket, outcome: CallOutcome) => Effect.Effect<void>
   /**
    * Refuse a call under a rule of the caller's (a transport-level rule such as `arguments-too-deep` or
    * `duplicate-request-id`) without asking the policy: journaled and ledgered like a policy refusal.
    */
   readonly refuse: (call: GuardCall, ruleId: string, reason: string) => Effect.Effect<Refused>
-  /** Seal the session's journal into the ledger now; its `length` and head hash, `None` if not open. */
+  /**
+   * Seal the session's journal into the ledger now; its `length` and head hash, `None` if not open. Calls
+   * of the session still in flight are first ended as `Interrupted`, so what is sealed is complete: call it
+   * when the session ends (the guard seals on its own every `sealEvery` entries).
+   */
   readonly seal: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
-  /** Seal the session's journal and close it: its final export, `None` if it was not open. */
+  /**
+   * End the session's calls in flight as `Interrupted`, seal its journal and close it: its final export,
+   * `None` if it was not open.
+   */
   readonly endSession: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
   /** The session's journal (created empty on first use). */
   readonly journal: (sessionId: string) => Effect.Effect<SessionJournal.Journal>
@@ -145,6 +183,21 @@ export const jsonBytes = (value: unknown): number => {
   }
 }
 
+/** What the guard keeps of one open session: the policy's history and the calls in flight. */
+interface SessionState {
+  /** Held while a call is decided and registered (or journaled, when refused): one decision at a time. */
+  readonly lock: Effect.Semaphore
+  readonly allowed: Array<{ readonly toolName: string; readonly timestampMillis: number }>
+  allowedRead: number
+  allowedWritten: number
+  readonly inFlight: Map<number, Ticket>
+  /** Completed when the last call in flight ends, for a decision waiting on them (`AwaitInFlight`). */
+  idle: Deferred.Deferred<void> | undefined
+  decisions: number
+  /** Whether the history has been read from the journal's entries (a journal restored from an export). */
+  seeded: boolean
+}
+
 export const make = (
   options: Options
 ): Effect.Effect<Service, never, AuditQueue.AuditQueue | SessionJournals.SessionJournals> =>
@@ -156,6 +209,39 @@ export const make = (
     const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
     /** The agent of each open session, for its seal rows. */
     const agents = new Map<string, string>()
+    const sessions = new Map<string, SessionState>()
+    let nextTicketId = 0
+
+    const sessionOf = (sessionId: string): SessionState => {
+      let state = sessions.get(sessionId)
+      if (state === undefined) {
+        state = {
+          lock: Effect.unsafeMakeSemaphore(1),
+          allowed: [],
+          allowedRead: 0,
+          allowedWritten: 0,
+          inFlight: new Map(),
+          idle: undefined,
+          decisions: 0,
+          seeded: false
+        }
+        sessions.set(sessionId, state)
+      }
+      return state
+    }
+
+    /** A journal the guard did not start (restored from an export) brings its allowed calls into the history. */
+    const seed = (state: SessionState, journal: SessionJournal.Journal) =>
+      Effect.gen(function*() {
+        if (state.seeded) return
+        state.seeded = true
+        for (const entry of yield* journal.entries) {
+          if (!entry.allowed) continue
+          state.allowed.push({ toolName: entry.toolName, timestampMillis: entry.timestampMillis })
+          state.allowedRead += entry.bytesRead
+          state.allowedWritten += entry.bytesWritten
+        }
+      })
 
     const auditAvailable = Effect.map(
       Effect.all([queue.isOpen, queue.status]),
@@ -184,12 +270,12 @@ export const make = (
         return exported
       })
 
-    /** Journals the call; seals every `sealEvery` entries. Returns the entry's sequence. */
-    const record = (call: GuardCall, allowed: boolean, bytesWritten: number, bytesRead: number) =>
+    /** Journals the call (no seal: see `sealIfDue`, run once the session's lock is released). */
+    const journalCall = (call: GuardCall, allowed: boolean, bytesWritten: number, bytesRead: number) =>
       Effect.gen(function*() {
         const journal = yield* journals.get(call.sessionId)
         if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
-        const sequence = yield* journal.record({
+        return yield* journal.record({
           toolName: call.toolName,
           serverId: call.serverId,
           agentId: call.agentId,
@@ -201,19 +287,49 @@ export const make = (
           // The guard computes every value itself; a rejected one is a bug, not the caller's input.
           Effect.orDie
         )
-        if (sealEvery > 0 && (sequence + 1) % sealEvery === 0) yield* sealJournal(call.sessionId, journal)
-        return sequence
       })
+
+    /** Seals every `sealEvery` entries (`sequence` the entry just journaled). */
+    const sealIfDue = (sessionId: string, sequence: number) =>
+      sealEvery > 0 && (sequence + 1) % sealEvery === 0
+        ? Effect.flatMap(journals.get(sessionId), (journal) => Effect.asVoid(sealJournal(sessionId, journal)))
+        : Effect.void
 
     const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
 
+    /** A refusal decided and journaled under the session's lock, not yet ledgered. */
+    interface Journaled {
+      readonly call: GuardCall
+      readonly ruleId: string
+      readonly reason: string
+      readonly sequence: number
+      readonly decisionIndex: number
+    }
+
+    /** Journals a refusal; runs under the session's lock, so it takes its place in the order of decisions. */
+    const journalRefusal = (
+      state: SessionState,
+      call: GuardCall,
+      bytesWritten: number,
+      ruleId: string,
+      reason: string
+    ) =>
+      Effect.map(journalCall(call, false, bytesWritten, 0), (sequence): Journaled => ({
+        call,
+        ruleId,
+        reason,
+        sequence,
+        decisionIndex: state.decisions++
+      }))
+
     /**
-     * Ledgers a refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable, unless the
-     * queue is known not to be able to write now (the event is then held in order until it can).
+     * Ledgers a journaled refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable,
+     * unless the queue is known not to be able to write now (the event is then held in order until it can).
      */
-    const refuse = (call: GuardCall, bytesWritten: number, ruleId: string, reason: string, wait = failClosed) =>
+    const ledgerRefusal = (refused: Journaled, wait = failClosed) =>
       Effect.gen(function*() {
-        const sequence = yield* record(call, false, bytesWritten, 0)
+        const { call, reason, ruleId, sequence } = refused
+        yield* sealIfDue(call.sessionId, sequence)
         const action = new ToolCall({
           toolName: call.toolName,
           serverId: call.serverId,
@@ -243,14 +359,67 @@ export const make = (
         } else {
           yield* queue.submitRefusal(call.agentId, action, decision, journalRef)
         }
-        return { _tag: "Refused", ruleId, reason, sequence, ledgerSequence } as Refused
+        return {
+          _tag: "Refused",
+          ruleId,
+          reason,
+          sequence,
+          ledgerSequence,
+          decisionIndex: refused.decisionIndex
+        } as Refused
       })
+
+    /** Refuses under a rule of the caller's: journaled in the order of decisions, then ledgered. */
+    const refuseWith = (call: GuardCall, bytesWritten: number, ruleId: string, reason: string, wait = failClosed) => {
+      const state = sessionOf(call.sessionId)
+      return state.lock.withPermits(1)(journalRefusal(state, call, bytesWritten, ruleId, reason)).pipe(
+        Effect.flatMap((journaled) => ledgerRefusal(journaled, wait))
+      )
+    }
+
+    /**
+     * The decision on `call`, atomic with respect to the session's other decisions: the policy reads the
+     * history (calls in flight included), and the allowed call is registered in flight, or the refused one
+     * journaled, before the lock is released. A verdict that waits on calls in flight waits here, holding
+     * the lock, until they have all ended (no busy-waiting; interruptible).
+     */
+    const decide = (state: SessionState, call: GuardCall, bytesWritten: number) =>
+      state.lock.withPermits(1)(Effect.gen(function*() {
+        yield* seed(state, yield* journals.get(call.sessionId))
+        while (true) {
+          const nowMillis = yield* Clock.currentTimeMillis
+          const verdict = policy.decide(call, {
+            allowed: state.allowed,
+            allowedRead: state.allowedRead,
+            allowedWritten: state.allowedWritten,
+            inFlight: state.inFlight.size
+          }, nowMillis)
+          if ("_tag" in verdict) {
+            if (state.inFlight.size === 0) {
+              return yield* Effect.dieMessage(`policy rule ${verdict.ruleId} waits on calls in flight, but none are`)
+            }
+            const idle = state.idle ?? (state.idle = Deferred.unsafeMake<void>(FiberId.none))
+            yield* Deferred.await(idle)
+            continue
+          }
+          if (verdict.decision._tag === "Refuse") {
+            const { reason, ruleId } = verdict.decision
+            return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
+          }
+          const ticket: Ticket = { call, bytesWritten, id: nextTicketId++, decisionIndex: state.decisions++ }
+          state.inFlight.set(ticket.id, ticket)
+          state.allowed.push({ toolName: call.toolName, timestampMillis: nowMillis })
+          state.allowedWritten += bytesWritten
+          if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
+          return { verdict, ticket }
+        }
+      }))
 
     const check = (call: GuardCall): Effect.Effect<Check> =>
       Effect.gen(function*() {
         const bytesWritten = jsonBytes(call.arguments)
         if (failClosed && !(yield* auditAvailable)) {
-          return yield* refuse(
+          return yield* refuseWith(
             call,
             bytesWritten,
             AUDIT_UNAVAILABLE_RULE,
@@ -258,40 +427,81 @@ export const make = (
             false
           )
         }
-        const journal = yield* journals.get(call.sessionId)
-        const verdict = yield* policy.decide(call, journal)
-        for (const warning of verdict.warnings) {
+        const decided = yield* decide(sessionOf(call.sessionId), call, bytesWritten)
+        for (const warning of decided.verdict.warnings) {
           yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
             Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
           )
         }
-        if (verdict.decision._tag === "Refuse") {
-          return yield* refuse(call, bytesWritten, verdict.decision.ruleId, verdict.decision.reason)
-        }
-        return { _tag: "Allowed", ticket: { call, bytesWritten }, warnings: verdict.warnings } as const
+        if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
+        return { _tag: "Allowed", ticket: decided.ticket, warnings: decided.verdict.warnings } as const
       })
 
+    /** Ends a call in flight: its bytes join the history and it is journaled; a no-op if it already ended. */
     const complete = (ticket: Ticket, outcome: CallOutcome): Effect.Effect<void> =>
-      Effect.asVoid(record(ticket.call, true, ticket.bytesWritten, outcomeBytes(outcome)))
+      Effect.suspend(() => {
+        const state = sessions.get(ticket.call.sessionId)
+        if (state === undefined || !state.inFlight.delete(ticket.id)) return Effect.void
+        state.allowedRead = Math.min(Number.MAX_SAFE_INTEGER, state.allowedRead + outcomeBytes(outcome))
+        if (state.inFlight.size === 0 && state.idle !== undefined) {
+          Deferred.unsafeDone(state.idle, Exit.void)
+          state.idle = undefined
+        }
+        return journalCall(ticket.call, true, ticket.bytesWritten, outcomeBytes(outcome)).pipe(
+          Effect.flatMap((sequence) => sealIfDue(ticket.call.sessionId, sequence))
+        )
+      })
 
-    const seal = (sessionId: string) =>
-      Effect.flatMap(journals.list, (open) =>
-        open.includes(sessionId)
-          ? Effect.asSome(Effect.flatMap(journals.get(sessionId), (journal) => sealJournal(sessionId, journal)))
-          : Effect.succeedNone)
+    /** Ends every call of the session still in flight as `Interrupted`. */
+    const interruptInFlight = (sessionId: string) =>
+      Effect.suspend(() => {
+        const state = sessions.get(sessionId)
+        if (state === undefined) return Effect.void
+        return Effect.forEach(
+          Array.from(state.inFlight.values()),
+          (ticket) => complete(ticket, { _tag: "Interrupted" }),
+          { discard: true }
+        )
+      })
+
+    /**
+     * Seals after ending the calls in flight; under the session's lock, so no decision is half made (a
+     * decision waiting on calls in flight is released by their ending, and finishes first).
+     */
+    const sealEnding = (sessionId: string, andThen: Effect.Effect<void>) =>
+      Effect.gen(function*() {
+        yield* interruptInFlight(sessionId)
+        const state = sessions.get(sessionId)
+        const sealNow = Effect.gen(function*() {
+          yield* interruptInFlight(sessionId)
+          const open = yield* journals.list
+          if (!open.includes(sessionId)) {
+            yield* andThen
+            return Option.none()
+          }
+          const sealed = yield* sealJournal(sessionId, yield* journals.get(sessionId))
+          yield* andThen
+          return Option.some(sealed)
+        })
+        return yield* state === undefined ? sealNow : state.lock.withPermits(1)(sealNow)
+      })
+
+    const seal = (sessionId: string) => sealEnding(sessionId, Effect.void)
 
     const endSession = (sessionId: string) =>
-      Effect.gen(function*() {
-        const sealed = yield* seal(sessionId)
-        yield* journals.end(sessionId)
-        agents.delete(sessionId)
-        return sealed
-      })
+      sealEnding(
+        sessionId,
+        Effect.gen(function*() {
+          yield* journals.end(sessionId)
+          agents.delete(sessionId)
+          sessions.delete(sessionId)
+        })
+      )
 
     return McpGuard.of({
       check,
       complete,
-      refuse: (call, ruleId, reason) => refuse(call, jsonBytes(call.arguments), ruleId, reason),
+      refuse: (call, ruleId, reason) => refuseWith(call, jsonBytes(call.arguments), ruleId, reason),
       seal,
       endSession,
       journal: journals.get,
