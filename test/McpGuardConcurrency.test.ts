@@ -83,7 +83,7 @@ describe("McpGuard: the fixed cases of issue 19, many calls in flight", () => {
       const allowedOrder = checks.flatMap((c) => c._tag === "Allowed" ? [c.ticket.decisionIndex] : [])
       expect(allowedOrder.sort((a, b) => a - b)).toEqual([0, 1, 2, 3])
       const entries = yield* (yield* guard.journal("sess-1")).entries
-      const read = entries.filter((e) => e.allowed).reduce((sum, e) => sum + e.bytesRead, 0)
+      const read = entries.filter((e) => e.kind === "outcome").reduce((sum, e) => sum + e.bytesRead, 0)
       expect(read).toBe(80_000) // crossed by one call, as sequentially
     }))
 
@@ -147,7 +147,7 @@ describe("McpGuard: the fixed cases of issue 19, many calls in flight", () => {
       if (a._tag !== "Allowed") return expect.unreachable()
       yield* guard.complete(a.ticket, { _tag: "Result", bytesRead: 10 })
       yield* guard.complete(a.ticket, { _tag: "Result", bytesRead: 10 })
-      expect(yield* (yield* guard.journal("sess-1")).length).toBe(1)
+      expect(yield* (yield* guard.journal("sess-1")).length).toBe(2) // the decision and one outcome
       const b = yield* guard.check(call("read_text_file"))
       if (b._tag !== "Allowed") return expect.unreachable()
       const waiting = yield* Effect.fork(guard.check(call("read_text_file")))
@@ -158,7 +158,11 @@ describe("McpGuard: the fixed cases of issue 19, many calls in flight", () => {
       // The late completion from the transport is a no-op.
       yield* guard.complete(b.ticket, { _tag: "Result", bytesRead: 999 })
       const entries = Option.getOrThrow(ended).entries
-      expect(entries.map((e) => [e.toolName, e.allowed, e.bytesRead])).toContainEqual(["read_text_file", true, 0])
+      expect(entries.map((e) => [e.kind, e.outcome, e.callSequence])).toContainEqual([
+        "outcome",
+        "interrupted",
+        b.ticket.sequence
+      ])
       expect(entries.some((e) => e.bytesRead === 999)).toBe(false)
     }))
 })
@@ -425,9 +429,9 @@ describe("agent-ledger mcp-proxy with many calls in flight (official SDK client,
     )
     // Sequentially: the listings' bytes, then reads of R bytes each (the file's 20 kB as text content, and
     // again as structured content) while less than 64 KiB has been read.
-    const listed = exported.entries.filter((e) => e.allowed && e.toolName === "list_allowed_directories")
+    const listed = exported.entries.filter((e) => e.kind === "outcome" && e.toolName === "list_allowed_directories")
       .reduce((sum, e) => sum + e.bytesRead, 0)
-    const allowedReads = exported.entries.filter((e) => e.allowed && e.toolName === "read_text_file")
+    const allowedReads = exported.entries.filter((e) => e.kind === "outcome" && e.toolName === "read_text_file")
     const perRead = allowedReads[0]!.bytesRead
     expect(perRead).toBeGreaterThan(20_000)
     expect(allowedReads.every((e) => e.bytesRead === perRead)).toBe(true)
@@ -435,7 +439,9 @@ describe("agent-ledger mcp-proxy with many calls in flight (official SDK client,
     expect(allowedReads).toHaveLength(sequential)
     expect(reads.filter((r) => r.isError !== true)).toHaveLength(sequential)
     expect(reads.filter((r) => JSON.stringify(r).includes("read-budget"))).toHaveLength(20 - sequential)
+    expect(allowedReads.every((e) => e.outcome === "result")).toBe(true)
     expect(exported.entries.filter((e) => !e.allowed)).toHaveLength(40 + 20 - sequential)
+    expect(exported.entries.filter((e) => e.kind === "call" && e.outcome === "pending")).toHaveLength(10 + sequential)
     const report = await Effect.runPromise(
       Effect.gen(function*() {
         const { client: sql } = yield* LedgerSql.LedgerSql

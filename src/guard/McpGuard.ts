@@ -95,6 +95,8 @@ export interface Ticket {
   readonly id: number
   /** The call's place in the session's order of decisions (0 for the first call decided). */
   readonly decisionIndex: number
+  /** The journal entry of the decision (kind `call`, outcome `pending`); its outcome entry names it. */
+  readonly sequence: number
 }
 
 /**
@@ -113,6 +115,22 @@ export type CallOutcome =
   | { readonly _tag: "UpstreamGone" }
   /** The session ended (a signal, the client closing) before the upstream answered. */
   | { readonly _tag: "Interrupted" }
+
+/** The journal's name for an outcome (format v2, docs/FORMAT.md). */
+export const journalOutcome = (outcome: CallOutcome): SessionJournal.Outcome => {
+  switch (outcome._tag) {
+    case "Result":
+      return "result"
+    case "ErrorAnswer":
+      return "errorAnswer"
+    case "TimedOut":
+      return "timedOut"
+    case "UpstreamGone":
+      return "upstreamGone"
+    case "Interrupted":
+      return "interrupted"
+  }
+}
 
 /** The bytes an outcome read from the upstream (0 when it never answered). */
 export const outcomeBytes = (outcome: CallOutcome): number =>
@@ -236,10 +254,13 @@ export const make = (
         if (state.seeded) return
         state.seeded = true
         for (const entry of yield* journal.entries) {
-          if (!entry.allowed) continue
-          state.allowed.push({ toolName: entry.toolName, timestampMillis: entry.timestampMillis })
-          state.allowedRead += entry.bytesRead
-          state.allowedWritten += entry.bytesWritten
+          if (entry.kind === "outcome") {
+            state.allowedRead += entry.bytesRead
+          } else if (entry.allowed) {
+            state.allowed.push({ toolName: entry.toolName, timestampMillis: entry.timestampMillis })
+            state.allowedRead += entry.bytesRead
+            state.allowedWritten += entry.bytesWritten
+          }
         }
       })
 
@@ -254,7 +275,8 @@ export const make = (
         const event = yield* DeferredAuditEvent.sessionSeal(agents.get(sessionId) ?? "", {
           sessionId,
           length: exported.entries.length,
-          headHash: exported.headHash
+          headHash: exported.headHash,
+          journalFormat: exported.format
         })
         if (failClosed) {
           yield* queue.submitAndWait(event).pipe(
@@ -270,8 +292,21 @@ export const make = (
         return exported
       })
 
-    /** Journals the call (no seal: see `sealIfDue`, run once the session's lock is released). */
-    const journalCall = (call: GuardCall, allowed: boolean, bytesWritten: number, bytesRead: number) =>
+    /**
+     * Journals an entry of the call (no seal: see `sealIfDue`, run once the session's lock is released): its
+     * decision (`refused`, or `pending` for an allowed call), or the outcome that ends it.
+     */
+    const journalCall = (
+      call: GuardCall,
+      entry:
+        | { readonly kind: "call"; readonly outcome: "refused" | "pending"; readonly bytesWritten: number }
+        | {
+          readonly kind: "outcome"
+          readonly outcome: SessionJournal.Outcome
+          readonly callSequence: number
+          readonly bytesRead: number
+        }
+    ) =>
       Effect.gen(function*() {
         const journal = yield* journals.get(call.sessionId)
         if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
@@ -279,10 +314,13 @@ export const make = (
           toolName: call.toolName,
           serverId: call.serverId,
           agentId: call.agentId,
-          bytesRead,
-          bytesWritten,
+          bytesRead: entry.kind === "outcome" ? entry.bytesRead : 0,
+          bytesWritten: entry.kind === "call" ? entry.bytesWritten : 0,
           delegationDepth: call.delegationDepth ?? 0,
-          allowed
+          allowed: entry.outcome !== "refused",
+          kind: entry.kind,
+          outcome: entry.outcome,
+          ...(entry.kind === "outcome" ? { callSequence: entry.callSequence } : {})
         }).pipe(
           // The guard computes every value itself; a rejected one is a bug, not the caller's input.
           Effect.orDie
@@ -314,7 +352,7 @@ export const make = (
       ruleId: string,
       reason: string
     ) =>
-      Effect.map(journalCall(call, false, bytesWritten, 0), (sequence): Journaled => ({
+      Effect.map(journalCall(call, { kind: "call", outcome: "refused", bytesWritten }), (sequence): Journaled => ({
         call,
         ruleId,
         reason,
@@ -406,12 +444,13 @@ export const make = (
             const { reason, ruleId } = verdict.decision
             return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
           }
-          const ticket: Ticket = { call, bytesWritten, id: nextTicketId++, decisionIndex: state.decisions++ }
+          const sequence = yield* journalCall(call, { kind: "call", outcome: "pending", bytesWritten })
+          const ticket: Ticket = { call, bytesWritten, id: nextTicketId++, decisionIndex: state.decisions++, sequence }
           state.inFlight.set(ticket.id, ticket)
           state.allowed.push({ toolName: call.toolName, timestampMillis: nowMillis })
           state.allowedWritten += bytesWritten
           if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
-          return { verdict, ticket }
+          return { verdict, ticket, sequence }
         }
       }))
 
@@ -434,10 +473,14 @@ export const make = (
           )
         }
         if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
+        yield* sealIfDue(call.sessionId, decided.sequence)
         return { _tag: "Allowed", ticket: decided.ticket, warnings: decided.verdict.warnings } as const
       })
 
-    /** Ends a call in flight: its bytes join the history and it is journaled; a no-op if it already ended. */
+    /**
+     * Ends a call in flight: its bytes join the history and its outcome entry is journaled; a no-op if it
+     * already ended.
+     */
     const complete = (ticket: Ticket, outcome: CallOutcome): Effect.Effect<void> =>
       Effect.suspend(() => {
         const state = sessions.get(ticket.call.sessionId)
@@ -447,7 +490,12 @@ export const make = (
           Deferred.unsafeDone(state.idle, Exit.void)
           state.idle = undefined
         }
-        return journalCall(ticket.call, true, ticket.bytesWritten, outcomeBytes(outcome)).pipe(
+        return journalCall(ticket.call, {
+          kind: "outcome",
+          outcome: journalOutcome(outcome),
+          callSequence: ticket.sequence,
+          bytesRead: outcomeBytes(outcome)
+        }).pipe(
           Effect.flatMap((sequence) => sealIfDue(ticket.call.sessionId, sequence))
         )
       })
