@@ -20,7 +20,7 @@ const call = (toolName: string, extra: Partial<GuardCall> = {}): GuardCall => ({
 const allowed = (toolName: string, timestampMillis = 0) => ({ toolName, timestampMillis })
 
 const snapshot = (
-  calls: ReadonlyArray<{ toolName: string; timestampMillis: number }> = [],
+  calls: ReadonlyArray<GuardPolicy.AllowedCall> = [],
   totals: { read?: number; written?: number; now?: number; inFlight?: number } = {}
 ): GuardPolicy.Snapshot => ({
   allowed: calls,
@@ -91,12 +91,83 @@ describe("GuardPolicy rules", () => {
     expect(verdict.decision).toMatchObject({ ruleId: "depth", reason: "delegation depth 3 exceeds 2" })
   })
 
-  it("callLimit counts earlier allowed calls of matching tools", () => {
-    const policy = policyOf([{ id: "limit", kind: "callLimit", tools: ["write_*"], max: 2 }])
+  it("callLimit counts per tool by default, at the boundary; per: rule counts the rule's tools together", () => {
+    const perTool = policyOf([{ id: "limit", kind: "callLimit", tools: ["write_*"], max: 2 }])
     const one = [allowed("write_file"), allowed("read_file")]
-    expect(decisionOf(policy, call("write_file"), snapshot(one))).toBe("Allow")
-    expect(decisionOf(policy, call("write_file"), snapshot([...one, allowed("write_x")]))).toBe("limit")
-    expect(decisionOf(policy, call("read_file"), snapshot([...one, allowed("write_x")]))).toBe("Allow")
+    expect(decisionOf(perTool, call("write_file"), snapshot(one))).toBe("Allow") // 1 of 2 used
+    const two = [...one, allowed("write_file")]
+    expect(decisionOf(perTool, call("write_file"), snapshot(two))).toBe("limit") // 2 of 2 used
+    expect(decisionOf(perTool, call("write_x"), snapshot(two))).toBe("Allow") // another tool: its own count
+    expect(decisionOf(perTool, call("read_file"), snapshot(two))).toBe("Allow") // not in scope
+    // The same tool under a look-alike name is the same tool.
+    expect(decisionOf(perTool, call("WRITE_FILE "), snapshot(two))).toBe("limit")
+    const perRule = policyOf([{ id: "limit", kind: "callLimit", tools: ["write_*"], max: 2, per: "rule" }])
+    expect(decisionOf(perRule, call("write_x"), snapshot(one))).toBe("Allow")
+    expect(decisionOf(perRule, call("write_x"), snapshot([...one, allowed("write_y")]))).toBe("limit")
+    // A server scope: calls on other servers are not counted.
+    const scoped = policyOf([{ id: "limit", kind: "callLimit", servers: ["fs"], max: 1 }])
+    expect(decisionOf(scoped, call("t"), snapshot([{ ...allowed("t"), serverId: "other" }]))).toBe("Allow")
+    expect(decisionOf(scoped, call("t"), snapshot([{ ...allowed("t"), serverId: "fs" }]))).toBe("limit")
+    expect(() => policyOf([{ id: "limit", kind: "callLimit", max: 1, per: "session" }])).toThrow(/per/)
+  })
+
+  it("look-alike names are caught: trailing space, case, fullwidth letters, invisible code points", () => {
+    const policy = policyOf([{ id: "no-write", kind: "blockTools", tools: ["write_file"] }], { hideRefusedTools: true })
+    for (
+      const name of [
+        "write_file ",
+        " write_file",
+        "WRITE_FILE",
+        "Write_File",
+        "ｗｒｉｔｅ＿ｆｉｌｅ",
+        "write_\u200bfile",
+        "write_file\u00ad"
+      ]
+    ) {
+      expect(decisionOf(policy, call(name)), JSON.stringify(name)).toBe("no-write")
+      expect(GuardPolicy.isVisible(policy, "fs", name), JSON.stringify(name)).toBe(false)
+    }
+    expect(decisionOf(policy, call("write_files"))).toBe("Allow")
+    expect(decisionOf(policy, call("write file"))).toBe("Allow")
+    // Patterns are normalized alike; servers too.
+    const servers = policyOf([{ id: "no-relay", kind: "blockServers", servers: ["EXFIL-*"] }])
+    expect(decisionOf(servers, call("read_file", { serverId: "ｅｘｆｉｌ-relay " }))).toBe("no-relay")
+    // Deny by default: a look-alike of a listed tool is that tool.
+    const deny = policyOf([{ id: "reads", kind: "allowTools", tools: ["read_file"] }], { defaultAction: "deny" })
+    expect(decisionOf(deny, call("READ_FILE"))).toBe("Allow")
+    expect(decisionOf(deny, call("read_filé"))).toBe(GuardPolicy.DEFAULT_DENY_RULE)
+    expect(GuardPolicy.normalizeName(" ＷＲＩＴＥ_File\u200d ")).toBe("write_file")
+  })
+
+  it("hideRefusedTools also hides tools a callLimit of 0 always refuses (not a warn-only one)", () => {
+    const policy = policyOf([
+      { id: "never", kind: "callLimit", tools: ["delete_*"], max: 0 },
+      { id: "watch", kind: "callLimit", tools: ["move_file"], max: 0, action: "warn" },
+      { id: "twice", kind: "callLimit", tools: ["write_file"], max: 2 }
+    ], { hideRefusedTools: true })
+    expect(GuardPolicy.isVisible(policy, "fs", "delete_file")).toBe(false)
+    expect(GuardPolicy.isVisible(policy, "fs", "DELETE_FILE ")).toBe(false)
+    expect(decisionOf(policy, call("delete_file"))).toBe("never")
+    expect(GuardPolicy.isVisible(policy, "fs", "move_file")).toBe(true)
+    expect(GuardPolicy.isVisible(policy, "fs", "write_file")).toBe(true)
+  })
+
+  it("argument matchers do not recurse on the value's depth", () => {
+    const deep = (n: number, leaf: unknown): unknown => {
+      let v = leaf
+      for (let i = 0; i < n; i++) v = { a: [v] }
+      return v
+    }
+    expect(GuardPolicy.sameJson(deep(10_000, 1), deep(10_000, 1))).toBe(true)
+    expect(GuardPolicy.sameJson(deep(10_000, 1), deep(10_000, 2))).toBe(false)
+    expect(GuardPolicy.sameJson({ a: 1, b: [1, { c: null }] }, { b: [1, { c: null }], a: 1 })).toBe(true)
+    expect(GuardPolicy.sameJson({ a: 1 }, { a: 1, b: 2 })).toBe(false)
+    expect(GuardPolicy.sameJson([1, 2], { 0: 1, 1: 2 })).toBe(false)
+    const policy = policyOf([
+      { id: "exact", kind: "arguments", tools: ["q"], path: "v", match: { equals: { x: [1, 2] } } }
+    ])
+    expect(decisionOf(policy, call("q", { arguments: { v: deep(10_000, 1) } }))).toBe("exact")
+    expect(decisionOf(policy, call("q", { arguments: { v: { x: [1, 2] } } }))).toBe("Allow")
   })
 
   it("rateLimit counts allowed calls inside the window only", () => {

@@ -5,8 +5,13 @@
  * `AuditQueue` naming their journal entry (refusal payload v2), and seals the journal into the ledger
  * (`session.sealed` rows) every `sealEvery` entries and when the session ends.
  *
- * The two-step shape (`check`, then `complete` with the result) is what a proxy needs: the journal entry
- * of an allowed call holds the bytes it returned. `PromiseGuard` is the same guard for code that is not
+ * The two-step shape (`check`, then `complete` with how the call ended) is what a proxy needs: the journal
+ * records the decision at once and the outcome (with the bytes returned) when the call ends (format v2).
+ *
+ * Concurrency: decisions in one session are made one at a time under a per-session lock, with calls in
+ * flight counted, so the calls allowed are those some sequential order would allow (docs/OPERATIONS.md,
+ * "Concurrent calls in one session"). Arguments pass an iterative depth and size gate before anything
+ * reads them (`measureArguments`). `PromiseGuard` is the same guard for code that is not
  * written with Effect (the MCP SDK's handlers are Promise-based).
  *
  * Fail-closed mode: refusals are submitted with `submitAndWait`, and while the audit queue cannot make
@@ -54,7 +59,9 @@ export interface AwaitInFlight {
  * ended, the argument bytes of all of them, and how many are still in flight.
  */
 export interface SessionHistory {
-  readonly allowed: ReadonlyArray<{ readonly toolName: string; readonly timestampMillis: number }>
+  readonly allowed: ReadonlyArray<
+    { readonly toolName: string; readonly serverId?: string | undefined; readonly timestampMillis: number }
+  >
   readonly allowedRead: number
   readonly allowedWritten: number
   readonly inFlight: number
@@ -72,6 +79,87 @@ export interface PolicyEngine {
   readonly isVisible: (serverId: string, toolName: string) => boolean
   /** The arguments as the ledger stores them (by default only their hash and size). */
   readonly storedArguments: (toolName: string, args: unknown) => JsonValue
+  /** Bounds on a call's arguments (default depth 64, 4 MiB), checked before anything else reads them. */
+  readonly argumentLimits?: ArgumentLimits | undefined
+}
+
+/** How deep and how large a call's arguments may be (`measureArguments`). */
+export interface ArgumentLimits {
+  /** Nesting of objects and arrays; `{"a": 1}` is depth 1, a string alone depth 0. */
+  readonly maxDepth: number
+  /** Size as JSON in UTF-8, counted without string escapes. */
+  readonly maxBytes: number
+}
+
+export const DEFAULT_MAX_ARGUMENT_DEPTH = 64
+export const DEFAULT_MAX_ARGUMENT_BYTES = 4 * 1024 * 1024
+
+/** The rule ids of calls refused because their arguments are too deep or too large to be read safely. */
+export const ARGUMENTS_TOO_DEEP_RULE = "arguments-too-deep"
+export const ARGUMENTS_TOO_LARGE_RULE = "arguments-too-large"
+
+/** What `measureArguments` found: within the limits (with the size), or the first limit crossed. */
+export type ArgumentSize =
+  | { readonly _tag: "Within"; readonly bytes: number }
+  | { readonly _tag: "TooDeep"; readonly depth: number }
+  | { readonly _tag: "TooLarge"; readonly bytes: number }
+
+/**
+ * Walks a client's arguments without recursion, stopping at the first limit crossed: so no later step
+ * (policy matching, canonical JSON, `JSON.stringify`, journaling, the ledger) meets a value deeper or
+ * larger than the limits. The size counts strings and keys as UTF-8 with their quotes, numbers as written,
+ * and JSON punctuation; escapes are not counted. Each node adds at least one byte, so the walk itself is
+ * bounded by `maxBytes` (a value that contains itself is too deep).
+ */
+export const measureArguments = (value: unknown, limits: ArgumentLimits): ArgumentSize => {
+  let bytes = 0
+  const stack: Array<unknown> = [value]
+  const depths: Array<number> = [0]
+  while (stack.length > 0) {
+    const v = stack.pop()
+    const depth = depths.pop()!
+    switch (typeof v) {
+      case "string":
+        bytes += Buffer.byteLength(v, "utf8") + 2
+        break
+      case "number":
+      case "bigint":
+        bytes += String(v).length
+        break
+      case "boolean":
+        bytes += v ? 4 : 5
+        break
+      case "object": {
+        if (v === null) {
+          bytes += 4
+          break
+        }
+        if (depth + 1 > limits.maxDepth) return { _tag: "TooDeep", depth: depth + 1 }
+        if (Array.isArray(v)) {
+          bytes += 2 + Math.max(0, v.length - 1)
+          if (bytes > limits.maxBytes) return { _tag: "TooLarge", bytes }
+          for (let i = v.length - 1; i >= 0; i--) {
+            stack.push(v[i])
+            depths.push(depth + 1)
+          }
+        } else {
+          const keys = Object.keys(v)
+          bytes += 2 + Math.max(0, keys.length - 1)
+          for (const key of keys) {
+            bytes += Buffer.byteLength(key, "utf8") + 3
+            if (bytes > limits.maxBytes) return { _tag: "TooLarge", bytes }
+            stack.push((v as Record<string, unknown>)[key])
+            depths.push(depth + 1)
+          }
+        }
+        break
+      }
+      default:
+        bytes += 1
+    }
+    if (bytes > limits.maxBytes) return { _tag: "TooLarge", bytes }
+  }
+  return { _tag: "Within", bytes }
 }
 
 export interface Options {
@@ -205,7 +293,7 @@ export const jsonBytes = (value: unknown): number => {
 interface SessionState {
   /** Held while a call is decided and registered (or journaled, when refused): one decision at a time. */
   readonly lock: Effect.Semaphore
-  readonly allowed: Array<{ readonly toolName: string; readonly timestampMillis: number }>
+  readonly allowed: Array<{ readonly toolName: string; readonly serverId: string; readonly timestampMillis: number }>
   allowedRead: number
   allowedWritten: number
   readonly inFlight: Map<number, Ticket>
@@ -257,7 +345,11 @@ export const make = (
           if (entry.kind === "outcome") {
             state.allowedRead += entry.bytesRead
           } else if (entry.allowed) {
-            state.allowed.push({ toolName: entry.toolName, timestampMillis: entry.timestampMillis })
+            state.allowed.push({
+              toolName: entry.toolName,
+              serverId: entry.serverId,
+              timestampMillis: entry.timestampMillis
+            })
             state.allowedRead += entry.bytesRead
             state.allowedWritten += entry.bytesWritten
           }
@@ -342,6 +434,8 @@ export const make = (
       readonly reason: string
       readonly sequence: number
       readonly decisionIndex: number
+      /** What the ledger stores of arguments that were not read (too deep or too large). */
+      readonly unread?: JsonValue | undefined
     }
 
     /** Journals a refusal; runs under the session's lock, so it takes its place in the order of decisions. */
@@ -350,14 +444,16 @@ export const make = (
       call: GuardCall,
       bytesWritten: number,
       ruleId: string,
-      reason: string
+      reason: string,
+      unread?: JsonValue
     ) =>
       Effect.map(journalCall(call, { kind: "call", outcome: "refused", bytesWritten }), (sequence): Journaled => ({
         call,
         ruleId,
         reason,
         sequence,
-        decisionIndex: state.decisions++
+        decisionIndex: state.decisions++,
+        unread
       }))
 
     /**
@@ -371,7 +467,7 @@ export const make = (
         const action = new ToolCall({
           toolName: call.toolName,
           serverId: call.serverId,
-          arguments: policy.storedArguments(call.toolName, call.arguments)
+          arguments: refused.unread ?? policy.storedArguments(call.toolName, call.arguments)
         })
         const decision = new Refuse({ ruleId, reason })
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
@@ -408,11 +504,51 @@ export const make = (
       })
 
     /** Refuses under a rule of the caller's: journaled in the order of decisions, then ledgered. */
-    const refuseWith = (call: GuardCall, bytesWritten: number, ruleId: string, reason: string, wait = failClosed) => {
+    const refuseWith = (
+      call: GuardCall,
+      bytesWritten: number,
+      ruleId: string,
+      reason: string,
+      wait = failClosed,
+      unread?: JsonValue
+    ) => {
       const state = sessionOf(call.sessionId)
-      return state.lock.withPermits(1)(journalRefusal(state, call, bytesWritten, ruleId, reason)).pipe(
+      return state.lock.withPermits(1)(journalRefusal(state, call, bytesWritten, ruleId, reason, unread)).pipe(
         Effect.flatMap((journaled) => ledgerRefusal(journaled, wait))
       )
+    }
+
+    const limits: ArgumentLimits = policy.argumentLimits ?? {
+      maxDepth: DEFAULT_MAX_ARGUMENT_DEPTH,
+      maxBytes: DEFAULT_MAX_ARGUMENT_BYTES
+    }
+
+    /**
+     * The arguments' gate: `Within` with their exact JSON size, or the refusal of arguments too deep or too
+     * large to be read (the ledger then stores what was measured, never the value).
+     */
+    const gate = (call: GuardCall) => {
+      const size = measureArguments(call.arguments, limits)
+      switch (size._tag) {
+        case "Within":
+          return { _tag: "Within", bytes: jsonBytes(call.arguments) } as const
+        case "TooDeep":
+          return {
+            _tag: "Refuse",
+            ruleId: ARGUMENTS_TOO_DEEP_RULE,
+            reason: `the arguments of ${call.toolName} are nested deeper than ${limits.maxDepth} levels`,
+            bytes: 0,
+            unread: { unread: ARGUMENTS_TOO_DEEP_RULE, depthOver: limits.maxDepth }
+          } as const
+        case "TooLarge":
+          return {
+            _tag: "Refuse",
+            ruleId: ARGUMENTS_TOO_LARGE_RULE,
+            reason: `the arguments of ${call.toolName} are larger than ${limits.maxBytes} bytes`,
+            bytes: size.bytes,
+            unread: { unread: ARGUMENTS_TOO_LARGE_RULE, bytesOver: limits.maxBytes }
+          } as const
+      }
     }
 
     /**
@@ -447,7 +583,7 @@ export const make = (
           const sequence = yield* journalCall(call, { kind: "call", outcome: "pending", bytesWritten })
           const ticket: Ticket = { call, bytesWritten, id: nextTicketId++, decisionIndex: state.decisions++, sequence }
           state.inFlight.set(ticket.id, ticket)
-          state.allowed.push({ toolName: call.toolName, timestampMillis: nowMillis })
+          state.allowed.push({ toolName: call.toolName, serverId: call.serverId, timestampMillis: nowMillis })
           state.allowedWritten += bytesWritten
           if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
           return { verdict, ticket, sequence }
@@ -456,7 +592,11 @@ export const make = (
 
     const check = (call: GuardCall): Effect.Effect<Check> =>
       Effect.gen(function*() {
-        const bytesWritten = jsonBytes(call.arguments)
+        const gated = gate(call)
+        if (gated._tag === "Refuse") {
+          return yield* refuseWith(call, gated.bytes, gated.ruleId, gated.reason, failClosed, gated.unread)
+        }
+        const bytesWritten = gated.bytes
         if (failClosed && !(yield* auditAvailable)) {
           return yield* refuseWith(
             call,
@@ -549,7 +689,12 @@ export const make = (
     return McpGuard.of({
       check,
       complete,
-      refuse: (call, ruleId, reason) => refuseWith(call, jsonBytes(call.arguments), ruleId, reason),
+      refuse: (call, ruleId, reason) => {
+        const gated = gate(call)
+        return gated._tag === "Within"
+          ? refuseWith(call, gated.bytes, ruleId, reason)
+          : refuseWith(call, gated.bytes, ruleId, reason, failClosed, gated.unread)
+      },
       seal,
       endSession,
       journal: journals.get,
