@@ -4,12 +4,14 @@
  * larger than the policy's limits are refused by rule before anything reads them, under the shipped
  * examples/policy.json on a real SQLite ledger that still verifies, and the session goes on.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Option } from "effect"
-import { mkdtempSync, rmSync } from "node:fs"
+import { build } from "esbuild"
+import { spawn } from "node:child_process"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll } from "vitest"
+import { createInterface } from "node:readline"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
 import * as AuditLedger from "../src/AuditLedger.js"
@@ -172,4 +174,91 @@ describe("McpGuard under examples/policy.json on a SQLite ledger", () => {
       expect(() => Effect.runSync(GuardPolicy.decode({ version: 1, rules: [], limits: { maxArgumentDepth: 0 } })))
         .toThrow(/limits\.maxArgumentDepth/)
     }))
+})
+
+describe("mcp-proxy under examples/policy.json: deep arguments from a hostile client", () => {
+  // This checkout's own CLI bundle, under node_modules so that better-sqlite3 resolves.
+  const bundle = join(repoRoot, "node_modules/.cache/agent-ledger-test", `deep-${process.pid}-${Date.now()}.mjs`)
+  beforeAll(() =>
+    build({
+      entryPoints: [join(repoRoot, "src/cli/main.ts")],
+      outfile: bundle,
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      target: "node20",
+      external: ["better-sqlite3"],
+      banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
+      logLevel: "error"
+    }), 60_000)
+  afterAll(() => rmSync(bundle, { force: true }))
+
+  it(
+    "2,000- and 10,000-deep arguments are refused by rule, later calls are answered, the ledger verifies",
+    async () => {
+      const root = join(tempRoot, "proxy-files")
+      mkdirSync(root, { recursive: true })
+      writeFileSync(join(root, "notes.txt"), "hello")
+      const db = join(tempRoot, "proxy.db")
+      // A client speaking raw JSON-RPC lines: a JSON encoder (the SDK's included) cannot even write a
+      // 10,000-deep value, but a hostile client can send one.
+      const proxy = spawn(process.execPath, [
+        bundle,
+        "mcp-proxy",
+        "--db",
+        db,
+        "--policy",
+        join(repoRoot, "examples/policy.json"),
+        "--session",
+        "sess-deep-proxy",
+        "--",
+        process.execPath,
+        join(repoRoot, "node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"),
+        root
+      ], { stdio: ["pipe", "pipe", "ignore"] })
+      const answers = new Map<number, (message: Record<string, any>) => void>()
+      createInterface({ input: proxy.stdout! }).on("line", (line) => {
+        const message = JSON.parse(line)
+        if (typeof message.id === "number") answers.get(message.id)?.(message)
+      })
+      let nextId = 0
+      const request = (method: string, paramsJson: string) => {
+        const id = ++nextId
+        const answered = new Promise<Record<string, any>>((resolve) => answers.set(id, resolve))
+        proxy.stdin!.write(`{"jsonrpc":"2.0","id":${id},"method":"${method}","params":${paramsJson}}\n`)
+        return answered
+      }
+      await request(
+        "initialize",
+        JSON.stringify({ protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "deep", version: "1" } })
+      )
+      proxy.stdin!.write(`{"jsonrpc":"2.0","method":"notifications/initialized"}\n`)
+      const textOf = (result: unknown) => JSON.stringify(result)
+      for (const depth of [2_000, 10_000]) {
+        const deepPath = `${"{\"a\":".repeat(depth)}"x"${"}".repeat(depth)}`
+        const deep = await request("tools/call", `{"name":"read_text_file","arguments":{"path":${deepPath}}}`)
+        expect(deep.result?.isError).toBe(true)
+        expect(textOf(deep)).toContain(McpGuard.ARGUMENTS_TOO_DEEP_RULE)
+        const later = await request(
+          "tools/call",
+          JSON.stringify({ name: "read_text_file", arguments: { path: join(root, "notes.txt") } })
+        )
+        expect(textOf(later)).toContain("hello")
+      }
+      const exited = new Promise((resolve) => proxy.on("exit", resolve))
+      proxy.stdin!.end()
+      await exited
+      const report = await Effect.runPromise(
+        Effect.gen(function*() {
+          const { client: sql } = yield* LedgerSql.LedgerSql
+          const rows = yield* sql<{ payload: string }>`
+          SELECT payload FROM signed_events WHERE event_type = ${AuditEvent.GOVERNANCE_REFUSAL_EVENT_TYPE}`
+          return { rules: rows.map((row) => JSON.parse(row.payload).decision.ruleId), verified: yield* verifyLedger() }
+        }).pipe(Effect.provide(LedgerSql.layerSqlite({ filename: db })))
+      )
+      expect(report.rules).toEqual([McpGuard.ARGUMENTS_TOO_DEEP_RULE, McpGuard.ARGUMENTS_TOO_DEEP_RULE])
+      expect(report.verified.ok).toBe(true)
+    },
+    120_000
+  )
 })
