@@ -167,6 +167,32 @@ describe("McpGuard: the fixed cases of issue 19, many calls in flight", () => {
     }))
 })
 
+describe("McpGuard: a session ending while decisions wait", () => {
+  it.scoped("endSession with decisions queued behind a budget neither hangs nor leaves a call pending", () =>
+    Effect.gen(function*() {
+      const guard = yield* guardOf([{ id: "read-budget", kind: "budget", read: 1_000_000 }])
+      const first = yield* guard.check(call("read_text_file"))
+      if (first._tag !== "Allowed") return expect.unreachable()
+      // Three more decisions queue: each waits for the calls in flight before it.
+      const queued = yield* Effect.forEach([1, 2, 3], () => Effect.fork(guard.check(call("read_text_file"))))
+      yield* settle
+      const ended = Option.getOrThrow(yield* guard.endSession("sess-1"))
+      const decided = yield* Effect.forEach(queued, Fiber.join)
+      // Whatever each decision's session was (the ended one or the next), every allowed call ends once.
+      for (const checked of decided) {
+        if (checked._tag === "Allowed") yield* guard.complete(checked.ticket, { _tag: "Result", bytesRead: 1 })
+      }
+      const next = yield* guard.endSession("sess-1")
+      for (const exported of [ended, ...Option.toArray(next)]) {
+        const verified = yield* SessionJournal.verifyExport(JSON.parse(JSON.stringify(exported)))
+        const calls = verified.entries.filter((e) => e.kind === "call" && e.outcome === "pending")
+        const endings = verified.entries.filter((e) => e.kind === "outcome")
+        expect(endings.map((e) => e.callSequence).sort()).toEqual(calls.map((e) => e.sequence).sort())
+      }
+      expect(ended.entries.some((e) => e.kind === "outcome" && e.outcome === "interrupted")).toBe(true)
+    }))
+})
+
 // ---------------------------------------------------------------------------------------------------------
 // The property: random interleavings against a sequential reference model
 // ---------------------------------------------------------------------------------------------------------

@@ -302,6 +302,8 @@ interface SessionState {
   decisions: number
   /** Whether the history has been read from the journal's entries (a journal restored from an export). */
   seeded: boolean
+  /** Set while `seal`/`endSession` ends the calls in flight: a decision then ends them rather than wait. */
+  ending: boolean
 }
 
 export const make = (
@@ -329,7 +331,8 @@ export const make = (
           inFlight: new Map(),
           idle: undefined,
           decisions: 0,
-          seeded: false
+          seeded: false,
+          ending: false
         }
         sessions.set(sessionId, state)
       }
@@ -503,6 +506,18 @@ export const make = (
         } as Refused
       })
 
+    /**
+     * Runs `f` holding the session's decision lock, on the session's current state: a caller that queued on
+     * the lock of a session that ended meanwhile starts again on the new session's state.
+     */
+    const underLock = <A>(sessionId: string, f: (state: SessionState) => Effect.Effect<A>): Effect.Effect<A> =>
+      Effect.suspend(() => {
+        const state = sessionOf(sessionId)
+        return state.lock.withPermits(1)(
+          Effect.suspend(() => sessions.get(sessionId) === state ? f(state) : underLock(sessionId, f))
+        )
+      })
+
     /** Refuses under a rule of the caller's: journaled in the order of decisions, then ledgered. */
     const refuseWith = (
       call: GuardCall,
@@ -512,10 +527,8 @@ export const make = (
       wait = failClosed,
       unread?: JsonValue
     ) => {
-      const state = sessionOf(call.sessionId)
-      return state.lock.withPermits(1)(journalRefusal(state, call, bytesWritten, ruleId, reason, unread)).pipe(
-        Effect.flatMap((journaled) => ledgerRefusal(journaled, wait))
-      )
+      return underLock(call.sessionId, (state) => journalRefusal(state, call, bytesWritten, ruleId, reason, unread))
+        .pipe(Effect.flatMap((journaled) => ledgerRefusal(journaled, wait)))
     }
 
     const limits: ArgumentLimits = policy.argumentLimits ?? {
@@ -557,38 +570,51 @@ export const make = (
      * journaled, before the lock is released. A verdict that waits on calls in flight waits here, holding
      * the lock, until they have all ended (no busy-waiting; interruptible).
      */
-    const decide = (state: SessionState, call: GuardCall, bytesWritten: number) =>
-      state.lock.withPermits(1)(Effect.gen(function*() {
-        yield* seed(state, yield* journals.get(call.sessionId))
-        while (true) {
-          const nowMillis = yield* Clock.currentTimeMillis
-          const verdict = policy.decide(call, {
-            allowed: state.allowed,
-            allowedRead: state.allowedRead,
-            allowedWritten: state.allowedWritten,
-            inFlight: state.inFlight.size
-          }, nowMillis)
-          if ("_tag" in verdict) {
-            if (state.inFlight.size === 0) {
-              return yield* Effect.dieMessage(`policy rule ${verdict.ruleId} waits on calls in flight, but none are`)
+    const decide = (call: GuardCall, bytesWritten: number) =>
+      underLock(call.sessionId, (state) =>
+        Effect.gen(function*() {
+          yield* seed(state, yield* journals.get(call.sessionId))
+          while (true) {
+            const nowMillis = yield* Clock.currentTimeMillis
+            const verdict = policy.decide(call, {
+              allowed: state.allowed,
+              allowedRead: state.allowedRead,
+              allowedWritten: state.allowedWritten,
+              inFlight: state.inFlight.size
+            }, nowMillis)
+            if ("_tag" in verdict) {
+              if (state.inFlight.size === 0) {
+                return yield* Effect.dieMessage(`policy rule ${verdict.ruleId} waits on calls in flight, but none are`)
+              }
+              if (state.ending) {
+                // The session is being sealed: the calls in flight end as interrupted now, as the seal would
+                // end them, instead of this decision waiting on the lock's next holder (the seal) for them.
+                yield* interruptInFlight(call.sessionId)
+                continue
+              }
+              const idle = state.idle ?? (state.idle = Deferred.unsafeMake<void>(FiberId.none))
+              yield* Deferred.await(idle)
+              continue
             }
-            const idle = state.idle ?? (state.idle = Deferred.unsafeMake<void>(FiberId.none))
-            yield* Deferred.await(idle)
-            continue
+            if (verdict.decision._tag === "Refuse") {
+              const { reason, ruleId } = verdict.decision
+              return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
+            }
+            const sequence = yield* journalCall(call, { kind: "call", outcome: "pending", bytesWritten })
+            const ticket: Ticket = {
+              call,
+              bytesWritten,
+              id: nextTicketId++,
+              decisionIndex: state.decisions++,
+              sequence
+            }
+            state.inFlight.set(ticket.id, ticket)
+            state.allowed.push({ toolName: call.toolName, serverId: call.serverId, timestampMillis: nowMillis })
+            state.allowedWritten += bytesWritten
+            if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
+            return { verdict, ticket, sequence }
           }
-          if (verdict.decision._tag === "Refuse") {
-            const { reason, ruleId } = verdict.decision
-            return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
-          }
-          const sequence = yield* journalCall(call, { kind: "call", outcome: "pending", bytesWritten })
-          const ticket: Ticket = { call, bytesWritten, id: nextTicketId++, decisionIndex: state.decisions++, sequence }
-          state.inFlight.set(ticket.id, ticket)
-          state.allowed.push({ toolName: call.toolName, serverId: call.serverId, timestampMillis: nowMillis })
-          state.allowedWritten += bytesWritten
-          if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
-          return { verdict, ticket, sequence }
-        }
-      }))
+        }))
 
     const check = (call: GuardCall): Effect.Effect<Check> =>
       Effect.gen(function*() {
@@ -606,7 +632,7 @@ export const make = (
             false
           )
         }
-        const decided = yield* decide(sessionOf(call.sessionId), call, bytesWritten)
+        const decided = yield* decide(call, bytesWritten)
         for (const warning of decided.verdict.warnings) {
           yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
             Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
@@ -658,6 +684,8 @@ export const make = (
      */
     const sealEnding = (sessionId: string, andThen: Effect.Effect<void>) =>
       Effect.gen(function*() {
+        const ending = sessions.get(sessionId)
+        if (ending !== undefined) ending.ending = true
         yield* interruptInFlight(sessionId)
         const state = sessions.get(sessionId)
         const sealNow = Effect.gen(function*() {
@@ -671,7 +699,11 @@ export const make = (
           yield* andThen
           return Option.some(sealed)
         })
-        return yield* state === undefined ? sealNow : state.lock.withPermits(1)(sealNow)
+        return yield* (state === undefined ? sealNow : state.lock.withPermits(1)(sealNow)).pipe(
+          Effect.ensuring(Effect.sync(() => {
+            if (ending !== undefined) ending.ending = false
+          }))
+        )
       })
 
     const seal = (sessionId: string) => sealEnding(sessionId, Effect.void)
