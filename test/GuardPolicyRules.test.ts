@@ -3,11 +3,10 @@
  * deny-by-default, hidden tools, what the ledger stores of arguments, and one clear error for a bad policy.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, TestClock } from "effect"
+import { Effect } from "effect"
 import { join } from "node:path"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
-import type { GuardCall } from "../src/guard/McpGuard.js"
-import * as SessionJournal from "../src/journal/SessionJournal.js"
+import type { GuardCall, Verdict } from "../src/guard/McpGuard.js"
 import { repoRoot } from "./fixtures/cliBundle.js"
 
 const call = (toolName: string, extra: Partial<GuardCall> = {}): GuardCall => ({
@@ -21,20 +20,28 @@ const call = (toolName: string, extra: Partial<GuardCall> = {}): GuardCall => ({
 const allowed = (toolName: string, timestampMillis = 0) => ({ toolName, timestampMillis })
 
 const snapshot = (
-  calls: ReadonlyArray<{ toolName: string; timestampMillis: number }> = [],
-  totals: { read?: number; written?: number; now?: number } = {}
+  calls: ReadonlyArray<GuardPolicy.AllowedCall> = [],
+  totals: { read?: number; written?: number; now?: number; inFlight?: number } = {}
 ): GuardPolicy.Snapshot => ({
   allowed: calls,
   allowedRead: totals.read ?? 0,
   allowedWritten: totals.written ?? 0,
+  inFlight: totals.inFlight ?? 0,
   nowMillis: totals.now ?? 0
 })
 
 const policyOf = (rules: ReadonlyArray<unknown>, extra: Record<string, unknown> = {}) =>
   Effect.runSync(GuardPolicy.decode({ version: 1, rules, ...extra }))
 
-const decisionOf = (policy: GuardPolicy.GuardPolicy, c: GuardCall, s = snapshot()) => {
+/** The verdict, when the policy can decide now (a test failure when it would wait on calls in flight). */
+const verdictOf = (policy: GuardPolicy.GuardPolicy, c: GuardCall, s = snapshot()): Verdict => {
   const verdict = GuardPolicy.evaluate(policy, c, s)
+  if ("_tag" in verdict) throw new Error(`the policy waits on calls in flight (rule ${verdict.ruleId})`)
+  return verdict
+}
+
+const decisionOf = (policy: GuardPolicy.GuardPolicy, c: GuardCall, s = snapshot()) => {
+  const verdict = verdictOf(policy, c, s)
   return verdict.decision._tag === "Refuse" ? verdict.decision.ruleId : verdict.decision._tag
 }
 
@@ -57,7 +64,7 @@ describe("GuardPolicy rules", () => {
       { id: "first", kind: "blockTools", tools: ["write_*"] },
       { id: "second", kind: "blockTools", tools: ["*"] }
     ])
-    const verdict = GuardPolicy.evaluate(policy, call("write_file"), snapshot())
+    const verdict = verdictOf(policy, call("write_file"), snapshot())
     expect(verdict.decision).toMatchObject({ _tag: "Refuse", ruleId: "first" })
     expect(verdict.warnings.map((w) => [w.ruleId, w.reason])).toEqual([["watch", "write_file on fs"]])
     const warnedOnly = policyOf([{ id: "watch", kind: "blockTools", tools: ["*"], action: "warn" }])
@@ -71,25 +78,96 @@ describe("GuardPolicy rules", () => {
     const args = { text: "x".repeat(30) } // 41 bytes of JSON
     expect(decisionOf(policy, call("write", { arguments: args }), snapshot([], { written: 9 }))).toBe("Allow")
     expect(decisionOf(policy, call("write", { arguments: args }), snapshot([], { written: 10 }))).toBe("budget")
-    const warned = GuardPolicy.evaluate(policy, call("read"), snapshot([], { read: 60 }))
+    const warned = verdictOf(policy, call("read"), snapshot([], { read: 60 }))
     expect(warned.decision._tag).toBe("Allow")
     expect(warned.warnings.map((w) => w.ruleId)).toEqual(["budget"])
-    expect(GuardPolicy.evaluate(policy, call("read"), snapshot([], { read: 40 })).warnings).toEqual([])
+    expect(verdictOf(policy, call("read"), snapshot([], { read: 40 })).warnings).toEqual([])
   })
 
   it("maxDelegationDepth refuses above the maximum, with the reason filled in", () => {
     const policy = policyOf([{ id: "depth", kind: "maxDelegationDepth", max: 2 }])
     expect(decisionOf(policy, call("t", { delegationDepth: 2 }))).toBe("Allow")
-    const verdict = GuardPolicy.evaluate(policy, call("t", { delegationDepth: 3 }), snapshot())
+    const verdict = verdictOf(policy, call("t", { delegationDepth: 3 }), snapshot())
     expect(verdict.decision).toMatchObject({ ruleId: "depth", reason: "delegation depth 3 exceeds 2" })
   })
 
-  it("callLimit counts earlier allowed calls of matching tools", () => {
-    const policy = policyOf([{ id: "limit", kind: "callLimit", tools: ["write_*"], max: 2 }])
+  it("callLimit counts per tool by default, at the boundary; per: rule counts the rule's tools together", () => {
+    const perTool = policyOf([{ id: "limit", kind: "callLimit", tools: ["write_*"], max: 2 }])
     const one = [allowed("write_file"), allowed("read_file")]
-    expect(decisionOf(policy, call("write_file"), snapshot(one))).toBe("Allow")
-    expect(decisionOf(policy, call("write_file"), snapshot([...one, allowed("write_x")]))).toBe("limit")
-    expect(decisionOf(policy, call("read_file"), snapshot([...one, allowed("write_x")]))).toBe("Allow")
+    expect(decisionOf(perTool, call("write_file"), snapshot(one))).toBe("Allow") // 1 of 2 used
+    const two = [...one, allowed("write_file")]
+    expect(decisionOf(perTool, call("write_file"), snapshot(two))).toBe("limit") // 2 of 2 used
+    expect(decisionOf(perTool, call("write_x"), snapshot(two))).toBe("Allow") // another tool: its own count
+    expect(decisionOf(perTool, call("read_file"), snapshot(two))).toBe("Allow") // not in scope
+    // The same tool under a look-alike name is the same tool.
+    expect(decisionOf(perTool, call("WRITE_FILE "), snapshot(two))).toBe("limit")
+    const perRule = policyOf([{ id: "limit", kind: "callLimit", tools: ["write_*"], max: 2, per: "rule" }])
+    expect(decisionOf(perRule, call("write_x"), snapshot(one))).toBe("Allow")
+    expect(decisionOf(perRule, call("write_x"), snapshot([...one, allowed("write_y")]))).toBe("limit")
+    // A server scope: calls on other servers are not counted.
+    const scoped = policyOf([{ id: "limit", kind: "callLimit", servers: ["fs"], max: 1 }])
+    expect(decisionOf(scoped, call("t"), snapshot([{ ...allowed("t"), serverId: "other" }]))).toBe("Allow")
+    expect(decisionOf(scoped, call("t"), snapshot([{ ...allowed("t"), serverId: "fs" }]))).toBe("limit")
+    expect(() => policyOf([{ id: "limit", kind: "callLimit", max: 1, per: "session" }])).toThrow(/per/)
+  })
+
+  it("look-alike names are caught: trailing space, case, fullwidth letters, invisible code points", () => {
+    const policy = policyOf([{ id: "no-write", kind: "blockTools", tools: ["write_file"] }], { hideRefusedTools: true })
+    for (
+      const name of [
+        "write_file ",
+        " write_file",
+        "WRITE_FILE",
+        "Write_File",
+        "ｗｒｉｔｅ＿ｆｉｌｅ",
+        "write_\u200bfile",
+        "write_file\u00ad"
+      ]
+    ) {
+      expect(decisionOf(policy, call(name)), JSON.stringify(name)).toBe("no-write")
+      expect(GuardPolicy.isVisible(policy, "fs", name), JSON.stringify(name)).toBe(false)
+    }
+    expect(decisionOf(policy, call("write_files"))).toBe("Allow")
+    expect(decisionOf(policy, call("write file"))).toBe("Allow")
+    // Patterns are normalized alike; servers too.
+    const servers = policyOf([{ id: "no-relay", kind: "blockServers", servers: ["EXFIL-*"] }])
+    expect(decisionOf(servers, call("read_file", { serverId: "ｅｘｆｉｌ-relay " }))).toBe("no-relay")
+    // Deny by default: a look-alike of a listed tool is that tool.
+    const deny = policyOf([{ id: "reads", kind: "allowTools", tools: ["read_file"] }], { defaultAction: "deny" })
+    expect(decisionOf(deny, call("READ_FILE"))).toBe("Allow")
+    expect(decisionOf(deny, call("read_filé"))).toBe(GuardPolicy.DEFAULT_DENY_RULE)
+    expect(GuardPolicy.normalizeName(" ＷＲＩＴＥ_File\u200d ")).toBe("write_file")
+  })
+
+  it("hideRefusedTools also hides tools a callLimit of 0 always refuses (not a warn-only one)", () => {
+    const policy = policyOf([
+      { id: "never", kind: "callLimit", tools: ["delete_*"], max: 0 },
+      { id: "watch", kind: "callLimit", tools: ["move_file"], max: 0, action: "warn" },
+      { id: "twice", kind: "callLimit", tools: ["write_file"], max: 2 }
+    ], { hideRefusedTools: true })
+    expect(GuardPolicy.isVisible(policy, "fs", "delete_file")).toBe(false)
+    expect(GuardPolicy.isVisible(policy, "fs", "DELETE_FILE ")).toBe(false)
+    expect(decisionOf(policy, call("delete_file"))).toBe("never")
+    expect(GuardPolicy.isVisible(policy, "fs", "move_file")).toBe(true)
+    expect(GuardPolicy.isVisible(policy, "fs", "write_file")).toBe(true)
+  })
+
+  it("argument matchers do not recurse on the value's depth", () => {
+    const deep = (n: number, leaf: unknown): unknown => {
+      let v = leaf
+      for (let i = 0; i < n; i++) v = { a: [v] }
+      return v
+    }
+    expect(GuardPolicy.sameJson(deep(10_000, 1), deep(10_000, 1))).toBe(true)
+    expect(GuardPolicy.sameJson(deep(10_000, 1), deep(10_000, 2))).toBe(false)
+    expect(GuardPolicy.sameJson({ a: 1, b: [1, { c: null }] }, { b: [1, { c: null }], a: 1 })).toBe(true)
+    expect(GuardPolicy.sameJson({ a: 1 }, { a: 1, b: 2 })).toBe(false)
+    expect(GuardPolicy.sameJson([1, 2], { 0: 1, 1: 2 })).toBe(false)
+    const policy = policyOf([
+      { id: "exact", kind: "arguments", tools: ["q"], path: "v", match: { equals: { x: [1, 2] } } }
+    ])
+    expect(decisionOf(policy, call("q", { arguments: { v: deep(10_000, 1) } }))).toBe("exact")
+    expect(decisionOf(policy, call("q", { arguments: { v: { x: [1, 2] } } }))).toBe("Allow")
   })
 
   it("rateLimit counts allowed calls inside the window only", () => {
@@ -143,51 +221,31 @@ describe("GuardPolicy rules", () => {
   })
 })
 
-describe("GuardPolicy on a live journal", () => {
-  it.effect("budgets and limits count allowed calls only: a refused oversized call does not spend the budget", () =>
-    Effect.gen(function*() {
-      const policy = policyOf([{ id: "budget", kind: "budget", read: 1000 }])
-      const engine = GuardPolicy.engine(policy, { salt: "s" })
-      const journal = yield* SessionJournal.make("s")
-      const record = (bytesRead: number, allowed: boolean) =>
-        journal.record({
-          toolName: "read",
-          serverId: "fs",
-          agentId: "a",
-          bytesRead,
-          bytesWritten: 0,
-          delegationDepth: 0,
-          allowed
-        })
-      yield* record(600, true)
-      yield* record(50_000, false) // refused, and counted in dataFlow, but not against the budget
-      expect((yield* journal.dataFlow).totalBytesRead).toBe(50_600)
-      expect((yield* engine.decide(call("read"), journal)).decision._tag).toBe("Allow")
-      yield* record(400, true)
-      expect((yield* engine.decide(call("read"), journal)).decision).toMatchObject({ ruleId: "budget" })
-    }))
-
-  it.effect("the rate limit reads Clock: TestClock moves the window", () =>
-    Effect.gen(function*() {
-      const policy = policyOf([{ id: "rate", kind: "rateLimit", max: 2, windowSeconds: 60 }])
-      const engine = GuardPolicy.engine(policy, { salt: "s" })
-      const journal = yield* SessionJournal.make("s")
-      const record = journal.record({
-        toolName: "t",
-        serverId: "fs",
-        agentId: "a",
-        bytesRead: 0,
-        bytesWritten: 0,
-        delegationDepth: 0,
-        allowed: true
-      })
-      yield* record
-      yield* TestClock.adjust("30 seconds")
-      yield* record
-      expect((yield* engine.decide(call("t"), journal)).decision).toMatchObject({ ruleId: "rate" })
-      yield* TestClock.adjust("31 seconds") // the first call left the window
-      expect((yield* engine.decide(call("t"), journal)).decision._tag).toBe("Allow")
-    }))
+describe("GuardPolicy with calls in flight", () => {
+  it("a refusing read or total budget waits for the calls in flight; written budgets and other rules do not", () => {
+    const await_ = { _tag: "AwaitInFlight", ruleId: "budget" }
+    const inFlight = snapshot([allowed("read")], { read: 100, inFlight: 1 })
+    expect(GuardPolicy.evaluate(policyOf([{ id: "budget", kind: "budget", read: 1000 }]), call("read"), inFlight))
+      .toEqual(await_)
+    expect(GuardPolicy.evaluate(policyOf([{ id: "budget", kind: "budget", total: 1000 }]), call("read"), inFlight))
+      .toEqual(await_)
+    // Written bytes are known when a call is allowed: no wait.
+    expect(decisionOf(policyOf([{ id: "budget", kind: "budget", written: 1000 }]), call("read"), inFlight))
+      .toBe("Allow")
+    // A warn-only budget never blocks, so it does not wait either.
+    expect(
+      decisionOf(policyOf([{ id: "budget", kind: "budget", read: 1000, action: "warn" }]), call("read"), inFlight)
+    ).toBe("Allow")
+    // An earlier rule that refuses decides without waiting.
+    const blocked = policyOf([
+      { id: "no-move", kind: "blockTools", tools: ["move_file"] },
+      { id: "budget", kind: "budget", read: 1000 }
+    ])
+    expect(decisionOf(blocked, call("move_file"), inFlight)).toBe("no-move")
+    expect(GuardPolicy.evaluate(blocked, call("read"), inFlight)).toEqual(await_)
+    // Nothing in flight: the budget decides on what was read.
+    expect(decisionOf(blocked, call("read"), snapshot([allowed("read")], { read: 1000 }))).toBe("budget")
+  })
 })
 
 describe("what the ledger stores of arguments", () => {

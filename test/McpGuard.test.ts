@@ -10,6 +10,7 @@ import * as AuditQueue from "../src/audit/AuditQueue.js"
 import { Appended, AuditSink, AuditSinkError } from "../src/audit/AuditSink.js"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
 import * as McpGuard from "../src/guard/McpGuard.js"
+import * as SessionJournal from "../src/journal/SessionJournal.js"
 import { eventLoopTurn, quietly } from "./fixtures/effects.js"
 
 const policy = Effect.runSync(GuardPolicy.decode({
@@ -58,27 +59,32 @@ const guardOn = (sink: Context.Tag.Service<typeof AuditSink>, options: Partial<M
   })
 
 describe("McpGuard", () => {
-  it.scoped("journals allowed calls on completion with both byte counts, and refusals at once, ledgered", () =>
+  it.scoped("journals an allowed call's decision at once and its outcome on completion; refusals ledgered", () =>
     Effect.gen(function*() {
       const memory = yield* memorySink
       const { guard, queue } = yield* guardOn(memory.sink, { sealEvery: 0 })
       const read = yield* guard.check(call("read_file"))
       expect(read._tag).toBe("Allowed")
       if (read._tag !== "Allowed") return
-      // Nothing journaled until the call completes.
-      expect(yield* (yield* guard.journal("sess-1")).length).toBe(0)
+      // The decision is journaled at once (pending); the outcome when the call completes.
+      expect(yield* (yield* guard.journal("sess-1")).pendingCalls).toEqual([0])
+      expect(read.ticket.sequence).toBe(0)
       yield* guard.complete(read.ticket, { _tag: "Result", bytesRead: 1234 })
       const write = yield* guard.check(call("write_file", { path: "/data/out", content: "secret" }))
-      expect(write).toMatchObject({ _tag: "Refused", ruleId: "no-read-then-write", sequence: 1 })
+      expect(write).toMatchObject({ _tag: "Refused", ruleId: "no-read-then-write", sequence: 2 })
       expect(yield* queue.drainPending("5 seconds")).toBe(true)
 
       const entries = yield* (yield* guard.journal("sess-1")).entries
-      expect(entries.map((e) => [e.toolName, e.allowed, e.bytesRead, e.bytesWritten])).toEqual([
-        ["read_file", true, 1234, McpGuard.jsonBytes({ path: "/data/x" })],
-        ["write_file", false, 0, McpGuard.jsonBytes({ path: "/data/out", content: "secret" })]
-      ])
+      expect(
+        entries.map((e) => [e.toolName, e.kind, e.outcome, e.callSequence, e.allowed, e.bytesRead, e.bytesWritten])
+      )
+        .toEqual([
+          ["read_file", "call", "pending", 0, true, 0, McpGuard.jsonBytes({ path: "/data/x" })],
+          ["read_file", "outcome", "result", 0, true, 1234, 0],
+          ["write_file", "call", "refused", 2, false, 0, McpGuard.jsonBytes({ path: "/data/out", content: "secret" })]
+        ])
       const [refusal] = yield* Ref.get(memory.appended)
-      expect(refusal?.journal).toEqual(new AuditEvent.JournalRef({ sessionId: "sess-1", sequence: 1 }))
+      expect(refusal?.journal).toEqual(new AuditEvent.JournalRef({ sessionId: "sess-1", sequence: 2 }))
       expect(AuditEvent.ruleId(refusal!)).toEqual(Option.some("no-read-then-write"))
       expect(JSON.stringify(AuditEvent.canonicalObject(refusal!))).not.toContain("secret")
     }))
@@ -94,11 +100,17 @@ describe("McpGuard", () => {
       const journal = yield* guard.journal("sess-1")
       const head = yield* journal.headHash
       const ended = yield* guard.endSession("sess-1")
-      expect(Option.map(ended, (e) => e.entries.length)).toEqual(Option.some(3))
+      // Each call is two entries: its decision and its outcome.
+      expect(Option.map(ended, (e) => e.entries.length)).toEqual(Option.some(6))
       expect(yield* queue.drainPending("5 seconds")).toBe(true)
-      const seals = (yield* Ref.get(memory.appended)).flatMap((event) => Option.toArray(AuditEvent.sealOf(event)))
-      expect(seals.map((s) => s.length)).toEqual([2, 3])
-      expect(seals[1]).toEqual({ sessionId: "sess-1", length: 3, headHash: head })
+      const sealEvents = (yield* Ref.get(memory.appended)).filter((event) => Option.isSome(AuditEvent.sealOf(event)))
+      const seals = sealEvents.flatMap((event) => Option.toArray(AuditEvent.sealOf(event)))
+      expect(seals.map((s) => s.length)).toEqual([2, 4, 6, 6])
+      expect(seals[3]).toEqual({ sessionId: "sess-1", length: 6, headHash: head })
+      // The seal names the journal's format.
+      expect(JSON.stringify(AuditEvent.canonicalObject(sealEvents[3]!))).toContain(
+        `"journal_format":"${SessionJournal.EXPORT_FORMAT}"`
+      )
       // An ended session is gone: the next call starts a new journal.
       expect(yield* guard.endSession("sess-1")).toEqual(Option.none())
     }))
@@ -133,6 +145,62 @@ describe("McpGuard", () => {
       )
       expect(rules).toEqual(["no-move", "seal", McpGuard.AUDIT_UNAVAILABLE_RULE])
     }).pipe(Effect.scoped, quietly))
+
+  it.scoped("every ending is on the record: result, error answer, timeout, upstream gone, and interrupted", () =>
+    Effect.gen(function*() {
+      const memory = yield* memorySink
+      const { guard } = yield* guardOn(memory.sink, { sealEvery: 0 })
+      const outcomes: ReadonlyArray<McpGuard.CallOutcome> = [
+        { _tag: "Result", bytesRead: 10 },
+        { _tag: "ErrorAnswer", bytesRead: 20 },
+        { _tag: "TimedOut" },
+        { _tag: "UpstreamGone" }
+      ]
+      for (const outcome of outcomes) {
+        const checked = yield* guard.check(call("list_directory"))
+        if (checked._tag !== "Allowed") return expect.unreachable()
+        yield* guard.complete(checked.ticket, outcome)
+      }
+      // Two calls still in flight when the session ends: ended as interrupted before the seal.
+      const inFlight = [yield* guard.check(call("list_directory")), yield* guard.check(call("search"))]
+      const ended = Option.getOrThrow(yield* guard.endSession("sess-1"))
+      const verified = yield* SessionJournal.verifyExport(JSON.parse(JSON.stringify(ended)))
+      const endings = verified.entries.filter((e) => e.kind === "outcome")
+      expect(endings.map((e) => [e.outcome, e.bytesRead])).toEqual([
+        ["result", 10],
+        ["errorAnswer", 20],
+        ["timedOut", 0],
+        ["upstreamGone", 0],
+        ["interrupted", 0],
+        ["interrupted", 0]
+      ])
+      // Every allowed call has exactly one ending; none is left pending.
+      const calls = verified.entries.filter((e) => e.kind === "call" && e.allowed)
+      expect(calls.map((e) => e.sequence).sort()).toEqual(endings.map((e) => e.callSequence).sort())
+      // A completion after the end (the transport's) changes nothing.
+      for (const checked of inFlight) {
+        if (checked._tag === "Allowed") yield* guard.complete(checked.ticket, { _tag: "Result", bytesRead: 5 })
+      }
+      expect(yield* guard.endSession("sess-1")).toEqual(Option.none())
+    }))
+
+  it.scoped("error answers count their bytes toward the read budget", () =>
+    Effect.gen(function*() {
+      const memory = yield* memorySink
+      const budgeted = Effect.runSync(GuardPolicy.decode({
+        version: 1,
+        rules: [{ id: "read-budget", kind: "budget", read: 100_000 }]
+      }))
+      const queue = yield* AuditQueue.make({ sink: memory.sink })
+      const guard = yield* McpGuard.McpGuard.pipe(
+        Effect.provide(McpGuard.layer({ policy: GuardPolicy.engine(budgeted, { salt: "s" }), sealEvery: 0 })),
+        Effect.provideService(AuditQueue.AuditQueue, queue)
+      )
+      const first = yield* guard.check(call("query"))
+      if (first._tag !== "Allowed") return expect.unreachable()
+      yield* guard.complete(first.ticket, { _tag: "ErrorAnswer", bytesRead: 1024 * 1024 })
+      expect(yield* guard.check(call("query"))).toMatchObject({ _tag: "Refused", ruleId: "read-budget" })
+    }))
 
   it("the Promise form serves code that is not written with Effect", async () => {
     const memory = await Effect.runPromise(memorySink)

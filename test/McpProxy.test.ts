@@ -188,15 +188,18 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
       expect(JSON.stringify(stored)).not.toContain("exfiltrated")
       const readArgs = refusals.find((payload) => payload.action.toolName === "read_text_file").action.arguments
       expect(readArgs.fields).toEqual({ path: join(paths.root, "small.txt") })
-      // The journal holds every call, with the bytes the allowed reads returned.
-      expect(exported.entries.map((entry) => [entry.toolName, entry.allowed])).toEqual([
-        ["read_text_file", true],
-        ["write_file", false],
-        ["move_file", false],
-        ["read_text_file", true],
-        ["read_text_file", false]
+      // The journal holds every call (format v2: an allowed call's decision, then how it ended), with the
+      // bytes the allowed reads returned.
+      expect(exported.entries.map((entry) => [entry.toolName, entry.kind, entry.outcome])).toEqual([
+        ["read_text_file", "call", "pending"],
+        ["read_text_file", "outcome", "result"],
+        ["write_file", "call", "refused"],
+        ["move_file", "call", "refused"],
+        ["read_text_file", "call", "pending"],
+        ["read_text_file", "outcome", "result"],
+        ["read_text_file", "call", "refused"]
       ])
-      expect(exported.entries[3]!.bytesRead).toBeGreaterThan(3000)
+      expect(exported.entries[5]!.bytesRead).toBeGreaterThan(3000)
 
       // `verify <journal> --ledger <db>`: the export matches the ledger's seal; a truncated one does not.
       const verify = (journal: string) =>
@@ -206,10 +209,10 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
         )
       const sealed = await verify(paths.journal)
       expect(sealed.code).toBe(0)
-      expect(sealed.report.seal).toMatchObject({ status: "sealed", length: 5 })
+      expect(sealed.report.seal).toMatchObject({ status: "sealed", length: 7 })
       const truncated = JSON.parse(readFileSync(paths.journal, "utf8"))
-      truncated.entries = truncated.entries.slice(0, 4)
-      truncated.headHash = truncated.entries[3].entryHash
+      truncated.entries = truncated.entries.slice(0, 6)
+      truncated.headHash = truncated.entries[5].entryHash
       writeFileSync(join(paths.dir, "truncated.json"), JSON.stringify(truncated))
       const cut = await verify(join(paths.dir, "truncated.json"))
       expect(cut.code).toBe(1)
@@ -240,7 +243,7 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
       else (transport as unknown as { _process: { stdin: { destroy(): void } } })._process.stdin.destroy()
       await exited
       const { exported, rows } = await checkSeal(paths)
-      expect(exported.entries).toHaveLength(2)
+      expect(exported.entries).toHaveLength(3) // the read's decision and outcome, the refused move
       expect(rows.map((row) => row.event_type)).toEqual([
         AuditEvent.GOVERNANCE_REFUSAL_EVENT_TYPE,
         AuditEvent.SESSION_SEALED_EVENT_TYPE

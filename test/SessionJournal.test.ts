@@ -216,7 +216,7 @@ describe("SessionJournal (behaviours of the Rust original)", () => {
     Effect.gen(function*() {
       const journal = yield* journalOf("sess-serde", ["read_file", "bash"])
       const exported = yield* journal.export
-      expect(exported.format).toBe("agent-ledger/journal/v1")
+      expect(exported.format).toBe("agent-ledger/journal/v2")
       expect(exported.headHash).toBe(yield* journal.headHash)
       const json = JSON.stringify(encodeExport(exported))
       const decoded = Schema.decodeUnknownSync(Schema.parseJson(SessionJournal.JournalExport))(json)
@@ -330,7 +330,7 @@ describe("SessionJournal.verifyExport", () => {
     Effect.gen(function*() {
       const json = exportJson(yield* (yield* SessionJournal.make("sess-empty")).export)
       expect(json).toEqual({
-        format: "agent-ledger/journal/v1",
+        format: "agent-ledger/journal/v2",
         sessionId: "sess-empty",
         headHash: ZERO_HASH,
         entries: []
@@ -404,9 +404,12 @@ describe("SessionJournal.verifyExport", () => {
     Effect.gen(function*() {
       const json = exportJson(yield* (yield* journalOf("sess-decode", ["a"])).export)
       const wrongFormat = yield* Effect.flip(
-        SessionJournal.verifyExport({ ...json, format: "agent-ledger/journal/v2" })
+        SessionJournal.verifyExport({ ...json, format: "agent-ledger/journal/v3" })
       )
-      expect(wrongFormat).toMatchObject({ _tag: "InvalidExport", issues: [{ path: "format" }] })
+      expect(wrongFormat._tag).toBe("InvalidExport")
+      if (wrongFormat._tag !== "InvalidExport") return
+      // One issue per accepted format (v2, v1), each naming the field.
+      expect(wrongFormat.issues.map((issue) => issue.path)).toEqual(["format", "format"])
       for (const garbage of [null, 42, "journal", []]) {
         expect(yield* Effect.flip(SessionJournal.verifyExport(garbage))).toMatchObject({ _tag: "InvalidExport" })
       }
@@ -644,10 +647,13 @@ describe("docs/FORMAT.md session journal section", () => {
 
   it.effect("the example export verifies", () =>
     Effect.gen(function*() {
-      const examples = blocks.filter((block) => block.format === SessionJournal.EXPORT_FORMAT)
-      expect(examples.length).toBe(1)
-      const exported = yield* SessionJournal.verifyExport(examples[0])
-      expect(exported.entries.length).toBeGreaterThanOrEqual(2)
+      // One example per format: v1 (as written before v2) and v2; both verify.
+      for (const format of [SessionJournal.EXPORT_FORMAT_V1, SessionJournal.EXPORT_FORMAT]) {
+        const examples = blocks.filter((block) => block.format === format)
+        expect(examples.length).toBe(1)
+        const exported = yield* SessionJournal.verifyExport(examples[0])
+        expect(exported.entries.length).toBeGreaterThanOrEqual(2)
+      }
     }))
 })
 
@@ -707,5 +713,173 @@ describe("journal exports carry nothing the hashes do not cover", () => {
       expect(error.message).toContain("entries.0.note")
       const atTop = yield* Effect.flip(SessionJournal.verifyExport({ ...exported, comment: "x" }))
       expect(atTop.message).toContain("comment")
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------------------
+// Format v2: how every call ended
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * A second v2 encoder, written from the text of docs/FORMAT.md ("v2 entry hash") and nothing else of the
+ * library: plain Buffers and BigInt.
+ */
+const referenceV2Input = (v: Record<string, any>): Buffer => {
+  const lpRef = (s: string) => {
+    const bytes = Buffer.from(s, "utf8")
+    const length = Buffer.alloc(4)
+    length.writeUInt32BE(bytes.length)
+    return Buffer.concat([length, bytes])
+  }
+  const u64Ref = (n: number) => {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64BE(BigInt(n))
+    return b
+  }
+  const kinds: Record<string, number> = { call: 1, outcome: 2 }
+  const outcomes: Record<string, number> = {
+    pending: 0,
+    refused: 1,
+    result: 2,
+    errorAnswer: 3,
+    timedOut: 4,
+    upstreamGone: 5,
+    interrupted: 6
+  }
+  const depth = Buffer.alloc(4)
+  depth.writeUInt32BE(v.delegationDepth)
+  return Buffer.concat([
+    lpRef("agent-ledger/journal-entry/v2"),
+    lpRef(v.sessionId),
+    u64Ref(v.sequence),
+    Buffer.from(v.prevHash, "hex"),
+    u64Ref(v.timestampMillis),
+    lpRef(v.toolName),
+    lpRef(v.serverId),
+    lpRef(v.agentId),
+    u64Ref(v.bytesRead),
+    u64Ref(v.bytesWritten),
+    depth,
+    Buffer.from([v.allowed ? 1 : 0, kinds[v.kind]!, outcomes[v.outcome]!]),
+    u64Ref(v.callSequence)
+  ])
+}
+
+describe("docs/FORMAT.md session journal v2 vectors", () => {
+  const v2Vectors = jsonBlocks(journalSection()).filter((block) => "expectedEntryHash" in block && "kind" in block)
+
+  it("has 3 chained v2 vectors, one with the full hash input", () => {
+    expect(v2Vectors.map((v) => v.vector)).toEqual([4, 5, 6])
+    expect(v2Vectors[1].prevHash).toBe(v2Vectors[0].expectedEntryHash)
+    expect(v2Vectors[2].prevHash).toBe(v2Vectors[1].expectedEntryHash)
+    expect(v2Vectors[0].expectedHashInputHex).toBeDefined()
+  })
+
+  it.each(v2Vectors.map((vector) => [vector.vector, vector]))(
+    "vector %s: the reference encoder and the library give the documented hash",
+    (_, vector) => {
+      const { expectedEntryHash, expectedHashInputHex, vector: _n, ...input } = vector
+      expect(sha256Hex(referenceV2Input(input))).toBe(expectedEntryHash)
+      expect(SessionJournal.computeEntryHash(input)).toBe(expectedEntryHash)
+      if (expectedHashInputHex !== undefined) {
+        expect(referenceV2Input(input).toString("hex")).toBe(expectedHashInputHex)
+        expect(Buffer.concat(SessionJournal.entryHashInput(input)).toString("hex")).toBe(expectedHashInputHex)
+      }
+    }
+  )
+
+  it.effect.prop(
+    "every entry the journal writes hashes as the reference v2 encoder says",
+    [fc.array(fc.record({ tool: fc.string({ maxLength: 20 }), read: fc.nat(), end: fc.boolean() }), { maxLength: 10 })],
+    ([calls]) =>
+      Effect.gen(function*() {
+        const journal = yield* SessionJournal.make("sess-v2 ü")
+        for (const c of calls) {
+          const sequence = yield* journal.record(params(c.tool, { bytesRead: 0, outcome: "pending" }))
+          if (c.end) {
+            yield* journal.record(
+              params(c.tool, { kind: "outcome", outcome: "timedOut", callSequence: sequence, bytesRead: c.read })
+            )
+          }
+        }
+        for (const entry of yield* journal.entries) {
+          expect(entry.entryHash).toBe(sha256Hex(referenceV2Input({ ...entry, sessionId: "sess-v2 ü" })))
+        }
+        yield* SessionJournal.verifyExport(exportJson(yield* journal.export))
+      })
+  )
+})
+
+describe("SessionJournal format v2 rules", () => {
+  it.effect("record refuses an entry that breaks them, leaving the journal unchanged", () =>
+    Effect.gen(function*() {
+      const journal = yield* SessionJournal.make("sess-rules")
+      const pending = yield* journal.record(params("read", { outcome: "pending", bytesRead: 0 }))
+      const bad: ReadonlyArray<[Partial<SessionJournal.RecordParams>, "outcome" | "callSequence"]> = [
+        [{ allowed: false, outcome: "result" }, "outcome"],
+        [{ allowed: true, outcome: "refused" }, "outcome"],
+        [{ callSequence: 7 }, "callSequence"],
+        [{ kind: "outcome", outcome: "pending", callSequence: pending }, "outcome"],
+        [{ kind: "outcome", outcome: "result", callSequence: 99 }, "callSequence"],
+        [{ kind: "outcome", outcome: "result", callSequence: pending, allowed: false }, "outcome"]
+      ]
+      for (const [overrides, field] of bad) {
+        const error = yield* Effect.flip(journal.record(params("read", overrides)))
+        expect(error).toMatchObject({ _tag: "InvalidRecord", field })
+      }
+      // Another tool cannot end the read.
+      expect(
+        yield* Effect.flip(journal.record(params("write", { kind: "outcome", outcome: "result", callSequence: 0 })))
+      ).toMatchObject({ _tag: "InvalidRecord", field: "callSequence" })
+      expect(yield* journal.length).toBe(1)
+      yield* journal.record(params("read", { kind: "outcome", outcome: "interrupted", callSequence: pending }))
+      // Ended once only.
+      expect(
+        yield* Effect.flip(journal.record(params("read", { kind: "outcome", outcome: "result", callSequence: 0 })))
+      ).toMatchObject({ _tag: "InvalidRecord", field: "callSequence" })
+      expect(yield* journal.pendingCalls).toEqual([])
+      expect((yield* journal.dataFlow).totalInvocations).toBe(1)
+      expect(yield* journal.toolSequence).toEqual(["read"])
+    }))
+
+  it.effect("verifyExport names an entry whose outcome or callSequence was rewritten (with its hash)", () =>
+    Effect.gen(function*() {
+      const journal = yield* SessionJournal.make("sess-rewrite")
+      yield* journal.record(params("read", { outcome: "pending", bytesRead: 0 }))
+      yield* journal.record(params("read", { kind: "outcome", outcome: "result", callSequence: 0 }))
+      const json = exportJson(yield* journal.export)
+      // Rewriting a field without rehashing breaks the hash.
+      const edited = structuredClone(json)
+      edited.entries[1].outcome = "timedOut"
+      expect(yield* Effect.flip(SessionJournal.verifyExport(edited))).toMatchObject({ sequence: 1, field: "entryHash" })
+      // Rewriting and rehashing a whole chain still breaks the rules: a second ending of the same call.
+      const forged = structuredClone(json)
+      const extra = { ...forged.entries[1], sequence: 2, prevHash: forged.entries[1].entryHash }
+      extra.entryHash = SessionJournal.computeEntryHash({ ...extra, sessionId: "sess-rewrite" })
+      forged.entries.push(extra)
+      forged.headHash = extra.entryHash
+      expect(yield* Effect.flip(SessionJournal.verifyExport(forged))).toMatchObject({
+        _tag: "IntegrityViolation",
+        sequence: 2,
+        field: "callSequence"
+      })
+    }))
+
+  it.effect("a v1 export still verifies and restores; the journal continues in v2; v2 fields in a v1 export are refused", () =>
+    Effect.gen(function*() {
+      const v1 = jsonBlocks(journalSection()).find((block) => block.format === SessionJournal.EXPORT_FORMAT_V1)
+      yield* SessionJournal.verifyExport(v1)
+      const restored = yield* SessionJournal.fromExport(v1)
+      yield* restored.record(params("read_file", { outcome: "pending", bytesRead: 0 }))
+      const continued = exportJson(yield* restored.export)
+      expect(continued.format).toBe(SessionJournal.EXPORT_FORMAT)
+      expect(continued.entries[1].kind).toBeUndefined()
+      expect(continued.entries[2].kind).toBe("call")
+      yield* SessionJournal.verifyExport(continued)
+      const mixed = { ...continued, format: SessionJournal.EXPORT_FORMAT_V1 }
+      expect(yield* Effect.flip(SessionJournal.verifyExport(mixed))).toMatchObject({
+        _tag: "InvalidExport",
+        issues: [{ path: "entries.2.kind" }]
+      })
     }))
 })

@@ -203,6 +203,8 @@ export interface SessionSeal {
   readonly sessionId: string
   readonly length: number
   readonly headHash: string
+  /** The sealed journal's export format (`SessionJournal.EXPORT_FORMAT`); default `agent-ledger/journal/v1`. */
+  readonly journalFormat?: string | undefined
 }
 
 export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("DeferredAuditEvent")({
@@ -260,7 +262,7 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
           customKind: SESSION_SEALED_EVENT_TYPE,
           payload: {
             session_id: toWellFormed(seal.sessionId),
-            journal_format: JOURNAL_EXPORT_FORMAT,
+            journal_format: seal.journalFormat ?? JOURNAL_EXPORT_FORMAT_V1,
             length: seal.length,
             head_hash: seal.headHash
           }
@@ -271,8 +273,8 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
   }
 }
 
-/** The journal export format a seal names (`SessionJournal.EXPORT_FORMAT`). */
-const JOURNAL_EXPORT_FORMAT = "agent-ledger/journal/v1"
+/** The journal export format a seal names when it is not given (`SessionJournal.EXPORT_FORMAT_V1`). */
+const JOURNAL_EXPORT_FORMAT_V1 = "agent-ledger/journal/v1"
 
 /** The ledger `event_type` of an event's row: a seal (an `Allow` of a seal action) or a refusal. */
 export const eventTypeOf = (event: DeferredAuditEvent): string =>

@@ -15,7 +15,7 @@ import { InputError } from "./CliError.js"
 export type TargetKind = "sqlite" | "ledgerExport" | "journalExport" | "bundle"
 
 const SQLITE_MAGIC = Buffer.from("SQLite format 3\u0000", "latin1")
-const JOURNAL_EXPORT_FORMAT = "agent-ledger/journal/v1"
+const JOURNAL_EXPORT_FORMATS: ReadonlySet<string> = new Set(["agent-ledger/journal/v1", "agent-ledger/journal/v2"])
 
 const describeFsError = (error: unknown): string => {
   const code = (error as NodeJS.ErrnoException | undefined)?.code
@@ -84,7 +84,7 @@ export const detect = (path: string): Effect.Effect<TargetKind, InputError> =>
         catch: (error) => new InputError({ message: `${path}: ${describeFsError(error)}` })
       })
       const format = formatOf(whole)
-      if (format === JOURNAL_EXPORT_FORMAT) return "journalExport"
+      if (typeof format === "string" && JOURNAL_EXPORT_FORMATS.has(format)) return "journalExport"
       if (format === BUNDLE_FORMAT) return "bundle"
     }
     return yield* new InputError({

@@ -6,8 +6,9 @@
  * Evaluation: rules are read in order; the first rule whose action is `refuse` and that matches the call
  * wins; matching `warn` rules are collected and do not block. With `"defaultAction": "deny"` a call whose
  * tool no `allowTools` rule lists is refused (rule `default-deny`). Budgets, call limits, rate limits and
- * sequence rules count **allowed** calls only, so one refused oversized call does not make later calls fail
- * under the wrong rule.
+ * sequence rules count **allowed** calls only (calls still in flight included), so one refused oversized
+ * call does not make later calls fail under the wrong rule. Tool and server names are compared as
+ * `normalizeName` gives them, so look-alike names are the tools the rules name.
  *
  * **What reaches the ledger.** A refusal's row stores the call's arguments, and a signed, append-only ledger
  * cannot forget them: by default only their salted SHA-256 (salted per ledger, `LedgerSql.argumentSalt`)
@@ -15,14 +16,13 @@
  * stored as given, which as salted hashes and which are dropped.
  */
 import canonicalize from "canonicalize"
-import { Clock, Effect, ParseResult, Schema } from "effect"
+import { Effect, ParseResult, Schema } from "effect"
 import * as fs from "node:fs"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
 import { sha256Hex } from "../internal/encoding.js"
-import type * as SessionJournal from "../journal/SessionJournal.js"
-import type { GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
-import { jsonBytes } from "./McpGuard.js"
+import type { AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
+import { DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_ARGUMENT_DEPTH, jsonBytes } from "./McpGuard.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // The document
@@ -71,7 +71,18 @@ export const MaxDelegationDepth = Schema.Struct({
   ...common,
   max: NonNegativeInt
 })
-export const CallLimit = Schema.Struct({ kind: Schema.Literal("callLimit"), ...common, ...scope, max: NonNegativeInt })
+export const CallLimit = Schema.Struct({
+  kind: Schema.Literal("callLimit"),
+  ...common,
+  ...scope,
+  /** Allowed calls at which the next is refused; 0 refuses every call in scope (and hides the tool). */
+  max: NonNegativeInt,
+  /**
+   * `tool` (the default): each tool in scope may be called `max` times per session; `rule`: all the tools
+   * in scope together may be called `max` times.
+   */
+  per: Schema.optional(Schema.Literal("tool", "rule"))
+})
 export const RateLimit = Schema.Struct({
   kind: Schema.Literal("rateLimit"),
   ...common,
@@ -137,7 +148,15 @@ export const GuardPolicy = Schema.Struct({
   hideRefusedTools: Schema.optional(Schema.Boolean),
   rules: Schema.Array(Rule),
   /** Per tool (glob patterns as keys, first match wins), which argument fields the ledger stores. */
-  argumentStorage: Schema.optional(Schema.Record({ key: Schema.String, value: ToolStorage }))
+  argumentStorage: Schema.optional(Schema.Record({ key: Schema.String, value: ToolStorage })),
+  /**
+   * Bounds on a call's arguments, checked before anything else reads them: deeper or larger arguments are
+   * refused under `arguments-too-deep` / `arguments-too-large`. Defaults: depth 64, 4 MiB.
+   */
+  limits: Schema.optional(Schema.Struct({
+    maxArgumentDepth: Schema.optional(PositiveInt),
+    maxArgumentBytes: Schema.optional(PositiveInt)
+  }))
 }).annotations({ identifier: "GuardPolicy" })
 export type GuardPolicy = typeof GuardPolicy.Type
 
@@ -212,15 +231,31 @@ export const load = (path: string): Effect.Effect<GuardPolicy, PolicyError> =>
 
 const globCache = new Map<string, RegExp>()
 
-/** Whether `text` matches the glob `pattern` (`*` any run of characters, `?` one; whole string). */
+const IGNORABLE = /\p{Default_Ignorable_Code_Point}/gu
+
+/**
+ * A tool or server name as rules compare it: Unicode NFKC (fullwidth `ｗｒｉｔｅ` is `write`), case folded
+ * (`WRITE_FILE` is `write_file`), invisible code points (zero-width space, joiners, soft hyphen) removed and
+ * surrounding white space trimmed, so a server cannot slip a look-alike name past a rule.
+ */
+export const normalizeName = (name: string): string =>
+  name.normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC").replace(IGNORABLE, "").trim()
+
+/**
+ * Whether `text` matches the glob `pattern` (`*` any run of characters, `?` one; whole string), both
+ * compared as `normalizeName` gives them.
+ */
 export const globMatch = (pattern: string, text: string): boolean => {
   let re = globCache.get(pattern)
   if (re === undefined) {
-    const source = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".")
+    const source = normalizeName(pattern).replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(
+      /\?/g,
+      "."
+    )
     re = new RegExp(`^${source}$`, "su")
     globCache.set(pattern, re)
   }
-  return re.test(text)
+  return re.test(normalizeName(text))
 }
 
 const anyMatch = (patterns: ReadonlyArray<string> | undefined, text: string): boolean =>
@@ -231,8 +266,8 @@ const inScope = (rule: {
   readonly servers?: ReadonlyArray<string> | undefined
 }, call: {
   readonly toolName: string
-  readonly serverId: string
-}) => anyMatch(rule.tools, call.toolName) && anyMatch(rule.servers, call.serverId)
+  readonly serverId?: string | undefined
+}) => anyMatch(rule.tools, call.toolName) && (call.serverId === undefined || anyMatch(rule.servers, call.serverId))
 
 /** The value at a dotted `path` of `value` (`a.b.0`), or undefined. */
 export const valueAt = (value: unknown, path: string): unknown => {
@@ -244,7 +279,33 @@ export const valueAt = (value: unknown, path: string): unknown => {
   return current
 }
 
-const sameJson = (a: unknown, b: unknown): boolean => canonicalize(a as object) === canonicalize(b as object)
+/**
+ * Whether two values are the same JSON (object key order ignored, `-0` is `0`), without recursion: the
+ * value is the client's, and may be nested arbitrarily deep.
+ */
+export const sameJson = (a: unknown, b: unknown): boolean => {
+  const stack: Array<readonly [unknown, unknown]> = [[a, b]]
+  while (stack.length > 0) {
+    const [x, y] = stack.pop()!
+    if (x === y) continue
+    if (typeof x !== "object" || typeof y !== "object" || x === null || y === null) return false
+    if (Array.isArray(x) !== Array.isArray(y)) return false
+    if (Array.isArray(x)) {
+      const ys = y as ReadonlyArray<unknown>
+      if (x.length !== ys.length) return false
+      for (let i = 0; i < x.length; i++) stack.push([x[i], ys[i]])
+      continue
+    }
+    const xs = Object.keys(x).filter((k) => (x as Record<string, unknown>)[k] !== undefined)
+    const yKeys = Object.keys(y).filter((k) => (y as Record<string, unknown>)[k] !== undefined)
+    if (xs.length !== yKeys.length) return false
+    for (const key of xs) {
+      if (!Object.hasOwn(y, key)) return false
+      stack.push([(x as Record<string, unknown>)[key], (y as Record<string, unknown>)[key]])
+    }
+  }
+  return true
+}
 
 const satisfies = (value: unknown, match: typeof ArgumentMatch.Type): boolean => {
   if (value === undefined) return false
@@ -257,25 +318,27 @@ const satisfies = (value: unknown, match: typeof ArgumentMatch.Type): boolean =>
 // Evaluation
 // ---------------------------------------------------------------------------------------------------------
 
-/** An allowed call of the journal, as the rules read it. */
-interface AllowedCall {
+/** An allowed call, as the rules read it: the tool, and the time the guard allowed it. */
+export interface AllowedCall {
   readonly toolName: string
+  /** The call's server (absent in histories that do not record it: then any server is in scope). */
+  readonly serverId?: string | undefined
+  /** `Clock` time of the decision that allowed it (not of its completion). */
   readonly timestampMillis: number
 }
 
-/** The session as the rules see it: allowed calls only, kept up to date incrementally per journal. */
-interface SessionView {
-  seen: number
-  allowedRead: number
-  allowedWritten: number
-  readonly allowed: Array<AllowedCall>
-}
-
-/** What `evaluate` reads: the session's allowed calls and totals, and the time. */
+/**
+ * What `evaluate` reads: the session's allowed calls in the order the guard allowed them (calls still in
+ * flight included), its byte totals, and the time.
+ */
 export interface Snapshot {
   readonly allowed: ReadonlyArray<AllowedCall>
+  /** Bytes read by the allowed calls that have ended. */
   readonly allowedRead: number
+  /** Bytes of arguments of the allowed calls, those in flight included (known when they are allowed). */
   readonly allowedWritten: number
+  /** Allowed calls that have not ended yet: the bytes they will read are not known. Default 0. */
+  readonly inFlight?: number | undefined
   readonly nowMillis: number
 }
 
@@ -285,8 +348,12 @@ const fill = (template: string | undefined, fallback: string, values: Record<str
 /**
  * The policy's verdict on `call`, given the session's allowed calls: pure, so it can be tested and
  * reasoned about without a journal.
+ *
+ * `AwaitInFlight` when the verdict depends on bytes not known yet: a refusing `budget` rule with a `read`
+ * or `total` limit is reached while allowed calls are in flight (`snapshot.inFlight > 0`). The guard then
+ * waits for them to end and asks again, so the verdict is the one a sequential order would give.
  */
-export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapshot): Verdict => {
+export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapshot): Verdict | AwaitInFlight => {
   const warnings: Array<Warn> = []
   const bytesWritten = jsonBytes(call.arguments)
   const fire = (
@@ -311,16 +378,24 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
     }
     return new Refuse({ ruleId: rule.id, reason })
   }
-  const countWhere = (patterns: ReadonlyArray<string> | undefined, since = Number.NEGATIVE_INFINITY) => {
+  /** Earlier allowed calls in the rule's scope (of this very tool, with `sameTool`), newer than `since`. */
+  const countWhere = (
+    rule: { readonly tools?: ReadonlyArray<string> | undefined; readonly servers?: ReadonlyArray<string> | undefined },
+    since = Number.NEGATIVE_INFINITY,
+    sameTool = false
+  ) => {
+    const tool = sameTool ? normalizeName(call.toolName) : ""
     let n = 0
     for (let i = snapshot.allowed.length - 1; i >= 0; i--) {
       const entry = snapshot.allowed[i]!
       if (entry.timestampMillis <= since) break
-      if (anyMatch(patterns, entry.toolName)) n++
+      if (!inScope(rule, entry)) continue
+      if (sameTool && normalizeName(entry.toolName) !== tool) continue
+      n++
     }
     return n
   }
-  const check = (rule: Rule): Refuse | undefined => {
+  const check = (rule: Rule): Refuse | AwaitInFlight | undefined => {
     switch (rule.kind) {
       case "allowTools":
         return undefined
@@ -337,6 +412,12 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
           : undefined
       }
       case "budget": {
+        // Read bytes of calls in flight are known only when they end; a refusal under this rule (and its
+        // `{actual}`) depends on them, so the decision waits (a warn-only rule decides on what is known).
+        if (
+          (snapshot.inFlight ?? 0) > 0 && rule.action !== "warn" &&
+          (rule.read !== undefined || rule.total !== undefined)
+        ) return { _tag: "AwaitInFlight", ruleId: rule.id }
         const read = snapshot.allowedRead
         const written = snapshot.allowedWritten + bytesWritten
         const total = read + written
@@ -370,14 +451,21 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
       }
       case "callLimit": {
         if (!inScope(rule, call)) return undefined
-        const calls = countWhere(rule.tools)
+        const perTool = rule.per !== "rule"
+        const calls = countWhere(rule, Number.NEGATIVE_INFINITY, perTool)
         return calls >= rule.max
-          ? fire(rule, "{tool} may be called {limit} times per session", { limit: rule.max, actual: calls + 1 })
+          ? fire(
+            rule,
+            perTool
+              ? "{tool} may be called {limit} times per session"
+              : "these tools may be called {limit} times per session",
+            { limit: rule.max, actual: calls + 1 }
+          )
           : undefined
       }
       case "rateLimit": {
         if (!inScope(rule, call)) return undefined
-        const calls = countWhere(rule.tools, snapshot.nowMillis - rule.windowSeconds * 1000)
+        const calls = countWhere(rule, snapshot.nowMillis - rule.windowSeconds * 1000)
         return calls >= rule.max
           ? fire(rule, `at most {limit} calls per ${rule.windowSeconds} s`, { limit: rule.max, actual: calls + 1 })
           : undefined
@@ -406,7 +494,7 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
   }
   for (const rule of policy.rules) {
     const refusal = check(rule)
-    if (refusal !== undefined) return { decision: refusal, warnings }
+    if (refusal !== undefined) return refusal._tag === "AwaitInFlight" ? refusal : { decision: refusal, warnings }
   }
   return { decision: new Allow(), warnings }
 }
@@ -416,14 +504,16 @@ const isListed = (policy: GuardPolicy, serverId: string, toolName: string): bool
 
 /**
  * Whether `tools/list` shows the tool: false when `hideRefusedTools` is set and the policy refuses the tool
- * whatever the session (a `blockTools`/`blockServers` refusal, or not listed under `defaultAction: deny`).
+ * whatever the session (a `blockTools`/`blockServers` refusal, a `callLimit` of 0, or not listed under
+ * `defaultAction: deny`).
  */
 export const isVisible = (policy: GuardPolicy, serverId: string, toolName: string): boolean => {
   if (policy.hideRefusedTools !== true) return true
   if (policy.defaultAction === "deny" && !isListed(policy, serverId, toolName)) return false
   return !policy.rules.some((rule) =>
     (rule.kind === "blockTools" && rule.action !== "warn" && inScope(rule, { toolName, serverId })) ||
-    (rule.kind === "blockServers" && rule.action !== "warn" && anyMatch(rule.servers, serverId))
+    (rule.kind === "blockServers" && rule.action !== "warn" && anyMatch(rule.servers, serverId)) ||
+    (rule.kind === "callLimit" && rule.max === 0 && rule.action !== "warn" && inScope(rule, { toolName, serverId }))
   )
 }
 
@@ -480,38 +570,12 @@ export const storedArguments = (policy: GuardPolicy, toolName: string, args: unk
 // ---------------------------------------------------------------------------------------------------------
 
 /** The policy as the guard runs it, with `salt` for argument hashes (`LedgerSql.argumentSalt`). */
-export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => {
-  const views = new WeakMap<SessionJournal.Journal, SessionView>()
-
-  /** The journal's allowed calls, brought up to date with the entries recorded since the last look. */
-  const viewOf = (journal: SessionJournal.Journal) =>
-    Effect.gen(function*() {
-      let view = views.get(journal)
-      if (view === undefined) {
-        view = { seen: 0, allowedRead: 0, allowedWritten: 0, allowed: [] }
-        views.set(journal, view)
-      }
-      const length = yield* journal.length
-      if (length > view.seen) {
-        for (const entry of yield* journal.recentEntries(length - view.seen)) {
-          if (!entry.allowed) continue
-          view.allowedRead += entry.bytesRead
-          view.allowedWritten += entry.bytesWritten
-          view.allowed.push({ toolName: entry.toolName, timestampMillis: entry.timestampMillis })
-        }
-        view.seen = length
-      }
-      return view
-    })
-
-  return {
-    decide: (call, journal) =>
-      Effect.gen(function*() {
-        const view = yield* viewOf(journal)
-        const nowMillis = yield* Clock.currentTimeMillis
-        return evaluate(policy, call, { ...view, nowMillis })
-      }),
-    isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
-    storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
-  }
-}
+export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => ({
+  decide: (call, session, nowMillis) => evaluate(policy, call, { ...session, nowMillis }),
+  argumentLimits: {
+    maxDepth: policy.limits?.maxArgumentDepth ?? DEFAULT_MAX_ARGUMENT_DEPTH,
+    maxBytes: policy.limits?.maxArgumentBytes ?? DEFAULT_MAX_ARGUMENT_BYTES
+  },
+  isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
+  storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
+})

@@ -5,15 +5,20 @@
  * `AuditQueue` naming their journal entry (refusal payload v2), and seals the journal into the ledger
  * (`session.sealed` rows) every `sealEvery` entries and when the session ends.
  *
- * The two-step shape (`check`, then `complete` with the result) is what a proxy needs: the journal entry
- * of an allowed call holds the bytes it returned. `PromiseGuard` is the same guard for code that is not
+ * The two-step shape (`check`, then `complete` with how the call ended) is what a proxy needs: the journal
+ * records the decision at once and the outcome (with the bytes returned) when the call ends (format v2).
+ *
+ * Concurrency: decisions in one session are made one at a time under a per-session lock, with calls in
+ * flight counted, so the calls allowed are those some sequential order would allow (docs/OPERATIONS.md,
+ * "Concurrent calls in one session"). Arguments pass an iterative depth and size gate before anything
+ * reads them (`measureArguments`). `PromiseGuard` is the same guard for code that is not
  * written with Effect (the MCP SDK's handlers are Promise-based).
  *
  * Fail-closed mode: refusals are submitted with `submitAndWait`, and while the audit queue cannot make
  * events durable (closed, failed, or its database unwritable) every call is refused under the rule
  * `audit-unavailable`, since a refusal that cannot be recorded must not happen unrecorded.
  */
-import { Context, Duration, Effect, Layer, Option, Runtime } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, Layer, Option, Runtime } from "effect"
 import type { Decision, JsonValue, Warn } from "../audit/AuditEvent.js"
 import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/AuditEvent.js"
 import * as AuditQueue from "../audit/AuditQueue.js"
@@ -40,16 +45,121 @@ export interface Verdict {
 }
 
 /**
+ * The policy cannot decide yet: its verdict depends on the bytes calls now in flight will read (a budget
+ * rule, `ruleId`). The guard waits for them to end and asks again.
+ */
+export interface AwaitInFlight {
+  readonly _tag: "AwaitInFlight"
+  readonly ruleId: string
+}
+
+/**
+ * The session as a policy reads it, kept by the guard: the allowed calls in the order the guard allowed
+ * them, calls in flight included (each with the time it was allowed), the bytes read by those that have
+ * ended, the argument bytes of all of them, and how many are still in flight.
+ */
+export interface SessionHistory {
+  readonly allowed: ReadonlyArray<
+    { readonly toolName: string; readonly serverId?: string | undefined; readonly timestampMillis: number }
+  >
+  readonly allowedRead: number
+  readonly allowedWritten: number
+  readonly inFlight: number
+}
+
+/**
  * The policy side of the guard (`GuardPolicy.engine` builds one from a policy document): the decision on
- * a call given the session's journal, the tools a client may see, and what of a call's arguments goes into
+ * a call given the session's history, the tools a client may see, and what of a call's arguments goes into
  * the signed, append-only ledger.
  */
 export interface PolicyEngine {
-  readonly decide: (call: GuardCall, journal: SessionJournal.Journal) => Effect.Effect<Verdict>
+  /** Pure and synchronous: the guard calls it while it holds the session's decision lock. */
+  readonly decide: (call: GuardCall, session: SessionHistory, nowMillis: number) => Verdict | AwaitInFlight
   /** Whether `tools/list` shows the tool (false for tools the policy always refuses, when it hides them). */
   readonly isVisible: (serverId: string, toolName: string) => boolean
   /** The arguments as the ledger stores them (by default only their hash and size). */
   readonly storedArguments: (toolName: string, args: unknown) => JsonValue
+  /** Bounds on a call's arguments (default depth 64, 4 MiB), checked before anything else reads them. */
+  readonly argumentLimits?: ArgumentLimits | undefined
+}
+
+/** How deep and how large a call's arguments may be (`measureArguments`). */
+export interface ArgumentLimits {
+  /** Nesting of objects and arrays; `{"a": 1}` is depth 1, a string alone depth 0. */
+  readonly maxDepth: number
+  /** Size as JSON in UTF-8, counted without string escapes. */
+  readonly maxBytes: number
+}
+
+export const DEFAULT_MAX_ARGUMENT_DEPTH = 64
+export const DEFAULT_MAX_ARGUMENT_BYTES = 4 * 1024 * 1024
+
+/** The rule ids of calls refused because their arguments are too deep or too large to be read safely. */
+export const ARGUMENTS_TOO_DEEP_RULE = "arguments-too-deep"
+export const ARGUMENTS_TOO_LARGE_RULE = "arguments-too-large"
+
+/** What `measureArguments` found: within the limits (with the size), or the first limit crossed. */
+export type ArgumentSize =
+  | { readonly _tag: "Within"; readonly bytes: number }
+  | { readonly _tag: "TooDeep"; readonly depth: number }
+  | { readonly _tag: "TooLarge"; readonly bytes: number }
+
+/**
+ * Walks a client's arguments without recursion, stopping at the first limit crossed: so no later step
+ * (policy matching, canonical JSON, `JSON.stringify`, journaling, the ledger) meets a value deeper or
+ * larger than the limits. The size counts strings and keys as UTF-8 with their quotes, numbers as written,
+ * and JSON punctuation; escapes are not counted. Each node adds at least one byte, so the walk itself is
+ * bounded by `maxBytes` (a value that contains itself is too deep).
+ */
+export const measureArguments = (value: unknown, limits: ArgumentLimits): ArgumentSize => {
+  let bytes = 0
+  const stack: Array<unknown> = [value]
+  const depths: Array<number> = [0]
+  while (stack.length > 0) {
+    const v = stack.pop()
+    const depth = depths.pop()!
+    switch (typeof v) {
+      case "string":
+        bytes += Buffer.byteLength(v, "utf8") + 2
+        break
+      case "number":
+      case "bigint":
+        bytes += String(v).length
+        break
+      case "boolean":
+        bytes += v ? 4 : 5
+        break
+      case "object": {
+        if (v === null) {
+          bytes += 4
+          break
+        }
+        if (depth + 1 > limits.maxDepth) return { _tag: "TooDeep", depth: depth + 1 }
+        if (Array.isArray(v)) {
+          bytes += 2 + Math.max(0, v.length - 1)
+          if (bytes > limits.maxBytes) return { _tag: "TooLarge", bytes }
+          for (let i = v.length - 1; i >= 0; i--) {
+            stack.push(v[i])
+            depths.push(depth + 1)
+          }
+        } else {
+          const keys = Object.keys(v)
+          bytes += 2 + Math.max(0, keys.length - 1)
+          for (const key of keys) {
+            bytes += Buffer.byteLength(key, "utf8") + 3
+            if (bytes > limits.maxBytes) return { _tag: "TooLarge", bytes }
+            stack.push((v as Record<string, unknown>)[key])
+            depths.push(depth + 1)
+          }
+        }
+        break
+      }
+      default:
+        bytes += 1
+    }
+    if (bytes > limits.maxBytes) return { _tag: "TooLarge", bytes }
+  }
+  return { _tag: "Within", bytes }
 }
 
 export interface Options {
@@ -69,6 +179,12 @@ export interface Options {
 export interface Ticket {
   readonly call: GuardCall
   readonly bytesWritten: number
+  /** Unique within the guard: `complete` ends the call of this id once; later completions do nothing. */
+  readonly id: number
+  /** The call's place in the session's order of decisions (0 for the first call decided). */
+  readonly decisionIndex: number
+  /** The journal entry of the decision (kind `call`, outcome `pending`); its outcome entry names it. */
+  readonly sequence: number
 }
 
 /**
@@ -88,6 +204,22 @@ export type CallOutcome =
   /** The session ended (a signal, the client closing) before the upstream answered. */
   | { readonly _tag: "Interrupted" }
 
+/** The journal's name for an outcome (format v2, docs/FORMAT.md). */
+export const journalOutcome = (outcome: CallOutcome): SessionJournal.Outcome => {
+  switch (outcome._tag) {
+    case "Result":
+      return "result"
+    case "ErrorAnswer":
+      return "errorAnswer"
+    case "TimedOut":
+      return "timedOut"
+    case "UpstreamGone":
+      return "upstreamGone"
+    case "Interrupted":
+      return "interrupted"
+  }
+}
+
 /** The bytes an outcome read from the upstream (0 when it never answered). */
 export const outcomeBytes = (outcome: CallOutcome): number =>
   outcome._tag === "Result" || outcome._tag === "ErrorAnswer" ? Math.max(0, Math.floor(outcome.bytesRead)) : 0
@@ -106,6 +238,8 @@ export interface Refused {
   readonly sequence: number
   /** The ledger row, when the refusal was acknowledged durable (fail-closed mode). */
   readonly ledgerSequence: number | null
+  /** The call's place in the session's order of decisions (see `Ticket.decisionIndex`). */
+  readonly decisionIndex: number
 }
 
 /** The rule id of refusals made because auditing cannot be made durable (fail-closed mode). */
@@ -114,16 +248,26 @@ export const AUDIT_UNAVAILABLE_RULE = "audit-unavailable"
 export class McpGuard extends Context.Tag("agent-ledger/McpGuard")<McpGuard, {
   /** Decide on a call: journal and ledger a refusal now; an allowed call is journaled by `complete`. */
   readonly check: (call: GuardCall) => Effect.Effect<Check>
-  /** An allowed call has ended, with `outcome` (called exactly once per allowed call). */
+  /**
+   * An allowed call has ended, with `outcome`. Idempotent per ticket: a second completion of the same
+   * ticket (or of one `endSession`/`seal` already ended as interrupted) does nothing.
+   */
   readonly complete: (ticket: Ticket, outcome: CallOutcome) => Effect.Effect<void>
   /**
    * Refuse a call under a rule of the caller's (a transport-level rule such as `arguments-too-deep` or
    * `duplicate-request-id`) without asking the policy: journaled and ledgered like a policy refusal.
    */
   readonly refuse: (call: GuardCall, ruleId: string, reason: string) => Effect.Effect<Refused>
-  /** Seal the session's journal into the ledger now; its `length` and head hash, `None` if not open. */
+  /**
+   * Seal the session's journal into the ledger now; its `length` and head hash, `None` if not open. Calls
+   * of the session still in flight are first ended as `Interrupted`, so what is sealed is complete: call it
+   * when the session ends (the guard seals on its own every `sealEvery` entries).
+   */
   readonly seal: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
-  /** Seal the session's journal and close it: its final export, `None` if it was not open. */
+  /**
+   * End the session's calls in flight as `Interrupted`, seal its journal and close it: its final export,
+   * `None` if it was not open.
+   */
   readonly endSession: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
   /** The session's journal (created empty on first use). */
   readonly journal: (sessionId: string) => Effect.Effect<SessionJournal.Journal>
@@ -145,6 +289,23 @@ export const jsonBytes = (value: unknown): number => {
   }
 }
 
+/** What the guard keeps of one open session: the policy's history and the calls in flight. */
+interface SessionState {
+  /** Held while a call is decided and registered (or journaled, when refused): one decision at a time. */
+  readonly lock: Effect.Semaphore
+  readonly allowed: Array<{ readonly toolName: string; readonly serverId: string; readonly timestampMillis: number }>
+  allowedRead: number
+  allowedWritten: number
+  readonly inFlight: Map<number, Ticket>
+  /** Completed when the last call in flight ends, for a decision waiting on them (`AwaitInFlight`). */
+  idle: Deferred.Deferred<void> | undefined
+  decisions: number
+  /** Whether the history has been read from the journal's entries (a journal restored from an export). */
+  seeded: boolean
+  /** Set while `seal`/`endSession` ends the calls in flight: a decision then ends them rather than wait. */
+  ending: boolean
+}
+
 export const make = (
   options: Options
 ): Effect.Effect<Service, never, AuditQueue.AuditQueue | SessionJournals.SessionJournals> =>
@@ -156,6 +317,47 @@ export const make = (
     const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
     /** The agent of each open session, for its seal rows. */
     const agents = new Map<string, string>()
+    const sessions = new Map<string, SessionState>()
+    let nextTicketId = 0
+
+    const sessionOf = (sessionId: string): SessionState => {
+      let state = sessions.get(sessionId)
+      if (state === undefined) {
+        state = {
+          lock: Effect.unsafeMakeSemaphore(1),
+          allowed: [],
+          allowedRead: 0,
+          allowedWritten: 0,
+          inFlight: new Map(),
+          idle: undefined,
+          decisions: 0,
+          seeded: false,
+          ending: false
+        }
+        sessions.set(sessionId, state)
+      }
+      return state
+    }
+
+    /** A journal the guard did not start (restored from an export) brings its allowed calls into the history. */
+    const seed = (state: SessionState, journal: SessionJournal.Journal) =>
+      Effect.gen(function*() {
+        if (state.seeded) return
+        state.seeded = true
+        for (const entry of yield* journal.entries) {
+          if (entry.kind === "outcome") {
+            state.allowedRead += entry.bytesRead
+          } else if (entry.allowed) {
+            state.allowed.push({
+              toolName: entry.toolName,
+              serverId: entry.serverId,
+              timestampMillis: entry.timestampMillis
+            })
+            state.allowedRead += entry.bytesRead
+            state.allowedWritten += entry.bytesWritten
+          }
+        }
+      })
 
     const auditAvailable = Effect.map(
       Effect.all([queue.isOpen, queue.status]),
@@ -168,7 +370,8 @@ export const make = (
         const event = yield* DeferredAuditEvent.sessionSeal(agents.get(sessionId) ?? "", {
           sessionId,
           length: exported.entries.length,
-          headHash: exported.headHash
+          headHash: exported.headHash,
+          journalFormat: exported.format
         })
         if (failClosed) {
           yield* queue.submitAndWait(event).pipe(
@@ -184,40 +387,90 @@ export const make = (
         return exported
       })
 
-    /** Journals the call; seals every `sealEvery` entries. Returns the entry's sequence. */
-    const record = (call: GuardCall, allowed: boolean, bytesWritten: number, bytesRead: number) =>
+    /**
+     * Journals an entry of the call (no seal: see `sealIfDue`, run once the session's lock is released): its
+     * decision (`refused`, or `pending` for an allowed call), or the outcome that ends it.
+     */
+    const journalCall = (
+      call: GuardCall,
+      entry:
+        | { readonly kind: "call"; readonly outcome: "refused" | "pending"; readonly bytesWritten: number }
+        | {
+          readonly kind: "outcome"
+          readonly outcome: SessionJournal.Outcome
+          readonly callSequence: number
+          readonly bytesRead: number
+        }
+    ) =>
       Effect.gen(function*() {
         const journal = yield* journals.get(call.sessionId)
         if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
-        const sequence = yield* journal.record({
+        return yield* journal.record({
           toolName: call.toolName,
           serverId: call.serverId,
           agentId: call.agentId,
-          bytesRead,
-          bytesWritten,
+          bytesRead: entry.kind === "outcome" ? entry.bytesRead : 0,
+          bytesWritten: entry.kind === "call" ? entry.bytesWritten : 0,
           delegationDepth: call.delegationDepth ?? 0,
-          allowed
+          allowed: entry.outcome !== "refused",
+          kind: entry.kind,
+          outcome: entry.outcome,
+          ...(entry.kind === "outcome" ? { callSequence: entry.callSequence } : {})
         }).pipe(
           // The guard computes every value itself; a rejected one is a bug, not the caller's input.
           Effect.orDie
         )
-        if (sealEvery > 0 && (sequence + 1) % sealEvery === 0) yield* sealJournal(call.sessionId, journal)
-        return sequence
       })
+
+    /** Seals every `sealEvery` entries (`sequence` the entry just journaled). */
+    const sealIfDue = (sessionId: string, sequence: number) =>
+      sealEvery > 0 && (sequence + 1) % sealEvery === 0
+        ? Effect.flatMap(journals.get(sessionId), (journal) => Effect.asVoid(sealJournal(sessionId, journal)))
+        : Effect.void
 
     const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
 
+    /** A refusal decided and journaled under the session's lock, not yet ledgered. */
+    interface Journaled {
+      readonly call: GuardCall
+      readonly ruleId: string
+      readonly reason: string
+      readonly sequence: number
+      readonly decisionIndex: number
+      /** What the ledger stores of arguments that were not read (too deep or too large). */
+      readonly unread?: JsonValue | undefined
+    }
+
+    /** Journals a refusal; runs under the session's lock, so it takes its place in the order of decisions. */
+    const journalRefusal = (
+      state: SessionState,
+      call: GuardCall,
+      bytesWritten: number,
+      ruleId: string,
+      reason: string,
+      unread?: JsonValue
+    ) =>
+      Effect.map(journalCall(call, { kind: "call", outcome: "refused", bytesWritten }), (sequence): Journaled => ({
+        call,
+        ruleId,
+        reason,
+        sequence,
+        decisionIndex: state.decisions++,
+        unread
+      }))
+
     /**
-     * Ledgers a refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable, unless the
-     * queue is known not to be able to write now (the event is then held in order until it can).
+     * Ledgers a journaled refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable,
+     * unless the queue is known not to be able to write now (the event is then held in order until it can).
      */
-    const refuse = (call: GuardCall, bytesWritten: number, ruleId: string, reason: string, wait = failClosed) =>
+    const ledgerRefusal = (refused: Journaled, wait = failClosed) =>
       Effect.gen(function*() {
-        const sequence = yield* record(call, false, bytesWritten, 0)
+        const { call, reason, ruleId, sequence } = refused
+        yield* sealIfDue(call.sessionId, sequence)
         const action = new ToolCall({
           toolName: call.toolName,
           serverId: call.serverId,
-          arguments: policy.storedArguments(call.toolName, call.arguments)
+          arguments: refused.unread ?? policy.storedArguments(call.toolName, call.arguments)
         })
         const decision = new Refuse({ ruleId, reason })
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
@@ -243,14 +496,135 @@ export const make = (
         } else {
           yield* queue.submitRefusal(call.agentId, action, decision, journalRef)
         }
-        return { _tag: "Refused", ruleId, reason, sequence, ledgerSequence } as Refused
+        return {
+          _tag: "Refused",
+          ruleId,
+          reason,
+          sequence,
+          ledgerSequence,
+          decisionIndex: refused.decisionIndex
+        } as Refused
       })
+
+    /**
+     * Runs `f` holding the session's decision lock, on the session's current state: a caller that queued on
+     * the lock of a session that ended meanwhile starts again on the new session's state.
+     */
+    const underLock = <A>(sessionId: string, f: (state: SessionState) => Effect.Effect<A>): Effect.Effect<A> =>
+      Effect.suspend(() => {
+        const state = sessionOf(sessionId)
+        return state.lock.withPermits(1)(
+          Effect.suspend(() => sessions.get(sessionId) === state ? f(state) : underLock(sessionId, f))
+        )
+      })
+
+    /** Refuses under a rule of the caller's: journaled in the order of decisions, then ledgered. */
+    const refuseWith = (
+      call: GuardCall,
+      bytesWritten: number,
+      ruleId: string,
+      reason: string,
+      wait = failClosed,
+      unread?: JsonValue
+    ) => {
+      return underLock(call.sessionId, (state) => journalRefusal(state, call, bytesWritten, ruleId, reason, unread))
+        .pipe(Effect.flatMap((journaled) => ledgerRefusal(journaled, wait)))
+    }
+
+    const limits: ArgumentLimits = policy.argumentLimits ?? {
+      maxDepth: DEFAULT_MAX_ARGUMENT_DEPTH,
+      maxBytes: DEFAULT_MAX_ARGUMENT_BYTES
+    }
+
+    /**
+     * The arguments' gate: `Within` with their exact JSON size, or the refusal of arguments too deep or too
+     * large to be read (the ledger then stores what was measured, never the value).
+     */
+    const gate = (call: GuardCall) => {
+      const size = measureArguments(call.arguments, limits)
+      switch (size._tag) {
+        case "Within":
+          return { _tag: "Within", bytes: jsonBytes(call.arguments) } as const
+        case "TooDeep":
+          return {
+            _tag: "Refuse",
+            ruleId: ARGUMENTS_TOO_DEEP_RULE,
+            reason: `the arguments of ${call.toolName} are nested deeper than ${limits.maxDepth} levels`,
+            bytes: 0,
+            unread: { unread: ARGUMENTS_TOO_DEEP_RULE, depthOver: limits.maxDepth }
+          } as const
+        case "TooLarge":
+          return {
+            _tag: "Refuse",
+            ruleId: ARGUMENTS_TOO_LARGE_RULE,
+            reason: `the arguments of ${call.toolName} are larger than ${limits.maxBytes} bytes`,
+            bytes: size.bytes,
+            unread: { unread: ARGUMENTS_TOO_LARGE_RULE, bytesOver: limits.maxBytes }
+          } as const
+      }
+    }
+
+    /**
+     * The decision on `call`, atomic with respect to the session's other decisions: the policy reads the
+     * history (calls in flight included), and the allowed call is registered in flight, or the refused one
+     * journaled, before the lock is released. A verdict that waits on calls in flight waits here, holding
+     * the lock, until they have all ended (no busy-waiting; interruptible).
+     */
+    const decide = (call: GuardCall, bytesWritten: number) =>
+      underLock(call.sessionId, (state) =>
+        Effect.gen(function*() {
+          yield* seed(state, yield* journals.get(call.sessionId))
+          while (true) {
+            const nowMillis = yield* Clock.currentTimeMillis
+            const verdict = policy.decide(call, {
+              allowed: state.allowed,
+              allowedRead: state.allowedRead,
+              allowedWritten: state.allowedWritten,
+              inFlight: state.inFlight.size
+            }, nowMillis)
+            if ("_tag" in verdict) {
+              if (state.inFlight.size === 0) {
+                return yield* Effect.dieMessage(`policy rule ${verdict.ruleId} waits on calls in flight, but none are`)
+              }
+              if (state.ending) {
+                // The session is being sealed: the calls in flight end as interrupted now, as the seal would
+                // end them, instead of this decision waiting on the lock's next holder (the seal) for them.
+                yield* interruptInFlight(call.sessionId)
+                continue
+              }
+              const idle = state.idle ?? (state.idle = Deferred.unsafeMake<void>(FiberId.none))
+              yield* Deferred.await(idle)
+              continue
+            }
+            if (verdict.decision._tag === "Refuse") {
+              const { reason, ruleId } = verdict.decision
+              return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
+            }
+            const sequence = yield* journalCall(call, { kind: "call", outcome: "pending", bytesWritten })
+            const ticket: Ticket = {
+              call,
+              bytesWritten,
+              id: nextTicketId++,
+              decisionIndex: state.decisions++,
+              sequence
+            }
+            state.inFlight.set(ticket.id, ticket)
+            state.allowed.push({ toolName: call.toolName, serverId: call.serverId, timestampMillis: nowMillis })
+            state.allowedWritten += bytesWritten
+            if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
+            return { verdict, ticket, sequence }
+          }
+        }))
 
     const check = (call: GuardCall): Effect.Effect<Check> =>
       Effect.gen(function*() {
-        const bytesWritten = jsonBytes(call.arguments)
+        const gated = gate(call)
+        if (gated._tag === "Refuse") {
+          return yield* refuseWith(call, gated.bytes, gated.ruleId, gated.reason, failClosed, gated.unread)
+        }
+        const bytesWritten = gated.bytes
         if (failClosed && !(yield* auditAvailable)) {
-          return yield* refuse(
+          return yield* refuseWith(
             call,
             bytesWritten,
             AUDIT_UNAVAILABLE_RULE,
@@ -258,40 +632,101 @@ export const make = (
             false
           )
         }
-        const journal = yield* journals.get(call.sessionId)
-        const verdict = yield* policy.decide(call, journal)
-        for (const warning of verdict.warnings) {
+        const decided = yield* decide(call, bytesWritten)
+        for (const warning of decided.verdict.warnings) {
           yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
             Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
           )
         }
-        if (verdict.decision._tag === "Refuse") {
-          return yield* refuse(call, bytesWritten, verdict.decision.ruleId, verdict.decision.reason)
-        }
-        return { _tag: "Allowed", ticket: { call, bytesWritten }, warnings: verdict.warnings } as const
+        if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
+        yield* sealIfDue(call.sessionId, decided.sequence)
+        return { _tag: "Allowed", ticket: decided.ticket, warnings: decided.verdict.warnings } as const
       })
 
+    /**
+     * Ends a call in flight: its bytes join the history and its outcome entry is journaled; a no-op if it
+     * already ended.
+     */
     const complete = (ticket: Ticket, outcome: CallOutcome): Effect.Effect<void> =>
-      Effect.asVoid(record(ticket.call, true, ticket.bytesWritten, outcomeBytes(outcome)))
+      Effect.suspend(() => {
+        const state = sessions.get(ticket.call.sessionId)
+        if (state === undefined || !state.inFlight.delete(ticket.id)) return Effect.void
+        state.allowedRead = Math.min(Number.MAX_SAFE_INTEGER, state.allowedRead + outcomeBytes(outcome))
+        if (state.inFlight.size === 0 && state.idle !== undefined) {
+          Deferred.unsafeDone(state.idle, Exit.void)
+          state.idle = undefined
+        }
+        return journalCall(ticket.call, {
+          kind: "outcome",
+          outcome: journalOutcome(outcome),
+          callSequence: ticket.sequence,
+          bytesRead: outcomeBytes(outcome)
+        }).pipe(
+          Effect.flatMap((sequence) => sealIfDue(ticket.call.sessionId, sequence))
+        )
+      })
 
-    const seal = (sessionId: string) =>
-      Effect.flatMap(journals.list, (open) =>
-        open.includes(sessionId)
-          ? Effect.asSome(Effect.flatMap(journals.get(sessionId), (journal) => sealJournal(sessionId, journal)))
-          : Effect.succeedNone)
+    /** Ends every call of the session still in flight as `Interrupted`. */
+    const interruptInFlight = (sessionId: string) =>
+      Effect.suspend(() => {
+        const state = sessions.get(sessionId)
+        if (state === undefined) return Effect.void
+        return Effect.forEach(
+          Array.from(state.inFlight.values()),
+          (ticket) => complete(ticket, { _tag: "Interrupted" }),
+          { discard: true }
+        )
+      })
+
+    /**
+     * Seals after ending the calls in flight; under the session's lock, so no decision is half made (a
+     * decision waiting on calls in flight is released by their ending, and finishes first).
+     */
+    const sealEnding = (sessionId: string, andThen: Effect.Effect<void>) =>
+      Effect.gen(function*() {
+        const ending = sessions.get(sessionId)
+        if (ending !== undefined) ending.ending = true
+        yield* interruptInFlight(sessionId)
+        const state = sessions.get(sessionId)
+        const sealNow = Effect.gen(function*() {
+          yield* interruptInFlight(sessionId)
+          const open = yield* journals.list
+          if (!open.includes(sessionId)) {
+            yield* andThen
+            return Option.none()
+          }
+          const sealed = yield* sealJournal(sessionId, yield* journals.get(sessionId))
+          yield* andThen
+          return Option.some(sealed)
+        })
+        return yield* (state === undefined ? sealNow : state.lock.withPermits(1)(sealNow)).pipe(
+          Effect.ensuring(Effect.sync(() => {
+            if (ending !== undefined) ending.ending = false
+          }))
+        )
+      })
+
+    const seal = (sessionId: string) => sealEnding(sessionId, Effect.void)
 
     const endSession = (sessionId: string) =>
-      Effect.gen(function*() {
-        const sealed = yield* seal(sessionId)
-        yield* journals.end(sessionId)
-        agents.delete(sessionId)
-        return sealed
-      })
+      sealEnding(
+        sessionId,
+        Effect.gen(function*() {
+          yield* journals.end(sessionId)
+          agents.delete(sessionId)
+          sessions.delete(sessionId)
+        })
+      )
 
     return McpGuard.of({
       check,
       complete,
-      refuse: (call, ruleId, reason) => refuse(call, jsonBytes(call.arguments), ruleId, reason),
+      refuse: (call, ruleId, reason) => {
+        const gated = gate(call)
+        return gated._tag === "Within"
+          ? refuseWith(call, gated.bytes, ruleId, reason)
+          : refuseWith(call, gated.bytes, ruleId, reason, failClosed, gated.unread)
+      },
       seal,
       endSession,
       journal: journals.get,

@@ -1,9 +1,14 @@
 /**
  * The per-session journal: an append-only, SHA-256 hash-chained record of an agent's tool calls, with
  * running data-flow totals and tool counts. Each entry's hash covers the session id, its position and the
- * previous entry's hash (format v1, docs/FORMAT.md "Session journal"), so any change to a recorded call,
- * any reordering, deletion or insertion, and (when the head hash is pinned) any truncation is detected by
+ * previous entry's hash (docs/FORMAT.md "Session journal"), so any change to a recorded call, any
+ * reordering, deletion or insertion, and (when the head hash is pinned) any truncation is detected by
  * `verifyIntegrity` on a live journal or by `verifyExport` on an exported one.
+ *
+ * Format v2 (what `record` writes) says how every call ended: a `call` entry records the decision (refused,
+ * or allowed and `pending`, or allowed with its ending when recorded whole), and an `outcome` entry later
+ * ends a pending call (result, error answer, timed out, upstream gone, interrupted), naming it by
+ * `callSequence`. Exports of format v1 still verify, and a journal restored from one continues in v2.
  *
  * A journal is a value made by `make(sessionId)`, its state changed only in single synchronous steps; time
  * comes from `Clock`.
@@ -12,11 +17,50 @@ import { Context, Effect, Layer, ParseResult, Schema } from "effect"
 import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
 import { debugSpan } from "../internal/tracing.js"
 
-/** The `format` of a `JournalExport`. */
-export const EXPORT_FORMAT = "agent-ledger/journal/v1"
+/** The `format` of a `JournalExport` written now (v2 entries; v1 entries of a restored journal kept). */
+export const EXPORT_FORMAT = "agent-ledger/journal/v2"
 
-/** The domain string that opens every entry's hash input. */
-export const ENTRY_HASH_DOMAIN = "agent-ledger/journal-entry/v1"
+/** The `format` of exports written before format v2 (every entry v1); still verified. */
+export const EXPORT_FORMAT_V1 = "agent-ledger/journal/v1"
+
+/** The domain string that opens every v2 entry's hash input. */
+export const ENTRY_HASH_DOMAIN = "agent-ledger/journal-entry/v2"
+
+/** The domain string that opens every v1 entry's hash input. */
+export const ENTRY_HASH_DOMAIN_V1 = "agent-ledger/journal-entry/v1"
+
+/** What a v2 entry is: a call's decision, or the later ending of a call recorded as `pending`. */
+export const EntryKind = Schema.Literal("call", "outcome")
+export type EntryKind = typeof EntryKind.Type
+
+/**
+ * How a call ended. `pending`: allowed and not ended yet (an `outcome` entry follows); `refused`: the guard
+ * refused it; the others say how an allowed call ended (see `McpGuard.CallOutcome`).
+ */
+export const Outcome = Schema.Literal(
+  "pending",
+  "refused",
+  "result",
+  "errorAnswer",
+  "timedOut",
+  "upstreamGone",
+  "interrupted"
+)
+export type Outcome = typeof Outcome.Type
+
+/** The byte each kind is hashed as (docs/FORMAT.md). */
+export const KIND_CODES: Readonly<Record<EntryKind, number>> = { call: 1, outcome: 2 }
+
+/** The byte each outcome is hashed as (docs/FORMAT.md). */
+export const OUTCOME_CODES: Readonly<Record<Outcome, number>> = {
+  pending: 0,
+  refused: 1,
+  result: 2,
+  errorAnswer: 3,
+  timedOut: 4,
+  upstreamGone: 5,
+  interrupted: 6
+}
 
 /** Span names, made only at debug level (docs/OPERATIONS.md, "Traces"). */
 export const SPAN_RECORD = "agent_ledger.journal.record"
@@ -42,7 +86,10 @@ const DelegationDepth = Schema.Number.pipe(
   Schema.between(0, MAX_DELEGATION_DEPTH)
 ).annotations({ identifier: "DelegationDepth" })
 
-/** One recorded tool call, as it is hashed and exported. */
+/**
+ * One journal entry, as it is hashed and exported. A v2 entry has `kind`, `outcome` and `callSequence`; a
+ * v1 entry (only in journals restored from a v1 export) has none of them and is hashed as v1.
+ */
 export class JournalEntry extends Schema.Class<JournalEntry>("JournalEntry")({
   /** 0-based position in the journal. */
   sequence: NonNegativeSafeInt,
@@ -59,19 +106,30 @@ export class JournalEntry extends Schema.Class<JournalEntry>("JournalEntry")({
   bytesWritten: NonNegativeSafeInt,
   delegationDepth: DelegationDepth,
   /** `false` for a call the guard denied (still journaled and counted). */
-  allowed: Schema.Boolean
+  allowed: Schema.Boolean,
+  /** v2: a call's decision, or the ending of an earlier pending call. */
+  kind: Schema.optional(EntryKind),
+  /** v2: how the call ended (`pending` until its `outcome` entry). */
+  outcome: Schema.optional(Outcome),
+  /** v2: the `sequence` of the call entry: its own for a `call`, the ended call's for an `outcome`. */
+  callSequence: Schema.optional(NonNegativeSafeInt)
 }) {}
 
 /** A whole journal, for offline verification (`verifyExport`) and restore (`fromExport`). */
 export class JournalExport extends Schema.Class<JournalExport>("JournalExport")({
-  format: Schema.Literal(EXPORT_FORMAT),
+  /** `agent-ledger/journal/v2` (entries v2, or v1 kept from a restored v1 journal), or `.../v1` (all v1). */
+  format: Schema.Literal(EXPORT_FORMAT, EXPORT_FORMAT_V1),
   sessionId: Schema.String,
   /** The last entry's `entryHash` (the zero hash when empty): pins the chain's length. */
   headHash: Hash,
   entries: Schema.Array(JournalEntry)
 }) {}
 
-/** What a caller records; the journal adds sequence, hashes and timestamp. */
+/**
+ * What a caller records; the journal adds sequence, hashes and timestamp. Without `kind` it is a `call`;
+ * without `outcome`, a refused call (`allowed: false`) is `refused` and an allowed one `result` (a call
+ * recorded whole once it has ended). An `outcome` entry names the pending call it ends in `callSequence`.
+ */
 export interface RecordParams {
   readonly toolName: string
   readonly serverId: string
@@ -80,9 +138,15 @@ export interface RecordParams {
   readonly bytesWritten: number
   readonly delegationDepth: number
   readonly allowed: boolean
+  readonly kind?: EntryKind | undefined
+  readonly outcome?: Outcome | undefined
+  readonly callSequence?: number | undefined
 }
 
-/** Running totals over every recorded call, allowed or denied. Sums saturate at `Number.MAX_SAFE_INTEGER`. */
+/**
+ * Running totals over every recorded call, allowed or denied (bytes of `outcome` entries included; they are
+ * not counted as invocations). Sums saturate at `Number.MAX_SAFE_INTEGER`.
+ */
 export interface DataFlow {
   readonly totalBytesRead: number
   readonly totalBytesWritten: number
@@ -96,7 +160,7 @@ export interface DataFlow {
 
 /** `record` was given a value the format cannot hold; the journal is unchanged. */
 export class InvalidRecord extends Schema.TaggedError<InvalidRecord>()("InvalidRecord", {
-  field: Schema.Literal("bytesRead", "bytesWritten", "delegationDepth"),
+  field: Schema.Literal("bytesRead", "bytesWritten", "delegationDepth", "outcome", "callSequence"),
   /** The rejected value (may be NaN or ±Infinity, so keep it out of strict JSON). */
   value: Schema.Number,
   reason: Schema.String
@@ -114,7 +178,7 @@ export class InvalidRecord extends Schema.TaggedError<InvalidRecord>()("InvalidR
  */
 export class IntegrityViolation extends Schema.TaggedError<IntegrityViolation>()("IntegrityViolation", {
   sequence: Schema.Number,
-  field: Schema.Literal("sequence", "prevHash", "entryHash", "headHash"),
+  field: Schema.Literal("sequence", "prevHash", "entryHash", "headHash", "outcome", "callSequence"),
   expected: Schema.String,
   actual: Schema.String
 }) {
@@ -152,9 +216,12 @@ export interface EntryHashInput extends RecordParams {
   readonly timestampMillis: number
 }
 
-/** The v1 hash input bytes, in order (docs/FORMAT.md); callers pass values the schemas above accept. */
+/**
+ * The hash input bytes, in order (docs/FORMAT.md): v2 when the input has a `kind`, else v1. Callers pass
+ * values the schemas above accept.
+ */
 export const entryHashInput = (input: EntryHashInput): ReadonlyArray<Uint8Array> => [
-  lp(ENTRY_HASH_DOMAIN),
+  lp(input.kind === undefined ? ENTRY_HASH_DOMAIN_V1 : ENTRY_HASH_DOMAIN),
   lp(input.sessionId),
   u64(input.sequence),
   hashBytes(input.prevHash),
@@ -165,17 +232,25 @@ export const entryHashInput = (input: EntryHashInput): ReadonlyArray<Uint8Array>
   u64(input.bytesRead),
   u64(input.bytesWritten),
   u32(input.delegationDepth),
-  u8(input.allowed ? 1 : 0)
+  u8(input.allowed ? 1 : 0),
+  ...(input.kind === undefined ? [] : [
+    u8(KIND_CODES[input.kind]),
+    u8(OUTCOME_CODES[input.outcome ?? "pending"]),
+    u64(input.callSequence ?? input.sequence)
+  ])
 ]
 
-/**
- * Writes v1 hash inputs for one session into one reused buffer (grown when a record's strings need more
- * room) and hashes them: byte for byte `entryHashInput`, without a buffer per field or BigInt encoding.
- * The domain and session id prefix is written once.
- */
 /** The hashed fields an entry holds itself (its position and link are given apart). */
 type EntryFields = Omit<EntryHashInput, "sessionId" | "prevHash" | "sequence">
 
+/** Where the domain's version digit sits in the prefix (the v1 and v2 domains differ only there). */
+const DOMAIN_VERSION_OFFSET = 4 + ENTRY_HASH_DOMAIN.length - 1
+
+/**
+ * Writes hash inputs for one session into one reused buffer (grown when a record's strings need more
+ * room) and hashes them: byte for byte `entryHashInput`, without a buffer per field or BigInt encoding.
+ * The domain and session id prefix is written once (its version digit switched per entry).
+ */
 class EntryEncoder {
   #buffer: Buffer
   readonly #prefixLength: number
@@ -205,10 +280,14 @@ class EntryEncoder {
   #reserve(sequence: number, input: EntryFields): number {
     // UTF-8 takes at most 3 bytes per UTF-16 code unit: enough room without measuring each string first.
     const strings = input.toolName.length + input.serverId.length + input.agentId.length
-    const needed = this.#prefixLength + 8 + 32 + 8 + 12 + 3 * strings + 8 + 8 + 4 + 1
+    const needed = this.#prefixLength + 8 + 32 + 8 + 12 + 3 * strings + 8 + 8 + 4 + 1 + 10
     if (needed > this.#buffer.length) this.#grow(needed)
+    this.#buffer[DOMAIN_VERSION_OFFSET] = input.kind === undefined ? 0x31 : 0x32
+    this.#sequence = sequence
     return writeU64(this.#buffer, this.#prefixLength, sequence)
   }
+
+  #sequence = 0
 
   /** Everything after the previous hash, from `at`; returns the end. */
   #encodeRest(at: number, input: EntryFields): number {
@@ -220,7 +299,11 @@ class EntryEncoder {
     at = writeU64(b, at, input.bytesRead)
     at = writeU64(b, at, input.bytesWritten)
     at = b.writeUInt32BE(input.delegationDepth, at)
-    return b.writeUInt8(input.allowed ? 1 : 0, at)
+    at = b.writeUInt8(input.allowed ? 1 : 0, at)
+    if (input.kind === undefined) return at
+    at = b.writeUInt8(KIND_CODES[input.kind], at)
+    at = b.writeUInt8(OUTCOME_CODES[input.outcome ?? "pending"], at)
+    return writeU64(b, at, input.callSequence ?? this.#sequence)
   }
 
   #grow(needed: number): void {
@@ -245,12 +328,76 @@ const writeLp = (b: Buffer, at: number, s: string): number => {
   return at + 4 + written
 }
 
-/** The v1 `entryHash`: SHA-256 of `entryHashInput`, as 64 lowercase hex chars. */
+/** The `entryHash` (v2, or v1 for an input without `kind`): SHA-256 of `entryHashInput`, as 64 hex chars. */
 export const computeEntryHash = (input: EntryHashInput): string => new EntryEncoder(input.sessionId).hash(input)
 
 // ---------------------------------------------------------------------------------------------------------
 // Verification (shared by live journals and exports)
 // ---------------------------------------------------------------------------------------------------------
+
+/** A broken v2 rule between entries: which field, what was expected and what was found. */
+interface OutcomeProblem {
+  readonly field: "outcome" | "callSequence"
+  readonly expected: string
+  readonly actual: string
+}
+
+const ENDINGS: ReadonlySet<Outcome> = new Set(["result", "errorAnswer", "timedOut", "upstreamGone", "interrupted"])
+
+/**
+ * The v2 rules between entries (docs/FORMAT.md): a `call` names itself; a refused call is `refused` and an
+ * allowed one is not; an `outcome` entry ends (with an ending, not `pending`/`refused`) an earlier allowed
+ * call that is `pending` and not ended yet, of the same tool, server, agent and delegation depth. v1
+ * entries are calls recorded whole and take part in none of this.
+ */
+class Outcomes {
+  readonly #pending = new Map<number, EntryFields>()
+
+  /** The first rule `entry` (at `sequence`) breaks, or undefined; then `add` it. */
+  problem(sequence: number, entry: EntryFields): OutcomeProblem | undefined {
+    if (entry.kind === undefined) return undefined
+    const outcome = entry.outcome
+    if (outcome === undefined) return { field: "outcome", expected: "an outcome", actual: "none" }
+    const callSequence = entry.callSequence
+    if (entry.kind === "call") {
+      if (callSequence !== sequence) {
+        return { field: "callSequence", expected: String(sequence), actual: String(callSequence) }
+      }
+      if (entry.allowed ? outcome === "refused" : outcome !== "refused") {
+        return { field: "outcome", expected: entry.allowed ? "not refused (allowed)" : "refused", actual: outcome }
+      }
+      return undefined
+    }
+    if (!ENDINGS.has(outcome) || !entry.allowed) {
+      return { field: "outcome", expected: "an ending of an allowed call", actual: outcome }
+    }
+    const call = callSequence === undefined ? undefined : this.#pending.get(callSequence)
+    if (call === undefined) {
+      return { field: "callSequence", expected: "an earlier pending call", actual: String(callSequence) }
+    }
+    if (
+      call.toolName !== entry.toolName || call.serverId !== entry.serverId || call.agentId !== entry.agentId ||
+      call.delegationDepth !== entry.delegationDepth
+    ) {
+      return {
+        field: "callSequence",
+        expected: `the call of ${call.toolName} on ${call.serverId}`,
+        actual: `${entry.toolName} on ${entry.serverId}`
+      }
+    }
+    return undefined
+  }
+
+  add(sequence: number, entry: EntryFields): void {
+    if (entry.kind === "call" && entry.outcome === "pending") this.#pending.set(sequence, entry)
+    else if (entry.kind === "outcome" && entry.callSequence !== undefined) this.#pending.delete(entry.callSequence)
+  }
+
+  /** The calls still pending, oldest first. */
+  get pending(): ReadonlyArray<number> {
+    return Array.from(this.#pending.keys())
+  }
+}
 
 const verifyChain = (
   sessionId: string,
@@ -260,6 +407,7 @@ const verifyChain = (
 ): Effect.Effect<void, IntegrityViolation> => {
   let expectedPrev = ZERO_HASH
   const encoder = new EntryEncoder(sessionId)
+  const outcomes = new Outcomes()
   for (let index = 0; index < length; index++) {
     const entry = entries[index]!
     if (entry.sequence !== index) {
@@ -283,6 +431,9 @@ const verifyChain = (
         new IntegrityViolation({ sequence: index, field: "entryHash", expected: recomputed, actual: entry.entryHash })
       )
     }
+    const problem = outcomes.problem(index, entry)
+    if (problem !== undefined) return Effect.fail(new IntegrityViolation({ sequence: index, ...problem }))
+    outcomes.add(index, entry)
     expectedPrev = entry.entryHash
   }
   if (headHash !== expectedPrev) {
@@ -291,6 +442,16 @@ const verifyChain = (
     )
   }
   return Effect.void
+}
+
+/** The path of the first v2 field among `entries` (`entries.3.kind`), or undefined. */
+const v2FieldIn = (entries: ReadonlyArray<JournalEntry>): string | undefined => {
+  for (const [i, entry] of entries.entries()) {
+    for (const field of ["kind", "outcome", "callSequence"] as const) {
+      if (entry[field] !== undefined) return `entries.${i}.${field}`
+    }
+  }
+  return undefined
 }
 
 // A field the format does not have is an error: it would travel with the export while no hash covers it.
@@ -315,6 +476,18 @@ const toInvalidExport = (error: ParseResult.ParseError): InvalidExport => {
 export const verifyExport = (input: unknown): Effect.Effect<JournalExport, InvalidExport | IntegrityViolation> =>
   decodeExport(input).pipe(
     Effect.mapError(toInvalidExport),
+    Effect.filterOrFail(
+      (exported) => exported.format !== EXPORT_FORMAT_V1 || v2FieldIn(exported.entries) === undefined,
+      (exported) =>
+        new InvalidExport({
+          issues: [
+            new ExportIssue({
+              path: v2FieldIn(exported.entries) ?? "",
+              message: `a format v2 field in a ${EXPORT_FORMAT_V1} export`
+            })
+          ]
+        })
+    ),
     Effect.tap((exported) =>
       verifyChain(exported.sessionId, exported.entries, exported.entries.length, exported.headHash)
     )
@@ -327,11 +500,16 @@ export const verifyExport = (input: unknown): Effect.Effect<JournalExport, Inval
 /** A journal of one session. Every operation reads one consistent snapshot. */
 export interface Journal {
   readonly sessionId: Effect.Effect<string>
-  /** Append a call; returns its `sequence`. Fails, leaving the journal unchanged, on an invalid number. */
+  /**
+   * Append an entry (a call, or the outcome of a pending one); returns its `sequence`. Fails, leaving the
+   * journal unchanged, on an invalid number or an entry that breaks the v2 rules (`outcome`, `callSequence`).
+   */
   readonly record: (params: RecordParams) => Effect.Effect<number, InvalidRecord>
   readonly dataFlow: Effect.Effect<DataFlow>
-  /** Tool names in recording order. */
+  /** Tool names of the calls in recording order (`outcome` entries left out). */
   readonly toolSequence: Effect.Effect<ReadonlyArray<string>>
+  /** The sequences of the allowed calls still `pending` (no `outcome` entry yet), oldest first. */
+  readonly pendingCalls: Effect.Effect<ReadonlyArray<number>>
   /** Calls per tool name, in order of first use (a fresh copy). */
   readonly toolCounts: Effect.Effect<ReadonlyMap<string, number>>
   readonly length: Effect.Effect<number>
@@ -410,7 +588,8 @@ class EntryLog {
       bytesRead: s.bytesRead,
       bytesWritten: s.bytesWritten,
       delegationDepth: s.delegationDepth,
-      allowed: s.allowed
+      allowed: s.allowed,
+      ...(s.kind === undefined ? {} : { kind: s.kind, outcome: s.outcome, callSequence: s.callSequence })
     }, true)
   }
 
@@ -430,6 +609,8 @@ class EntryLog {
  */
 interface State {
   readonly log: EntryLog
+  /** The v2 rules between entries, and the calls still pending. */
+  readonly outcomes: Outcomes
   totalBytesRead: number
   totalBytesWritten: number
   totalInvocations: number
@@ -440,10 +621,13 @@ interface State {
 
 const saturatingAdd = (a: number, b: number): number => Math.min(Number.MAX_SAFE_INTEGER, a + b)
 
+/** Appends; an `outcome` entry adds its bytes but is not another invocation of its tool. */
 const append = (state: State, entry: StoredEntry, hash: Uint8Array): void => {
+  state.outcomes.add(state.log.length, entry)
   state.log.push(entry, hash)
   state.totalBytesRead = saturatingAdd(state.totalBytesRead, entry.bytesRead)
   state.totalBytesWritten = saturatingAdd(state.totalBytesWritten, entry.bytesWritten)
+  if (entry.kind === "outcome") return
   state.totalInvocations = saturatingAdd(state.totalInvocations, 1)
   if (entry.delegationDepth > state.maxDelegationDepth) state.maxDelegationDepth = entry.delegationDepth
   state.toolCounts.set(entry.toolName, saturatingAdd(state.toolCounts.get(entry.toolName) ?? 0, 1))
@@ -451,6 +635,7 @@ const append = (state: State, entry: StoredEntry, hash: Uint8Array): void => {
 
 const emptyState = (): State => ({
   log: new EntryLog(),
+  outcomes: new Outcomes(),
   totalBytesRead: 0,
   totalBytesWritten: 0,
   totalInvocations: 0,
@@ -500,6 +685,7 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
     /** The append itself: one synchronous step, on values copied once from the caller's object. */
     const appendNow = (params: RecordParams, now: number): number | InvalidRecord => {
       const sequence = log.length
+      const kind = params.kind ?? "call"
       const entry: StoredEntry = {
         timestampMillis: Math.max(0, Math.floor(now)),
         toolName: params.toolName,
@@ -508,10 +694,21 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
         bytesRead: params.bytesRead,
         bytesWritten: params.bytesWritten,
         delegationDepth: params.delegationDepth,
-        allowed: params.allowed
+        allowed: params.allowed,
+        kind,
+        outcome: params.outcome ?? (params.allowed ? "result" : "refused"),
+        callSequence: kind === "call" ? params.callSequence ?? sequence : params.callSequence
       }
       const invalid = invalidParams(entry)
       if (invalid !== undefined) return invalid
+      const problem = state.outcomes.problem(sequence, entry)
+      if (problem !== undefined) {
+        return new InvalidRecord({
+          field: problem.field,
+          value: problem.field === "callSequence" ? entry.callSequence ?? -1 : OUTCOME_CODES[entry.outcome!],
+          reason: `expected ${problem.expected}, got ${problem.actual}`
+        })
+      }
       append(state, entry, encoder.hashRaw(sequence, entry, log))
       return sequence
     }
@@ -540,8 +737,9 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
         totalInvocations: s.totalInvocations,
         maxDelegationDepth: s.maxDelegationDepth
       })),
-      toolSequence: read(() => log.stored.map((entry) => entry.toolName)),
+      toolSequence: read(() => log.stored.flatMap((entry) => entry.kind === "outcome" ? [] : [entry.toolName])),
       toolCounts: read((s) => new Map(s.toolCounts)),
+      pendingCalls: read((s) => s.outcomes.pending),
       length: read(() => log.length),
       isEmpty: read(() => log.length === 0),
       entries: read(() => log.entries(0)),
