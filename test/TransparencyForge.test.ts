@@ -127,6 +127,7 @@ const signedLedger = async (db: string) => {
           client.insert(made.map((row) => ({ ...row, appended_at: row.timestamp })))
         }`)
     )
+  const sql = (statement: string) => onDb(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => client.unsafe(statement)))
   const checkpoint = async () => {
     const made = await cli("checkpoint", db, "--private-key", privateKey)
     return { ...made, root: made.stdout.split("\n")[2] ?? "", size: Number(made.stdout.split("\n")[1]) }
@@ -152,7 +153,7 @@ const signedLedger = async (db: string) => {
     const verified = await cli("verify-receipt", out, "--key", verifierKey)
     return { made, verified, receipt: made.code === 0 ? JSON.parse(readFileSync(out, "utf8")) : undefined }
   }
-  return { append, rows, fabricate, insertRows, plant, checkpoint, rowsRoot, prove, origin, verifierKey, signer }
+  return { append, rows, fabricate, insertRows, sql, plant, checkpoint, rowsRoot, prove, origin, verifierKey, signer }
 }
 
 type Ledger = Awaited<ReturnType<typeof signedLedger>>
@@ -302,6 +303,34 @@ const scenarios = (target: () => { readonly db: string; readonly drop?: () => vo
       // --allow-unsigned is the auditor saying the ledger is not signed: the row is then proven in the tree only.
       expect(Either.isRight(check({ signature: null, key_id: null, attest_level: "unsigned" }, true))).toBe(true)
     }))
+
+  it(
+    "rows rewritten or cut under a signed checkpoint: never signed over, never proven",
+    { timeout: 300_000 },
+    () =>
+      withLedger(async (ledger) => {
+        await ledger.append(20)
+        expect((await ledger.checkpoint()).code).toBe(0)
+        // Row 5 replaced by a made-up row with consistent hashes (its entry hash is no longer the tree's leaf).
+        const real = await ledger.rows()
+        const [fake] = ledger.fabricate(5, 1, real[4]!.entry_hash)
+        await ledger.sql(`DELETE FROM signed_events WHERE sequence = 5`)
+        await ledger.insertRows([fake!])
+        // The next checkpoint still signs the rows the key signed before (the stored subtrees it authenticated).
+        await ledger.append(3)
+        const next = await ledger.checkpoint()
+        expect(next.code).toBe(0)
+        expect(next.root).toBe(b64(forgedTree(await ledger.rows(), [real[5]!]).rootHash()))
+        const rewritten = await ledger.prove(5)
+        expect(rewritten.made.code).toBe(1)
+        expect(rewritten.made.stderr).toContain("rewritten")
+        // Cut below the last checkpoint: the key refuses to sign.
+        await ledger.sql(`DELETE FROM signed_events WHERE sequence >= 10`)
+        const cut = await ledger.checkpoint()
+        expect(cut.code).toBe(1)
+        expect(cut.stderr).toContain("truncated")
+      })
+  )
 
   it(
     "fabricated rows appended to a signed ledger are never checkpointed, nor proven",
