@@ -365,18 +365,19 @@ const extendVerified = (
         WHERE sequence >= ${frontier.size} AND sequence < ${size} ORDER BY sequence LIMIT ${PAGE}`
       if (rows.length === 0) break
       const emitted: Array<Emitted> = []
+      for (const row of rows) checker.checkUnknown({ ...row, sequence: Number(row.sequence) })
+      // One report per page: a page with a failing row is refused whole, before any of it is pushed.
+      const report = checker.report()
+      if (!report.ok) {
+        const failure = Option.getOrThrow(report.firstFailure)
+        return yield* new TransparencyRefusal({
+          reason: "unverifiedRow",
+          sequence: failure.sequence,
+          detail: `the row at sequence ${failure.sequence} does not verify (${failure.kind}: ${failure.message}): ` +
+            `nothing signed`
+        })
+      }
       for (const row of rows) {
-        checker.checkUnknown({ ...row, sequence: Number(row.sequence) })
-        const report = checker.report()
-        if (!report.ok) {
-          const failure = Option.getOrThrow(report.firstFailure)
-          return yield* new TransparencyRefusal({
-            reason: "unverifiedRow",
-            sequence: failure.sequence,
-            detail: `the row at sequence ${failure.sequence} does not verify (${failure.kind}: ${failure.message}): ` +
-              `nothing signed`
-          })
-        }
         frontier.push(leafHash(Buffer.from(String(row.entry_hash), "hex")), (node) => emitted.push(node))
       }
       repaired.push(...(yield* reconcile(sql, emitted)))
