@@ -30,6 +30,7 @@ export const root = Command.make("agent-ledger").pipe(
     keygen.command,
     mcpProxy.command,
     transparency.checkpointCommand,
+    transparency.checkpointsCommand,
     transparency.proveCommand,
     transparency.verifyReceiptCommand,
     transparency.verifyConsistencyCommand
@@ -47,6 +48,7 @@ const SUBCOMMANDS = [
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
   { name: "checkpoint", command: transparency.checkpointCommand },
+  { name: "checkpoints", command: transparency.checkpointsCommand },
   { name: "prove", command: transparency.proveCommand },
   { name: "verify-receipt", command: transparency.verifyReceiptCommand },
   { name: "verify-consistency", command: transparency.verifyConsistencyCommand }
@@ -62,7 +64,8 @@ const knownOptions = (entry: (typeof SUBCOMMANDS)[number]): ReadonlySet<string> 
 
 /** Options of one command that contradict each other: given together, the command refuses to guess. */
 const CONFLICTS: Readonly<Record<string, ReadonlyArray<ReadonlyArray<string>>>> = {
-  prove: [["--sequence", "--event-id", "--consistency"]]
+  prove: [["--sequence", "--event-id", "--consistency"], ["--checkpoint", "--stored-checkpoint"]],
+  verify: [["--checkpoint-key", "--trust-embedded-key"]]
 }
 
 /** `agent-ledger --help`: every command with the first line of its description. */

@@ -69,6 +69,8 @@ export const PLACEHOLDERS: Readonly<Record<string, string>> = {
   "--out": "FILE",
   "--bundle": "FILE",
   "--checkpoint": "FILE",
+  "--stored-checkpoint": "SIZE|latest",
+  "--max-failures": "N",
   "--checkpoint-key": "VKEY",
   "--key": "VKEY",
   "--ledger": "DB",

@@ -6,12 +6,12 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option, Stream } from "effect"
-import * as fs from "node:fs"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import * as LedgerExport from "../ledger/LedgerExport.js"
 import * as EvidenceBundle from "../transparency/EvidenceBundle.js"
 import * as LedgerTransparency from "../transparency/LedgerTransparency.js"
-import { InputError } from "./CliError.js"
+import { writeText } from "./AtomicFile.js"
+import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
@@ -86,12 +86,21 @@ const writeBundle = (options: ExportOptions, file: string, from: number | undefi
     const signer = yield* loadSigner(options.privateKey.value)
     const keyring = yield* loadKeyring(options.publicKeys)
     const publicKeys = keyring.keyIds.flatMap((id) => Option.toArray(keyring.get(id)))
-    const origin = Option.getOrElse(options.origin, () => LedgerTransparency.defaultOrigin(options.db))
-    const bundle = yield* EvidenceBundle.make({ from, to, origin, signer, publicKeys }).pipe(
+    const bundle = yield* Effect.flatMap(
+      // The origin given, else the ledger's own (kept by its first checkpoint), else from the database's name.
+      Option.match(options.origin, { onSome: Effect.succeed, onNone: () => LedgerTransparency.originOf(options.db) }),
+      (origin) => EvidenceBundle.make({ from, to, origin, signer, publicKeys })
+    ).pipe(
       Effect.provide(openLedger(options.db, { readonly: false })),
       Effect.catchTags({
         SqlError: (error) => new InputError({ message: `${options.db}: ${error.message}` }),
-        BundleError: (error) => new InputError({ message: `${options.db}: ${error.message}` })
+        BundleError: (error) => new InputError({ message: `${options.db}: ${error.message}` }),
+        // A ledger or cache someone wrote: nothing is signed or written (exit 1).
+        TransparencyRefusal: (refusal) =>
+          Effect.zipRight(
+            Console.error(`agent-ledger: refused: ${refusal.detail}`),
+            Effect.fail(new VerificationFailed({ message: refusal.detail }))
+          )
       })
     )
     const known = new Set([signer.publicKey, ...publicKeys].map(AuditSigner.keyIdOf))
@@ -104,10 +113,7 @@ const writeBundle = (options: ExportOptions, file: string, from: number | undefi
           `pass it with --public-key, or the bundle's signatures cannot be checked`
       )
     }
-    yield* Effect.try({
-      try: () => fs.writeFileSync(file, `${JSON.stringify(bundle, null, 1)}\n`),
-      catch: (error) => new InputError({ message: `${file}: cannot write (${String(error)})` })
-    })
+    yield* writeText(file, `${JSON.stringify(bundle, null, 1)}\n`)
     yield* Console.error(
       `agent-ledger: bundled rows ${bundle.from_sequence}..${bundle.to_sequence} with their proofs to ${file}; ` +
         `verifier key ${bundle.verifier_key}`

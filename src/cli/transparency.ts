@@ -9,17 +9,17 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either, Option } from "effect"
+import { Console, Effect, Either, Option } from "effect"
 import * as fs from "node:fs"
-import type * as AuditSigner from "../audit/AuditSigner.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerTransparency from "../transparency/LedgerTransparency.js"
 import * as SignedNote from "../transparency/SignedNote.js"
+import { writeText } from "./AtomicFile.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import { loadSigner } from "./shared.js"
-import { printLine } from "./TerminalText.js"
+import { printJson, printLine } from "./TerminalText.js"
 
 const readText = (file: string) =>
   Effect.try({
@@ -37,17 +37,25 @@ const readJson = (file: string) =>
 const write = (out: Option.Option<string>, text: string) =>
   Option.match(out, {
     onNone: () => Effect.sync(() => process.stdout.write(text)),
-    onSome: (file) =>
-      Effect.try({
-        try: () => fs.writeFileSync(file, text),
-        catch: (error) => new InputError({ message: `${file}: cannot write (${String(error)})` })
-      })
+    // `-` is stdout, as for tools operators know; a file is written atomically.
+    onSome: (file) => file === "-" ? Effect.sync(() => process.stdout.write(text)) : writeText(file, text)
   })
 
+/** A refusal to sign or prove (a ledger or cache someone wrote): said on stderr, exit 1. */
+const refused = (refusal: LedgerTransparency.TransparencyRefusal) =>
+  Effect.zipRight(
+    Console.error(`agent-ledger: refused: ${refusal.detail}`),
+    Effect.fail(new VerificationFailed({ message: refusal.detail }))
+  )
+
 /** `effect` on the ledger; it may store the tree's subtrees and checkpoints (never a row). */
-const onLedger = <A>(db: string, effect: Effect.Effect<A, SqlError, LedgerSql.LedgerSql>) =>
+const onLedger = <A>(
+  db: string,
+  effect: Effect.Effect<A, SqlError | LedgerTransparency.TransparencyRefusal, LedgerSql.LedgerSql>
+) =>
   effect.pipe(
-    Effect.mapError((error) => new InputError({ message: `${db}: ${error.message}` })),
+    Effect.catchTag("TransparencyRefusal", refused),
+    Effect.catchTag("SqlError", (error) => new InputError({ message: `${db}: ${error.message}` })),
     Effect.provide(openLedger(db, { readonly: false }))
   )
 
@@ -64,8 +72,16 @@ const verifierKey = Options.text("key").pipe(
   Options.withDescription("the verifier key: <origin>+<key id>+<base64 key> (agent-ledger checkpoint --key)")
 )
 
+/** The origin given, else the ledger's (kept by its first checkpoint), else one from the database's name. */
 const originOf = (target: string, given: Option.Option<string>) =>
-  Option.getOrElse(given, () => LedgerTransparency.defaultOrigin(target))
+  Option.match(given, {
+    onSome: Effect.succeed,
+    onNone: () =>
+      LedgerTransparency.originOf(target).pipe(
+        Effect.catchTag("SqlError", (error) => new InputError({ message: `${target}: ${error.message}` })),
+        Effect.provide(openLedger(target, { readonly: false }))
+      )
+  })
 
 export const checkpointCommand = Command.make(
   "checkpoint",
@@ -78,7 +94,7 @@ export const checkpointCommand = Command.make(
   (options) =>
     Effect.gen(function*() {
       const signer = yield* loadSigner(options.privateKey)
-      const name = originOf(options.db, options.origin)
+      const name = yield* originOf(options.db, options.origin)
       if (options.key) return yield* printLine(SignedNote.verifierKey(name, signer.publicKey))
       const { note } = yield* onLedger(options.db, LedgerTransparency.checkpointNow(name, signer))
       yield* write(Option.none(), note)
@@ -88,31 +104,71 @@ export const checkpointCommand = Command.make(
   [
     "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem > checkpoint.txt",
     "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --key"
-  ]
+  ],
+  [0, 1, 2, 70, 130]
 )))
 
-/** A checkpoint file signed by this ledger's key (as `name`): its note and what it says. */
-const readCheckpoint = (file: string, name: string, signer: AuditSigner.AuditSigner) =>
+/** A checkpoint note and what it says. */
+interface Saved {
+  readonly note: string
+  readonly checkpoint: SignedNote.Checkpoint
+  /** Whether its signature was checked (a key was given). */
+  readonly signatureChecked: boolean
+}
+
+/**
+ * A checkpoint note from `what`: its signature checked with `verifier` when there is one (a checkpoint of
+ * another key, or another log, is rejected: exit 1), else only parsed. Unparseable: exit 2.
+ */
+const checkpointFrom = (what: string, note: string, verifier: SignedNote.Verifier | undefined) =>
   Effect.gen(function*() {
-    const note = yield* readText(file)
-    const verifier = Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(name, signer.publicKey)))
-    const checkpoint = yield* Either.match(
-      Either.flatMap(SignedNote.verifyNote(note, verifier), SignedNote.parseCheckpoint),
-      {
-        onLeft: (error) => Effect.fail(new InputError({ message: `${file}: ${error.message}` })),
-        onRight: Effect.succeed
-      }
-    )
-    return { note, checkpoint }
+    if (verifier === undefined) {
+      const parsed = SignedNote.parseCheckpoint(note.slice(0, Math.max(0, note.lastIndexOf("\n\n")) + 1))
+      if (Either.isLeft(parsed)) return yield* new InputError({ message: `${what}: ${parsed.left.message}` })
+      return { note, checkpoint: parsed.right, signatureChecked: false } satisfies Saved
+    }
+    const checked = LedgerTransparency.checkpointOf(note, verifier)
+    if (Either.isRight(checked)) return { note, checkpoint: checked.right, signatureChecked: true } satisfies Saved
+    if (checked.left.reason === "malformed") {
+      return yield* new InputError({ message: `${what}: ${checked.left.message}` })
+    }
+    yield* Console.error(`agent-ledger: ${what}: ${checked.left.message}`)
+    return yield* new VerificationFailed({ message: checked.left.message })
   })
+
+/** A stored checkpoint (`latest`, or a tree size) of `origin`, from the ledger's `checkpoints` table. */
+const storedCheckpoint = (database: string, name: string, which: string, verifier: SignedNote.Verifier | undefined) =>
+  Effect.gen(function*() {
+    const size = which === "latest" ? undefined : Number(which)
+    if (size !== undefined && !(Number.isSafeInteger(size) && size >= 0)) {
+      return yield* new InputError({ message: `--stored-checkpoint takes a tree size or latest, got ${which}` })
+    }
+    const stored = yield* onLedger(database, LedgerTransparency.storedCheckpoints({ origin: name }))
+    const found = size === undefined ? stored[0] : stored.find((c) => c.treeSize === size)
+    if (found === undefined) {
+      return yield* new InputError({
+        message: `${database}: no stored checkpoint of ${name}${size === undefined ? "" : ` at ${size} leaves`} ` +
+          `(list them with agent-ledger checkpoints)`
+      })
+    }
+    return yield* checkpointFrom(`the stored checkpoint at ${found.treeSize} leaves`, found.note, verifier)
+  })
+
+/** The receipt or proof as JSON, to `out`. */
+const writeJson = (target: Option.Option<string>, value: unknown) =>
+  write(target, `${JSON.stringify(value, null, 2)}\n`)
 
 export const proveCommand = Command.make(
   "prove",
   {
     db,
-    privateKey,
+    privateKey: privateKey.pipe(Options.optional),
     origin,
     out,
+    key: Options.text("key").pipe(
+      Options.optional,
+      Options.withDescription("without --private-key: the verifier key a saved or stored checkpoint is checked with")
+    ),
     sequence: Options.integer("sequence").pipe(Options.optional, Options.withDescription("the row to prove")),
     eventId: Options.text("event-id").pipe(Options.optional, Options.withDescription("the row to prove, by event id")),
     consistency: Options.text("consistency").pipe(
@@ -121,46 +177,100 @@ export const proveCommand = Command.make(
     ),
     checkpoint: Options.text("checkpoint").pipe(
       Options.optional,
-      Options.withDescription("prove the row against this saved checkpoint (of this key) instead of a new one")
+      Options.withDescription(
+        "prove against this saved checkpoint file instead of signing a new one (no private key needed)"
+      )
+    ),
+    storedCheckpoint: Options.text("stored-checkpoint").pipe(
+      Options.optional,
+      Options.withDescription(
+        "prove against a checkpoint kept in the ledger (a tree size, or latest) instead of signing one (no key needed)"
+      )
     )
   },
   (options) =>
     Effect.gen(function*() {
-      const signer = yield* loadSigner(options.privateKey)
-      const name = originOf(options.db, options.origin)
-      if (Option.isSome(options.consistency)) {
-        if (Option.isSome(options.checkpoint)) {
-          return yield* new InputError({ message: "--consistency starts from its own checkpoint: drop --checkpoint" })
-        }
-        const { checkpoint: older, note: oldNote } = yield* readCheckpoint(options.consistency.value, name, signer)
-        const { consistent, proof } = yield* onLedger(
-          options.db,
-          LedgerTransparency.onStoredTree((merkle) => {
-            const consistent = LedgerTransparency.checkAgainst(merkle, older)
-            return {
-              consistent,
-              proof: Either.isLeft(consistent) ? undefined : LedgerTransparency.consistencyOf(
-                merkle,
-                older.treeSize,
-                oldNote,
-                LedgerTransparency.signCheckpoint(merkle, name, signer)
-              )
-            }
-          })
-        )
-        if (Either.isLeft(consistent) || proof === undefined) {
-          const message = Either.isLeft(consistent) ? consistent.left.message : "no proof"
-          yield* printLine(`agent-ledger: ${message}`)
-          return yield* new VerificationFailed({ message })
-        }
-        return yield* write(options.out, `${JSON.stringify(proof, null, 2)}\n`)
+      const signer = yield* Option.match(options.privateKey, {
+        onNone: () => Effect.succeed(undefined),
+        onSome: (file) => loadSigner(file)
+      })
+      const name = yield* originOf(options.db, options.origin)
+      if (signer !== undefined && Option.isSome(options.key)) {
+        return yield* new InputError({ message: "--key is for proofs without --private-key (the key gives it)" })
       }
-      const row = yield* onLedger(
+      const verifierText = signer === undefined
+        ? Option.getOrUndefined(options.key)
+        : SignedNote.verifierKey(name, signer.publicKey)
+      const verifier = verifierText === undefined ? undefined : yield* Either.match(
+        SignedNote.parseVerifierKey(verifierText),
+        {
+          onLeft: (error) => Effect.fail(new InputError({ message: `--key: ${error.message}` })),
+          onRight: Effect.succeed
+        }
+      )
+      if (Option.isSome(options.checkpoint) && Option.isSome(options.storedCheckpoint)) {
+        return yield* new InputError({ message: "give --checkpoint or --stored-checkpoint, not both" })
+      }
+      // The checkpoint proven against: given (saved or stored; nothing is signed), or signed now.
+      const savedFile = options.checkpoint
+      const given = Option.isSome(savedFile)
+        ? Option.some(
+          yield* Effect.flatMap(readText(savedFile.value), (note) => checkpointFrom(savedFile.value, note, verifier))
+        )
+        : Option.isSome(options.storedCheckpoint)
+        ? Option.some(yield* storedCheckpoint(options.db, name, options.storedCheckpoint.value, verifier))
+        : Option.none<Saved>()
+      if (Option.isSome(given) && !given.value.signatureChecked) {
+        yield* Console.error(
+          "agent-ledger: warning: the checkpoint's signature was not checked (no --key or --private-key): " +
+            "the proof is checked against its root only"
+        )
+      }
+      const target = (): Effect.Effect<
+        { readonly note: string; readonly size: number; readonly root: Uint8Array },
+        InputError | VerificationFailed
+      > =>
+        Option.match(given, {
+          onSome: ({ checkpoint, note }) =>
+            Effect.succeed({ note, size: checkpoint.treeSize, root: checkpoint.rootHash }),
+          onNone: () =>
+            signer === undefined
+              ? Effect.fail(
+                new InputError({
+                  message: "nothing to prove against: give --private-key to sign a new checkpoint, or " +
+                    "--checkpoint FILE / --stored-checkpoint SIZE|latest to prove against one (no key needed)"
+                })
+              )
+              : Effect.map(
+                onLedger(options.db, LedgerTransparency.checkpointNow(name, signer)),
+                ({ note, rootHash, size }) => ({ note, size, root: rootHash })
+              )
+        })
+      const olderFile = options.consistency
+      if (Option.isSome(olderFile)) {
+        const older = yield* Effect.flatMap(readText(olderFile.value), (note) =>
+          checkpointFrom(olderFile.value, note, verifier))
+        const newer = yield* target()
+        const { proof } = yield* onLedger(
+          options.db,
+          LedgerTransparency.consistencyProof(
+            older.checkpoint.treeSize,
+            older.checkpoint.rootHash,
+            newer.size,
+            newer.root
+          )
+        )
+        const made = LedgerTransparency.consistencyFrom(older.note, newer.note, proof)
+        yield* checkBeforeWriting(made, verifierText, LedgerTransparency.verifyConsistencyProof)
+        return yield* writeJson(options.out, made)
+      }
+      const rows = yield* onLedger(
         options.db,
         Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => {
           const sql = client.withoutTransforms()
           return Option.match(options.sequence, {
-            onSome: (n) => sql<Record<string, unknown>>`SELECT * FROM signed_events WHERE sequence = ${n}`,
+            onSome: (n) =>
+              sql<Record<string, unknown>>`SELECT * FROM signed_events WHERE sequence = ${n}`,
             onNone: () =>
               sql<Record<string, unknown>>`SELECT * FROM signed_events WHERE id = ${
                 Option.getOrElse(options.eventId, () => "")
@@ -168,58 +278,70 @@ export const proveCommand = Command.make(
           })
         })
       )
-      const found = row[0]
+      const found = rows[0]
       if (found === undefined) {
         return yield* new InputError({ message: "no such row (give --sequence N or --event-id ID of a ledger row)" })
       }
       const { appended_at: _appendedAt, ...stored } = found
-      const proven = { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"]
-      const saved = yield* Option.match(options.checkpoint, {
-        onNone: () => Effect.succeedNone,
-        onSome: (file) => Effect.asSome(readCheckpoint(file, name, signer))
-      })
-      if (Option.isSome(saved) && proven.sequence >= saved.value.checkpoint.treeSize) {
+      const row = { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"]
+      const against = yield* target()
+      if (row.sequence >= against.size) {
         return yield* new InputError({
-          message: `row ${proven.sequence} came after the checkpoint (${saved.value.checkpoint.treeSize} leaves): ` +
-            `prove it against a newer one`
+          message:
+            `row ${row.sequence} came after the checkpoint (${against.size} leaves): prove it against a newer one`
         })
       }
-      const receipt = yield* onLedger(
+      const { proof } = yield* onLedger(
         options.db,
-        LedgerTransparency.onStoredTree((merkle) =>
-          Option.match(saved, {
-            onNone: () =>
-              Either.right(LedgerTransparency.receiptOf(
-                proven,
-                merkle,
-                LedgerTransparency.signCheckpoint(merkle, name, signer),
-                merkle.size
-              )),
-            // The ledger must still hold the checkpoint's tree, or the receipt would prove a history it rewrote.
-            onSome: ({ checkpoint, note }) =>
-              Either.map(
-                LedgerTransparency.checkAgainst(merkle, checkpoint),
-                () => LedgerTransparency.receiptOf(proven, merkle, note, checkpoint.treeSize)
-              )
-          })
+        LedgerTransparency.inclusionProofs(
+          [{ sequence: row.sequence, entryHash: row.entry_hash }],
+          against.size,
+          against.root
         )
       )
-      if (Either.isLeft(receipt)) {
-        yield* printLine(`agent-ledger: ${receipt.left.message}`)
-        return yield* new VerificationFailed({ message: receipt.left.message })
-      }
-      yield* write(options.out, `${JSON.stringify(receipt.right, null, 2)}\n`)
+      const receipt = LedgerTransparency.receiptFrom(row, against.size, proof[0]!, against.note)
+      // The row's signature policy is the auditor's: here only that the row's signature holds if it has one.
+      yield* checkBeforeWriting(
+        receipt,
+        verifierText,
+        (input, key) => LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: true })
+      )
+      yield* writeJson(options.out, receipt)
     })
 ).pipe(Command.withDescription(commandHelp(
   "write a receipt for one row (the row, its inclusion proof, a signed checkpoint) or a consistency proof",
   [
     "agent-ledger prove ./agent-ledger.db --private-key key.pem --sequence 42 --out receipt.json",
-    "agent-ledger prove ./agent-ledger.db --private-key key.pem --event-id 0193... --checkpoint published.txt",
+    "agent-ledger prove ./agent-ledger.db --event-id 0193... --checkpoint published.txt --key \"agent-ledger/ledger+1a2b3c4d+AW...\"",
+    "agent-ledger prove ./agent-ledger.db --sequence 42 --stored-checkpoint latest",
     "agent-ledger prove ./agent-ledger.db --private-key key.pem --consistency checkpoint-monday.txt --out grew.json"
   ],
   [0, 1, 2, 70, 130]
 )))
 
+/**
+ * What `prove` writes is first checked as the auditor will check it (with the key when there is one): a
+ * receipt or proof that would not verify is never written (exit 1).
+ */
+const checkBeforeWriting = (
+  made: unknown,
+  key: string | undefined,
+  check: (input: unknown, key: string) => Either.Either<unknown, LedgerTransparency.ProofFailure>
+) =>
+  key === undefined ? Effect.void : Either.match(check(made, key), {
+    onRight: () => Effect.void,
+    onLeft: (failure) =>
+      Effect.zipRight(
+        Console.error(`agent-ledger: refused: what would be written does not verify (${failure.message})`),
+        Effect.fail(new VerificationFailed({ message: failure.message }))
+      )
+  })
+
+/**
+ * The verifiers' one exit-code rule: 0 verified, 1 the evidence is rejected (a signature, a row or a proof
+ * that does not hold, another key's or another log's checkpoint), 2 the input is unusable (not JSON, not the
+ * format, a malformed hash or key) or the command was misused.
+ */
 const verifyWith = (
   kind: string,
   file: string,
@@ -231,6 +353,7 @@ const verifyWith = (
     const input = yield* readJson(file)
     const result = check(input, key)
     if (Either.isRight(result)) return yield* printLine(`${kind} ${file}: OK (${describeOk(result.right as never)})`)
+    if (result.left.reason === "malformed") return yield* new InputError({ message: `${file}: ${result.left.message}` })
     yield* printLine(`${kind} ${file}: FAILED (${result.left.message})`)
     return yield* new VerificationFailed({ message: result.left.message })
   })
@@ -239,18 +362,23 @@ export const verifyReceiptCommand = Command.make(
   "verify-receipt",
   {
     receipt: Args.text({ name: "receipt" }).pipe(Args.withDescription("a receipt file (prove --sequence)")),
-    key: verifierKey
+    key: verifierKey,
+    allowUnsigned: Options.boolean("allow-unsigned").pipe(
+      Options.withDescription(
+        "accept an unsigned row (a ledger that is not signed); by default the row must be signed by the key"
+      )
+    )
   },
   (options) =>
     verifyWith(
       "receipt",
       options.receipt,
       options.key,
-      LedgerTransparency.verifyReceipt,
+      (input, key) => LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: options.allowUnsigned }),
       (checkpoint: SignedNote.Checkpoint) => `the row is leaf of ${checkpoint.origin} at ${checkpoint.treeSize} leaves`
     )
 ).pipe(Command.withDescription(commandHelp(
-  "check a receipt offline: the checkpoint's signature, the row's hashes, its inclusion proof",
+  "check a receipt offline: the checkpoint's signature, the row's hashes and signature (by the same key), its inclusion proof",
   ["agent-ledger verify-receipt receipt.json --key \"agent-ledger/ledger+1a2b3c4d+AW...\""],
   [0, 1, 2, 70]
 )))
@@ -274,4 +402,70 @@ export const verifyConsistencyCommand = Command.make(
   "check offline that an older checkpoint's log is a prefix of a newer one's (nothing rewritten)",
   ["agent-ledger verify-consistency grew.json --key \"agent-ledger/ledger+1a2b3c4d+AW...\""],
   [0, 1, 2, 70]
+)))
+
+/** One stored checkpoint as `checkpoints` shows it; `signed`: whether its signature by `--key` holds. */
+const describeStored = (stored: LedgerTransparency.StoredCheckpoint, verifier: SignedNote.Verifier | undefined) => {
+  const text = stored.note.slice(0, Math.max(0, stored.note.lastIndexOf("\n\n")) + 1)
+  const parsed = SignedNote.parseCheckpoint(text)
+  const rootHash = Either.isRight(parsed) ? Buffer.from(parsed.right.rootHash).toString("base64") : null
+  const checked = verifier === undefined ? undefined : LedgerTransparency.checkpointOf(stored.note, verifier)
+  return {
+    origin: stored.origin,
+    treeSize: stored.treeSize,
+    rootHash,
+    createdAt: stored.createdAt,
+    ...(checked === undefined ? {} : {
+      signed: Either.isRight(checked) && checked.right.treeSize === stored.treeSize,
+      ...(Either.isLeft(checked) ? { problem: checked.left.message } : {})
+    }),
+    note: stored.note
+  }
+}
+
+export const checkpointsCommand = Command.make(
+  "checkpoints",
+  {
+    db,
+    origin: Options.text("origin").pipe(Options.optional, Options.withDescription("only the checkpoints of this log")),
+    key: Options.text("key").pipe(
+      Options.optional,
+      Options.withDescription(
+        "check each one's signature with this verifier key (anyone who can write the database can write the table)"
+      )
+    ),
+    json: Options.boolean("json").pipe(Options.withDescription("print them as one JSON array, notes included"))
+  },
+  (options) =>
+    Effect.gen(function*() {
+      const verifier = yield* Option.match(options.key, {
+        onNone: () => Effect.succeed(undefined),
+        onSome: (key) =>
+          Either.match(SignedNote.parseVerifierKey(key), {
+            onLeft: (error) => Effect.fail(new InputError({ message: `--key: ${error.message}` })),
+            onRight: Effect.succeed
+          })
+      })
+      const stored = yield* LedgerTransparency.storedCheckpoints({ origin: Option.getOrUndefined(options.origin) })
+        .pipe(
+          Effect.catchTag("SqlError", (error) => new InputError({ message: `${options.db}: ${error.message}` })),
+          Effect.provide(openLedger(options.db, { readonly: true }))
+        )
+      const described = stored.map((s) => describeStored(s, verifier))
+      if (options.json) return yield* printJson(described)
+      if (described.length === 0) return yield* printLine(`no checkpoints stored in ${options.db}`)
+      for (const c of described) {
+        const signed = c.signed === undefined ? "" : c.signed ? "  signed by the key" : "  NOT signed by the key"
+        yield* printLine(
+          `${c.origin}  ${c.treeSize} leaves  root ${c.rootHash ?? "(unreadable)"}  ${c.createdAt}${signed}`
+        )
+      }
+    })
+).pipe(Command.withDescription(commandHelp(
+  "list the signed checkpoints kept in the ledger (newest first), to prove against without the private key",
+  [
+    "agent-ledger checkpoints ./agent-ledger.db",
+    "agent-ledger checkpoints ./agent-ledger.db --key \"agent-ledger/ledger+1a2b3c4d+AW...\" --json",
+    "agent-ledger prove ./agent-ledger.db --sequence 42 --stored-checkpoint latest --key \"agent-ledger/ledger+1a2b3c4d+AW...\""
+  ]
 )))

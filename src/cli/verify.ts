@@ -37,6 +37,11 @@ export interface VerifyOptions {
   readonly checkpoint: Option.Option<string>
   /** The verifier key the checkpoint's signature is checked with. */
   readonly checkpointKey: Option.Option<string>
+  /**
+   * Without `checkpointKey`: go on without a trust anchor (a bundle's own key, a checkpoint's text as it is).
+   * Without either, a bundle or `--checkpoint` is a usage error (exit 2).
+   */
+  readonly trustEmbeddedKey?: boolean | undefined
   readonly json: boolean
 }
 
@@ -117,6 +122,9 @@ const warnAboutKeysBeside = (database: string) =>
 
 const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
   Effect.gen(function*() {
+    if (Option.isSome(options.checkpoint)) {
+      yield* requireTrustAnchor(options, "--checkpoint", "the checkpoint's text without checking its signature")
+    }
     yield* warnAboutKeysBeside(options.target)
     const progress = Progress.make("verified rows")
     const report = yield* Effect.gen(function*() {
@@ -166,16 +174,27 @@ const checkCheckpoint = (options: VerifyOptions, file: string) =>
       try: () => fs.readFileSync(file, "utf8"),
       catch: (error) => new InputError({ message: `${file}: cannot read (${String(error)})` })
     })
-    const text = yield* Option.match(options.checkpointKey, {
-      // Without a key, the note's text is taken as it is: the comparison still finds a rewrite or a cut.
-      onNone: () => Effect.succeed(note.slice(0, Math.max(0, note.indexOf("\n\n")) + 1)),
+    // A checkpoint of another key or another log is evidence rejected (exit 1); one that is not a
+    // checkpoint at all is unusable input (exit 2).
+    const signed = yield* Option.match(options.checkpointKey, {
+      // Without a key (--trust-embedded-key), the note's text is taken as it is: the comparison still finds
+      // a rewrite or a cut of what the file says, not that the key holder said it.
+      onNone: () => Effect.succeed(Either.right<string>(note.slice(0, Math.max(0, note.lastIndexOf("\n\n")) + 1))),
       onSome: (key) =>
-        Either.match(Either.flatMap(SignedNote.parseVerifierKey(key), (v) => SignedNote.verifyNote(note, v)), {
-          onLeft: (error) => Effect.fail(new InputError({ message: `${file}: ${error.message}` })),
-          onRight: Effect.succeed
+        Either.match(SignedNote.parseVerifierKey(key), {
+          onLeft: (error) => Effect.fail(new InputError({ message: `--checkpoint-key: ${error.message}` })),
+          onRight: (verifier) =>
+            Either.match(LedgerTransparency.checkpointOf(note, verifier), {
+              onLeft: (failure) =>
+                failure.reason === "malformed"
+                  ? Effect.fail(new InputError({ message: `${file}: ${failure.message}` }))
+                  : Effect.succeed(Either.left<string>(failure.message)),
+              onRight: () => Effect.succeed(Either.right<string>(note.slice(0, note.lastIndexOf("\n\n") + 1)))
+            })
         })
     })
-    const checkpoint = yield* Either.match(SignedNote.parseCheckpoint(text), {
+    if (Either.isLeft(signed)) return { file, ok: false, line: `${file} FAILED: ${signed.left}` }
+    const checkpoint = yield* Either.match(SignedNote.parseCheckpoint(signed.right), {
       onLeft: (error) => Effect.fail(new InputError({ message: `${file}: ${error.message}` })),
       onRight: Effect.succeed
     })
@@ -185,12 +204,13 @@ const checkCheckpoint = (options: VerifyOptions, file: string) =>
         error._tag === "InputError" ? error : new InputError({ message: `${options.target}: ${error.message}` })
       )
     )
+    const unpinned = Option.isNone(options.checkpointKey) ? " (its signature NOT checked: --trust-embedded-key)" : ""
     return Either.match(LedgerTransparency.checkAgainst(merkle, checkpoint), {
       onLeft: (failure) => ({ file, ok: false, line: `${file} FAILED: ${failure.detail}` }),
       onRight: () => ({
         file,
         ok: true,
-        line: `${file}: the ledger (${merkle.size} rows) extends its ${checkpoint.treeSize} leaves`
+        line: `${file}: the ledger (${merkle.size} rows) extends its ${checkpoint.treeSize} leaves${unpinned}`
       })
     })
   })
@@ -227,6 +247,18 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
     })
   })
 
+/**
+ * Evidence is checked against a key the auditor trusts: without `--checkpoint-key` it is a usage error
+ * (exit 2) naming the flag, unless `--trust-embedded-key` says to go on without one.
+ */
+const requireTrustAnchor = (options: VerifyOptions, what: string, instead: string) =>
+  Option.isSome(options.checkpointKey) || options.trustEmbeddedKey === true ? Effect.void : Effect.fail(
+    new InputError({
+      message: `${what} is checked against the log's verifier key you trust: pass --checkpoint-key VKEY ` +
+        `(agent-ledger checkpoint --key), or --trust-embedded-key to trust ${instead}`
+    })
+  )
+
 /** A JSON file given as the target: `what` names it in the error. */
 const readJsonTarget = (target: string, what: string) =>
   Effect.try({
@@ -242,6 +274,11 @@ const UNPINNED_BUNDLE_NOTE = [
 
 const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin: LedgerVerifier.Pin | undefined) =>
   Effect.gen(function*() {
+    yield* requireTrustAnchor(
+      options,
+      "an evidence bundle",
+      "the key written in the bundle, which whoever made the file chose"
+    )
     const json = yield* readJsonTarget(options.target, "bundle")
     const result = yield* Either.match(
       EvidenceBundle.verify(json, {
@@ -447,7 +484,15 @@ export const command = Command.make(
     ),
     checkpointKey: Options.text("checkpoint-key").pipe(
       Options.optional,
-      Options.withDescription("the verifier key to check --checkpoint's signature (or an evidence bundle's) with")
+      Options.withDescription(
+        "the verifier key to check --checkpoint's signature (or an evidence bundle's) with; required for either"
+      )
+    ),
+    trustEmbeddedKey: Options.boolean("trust-embedded-key").pipe(
+      Options.withDescription(
+        "without --checkpoint-key: trust the key written in the bundle (or a checkpoint's unsigned text): proves " +
+          "nothing about who made it"
+      )
     ),
     ledger: Options.text("ledger").pipe(
       Options.optional,

@@ -72,11 +72,16 @@ const pemOf = (key: KeyObject): string => key.export({ format: "pem", type: "spk
 
 /**
  * The bundle of the rows `from`..`to`, proven against a checkpoint of the whole ledger signed now (and
- * kept in the `checkpoints` table, so later consistency proofs can start from it).
+ * kept in the `checkpoints` table, so later consistency proofs can start from it): over a tree recomputed
+ * from verified rows (`LedgerTransparency.checkpointNow`), each proof checked against its root.
  */
 export const make = (
   options: MakeOptions
-): Effect.Effect<EvidenceBundle, BundleError | SqlError, LedgerSql.LedgerSql> =>
+): Effect.Effect<
+  EvidenceBundle,
+  BundleError | LedgerTransparency.TransparencyRefusal | SqlError,
+  LedgerSql.LedgerSql
+> =>
   Effect.gen(function*() {
     const rows = yield* LedgerVerifier.storedRows({ from: options.from, to: options.to }).pipe(
       Stream.take(MAX_ROWS + 1),
@@ -109,11 +114,16 @@ export const make = (
         detail: `no rows in the range ${options.from ?? 0}..${options.to ?? "head"}`
       })
     }
-    const { note, size } = yield* LedgerTransparency.checkpointNow(options.origin, options.signer)
-    const proofs = yield* LedgerTransparency.withStoredTree(size, (merkle) =>
-      decoded.map((row) =>
-        merkle.inclusionProof(row.sequence).map((hash) => Buffer.from(hash).toString("base64"))
-      ))
+    const { note, rootHash, size } = yield* LedgerTransparency.checkpointNow(options.origin, options.signer, {
+      publicKeys: options.publicKeys
+    })
+    // Each proof is checked against the root just signed before it goes into the bundle.
+    const { proof: proven } = yield* LedgerTransparency.inclusionProofs(
+      decoded.map((row) => ({ sequence: row.sequence, entryHash: row.entry_hash })),
+      size,
+      rootHash
+    )
+    const proofs = proven.map((path) => path.map((hash) => Buffer.from(hash).toString("base64")))
     // The checkpoint's key signs rows too only if the ledger was signed with it: a key in `public_keys` tells
     // the verifier the rows are signed, so an unsigned ledger's bundle carries only the keys given.
     const rowKeyIds = new Set(decoded.map((row) => row.key_id))
@@ -214,6 +224,10 @@ export const verify = (
     }
     keyring = AuditSigner.Keyring.make(keys)
   }
+  // The checkpoint's key is the ledger's key: the rows are checked as signed by it (an unsigned row is a
+  // downgrade unless allowMixed or signedFrom says the ledger was not signed there), whatever the bundle
+  // lists, so stripping every signature and key from a signed ledger's bundle does not pass.
+  keyring = keyring.add(verifier.right.publicKey)
   const rows = bundle.rows
   const checker = LedgerVerifier.makeChecker({
     keyring,
@@ -224,16 +238,23 @@ export const verify = (
     signedFrom: options.signedFrom,
     allowMixed: options.allowMixed
   })
+  // Proof hashes are strict standard base64 (docs/FORMAT.md): another spelling is not a bundle.
+  const paths: Array<ReadonlyArray<Uint8Array>> = []
+  for (const { inclusion_proof, row } of rows) {
+    const path = LedgerTransparency.decodeHashes(inclusion_proof)
+    if (Either.isLeft(path)) return malformed(`the proof of the row at sequence ${row.sequence}: ${path.left.detail}`)
+    paths.push(path.right)
+  }
   let proven = 0
   let firstUnproven: Option.Option<number> = Option.none()
-  for (const { inclusion_proof, row } of rows) {
+  for (const [i, { row }] of rows.entries()) {
     checker.check(row)
     const included = /^[0-9a-f]{64}$/.test(row.entry_hash) &&
       verifyInclusion(
         leafHash(Buffer.from(row.entry_hash, "hex")),
         row.sequence,
         checkpoint.treeSize,
-        inclusion_proof.map((hash) => Buffer.from(hash, "base64")),
+        paths[i]!,
         checkpoint.rootHash
       )
     if (included) proven++

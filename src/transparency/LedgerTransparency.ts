@@ -9,14 +9,17 @@
  * O(log n) per proof).
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Either, Schema } from "effect"
+import { Clock, Effect, Either, Option, Schema } from "effect"
+import type { KeyObject } from "node:crypto"
 import { createHash } from "node:crypto"
-import type { AuditSigner } from "../audit/AuditSigner.js"
-import { signNote as signNoteBytes } from "../audit/AuditSigner.js"
+import * as AuditSigner from "../audit/AuditSigner.js"
+import { ZERO_HASH } from "../internal/encoding.js"
 import { rowEntryHash } from "../internal/rowFormat.js"
+import * as LedgerRow from "../ledger/LedgerRow.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
+import * as LedgerVerifier from "../ledger/LedgerVerifier.js"
 import type { Hash } from "./MerkleTree.js"
-import { leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from "./MerkleTree.js"
+import { EMPTY_ROOT, leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from "./MerkleTree.js"
 import * as SignedNote from "./SignedNote.js"
 
 export const RECEIPT_FORMAT = "agent-ledger/receipt/v1"
@@ -51,10 +54,17 @@ export const tree: Effect.Effect<MerkleTree, SqlError, LedgerSql.LedgerSql> = Ef
 )
 
 // ---------------------------------------------------------------------------------------------------------
-// The stored tree: complete subtrees in `merkle_nodes`, so proofs at a million rows take milliseconds
+// The stored tree: complete subtrees in `merkle_nodes`, so proofs at a million rows take milliseconds. It
+// is a cache anyone who can write the database can write: the key signs only a root it recomputed from
+// rows whose chain it verified since its last signed checkpoint, over stored subtrees that checkpoint
+// authenticates; a proof is checked against the root it leads to before it is handed out; a stored
+// subtree that disagrees with the rows is reported and rebuilt, never signed.
 // ---------------------------------------------------------------------------------------------------------
 
 const NODE_INSERT_CHUNK = 500
+
+/** The most stored checkpoint rows looked at for the last one this key signed (forged ones are skipped). */
+const MAX_CHECKPOINTS_SCANNED = 1_000
 
 /**
  * The lowest level kept in `merkle_nodes`: subtrees of 16 leaves and up. Lower ones are recomputed from
@@ -63,180 +73,540 @@ const NODE_INSERT_CHUNK = 500
  */
 export const MIN_STORED_LEVEL = 4
 
-/** The number of rows of the dense chain (sequences 0 … n-1). */
-const chainSize = Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
-  Effect.map(
-    client.withoutTransforms()<{ n: number | null }>`SELECT MAX(sequence) AS n FROM signed_events`,
-    (rows) => rows[0]?.n === null || rows[0]?.n === undefined ? 0 : Number(rows[0].n) + 1
-  ))
+/** Why the key refuses to sign a checkpoint or to hand out a proof. */
+export class TransparencyRefusal extends Schema.TaggedError<TransparencyRefusal>()("TransparencyRefusal", {
+  reason: Schema.Literal(
+    /** The ledger has fewer rows than the last checkpoint this key signed. */
+    "truncated",
+    /** The rows under a checkpoint this key signed are not those it signed. */
+    "rewritten",
+    /** A row appended since the last checkpoint does not verify (hashes, link, signature). */
+    "unverifiedRow",
+    /** The proof asked for cannot be made (a row past the tree, no such checkpoint). */
+    "unprovable"
+  ),
+  sequence: Schema.optional(Schema.Number),
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return this.detail
+  }
+}
 
-/** `extendStoredTree` on the ledger's client in context (no `LedgerSql.use`, so it can join a ledger transaction). */
-const extendBody: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = Effect.flatMap(
-  LedgerSql.LedgerSql,
-  ({ client }) =>
-    client.withTransaction(Effect.gen(function*() {
-      const sql = client.withoutTransforms()
-      const size = yield* chainSize
-      const storedCount = (level: number) =>
-        Effect.map(
-          sql<{ n: number | null }>`SELECT MAX(idx) AS n FROM merkle_nodes WHERE level = ${level}`,
-          ([stored]) => stored?.n === null || stored?.n === undefined ? 0 : Number(stored.n) + 1
-        )
-      // The levels below MIN_STORED_LEVEL are computed from the rows the lowest stored level still lacks.
-      const haveLowest = yield* storedCount(MIN_STORED_LEVEL)
-      // The level below, as far as it is needed: hashes from index `from` on.
-      let below: { from: number; hashes: Array<Hash> } = { from: 0, hashes: [] }
-      for (let level = 1; 2 ** level <= size; level++) {
-        const stored = level >= MIN_STORED_LEVEL
-        const want = Math.floor(size / 2 ** level)
-        const have = level === MIN_STORED_LEVEL
-          ? haveLowest
-          : stored
-          ? yield* storedCount(level)
-          : haveLowest * 2 ** (MIN_STORED_LEVEL - level)
-        if (have >= want) {
-          below = { from: 0, hashes: [] }
-          continue
-        }
-        // Children 2·have … 2·want-1 of the level below: computed just now, or stored (or, at level 1, rows).
-        const first = 2 * have
-        const last = 2 * want
-        const children: Array<Hash> = []
-        for (let i = first; i < last; i++) {
-          const fresh = below.hashes[i - below.from]
-          if (fresh !== undefined && i >= below.from) {
-            children.push(fresh)
-            continue
-          }
-          break
-        }
-        if (children.length < last - first) {
-          const missingFrom = first + children.length
-          if (level !== 1 && level <= MIN_STORED_LEVEL) {
-            return yield* Effect.dieMessage(`extendStoredTree: level ${level - 1} not computed from ${missingFrom}`)
-          }
-          const rows = level === 1
-            ? yield* sql<{ i: number; h: string }>`
-                SELECT sequence AS i, entry_hash AS h FROM signed_events
-                WHERE sequence >= ${missingFrom} AND sequence < ${last} ORDER BY sequence`
-            : yield* sql<{ i: number; h: string }>`
-                SELECT idx AS i, hash AS h FROM merkle_nodes
-                WHERE level = ${level - 1} AND idx >= ${missingFrom} AND idx < ${last} ORDER BY idx`
-          for (const row of rows) {
-            children.push(level === 1 ? leafHash(Buffer.from(row.h, "hex")) : Buffer.from(row.h, "hex"))
-          }
-        }
-        const made: Array<Hash> = []
-        for (let i = 0; i + 1 < children.length; i += 2) made.push(nodeHash(children[i]!, children[i + 1]!))
-        if (stored) {
-          for (let i = 0; i < made.length; i += NODE_INSERT_CHUNK) {
-            const rows = made.slice(i, i + NODE_INSERT_CHUNK).map((hash, j) => ({
-              level,
-              idx: have + i + j,
-              hash: Buffer.from(hash).toString("hex")
-            }))
-            yield* sql`INSERT INTO merkle_nodes ${sql.insert(rows)}`
-          }
-        }
-        below = { from: have, hashes: made }
-      }
-      return size
-    }))
-)
+/** A stored subtree (`merkle_nodes` row) that disagreed with the rows: reported, then replaced. */
+export interface RepairedNode {
+  readonly level: number
+  readonly index: number
+}
+
+const describeRepairs = (repaired: ReadonlyArray<RepairedNode>): string =>
+  repaired.slice(0, 10).map(({ index, level }) => `level ${level} index ${index}`).join(", ") +
+  (repaired.length > 10 ? ` and ${repaired.length - 10} more` : "")
+
+const warnRepairs = (repaired: ReadonlyArray<RepairedNode>) =>
+  repaired.length === 0 ? Effect.void : Effect.logWarning(
+    `agent-ledger: merkle_nodes disagreed with the rows at ${
+      describeRepairs(repaired)
+    }: rebuilt from the rows (someone wrote the cache)`
+  )
+
+interface Emitted {
+  readonly level: number
+  readonly index: number
+  readonly hash: Hash
+}
 
 /**
- * Brings `merkle_nodes` up to the ledger's current size: every complete subtree of 2^MIN_STORED_LEVEL or
- * more leaves not stored yet is computed (from the rows' entry hashes and the stored subtrees below it) and
- * stored, in one write transaction. Incremental: a ledger of n rows with m covered costs O(n - m) hashes; a
- * ledger written before this feature is built the first time. Returns the tree size now covered.
+ * The roots of the maximal complete subtrees of the first `size` leaves, largest first (a compact range
+ * from leaf 0): pushing leaf `size` merges equal-height neighbours, and each merge is the complete subtree
+ * `(level, index)` just finished.
  */
-export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(extendBody)
+class Frontier {
+  constructor(public size: number, readonly nodes: Array<{ readonly level: number; readonly hash: Hash }>) {}
+
+  push(leaf: Hash, emit: (node: Emitted) => void): void {
+    let hash = leaf
+    let level = 0
+    const position = this.size
+    while (this.nodes.length > 0 && this.nodes[this.nodes.length - 1]!.level === level) {
+      hash = nodeHash(this.nodes.pop()!.hash, hash)
+      level++
+      emit({ level, index: Math.floor(position / 2 ** level), hash })
+    }
+    this.nodes.push({ level, hash })
+    this.size++
+  }
+
+  root(): Hash {
+    let root: Hash | undefined
+    for (let i = this.nodes.length - 1; i >= 0; i--) {
+      root = root === undefined ? this.nodes[i]!.hash : nodeHash(this.nodes[i]!.hash, root)
+    }
+    return root ?? EMPTY_ROOT
+  }
+}
+
+const sameHash = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a).equals(b)
+
+/** The complete subtrees of the first `size` leaves, largest first: (level, index) of each. */
+const frontierPositions = (size: number): Array<readonly [number, number]> => {
+  const positions: Array<readonly [number, number]> = []
+  let start = 0
+  for (let level = Math.floor(Math.log2(Math.max(size, 1))) + 1; level >= 0; level--) {
+    if (start + 2 ** level <= size) {
+      positions.push([level, start / 2 ** level])
+      start += 2 ** level
+    }
+  }
+  return positions
+}
+
+type Sql = ReturnType<LedgerSql.Service["client"]["withoutTransforms"]>
+
+const chainSizeOn = (sql: Sql) =>
+  Effect.map(
+    sql<{ n: number | null }>`SELECT MAX(sequence) AS n FROM signed_events`,
+    (rows) => rows[0]?.n === null || rows[0]?.n === undefined ? 0 : Number(rows[0].n) + 1
+  )
+
+/** The rows' leaf hashes of sequences `from` .. `to` - 1, in order (a short range: one query). */
+const leavesOn = (sql: Sql, from: number, to: number) =>
+  Effect.map(
+    sql<{ h: string }>`
+      SELECT entry_hash AS h FROM signed_events WHERE sequence >= ${from} AND sequence < ${to} ORDER BY sequence`,
+    (rows) => rows.map((row) => leafHash(Buffer.from(row.h, "hex")))
+  )
+
+/** The frontier of `size` leaves as the cache and the rows give it (none: a stored subtree is missing). */
+const storedFrontier = (sql: Sql, size: number) =>
+  Effect.gen(function*() {
+    const nodes: Array<{ level: number; hash: Hash }> = []
+    for (const [level, index] of frontierPositions(size)) {
+      if (level >= MIN_STORED_LEVEL) {
+        const [row] = yield* sql<
+          { h: string }
+        >`SELECT hash AS h FROM merkle_nodes WHERE level = ${level} AND idx = ${index}`
+        if (row === undefined) return undefined
+        nodes.push({ level, hash: Buffer.from(row.h, "hex") })
+      } else {
+        const leaves = yield* leavesOn(sql, index * 2 ** level, (index + 1) * 2 ** level)
+        if (leaves.length !== 2 ** level) return undefined
+        nodes.push({ level, hash: MerkleTree.fromLeafHashes(leaves).rootHash() })
+      }
+    }
+    return new Frontier(size, nodes)
+  })
+
+/**
+ * Stores `emitted` subtrees: a missing one is inserted, one that disagrees is replaced and returned (so it
+ * is reported). Only levels from MIN_STORED_LEVEL are kept.
+ */
+const reconcile = (sql: Sql, emitted: ReadonlyArray<Emitted>) =>
+  Effect.gen(function*() {
+    const repaired: Array<RepairedNode> = []
+    const byLevel = new Map<number, Array<Emitted>>()
+    for (const node of emitted) {
+      if (node.level < MIN_STORED_LEVEL) continue
+      const list = byLevel.get(node.level)
+      if (list === undefined) byLevel.set(node.level, [node])
+      else list.push(node)
+    }
+    for (const [level, nodes] of byLevel) {
+      const first = nodes[0]!.index
+      const last = nodes[nodes.length - 1]!.index
+      const stored = new Map<number, string>()
+      for (
+        const row of yield* sql<{ i: number; h: string }>`
+          SELECT idx AS i, hash AS h FROM merkle_nodes WHERE level = ${level} AND idx >= ${first} AND idx <= ${last}`
+      ) stored.set(Number(row.i), row.h)
+      const missing: Array<{ level: number; idx: number; hash: string }> = []
+      for (const node of nodes) {
+        const hash = Buffer.from(node.hash).toString("hex")
+        const found = stored.get(node.index)
+        if (found === hash) continue
+        if (found === undefined) {
+          missing.push({ level, idx: node.index, hash })
+        } else {
+          repaired.push({ level, index: node.index })
+          yield* sql`UPDATE merkle_nodes SET hash = ${hash} WHERE level = ${level} AND idx = ${node.index}`
+        }
+      }
+      for (let i = 0; i < missing.length; i += NODE_INSERT_CHUNK) {
+        yield* sql`INSERT INTO merkle_nodes ${sql.insert(missing.slice(i, i + NODE_INSERT_CHUNK))}`
+      }
+    }
+    return repaired
+  })
+
+/**
+ * Recomputes the subtrees of leaves [0, `size`) from the rows' entry hashes (paged), storing the missing
+ * and replacing the disagreeing ones. Returns the frontier (its root: the rows' root) and the repairs.
+ */
+const rebuildOn = (sql: Sql, size: number) =>
+  Effect.gen(function*() {
+    const frontier = new Frontier(0, [])
+    const repaired: Array<RepairedNode> = []
+    while (frontier.size < size) {
+      const leaves = yield* leavesOn(sql, frontier.size, Math.min(size, frontier.size + PAGE))
+      if (leaves.length === 0) break
+      const emitted: Array<Emitted> = []
+      for (const leaf of leaves) frontier.push(leaf, (node) => emitted.push(node))
+      repaired.push(...(yield* reconcile(sql, emitted)))
+    }
+    return { frontier, repaired }
+  })
+
+/** What the signed tree of the ledger now is: its size and root, and the stored subtrees repaired. */
+export interface SignedTree {
+  readonly size: number
+  readonly rootHash: Hash
+  readonly repaired: ReadonlyArray<RepairedNode>
+}
+
+/** The checkpoints of `origin` stored in the ledger whose signature by `verifier` holds, newest first. */
+const lastSignedCheckpointOn = (sql: Sql, origin: string, verifier: SignedNote.Verifier) =>
+  Effect.gen(function*() {
+    for (let offset = 0; offset < MAX_CHECKPOINTS_SCANNED; offset += 50) {
+      const rows = yield* sql<{ tree_size: number; note: string }>`
+        SELECT tree_size, note FROM checkpoints WHERE origin = ${origin}
+        ORDER BY tree_size DESC LIMIT 50 OFFSET ${offset}`
+      for (const row of rows) {
+        const checkpoint = checkpointOf(row.note, verifier)
+        if (Either.isRight(checkpoint) && checkpoint.right.treeSize === Number(row.tree_size)) return checkpoint.right
+        yield* Effect.logWarning(
+          `agent-ledger: the stored checkpoint of ${origin} at ${row.tree_size} leaves is not signed by its key: ignored`
+        )
+      }
+      if (rows.length < 50) break
+    }
+    return undefined
+  })
+
+export interface SignOptions {
+  /** More public keys whose row signatures are accepted (rotated-out signers), beside the signer's own. */
+  readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
+}
+
+/**
+ * The tree the key may sign now, on the ledger's client in context (inside the caller's transaction):
+ * 1. the last checkpoint of `origin` the signer signed (stored in `checkpoints`; forged ones are skipped);
+ * 2. the stored subtrees that make its root, and row size-1's proof in it, checked against that root; a
+ *    cache that disagrees is rebuilt from the rows, which must then give that root (else: `rewritten`);
+ * 3. every row since then verified (hashes, link to the last, signature: rows signed by the signer's key
+ *    from the first it signed on, no unsigned row after a signed one), and its subtrees computed from
+ *    those rows and the checkpoint's frontier, stored or repaired.
+ */
+const signedTreeBody = (origin: string, signer: AuditSigner.AuditSigner, options: SignOptions) =>
+  Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    Effect.gen(function*() {
+      const sql = client.withoutTransforms()
+      const verifier = Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(origin, signer.publicKey)))
+      const size = yield* chainSizeOn(sql)
+      const anchor = yield* lastSignedCheckpointOn(sql, origin, verifier)
+      const anchored = anchor?.treeSize ?? 0
+      if (anchored > size) {
+        return yield* new TransparencyRefusal({
+          reason: "truncated",
+          sequence: size,
+          detail: `the ledger has ${size} rows, fewer than the ${anchored} its last checkpoint signed: truncated`
+        })
+      }
+      const repaired: Array<RepairedNode> = []
+      let frontier = yield* storedFrontier(sql, anchored)
+      let authentic = frontier !== undefined && (anchor === undefined || sameHash(frontier.root(), anchor.rootHash))
+      if (authentic && anchor !== undefined && anchored > 0) {
+        const [last] = yield* leavesOn(sql, anchored - 1, anchored)
+        const proof = yield* readStoredTree(sql, anchored, (tree) => tree.inclusionProof(anchored - 1))
+        authentic = last !== undefined && proof !== undefined &&
+          verifyInclusion(last, anchored - 1, anchored, proof, anchor.rootHash)
+      }
+      if (!authentic) {
+        const rebuilt = yield* rebuildOn(sql, anchored)
+        repaired.push(...rebuilt.repaired)
+        if (anchor !== undefined && !sameHash(rebuilt.frontier.root(), anchor.rootHash)) {
+          return yield* new TransparencyRefusal({
+            reason: "rewritten",
+            detail: `the ledger's first ${anchored} rows are not those its last checkpoint signed: rewritten`
+          })
+        }
+        frontier = rebuilt.frontier
+      }
+      const grown = yield* extendVerified(sql, frontier!, size, signer, options)
+      repaired.push(...grown)
+      yield* warnRepairs(repaired)
+      return { size, rootHash: frontier!.root(), repaired } satisfies SignedTree
+    }))
+
+/** Rows `frontier.size` .. `size` - 1 verified as a chain and pushed onto `frontier`; their subtrees stored. */
+const extendVerified = (
+  sql: Sql,
+  frontier: Frontier,
+  size: number,
+  signer: AuditSigner.AuditSigner,
+  options: SignOptions
+) =>
+  Effect.gen(function*() {
+    const keyring = AuditSigner.Keyring.make([signer.publicKey, ...(options.publicKeys ?? [])])
+    const [signedFrom] = yield* sql<{ s: number | null }>`
+      SELECT MIN(sequence) AS s FROM signed_events WHERE key_id = ${AuditSigner.keyIdOf(signer.publicKey)}`
+    const [previous] = frontier.size === 0 ? [undefined] : yield* sql<{ h: string }>`
+      SELECT entry_hash AS h FROM signed_events WHERE sequence = ${frontier.size - 1}`
+    const checker = LedgerVerifier.makeChecker({
+      keyring,
+      expectedFirstSequence: frontier.size,
+      expectedFirstPrevHash: previous?.h ?? ZERO_HASH,
+      // Rows before the first this key signed may be unsigned (a ledger that began unsigned).
+      signedFrom: signedFrom?.s === null || signedFrom?.s === undefined ? Number.MAX_SAFE_INTEGER : Number(signedFrom.s)
+    })
+    const repaired: Array<RepairedNode> = []
+    while (frontier.size < size) {
+      const rows = yield* sql<Record<string, unknown>>`
+        SELECT ${sql.literal(LedgerRow.COLUMNS.join(", "))} FROM signed_events
+        WHERE sequence >= ${frontier.size} AND sequence < ${size} ORDER BY sequence LIMIT ${PAGE}`
+      if (rows.length === 0) break
+      const emitted: Array<Emitted> = []
+      for (const row of rows) checker.checkUnknown({ ...row, sequence: Number(row.sequence) })
+      // One report per page: a page with a failing row is refused whole, before any of it is pushed.
+      const report = checker.report()
+      if (!report.ok) {
+        const failure = Option.getOrThrow(report.firstFailure)
+        return yield* new TransparencyRefusal({
+          reason: "unverifiedRow",
+          sequence: failure.sequence,
+          detail: `the row at sequence ${failure.sequence} does not verify (${failure.kind}: ${failure.message}): ` +
+            `nothing signed`
+        })
+      }
+      for (const row of rows) {
+        frontier.push(leafHash(Buffer.from(String(row.entry_hash), "hex")), (node) => emitted.push(node))
+      }
+      repaired.push(...(yield* reconcile(sql, emitted)))
+    }
+    if (frontier.size !== size) return yield* Effect.dieMessage(`the chain ends at ${frontier.size}, not ${size}`)
+    return repaired
+  })
+
+/**
+ * Recomputes every subtree of the ledger's rows and stores it, replacing those that disagree (reported).
+ * Returns the tree size now covered. Nothing is signed: a cache filler and repair tool.
+ */
+export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(
+  Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    client.withTransaction(Effect.gen(function*() {
+      const sql = client.withoutTransforms()
+      const size = yield* chainSizeOn(sql)
+      const { repaired } = yield* rebuildOn(sql, size)
+      yield* warnRepairs(repaired)
+      return size
+    })))
+)
+
+/** `use` on the stored tree of `size` leaves; none when a subtree it reads is not stored. */
+const readStoredTree = <A>(sql: Sql, size: number, use: (tree: MerkleTree) => A) =>
+  Effect.gen(function*() {
+    const found = new Map<string, Hash>()
+    const fetch = (needed: ReadonlyArray<readonly [number, number]>) =>
+      Effect.gen(function*() {
+        const byLevel = new Map<number, Array<number>>()
+        for (const [level, index] of needed) byLevel.set(level, [...(byLevel.get(level) ?? []), index])
+        for (const [level, indexes] of byLevel) {
+          const rows = level === 0
+            ? yield* sql<{ i: number; h: string }>`
+                SELECT sequence AS i, entry_hash AS h FROM signed_events WHERE ${sql.in("sequence", indexes)}`
+            : yield* sql<{ i: number; h: string }>`
+                SELECT idx AS i, hash AS h FROM merkle_nodes WHERE level = ${level} AND ${sql.in("idx", indexes)}`
+          for (const row of rows) {
+            const bytes = Buffer.from(row.h, "hex")
+            found.set(`${level}/${Number(row.i)}`, level === 0 ? leafHash(bytes) : bytes)
+          }
+        }
+      })
+    // What `use` reads can depend on what it read (a comparison, then a proof): run it against what is
+    // fetched so far, fetch what it asked for and did not get, until it asks for nothing new.
+    for (let round = 0; round < 8; round++) {
+      const missing = new Map<string, readonly [number, number]>()
+      const result = use(MerkleTree.fromSource({
+        size,
+        node: function node(level, index): Hash {
+          // Subtrees below MIN_STORED_LEVEL are not stored: computed from their leaves.
+          if (level > 0 && level < MIN_STORED_LEVEL) {
+            return nodeHash(node(level - 1, 2 * index), node(level - 1, 2 * index + 1))
+          }
+          const hash = found.get(`${level}/${index}`)
+          if (hash !== undefined) return hash
+          missing.set(`${level}/${index}`, [level, index])
+          return new Uint8Array(32)
+        }
+      }))
+      if (missing.size === 0) return result
+      const before = found.size
+      yield* fetch(Array.from(missing.values()))
+      if (found.size === before) return undefined
+    }
+    return undefined
+  })
 
 /**
  * `use` run on the stored tree of the ledger's first `size` rows: the complete subtrees it reads are fetched
  * (O(log² n) of them, one query per level and round), then it computes as on an in-memory tree. `use` must
- * be pure (it may run more than once). Call `extendStoredTree` first; a missing subtree is a defect.
+ * be pure (it may run more than once). Nothing here is checked: the stored subtrees are a cache (see
+ * `inclusionProof` and `consistencyProof` for proofs checked against a signed root). A subtree that is not
+ * stored is a defect (run `extendStoredTree`).
  */
 export const withStoredTree = <A>(
   size: number,
   use: (tree: MerkleTree) => A
-): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> => LedgerSql.use(withStoredTreeBody(size, use))
-
-const withStoredTreeBody = <A>(
-  size: number,
-  use: (tree: MerkleTree) => A
 ): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> =>
-  Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
-    Effect.gen(function*() {
-      const sql = client.withoutTransforms()
-      const found = new Map<string, Hash>()
-      const fetch = (needed: ReadonlyArray<readonly [number, number]>) =>
-        Effect.gen(function*() {
-          const byLevel = new Map<number, Array<number>>()
-          for (const [level, index] of needed) byLevel.set(level, [...(byLevel.get(level) ?? []), index])
-          for (const [level, indexes] of byLevel) {
-            const rows = level === 0
-              ? yield* sql<{ i: number; h: string }>`
-                  SELECT sequence AS i, entry_hash AS h FROM signed_events WHERE ${sql.in("sequence", indexes)}`
-              : yield* sql<{ i: number; h: string }>`
-                  SELECT idx AS i, hash AS h FROM merkle_nodes WHERE level = ${level} AND ${sql.in("idx", indexes)}`
-            for (const row of rows) {
-              const bytes = Buffer.from(row.h, "hex")
-              found.set(`${level}/${Number(row.i)}`, level === 0 ? leafHash(bytes) : bytes)
-            }
-          }
-        })
-      // What `use` reads can depend on what it read (a comparison, then a proof): run it against what is
-      // fetched so far, fetch what it asked for and did not get, until it asks for nothing new.
-      for (let round = 0; round < 8; round++) {
-        const missing = new Map<string, readonly [number, number]>()
-        const result = use(MerkleTree.fromSource({
-          size,
-          node: function node(level, index): Hash {
-            // Subtrees below MIN_STORED_LEVEL are not stored: computed from their leaves.
-            if (level > 0 && level < MIN_STORED_LEVEL) {
-              return nodeHash(node(level - 1, 2 * index), node(level - 1, 2 * index + 1))
-            }
-            const hash = found.get(`${level}/${index}`)
-            if (hash !== undefined) {
-              return hash
-            }
-            missing.set(`${level}/${index}`, [level, index])
-            return new Uint8Array(32)
-          }
-        }))
-        if (missing.size === 0) return result
-        const before = found.size
-        yield* fetch(Array.from(missing.values()))
-        if (found.size === before) {
-          return yield* Effect.dieMessage(`merkle_nodes lacks ${Array.from(missing.keys()).slice(0, 3).join(", ")}`)
-        }
-      }
-      return yield* Effect.dieMessage("the stored tree did not settle")
-    }))
-
-/** `use` on the ledger's whole stored tree, brought up to date first. */
-export const onStoredTree = <A>(use: (tree: MerkleTree) => A): Effect.Effect<A, SqlError, LedgerSql.LedgerSql> =>
-  LedgerSql.use(Effect.flatMap(extendBody, (size) => withStoredTreeBody(size, use)))
+  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    Effect.flatMap(
+      readStoredTree(client.withoutTransforms(), size, use),
+      (result) =>
+        result === undefined
+          ? Effect.dieMessage(`merkle_nodes lacks subtrees of ${size} leaves`)
+          : Effect.succeed(result)
+    )))
 
 /**
- * Brings the stored tree up to date, signs a checkpoint of the whole ledger as `origin` and keeps it: one
- * write transaction (one commit, so one fsync beside the sink's). Returns the size and the note.
+ * A proof from the stored tree, checked with `holds` against the root it must lead to; when it does not
+ * hold (or a subtree is missing), the subtrees of the first `size` rows are rebuilt from the rows (the
+ * disagreeing ones reported) and it is made again. The rows' own root must be `root`, or: `rewritten`.
+ */
+const checkedProof = <A>(
+  size: number,
+  root: Hash,
+  make: (tree: MerkleTree) => A,
+  holds: (proof: A) => boolean
+): Effect.Effect<
+  { readonly proof: A; readonly repaired: ReadonlyArray<RepairedNode> },
+  TransparencyRefusal | SqlError,
+  LedgerSql.LedgerSql
+> =>
+  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    client.withTransaction(Effect.gen(function*() {
+      const sql = client.withoutTransforms()
+      const chain = yield* chainSizeOn(sql)
+      if (size > chain) {
+        return yield* new TransparencyRefusal({
+          reason: "truncated",
+          sequence: chain,
+          detail: `the checkpoint has ${size} leaves, the ledger ${chain}: truncated`
+        })
+      }
+      const first = yield* readStoredTree(sql, size, make)
+      if (first !== undefined && holds(first)) return { proof: first, repaired: [] }
+      const { frontier, repaired } = yield* rebuildOn(sql, size)
+      yield* warnRepairs(repaired)
+      if (!sameHash(frontier.root(), root)) {
+        return yield* new TransparencyRefusal({
+          reason: "rewritten",
+          detail: `the ledger's first ${size} rows are not the checkpoint's: rewritten`
+        })
+      }
+      const again = yield* readStoredTree(sql, size, make)
+      if (again === undefined || !holds(again)) {
+        return yield* new TransparencyRefusal({
+          reason: "unprovable",
+          detail: `the proof in the tree of ${size} leaves does not hold after rebuilding it from the rows`
+        })
+      }
+      return { proof: again, repaired }
+    }))))
+
+/**
+ * The inclusion proofs of `leaves` (rows: their sequence and entry hash) in the tree of `size` leaves whose
+ * root is `root` (a checkpoint's), each checked against that root before they are returned (see
+ * `checkedProof`).
+ */
+export const inclusionProofs = (
+  leaves: ReadonlyArray<{ readonly sequence: number; readonly entryHash: string }>,
+  size: number,
+  root: Hash
+): Effect.Effect<
+  { readonly proof: ReadonlyArray<ReadonlyArray<Hash>>; readonly repaired: ReadonlyArray<RepairedNode> },
+  TransparencyRefusal | SqlError,
+  LedgerSql.LedgerSql
+> => {
+  const outside = leaves.find(({ sequence }) => !Number.isSafeInteger(sequence) || sequence < 0 || sequence >= size)
+  if (outside !== undefined) {
+    return Effect.fail(
+      new TransparencyRefusal({
+        reason: "unprovable",
+        sequence: outside.sequence,
+        detail: `row ${outside.sequence} is not in the tree of ${size} leaves`
+      })
+    )
+  }
+  const hashes = leaves.map(({ entryHash }) => leafHash(Buffer.from(entryHash, "hex")))
+  return checkedProof(
+    size,
+    root,
+    (tree) => leaves.map(({ sequence }) => tree.inclusionProof(sequence, size)),
+    (proofs) => proofs.every((proof, i) => verifyInclusion(hashes[i]!, leaves[i]!.sequence, size, proof, root))
+  )
+}
+
+/** The consistency proof from the tree (`oldSize`, `oldRoot`) to (`size`, `root`), checked before it is returned. */
+export const consistencyProof = (oldSize: number, oldRoot: Hash, size: number, root: Hash) =>
+  oldSize > size
+    ? Effect.fail(
+      new TransparencyRefusal({
+        reason: "truncated",
+        detail: `the older checkpoint has ${oldSize} leaves, the newer ${size}: truncated`
+      })
+    )
+    : Effect.flatMap(
+      checkedProof(
+        size,
+        root,
+        (tree) => ({ proof: tree.consistencyProof(oldSize, size), oldRoot: tree.rootHash(oldSize) }),
+        ({ proof }) => verifyConsistency(oldSize, size, proof, oldRoot, root)
+      ),
+      ({ proof, repaired }) =>
+        // The rows' tree at `oldSize` is another than the older checkpoint's: the ledger was rewritten since.
+        verifyConsistency(oldSize, size, proof.proof, oldRoot, root)
+          ? Effect.succeed({ proof: proof.proof, repaired })
+          : new TransparencyRefusal({
+            reason: "rewritten",
+            detail: `the ledger's first ${oldSize} rows are not the older checkpoint's: rewritten`
+          })
+    )
+
+/**
+ * Signs a checkpoint of the whole ledger as `origin` and keeps it, in one write transaction (one commit,
+ * so one fsync beside the sink's): over the tree `signedTreeBody` recomputed and checked, never over a
+ * stored root. Returns the size, the root, the note and the stored subtrees repaired on the way.
  */
 export const checkpointNow = (
   origin: string,
-  signer: AuditSigner
-): Effect.Effect<{ readonly size: number; readonly note: string }, SqlError, LedgerSql.LedgerSql> =>
+  signer: AuditSigner.AuditSigner,
+  options: SignOptions = {}
+): Effect.Effect<
+  SignedTree & { readonly note: string },
+  SqlError | TransparencyRefusal,
+  LedgerSql.LedgerSql
+> =>
   LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
     client.withTransaction(
-      Effect.tap(
-        Effect.flatMap(
-          extendBody,
-          (size) => withStoredTreeBody(size, (tree) => ({ size, note: signCheckpoint(tree, origin, signer) }))
-        ),
-        ({ note, size }) => saveCheckpointBody(origin, size, note)
-      )
+      Effect.gen(function*() {
+        const tree = yield* signedTreeBody(origin, signer, options)
+        const note = signRoot(origin, signer, tree.size, tree.rootHash)
+        yield* saveCheckpointBody(origin, tree.size, note)
+        // The first checkpoint's origin becomes the ledger's (`originOf`): it no longer follows the file name.
+        yield* client.withoutTransforms()`
+          INSERT INTO agent_ledger_settings (key, value) VALUES (${ORIGIN_SETTING}, ${origin})
+          ON CONFLICT (key) DO NOTHING`
+        return { ...tree, note }
+      })
     )))
+
+/** The signed note of the checkpoint (`origin`, `size`, `root`). */
+const signRoot = (origin: string, signer: AuditSigner.AuditSigner, size: number, root: Hash): string =>
+  SignedNote.signNote(
+    SignedNote.formatCheckpoint({ origin, treeSize: size, rootHash: root }),
+    origin,
+    (bytes) => AuditSigner.signNote(signer, bytes),
+    signer.publicKey
+  )
 
 /** Keeps a signed checkpoint in the ledger's `checkpoints` table (one per origin and size). */
 export const saveCheckpoint = (
@@ -255,7 +625,61 @@ const saveCheckpointBody = (origin: string, size: number, note: string) =>
       ON CONFLICT (origin, tree_size) DO NOTHING`
   })
 
-/** A log origin for `db` when none is configured: `agent-ledger/<file or database name>`. */
+/** A checkpoint kept in the ledger's `checkpoints` table, as stored (its signature is not checked here). */
+export interface StoredCheckpoint {
+  readonly origin: string
+  readonly treeSize: number
+  readonly note: string
+  readonly createdAt: string
+}
+
+/**
+ * The checkpoints kept in the ledger (of `origin`, or all), newest (largest) first, at most `limit`. Read
+ * only; what they say is checked by whoever uses them (`checkpointOf` with the verifier key): anyone who
+ * can write the database can write this table.
+ */
+export const storedCheckpoints = (
+  options: { readonly origin?: string | undefined; readonly limit?: number | undefined } = {}
+): Effect.Effect<ReadonlyArray<StoredCheckpoint>, SqlError, LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => {
+    const sql = client.withoutTransforms()
+    const where = options.origin === undefined ? sql.literal("1 = 1") : sql`origin = ${options.origin}`
+    const limit = options.limit === undefined ? sql.literal("") : sql`LIMIT ${options.limit}`
+    return Effect.map(
+      sql<{ origin: string; tree_size: number; note: string; created_at: string }>`
+        SELECT origin, tree_size, note, created_at FROM checkpoints WHERE ${where}
+        ORDER BY tree_size DESC, origin ${limit}`,
+      (rows) =>
+        rows.map((row) => ({
+          origin: row.origin,
+          treeSize: Number(row.tree_size),
+          note: row.note,
+          createdAt: row.created_at
+        }))
+    )
+  }))
+
+/** The `agent_ledger_settings` key of the ledger's log origin, kept when its first checkpoint is made. */
+export const ORIGIN_SETTING = "transparency_origin"
+
+/** The origin the ledger's first checkpoint was made as (none before one is made). */
+export const storedOrigin: Effect.Effect<Option.Option<string>, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(
+  Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    Effect.map(
+      client.withoutTransforms()<{ value: string }>`
+        SELECT value FROM agent_ledger_settings WHERE key = ${ORIGIN_SETTING}`,
+      ([row]) => Option.fromNullable(row?.value)
+    ))
+)
+
+/**
+ * The ledger's log origin when none is given: the one its first checkpoint was made as, else
+ * `defaultOrigin(db)`. So renaming or copying the database file does not change it once a checkpoint exists.
+ */
+export const originOf = (db: string): Effect.Effect<string, SqlError, LedgerSql.LedgerSql> =>
+  Effect.map(storedOrigin, Option.getOrElse(() => defaultOrigin(db)))
+
+/** A log origin for `db` when none is configured nor stored: `agent-ledger/<file or database name>`. */
 export const defaultOrigin = (db: string): string => {
   const name = LedgerSql.isPostgresUrl(db)
     ? new URL(db).pathname.replace(/^\//, "")
@@ -267,13 +691,13 @@ export const defaultOrigin = (db: string): string => {
 export const signCheckpoint = (
   merkle: MerkleTree,
   origin: string,
-  signer: AuditSigner,
+  signer: AuditSigner.AuditSigner,
   size: number = merkle.size
 ): string =>
   SignedNote.signNote(
     SignedNote.formatCheckpoint({ origin, treeSize: size, rootHash: merkle.rootHash(size) }),
     origin,
-    (bytes) => signNoteBytes(signer, bytes),
+    (bytes) => AuditSigner.signNote(signer, bytes),
     signer.publicKey
   )
 
@@ -331,6 +755,28 @@ export const receiptOf = (
   checkpoint: note
 })
 
+/** The receipt of `row` with its inclusion proof `proof` (leaf to root) in the checkpoint `note` of `size` leaves. */
+export const receiptFrom = (
+  row: typeof Row.Type,
+  size: number,
+  proof: ReadonlyArray<Hash>,
+  note: string
+): Receipt => ({
+  format: RECEIPT_FORMAT,
+  row,
+  tree_size: size,
+  inclusion_proof: proof.map((h) => Buffer.from(h).toString("base64")),
+  checkpoint: note
+})
+
+/** The consistency proof `proof` from the checkpoint `oldNote` to `newNote`. */
+export const consistencyFrom = (oldNote: string, newNote: string, proof: ReadonlyArray<Hash>): ConsistencyProof => ({
+  format: CONSISTENCY_FORMAT,
+  old_checkpoint: oldNote,
+  new_checkpoint: newNote,
+  proof: proof.map((h) => Buffer.from(h).toString("base64"))
+})
+
 /** Why a receipt or a consistency proof does not hold. */
 export class ProofFailure extends Schema.TaggedError<ProofFailure>()("ProofFailure", {
   reason: Schema.Literal(
@@ -338,6 +784,7 @@ export class ProofFailure extends Schema.TaggedError<ProofFailure>()("ProofFailu
     "checkpointSignature",
     "wrongLog",
     "rowHash",
+    "rowSignature",
     "notIncluded",
     "inconsistent"
   ),
@@ -351,14 +798,19 @@ export class ProofFailure extends Schema.TaggedError<ProofFailure>()("ProofFailu
 const fail = (reason: ProofFailure["reason"], detail: string) => Either.left(new ProofFailure({ reason, detail }))
 
 /** The checkpoint a note holds, once its signature by `verifier` is checked and its origin is the key's. */
-const checkpointOf = (note: string, verifier: SignedNote.Verifier) =>
+export const checkpointOf = (note: string, verifier: SignedNote.Verifier) =>
   Either.flatMap(
     Either.mapLeft(SignedNote.verifyNote(note, verifier), (error) =>
-      new ProofFailure({ reason: "checkpointSignature", detail: error.detail })),
+      new ProofFailure({
+        reason: error.reason === "malformed" ? "malformed" : "checkpointSignature",
+        detail: error.detail
+      })),
     (text) =>
       Either.flatMap(
-        Either.mapLeft(SignedNote.parseCheckpoint(text), (error) =>
-          new ProofFailure({ reason: "malformed", detail: error.detail })),
+        Either.mapLeft(
+          SignedNote.parseCheckpoint(text),
+          (error) => new ProofFailure({ reason: "malformed", detail: error.detail })
+        ),
         (checkpoint) =>
           checkpoint.origin === verifier.name
             ? Either.right(checkpoint)
@@ -366,16 +818,86 @@ const checkpointOf = (note: string, verifier: SignedNote.Verifier) =>
       )
   )
 
-const hashes = (list: ReadonlyArray<string>) => list.map((h) => Buffer.from(h, "base64"))
+/**
+ * Proof hashes as FORMAT.md gives them: standard base64 (RFC 4648 §4, padded) of exactly 32 bytes, in
+ * canonical form; URL-safe, unpadded or otherwise lenient spellings are rejected (as Go's decoder does).
+ */
+export const decodeHashes = (list: ReadonlyArray<string>): Either.Either<ReadonlyArray<Hash>, ProofFailure> => {
+  const decoded: Array<Hash> = []
+  for (const [i, text] of list.entries()) {
+    const bytes = decodeHash(text)
+    if (bytes === undefined) {
+      return fail("malformed", `proof hash ${i} is not 32 bytes of standard, padded base64`)
+    }
+    decoded.push(bytes)
+  }
+  return Either.right(decoded)
+}
+
+/** One hash in strict standard base64 (44 characters, one `=`), or undefined. */
+export const decodeHash = (text: string): Hash | undefined => {
+  if (!/^[A-Za-z0-9+/]{43}=$/.test(text)) return undefined
+  const bytes = Buffer.from(text, "base64")
+  return bytes.length === 32 && bytes.toString("base64") === text ? bytes : undefined
+}
+
+export interface ReceiptOptions {
+  /**
+   * Accept a row marked `unsigned` (a ledger that is not signed). By default the checkpoint's key is the
+   * ledger's key and the row must carry its valid signature: a row nobody signed proves only that it sits
+   * in the tree.
+   */
+  readonly allowUnsigned?: boolean | undefined
+}
+
+/**
+ * The row's signature by the checkpoint's key (the ledger's key): an `ed25519` row must be signed by that
+ * key, validly; an `unsigned` row is accepted only with `allowUnsigned`.
+ */
+const checkRowSignature = (
+  row: typeof Row.Type,
+  verifier: SignedNote.Verifier,
+  options: ReceiptOptions
+): Either.Either<void, ProofFailure> => {
+  const at = `the row at sequence ${row.sequence}`
+  if (row.attest_level === "unsigned") {
+    if (row.signature !== null || row.key_id !== null) {
+      return fail("rowSignature", `${at} is marked unsigned but carries a signature or key id`)
+    }
+    return options.allowUnsigned === true ? Either.right(undefined) : fail(
+      "rowSignature",
+      `${at} is unsigned: the ledger's key (the checkpoint's) did not sign it (--allow-unsigned for a ledger ` +
+        `that is not signed)`
+    )
+  }
+  if (row.attest_level !== "ed25519" || row.signature === null || row.key_id === null) {
+    return fail("rowSignature", `${at} has attest level ${row.attest_level} without both signature and key id`)
+  }
+  const keyId = AuditSigner.keyIdOf(verifier.publicKey)
+  if (row.key_id !== keyId) {
+    return fail("rowSignature", `${at} is signed by key ${row.key_id}, not by the checkpoint's key ${keyId}`)
+  }
+  const verdict = AuditSigner.verifySignature(
+    AuditSigner.Keyring.make([verifier.publicKey]),
+    keyId,
+    Buffer.from(row.entry_hash, "hex"),
+    row.signature
+  )
+  return verdict === "valid"
+    ? Either.right(undefined)
+    : fail("rowSignature", `${at}: its signature is not valid for the checkpoint's key ${keyId}`)
+}
 
 /**
  * Checks a receipt with nothing but the verifier key: the checkpoint's signature, the row's own hashes
- * (its payload hash and its entry hash recomputed from its fields, docs/FORMAT.md "Ledger row"), and the
- * row's inclusion in the checkpoint's tree. Returns the checkpoint the row is proven in.
+ * (its payload hash and its entry hash recomputed from its fields, docs/FORMAT.md "Ledger row"), the row's
+ * signature by the same key (the checkpoint key is the ledger key; see `ReceiptOptions`), and the row's
+ * inclusion in the checkpoint's tree. Returns the checkpoint the row is proven in.
  */
 export const verifyReceipt = (
   input: unknown,
-  verifierKey: string
+  verifierKey: string,
+  options: ReceiptOptions = {}
 ): Either.Either<SignedNote.Checkpoint, ProofFailure> =>
   Either.flatMap(
     Either.mapLeft(Schema.decodeUnknownEither(Receipt)(input), (error) =>
@@ -393,6 +915,10 @@ export const verifyReceipt = (
                 `the receipt says ${receipt.tree_size} leaves, its checkpoint ${checkpoint.treeSize}`
               )
             }
+            const proof = decodeHashes(receipt.inclusion_proof)
+            if (Either.isLeft(proof)) {
+              return Either.left(proof.left)
+            }
             const payloadHash = createHash("sha256").update(row.payload, "utf8").digest("hex")
             const entryHash = rowEntryHash({
               sequence: row.sequence,
@@ -406,11 +932,15 @@ export const verifyReceipt = (
             if (payloadHash !== row.payload_hash || entryHash !== row.entry_hash) {
               return fail("rowHash", `the row at sequence ${row.sequence} does not hash to its entry_hash`)
             }
+            const signed = checkRowSignature(row, verifier, options)
+            if (Either.isLeft(signed)) {
+              return Either.left(signed.left)
+            }
             return verifyInclusion(
                 leafHash(Buffer.from(row.entry_hash, "hex")),
                 row.sequence,
                 checkpoint.treeSize,
-                hashes(receipt.inclusion_proof),
+                proof.right,
                 checkpoint.rootHash
               )
               ? Either.right(checkpoint)
@@ -449,12 +979,13 @@ export const verifyConsistencyProof = (
         (verifier) =>
           Either.flatMap(checkpointOf(proof.old_checkpoint, verifier), (older) =>
             Either.flatMap(checkpointOf(proof.new_checkpoint, verifier), (newer) =>
-              verifyConsistency(older.treeSize, newer.treeSize, hashes(proof.proof), older.rootHash, newer.rootHash)
-                ? Either.right({ old: older, new: newer })
-                : fail(
-                  "inconsistent",
-                  `the log of ${older.treeSize} leaves is not a prefix of the log of ${newer.treeSize} leaves`
-                )))
+              Either.flatMap(decodeHashes(proof.proof), (path) =>
+                verifyConsistency(older.treeSize, newer.treeSize, path, older.rootHash, newer.rootHash)
+                  ? Either.right({ old: older, new: newer })
+                  : fail(
+                    "inconsistent",
+                    `the log of ${older.treeSize} leaves is not a prefix of the log of ${newer.treeSize} leaves`
+                  ))))
       )
   )
 

@@ -115,6 +115,10 @@ export const verifyNote = (note: string, verifier: Verifier): Either.Either<stri
     const match = /^\u2014 (\S+) ([A-Za-z0-9+/=]+)$/u.exec(line)
     if (match === null) return malformed(`not a signature line: ${JSON.stringify(line)}`)
     const bytes = Buffer.from(match[2]!, "base64")
+    // Standard, padded base64 only (as Go's sumdb/note reads it): re-encoding gives the text back.
+    if (bytes.toString("base64") !== match[2]) {
+      return malformed(`a signature is not standard base64: ${JSON.stringify(line)}`)
+    }
     if (match[1] !== verifier.name || bytes.length < 4 || !bytes.subarray(0, 4).equals(verifier.keyId)) continue
     if (bytes.length !== 68 || !verify(null, Buffer.from(text, "utf8"), verifier.publicKey, bytes.subarray(4))) {
       return Either.left(
