@@ -8,6 +8,7 @@ import { Console, Effect, Either, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import type * as AuditSigner from "../audit/AuditSigner.js"
+import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import * as JournalSeal from "../journal/JournalSeal.js"
 import * as SessionJournal from "../journal/SessionJournal.js"
 import * as LedgerExport from "../ledger/LedgerExport.js"
@@ -232,7 +233,10 @@ const readJsonTarget = (target: string, what: string) =>
   Effect.try({
     try: () => JSON.parse(fs.readFileSync(target, "utf8")) as unknown,
     catch: (error) => new InputError({ message: `${target}: cannot read the ${what} (${String(error)})` })
-  })
+  }).pipe(Effect.filterOrElse(
+    (json) => findTooDeep(json) === undefined,
+    (json) => new InputError({ message: `${target}: not a ${what}: ${describeTooDeep(findTooDeep(json)!)}` })
+  ))
 
 /** What a bundle checked with its own key proves, and what it does not. */
 const UNPINNED_BUNDLE_NOTE = [

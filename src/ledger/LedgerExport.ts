@@ -10,6 +10,7 @@ import { Data, Effect, Either, Option, ParseResult, Schema, Stream } from "effec
 import * as fs from "node:fs"
 import * as readline from "node:readline"
 import { isHash, ZERO_HASH } from "../internal/encoding.js"
+import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import * as LedgerRow from "./LedgerRow.js"
 import * as LedgerSql from "./LedgerSql.js"
 import * as LedgerVerifier from "./LedgerVerifier.js"
@@ -134,11 +135,20 @@ export class ExportReadError extends Data.TaggedError("ExportReadError")<{
 
 const decodeHeader = Schema.decodeUnknownEither(ExportHeader)
 
+/**
+ * The line's JSON value, bounded in depth: what decoding and its error messages then walk (recursively)
+ * can never overflow the stack, however deeply the line nests.
+ */
 const parseLine = (path: string, line: number, text: string): Either.Either<unknown, CorruptExportLine> =>
   Either.try({
     try: () => JSON.parse(text) as unknown,
     catch: () => new CorruptExportLine({ path, line, reason: "not valid JSON" })
-  })
+  }).pipe(Either.flatMap((json) => {
+    const tooDeep = findTooDeep(json)
+    return tooDeep === undefined
+      ? Either.right(json)
+      : Either.left(new CorruptExportLine({ path, line, reason: describeTooDeep(tooDeep) }))
+  }))
 
 const formatParseError = (error: ParseResult.ParseError): string =>
   ParseResult.ArrayFormatter.formatErrorSync(error)
