@@ -4,16 +4,19 @@
  * exports (`SessionJournal.verifyExport` / `fromExport` too) and evidence bundles.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Layer, Stream } from "effect"
+import { Effect, Either, Layer, Option, Stream } from "effect"
+import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import { findTooDeep, MAX_JSON_DEPTH } from "../src/internal/jsonDepth.js"
 import * as SessionJournal from "../src/journal/SessionJournal.js"
 import * as LedgerExport from "../src/ledger/LedgerExport.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
+import * as LedgerVerifier from "../src/ledger/LedgerVerifier.js"
 import * as SqlAuditSink from "../src/ledger/SqlAuditSink.js"
-import { cliWorkspace } from "./fixtures/cliWorkspace.js"
+import { cliWorkspace, withDb } from "./fixtures/cliWorkspace.js"
 import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
+import { freshDatabase, noPostgres } from "./fixtures/postgres.js"
 
 const { cli, path } = cliWorkspace("agent-ledger-hostile-")
 
@@ -140,4 +143,115 @@ describe("deep nesting in a journal export", () => {
         expect(bundleRun.stderr).toContain(`nested deeper than ${MAX_JSON_DEPTH} levels at rows.a.a`)
       }
     }), { timeout: 120_000 })
+})
+
+/** A signed-free ledger whose rows legitimately hold U+FFFD in every hashed free-text column but the id. */
+const ledgerWithReplacementCharacters = (db: string) =>
+  Effect.gen(function*() {
+    const sink = yield* SqlAuditSink.SqlAuditSink
+    for (let n = 0; n < 3; n++) yield* sink.append(refusalEvent(`agent-\uFFFD-${n}`, n, `text \uFFFD ${n}`))
+  }).pipe(Effect.provide(SqlAuditSink.layer().pipe(Layer.provideMerge(LedgerSql.layerFor(db)))), quietly)
+
+/** Rewrites `column` of the row at `sequence` with its bytes' first U+FFFD (EF BF BD) replaced by `bad`. */
+const substituteStoredBytes = (db: string, sequence: number, column: string, bad: Buffer) =>
+  withDb(db, (d) => {
+    const { bytes } = d.prepare(`SELECT CAST(${column} AS BLOB) AS bytes FROM signed_events WHERE sequence = ?`)
+      .get(sequence) as { bytes: Buffer }
+    const at = bytes.indexOf(Buffer.from("\uFFFD"))
+    expect(at).toBeGreaterThanOrEqual(0)
+    const edited = Buffer.concat([bytes.subarray(0, at), bad, bytes.subarray(at + 3)])
+    d.prepare(`UPDATE signed_events SET ${column} = CAST(? AS TEXT) WHERE sequence = ?`).run(edited, sequence)
+    // The driver reads it back as the very text it was: only the bytes changed.
+    const read = d.prepare(`SELECT ${column} AS text FROM signed_events WHERE sequence = ?`).get(sequence) as {
+      text: string
+    }
+    expect(read.text).toBe(bytes.toString("utf8"))
+  })
+
+describe("text whose stored bytes are not UTF-8", () => {
+  it.live(
+    "U+FFFD's bytes replaced by one invalid byte fail verification (kind encoding, naming the column)",
+    () =>
+      Effect.gen(function*() {
+        const db = path("utf8-intact.db")
+        yield* ledgerWithReplacementCharacters(db)
+        expect((yield* LedgerVerifier.verifyLedger().pipe(Effect.provide(LedgerSql.layerFor(db)))).ok).toBe(true)
+        for (const column of ["payload", "agent_id"]) {
+          for (const bad of [Buffer.of(0xff), Buffer.of(0xc0), Buffer.of(0xf0, 0x9f, 0x98)]) {
+            const copy = path(`utf8-${column}-${bad.toString("hex")}.db`)
+            fs.copyFileSync(db, copy)
+            substituteStoredBytes(copy, 1, column, bad)
+            const report = yield* LedgerVerifier.verifyLedger().pipe(Effect.provide(LedgerSql.layerFor(copy)))
+            expect(report.ok, `${column} ${bad.toString("hex")}`).toBe(false)
+            expect(Option.getOrThrow(report.firstFailure)).toMatchObject({
+              sequence: 1,
+              kind: "encoding",
+              message: `${column} is not valid UTF-8 as stored: no text hashes to its bytes`
+            })
+            // One failure: the rows after it still link to its stored entry_hash.
+            expect(report.failureCount).toBe(1)
+            expect(report.rowsChecked).toBe(3)
+          }
+        }
+        const copy = path("utf8-cli.db")
+        fs.copyFileSync(db, copy)
+        substituteStoredBytes(copy, 2, "payload", Buffer.of(0xff))
+        const run = yield* Effect.promise(() => cli("verify", copy, "--json"))
+        expect(run.code).toBe(1)
+        expect(JSON.parse(run.stdout).report.firstFailure).toMatchObject({ sequence: 2, kind: "encoding" })
+      }),
+    { timeout: 120_000 }
+  )
+
+  it.live("a SQLite database that stores text as UTF-16 is not verified as if it held UTF-8 bytes", () =>
+    Effect.gen(function*() {
+      const db = path("utf16.db")
+      withDb(db, (d) => {
+        d.pragma("encoding = 'UTF-16le'")
+        d.exec("CREATE TABLE fixes_the_encoding (x)")
+      })
+      yield* ledgerWithReplacementCharacters(db)
+      const report = yield* LedgerVerifier.verifyLedger().pipe(Effect.provide(LedgerSql.layerFor(db)))
+      expect(report.ok).toBe(false)
+      expect(Option.getOrThrow(report.firstFailure).kind).toBe("encoding")
+    }))
+})
+
+describe.skipIf(noPostgres)("text whose stored bytes are not UTF-8 (PostgreSQL)", () => {
+  it.live(
+    "a UTF8 database refuses the bytes; a SQL_ASCII one, which would take them, is refused by verify",
+    () =>
+      Effect.acquireUseRelease(
+        Effect.sync(freshDatabase),
+        (database) =>
+          Effect.gen(function*() {
+            yield* ledgerWithReplacementCharacters(database.url)
+            const psql = (statement: string) =>
+              Either.try(() =>
+                execFileSync("psql", [database.url, "-v", "ON_ERROR_STOP=1", "-qAtc", statement], { stdio: "pipe" })
+              )
+            // invalid byte sequence for encoding "UTF8" (22021): the stored text is always what the driver reads.
+            for (const bytes of ["\\xff", "\\xc0", "\\xf09f98"]) {
+              const tamper = psql(
+                `UPDATE signed_events SET payload = convert_from('${bytes}'::bytea, 'UTF8') WHERE sequence = 1`
+              )
+              expect(Either.isLeft(tamper) && String(tamper.left)).toContain("invalid byte sequence")
+            }
+            expect((yield* LedgerVerifier.verifyLedger().pipe(Effect.provide(LedgerSql.layerFor(database.url)))).ok)
+              .toBe(true)
+
+            const ascii = freshDatabase({ encoding: "SQL_ASCII" })
+            try {
+              yield* ledgerWithReplacementCharacters(ascii.url)
+              const report = yield* LedgerVerifier.verifyLedger().pipe(Effect.provide(LedgerSql.layerFor(ascii.url)))
+              expect(report.ok).toBe(false)
+              expect(Option.getOrThrow(report.firstFailure).kind).toBe("encoding")
+            } finally {
+              ascii.drop()
+            }
+          }),
+        (database) => Effect.sync(database.drop)
+      ),
+    { timeout: 60_000 }
+  )
 })
