@@ -1,7 +1,8 @@
 /**
  * `agent-ledger verify <target>`: checks a ledger database (opened read-only), a JSONL ledger export, an
  * evidence bundle or a session journal export, detected from the file's bytes. Exit 0 when everything verifies, 1 when a check
- * fails (the first failing sequence and its kind, then the counts), 2 on usage errors or unreadable input.
+ * fails (the first failing sequence and its kind, the counts, and every failing row up to `--max-failures`),
+ * 2 on usage errors or unreadable input.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option, Schema } from "effect"
@@ -38,16 +39,27 @@ export interface VerifyOptions {
   readonly checkpoint: Option.Option<string>
   /** The verifier key the checkpoint's signature is checked with. */
   readonly checkpointKey: Option.Option<string>
+  /** How many failures to list (databases and exports; a bundle lists up to the default). */
+  readonly maxFailures: number
   readonly json: boolean
 }
 
 const encodeReport = Schema.encodeSync(LedgerVerifier.VerifyReport)
 
-/** The human-readable lines of a chain report. */
+/** The human-readable lines of a chain report: every failure listed (as far as the report holds them). */
 const reportLines = (report: LedgerVerifier.VerifyReport): ReadonlyArray<string> => {
   const lines: Array<string> = []
   Option.map(report.firstFailure, (failure) => lines.push(`  first failure: ${failureLine(failure)}`))
-  if (report.failureCount > 0) lines.push(`  failing rows:  ${report.failureCount}`)
+  if (report.failureCount > 0) {
+    lines.push(`  failing rows:  ${report.failureCount}`)
+    const listed = report.failures.length
+    lines.push(
+      listed < report.failureCount
+        ? `  failures:      the first ${listed} (--max-failures N lists more)`
+        : `  failures:      ${listed}`
+    )
+    for (const failure of report.failures) lines.push(`    ${failureLine(failure)}`)
+  }
   lines.push(`  rows checked:  ${report.rowsChecked}`)
   lines.push(
     `  attest levels: ${report.attestLevels.unsigned} unsigned (no signature to check), ${report.attestLevels.ed25519} ed25519`
@@ -210,7 +222,8 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
       pin: verifyOptions.pin,
       requireSigned: verifyOptions.requireSigned,
       signedFrom: verifyOptions.signedFrom,
-      allowMixed: verifyOptions.allowMixed
+      allowMixed: verifyOptions.allowMixed,
+      maxFailures: verifyOptions.maxFailures
     }).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
     const h = result.header
     const pinned = verifyOptions.pin !== undefined
@@ -374,12 +387,18 @@ export const runVerify = (options: VerifyOptions) =>
       onNone: () => Effect.succeed(undefined),
       onSome: parsePin
     })
+    if (!Number.isSafeInteger(options.maxFailures) || options.maxFailures < 0) {
+      return yield* new InputError({
+        message: `--max-failures must be a non-negative integer, got ${options.maxFailures}`
+      })
+    }
     const keyring = yield* loadKeyring(options.publicKeys)
     const kind = yield* detect(options.target)
     const signing = {
       requireSigned: options.requireSigned,
       signedFrom: Option.getOrUndefined(options.signedFrom),
-      allowMixed: options.allowMixed
+      allowMixed: options.allowMixed,
+      maxFailures: options.maxFailures
     }
     switch (kind) {
       case "sqlite":
@@ -457,6 +476,12 @@ export const command = Command.make(
       Options.optional,
       Options.withDescription(
         "for a journal export: the ledger database whose session.sealed rows it must match (the ledger is verified too)"
+      )
+    ),
+    maxFailures: Options.integer("max-failures").pipe(
+      Options.withDefault(LedgerVerifier.DEFAULT_MAX_FAILURES),
+      Options.withDescription(
+        `list at most N failing rows, in row order (default ${LedgerVerifier.DEFAULT_MAX_FAILURES}; the count is always exact)`
       )
     ),
     json: Options.boolean("json").pipe(Options.withDescription("print the report as one JSON object"))

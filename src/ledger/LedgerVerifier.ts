@@ -10,7 +10,7 @@
  * After a failure the checker keeps going, re-synchronised on the stored values of the failing row (the
  * next row is linked against that row's stored entry_hash and expected at its sequence + 1), so one
  * tampered row is one failure and every row is still counted. The report carries the first failure in
- * detail and the number of failing rows.
+ * detail, every failure in row order (up to `maxFailures`) and the number of failing rows.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -98,7 +98,8 @@ export type PinResult = typeof PinResult.Type
  *
  * `ok` is true only when no row failed any check, no signed row is unverifiable, and the pin (if any)
  * matched. `firstFailure` is the first tampering failure in row order; when there is none, the first
- * `unknownKey` row, so an unverifiable row never hides a tampered one. Signature counts cover `ed25519`
+ * `unknownKey` row, so an unverifiable row never hides a tampered one. `failures` lists them all (bounded),
+ * as `git fsck` and `PRAGMA integrity_check` do. Signature counts cover `ed25519`
  * rows whose signature was checked (rows that failed an earlier check are not counted): unsigned rows are
  * never counted as verified. `attestLevels` counts the rows that decoded.
  */
@@ -108,6 +109,11 @@ export const VerifyReport = Schema.Struct({
   /** Rows with a failure, plus 1 for a failed pin. */
   failureCount: Schema.Number,
   firstFailure: Schema.OptionFromNullOr(VerifyFailure),
+  /**
+   * Every failure in row order (then a failed pin, then passed-by duplicates), at most `maxFailures`:
+   * fewer than `failureCount` when the list was cut.
+   */
+  failures: Schema.Array(VerifyFailure),
   attestLevels: Schema.Struct({ unsigned: Schema.Number, ed25519: Schema.Number }),
   signatures: Schema.Struct({ valid: Schema.Number, invalid: Schema.Number, unknownKey: Schema.Number }),
   /** The distinct key_ids not in the keyring (at most `MAX_LISTED_KEY_IDS`). */
@@ -120,6 +126,9 @@ export type VerifyReport = typeof VerifyReport.Type
 
 /** Bound on `unknownKeyIds`, so a ledger full of forged key ids cannot grow the report without limit. */
 export const MAX_LISTED_KEY_IDS = 100
+
+/** Default bound on `VerifyReport.failures` (`CheckerOptions.maxFailures`, `verify --max-failures`). */
+export const DEFAULT_MAX_FAILURES = 100
 
 // ---------------------------------------------------------------------------------------------------------
 // Checker
@@ -143,6 +152,8 @@ export interface CheckerOptions {
   readonly signedFrom?: number | undefined
   /** Accept unsigned rows anywhere (no `downgrade` failures). Default false. */
   readonly allowMixed?: boolean | undefined
+  /** How many failures `VerifyReport.failures` lists at most; default `DEFAULT_MAX_FAILURES`. */
+  readonly maxFailures?: number | undefined
 }
 
 /**
@@ -169,6 +180,9 @@ interface Tally {
   failureCount: number
   firstTamper: VerifyFailure | undefined
   firstUnknownKey: VerifyFailure | undefined
+  /** The failures in order, up to `maxFailures`. */
+  readonly failures: Array<VerifyFailure>
+  readonly maxFailures: number
   readonly attestLevels: { unsigned: number; ed25519: number }
   readonly signatures: { valid: number; invalid: number; unknownKey: number }
   readonly unknownKeyIds: Set<string>
@@ -201,6 +215,7 @@ interface SigningPolicy {
 
 const recordFailure = (tally: Tally, failure: VerifyFailure): void => {
   tally.failureCount++
+  if (tally.failures.length < tally.maxFailures) tally.failures.push(failure)
   if (failure.kind === "unknownKey") tally.firstUnknownKey ??= failure
   else tally.firstTamper ??= failure
 }
@@ -377,11 +392,13 @@ const isLedgerRow = (u: unknown): u is LedgerRow.LedgerRow => {
     typeof r.appended_at === "string"
 }
 
-const newTally = (): Tally => ({
+const newTally = (maxFailures: number): Tally => ({
   rowsChecked: 0,
   failureCount: 0,
   firstTamper: undefined,
   firstUnknownKey: undefined,
+  failures: [],
+  maxFailures,
   attestLevels: { unsigned: 0, ed25519: 0 },
   signatures: { valid: 0, invalid: 0, unknownKey: 0 },
   unknownKeyIds: new Set(),
@@ -404,11 +421,15 @@ const reportOf = (tally: Tally, pin: Pin | undefined, firstSequence: number): Ve
       : pinFailure(finalPin)
   }
   const firstFailure = tally.firstTamper ?? firstPinFailure ?? tally.firstUnknownKey
+  const failures = firstPinFailure !== undefined && tally.failures.length < tally.maxFailures
+    ? [...tally.failures, firstPinFailure]
+    : [...tally.failures]
   return {
     ok: firstFailure === undefined,
     rowsChecked: tally.rowsChecked,
     failureCount: tally.failureCount + pinFailed,
     firstFailure: Option.fromNullable(firstFailure),
+    failures,
     attestLevels: { ...tally.attestLevels },
     signatures: { ...tally.signatures },
     unknownKeyIds: Array.from(tally.unknownKeyIds),
@@ -436,7 +457,11 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
     previousEntryHash: firstPrevHash,
     previousIsHash: isHash(firstPrevHash)
   }
-  const tally = newTally()
+  const maxFailures = options.maxFailures ?? DEFAULT_MAX_FAILURES
+  if (!Number.isSafeInteger(maxFailures) || maxFailures < 0) {
+    throw new RangeError(`LedgerVerifier: maxFailures must be a non-negative integer, got ${maxFailures}`)
+  }
+  const tally = newTally(maxFailures)
 
   // A mid-chain source can still prove the pin that sits just before its first row.
   if (pin !== undefined && pin.sequence === firstSequence - 1 && at.previousEntryHash !== null) {
@@ -732,6 +757,8 @@ export interface VerifyLedgerOptions {
   readonly signedFrom?: number | undefined
   /** See `CheckerOptions.allowMixed`. */
   readonly allowMixed?: boolean | undefined
+  /** See `CheckerOptions.maxFailures`. */
+  readonly maxFailures?: number | undefined
   /** Rows per query (default `DEFAULT_PAGE_SIZE`). */
   readonly pageSize?: number | undefined
   /** Called after each page with the number of rows checked so far (e.g. to show progress). */
@@ -758,7 +785,8 @@ export const verifyLedger = (
         pin: options.pin,
         requireSigned: options.requireSigned,
         signedFrom: options.signedFrom,
-        allowMixed: options.allowMixed
+        allowMixed: options.allowMixed,
+        maxFailures: options.maxFailures
       })
       const textCheck = yield* storedTextCheck
       if (Option.isNone(textCheck)) return notUtf8Database
@@ -780,7 +808,7 @@ export const verifyLedger = (
         releasePage(rows)
         if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
       } while (Option.isSome(after))
-      const report = yield* withDuplicateCheck(checker.report())
+      const report = yield* withDuplicateCheck(checker.report(), options.maxFailures ?? DEFAULT_MAX_FAILURES)
       yield* Effect.annotateCurrentSpan({
         "agent_ledger.rows_checked": report.rowsChecked,
         "agent_ledger.ok": report.ok,
@@ -800,14 +828,17 @@ const notUtf8Database: VerifyReport = (() => {
     message: "the database does not store text as UTF-8 (SQLite PRAGMA encoding, PostgreSQL server_encoding): " +
       "ledger text is hashed as its stored UTF-8 bytes"
   }
-  return { ...report, ok: false, failureCount: 1, firstFailure: Option.some(failure) }
+  return { ...report, ok: false, failureCount: 1, firstFailure: Option.some(failure), failures: [failure] }
 })()
 
 /**
  * Paging by `sequence > last` reads one row per sequence; a second row with a sequence already read is
  * never seen. Counting the table up to the last row read shows whether any row was passed by.
  */
-const withDuplicateCheck = (report: VerifyReport): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
+const withDuplicateCheck = (
+  report: VerifyReport,
+  maxFailures: number
+): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
   Option.match(report.head, {
     onNone: () => Effect.succeed(report),
     onSome: (head) =>
@@ -829,7 +860,8 @@ const withDuplicateCheck = (report: VerifyReport): Effect.Effect<VerifyReport, S
           ...report,
           ok: false,
           failureCount: report.failureCount + passedBy,
-          firstFailure: Option.isSome(report.firstFailure) ? report.firstFailure : Option.some(failure)
+          firstFailure: Option.isSome(report.firstFailure) ? report.firstFailure : Option.some(failure),
+          failures: report.failures.length < maxFailures ? [...report.failures, failure] : report.failures
         }
       })
   })
