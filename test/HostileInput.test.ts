@@ -217,6 +217,39 @@ describe("text whose stored bytes are not UTF-8", () => {
     }))
 })
 
+describe("export and journal files whose bytes are not UTF-8", () => {
+  it.live(
+    "an export line is CorruptExportLine and a journal is exit 2, though they read back as the same text",
+    () =>
+      Effect.gen(function*() {
+        const { lines } = yield* ledgerExport("utf8-export")
+        const edited = lines.map((l, i) => i === 2 ? l.replace("refusal 1", "refusal \uFFFD") : l)
+        const bytes = Buffer.from(edited.join("\n") + "\n")
+        const at = bytes.indexOf(Buffer.from("\uFFFD"))
+        Buffer.of(0xf0, 0x9f, 0x98).copy(bytes, at)
+        // The same text when decoded leniently: only the bytes say it is not what was written.
+        expect(bytes.toString("utf8")).toBe(edited.join("\n") + "\n")
+        const file = path("not-utf8.jsonl")
+        fs.writeFileSync(file, bytes)
+        const library = yield* Effect.flip(LedgerExport.verifyExportFile(file))
+        expect(library.message).toBe(`${file}: line 3: not valid UTF-8`)
+        const run = yield* Effect.promise(() => cli("verify", file))
+        expect(run.code).toBe(2)
+        expect(run.stderr).toContain("line 3: not valid UTF-8")
+
+        const journal = path("not-utf8.json")
+        const text = journalText("toolName", "\"tool \uFFFD\"")
+        const journalBytes = Buffer.from(text)
+        Buffer.of(0xf0, 0x9f, 0x98).copy(journalBytes, journalBytes.indexOf(Buffer.from("\uFFFD")))
+        fs.writeFileSync(journal, journalBytes)
+        const journalRun = yield* Effect.promise(() => cli("verify", journal))
+        expect(journalRun.code).toBe(2)
+        expect(journalRun.stderr).toContain("not valid UTF-8")
+      }),
+    { timeout: 60_000 }
+  )
+})
+
 describe.skipIf(noPostgres)("text whose stored bytes are not UTF-8 (PostgreSQL)", () => {
   it.live(
     "a UTF8 database refuses the bytes; a SQL_ASCII one, which would take them, is refused by verify",

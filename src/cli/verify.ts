@@ -6,6 +6,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option, Schema } from "effect"
+import { isUtf8 } from "node:buffer"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import type * as AuditSigner from "../audit/AuditSigner.js"
@@ -244,7 +245,12 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
 /** A JSON file given as the target: `what` names it in the error. */
 const readJsonTarget = (target: string, what: string) =>
   Effect.try({
-    try: () => JSON.parse(fs.readFileSync(target, "utf8")) as unknown,
+    try: () => {
+      const bytes = fs.readFileSync(target)
+      // JSON is UTF-8: bytes that are not would be read as U+FFFD, text the file does not hold.
+      if (!isUtf8(bytes)) throw new Error("not valid UTF-8")
+      return JSON.parse(bytes.toString("utf8")) as unknown
+    },
     catch: (error) => new InputError({ message: `${target}: cannot read the ${what} (${String(error)})` })
   }).pipe(Effect.filterOrElse(
     (json) => findTooDeep(json) === undefined,
