@@ -53,8 +53,9 @@ export interface SqliteOptions {
   readonly maxTransactionBytes?: number | undefined
   /**
    * Replay pending dead letters (`DeadLetters.replayDeadLetters`) when the layer starts, before the queue
-   * accepts events, so they land ahead of new ones. Dead letters that still fail stay pending and are
-   * logged. Default false.
+   * accepts events, so they land ahead of new ones. Dead letters that still fail (or that the signer did not
+   * sign, docs/FORMAT.md "Dead-letter signature") stay pending and are logged; a replay that fails as a
+   * whole is logged and never stops the layer from starting. Default false.
    */
   readonly replayDeadLettersOnStart?: boolean | undefined
   /**
@@ -149,15 +150,23 @@ const layerOn = <E>(
         ...(options.lostEvents === undefined ? {} : { lostEvents: options.lostEvents })
       }))
   )
+  // A replay that fails as a whole (an unreadable table, a bug) is logged: the ledger still starts.
   const replayOnStart = options.replayDeadLettersOnStart === true
-    ? Layer.effectDiscard(Effect.flatMap(DeadLetters.replayDeadLetters(), (result) =>
-      Effect.zipRight(
-        Effect.logInfo(`agent-ledger: replayed ${result.replayed} of ${result.pending} dead letters on start`),
-        Effect.forEach(result.failed, (failed) =>
-          Effect.logWarning("agent-ledger: dead letter still pending after replay").pipe(
-            Effect.annotateLogs({ dlqId: failed.dlqId, eventId: failed.eventId, reason: failed.reason })
-          ), { discard: true })
-      )))
+    ? Layer.effectDiscard(
+      Effect.flatMap(DeadLetters.replayDeadLetters(), (result) =>
+        Effect.zipRight(
+          Effect.logInfo(`agent-ledger: replayed ${result.replayed} of ${result.pending} dead letters on start`),
+          Effect.forEach(result.failed, (failed) =>
+            Effect.logWarning("agent-ledger: dead letter still pending after replay").pipe(
+              Effect.annotateLogs({ dlqId: failed.dlqId, eventId: failed.eventId, reason: failed.reason })
+            ), { discard: true })
+        )).pipe(
+          Effect.catchAll((error) => Effect.logWarning("agent-ledger: replaying dead letters on start failed", error)),
+          Effect.catchAllDefect((defect) =>
+            Effect.logError("agent-ledger: replaying dead letters on start failed (a defect)", defect)
+          )
+        )
+    )
     : Layer.empty
   return checkpointer(options).pipe(
     Layer.provideMerge(queue),

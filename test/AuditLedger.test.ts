@@ -128,7 +128,9 @@ describe("AuditLedger.layerSqlite", () => {
         Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => client`SELECT migration_id FROM agent_ledger_migrations`),
         context
       )
-      expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }])
+      expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }, {
+        migration_id: 5
+      }])
     }).pipe(Effect.scoped))
 })
 

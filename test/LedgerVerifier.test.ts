@@ -494,6 +494,66 @@ describe("verifyLedger signatures and key rotation", () => {
 })
 
 // ---------------------------------------------------------------------------------------------------------
+// Every failure listed
+// ---------------------------------------------------------------------------------------------------------
+
+describe("verifyLedger lists every failure (issue 20, finding 8)", () => {
+  /** Four tampered rows of four kinds, an unverifiable one, and a failed pin. */
+  const tampered = Effect.gen(function*() {
+    const other = yield* AuditSigner.generate
+    const rows = buildChain(20, { signerAt: (sequence) => sequence === 15 ? other : signer })
+    yield* insertRows(rows)
+    yield* update("payload", "{}", 2)
+    yield* update("agent_id", "someone-else", 5)
+    yield* update("signature", rows[7]!.signature!, 9)
+    yield* update("attest_level", "unsigned", 12)
+    return rows
+  })
+  const expected = [
+    { sequence: 2, kind: "payloadHash" },
+    { sequence: 5, kind: "entryHash" },
+    { sequence: 9, kind: "signature" },
+    { sequence: 12, kind: "attestLevel" },
+    { sequence: 15, kind: "unknownKey" },
+    { sequence: 30, kind: "pin" }
+  ]
+  const pin = { sequence: 30, entryHash: "a".repeat(64) }
+
+  it.effect("each failing row is in failures, in row order, with its kind; firstFailure stays the first tamper", () =>
+    Effect.gen(function*() {
+      yield* tampered
+      const report = yield* LedgerVerifier.verifyLedger({ keyring, pin })
+      expect(report.failureCount).toBe(6)
+      expect(report.failures).toHaveLength(6)
+      expect(report.failures.map(({ kind, sequence }) => ({ sequence, kind }))).toEqual(expected)
+      expect(firstFailure(report)).toEqual(report.failures[0])
+      const encoded = Schema.encodeSync(LedgerVerifier.VerifyReport)(report)
+      expect(encoded.failures.map((f) => f.kind)).toEqual(expected.map((f) => f.kind))
+    }).pipe(Effect.provide(TempLedger())))
+
+  it.effect("maxFailures bounds the list, never the count; 0 lists none", () =>
+    Effect.gen(function*() {
+      yield* tampered
+      const two = yield* LedgerVerifier.verifyLedger({ keyring, pin, maxFailures: 2 })
+      expect(two).toMatchObject({ ok: false, failureCount: 6 })
+      expect(two.failures.map((f) => f.sequence)).toEqual([2, 5])
+      const none = yield* LedgerVerifier.verifyLedger({ keyring, pin, maxFailures: 0 })
+      expect(none).toMatchObject({ ok: false, failureCount: 6, failures: [] })
+      expect(firstFailure(none)).toMatchObject({ sequence: 2 })
+    }).pipe(Effect.provide(TempLedger())))
+
+  it.effect("a ledger with a failure on every row lists the default 100", () =>
+    Effect.gen(function*() {
+      const rows = buildChain(250)
+      yield* insertRows(rows.map((row) => ({ ...row, payload_hash: ZERO_HASH })))
+      const report = yield* LedgerVerifier.verifyLedger()
+      expect(report.failureCount).toBe(250)
+      expect(report.failures).toHaveLength(LedgerVerifier.DEFAULT_MAX_FAILURES)
+      expect(report.failures.every((f, i) => f.sequence === i && f.kind === "payloadHash")).toBe(true)
+    }).pipe(Effect.provide(TempLedger())))
+})
+
+// ---------------------------------------------------------------------------------------------------------
 // Pins
 // ---------------------------------------------------------------------------------------------------------
 

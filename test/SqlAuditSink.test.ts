@@ -349,7 +349,10 @@ describe("SqlAuditSink", () => {
         timestamp: formatTimestamp(event),
         failure_reason: reason,
         failed_at: DateTime.formatIso(DateTime.unsafeMake(0)),
-        replayed_at: null
+        replayed_at: null,
+        // No signer: a keyless writer's dead letter carries no signature (docs/FORMAT.md, "Dead-letter signature").
+        signature: null,
+        key_id: null
       }])
       expect(yield* sink.dlqSize).toBe(1)
       expect(yield* sink.countByEventType(GOVERNANCE_REFUSAL_EVENT_TYPE)).toBe(1)
@@ -449,7 +452,13 @@ describe("SqlAuditSink", () => {
         yield* Effect.provide(expectIntactChain(5), context)
         const sql = Context.get(context, SqlClient.SqlClient)
         const migrations = yield* sql`SELECT migration_id FROM agent_ledger_migrations`
-        expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }])
+        expect(migrations).toEqual([
+          { migration_id: 1 },
+          { migration_id: 2 },
+          { migration_id: 3 },
+          { migration_id: 4 },
+          { migration_id: 5 }
+        ])
       }))
     }))
 

@@ -114,6 +114,20 @@ class Ed25519Signer implements AuditSigner {
     return ed25519Sign(null, text, signer.#privateKey)
   }
 
+  /**
+   * Ed25519 over a dead letter's message (internal/deadLetterFormat.ts): 63 bytes, never the 32 a row
+   * signature covers, so a dead-letter signature can never stand for a row's.
+   */
+  static signDeadLetter(signer: AuditSigner, message: Uint8Array): string {
+    if (!(signer instanceof Ed25519Signer)) {
+      throw new TypeError("AuditSigner.signDeadLetter: the signer was not made by AuditSigner")
+    }
+    if (message.length === 32) {
+      throw new RangeError("AuditSigner.signDeadLetter: a dead letter's message is never 32 bytes")
+    }
+    return ed25519Sign(null, message, signer.#privateKey).toString("hex")
+  }
+
   static exportPem(signer: AuditSigner): { readonly privateKeyPem: string; readonly publicKeyPem: string } {
     if (!(signer instanceof Ed25519Signer)) {
       throw new TypeError("AuditSigner.exportPem: the signer was not made by AuditSigner (no exportable key)")
@@ -215,14 +229,18 @@ export const loadPrivateKeyFile = (path: string): Effect.Effect<AuditSigner, Key
     Effect.map((key) => new Ed25519Signer(key))
   )
 
+/** Ed25519 over a signed note's text with the signer's key (see `SignedNote.signNote`). */
+export const signNote = (signer: AuditSigner, text: Uint8Array): Uint8Array => Ed25519Signer.signNote(signer, text)
+
+/** Ed25519 over a dead letter's message with the signer's key, as 128 lowercase hex chars (docs/FORMAT.md). */
+export const signDeadLetter = (signer: AuditSigner, message: Uint8Array): string =>
+  Ed25519Signer.signDeadLetter(signer, message)
+
 /**
  * The signer's key pair as PEM: PKCS#8 private key and SPKI public key (what `keygen` writes).
  * Only for signers made by this module (`generate`, `fromPrivateKeyPem`, `loadPrivateKeyFile`); any other
  * `AuditSigner` implementation has no exportable key and makes this throw.
  */
-/** Ed25519 over a signed note's text with the signer's key (see `SignedNote.signNote`). */
-export const signNote = (signer: AuditSigner, text: Uint8Array): Uint8Array => Ed25519Signer.signNote(signer, text)
-
 export const exportPem = (signer: AuditSigner): { readonly privateKeyPem: string; readonly publicKeyPem: string } =>
   Ed25519Signer.exportPem(signer)
 
@@ -309,3 +327,8 @@ export const verifySignature = (
   if (!SIGNATURE_HEX.test(signatureHex)) return "invalid"
   return ed25519Verify(null, entryHashBytes, key.value, Buffer.from(signatureHex, "hex")) ? "valid" : "invalid"
 }
+
+/** True when `signatureHex` (128 lowercase hex chars) is `publicKey`'s Ed25519 signature over `message`. */
+export const verifyMessageSignature = (publicKey: KeyObject, message: Uint8Array, signatureHex: string): boolean =>
+  SIGNATURE_HEX.test(signatureHex) &&
+  ed25519Verify(null, message, publicOf(publicKey), Buffer.from(signatureHex, "hex"))

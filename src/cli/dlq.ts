@@ -1,7 +1,8 @@
 /**
  * `agent-ledger dlq list <db>` and `agent-ledger dlq replay <db>`: inspect and replay the dead-letter
  * table. Replay appends through the same SQL sink as the pipeline (signing with `--private-key` when
- * given) and is idempotent.
+ * given, and then only dead letters that key signed) and is idempotent. A dead letter that cannot be
+ * replayed is listed and skipped; the command then exits 1.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Layer, Option } from "effect"
@@ -41,6 +42,7 @@ export interface ReplayOptions {
   readonly db: string
   readonly dryRun: boolean
   readonly privateKey: Option.Option<string>
+  readonly trustUnsignedDeadLetters: boolean
 }
 
 export const runReplay = (options: ReplayOptions) =>
@@ -54,7 +56,11 @@ export const runReplay = (options: ReplayOptions) =>
       Layer.provideMerge(openLedger(options.db, { readonly: options.dryRun }))
     )
     const progress = Progress.make("replayed dead letters")
-    const result = yield* DeadLetters.replayDeadLetters({ dryRun: options.dryRun, onProgress: progress.update }).pipe(
+    const result = yield* DeadLetters.replayDeadLetters({
+      dryRun: options.dryRun,
+      onProgress: progress.update,
+      trustUnsignedDeadLetters: options.trustUnsignedDeadLetters
+    }).pipe(
       Effect.ensuring(progress.finish),
       Effect.provide(ledger),
       Effect.mapError((error) =>
@@ -62,14 +68,20 @@ export const runReplay = (options: ReplayOptions) =>
       )
     )
     if (result.dryRun) {
-      return yield* printLine(`dry run: ${result.pending} dead letters would be replayed; nothing was written`)
+      yield* printLine(
+        `dry run: ${
+          result.pending - result.failed.length
+        } dead letters would be replayed, ${result.failed.length} refused; nothing was written`
+      )
+    } else {
+      yield* printLine(
+        `replayed ${result.replayed} of ${result.pending} pending dead letters (${result.alreadyInChain} were already in the chain)`
+      )
     }
-    yield* printLine(
-      `replayed ${result.replayed} of ${result.pending} pending dead letters (${result.alreadyInChain} were already in the chain)`
-    )
     for (const f of result.failed) {
       yield* printLine(`  #${f.dlqId} event ${f.eventId} still pending: ${f.reason}`)
     }
+    if (result.dryRun) return
     if (result.failed.length > 0) {
       return yield* new VerificationFailed({ message: `${result.failed.length} dead letters could not be replayed` })
     }
@@ -90,12 +102,19 @@ const replay = Command.make(
     dryRun: Options.boolean("dry-run").pipe(Options.withDescription("show what would be replayed, write nothing")),
     privateKey: Options.text("private-key").pipe(
       Options.optional,
-      Options.withDescription("PKCS#8 PEM Ed25519 key to sign the replayed rows with")
+      Options.withDescription(
+        "PKCS#8 PEM Ed25519 key to sign the replayed rows with; only dead letters this key signed are replayed"
+      )
+    ),
+    trustUnsignedDeadLetters: Options.boolean("trust-unsigned-dead-letters").pipe(
+      Options.withDescription(
+        "with --private-key, also sign dead letters that carry no signature (written before dead letters were signed)"
+      )
     )
   },
   runReplay
 ).pipe(Command.withDescription(commandHelp(
-  "re-append pending dead letters to the chain, in order (idempotent); exits 1 when some stay pending",
+  "re-append pending dead letters to the chain, in order (idempotent); with a key, only dead letters it signed; exits 1 when some stay pending (each listed)",
   ["agent-ledger dlq replay ./agent-ledger.db --dry-run", "agent-ledger dlq replay ./agent-ledger.db"],
   [0, 1, 2, 70, 130]
 )))

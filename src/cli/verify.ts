@@ -1,13 +1,16 @@
 /**
  * `agent-ledger verify <target>`: checks a ledger database (opened read-only), a JSONL ledger export, an
  * evidence bundle or a session journal export, detected from the file's bytes. Exit 0 when everything verifies, 1 when a check
- * fails (the first failing sequence and its kind, then the counts), 2 on usage errors or unreadable input.
+ * fails (the first failing sequence and its kind, the counts, and every failing row up to `--max-failures`),
+ * 2 on usage errors or unreadable input.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option, Schema } from "effect"
+import { isUtf8 } from "node:buffer"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import type * as AuditSigner from "../audit/AuditSigner.js"
+import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import * as JournalSeal from "../journal/JournalSeal.js"
 import * as SessionJournal from "../journal/SessionJournal.js"
 import * as LedgerExport from "../ledger/LedgerExport.js"
@@ -42,16 +45,27 @@ export interface VerifyOptions {
    * Without either, a bundle or `--checkpoint` is a usage error (exit 2).
    */
   readonly trustEmbeddedKey?: boolean | undefined
+  /** How many failures to list (databases and exports; a bundle lists up to the default). */
+  readonly maxFailures: number
   readonly json: boolean
 }
 
 const encodeReport = Schema.encodeSync(LedgerVerifier.VerifyReport)
 
-/** The human-readable lines of a chain report. */
+/** The human-readable lines of a chain report: every failure listed (as far as the report holds them). */
 const reportLines = (report: LedgerVerifier.VerifyReport): ReadonlyArray<string> => {
   const lines: Array<string> = []
   Option.map(report.firstFailure, (failure) => lines.push(`  first failure: ${failureLine(failure)}`))
-  if (report.failureCount > 0) lines.push(`  failing rows:  ${report.failureCount}`)
+  if (report.failureCount > 0) {
+    lines.push(`  failing rows:  ${report.failureCount}`)
+    const listed = report.failures.length
+    lines.push(
+      listed < report.failureCount
+        ? `  failures:      the first ${listed} (--max-failures N lists more)`
+        : `  failures:      ${listed}`
+    )
+    for (const failure of report.failures) lines.push(`    ${failureLine(failure)}`)
+  }
   lines.push(`  rows checked:  ${report.rowsChecked}`)
   lines.push(
     `  attest levels: ${report.attestLevels.unsigned} unsigned (no signature to check), ${report.attestLevels.ed25519} ed25519`
@@ -229,7 +243,8 @@ const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifie
       pin: verifyOptions.pin,
       requireSigned: verifyOptions.requireSigned,
       signedFrom: verifyOptions.signedFrom,
-      allowMixed: verifyOptions.allowMixed
+      allowMixed: verifyOptions.allowMixed,
+      maxFailures: verifyOptions.maxFailures
     }).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
     const h = result.header
     const pinned = verifyOptions.pin !== undefined
@@ -262,9 +277,17 @@ const requireTrustAnchor = (options: VerifyOptions, what: string, instead: strin
 /** A JSON file given as the target: `what` names it in the error. */
 const readJsonTarget = (target: string, what: string) =>
   Effect.try({
-    try: () => JSON.parse(fs.readFileSync(target, "utf8")) as unknown,
+    try: () => {
+      const bytes = fs.readFileSync(target)
+      // JSON is UTF-8: bytes that are not would be read as U+FFFD, text the file does not hold.
+      if (!isUtf8(bytes)) throw new Error("not valid UTF-8")
+      return JSON.parse(bytes.toString("utf8")) as unknown
+    },
     catch: (error) => new InputError({ message: `${target}: cannot read the ${what} (${String(error)})` })
-  })
+  }).pipe(Effect.filterOrElse(
+    (json) => findTooDeep(json) === undefined,
+    (json) => new InputError({ message: `${target}: not a ${what}: ${describeTooDeep(findTooDeep(json)!)}` })
+  ))
 
 /** What a bundle checked with its own key proves, and what it does not. */
 const UNPINNED_BUNDLE_NOTE = [
@@ -407,12 +430,18 @@ export const runVerify = (options: VerifyOptions) =>
       onNone: () => Effect.succeed(undefined),
       onSome: parsePin
     })
+    if (!Number.isSafeInteger(options.maxFailures) || options.maxFailures < 0) {
+      return yield* new InputError({
+        message: `--max-failures must be a non-negative integer, got ${options.maxFailures}`
+      })
+    }
     const keyring = yield* loadKeyring(options.publicKeys)
     const kind = yield* detect(options.target)
     const signing = {
       requireSigned: options.requireSigned,
       signedFrom: Option.getOrUndefined(options.signedFrom),
-      allowMixed: options.allowMixed
+      allowMixed: options.allowMixed,
+      maxFailures: options.maxFailures
     }
     switch (kind) {
       case "sqlite":
@@ -498,6 +527,12 @@ export const command = Command.make(
       Options.optional,
       Options.withDescription(
         "for a journal export: the ledger database whose session.sealed rows it must match (the ledger is verified too)"
+      )
+    ),
+    maxFailures: Options.integer("max-failures").pipe(
+      Options.withDefault(LedgerVerifier.DEFAULT_MAX_FAILURES),
+      Options.withDescription(
+        `list at most N failing rows, in row order (default ${LedgerVerifier.DEFAULT_MAX_FAILURES}; the count is always exact)`
       )
     ),
     json: Options.boolean("json").pipe(Options.withDescription("print the report as one JSON object"))

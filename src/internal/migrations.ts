@@ -85,11 +85,23 @@ const createTransparency = Effect.gen(function*() {
  */
 const pruneLowMerkleNodes = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM merkle_nodes WHERE level < 4`)
 
+/**
+ * Dead letters are signed when written by a writer that holds the ledger's key (docs/FORMAT.md,
+ * "Dead-letter signature"): `signature` and `key_id`, both NULL for a keyless writer and for dead letters
+ * written before this migration.
+ */
+const signDeadLetters = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`ALTER TABLE signed_events_dlq ADD COLUMN signature TEXT`
+  yield* sql`ALTER TABLE signed_events_dlq ADD COLUMN key_id TEXT`
+})
+
 const loader = Migrator.fromRecord({
   "0001_create_ledger": createLedger,
   "0002_create_settings": createSettings,
   "0003_create_transparency": createTransparency,
-  "0004_prune_low_merkle_nodes": pruneLowMerkleNodes
+  "0004_prune_low_merkle_nodes": pruneLowMerkleNodes,
+  "0005_sign_dead_letters": signDeadLetters
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */

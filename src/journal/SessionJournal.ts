@@ -15,6 +15,7 @@
  */
 import { Context, Effect, Layer, ParseResult, Schema } from "effect"
 import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
+import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import { debugSpan } from "../internal/tracing.js"
 
 /** The `format` of a `JournalExport` written now (v2 entries; v1 entries of a restored journal kept). */
@@ -468,14 +469,24 @@ const toInvalidExport = (error: ParseResult.ParseError): InvalidExport => {
   })
 }
 
+/** The input itself when it nests no deeper than `MAX_JSON_DEPTH`: decoding it then cannot overflow the stack. */
+const boundedDepth = (input: unknown): Effect.Effect<unknown, InvalidExport> => {
+  const tooDeep = findTooDeep(input)
+  return tooDeep === undefined
+    ? Effect.succeed(input)
+    : Effect.fail(
+      new InvalidExport({ issues: [new ExportIssue({ path: tooDeep.path, message: describeTooDeep(tooDeep) })] })
+    )
+}
+
 /**
  * Verify an export offline: decode it (failing with `InvalidExport`, which names the path of every bad
- * field), then check the chain from the zero hash and that `headHash` is the last entry's hash (failing
+ * field, or of where it nests deeper than `MAX_JSON_DEPTH`), then check the chain from the zero hash and that `headHash` is the last entry's hash (failing
  * with `IntegrityViolation` for the first bad entry). Returns the decoded export.
  */
 export const verifyExport = (input: unknown): Effect.Effect<JournalExport, InvalidExport | IntegrityViolation> =>
-  decodeExport(input).pipe(
-    Effect.mapError(toInvalidExport),
+  boundedDepth(input).pipe(
+    Effect.flatMap((bounded) => Effect.mapError(decodeExport(bounded), toInvalidExport)),
     Effect.filterOrFail(
       (exported) => exported.format !== EXPORT_FORMAT_V1 || v2FieldIn(exported.entries) === undefined,
       (exported) =>

@@ -7,9 +7,10 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Data, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
+import { isUtf8 } from "node:buffer"
 import * as fs from "node:fs"
-import * as readline from "node:readline"
 import { isHash, ZERO_HASH } from "../internal/encoding.js"
+import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import * as LedgerRow from "./LedgerRow.js"
 import * as LedgerSql from "./LedgerSql.js"
 import * as LedgerVerifier from "./LedgerVerifier.js"
@@ -134,28 +135,63 @@ export class ExportReadError extends Data.TaggedError("ExportReadError")<{
 
 const decodeHeader = Schema.decodeUnknownEither(ExportHeader)
 
+/**
+ * The line's JSON value, bounded in depth: what decoding and its error messages then walk (recursively)
+ * can never overflow the stack, however deeply the line nests.
+ */
 const parseLine = (path: string, line: number, text: string): Either.Either<unknown, CorruptExportLine> =>
   Either.try({
     try: () => JSON.parse(text) as unknown,
     catch: () => new CorruptExportLine({ path, line, reason: "not valid JSON" })
-  })
+  }).pipe(Either.flatMap((json) => {
+    const tooDeep = findTooDeep(json)
+    return tooDeep === undefined
+      ? Either.right(json)
+      : Either.left(new CorruptExportLine({ path, line, reason: describeTooDeep(tooDeep) }))
+  }))
 
 const formatParseError = (error: ParseResult.ParseError): string =>
   ParseResult.ArrayFormatter.formatErrorSync(error)
     .map((issue) => `${issue.path.length > 0 ? issue.path.join(".") : "(line)"}: ${issue.message}`)
     .join("; ")
 
-/** The numbered non-empty lines of a text file, read lazily. */
-const fileLines = (path: string): Stream.Stream<readonly [number, string], ExportReadError> =>
+/** The lines of a file as bytes (without the newline), read lazily in the file's chunks. */
+async function* byteLines(path: string): AsyncGenerator<Buffer> {
+  let pending: Array<Buffer> = []
+  for await (const chunk of fs.createReadStream(path) as AsyncIterable<Buffer>) {
+    let start = 0
+    for (let newline = chunk.indexOf(10); newline >= 0; newline = chunk.indexOf(10, start)) {
+      const piece = chunk.subarray(start, newline)
+      yield pending.length === 0 ? piece : Buffer.concat([...pending, piece])
+      pending = []
+      start = newline + 1
+    }
+    if (start < chunk.length) pending.push(chunk.subarray(start))
+  }
+  if (pending.length > 0) yield Buffer.concat(pending)
+}
+
+const CR = 13
+
+/**
+ * The numbered non-empty lines of a text file, read lazily. A line whose bytes are not UTF-8 fails with
+ * `CorruptExportLine`: decoded, its bad bytes would read as U+FFFD, text the file does not hold (an export
+ * is JSON, which is UTF-8).
+ */
+const fileLines = (path: string): Stream.Stream<readonly [number, string], ExportReadError | CorruptExportLine> =>
   Stream.suspend(() => {
     let lineNumber = 0
-    return Stream.fromAsyncIterable(
-      readline.createInterface({ input: fs.createReadStream(path, { encoding: "utf8" }), crlfDelay: Infinity }),
-      (error) => new ExportReadError({ path, reason: String(error) })
-    ).pipe(
-      Stream.map((text) => [++lineNumber, text] as const),
-      Stream.filter(([, text]) => text.trim().length > 0)
-    )
+    return Stream.fromAsyncIterable(byteLines(path), (error) => new ExportReadError({ path, reason: String(error) }))
+      .pipe(
+        Stream.mapEffect((bytes): Either.Either<readonly [number, string], CorruptExportLine> => {
+          const line = ++lineNumber
+          const content = bytes.length > 0 && bytes[bytes.length - 1] === CR ? bytes.subarray(0, -1) : bytes
+          return isUtf8(content)
+            ? Either.right([line, content.toString("utf8")] as const)
+            : Either.left(new CorruptExportLine({ path, line, reason: "not valid UTF-8" }))
+        }),
+        Stream.filter(([, text]) => text.trim().length > 0)
+      )
   })
 
 export interface ExportVerification {

@@ -10,11 +10,12 @@
  * After a failure the checker keeps going, re-synchronised on the stored values of the failing row (the
  * next row is linked against that row's stored entry_hash and expected at its sequence + 1), so one
  * tampered row is one failure and every row is still counted. The report carries the first failure in
- * detail and the number of failing rows.
+ * detail, every failure in row order (up to `maxFailures`) and the number of failing rows.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Chunk, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
+import { isUtf8 } from "node:buffer"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import { digestHex, isHash, ZERO_HASH } from "../internal/encoding.js"
 import { rowEntryHash } from "../internal/rowFormat.js"
@@ -42,6 +43,9 @@ import * as LedgerSql from "./LedgerSql.js"
  *   only once the unique index on `sequence` has been dropped)
  * - `downgrade`: an unsigned row in a signed ledger (after its first signed row, or anywhere from
  *   `signedFrom` on when keys were given): a stripped signature or a forged row
+ * - `encoding` (database only): a hashed text column's stored bytes are not valid UTF-8, so no text
+ *   hashes to them (what is stored is what is verified: the decoded text, with U+FFFD in place of the bad
+ *   bytes, must not stand in for them); or the SQLite database does not store text as UTF-8 at all
  */
 export const FailureKind = Schema.Literal(
   "malformed",
@@ -54,7 +58,8 @@ export const FailureKind = Schema.Literal(
   "unknownKey",
   "pin",
   "duplicate",
-  "downgrade"
+  "downgrade",
+  "encoding"
 )
 export type FailureKind = typeof FailureKind.Type
 
@@ -93,7 +98,8 @@ export type PinResult = typeof PinResult.Type
  *
  * `ok` is true only when no row failed any check, no signed row is unverifiable, and the pin (if any)
  * matched. `firstFailure` is the first tampering failure in row order; when there is none, the first
- * `unknownKey` row, so an unverifiable row never hides a tampered one. Signature counts cover `ed25519`
+ * `unknownKey` row, so an unverifiable row never hides a tampered one. `failures` lists them all (bounded),
+ * as `git fsck` and `PRAGMA integrity_check` do. Signature counts cover `ed25519`
  * rows whose signature was checked (rows that failed an earlier check are not counted): unsigned rows are
  * never counted as verified. `attestLevels` counts the rows that decoded.
  */
@@ -103,6 +109,11 @@ export const VerifyReport = Schema.Struct({
   /** Rows with a failure, plus 1 for a failed pin. */
   failureCount: Schema.Number,
   firstFailure: Schema.OptionFromNullOr(VerifyFailure),
+  /**
+   * Every failure in row order (then a failed pin, then passed-by duplicates), at most `maxFailures`:
+   * fewer than `failureCount` when the list was cut.
+   */
+  failures: Schema.Array(VerifyFailure),
   attestLevels: Schema.Struct({ unsigned: Schema.Number, ed25519: Schema.Number }),
   signatures: Schema.Struct({ valid: Schema.Number, invalid: Schema.Number, unknownKey: Schema.Number }),
   /** The distinct key_ids not in the keyring (at most `MAX_LISTED_KEY_IDS`). */
@@ -115,6 +126,9 @@ export type VerifyReport = typeof VerifyReport.Type
 
 /** Bound on `unknownKeyIds`, so a ledger full of forged key ids cannot grow the report without limit. */
 export const MAX_LISTED_KEY_IDS = 100
+
+/** Default bound on `VerifyReport.failures` (`CheckerOptions.maxFailures`, `verify --max-failures`). */
+export const DEFAULT_MAX_FAILURES = 100
 
 // ---------------------------------------------------------------------------------------------------------
 // Checker
@@ -138,6 +152,8 @@ export interface CheckerOptions {
   readonly signedFrom?: number | undefined
   /** Accept unsigned rows anywhere (no `downgrade` failures). Default false. */
   readonly allowMixed?: boolean | undefined
+  /** How many failures `VerifyReport.failures` lists at most; default `DEFAULT_MAX_FAILURES`. */
+  readonly maxFailures?: number | undefined
 }
 
 /**
@@ -148,6 +164,8 @@ export interface CheckerOptions {
 export interface Checker {
   readonly check: (row: LedgerRow.LedgerRow) => void
   readonly checkUnknown: (input: unknown) => void
+  /** A stored row whose `column` holds bytes that are not UTF-8 (an `encoding` failure; the chain goes on). */
+  readonly checkBadText: (input: Record<string, unknown>, column: string) => void
   readonly report: () => VerifyReport
 }
 
@@ -162,6 +180,9 @@ interface Tally {
   failureCount: number
   firstTamper: VerifyFailure | undefined
   firstUnknownKey: VerifyFailure | undefined
+  /** The failures in order, up to `maxFailures`. */
+  readonly failures: Array<VerifyFailure>
+  readonly maxFailures: number
   readonly attestLevels: { unsigned: number; ed25519: number }
   readonly signatures: { valid: number; invalid: number; unknownKey: number }
   readonly unknownKeyIds: Set<string>
@@ -194,6 +215,7 @@ interface SigningPolicy {
 
 const recordFailure = (tally: Tally, failure: VerifyFailure): void => {
   tally.failureCount++
+  if (tally.failures.length < tally.maxFailures) tally.failures.push(failure)
   if (failure.kind === "unknownKey") tally.firstUnknownKey ??= failure
   else tally.firstTamper ??= failure
 }
@@ -370,11 +392,13 @@ const isLedgerRow = (u: unknown): u is LedgerRow.LedgerRow => {
     typeof r.appended_at === "string"
 }
 
-const newTally = (): Tally => ({
+const newTally = (maxFailures: number): Tally => ({
   rowsChecked: 0,
   failureCount: 0,
   firstTamper: undefined,
   firstUnknownKey: undefined,
+  failures: [],
+  maxFailures,
   attestLevels: { unsigned: 0, ed25519: 0 },
   signatures: { valid: 0, invalid: 0, unknownKey: 0 },
   unknownKeyIds: new Set(),
@@ -397,11 +421,15 @@ const reportOf = (tally: Tally, pin: Pin | undefined, firstSequence: number): Ve
       : pinFailure(finalPin)
   }
   const firstFailure = tally.firstTamper ?? firstPinFailure ?? tally.firstUnknownKey
+  const failures = firstPinFailure !== undefined && tally.failures.length < tally.maxFailures
+    ? [...tally.failures, firstPinFailure]
+    : [...tally.failures]
   return {
     ok: firstFailure === undefined,
     rowsChecked: tally.rowsChecked,
     failureCount: tally.failureCount + pinFailed,
     firstFailure: Option.fromNullable(firstFailure),
+    failures,
     attestLevels: { ...tally.attestLevels },
     signatures: { ...tally.signatures },
     unknownKeyIds: Array.from(tally.unknownKeyIds),
@@ -429,7 +457,11 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
     previousEntryHash: firstPrevHash,
     previousIsHash: isHash(firstPrevHash)
   }
-  const tally = newTally()
+  const maxFailures = options.maxFailures ?? DEFAULT_MAX_FAILURES
+  if (!Number.isSafeInteger(maxFailures) || maxFailures < 0) {
+    throw new RangeError(`LedgerVerifier: maxFailures must be a non-negative integer, got ${maxFailures}`)
+  }
+  const tally = newTally(maxFailures)
 
   // A mid-chain source can still prove the pin that sits just before its first row.
   if (pin !== undefined && pin.sequence === firstSequence - 1 && at.previousEntryHash !== null) {
@@ -466,22 +498,35 @@ export const makeChecker = (options: CheckerOptions = {}): Checker => {
     advance(row.sequence, row.entry_hash, failure === undefined || isHash(row.entry_hash))
   }
 
+  /** A row that cannot be checked: one failure, and the chain goes on from its stored entry_hash. */
+  const unusable = (
+    raw: Record<string, unknown>,
+    kind: "malformed" | "encoding",
+    reason: (sequence: number) => string
+  ) => {
+    const sequence = typeof raw.sequence === "number" ? raw.sequence : at.expectedSequence
+    recordFailure(tally, { sequence, kind, message: reason(sequence) })
+    const entryHash = typeof raw.entry_hash === "string" ? raw.entry_hash : null
+    advance(sequence, entryHash, entryHash !== null && isHash(entryHash))
+  }
+
   const checkUnknown = (input: unknown): void => {
     if (isLedgerRow(input)) return check(input)
     const decoded = LedgerRow.decodeUnknownEither(input)
     if (Either.isRight(decoded)) return check(decoded.right)
     const raw = typeof input === "object" && input !== null ? input as Record<string, unknown> : {}
-    const sequence = typeof raw.sequence === "number" ? raw.sequence : at.expectedSequence
-    recordFailure(tally, {
-      sequence,
-      kind: "malformed",
-      message: `row at sequence ${sequence} does not decode: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`
-    })
-    const entryHash = typeof raw.entry_hash === "string" ? raw.entry_hash : null
-    advance(sequence, entryHash, entryHash !== null && isHash(entryHash))
+    unusable(
+      raw,
+      "malformed",
+      (sequence) =>
+        `row at sequence ${sequence} does not decode: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`
+    )
   }
 
-  return { check, checkUnknown, report: () => reportOf(tally, pin, firstSequence) }
+  const checkBadText = (input: Record<string, unknown>, column: string): void =>
+    unusable(input, "encoding", () => `${column} is not valid UTF-8 as stored: no text hashes to its bytes`)
+
+  return { check, checkUnknown, checkBadText, report: () => reportOf(tally, pin, firstSequence) }
 }
 
 const attestFailure = (row: LedgerRow.LedgerRow, message: string): VerifyFailure => ({
@@ -627,6 +672,80 @@ const consistentRead = <A, E, R>(
       )
       : body)
 
+/**
+ * The free-text columns the row hash covers (the hex and literal columns fail their own checks when their
+ * bytes are not UTF-8).
+ */
+const HASHED_TEXT_COLUMNS = ["id", "agent_id", "event_type", "payload", "timestamp"] as const
+
+const SELECT_STORED_BYTES = HASHED_TEXT_COLUMNS.map((column) => `CAST(${column} AS BLOB) AS ${column}`).join(", ")
+
+const REPLACEMENT_CHARACTER = "\uFFFD"
+
+/**
+ * The indexes of `rows` whose hashed text holds U+FFFD. Only such text can come from bytes that are not
+ * UTF-8: a driver decodes every bad sequence to U+FFFD, and valid UTF-8 decodes and re-encodes to the same
+ * bytes. So a row without one is hashed as stored, and only the (rare) rows with one need their bytes read.
+ */
+const rowsWithReplacementCharacters = (rows: Page): ReadonlyArray<number> => {
+  let found: Array<number> | undefined
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i]!
+    for (const column of HASHED_TEXT_COLUMNS) {
+      const text = row[column]
+      if (typeof text === "string" && text.includes(REPLACEMENT_CHARACTER)) {
+        ;(found ??= []).push(i)
+        break
+      }
+    }
+  }
+  return found ?? []
+}
+
+/**
+ * For the rows at `suspects` (SQLite), the first hashed text column whose stored bytes are not UTF-8, by
+ * row index: those bytes were read as U+FFFD, a different text, whose hash proves nothing about them.
+ */
+const badStoredText = (
+  sql: SqlClient.SqlClient,
+  rows: Page,
+  suspects: ReadonlyArray<number>
+): Effect.Effect<ReadonlyMap<number, string>, SqlError> =>
+  Effect.gen(function*() {
+    const bad = new Map<number, string>()
+    for (const index of suspects) {
+      const stored = yield* sql.unsafe<Record<string, unknown>>(
+        `SELECT ${SELECT_STORED_BYTES} FROM signed_events WHERE sequence = ?`,
+        [rows[index]!.sequence as number]
+      )
+      for (const bytes of stored) {
+        const column = HASHED_TEXT_COLUMNS.find((c) => {
+          const value = bytes[c]
+          return value instanceof Uint8Array && !isUtf8(value)
+        })
+        if (column !== undefined) bad.set(index, column)
+      }
+    }
+    return bad
+  })
+
+/**
+ * Whether this database's text can be checked against its stored bytes: SQLite storing UTF-8 (the
+ * replacement-character rows' bytes are read, `badStoredText`), or PostgreSQL with a UTF8 server encoding
+ * (it refuses bad bytes on the way in: docs/FORMAT.md, "Verification"). A database that does not store text
+ * as checked UTF-8 (SQLite: UTF-16; PostgreSQL: any other encoding, e.g. SQL_ASCII, which takes any byte
+ * and hands bad ones to the driver as U+FFFD) holds nothing the verifier can hash as stored: `None`.
+ */
+const storedTextCheck = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  if (Option.exists(dialectOf(sql), (dialect) => dialect.name === "postgres")) {
+    const [setting] = yield* sql.unsafe<{ server_encoding: string }>("SHOW server_encoding")
+    return setting?.server_encoding === "UTF8" ? Option.some("serverChecked" as const) : Option.none()
+  }
+  const [encoding] = yield* sql.unsafe<{ encoding: string }>("PRAGMA encoding")
+  return encoding?.encoding === "UTF-8" ? Option.some("readBytes" as const) : Option.none()
+})
+
 /** The span around `verifyLedger` (docs/OPERATIONS.md, "Traces"). */
 export const SPAN_VERIFY = "agent_ledger.ledger.verify"
 
@@ -638,6 +757,8 @@ export interface VerifyLedgerOptions {
   readonly signedFrom?: number | undefined
   /** See `CheckerOptions.allowMixed`. */
   readonly allowMixed?: boolean | undefined
+  /** See `CheckerOptions.maxFailures`. */
+  readonly maxFailures?: number | undefined
   /** Rows per query (default `DEFAULT_PAGE_SIZE`). */
   readonly pageSize?: number | undefined
   /** Called after each page with the number of rows checked so far (e.g. to show progress). */
@@ -664,20 +785,30 @@ export const verifyLedger = (
         pin: options.pin,
         requireSigned: options.requireSigned,
         signedFrom: options.signedFrom,
-        allowMixed: options.allowMixed
+        allowMixed: options.allowMixed,
+        maxFailures: options.maxFailures
       })
-      const page = pageReader(yield* SqlClient.SqlClient, {}, pageSize)
+      const textCheck = yield* storedTextCheck
+      if (Option.isNone(textCheck)) return notUtf8Database
+      const sql = yield* SqlClient.SqlClient
+      const page = pageReader(sql, {}, pageSize)
       let after = Option.none<unknown>()
       let rowsRead = 0
       do {
         const rows = yield* page(after)
-        for (let i = 0; i < rows.length; i++) checker.checkUnknown(rows[i])
+        const suspects = textCheck.value === "readBytes" ? rowsWithReplacementCharacters(rows) : []
+        const badText = suspects.length === 0 ? undefined : yield* badStoredText(sql, rows, suspects)
+        for (let i = 0; i < rows.length; i++) {
+          const column = badText?.get(i)
+          if (column === undefined) checker.checkUnknown(rows[i])
+          else checker.checkBadText(rows[i]!, column)
+        }
         rowsRead += rows.length
         after = nextPage(rows, pageSize)
         releasePage(rows)
         if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
       } while (Option.isSome(after))
-      const report = yield* withDuplicateCheck(checker.report())
+      const report = yield* withDuplicateCheck(checker.report(), options.maxFailures ?? DEFAULT_MAX_FAILURES)
       yield* Effect.annotateCurrentSpan({
         "agent_ledger.rows_checked": report.rowsChecked,
         "agent_ledger.ok": report.ok,
@@ -687,11 +818,27 @@ export const verifyLedger = (
     }).pipe(consistentRead)
   ).pipe(Effect.withSpan(SPAN_VERIFY))
 
+/** The report on a database whose text is not stored as checked UTF-8: nothing in it can be verified. */
+const notUtf8Database: VerifyReport = (() => {
+  const checker = makeChecker()
+  const report = checker.report()
+  const failure: VerifyFailure = {
+    sequence: 0,
+    kind: "encoding",
+    message: "the database does not store text as UTF-8 (SQLite PRAGMA encoding, PostgreSQL server_encoding): " +
+      "ledger text is hashed as its stored UTF-8 bytes"
+  }
+  return { ...report, ok: false, failureCount: 1, firstFailure: Option.some(failure), failures: [failure] }
+})()
+
 /**
  * Paging by `sequence > last` reads one row per sequence; a second row with a sequence already read is
  * never seen. Counting the table up to the last row read shows whether any row was passed by.
  */
-const withDuplicateCheck = (report: VerifyReport): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
+const withDuplicateCheck = (
+  report: VerifyReport,
+  maxFailures: number
+): Effect.Effect<VerifyReport, SqlError, SqlClient.SqlClient> =>
   Option.match(report.head, {
     onNone: () => Effect.succeed(report),
     onSome: (head) =>
@@ -713,7 +860,8 @@ const withDuplicateCheck = (report: VerifyReport): Effect.Effect<VerifyReport, S
           ...report,
           ok: false,
           failureCount: report.failureCount + passedBy,
-          firstFailure: Option.isSome(report.firstFailure) ? report.firstFailure : Option.some(failure)
+          firstFailure: Option.isSome(report.firstFailure) ? report.firstFailure : Option.some(failure),
+          failures: report.failures.length < maxFailures ? [...report.failures, failure] : report.failures
         }
       })
   })

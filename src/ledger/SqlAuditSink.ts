@@ -19,11 +19,14 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as SqlSchema from "@effect/sql/SqlSchema"
 import type { Array as Arr, ParseResult } from "effect"
 import { Context, Data, DateTime, Duration, Effect, Either, Layer, Option, Ref, Schedule, Schema } from "effect"
+import type { KeyObject } from "node:crypto"
 import type { DeferredAuditEvent } from "../audit/AuditEvent.js"
 import { canonicalJson, canonicalObject, eventTypeOf, formatTimestamp } from "../audit/AuditEvent.js"
 import type { AuditSigner } from "../audit/AuditSigner.js"
+import { signDeadLetter } from "../audit/AuditSigner.js"
 import type { AppendOutcome, ChainPosition } from "../audit/AuditSink.js"
 import { Appended, AuditSink, AuditSinkError, DlqLanded } from "../audit/AuditSink.js"
+import { deadLetterMessage } from "../internal/deadLetterFormat.js"
 import { sha256Hex, ZERO_HASH } from "../internal/encoding.js"
 import { rowEntryHashBytes } from "../internal/rowFormat.js"
 import type { ClassifiedFailure, SqlDialect, Synchronous } from "../internal/sqlDialect.js"
@@ -66,6 +69,11 @@ export class SqlAuditSink extends Context.Tag("agent-ledger/SqlAuditSink")<SqlAu
    * `AuditSinkError` (the reason) when the event cannot be appended. For replaying dead letters.
    */
   readonly appendOnly: (event: DeferredAuditEvent) => Effect.Effect<ChainAppend, AuditSinkError>
+  /**
+   * The public key and key id of the key this sink signs rows (and dead letters) with; `None` for an
+   * unsigned sink. Replay checks dead letters against it before this sink signs them.
+   */
+  readonly signingKey: Option.Option<SigningKey>
   /** Events waiting in `signed_events_dlq` (rows not yet replayed). */
   readonly dlqSize: Effect.Effect<number, SqlError>
   /** The chain head as stored now (not the cache); `None` for an empty chain. */
@@ -73,6 +81,12 @@ export class SqlAuditSink extends Context.Tag("agent-ledger/SqlAuditSink")<SqlAu
   /** Rows of `signed_events` with this `event_type`. */
   readonly countByEventType: (eventType: string) => Effect.Effect<number, SqlError>
 }>() {}
+
+/** The public half of a sink's signer. */
+export interface SigningKey {
+  readonly keyId: string
+  readonly publicKey: KeyObject
+}
 
 /** The `SqlAuditSink` service itself (what `yield* SqlAuditSink` gives). */
 export type Service = Context.Tag.Service<SqlAuditSink>
@@ -177,7 +191,9 @@ const DLQ_COLUMNS = [
   "payload_hash",
   "timestamp",
   "failure_reason",
-  "failed_at"
+  "failed_at",
+  "signature",
+  "key_id"
 ] as const
 
 type Param = string | number | null
@@ -273,7 +289,12 @@ export const make = (options: Options = {}) =>
       busyTimeout: Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)
     }))
     const chain = yield* makeChainWriter(sql, dialect, options)
-    const deadLetters = makeDeadLetterWriter(sql, dialect, options.retrySchedule ?? defaultRetrySchedule)
+    const deadLetters = makeDeadLetterWriter(
+      sql,
+      dialect,
+      options.retrySchedule ?? defaultRetrySchedule,
+      options.signer
+    )
 
     const append = (event: DeferredAuditEvent): Effect.Effect<AppendOutcome, AuditSinkError> =>
       Either.match(prepare(event), {
@@ -337,6 +358,10 @@ export const make = (options: Options = {}) =>
       deadLetter: (event, reason) => onLedger(deadLetters.insert([deadLetterPayload(event)], reason)),
       deadLetterBatch: (events, reason) => onLedger(deadLetters.insert(events.map(deadLetterPayload), reason)),
       appendOnly: (event) => onLedger(appendOnly(event)),
+      signingKey: Option.map(
+        Option.fromNullable(options.signer),
+        (signer): SigningKey => ({ keyId: signer.keyId, publicKey: signer.publicKey })
+      ),
       dlqSize: onLedger(
         count(sql`SELECT CAST(COUNT(*) AS INTEGER) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`)
       ),
@@ -583,10 +608,47 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
 // The dead-letter writer
 // ---------------------------------------------------------------------------------------------------------
 
+/**
+ * A dead letter's column values (`DLQ_COLUMNS` order), signed with `signer` over exactly these stored
+ * values (docs/FORMAT.md, "Dead-letter signature") so that `dlq replay` can tell them from rows planted by
+ * a writer without the key; `signature` and `key_id` are NULL without a signer.
+ */
+const authenticatedDeadLetter = (
+  prepared: PreparedEvent,
+  reason: string,
+  failedAt: string,
+  signer: AuditSigner | undefined
+): ReadonlyArray<Param> => {
+  const content = {
+    id: prepared.event.id,
+    // Exact in the payload (JSON escapes a lone surrogate); readable here.
+    agentId: toWellFormed(prepared.event.agentId),
+    eventType: prepared.eventType,
+    payload: prepared.payload,
+    payloadHash: prepared.payloadHash,
+    timestamp: prepared.timestamp,
+    failureReason: reason,
+    failedAt
+  }
+  return [
+    content.id,
+    content.agentId,
+    content.eventType,
+    content.payload,
+    content.payloadHash,
+    content.timestamp,
+    content.failureReason,
+    content.failedAt,
+    signer === undefined ? null : signDeadLetter(signer, deadLetterMessage(content)),
+    signer === undefined ? null : signer.keyId
+  ]
+}
+
 const makeDeadLetterWriter = (
   sql: SqlClient.SqlClient,
   dialect: SqlDialect,
-  retrySchedule: Schedule.Schedule<unknown, unknown>
+  retrySchedule: Schedule.Schedule<unknown, unknown>,
+  signer: AuditSigner | undefined
 ) => {
   /** Inserts dead letters for `events` in one write transaction, retrying a busy database. */
   const insert = (events: ReadonlyArray<PreparedEvent>, reason: string): Effect.Effect<void, AuditSinkError> =>
@@ -599,17 +661,7 @@ const makeDeadLetterWriter = (
           dialect,
           "signed_events_dlq",
           DLQ_COLUMNS,
-          events.map((p) => [
-            p.event.id,
-            // Exact in the payload (JSON escapes a lone surrogate); readable here.
-            toWellFormed(p.event.agentId),
-            p.eventType,
-            p.payload,
-            p.payloadHash,
-            p.timestamp,
-            reason,
-            failedAt
-          ])
+          events.map((p) => authenticatedDeadLetter(p, reason, failedAt, signer))
         )
       )).pipe(
         Effect.retry({ schedule: retrySchedule, while: (error) => dialect.classify(error).kind === "busy" }),
