@@ -17,6 +17,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Chunk, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import { digestHex, isHash, ZERO_HASH } from "../internal/encoding.js"
+import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
 import { rowEntryHash } from "../internal/rowFormat.js"
 import { dialectOf } from "../internal/sqlDialect.js"
 import * as LedgerRow from "./LedgerRow.js"
@@ -594,7 +595,9 @@ export const storedRows = (
       Option.none<unknown>(),
       (after) =>
         Effect.map(
-          onLedger(page(after)),
+          // Each page after the first waits for the event loop: the consumer's work on the last page is done,
+          // and timers, I/O and an interruption get their turn.
+          Option.isSome(after) ? Effect.zipRight(yieldToEventLoop, onLedger(page(after))) : onLedger(page(after)),
           (rows) => [Chunk.unsafeFromArray(rows), Option.map(nextPage(rows, pageSize), Option.some)] as const
         )
     )
@@ -650,6 +653,8 @@ export interface VerifyLedgerOptions {
  * read.
  *
  * It pages with the same queries as `storedRows`, in a plain loop that releases each page once checked.
+ * Between pages it yields to the event loop (on any scheduler), so `Effect.timeout` and interruption stop
+ * it after the page being checked, and the process's timers and I/O keep running meanwhile.
  */
 export const verifyLedger = (
   options: VerifyLedgerOptions = {}
@@ -676,6 +681,8 @@ export const verifyLedger = (
         after = nextPage(rows, pageSize)
         releasePage(rows)
         if (options.onProgress !== undefined) yield* options.onProgress(rowsRead)
+        // Between pages the event loop gets its turn: a timeout or an interruption stops the run here.
+        if (Option.isSome(after)) yield* yieldToEventLoop
       } while (Option.isSome(after))
       const report = yield* withDuplicateCheck(checker.report())
       yield* Effect.annotateCurrentSpan({

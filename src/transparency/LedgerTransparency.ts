@@ -13,6 +13,7 @@ import { Clock, Effect, Either, Schema } from "effect"
 import { createHash } from "node:crypto"
 import type { AuditSigner } from "../audit/AuditSigner.js"
 import { signNote as signNoteBytes } from "../audit/AuditSigner.js"
+import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
 import { rowEntryHash } from "../internal/rowFormat.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import type { Hash } from "./MerkleTree.js"
@@ -22,9 +23,13 @@ import * as SignedNote from "./SignedNote.js"
 export const RECEIPT_FORMAT = "agent-ledger/receipt/v1"
 export const CONSISTENCY_FORMAT = "agent-ledger/consistency/v1"
 
+/**
+ * Rows read per query, and hashes computed, between two turns of the event loop (`yieldToEventLoop`): a
+ * timeout or an interruption stops a long build there, and the process's timers and I/O are not held up.
+ */
 const PAGE = 10_000
 
-/** The ledger's leaf hashes, in sequence order (leaf i = row i). */
+/** The ledger's leaf hashes, in sequence order (leaf i = row i); read in pages, yielding between them. */
 export const leafHashes: Effect.Effect<ReadonlyArray<Hash>, SqlError, LedgerSql.LedgerSql> = Effect.flatMap(
   LedgerSql.LedgerSql,
   ({ client }) =>
@@ -40,6 +45,7 @@ export const leafHashes: Effect.Effect<ReadonlyArray<Hash>, SqlError, LedgerSql.
           leaves.push(leafHash(Buffer.from(row.entry_hash, "hex")))
         }
         if (rows.length < PAGE) return leaves
+        yield* yieldToEventLoop
       }
     })
 )
@@ -115,21 +121,29 @@ const extendBody: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = Effect.
           if (level !== 1 && level <= MIN_STORED_LEVEL) {
             return yield* Effect.dieMessage(`extendStoredTree: level ${level - 1} not computed from ${missingFrom}`)
           }
-          const rows = level === 1
-            ? yield* sql<{ i: number; h: string }>`
-                SELECT sequence AS i, entry_hash AS h FROM signed_events
-                WHERE sequence >= ${missingFrom} AND sequence < ${last} ORDER BY sequence`
-            : yield* sql<{ i: number; h: string }>`
-                SELECT idx AS i, hash AS h FROM merkle_nodes
-                WHERE level = ${level - 1} AND idx >= ${missingFrom} AND idx < ${last} ORDER BY idx`
-          for (const row of rows) {
-            children.push(level === 1 ? leafHash(Buffer.from(row.h, "hex")) : Buffer.from(row.h, "hex"))
+          for (let from = missingFrom; from < last; from += PAGE) {
+            const to = Math.min(last, from + PAGE)
+            const rows = level === 1
+              ? yield* sql<{ i: number; h: string }>`
+                  SELECT sequence AS i, entry_hash AS h FROM signed_events
+                  WHERE sequence >= ${from} AND sequence < ${to} ORDER BY sequence`
+              : yield* sql<{ i: number; h: string }>`
+                  SELECT idx AS i, hash AS h FROM merkle_nodes
+                  WHERE level = ${level - 1} AND idx >= ${from} AND idx < ${to} ORDER BY idx`
+            for (const row of rows) {
+              children.push(level === 1 ? leafHash(Buffer.from(row.h, "hex")) : Buffer.from(row.h, "hex"))
+            }
+            yield* yieldToEventLoop
           }
         }
         const made: Array<Hash> = []
-        for (let i = 0; i + 1 < children.length; i += 2) made.push(nodeHash(children[i]!, children[i + 1]!))
+        for (let i = 0; i + 1 < children.length; i += 2) {
+          made.push(nodeHash(children[i]!, children[i + 1]!))
+          if (made.length % PAGE === 0) yield* yieldToEventLoop
+        }
         if (stored) {
           for (let i = 0; i < made.length; i += NODE_INSERT_CHUNK) {
+            if (i > 0) yield* yieldToEventLoop
             const rows = made.slice(i, i + NODE_INSERT_CHUNK).map((hash, j) => ({
               level,
               idx: have + i + j,
@@ -149,6 +163,9 @@ const extendBody: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = Effect.
  * more leaves not stored yet is computed (from the rows' entry hashes and the stored subtrees below it) and
  * stored, in one write transaction. Incremental: a ledger of n rows with m covered costs O(n - m) hashes; a
  * ledger written before this feature is built the first time. Returns the tree size now covered.
+ *
+ * It yields to the event loop between pages of rows and of hashes: a timeout or an interruption stops it
+ * there and rolls the transaction back (nothing is half-stored; the next run starts over).
  */
 export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(extendBody)
 
