@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Option, Stream } from "effect"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -19,6 +20,7 @@ import * as EvidenceBundle from "../src/transparency/EvidenceBundle.js"
 import * as LedgerTransparency from "../src/transparency/LedgerTransparency.js"
 import { MerkleTree } from "../src/transparency/MerkleTree.js"
 import { buildLedger } from "./fixtures/bigLedger.js"
+import { cliBundle } from "./fixtures/cliBundle.js"
 import { withDb } from "./fixtures/cliWorkspace.js"
 
 /** Rows in the test ledger: reading them all takes hundreds of milliseconds at least, far past the timeouts. */
@@ -193,4 +195,52 @@ describe("the stored tree, checkpoints and bundles", () => {
         expect(storedNodes(file)).toBe(0)
       }
     }))
+})
+
+describe("agent-ledger verify and Ctrl-C", () => {
+  /** Runs the CLI's verify with progress lines on; `onProgress` sees each one as it comes. */
+  const verify = (onProgress: (line: string, child: ReturnType<typeof spawn>) => void) =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [cliBundle, "verify", ledgerFile], {
+        env: { ...process.env, AGENT_LEDGER_PROGRESS: "1" }
+      })
+      let stdout = ""
+      let stderr = ""
+      child.stdout.on("data", (data) => stdout += data)
+      child.stderr.on("data", (data) => {
+        stderr += data
+        for (const line of String(data).split("\n")) if (line.startsWith("verified rows:")) onProgress(line, child)
+      })
+      child.on("close", (code) => resolve({ code, stdout, stderr }))
+    })
+
+  const rowsIn = (line: string) => Number(/^verified rows: (\d+)\//.exec(line)?.[1])
+
+  it("SIGINT after the first progress line: `interrupted`, never OK, exit 130, the rest unread", async () => {
+    let signalled = false
+    const run = await verify((_, child) => {
+      if (signalled) return
+      signalled = true
+      child.kill("SIGINT")
+    })
+    expect(signalled).toBe(true)
+    expect(run.code).toBe(130)
+    expect(run.stdout).toBe("")
+    expect(run.stderr).toContain("agent-ledger: interrupted")
+    expect(run.stderr).not.toContain("OK")
+    const progress = run.stderr.split("\n").filter((line) => line.startsWith("verified rows:"))
+    expect(rowsIn(progress[progress.length - 1]!)).toBeLessThan(ROWS)
+  })
+
+  it("uninterrupted, the same run prints plain progress lines and OK", async () => {
+    const lines: Array<string> = []
+    const run = await verify((line) => lines.push(line))
+    expect(run.code).toBe(0)
+    expect(run.stdout).toContain(`ledger ${ledgerFile}: OK`)
+    expect(run.stderr).not.toContain("interrupted")
+    // Not a terminal: one line per update, no carriage returns or escape sequences.
+    expect(run.stderr).not.toMatch(/[\r\u001b]/)
+    expect(lines.length).toBeGreaterThan(0)
+    expect(lines.every((line) => rowsIn(line) <= ROWS)).toBe(true)
+  })
 })
