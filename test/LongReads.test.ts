@@ -11,7 +11,9 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
+import { AuditQueue } from "../src/audit/AuditQueue.js"
 import * as AuditSigner from "../src/audit/AuditSigner.js"
+import * as AuditLedger from "../src/AuditLedger.js"
 import { yieldToEventLoop } from "../src/internal/eventLoopScheduler.js"
 import * as LedgerExport from "../src/ledger/LedgerExport.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
@@ -22,6 +24,8 @@ import { MerkleTree } from "../src/transparency/MerkleTree.js"
 import { buildLedger } from "./fixtures/bigLedger.js"
 import { cliBundle } from "./fixtures/cliBundle.js"
 import { withDb } from "./fixtures/cliWorkspace.js"
+import { refusalEvent } from "./fixtures/events.js"
+import { freshDatabase, noPostgres } from "./fixtures/postgres.js"
 
 /** Rows in the test ledger: reading them all takes hundreds of milliseconds at least, far past the timeouts. */
 const ROWS = 40_000
@@ -243,4 +247,43 @@ describe("agent-ledger verify and Ctrl-C", () => {
     expect(lines.length).toBeGreaterThan(0)
     expect(lines.every((line) => rowsIn(line) <= ROWS)).toBe(true)
   })
+})
+
+describe.skipIf(noPostgres)("verifyLedger on PostgreSQL", () => {
+  it.live(
+    "interrupted inside its read-only transaction, it gives the connection back: the next verify runs",
+    () =>
+      Effect.acquireUseRelease(Effect.sync(freshDatabase), (db) =>
+        Effect.gen(function*() {
+          yield* Effect.gen(function*() {
+            const queue = yield* AuditQueue
+            for (let n = 0; n < 49; n++) yield* queue.submit(refusalEvent("agent-pg", n))
+            yield* queue.submitAndWait(refusalEvent("agent-pg", 49))
+          }).pipe(Effect.provide(AuditLedger.layerPg({ url: db.url })))
+          const { open, pages, report } = yield* Effect.gen(function*() {
+            let pages = 0
+            const fifth = yield* Deferred.make<void>()
+            const fiber = yield* LedgerVerifier.verifyLedger({
+              pageSize: 2,
+              onProgress: () => Effect.suspend(() => ++pages === 5 ? Deferred.succeed(fifth, undefined) : Effect.void)
+            }).pipe(Effect.fork)
+            yield* Deferred.await(fifth)
+            yield* Fiber.interrupt(fiber)
+            const pagesAtInterrupt = pages
+            // No connection is left inside the interrupted transaction (ours included: its transaction is the
+            // statement's own).
+            const { client } = yield* LedgerSql.LedgerSql
+            const open = yield* client<{ pid: number }>`
+              SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+              AND (state = 'idle in transaction' OR (pid = pg_backend_pid() AND xact_start <> query_start))`
+            const report = yield* LedgerVerifier.verifyLedger({ pageSize: 2 })
+            return { open, pages: pagesAtInterrupt, report }
+          }).pipe(Effect.provide(LedgerSql.layerPg({ url: db.url, maxConnections: 2 })))
+          expect(pages).toBe(5)
+          expect(open).toEqual([])
+          expect(report.ok).toBe(true)
+          expect(report.rowsChecked).toBe(50)
+        }), (db) => Effect.sync(db.drop)),
+    60_000
+  )
 })
