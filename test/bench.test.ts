@@ -22,6 +22,7 @@ const BOUNDED = [
   "audit.groupCommitSigned",
   "audit.groupCommitCheckpointed",
   "ledger.verify",
+  "ledger.verifyTimeoutMs",
   "mcp.proxiedCallMs"
 ]
 const UNBOUNDED = [

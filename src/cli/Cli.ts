@@ -96,6 +96,9 @@ export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, N
     if (mistake !== undefined) return usageError(mistake)
   }
   return cli(argv).pipe(
+    // Ctrl-C (or SIGTERM) interrupts the command where it is: long reads stop between pages, never print a
+    // result, and the entry point exits 130 (main.ts).
+    Effect.onInterrupt(() => Console.error("agent-ledger: interrupted")),
     Effect.provide(Layer.merge(Help.cliConfig, Help.consoleLayer)),
     // Long loops stay responsive to Ctrl-C (signal handlers run on the event loop).
     Effect.withScheduler(eventLoopScheduler),

@@ -11,6 +11,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Data, Effect, Either, Option, Schema, Stream } from "effect"
 import type { KeyObject } from "node:crypto"
 import * as AuditSigner from "../audit/AuditSigner.js"
+import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
 import * as LedgerRow from "../ledger/LedgerRow.js"
 import type * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerVerifier from "../ledger/LedgerVerifier.js"
@@ -68,12 +69,20 @@ export interface MakeOptions {
   readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
 }
 
+/**
+ * Rows decoded or proven between two turns of the event loop: a timeout or an interruption stops a large
+ * bundle there, and the process's timers and I/O keep running.
+ */
+const ROWS_PER_TURN = 1_000
+
 const pemOf = (key: KeyObject): string => key.export({ format: "pem", type: "spki" }).toString()
 
 /**
  * The bundle of the rows `from`..`to`, proven against a checkpoint of the whole ledger signed now (and
  * kept in the `checkpoints` table, so later consistency proofs can start from it): over a tree recomputed
- * from verified rows (`LedgerTransparency.checkpointNow`), each proof checked against its root.
+ * from verified rows (`LedgerTransparency.checkpointNow`), each proof checked against its root. Reads,
+ * decodes and proves the rows in batches, yielding to the event loop between them, so `Effect.timeout` and
+ * interruption stop it promptly.
  */
 export const make = (
   options: MakeOptions
@@ -95,6 +104,7 @@ export const make = (
     }
     const decoded: Array<LedgerRow.LedgerRow> = []
     for (const row of rows) {
+      if (decoded.length > 0 && decoded.length % ROWS_PER_TURN === 0) yield* yieldToEventLoop
       const result = LedgerRow.decodeUnknownEither({ ...row, sequence: Number(row.sequence) })
       if (Either.isLeft(result)) {
         return yield* new BundleError({
@@ -117,13 +127,18 @@ export const make = (
     const { note, rootHash, size } = yield* LedgerTransparency.checkpointNow(options.origin, options.signer, {
       publicKeys: options.publicKeys
     })
-    // Each proof is checked against the root just signed before it goes into the bundle.
-    const { proof: proven } = yield* LedgerTransparency.inclusionProofs(
-      decoded.map((row) => ({ sequence: row.sequence, entryHash: row.entry_hash })),
-      size,
-      rootHash
-    )
-    const proofs = proven.map((path) => path.map((hash) => Buffer.from(hash).toString("base64")))
+    // Each proof is checked against the root just signed before it goes into the bundle; in batches, the
+    // event loop getting its turn between them (the tree of `size` leaves does not change between batches).
+    const proofs: Array<ReadonlyArray<string>> = []
+    for (let from = 0; from < decoded.length; from += ROWS_PER_TURN) {
+      if (from > 0) yield* yieldToEventLoop
+      const { proof: proven } = yield* LedgerTransparency.inclusionProofs(
+        decoded.slice(from, from + ROWS_PER_TURN).map((row) => ({ sequence: row.sequence, entryHash: row.entry_hash })),
+        size,
+        rootHash
+      )
+      for (const path of proven) proofs.push(path.map((hash) => Buffer.from(hash).toString("base64")))
+    }
     // The checkpoint's key signs rows too only if the ledger was signed with it: a key in `public_keys` tells
     // the verifier the rows are signed, so an unsigned ledger's bundle carries only the keys given.
     const rowKeyIds = new Set(decoded.map((row) => row.key_id))

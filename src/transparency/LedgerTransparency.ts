@@ -14,6 +14,7 @@ import type { KeyObject } from "node:crypto"
 import { createHash } from "node:crypto"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import { ZERO_HASH } from "../internal/encoding.js"
+import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
 import { rowEntryHash } from "../internal/rowFormat.js"
 import * as LedgerRow from "../ledger/LedgerRow.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
@@ -25,9 +26,13 @@ import * as SignedNote from "./SignedNote.js"
 export const RECEIPT_FORMAT = "agent-ledger/receipt/v1"
 export const CONSISTENCY_FORMAT = "agent-ledger/consistency/v1"
 
+/**
+ * Rows read per query, and hashes computed, between two turns of the event loop (`yieldToEventLoop`): a
+ * timeout or an interruption stops a long build there, and the process's timers and I/O are not held up.
+ */
 const PAGE = 10_000
 
-/** The ledger's leaf hashes, in sequence order (leaf i = row i). */
+/** The ledger's leaf hashes, in sequence order (leaf i = row i); read in pages, yielding between them. */
 export const leafHashes: Effect.Effect<ReadonlyArray<Hash>, SqlError, LedgerSql.LedgerSql> = Effect.flatMap(
   LedgerSql.LedgerSql,
   ({ client }) =>
@@ -43,6 +48,7 @@ export const leafHashes: Effect.Effect<ReadonlyArray<Hash>, SqlError, LedgerSql.
           leaves.push(leafHash(Buffer.from(row.entry_hash, "hex")))
         }
         if (rows.length < PAGE) return leaves
+        yield* yieldToEventLoop
       }
     })
 )
@@ -252,6 +258,8 @@ const rebuildOn = (sql: Sql, size: number) =>
       const emitted: Array<Emitted> = []
       for (const leaf of leaves) frontier.push(leaf, (node) => emitted.push(node))
       repaired.push(...(yield* reconcile(sql, emitted)))
+      // Between pages the event loop gets its turn: a timeout or an interruption stops (and rolls back) here.
+      yield* yieldToEventLoop
     }
     return { frontier, repaired }
   })
@@ -381,6 +389,7 @@ const extendVerified = (
         frontier.push(leafHash(Buffer.from(String(row.entry_hash), "hex")), (node) => emitted.push(node))
       }
       repaired.push(...(yield* reconcile(sql, emitted)))
+      yield* yieldToEventLoop
     }
     if (frontier.size !== size) return yield* Effect.dieMessage(`the chain ends at ${frontier.size}, not ${size}`)
     return repaired
