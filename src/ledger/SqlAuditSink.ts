@@ -307,7 +307,9 @@ const readHeadOn = (
 export const makeLocalStore = (
   sql: SqlClient.SqlClient,
   dialect: SqlDialect,
-  signer: AuditSigner | undefined
+  signer: AuditSigner | undefined,
+  /** Fault injection for tests: runs inside each append transaction, after the inserts, before the commit. */
+  hooks: { readonly beforeCommit?: Effect.Effect<void> } = {}
 ): Effect.Effect<ChainStore> =>
   Effect.gen(function*() {
     // None: unknown, read it from the table inside the next write transaction.
@@ -372,6 +374,7 @@ export const makeLocalStore = (
           positions.push(row.position)
         }
         yield* insertRows(sql, dialect, "signed_events", LedgerRow.COLUMNS, rows)
+        if (hooks.beforeCommit !== undefined) yield* hooks.beforeCommit
         return positions
       })
 
