@@ -138,6 +138,9 @@ export const supports = (
   }
 }
 
+/** The span of one write transaction in the thread (a child of the queue's append span). */
+export const SPAN_WRITE = "agent_ledger.ledger.write"
+
 /**
  * The environment variable naming the thread's entry file, for an application that bundles agent-ledger
  * (bundle `LedgerWriterWorker` as an entry of its own and name the output here); tests set it to a bundle.
@@ -286,12 +289,16 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         )
       )
 
+    /** The request as a span: the thread's statements are not traced, its round trip is. */
+    const traced = (effect: Effect.Effect<Reply>, op: "append" | "dead_letter", rows: number) =>
+      Effect.withSpan(effect, SPAN_WRITE, { attributes: { "agent_ledger.op": op, "agent_ledger.rows": rows } })
+
     const defectOf = (reply: Reply): Option.Option<string> =>
       "defect" in reply ? Option.some(reply.defect) : Option.none()
 
     const store: SqlAuditSink.ChainStore = {
       appendAfterHead: (events, at) =>
-        Effect.flatMap(request({ op: "append", events, at }), (reply) => {
+        Effect.flatMap(traced(request({ op: "append", events, at }), "append", events.length), (reply) => {
           const defect = defectOf(reply)
           if (Option.isSome(defect)) return Effect.dieMessage(`ledger writer thread: ${defect.value}`)
           if ("failure" in reply) return Effect.fail(toFailure(reply.failure) as SqlAuditSink.AttemptFailure)
@@ -300,11 +307,14 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
           return Effect.succeed(sequences.map((sequence, i): ChainPosition => ({ sequence, entryHash: hashes[i]! })))
         }),
       insertDeadLetters: (events, reason, at) =>
-        Effect.flatMap(request({ op: "deadLetter", events, reason, at }), (reply) => {
-          const defect = defectOf(reply)
-          if (Option.isSome(defect)) return Effect.dieMessage(`ledger writer thread: ${defect.value}`)
-          return "failure" in reply ? Effect.fail(toFailure(reply.failure) as ClassifiedFailure) : Effect.void
-        })
+        Effect.flatMap(
+          traced(request({ op: "deadLetter", events, reason, at }), "dead_letter", events.length),
+          (reply) => {
+            const defect = defectOf(reply)
+            if (Option.isSome(defect)) return Effect.dieMessage(`ledger writer thread: ${defect.value}`)
+            return "failure" in reply ? Effect.fail(toFailure(reply.failure) as ClassifiedFailure) : Effect.void
+          }
+        )
     }
 
     /** Asks the thread to close its connection and waits for it to end, then terminates it if it has not. */
