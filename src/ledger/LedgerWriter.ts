@@ -180,6 +180,8 @@ interface Thread {
   readonly pending: Map<number, (reply: Reply | WriterThreadDied) => void>
   fatal: string | undefined
   error: string | undefined
+  /** Called once the thread has opened its connection, or has ended without doing so. */
+  onStarted: (() => void) | undefined
 }
 
 const toFailure = (failure: WireFailure): SqlAuditSink.AttemptFailure | ClassifiedFailure => {
@@ -219,9 +221,10 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
 
     const spawn = (): Thread => {
       const worker = new Worker(entry.script, { workerData: data, eval: entry.eval })
-      const thread: Thread = { worker, pending: new Map(), fatal: undefined, error: undefined }
+      const thread: Thread = { worker, pending: new Map(), fatal: undefined, error: undefined, onStarted: undefined }
       worker.on("message", (reply: Reply) => {
         if ("fatal" in reply) thread.fatal = reply.fatal
+        if ("ready" in reply) thread.onStarted?.()
         if (!("id" in reply)) return
         const answer = thread.pending.get(reply.id)
         if (answer === undefined) return
@@ -234,6 +237,7 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         thread.error = error.message
       })
       worker.on("exit", (exitCode) => {
+        thread.onStarted?.()
         if (current === thread) current = undefined
         const died = new WriterThreadDied({
           reason: thread.fatal ?? thread.error ?? `the thread exited with code ${exitCode}`,
@@ -333,8 +337,14 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
       )
     })
     yield* Effect.addFinalizer(() => close)
-    // Started now, so its start-up (loading its modules, opening its connection) overlaps the host's.
-    current = spawn()
+    // Started with the layer, which is ready once the thread has its connection: the first refusal does not
+    // wait for the thread's start-up. A thread that cannot start shows on the first write (a defect, then
+    // a restart), as one that dies later does.
+    const first = spawn()
+    current = first
+    yield* Effect.async<void>((resume) => {
+      first.onStarted = () => resume(Effect.void)
+    })
 
     return LedgerWriter.of({
       store,
