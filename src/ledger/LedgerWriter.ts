@@ -224,7 +224,11 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
       const thread: Thread = { worker, pending: new Map(), fatal: undefined, error: undefined, onStarted: undefined }
       worker.on("message", (reply: Reply) => {
         if ("fatal" in reply) thread.fatal = reply.fatal
-        if ("ready" in reply) thread.onStarted?.()
+        if ("ready" in reply) {
+          // Held while it starts (a host awaiting the layer has nothing else keeping it alive), then idle.
+          if (thread.pending.size === 0) worker.unref()
+          thread.onStarted?.()
+        }
         if (!("id" in reply)) return
         const answer = thread.pending.get(reply.id)
         if (answer === undefined) return
@@ -247,7 +251,6 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         thread.pending.clear()
         for (const answer of answers) answer(died)
       })
-      worker.unref()
       starts++
       return thread
     }

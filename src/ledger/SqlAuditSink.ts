@@ -107,6 +107,9 @@ export const DEFAULT_BUSY_TIMEOUT: Duration.Duration = LedgerSql.DEFAULT_BUSY_TI
 
 export const DEFAULT_MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 
+/** Events canonicalized between two yields to the host while a batch is prepared. */
+const PREPARE_SLICE = 64
+
 const HeadRow = Schema.Struct({
   sequence: Schema.Number.pipe(Schema.int(), Schema.nonNegative()),
   entry_hash: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/))
@@ -531,6 +534,9 @@ export const makeWith = (store: ChainStore, options: Omit<Options, "signer" | "s
       Effect.gen(function*() {
         const prepared: Array<PreparedEvent> = []
         for (const event of events) {
+          // Canonicalizing is the part of a row built on the caller's thread: let the host run between
+          // slices of it (the drainer's scheduler yields to the event loop), not only between batches.
+          if (prepared.length > 0 && prepared.length % PREPARE_SLICE === 0) yield* Effect.yieldNow()
           const one = prepare(event)
           if (Either.isLeft(one)) return yield* new AuditSinkError({ eventId: event.id, reason: one.left })
           prepared.push(one.right)
