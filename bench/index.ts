@@ -5,11 +5,13 @@
  *
  * Writes `bench/results.json` (or `--out FILE`) in the "agent-ledger-bench/v1" schema (bench/harness.ts).
  */
+import { build } from "esbuild"
 import * as fs from "node:fs"
 import { cpus } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import * as audit from "./audit.js"
+import * as guard from "./guard.js"
 import type { BenchMode, Figures, Results } from "./harness.js"
 import { SCHEMA } from "./harness.js"
 import * as journal from "./journal.js"
@@ -19,6 +21,9 @@ import * as pg from "./pg.js"
 
 const args = process.argv.slice(2)
 const quick = args.includes("--quick")
+// `--only audit,guard`: run those sections and merge their figures into the results file's others.
+const onlyIndex = args.indexOf("--only")
+const only = onlyIndex >= 0 ? new Set((args[onlyIndex + 1] ?? "").split(",")) : undefined
 const outIndex = args.indexOf("--out")
 const here = dirname(fileURLToPath(import.meta.url))
 const out = outIndex >= 0 && args[outIndex + 1] !== undefined ? args[outIndex + 1]! : join(here, "results.json")
@@ -48,15 +53,40 @@ const printTable = (figures: Figures): void => {
   for (const row of rows) console.log(line(row))
 }
 
+/**
+ * The ledger writer thread's entry as one JS file (as a built install runs it), so the ledgers the bench
+ * opens do not start their threads through the TypeScript loader.
+ */
+const bundleWriterThread = async () => {
+  const outfile = join(dir, "LedgerWriterWorker.mjs")
+  await build({
+    entryPoints: [join(here, "..", "src/ledger/LedgerWriterWorker.ts")],
+    outfile,
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    external: ["better-sqlite3"],
+    banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
+    logLevel: "error"
+  })
+  process.env.AGENT_LEDGER_WRITER_ENTRY = outfile
+}
+
 const main = async () => {
-  const figures: Figures = {}
+  await bundleWriterThread()
+  const previous: Figures = only !== undefined && fs.existsSync(out)
+    ? (JSON.parse(fs.readFileSync(out, "utf8")) as Results).figures
+    : {}
+  const figures: Figures = { ...previous }
   // The verifier first: its peak RSS figure is the process's, and later sections leave a larger heap behind.
   for (
-    const [name, section] of [["ledger", ledger], ["journal", journal], ["audit", audit], ["mcp", mcp], [
-      "pg",
-      pg
-    ]] as const
+    const [name, section] of [["ledger", ledger], ["journal", journal], ["audit", audit], ["guard", guard], [
+      "mcp",
+      mcp
+    ], ["pg", pg]] as const
   ) {
+    if (only !== undefined && !only.has(name)) continue
     const start = Date.now()
     Object.assign(figures, await section.run(mode))
     console.error(`bench: ${name} done in ${((Date.now() - start) / 1000).toFixed(1)} s`)

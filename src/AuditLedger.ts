@@ -19,6 +19,7 @@ import type { Synchronous } from "./internal/sqlDialect.js"
 import * as DeadLetters from "./ledger/DeadLetters.js"
 import * as LedgerSql from "./ledger/LedgerSql.js"
 import type { LedgerOpenError } from "./ledger/LedgerSql.js"
+import * as LedgerWriter from "./ledger/LedgerWriter.js"
 import * as SqlAuditSink from "./ledger/SqlAuditSink.js"
 import * as LedgerTransparency from "./transparency/LedgerTransparency.js"
 
@@ -51,6 +52,13 @@ export interface SqliteOptions {
   readonly stallSchedule?: AuditQueue.Options["stallSchedule"] | undefined
   /** See `SqlAuditSink.Options`: payload bytes one write transaction may hold. */
   readonly maxTransactionBytes?: number | undefined
+  /**
+   * Run the ledger's writes (row hashes, signatures, inserts, the commit's fsync) in a worker thread with
+   * its own connection (`LedgerWriter`), so the guard's thread never waits on them. Default true; the
+   * writes stay on the caller's thread for `:memory:` and for a signer not made by `AuditSigner` (its key
+   * cannot be handed over). PostgreSQL ledgers ignore it.
+   */
+  readonly writerThread?: boolean | undefined
   /**
    * Replay pending dead letters (`DeadLetters.replayDeadLetters`) when the layer starts, before the queue
    * accepts events, so they land ahead of new ones. Dead letters that still fail (or that the signer did not
@@ -94,7 +102,20 @@ export type LedgerServices =
 export const layerSqlite = (
   options: SqliteOptions
 ): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
-  layerOn(LedgerSql.layerSqlite(options), options)
+  layerOn(
+    LedgerSql.layerSqlite(options),
+    options,
+    options.writerThread !== false && LedgerWriter.supports(options)
+      ? LedgerWriter.layerSink({
+        filename: options.filename,
+        signer: options.signer,
+        synchronous: options.synchronous,
+        busyTimeout: options.busyTimeout,
+        retrySchedule: options.retrySchedule,
+        maxTransactionBytes: options.maxTransactionBytes
+      })
+      : undefined
+  )
 
 /** The options of the ledger on PostgreSQL: the sink's and the queue's, as for SQLite. */
 export interface PgOptions extends Omit<SqliteOptions, "filename" | "synchronous" | "busyTimeout"> {
@@ -123,12 +144,16 @@ export const layerFor = (
 ): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
   LedgerSql.isPostgresUrl(db) ? layerPg({ ...options, url: db }) : layerSqlite({ ...options, filename: db })
 
-/** The sink and the queue on a ledger database. */
+/**
+ * The sink and the queue on a ledger database; the sink writes on the database's connection unless
+ * `threadSink` (the writer thread's) is given.
+ */
 const layerOn = <E>(
   database: Layer.Layer<LedgerSql.LedgerSql, E>,
-  options: Omit<SqliteOptions, "filename">
+  options: Omit<SqliteOptions, "filename">,
+  threadSink?: Layer.Layer<SqlAuditSink.SqlAuditSink | AuditSink, never, LedgerSql.LedgerSql>
 ): Layer.Layer<LedgerServices, E | SqlError | ParseResult.ParseError> => {
-  const sink = SqlAuditSink.layer({
+  const sink = threadSink ?? SqlAuditSink.layer({
     signer: options.signer,
     synchronous: options.synchronous,
     busyTimeout: options.busyTimeout,

@@ -154,7 +154,12 @@ describe("a full disk under AuditLedger.layerSqlite", () => {
         expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 200, appended: 200 })
         expect(yield* queue.status).toBe("Running")
       }).pipe(
-        Effect.provide(AuditLedger.layerSqlite({ filename, stallSchedule: AuditQueue.defaultStallSchedule })),
+        // The condition is set on the connection that writes: the caller's thread's here.
+        Effect.provide(AuditLedger.layerSqlite({
+          filename,
+          stallSchedule: AuditQueue.defaultStallSchedule,
+          writerThread: false
+        })),
         Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
       )
       const check = Effect.gen(function*() {
@@ -183,6 +188,16 @@ describe("other conditions of the environment under AuditLedger.layerSqlite", ()
     Effect.gen(function*() {
       const queue = yield* AuditQueue.AuditQueue
       for (let i = 0; i < 5000 && (yield* queue.status) !== status; i++) yield* eventLoopTurn
+      expect(yield* queue.status).toBe(status)
+    })
+
+  const waitForStatusFor = (status: AuditQueue.QueueStatus) =>
+    Effect.gen(function*() {
+      const queue = yield* AuditQueue.AuditQueue
+      yield* Effect.repeat(queue.status, {
+        schedule: Schedule.spaced("10 millis"),
+        until: (now) => now === status
+      }).pipe(Effect.timeout("30 seconds"), Effect.ignore)
       expect(yield* queue.status).toBe(status)
     })
 
@@ -216,13 +231,14 @@ describe("other conditions of the environment under AuditLedger.layerSqlite", ()
         expect(yield* queue.metrics).toEqual({ ...AuditMetrics.empty, submitted: 70, appended: 70 })
         return [...before, ...during]
       }).pipe(
-        Effect.provide(AuditLedger.layerSqlite({ filename })),
+        // `query_only` is a setting of the connection that writes: the caller's thread's here.
+        Effect.provide(AuditLedger.layerSqlite({ filename, writerThread: false })),
         Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
       )
       yield* expectAllInOrder(filename, events)
     }))
 
-  it.live("another process holding the write lock past busy_timeout and the retries: a stall, not dead letters", () =>
+  const lockedOut = (writerThread: boolean) =>
     Effect.gen(function*() {
       const filename = freshFile()
       // Create the schema, then hold the write lock from another connection.
@@ -232,7 +248,8 @@ describe("other conditions of the environment under AuditLedger.layerSqlite", ()
       const events = yield* Effect.gen(function*() {
         const queue = yield* AuditQueue.AuditQueue
         const events = yield* submitAll(30, "locked")
-        yield* waitForStatus("Stalled")
+        // The writer thread's attempts take real time: wait on the clock, not on event-loop turns.
+        yield* writerThread ? waitForStatusFor("Stalled") : waitForStatus("Stalled")
         expect((yield* queue.metrics).appendFailures).toBe(0)
         other.exec("COMMIT")
         expect(yield* queue.drainPending("30 seconds")).toBe(true)
@@ -244,10 +261,16 @@ describe("other conditions of the environment under AuditLedger.layerSqlite", ()
           filename,
           busyTimeout: "5 millis",
           retrySchedule: Schedule.recurs(1),
-          stallSchedule: Schedule.spaced("20 millis")
+          stallSchedule: Schedule.spaced("20 millis"),
+          writerThread
         })),
         Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
       )
       yield* expectAllInOrder(filename, events)
-    }))
+    })
+
+  it.live("another process holding the write lock past busy_timeout and the retries: a stall, not dead letters", () =>
+    lockedOut(false))
+
+  it.live("the same lock against the writer thread: a stall, then every refusal in order", () => lockedOut(true))
 })

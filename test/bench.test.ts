@@ -23,7 +23,11 @@ const BOUNDED = [
   "audit.groupCommitCheckpointed",
   "ledger.verify",
   "ledger.verifyTimeoutMs",
-  "mcp.proxiedCallMs"
+  "mcp.proxiedCallMs",
+  "guard.messageLatenessP99WhileDraining",
+  "guard.messageLatenessP99WhileDrainingSigned",
+  "guard.messageLatenessP99WhileDrainingInThread",
+  "guard.messageLatenessP99WhileDrainingInThreadSigned"
 ]
 const UNBOUNDED = [
   "journal.perOpGrowth",
@@ -37,6 +41,10 @@ const UNBOUNDED = [
   "ledger.storeTreeMs",
   "ledger.proveInclusionMs",
   "mcp.proxyOverheadMs",
+  "guard.messageLatenessP99Idle",
+  "guard.messageLatenessMaxWhileDraining",
+  "guard.drainWhileProbed",
+  "guard.drainWhileProbedSigned",
   // Measured only against a PostgreSQL server (AGENT_LEDGER_PG_URL).
   ...(process.env.AGENT_LEDGER_PG_URL ? ["pg.perEventCommit", "pg.groupCommit", "pg.groupCommit4Writers"] : [])
 ]

@@ -121,6 +121,9 @@ export const DEFAULT_BUSY_TIMEOUT: Duration.Duration = LedgerSql.DEFAULT_BUSY_TI
 
 export const DEFAULT_MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 
+/** Events canonicalized between two yields to the host while a batch is prepared. */
+const PREPARE_SLICE = 64
+
 const HeadRow = Schema.Struct({
   sequence: Schema.Number.pipe(Schema.int(), Schema.nonNegative()),
   entry_hash: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/))
@@ -132,12 +135,17 @@ const HeadRows = Schema.Array(Schema.Struct({ id: Schema.String, ...HeadRow.fiel
 // Rows
 // ---------------------------------------------------------------------------------------------------------
 
-/** The parts of a row that do not depend on its position in the chain. */
-interface PreparedEvent {
-  readonly event: DeferredAuditEvent
+/**
+ * The parts of a row that do not depend on its position in the chain, as plain strings: what crosses to
+ * the writer thread (`LedgerWriter`). The payload's hash, the entry hash and the signature are computed
+ * where the row is written.
+ */
+export interface PreparedEvent {
+  readonly id: string
+  readonly agentId: string
   readonly eventType: string
+  /** The RFC 8785 canonical payload (or, for a dead letter whose payload cannot be canonical, plain JSON). */
   readonly payload: string
-  readonly payloadHash: string
   readonly timestamp: string
 }
 
@@ -149,12 +157,11 @@ const messageOf = (error: unknown): string => error instanceof Error ? error.mes
  */
 const prepare = (event: DeferredAuditEvent): Either.Either<PreparedEvent, string> => {
   try {
-    const payload = canonicalJson(event)
     return Either.right({
-      event,
+      id: event.id,
+      agentId: event.agentId,
       eventType: eventTypeOf(event),
-      payload,
-      payloadHash: sha256Hex(payload),
+      payload: canonicalJson(event),
       timestamp: formatTimestamp(event)
     })
   } catch (error) {
@@ -180,7 +187,7 @@ const deadLetterPayload = (event: DeferredAuditEvent): PreparedEvent =>
     } catch {
       timestamp = ""
     }
-    return { event, eventType: eventTypeOf(event), payload, payloadHash: sha256Hex(payload), timestamp }
+    return { id: event.id, agentId: event.agentId, eventType: eventTypeOf(event), payload, timestamp }
   })
 
 const DLQ_COLUMNS = [
@@ -253,23 +260,230 @@ interface ChainFailure {
 }
 
 /** A failed write transaction that the retry schedule may try again (a lost sequence race, a busy database). */
-class Retryable extends Data.TaggedError("Retryable")<{ readonly failure: ClassifiedFailure }> {}
+export class Retryable extends Data.TaggedError("Retryable")<{ readonly failure: ClassifiedFailure }> {}
 
 /** A failed write transaction that no retry can fix. */
-class Unrecoverable extends Data.TaggedError("Unrecoverable")<{
+export class Unrecoverable extends Data.TaggedError("Unrecoverable")<{
   readonly reason: string
   /** The environment's fault (disk full, read-only, I/O error), not the event's. */
   readonly environmental: boolean
 }> {}
 
 /** Some events of the attempted rows are in the chain already (a duplicate id): no race, no retry needed. */
-class AlreadyInChain extends Data.TaggedError("AlreadyInChain")<{
+export class AlreadyInChain extends Data.TaggedError("AlreadyInChain")<{
   readonly found: ReadonlyMap<string, ChainPosition>
 }> {}
 
-type AttemptFailure = Retryable | Unrecoverable | AlreadyInChain
+/** How one write transaction of the chain failed. */
+export type AttemptFailure = Retryable | Unrecoverable | AlreadyInChain
 
 const nowRfc3339 = Effect.map(DateTime.now, DateTime.formatIso)
+
+// ---------------------------------------------------------------------------------------------------------
+// The store: where the write transactions run
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * The sink's write transactions, one attempt each (retries, dead-letter fallback and accounting are the
+ * sink's): on the ledger's own connection (`makeLocalStore`), or in the writer thread (`LedgerWriter`),
+ * whose connection is the only one that appends.
+ */
+export interface ChainStore {
+  /**
+   * One write transaction: reads the chain head (or uses its cached one), builds the rows of `batch` after
+   * it (payload hash, entry hash, signature) and inserts them; the positions of the rows, in order.
+   */
+  readonly appendAfterHead: (
+    batch: ReadonlyArray<PreparedEvent>,
+    appendedAt: string
+  ) => Effect.Effect<ReadonlyArray<ChainPosition>, AttemptFailure>
+  /** One write transaction inserting a dead letter per event, all with `reason`; the classified failure. */
+  readonly insertDeadLetters: (
+    events: ReadonlyArray<PreparedEvent>,
+    reason: string,
+    failedAt: string
+  ) => Effect.Effect<void, ClassifiedFailure>
+}
+
+/** The chain head as stored now, read on `sql`; `None` for an empty chain. */
+const readHeadOn = (
+  sql: SqlClient.SqlClient
+): Effect.Effect<Option.Option<ChainHead>, SqlError | ParseResult.ParseError> =>
+  Effect.map(
+    SqlSchema.findOne({
+      Request: Schema.Void,
+      Result: HeadRow,
+      execute: () => sql`SELECT sequence, entry_hash FROM signed_events ORDER BY sequence DESC LIMIT 1`
+    })(undefined),
+    Option.map((row): ChainHead => ({ sequence: row.sequence, entryHash: row.entry_hash }))
+  )
+
+/**
+ * The store on `sql` (already configured with the ledger's connection settings): the write transactions
+ * of the sink, with the chain head cached between them. Runs on the guard's thread for an in-thread sink,
+ * and inside the writer thread for `LedgerWriter`.
+ */
+export const makeLocalStore = (
+  sql: SqlClient.SqlClient,
+  dialect: SqlDialect,
+  signer: AuditSigner | undefined,
+  /** Fault injection for tests: runs inside each append transaction, after the inserts, before the commit. */
+  hooks: { readonly beforeCommit?: Effect.Effect<void> } = {}
+): Effect.Effect<ChainStore> =>
+  Effect.gen(function*() {
+    // None: unknown, read it from the table inside the next write transaction.
+    const cachedHead = yield* Ref.make(Option.none<ChainHead>())
+    const readHead = readHeadOn(sql)
+
+    /** The rows of `ids` that are in the chain already, by id. */
+    const findExisting = (ids: ReadonlyArray<string>) =>
+      Effect.flatMap(
+        sql`SELECT id, sequence, entry_hash FROM signed_events WHERE ${sql.in("id", ids)}`,
+        Schema.decodeUnknown(HeadRows)
+      ).pipe(
+        Effect.map((rows) =>
+          new Map(rows.map((row) => [row.id, { sequence: row.sequence, entryHash: row.entry_hash }] as const))
+        )
+      )
+
+    /** The row of `prepared` right after `head`, as column values, and the new head. */
+    const rowAfter = (prepared: PreparedEvent, head: Option.Option<ChainHead>, appendedAt: string) => {
+      const sequence = Option.isSome(head) ? head.value.sequence + 1 : 0
+      const prevHash = Option.isSome(head) ? head.value.entryHash : ZERO_HASH
+      const payloadHash = sha256Hex(prepared.payload)
+      const entryHashBytes = rowEntryHashBytes({
+        sequence,
+        prevHash,
+        id: prepared.id,
+        agentId: prepared.agentId,
+        eventType: prepared.eventType,
+        payloadHash,
+        timestamp: prepared.timestamp
+      })
+      const entryHash = entryHashBytes.toString("hex")
+      const values: ReadonlyArray<Param> = [
+        prepared.id,
+        sequence,
+        prepared.agentId,
+        prepared.eventType,
+        prepared.payload,
+        payloadHash,
+        prevHash,
+        entryHash,
+        signer === undefined ? null : signer.sign(entryHashBytes),
+        signer === undefined ? null : signer.keyId,
+        signer === undefined ? "unsigned" : "ed25519",
+        prepared.timestamp,
+        appendedAt
+      ]
+      return { values, position: { sequence, entryHash } satisfies ChainHead }
+    }
+
+    /** Runs inside the write transaction: the rows after the head, inserted; their positions in order. */
+    const insertAfterHead = (batch: ReadonlyArray<PreparedEvent>, appendedAt: string) =>
+      Effect.gen(function*() {
+        const cached = yield* Ref.get(cachedHead)
+        let head = Option.isSome(cached) ? cached : yield* readHead
+        const rows: Array<ReadonlyArray<Param>> = []
+        const positions: Array<ChainPosition> = []
+        for (const prepared of batch) {
+          const row = rowAfter(prepared, head, appendedAt)
+          rows.push(row.values)
+          head = Option.some(row.position)
+          positions.push(row.position)
+        }
+        yield* insertRows(sql, dialect, "signed_events", LedgerRow.COLUMNS, rows)
+        if (hooks.beforeCommit !== undefined) yield* hooks.beforeCommit
+        return positions
+      })
+
+    /** After a unique violation: duplicates of ids in the chain, else a lost race for the sequence. */
+    const explainUniqueViolation = (
+      batch: ReadonlyArray<PreparedEvent>,
+      failure: ClassifiedFailure
+    ): Effect.Effect<never, AttemptFailure> =>
+      findExisting(batch.map((p) => p.id)).pipe(
+        Effect.mapError((error) => {
+          const classified = error._tag === "ParseError" ? undefined : dialect.classify(error)
+          return new Unrecoverable({
+            reason: `${failure.description}; then checking for a duplicate id failed: ${
+              classified?.description ?? error.message
+            }`,
+            environmental: classified !== undefined && isEnvironmental(classified.kind)
+          })
+        }),
+        Effect.flatMap((found): Effect.Effect<never, AttemptFailure> =>
+          found.size > 0 ? Effect.fail(new AlreadyInChain({ found })) : Effect.fail(new Retryable({ failure }))
+        )
+      )
+
+    const classify = (
+      batch: ReadonlyArray<PreparedEvent>,
+      failure: ClassifiedFailure
+    ): Effect.Effect<never, AttemptFailure> => {
+      switch (failure.kind) {
+        case "uniqueViolation":
+          return explainUniqueViolation(batch, failure)
+        case "busy":
+          return Effect.fail(new Retryable({ failure }))
+        case "storageFull":
+        case "unavailable":
+        case "other":
+          return Effect.fail(
+            new Unrecoverable({ reason: failure.description, environmental: isEnvironmental(failure.kind) })
+          )
+      }
+    }
+
+    const appendAfterHead = (
+      batch: ReadonlyArray<PreparedEvent>,
+      appendedAt: string
+    ): Effect.Effect<ReadonlyArray<ChainPosition>, AttemptFailure> =>
+      withWriteTransaction(sql, dialect, insertAfterHead(batch, appendedAt)).pipe(
+        Effect.tap((positions) =>
+          Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (callerTransaction) =>
+            // In the caller's transaction the rows are not committed yet and may still be rolled back: a
+            // cached head must never be ahead of the table (the next row would leave a gap).
+            Ref.set(
+              cachedHead,
+              Option.isSome(callerTransaction) ? Option.none() : Option.fromNullable(positions[positions.length - 1])
+            ))
+        ),
+        Effect.catchAll((error) =>
+          Effect.zipRight(
+            Ref.set(cachedHead, Option.none()),
+            error._tag === "ParseError"
+              ? Effect.fail(
+                new Unrecoverable({ reason: `the chain head row is malformed: ${error.message}`, environmental: false })
+              )
+              : classify(batch, dialect.classify(error))
+          )
+        )
+      )
+
+    const insertDeadLetters = (
+      events: ReadonlyArray<PreparedEvent>,
+      reason: string,
+      failedAt: string
+    ): Effect.Effect<void, ClassifiedFailure> =>
+      withWriteTransaction(
+        sql,
+        dialect,
+        insertRows(
+          sql,
+          dialect,
+          "signed_events_dlq",
+          DLQ_COLUMNS,
+          events.map((p) => authenticatedDeadLetter(p, reason, failedAt, signer))
+        )
+      ).pipe(Effect.mapError((error) => dialect.classify(error)))
+
+    return { appendAfterHead, insertDeadLetters }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// The sink
+// ---------------------------------------------------------------------------------------------------------
 
 /**
  * The sink on the ledger's database (`LedgerSql`). Applies the ledger's connection settings (SQLite: WAL,
@@ -279,22 +493,30 @@ const nowRfc3339 = Effect.map(DateTime.now, DateTime.formatIso)
 export const make = (options: Options = {}) =>
   Effect.gen(function*() {
     const ledger = yield* LedgerSql.LedgerSql
-    const onLedger = LedgerSql.runOn(ledger)
     const client = ledger.client
     const dialect: SqlDialect = yield* forClient(client)
     // Column names are the ledger's format: a client configured with name transforms must not rename them.
     const sql = client.withoutTransforms()
-    yield* onLedger(dialect.configure(sql, {
+    yield* LedgerSql.runOn(ledger)(dialect.configure(sql, {
       synchronous: options.synchronous ?? "FULL",
       busyTimeout: Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)
     }))
-    const chain = yield* makeChainWriter(sql, dialect, options)
-    const deadLetters = makeDeadLetterWriter(
-      sql,
-      dialect,
-      options.retrySchedule ?? defaultRetrySchedule,
-      options.signer
-    )
+    return yield* makeWith(yield* makeLocalStore(sql, dialect, options.signer), options)
+  })
+
+/**
+ * The sink over `store` (its write transactions run there); reads (`head`, `dlqSize`, `countByEventType`)
+ * run on the ledger's connection (`LedgerSql`). Row building up to the canonical payload happens here, on
+ * the caller's thread; hashing and signing where the store writes.
+ */
+export const makeWith = (store: ChainStore, options: Omit<Options, "synchronous" | "busyTimeout">) =>
+  Effect.gen(function*() {
+    const ledger = yield* LedgerSql.LedgerSql
+    const onLedger = LedgerSql.runOn(ledger)
+    const sql = ledger.client.withoutTransforms()
+    const retrySchedule = options.retrySchedule ?? defaultRetrySchedule
+    const chain = makeChainWriter(store, retrySchedule)
+    const deadLetters = makeDeadLetterWriter(store, retrySchedule)
 
     const append = (event: DeferredAuditEvent): Effect.Effect<AppendOutcome, AuditSinkError> =>
       Either.match(prepare(event), {
@@ -318,6 +540,9 @@ export const make = (options: Options = {}) =>
       Effect.gen(function*() {
         const prepared: Array<PreparedEvent> = []
         for (const event of events) {
+          // Canonicalizing is the part of a row built on the caller's thread: let the host run between
+          // slices of it (the drainer's scheduler yields to the event loop), not only between batches.
+          if (prepared.length > 0 && prepared.length % PREPARE_SLICE === 0) yield* Effect.yieldNow()
           const one = prepare(event)
           if (Either.isLeft(one)) return yield* new AuditSinkError({ eventId: event.id, reason: one.left })
           prepared.push(one.right)
@@ -327,7 +552,7 @@ export const make = (options: Options = {}) =>
           if (outcomes.length > 0) yield* Effect.yieldNow()
           const result = yield* chain.appendAll(group)
           if (Either.isLeft(result.outcomes)) {
-            return yield* new AuditSinkError({ eventId: group[0]!.event.id, ...result.outcomes.left })
+            return yield* new AuditSinkError({ eventId: group[0]!.id, ...result.outcomes.left })
           }
           result.outcomes.right.forEach((appended, i) =>
             outcomes.push(
@@ -365,7 +590,7 @@ export const make = (options: Options = {}) =>
       dlqSize: onLedger(
         count(sql`SELECT CAST(COUNT(*) AS INTEGER) AS n FROM signed_events_dlq WHERE replayed_at IS NULL`)
       ),
-      head: onLedger(chain.readHead),
+      head: onLedger(readHeadOn(sql)),
       countByEventType: (eventType) =>
         onLedger(count(sql`SELECT CAST(COUNT(*) AS INTEGER) AS n FROM signed_events WHERE event_type = ${eventType}`))
     })
@@ -381,7 +606,7 @@ const transactionGroups = (
   let bytes = 0
   for (const p of prepared) {
     // Characters, not bytes: at most a factor 3 off for UTF-8, and free to compute.
-    const size = p.payload.length + p.event.agentId.length
+    const size = p.payload.length + p.agentId.length
     if (current.length > 0 && bytes + size > maxBytes) {
       groups.push(current)
       current = []
@@ -406,203 +631,61 @@ interface ChainAppendResult {
 }
 
 /**
- * Appends prepared events to the chain: one write transaction per call, retried from a fresh head on
- * `retrySchedule` after a lost race or a busy database. Events found in the chain already (replays, or a
- * transaction that committed before its caller saw the answer) keep their rows and positions.
+ * Appends prepared events to the chain: one write transaction of `store` per attempt, retried from a
+ * fresh head on `retrySchedule` (on this thread's `Clock`) after a lost race or a busy database. Events
+ * found in the chain already (replays, or a transaction that committed before its caller saw the answer)
+ * keep their rows and positions.
  */
-const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options: Options) =>
-  Effect.gen(function*() {
-    const signer = Option.fromNullable(options.signer)
-    const retrySchedule = options.retrySchedule ?? defaultRetrySchedule
-    // None: unknown, read it from the table inside the next write transaction.
-    const cachedHead = yield* Ref.make(Option.none<ChainHead>())
-
-    const findHead = SqlSchema.findOne({
-      Request: Schema.Void,
-      Result: HeadRow,
-      execute: () => sql`SELECT sequence, entry_hash FROM signed_events ORDER BY sequence DESC LIMIT 1`
-    })
-    const readHead = Effect.map(
-      findHead(undefined),
-      Option.map((row): ChainHead => ({ sequence: row.sequence, entryHash: row.entry_hash }))
-    )
-
-    /** The rows of `ids` that are in the chain already, by id. */
-    const findExisting = (ids: ReadonlyArray<string>) =>
-      Effect.flatMap(
-        sql`SELECT id, sequence, entry_hash FROM signed_events WHERE ${sql.in("id", ids)}`,
-        Schema.decodeUnknown(HeadRows)
-      ).pipe(
-        Effect.map((rows) =>
-          new Map(rows.map((row) => [row.id, { sequence: row.sequence, entryHash: row.entry_hash }] as const))
-        )
-      )
-
-    /** The row of `prepared` right after `head`, as column values, and the new head. */
-    const rowAfter = (prepared: PreparedEvent, head: Option.Option<ChainHead>, appendedAt: string) => {
-      const sequence = Option.isSome(head) ? head.value.sequence + 1 : 0
-      const prevHash = Option.isSome(head) ? head.value.entryHash : ZERO_HASH
-      const { event } = prepared
-      const entryHashBytes = rowEntryHashBytes({
-        sequence,
-        prevHash,
-        id: event.id,
-        agentId: event.agentId,
-        eventType: prepared.eventType,
-        payloadHash: prepared.payloadHash,
-        timestamp: prepared.timestamp
-      })
-      const entryHash = entryHashBytes.toString("hex")
-      const values: ReadonlyArray<Param> = [
-        event.id,
-        sequence,
-        event.agentId,
-        prepared.eventType,
-        prepared.payload,
-        prepared.payloadHash,
-        prevHash,
-        entryHash,
-        Option.isSome(signer) ? signer.value.sign(entryHashBytes) : null,
-        Option.isSome(signer) ? signer.value.keyId : null,
-        Option.isSome(signer) ? "ed25519" : "unsigned",
-        prepared.timestamp,
-        appendedAt
-      ]
-      return { values, position: { sequence, entryHash } satisfies ChainHead }
-    }
-
-    /** Runs inside the write transaction: the rows after the head, inserted; their positions in order. */
-    const insertAfterHead = (batch: ReadonlyArray<PreparedEvent>) =>
-      Effect.gen(function*() {
-        const cached = yield* Ref.get(cachedHead)
-        let head = Option.isSome(cached) ? cached : yield* readHead
-        const appendedAt = yield* nowRfc3339
-        const rows: Array<ReadonlyArray<Param>> = []
-        const positions: Array<ChainPosition> = []
-        for (const prepared of batch) {
-          const row = rowAfter(prepared, head, appendedAt)
-          rows.push(row.values)
-          head = Option.some(row.position)
-          positions.push(row.position)
-        }
-        yield* insertRows(sql, dialect, "signed_events", LedgerRow.COLUMNS, rows)
-        return positions
-      })
-
-    /** After a unique violation: duplicates of ids in the chain, else a lost race for the sequence. */
-    const explainUniqueViolation = (
-      batch: ReadonlyArray<PreparedEvent>,
-      failure: ClassifiedFailure
-    ): Effect.Effect<never, AttemptFailure> =>
-      findExisting(batch.map((p) => p.event.id)).pipe(
-        Effect.mapError((error) => {
-          const classified = error._tag === "ParseError" ? undefined : dialect.classify(error)
-          return new Unrecoverable({
-            reason: `${failure.description}; then checking for a duplicate id failed: ${
-              classified?.description ?? error.message
-            }`,
-            environmental: classified !== undefined && isEnvironmental(classified.kind)
-          })
-        }),
-        Effect.flatMap((found): Effect.Effect<never, AttemptFailure> =>
-          found.size > 0 ? Effect.fail(new AlreadyInChain({ found })) : Effect.fail(new Retryable({ failure }))
-        )
-      )
-
-    /** One write transaction for `batch`; the positions of its rows. */
-    const attempt = (
-      batch: ReadonlyArray<PreparedEvent>
-    ): Effect.Effect<ReadonlyArray<ChainPosition>, AttemptFailure> =>
-      withWriteTransaction(sql, dialect, insertAfterHead(batch)).pipe(
-        Effect.tap((positions) =>
-          Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (callerTransaction) =>
-            // In the caller's transaction the rows are not committed yet and may still be rolled back: a
-            // cached head must never be ahead of the table (the next row would leave a gap).
-            Ref.set(
-              cachedHead,
-              Option.isSome(callerTransaction) ? Option.none() : Option.fromNullable(positions[positions.length - 1])
-            ))
-        ),
-        Effect.catchAll((error) =>
-          Effect.zipRight(
-            Ref.set(cachedHead, Option.none()),
-            error._tag === "ParseError"
-              ? Effect.fail(
-                new Unrecoverable({ reason: `the chain head row is malformed: ${error.message}`, environmental: false })
-              )
-              : classify(batch, dialect.classify(error))
-          )
-        )
-      )
-
-    const classify = (
-      batch: ReadonlyArray<PreparedEvent>,
-      failure: ClassifiedFailure
-    ): Effect.Effect<never, AttemptFailure> => {
-      switch (failure.kind) {
-        case "uniqueViolation":
-          return explainUniqueViolation(batch, failure)
-        case "busy":
-          return Effect.fail(new Retryable({ failure }))
-        case "storageFull":
-        case "unavailable":
-        case "other":
-          return Effect.fail(
-            new Unrecoverable({ reason: failure.description, environmental: isEnvironmental(failure.kind) })
-          )
-      }
-    }
-
-    const appendAll = (batch: ReadonlyArray<PreparedEvent>): Effect.Effect<ChainAppendResult> =>
-      Effect.gen(function*() {
-        const positions = new Map<string, ChainPosition>()
-        const alreadyInChain = new Set<string>()
-        let transactions = 0
-        let duplicateRounds = 0
-        // The events not in the chain yet, in one transaction. Duplicates are progress, not a race: their
-        // rows are taken as they are and the rest is tried again at once, outside the retry schedule.
-        const appendRest: Effect.Effect<void, Retryable | Unrecoverable> = Effect.suspend(() => {
-          const rest = batch.filter((p) => !positions.has(p.event.id))
-          if (rest.length === 0) return Effect.void
-          transactions++
-          return attempt(rest).pipe(
-            Effect.map((inserted) => rest.forEach((p, i) => positions.set(p.event.id, inserted[i]!))),
-            Effect.catchTag("AlreadyInChain", ({ found }) => {
-              duplicateRounds++
-              found.forEach((position, id) => {
-                positions.set(id, position)
-                alreadyInChain.add(id)
-              })
-              return appendRest
+const makeChainWriter = (store: ChainStore, retrySchedule: Schedule.Schedule<unknown, unknown>) => {
+  const appendAll = (batch: ReadonlyArray<PreparedEvent>): Effect.Effect<ChainAppendResult> =>
+    Effect.gen(function*() {
+      const positions = new Map<string, ChainPosition>()
+      const alreadyInChain = new Set<string>()
+      let transactions = 0
+      let duplicateRounds = 0
+      // The events not in the chain yet, in one transaction. Duplicates are progress, not a race: their
+      // rows are taken as they are and the rest is tried again at once, outside the retry schedule.
+      const appendRest: Effect.Effect<void, Retryable | Unrecoverable> = Effect.suspend(() => {
+        const rest = batch.filter((p) => !positions.has(p.id))
+        if (rest.length === 0) return Effect.void
+        transactions++
+        return Effect.flatMap(nowRfc3339, (appendedAt) => store.appendAfterHead(rest, appendedAt)).pipe(
+          Effect.map((inserted) => rest.forEach((p, i) => positions.set(p.id, inserted[i]!))),
+          Effect.catchTag("AlreadyInChain", ({ found }) => {
+            duplicateRounds++
+            found.forEach((position, id) => {
+              positions.set(id, position)
+              alreadyInChain.add(id)
             })
-          )
-        })
-        const result = yield* Effect.either(
-          Effect.retry(appendRest, { schedule: retrySchedule, while: (f) => f._tag === "Retryable" })
+            return appendRest
+          })
         )
-        const uniqueRaceRetries = Math.max(0, transactions - 1 - duplicateRounds)
-        return {
-          uniqueRaceRetries,
-          outcomes: Either.isLeft(result)
-            ? Either.left(
-              result.left._tag === "Retryable"
-                ? {
-                  reason:
-                    `retry budget exhausted after ${uniqueRaceRetries} retries: ${result.left.failure.description}`,
-                  // A lock held past the budget is the environment; a race lost that often is this event's.
-                  unavailable: isEnvironmental(result.left.failure.kind)
-                }
-                : { reason: result.left.reason, unavailable: result.left.environmental }
-            )
-            : Either.right(batch.map((p) => ({
-              alreadyInChain: alreadyInChain.has(p.event.id),
-              position: positions.get(p.event.id)!
-            })))
-        }
       })
+      const result = yield* Effect.either(
+        Effect.retry(appendRest, { schedule: retrySchedule, while: (f) => f._tag === "Retryable" })
+      )
+      const uniqueRaceRetries = Math.max(0, transactions - 1 - duplicateRounds)
+      return {
+        uniqueRaceRetries,
+        outcomes: Either.isLeft(result)
+          ? Either.left(
+            result.left._tag === "Retryable"
+              ? {
+                reason: `retry budget exhausted after ${uniqueRaceRetries} retries: ${result.left.failure.description}`,
+                // A lock held past the budget is the environment; a race lost that often is this event's.
+                unavailable: isEnvironmental(result.left.failure.kind)
+              }
+              : { reason: result.left.reason, unavailable: result.left.environmental }
+          )
+          : Either.right(batch.map((p) => ({
+            alreadyInChain: alreadyInChain.has(p.id),
+            position: positions.get(p.id)!
+          })))
+      }
+    })
 
-    return { appendAll, readHead }
-  })
+  return { appendAll }
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // The dead-letter writer
@@ -611,7 +694,8 @@ const makeChainWriter = (sql: SqlClient.SqlClient, dialect: SqlDialect, options:
 /**
  * A dead letter's column values (`DLQ_COLUMNS` order), signed with `signer` over exactly these stored
  * values (docs/FORMAT.md, "Dead-letter signature") so that `dlq replay` can tell them from rows planted by
- * a writer without the key; `signature` and `key_id` are NULL without a signer.
+ * a writer without the key; `signature` and `key_id` are NULL without a signer. Runs where the store writes
+ * (the writer thread, by default), like the row signatures.
  */
 const authenticatedDeadLetter = (
   prepared: PreparedEvent,
@@ -620,12 +704,12 @@ const authenticatedDeadLetter = (
   signer: AuditSigner | undefined
 ): ReadonlyArray<Param> => {
   const content = {
-    id: prepared.event.id,
+    id: prepared.id,
     // Exact in the payload (JSON escapes a lone surrogate); readable here.
-    agentId: toWellFormed(prepared.event.agentId),
+    agentId: toWellFormed(prepared.agentId),
     eventType: prepared.eventType,
     payload: prepared.payload,
-    payloadHash: prepared.payloadHash,
+    payloadHash: sha256Hex(prepared.payload),
     timestamp: prepared.timestamp,
     failureReason: reason,
     failedAt
@@ -644,43 +728,26 @@ const authenticatedDeadLetter = (
   ]
 }
 
-const makeDeadLetterWriter = (
-  sql: SqlClient.SqlClient,
-  dialect: SqlDialect,
-  retrySchedule: Schedule.Schedule<unknown, unknown>,
-  signer: AuditSigner | undefined
-) => {
+const makeDeadLetterWriter = (store: ChainStore, retrySchedule: Schedule.Schedule<unknown, unknown>) => {
   /** Inserts dead letters for `events` in one write transaction, retrying a busy database. */
   const insert = (events: ReadonlyArray<PreparedEvent>, reason: string): Effect.Effect<void, AuditSinkError> =>
-    Effect.flatMap(nowRfc3339, (failedAt) =>
-      withWriteTransaction(
-        sql,
-        dialect,
-        insertRows(
-          sql,
-          dialect,
-          "signed_events_dlq",
-          DLQ_COLUMNS,
-          events.map((p) => authenticatedDeadLetter(p, reason, failedAt, signer))
-        )
-      )).pipe(
-        Effect.retry({ schedule: retrySchedule, while: (error) => dialect.classify(error).kind === "busy" }),
-        Effect.mapError((error) => {
-          const classified = dialect.classify(error)
-          return new AuditSinkError({
-            eventId: events[0]?.event.id ?? "",
-            reason: `dead-letter insert failed (${classified.description}) for: ${reason}`,
-            unavailable: isEnvironmental(classified.kind)
-          })
+    Effect.flatMap(nowRfc3339, (failedAt) => store.insertDeadLetters(events, reason, failedAt)).pipe(
+      Effect.retry({ schedule: retrySchedule, while: (failure) => failure.kind === "busy" }),
+      Effect.mapError((failure) =>
+        new AuditSinkError({
+          eventId: events[0]?.id ?? "",
+          reason: `dead-letter insert failed (${failure.description}) for: ${reason}`,
+          unavailable: isEnvironmental(failure.kind)
         })
       )
+    )
 
   /** Dead-letters one event that could not be appended, and says so. */
   const land = (prepared: PreparedEvent, reason: string, uniqueRaceRetries: number) =>
     Effect.gen(function*() {
       yield* insert([prepared], reason)
       yield* Effect.logWarning("agent-ledger: event landed in signed_events_dlq; the chain did not advance").pipe(
-        Effect.annotateLogs({ eventId: prepared.event.id, agentId: prepared.event.agentId, reason })
+        Effect.annotateLogs({ eventId: prepared.id, agentId: prepared.agentId, reason })
       )
       return new DlqLanded({ reason, uniqueRaceRetries })
     })
@@ -688,19 +755,20 @@ const makeDeadLetterWriter = (
   return { insert, land }
 }
 
-/** `SqlAuditSink` and, backed by it, `AuditSink` (with group commit). */
-export const layer = (options: Options = {}): Layer.Layer<SqlAuditSink | AuditSink, SqlError, LedgerSql.LedgerSql> =>
-  Layer.effectContext(
-    Effect.map(make(options), (sink) =>
-      Context.make(SqlAuditSink, sink).pipe(
-        Context.add(
-          AuditSink,
-          AuditSink.of({
-            append: sink.append,
-            appendBatch: sink.appendBatch,
-            deadLetter: sink.deadLetter,
-            deadLetterBatch: sink.deadLetterBatch
-          })
-        )
-      ))
+/** `SqlAuditSink` and, backed by it, `AuditSink` (with group commit), for a built sink. */
+export const contextOf = (sink: Service): Context.Context<SqlAuditSink | AuditSink> =>
+  Context.make(SqlAuditSink, sink).pipe(
+    Context.add(
+      AuditSink,
+      AuditSink.of({
+        append: sink.append,
+        appendBatch: sink.appendBatch,
+        deadLetter: sink.deadLetter,
+        deadLetterBatch: sink.deadLetterBatch
+      })
+    )
   )
+
+/** `SqlAuditSink` and, backed by it, `AuditSink` (with group commit), writing on the ledger's connection. */
+export const layer = (options: Options = {}): Layer.Layer<SqlAuditSink | AuditSink, SqlError, LedgerSql.LedgerSql> =>
+  Layer.effectContext(Effect.map(make(options), contextOf))

@@ -1,6 +1,6 @@
 /**
  * The ledger store: its own SQL connection and migrations (`LedgerSql`), the SQL sink that appends the
- * signed hash chain (`SqlAuditSink`), the row schema (`LedgerRow`), the verifier (`LedgerVerifier`), exports
+ * signed hash chain (`SqlAuditSink`) and the thread it writes in (`LedgerWriter`), the row schema (`LedgerRow`), the verifier (`LedgerVerifier`), exports
  * (`LedgerExport`), statistics (`LedgerStats`) and the dead-letter table (`DeadLetters`).
  *
  * May import: `audit/`, `internal/`. Never `journal/`, `transparency/`, `guard/` or the `AuditLedger`
@@ -12,4 +12,5 @@ export * as LedgerRow from "./LedgerRow.js"
 export * as LedgerSql from "./LedgerSql.js"
 export * as LedgerStats from "./LedgerStats.js"
 export * as LedgerVerifier from "./LedgerVerifier.js"
+export * as LedgerWriter from "./LedgerWriter.js"
 export * as SqlAuditSink from "./SqlAuditSink.js"

@@ -1,0 +1,381 @@
+/**
+ * The ledger writer thread: the SQLite connection that appends rows and dead letters lives in a
+ * `worker_threads` worker, so the guard's thread (the queue, `submit`, acknowledgements, metrics, spans and
+ * the guard's own messages) never waits on a commit, a row hash, a signature or an fsync. better-sqlite3
+ * is synchronous: on the guard's thread every group commit would block its event loop.
+ *
+ * What crosses to the thread is a batch of `SqlAuditSink.PreparedEvent`s (the canonical payload and four
+ * short strings per event) and the commit time; what comes back is the rows' positions or the attempt's
+ * failure as a plain value. The sink's retries, dead-letter fallback and accounting stay on the guard's
+ * thread, on its `Clock` (`SqlAuditSink.makeWith`), so the contract is the in-thread sink's.
+ *
+ * A thread that dies (killed, out of memory, its connection cannot open) answers every request in flight
+ * with a `WriterThreadDied` defect: the `AuditQueue` treats it like any sink defect (the batch is retried
+ * one event at a time, a poison event is dead-lettered, the drainer restarts), and the next request starts
+ * a new thread. Appends are idempotent by event id, so a batch that committed before its thread died is
+ * found in the chain, not written twice; one that had not committed was rolled back by SQLite.
+ *
+ * Only for a ledger file of its own (`LedgerSql.layerSqlite`): an application's database given through
+ * `LedgerSql.fromSqlClient` is a connection (and transactions) of the application's thread and stays there.
+ */
+import type { Scope } from "effect"
+import { Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import { pathToFileURL } from "node:url"
+import { Worker } from "node:worker_threads"
+import type { AuditSigner } from "../audit/AuditSigner.js"
+import { exportPem } from "../audit/AuditSigner.js"
+import type { AuditSink, ChainPosition } from "../audit/AuditSink.js"
+import type { ClassifiedFailure, FailureKind, Synchronous } from "../internal/sqlDialect.js"
+import type * as LedgerSql from "./LedgerSql.js"
+import { DEFAULT_BUSY_TIMEOUT } from "./LedgerSql.js"
+import * as SqlAuditSink from "./SqlAuditSink.js"
+
+// ---------------------------------------------------------------------------------------------------------
+// The messages between the two threads (structured-cloned: plain values only)
+// ---------------------------------------------------------------------------------------------------------
+
+/** What the thread is started with. */
+export interface WorkerData {
+  readonly filename: string
+  readonly synchronous: Synchronous
+  readonly busyTimeoutMillis: number
+  /** The signer's PKCS#8 PEM: rows are signed in the thread. */
+  readonly privateKeyPem?: string | undefined
+}
+
+export type Request =
+  | {
+    readonly id: number
+    readonly op: "append"
+    readonly events: ReadonlyArray<SqlAuditSink.PreparedEvent>
+    readonly at: string
+  }
+  | {
+    readonly id: number
+    readonly op: "deadLetter"
+    readonly events: ReadonlyArray<SqlAuditSink.PreparedEvent>
+    readonly reason: string
+    readonly at: string
+  }
+  | { readonly id: number; readonly op: "crash"; readonly when: "beforeCommit" | "afterCommit" }
+
+/** A request before the writer gives it its id. */
+type RequestBody = Request extends infer R ? R extends { readonly id: number } ? Omit<R, "id"> : never : never
+
+export type WireFailure =
+  | {
+    readonly _tag: "Retryable" | "Classified"
+    readonly kind: FailureKind
+    readonly code: string | null
+    readonly description: string
+  }
+  | { readonly _tag: "Unrecoverable"; readonly reason: string; readonly environmental: boolean }
+  | { readonly _tag: "AlreadyInChain"; readonly found: ReadonlyArray<readonly [string, number, string]> }
+
+export type Reply =
+  | { readonly ready: true }
+  | { readonly fatal: string }
+  | { readonly id: number; readonly sequences?: ReadonlyArray<number>; readonly entryHashes?: ReadonlyArray<string> }
+  | { readonly id: number; readonly failure: WireFailure }
+  | { readonly id: number; readonly defect: string }
+
+/** The writer thread ended while a request was in flight (or could not start). A defect of the sink. */
+export class WriterThreadDied extends Schema.TaggedError<WriterThreadDied>()("WriterThreadDied", {
+  reason: Schema.String,
+  exitCode: Schema.NullOr(Schema.Number)
+}) {
+  override get message(): string {
+    return `the ledger writer thread died: ${this.reason}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------------------------------------
+
+export class LedgerWriter extends Context.Tag("agent-ledger/LedgerWriter")<LedgerWriter, {
+  /** The sink's write transactions, run in the thread. */
+  readonly store: SqlAuditSink.ChainStore
+  /** Threads started so far: 1 + restarts (0 before the first write). */
+  readonly threadStarts: Effect.Effect<number>
+  /** Fault injection for tests: the thread exits inside its next append, before or after the commit. */
+  readonly crashNextAppend: (when: "beforeCommit" | "afterCommit") => Effect.Effect<void>
+  /** Fault injection for tests: terminates the thread now, whatever it is doing. */
+  readonly terminate: Effect.Effect<void>
+}>() {}
+
+export type Service = Context.Tag.Service<LedgerWriter>
+
+export interface Options {
+  /** The ledger's SQLite file (schema already migrated, e.g. by `LedgerSql.layerSqlite`). */
+  readonly filename: string
+  /** Signs every row in the thread; must be a signer made by `AuditSigner` (its key is handed over). */
+  readonly signer?: AuditSigner | undefined
+  /** SQLite `synchronous`; default FULL. */
+  readonly synchronous?: Synchronous | undefined
+  /** SQLite `busy_timeout`; default 5 seconds. */
+  readonly busyTimeout?: Duration.DurationInput | undefined
+  /** How long closing waits for the thread to close its connection before terminating it; default 5 seconds. */
+  readonly closeTimeout?: Duration.DurationInput | undefined
+}
+
+/**
+ * Whether the ledger can be written from a thread: a file (not `:memory:`, which is per connection) and
+ * no signer, or one whose key can be handed over (made by `AuditSigner`).
+ */
+export const supports = (
+  options: { readonly filename: string; readonly signer?: AuditSigner | undefined }
+): boolean => {
+  if (options.filename === "" || options.filename === ":memory:" || options.filename.startsWith("file::memory:")) {
+    return false
+  }
+  if (options.signer === undefined) return true
+  try {
+    exportPem(options.signer)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The span of one write transaction in the thread (a child of the queue's append span). */
+export const SPAN_WRITE = "agent_ledger.ledger.write"
+
+/**
+ * The environment variable naming the thread's entry file, for an application that bundles agent-ledger
+ * (bundle `LedgerWriterWorker` as an entry of its own and name the output here); tests set it to a bundle.
+ */
+export const ENTRY_ENV = "AGENT_LEDGER_WRITER_ENTRY"
+
+/**
+ * How to start the thread, unless `AGENT_LEDGER_WRITER_ENTRY` names the entry: its entry next to this module, with the same extension: `.js` when built
+ * (dist/), `.mjs` beside a bundle that bundles the entry next to it, `.ts` under tsx or vitest. A `.ts`
+ * entry is loaded through tsx's loader, registered inside the thread first (a worker's `--import tsx`
+ * does not apply to its own entry module).
+ */
+const workerEntry = (): { readonly script: string | URL; readonly eval: boolean } => {
+  const given = process.env[ENTRY_ENV]
+  if (given !== undefined && given !== "") return { script: pathToFileURL(given), eval: false }
+  const here = new URL(import.meta.url)
+  const extension = here.pathname.slice(here.pathname.lastIndexOf("."))
+  const url = new URL(`./LedgerWriterWorker${extension}`, here)
+  if (extension !== ".ts") return { script: url, eval: false }
+  let tsxApi = "tsx/esm/api"
+  try {
+    tsxApi = import.meta.resolve(tsxApi)
+  } catch {
+    // No import.meta.resolve (vitest's module runner): the bare specifier resolves from the working directory.
+  }
+  return {
+    script: `import(${JSON.stringify(tsxApi)}).then((tsx) => { tsx.register(); return import(${
+      JSON.stringify(url.href)
+    }) })`,
+    eval: true
+  }
+}
+
+interface Thread {
+  readonly worker: Worker
+  /** Requests in flight, by id: each answered exactly once (by its reply, or by the thread's death). */
+  readonly pending: Map<number, (reply: Reply | WriterThreadDied) => void>
+  fatal: string | undefined
+  error: string | undefined
+  /** Called once the thread has opened its connection, or has ended without doing so. */
+  onStarted: (() => void) | undefined
+}
+
+const toFailure = (failure: WireFailure): SqlAuditSink.AttemptFailure | ClassifiedFailure => {
+  switch (failure._tag) {
+    case "Retryable":
+    case "Classified": {
+      const classified: ClassifiedFailure = {
+        kind: failure.kind,
+        code: Option.fromNullable(failure.code),
+        description: failure.description
+      }
+      return failure._tag === "Classified" ? classified : new SqlAuditSink.Retryable({ failure: classified })
+    }
+    case "Unrecoverable":
+      return new SqlAuditSink.Unrecoverable({ reason: failure.reason, environmental: failure.environmental })
+    case "AlreadyInChain":
+      return new SqlAuditSink.AlreadyInChain({
+        found: new Map(failure.found.map(([id, sequence, entryHash]) => [id, { sequence, entryHash }]))
+      })
+  }
+}
+
+/** Starts the writer thread on first use; closing the scope closes its connection and ends it. */
+export const make = (options: Options): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const data: WorkerData = {
+      filename: options.filename,
+      synchronous: options.synchronous ?? "FULL",
+      busyTimeoutMillis: Duration.toMillis(Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)),
+      privateKeyPem: options.signer === undefined ? undefined : exportPem(options.signer).privateKeyPem
+    }
+    const entry = workerEntry()
+    let current: Thread | undefined
+    let starts = 0
+    let nextId = 0
+    let closed = false
+
+    const spawn = (): Thread => {
+      const worker = new Worker(entry.script, { workerData: data, eval: entry.eval })
+      const thread: Thread = { worker, pending: new Map(), fatal: undefined, error: undefined, onStarted: undefined }
+      worker.on("message", (reply: Reply) => {
+        if ("fatal" in reply) thread.fatal = reply.fatal
+        if ("ready" in reply) {
+          // Held while it starts (a host awaiting the layer has nothing else keeping it alive), then idle.
+          if (thread.pending.size === 0) worker.unref()
+          thread.onStarted?.()
+        }
+        if (!("id" in reply)) return
+        const answer = thread.pending.get(reply.id)
+        if (answer === undefined) return
+        thread.pending.delete(reply.id)
+        // An idle thread does not keep the process alive; one with requests in flight does.
+        if (thread.pending.size === 0) worker.unref()
+        answer(reply)
+      })
+      worker.on("error", (error) => {
+        thread.error = error.message
+      })
+      worker.on("exit", (exitCode) => {
+        thread.onStarted?.()
+        if (current === thread) current = undefined
+        const died = new WriterThreadDied({
+          reason: thread.fatal ?? thread.error ?? `the thread exited with code ${exitCode}`,
+          exitCode
+        })
+        const answers = Array.from(thread.pending.values())
+        thread.pending.clear()
+        for (const answer of answers) answer(died)
+      })
+      starts++
+      return thread
+    }
+
+    const thread: Effect.Effect<Thread> = Effect.suspend(() => {
+      if (current !== undefined) return Effect.succeed(current)
+      if (closed) return Effect.die(new WriterThreadDied({ reason: "the ledger writer is closed", exitCode: null }))
+      const restart = starts > 0
+      current = spawn()
+      return restart
+        ? Effect.as(Effect.logWarning(`agent-ledger: ledger writer thread restarted (start ${starts})`), current)
+        : Effect.succeed(current)
+    })
+
+    /** One request to the current thread, answered by its reply or by the thread's death (a defect). */
+    const requestOnce = (message: RequestBody): Effect.Effect<Reply> =>
+      Effect.flatMap(thread, (t) =>
+        Effect.async<Reply>((resume) => {
+          const id = nextId++
+          t.pending.set(
+            id,
+            (reply) => resume(reply instanceof WriterThreadDied ? Effect.die(reply) : Effect.succeed(reply))
+          )
+          t.worker.ref()
+          t.worker.postMessage({ ...message, id })
+          // An interrupted caller stops waiting; the thread still finishes (and its reply is dropped).
+          return Effect.sync(() => {
+            t.pending.delete(id)
+            if (t.pending.size === 0) t.worker.unref()
+          })
+        }))
+
+    /**
+     * A request, sent once more to a fresh thread when its thread dies under it: a thread that is killed
+     * (or was dying when the request reached it) costs a restart, not the events. Safe to repeat: appends
+     * are idempotent by event id; a dead-letter write that committed before the death is written twice
+     * (replay marks both). A second death in a row is the sink's defect, for the queue's supervisor.
+     */
+    const request = (message: RequestBody): Effect.Effect<Reply> =>
+      requestOnce(message).pipe(
+        Effect.catchSomeDefect((defect) =>
+          defect instanceof WriterThreadDied && !closed ? Option.some(requestOnce(message)) : Option.none()
+        )
+      )
+
+    /** The request as a span: the thread's statements are not traced, its round trip is. */
+    const traced = (effect: Effect.Effect<Reply>, op: "append" | "dead_letter", rows: number) =>
+      Effect.withSpan(effect, SPAN_WRITE, { attributes: { "agent_ledger.op": op, "agent_ledger.rows": rows } })
+
+    const defectOf = (reply: Reply): Option.Option<string> =>
+      "defect" in reply ? Option.some(reply.defect) : Option.none()
+
+    const store: SqlAuditSink.ChainStore = {
+      appendAfterHead: (events, at) =>
+        Effect.flatMap(traced(request({ op: "append", events, at }), "append", events.length), (reply) => {
+          const defect = defectOf(reply)
+          if (Option.isSome(defect)) return Effect.dieMessage(`ledger writer thread: ${defect.value}`)
+          if ("failure" in reply) return Effect.fail(toFailure(reply.failure) as SqlAuditSink.AttemptFailure)
+          const sequences = "sequences" in reply ? reply.sequences ?? [] : []
+          const hashes = "entryHashes" in reply ? reply.entryHashes ?? [] : []
+          return Effect.succeed(sequences.map((sequence, i): ChainPosition => ({ sequence, entryHash: hashes[i]! })))
+        }),
+      insertDeadLetters: (events, reason, at) =>
+        Effect.flatMap(
+          traced(request({ op: "deadLetter", events, reason, at }), "dead_letter", events.length),
+          (reply) => {
+            const defect = defectOf(reply)
+            if (Option.isSome(defect)) return Effect.dieMessage(`ledger writer thread: ${defect.value}`)
+            return "failure" in reply ? Effect.fail(toFailure(reply.failure) as ClassifiedFailure) : Effect.void
+          }
+        )
+    }
+
+    /** Asks the thread to close its connection and waits for it to end, then terminates it if it has not. */
+    const close = Effect.suspend(() => {
+      closed = true
+      const t = current
+      if (t === undefined) return Effect.void
+      const ended = Effect.async<void>((resume) => {
+        t.worker.once("exit", () => resume(Effect.void))
+        t.worker.postMessage("close")
+      })
+      return ended.pipe(
+        Effect.timeout(options.closeTimeout ?? "5 seconds"),
+        Effect.catchAll(() => Effect.promise(() => t.worker.terminate())),
+        Effect.asVoid
+      )
+    })
+    yield* Effect.addFinalizer(() => close)
+    // Started with the layer, which is ready once the thread has its connection: the first refusal does not
+    // wait for the thread's start-up. A thread that cannot start shows on the first write (a defect, then
+    // a restart), as one that dies later does.
+    const first = spawn()
+    current = first
+    yield* Effect.async<void>((resume) => {
+      first.onStarted = () => resume(Effect.void)
+    })
+
+    return LedgerWriter.of({
+      store,
+      threadStarts: Effect.sync(() => starts),
+      crashNextAppend: (when) => Effect.asVoid(requestOnce({ op: "crash", when })),
+      terminate: Effect.suspend(() => {
+        const t = current
+        if (t === undefined) return Effect.void
+        // No request goes to a thread being terminated; the ones in flight are answered when it exits.
+        current = undefined
+        return Effect.asVoid(Effect.promise(() => t.worker.terminate()))
+      })
+    })
+  })
+
+export const layer = (options: Options): Layer.Layer<LedgerWriter> => Layer.scoped(LedgerWriter, make(options))
+
+/**
+ * `SqlAuditSink` and `AuditSink` writing through the writer thread (and `LedgerWriter` itself); reads run
+ * on the ledger's connection (`LedgerSql`, which also migrated the schema).
+ */
+export const layerSink = (
+  options: Options & Pick<SqlAuditSink.Options, "retrySchedule" | "maxTransactionBytes">
+): Layer.Layer<SqlAuditSink.SqlAuditSink | AuditSink | LedgerWriter, never, LedgerSql.LedgerSql> =>
+  Layer.effectContext(
+    Effect.flatMap(LedgerWriter, (writer) =>
+      Effect.map(
+        SqlAuditSink.makeWith(writer.store, options),
+        (sink) => Context.add(SqlAuditSink.contextOf(sink), LedgerWriter, writer)
+      ))
+  ).pipe(Layer.provideMerge(layer(options)))
