@@ -6,7 +6,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Logger, LogLevel, Option, Schedule, Stream } from "effect"
 import { execFile, execFileSync, spawn } from "node:child_process"
-import { rmSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { promisify } from "node:util"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
@@ -21,6 +22,9 @@ import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
 import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
 import { refusalEvent } from "./fixtures/events.js"
 import { freshDatabase, noPostgres } from "./fixtures/postgres.js"
+
+/** Files the CLI tests write (session exports, keys, receipts). */
+const scratch = mkdtempSync(join(tmpdir(), "agent-ledger-pg-"))
 
 const withDatabase = <A, E>(use: (url: string) => Effect.Effect<A, E>) =>
   Effect.acquireUseRelease(Effect.sync(freshDatabase), (db) => use(db.url), (db) => Effect.sync(db.drop))
@@ -136,10 +140,7 @@ describe.skipIf(noPostgres)("the ledger on PostgreSQL", () => {
             "--calls",
             "20",
             "--session-out",
-            join(
-              repoRoot,
-              "node_modules/.cache/agent-ledger-test/pg-session.json"
-            )
+            join(scratch, "pg-session.json")
           )
           expect(demo.stdout).toContain("verify:          OK")
           const verify = await run("verify", url, "--json")
@@ -149,8 +150,7 @@ describe.skipIf(noPostgres)("the ledger on PostgreSQL", () => {
           const exported = await run("export", url)
           expect(exported.stdout.trim().split("\n")).toHaveLength(stats.rows + 1)
           // The transparency commands on the same URL: checkpoint, receipt, evidence bundle.
-          const cache = join(repoRoot, "node_modules/.cache/agent-ledger-test")
-          const keys = join(cache, `pg-keys-${process.pid}-${Date.now()}`)
+          const keys = join(scratch, `pg-keys-${process.pid}-${Date.now()}`)
           await run("keygen", "--out", keys)
           const key = join(keys, "agent-ledger-ed25519.pem")
           const vkey = (await run("checkpoint", url, "--private-key", key, "--key")).stdout.trim()
