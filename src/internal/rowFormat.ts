@@ -74,3 +74,26 @@ export const rowEntryHashBytes = (row: RowHashInput): Buffer => digestBytes(enco
 
 /** `entry_hash` as 64 lowercase hex chars. */
 export const rowEntryHash = (row: RowHashInput): string => digestHex(encodeRowHashInput(row))
+
+/** A ledger row's hashed columns, as stored (`signed_events`) and exported. */
+export interface StoredRowColumns {
+  readonly sequence: number
+  readonly prev_hash: string
+  readonly id: string
+  readonly agent_id: string
+  readonly event_type: string
+  readonly payload_hash: string
+  readonly timestamp: string
+}
+
+/** `entry_hash` recomputed from a stored row's columns. */
+export const storedRowEntryHash = (row: StoredRowColumns): string =>
+  rowEntryHash({
+    sequence: row.sequence,
+    prevHash: row.prev_hash,
+    id: row.id,
+    agentId: row.agent_id,
+    eventType: row.event_type,
+    payloadHash: row.payload_hash,
+    timestamp: row.timestamp
+  })

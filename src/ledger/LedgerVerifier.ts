@@ -19,7 +19,7 @@ import { isUtf8 } from "node:buffer"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import { digestHex, isHash, ZERO_HASH } from "../internal/encoding.js"
 import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
-import { rowEntryHash } from "../internal/rowFormat.js"
+import { storedRowEntryHash } from "../internal/rowFormat.js"
 import { dialectOf } from "../internal/sqlDialect.js"
 import * as LedgerRow from "./LedgerRow.js"
 import * as LedgerSql from "./LedgerSql.js"
@@ -261,15 +261,7 @@ const hashFailure = (row: LedgerRow.LedgerRow): VerifyFailure | undefined => {
       message: "payload_hash is not SHA-256 of the payload"
     }
   }
-  const entryHash = rowEntryHash({
-    sequence: row.sequence,
-    prevHash: row.prev_hash,
-    id: row.id,
-    agentId: row.agent_id,
-    eventType: row.event_type,
-    payloadHash: row.payload_hash,
-    timestamp: row.timestamp
-  })
+  const entryHash = storedRowEntryHash(row)
   if (row.entry_hash !== entryHash) {
     return {
       sequence: row.sequence,

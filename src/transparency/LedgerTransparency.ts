@@ -15,7 +15,7 @@ import { createHash } from "node:crypto"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import { ZERO_HASH } from "../internal/encoding.js"
 import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
-import { rowEntryHash } from "../internal/rowFormat.js"
+import { storedRowEntryHash } from "../internal/rowFormat.js"
 import * as LedgerRow from "../ledger/LedgerRow.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerVerifier from "../ledger/LedgerVerifier.js"
@@ -929,15 +929,7 @@ export const verifyReceipt = (
               return Either.left(proof.left)
             }
             const payloadHash = createHash("sha256").update(row.payload, "utf8").digest("hex")
-            const entryHash = rowEntryHash({
-              sequence: row.sequence,
-              prevHash: row.prev_hash,
-              id: row.id,
-              agentId: row.agent_id,
-              eventType: row.event_type,
-              payloadHash: row.payload_hash,
-              timestamp: row.timestamp
-            })
+            const entryHash = storedRowEntryHash(row)
             if (payloadHash !== row.payload_hash || entryHash !== row.entry_hash) {
               return fail("rowHash", `the row at sequence ${row.sequence} does not hash to its entry_hash`)
             }
