@@ -110,47 +110,66 @@ describe("mcp-proxy: the upstream's environment", () => {
   })
 })
 
+/** Waits until `read()` matches `pattern` (the upstream fixture reports each call it receives on stderr). */
+const untilText = async (read: () => string, pattern: RegExp, timeoutMs = 20_000) => {
+  const deadline = Date.now() + timeoutMs
+  while (!pattern.test(read())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern}; got ${read().slice(-2000)}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
 describe("mcp-proxy: the sealed journal holds the calls in flight at every ending", () => {
   const endings = ["SIGTERM", "SIGINT", "stdin EOF", "SDK client close"] as const
   for (const ending of endings) {
-    it(`${ending} with a call in flight: the call is journaled before the seal`, async () => {
+    // Under the policy's read budget, a call decided while `hang` is in flight waits for it to end (its
+    // bytes are not known yet): the session ends with one call in flight and one waiting for its decision.
+    it(`${ending} with a call in flight and one waiting on it: both are answered, the call is journaled before the seal`, async () => {
       const ws = workspace(tempRoot, policy)
       if (ending === "SDK client close") {
-        const transport = new StdioClientTransport({ command: process.execPath, args: proxyArgs(ws), stderr: "ignore" })
+        const transport = new StdioClientTransport({ command: process.execPath, args: proxyArgs(ws), stderr: "pipe" })
+        let stderr = ""
+        transport.stderr?.on("data", (chunk) => (stderr += String(chunk)))
         const client = new Client({ name: "ending-test", version: "1.0.0" })
         await client.connect(transport)
         await client.callTool({ name: "echo", arguments: {} })
         const hanging = client.callTool({ name: "hang", arguments: {} }).catch((error: unknown) => error)
-        // The call reached the upstream once the next one is answered (the proxy forwards in order).
-        await client.callTool({ name: "echo", arguments: { after: "hang" } })
+        await untilText(() => stderr, /^called hang$/m)
+        const waiting = client.callTool({ name: "echo", arguments: { after: "hang" } }).catch((error: unknown) => error)
         await client.close()
         await hanging
+        await waiting
       } else {
         const client = new RawClient(proxyArgs(ws))
         await client.initialize()
         client.call(1, "echo")
+        await client.answer(1)
         client.call(2, "hang")
+        await untilText(() => client.stderr, /^called hang$/m)
         client.call(3, "echo", { after: "hang" })
-        await client.answer(3)
         if (ending === "stdin EOF") {
           expect(await client.end()).toMatchObject({ code: 0 })
         } else {
           client.child.kill(ending)
           const exit = await client.exited
           expect(exit.code).toBe(130)
-          // The client, still there, got an answer for the call in flight.
-          expect(client.answersTo(2)).toEqual([
-            expect.objectContaining({ error: expect.objectContaining({ code: -32002 }) })
-          ])
+          // The client, still there, got one answer for the call in flight and one for the call waiting.
+          for (const id of [2, 3]) {
+            expect(client.answersTo(id)).toEqual([
+              expect.objectContaining({ error: expect.objectContaining({ code: -32002 }) })
+            ])
+          }
         }
+        expect(client.stderr.match(/^called .*$/gm)).toEqual(["called echo", "called hang"])
       }
       const { exported, last, ledgerOk } = await checkSealed(ws)
-      expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
-        ["echo", true],
-        ["echo", true],
-        ["hang", true]
+      expect(exported.entries.map((e) => [e.toolName, e.kind, e.outcome])).toEqual([
+        ["echo", "call", "pending"],
+        ["echo", "outcome", "result"],
+        ["hang", "call", "pending"],
+        ["hang", "outcome", "interrupted"]
       ])
-      expect(last).toMatchObject({ length: 3, head_hash: exported.headHash })
+      expect(last).toMatchObject({ length: 4, head_hash: exported.headHash })
       expect(ledgerOk).toBe(true)
     })
   }
