@@ -21,7 +21,8 @@
  * Messages in each direction are handled one at a time, in arrival order, so a guard's decision never
  * reorders what the client sent. The proxy ends when either side closes (or it is interrupted); calls
  * still in flight are then completed (`UpstreamGone` when the upstream went away, else `Interrupted`) and,
- * while the client is still there, answered with a JSON-RPC error, all before `run` returns.
+ * while the client is still there, answered with a JSON-RPC error, all before `run` returns; so is a
+ * `tools/call` still waiting for the guard's decision (a budget waiting on calls in flight).
  */
 import { Cause, Data, Deferred, Duration, Effect, Fiber, Queue, Runtime } from "effect"
 
