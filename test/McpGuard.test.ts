@@ -220,3 +220,23 @@ describe("McpGuard", () => {
     await runtime.dispose()
   })
 })
+
+describe("McpGuard.jsonBytes", () => {
+  /** `[[[…"bottom"…]]]` built without recursion (JSON.parse of hand-written text). */
+  const deep = (levels: number): unknown => JSON.parse("[".repeat(levels) + "\"bottom\"" + "]".repeat(levels))
+
+  it("counts a result too deep for JSON.stringify (10,000 levels) by its JSON size, not 0", () => {
+    const value = deep(10_000)
+    expect(() => JSON.stringify(value)).toThrow(RangeError)
+    // 10,000 pairs of brackets and "bottom" with its quotes.
+    expect(McpGuard.jsonBytes(value)).toBe(2 * 10_000 + 8)
+  })
+
+  it("is exact for values JSON.stringify can write, and 0 for one that contains itself", () => {
+    expect(McpGuard.jsonBytes(deep(100))).toBe(2 * 100 + 8)
+    expect(McpGuard.jsonBytes({ text: "é\"" })).toBe(Buffer.byteLength(JSON.stringify({ text: "é\"" })))
+    const cyclic: Record<string, unknown> = {}
+    cyclic.self = cyclic
+    expect(McpGuard.jsonBytes(cyclic)).toBe(0)
+  })
+})

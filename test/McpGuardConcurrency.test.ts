@@ -5,12 +5,11 @@
  * interleavings of checks, completions and clock steps against a sequential reference model written here
  * from the rules' documentation, and through the real `mcp-proxy` in front of the official filesystem server.
  */
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { afterAll, describe, expect, it } from "@effect/vitest"
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import type { Context } from "effect"
 import { Effect, Exit, Fiber, Option, TestClock, TestContext } from "effect"
-import { build } from "esbuild"
 import * as fc from "fast-check"
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -23,7 +22,7 @@ import * as McpGuard from "../src/guard/McpGuard.js"
 import * as SessionJournal from "../src/journal/SessionJournal.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
 import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
-import { repoRoot } from "./fixtures/cliBundle.js"
+import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
 
 /** A sink that accepts everything (the ledger side is covered elsewhere). */
 const acceptingSink = (() => {
@@ -376,24 +375,10 @@ const fsServer = join(repoRoot, "node_modules/@modelcontextprotocol/server-files
 
 describe("agent-ledger mcp-proxy with many calls in flight (official SDK client, official filesystem server)", () => {
   const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-parallel-"))
-  // This checkout's own bundle of the CLI, under node_modules so that better-sqlite3 resolves (the shared test
-  // bundle may be another checkout's when node_modules is shared).
-  const bundle = join(repoRoot, "node_modules/.cache/agent-ledger-test", `parallel-${process.pid}-${Date.now()}.mjs`)
-  beforeAll(() =>
-    build({
-      entryPoints: [join(repoRoot, "src/cli/main.ts")],
-      outfile: bundle,
-      bundle: true,
-      platform: "node",
-      format: "esm",
-      target: "node20",
-      external: ["better-sqlite3"],
-      banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
-      logLevel: "error"
-    }), 60_000)
+  // The CLI bundle test/globalSetup.ts builds for this checkout (better-sqlite3 and write-file-atomic external).
+  const bundle = cliBundle
   afterAll(() => {
     rmSync(tempRoot, { recursive: true, force: true })
-    rmSync(bundle, { force: true })
   })
 
   it("50 concurrent calls against callLimit 10, then 20 concurrent 20 kB reads against a 64 KiB budget", async () => {

@@ -60,7 +60,9 @@ describe("mcp-proxy against a hostile client", () => {
     // Deep, huge, ill-formed Unicode and __proto__ arguments.
     client.line(callLine("deep", "echo", deepJson(10_000)))
     client.line(callLine("just-over", "echo", deepJson(300)))
-    client.line(callLine("deep-ok", "echo", deepJson(100)))
+    // Under the proxy's 256 levels but over the guard's policy default of 64: refused by the guard.
+    client.line(callLine("over-policy", "echo", deepJson(100)))
+    client.line(callLine("deep-ok", "echo", deepJson(60)))
     client.call("huge", "echo", { blob: "y".repeat(1_000_000) })
     client.line(callLine("surrogate-arg", "write_file", "{\"path\":\"\\ud800\"}"))
     client.line(callLine("surrogate-name", "echo\udc00", "{\"text\":\"\\udfff\"}"))
@@ -74,6 +76,7 @@ describe("mcp-proxy against a hostile client", () => {
     const ids = [
       "deep",
       "just-over",
+      "over-policy",
       "deep-ok",
       "huge",
       "surrogate-arg",
@@ -90,6 +93,7 @@ describe("mcp-proxy against a hostile client", () => {
     const textOf = (id: string) => JSON.stringify(client.answersTo(id)[0])
     expect(textOf("deep")).toContain("arguments-too-deep")
     expect(textOf("just-over")).toContain("arguments-too-deep")
+    expect(textOf("over-policy")).toContain("arguments-too-deep")
     expect(resultOf("deep-ok").isError).not.toBe(true)
     expect(resultOf("huge").content[0].text).toHaveLength(1_000_000 + 11)
     expect(textOf("surrogate-arg")).toContain("no-write")
@@ -113,9 +117,18 @@ describe("mcp-proxy against a hostile client", () => {
     expect(last).toMatchObject({ length: exported.entries.length, head_hash: exported.headHash })
     // Every call that got a tool answer or a duplicate-id error is journaled (the surrogate-named one,
     // whatever the guard made of its name, included).
-    expect(exported.entries.length).toBe(1 + 2 + ids.length)
+    // Journal v2: one `call` entry per decision; each allowed (pending) call has exactly one `outcome`
+    // entry naming it, and here every one ended with the upstream's answer.
+    const calls = exported.entries.filter((e) => e.kind === "call")
+    const outcomes = exported.entries.filter((e) => e.kind === "outcome")
+    expect(calls.length).toBe(1 + 2 + ids.length)
+    const pending = calls.filter((e) => e.outcome === "pending").map((e) => e.sequence)
+    expect(outcomes.map((e) => e.callSequence).sort((a, b) => a! - b!)).toEqual(pending)
+    expect(new Set(outcomes.map((e) => e.outcome))).toEqual(new Set(["result"]))
+    expect(calls.filter((e) => e.outcome === "refused").length).toBe(calls.length - pending.length)
+    expect(exported.entries.length).toBe(calls.length + outcomes.length)
     const rules = ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)
-    expect(rules.filter((rule) => rule === "arguments-too-deep")).toHaveLength(2)
+    expect(rules.filter((rule) => rule === "arguments-too-deep")).toHaveLength(3)
     expect(rules).toContain("tool-call-without-id")
     expect(rules).toContain("duplicate-request-id")
     expect(rules.filter((rule) => rule === "no-write")).toHaveLength(2)
@@ -172,12 +185,25 @@ describe("mcp-proxy in front of a hostile server", () => {
     ])
     const { exported, last, ledgerOk } = await checkSealed(ws)
     expect(ledgerOk).toBe(true)
-    // In the order the calls ended (the hanging one at its timeout, wherever that fell).
-    expect(exported.entries.map((e) => e.toolName).sort()).toEqual(
-      ["malformed", "hang", "flood", "double", "huge", "change_tools", "echo", "crash"].sort()
+    // Journal v2: the calls in the order they were decided; their outcomes in the order they ended (the
+    // hanging one at its timeout, wherever that fell), each naming its call.
+    const calls = exported.entries.filter((e) => e.kind === "call")
+    expect(calls.map((e) => [e.toolName, e.outcome])).toEqual(
+      ["hang", "malformed", "flood", "double", "huge", "change_tools", "echo", "crash"].map((tool) => [tool, "pending"])
     )
-    expect(exported.entries.find((e) => e.toolName === "huge")!.bytesRead).toBeGreaterThan(2_000_000)
-    expect(last).toMatchObject({ length: 8, head_hash: exported.headHash })
+    const outcomeOf = (tool: string) => {
+      const call = calls.find((e) => e.toolName === tool)!
+      const ended = exported.entries.filter((e) => e.kind === "outcome" && e.callSequence === call.sequence)
+      expect(ended, tool).toHaveLength(1)
+      return ended[0]!
+    }
+    for (const tool of ["malformed", "flood", "double", "huge", "change_tools", "echo"]) {
+      expect(outcomeOf(tool).outcome, tool).toBe("result")
+    }
+    expect(outcomeOf("hang").outcome).toBe("timedOut")
+    expect(outcomeOf("crash").outcome).toBe("upstreamGone")
+    expect(outcomeOf("huge").bytesRead).toBeGreaterThan(2_000_000)
+    expect(last).toMatchObject({ length: 16, head_hash: exported.headHash })
     expect((await verifyCli(ws.db)).code).toBe(0)
   })
 })

@@ -43,7 +43,7 @@ const policy = {
 const deepJson = (levels: number): string => "{\"a\":".repeat(levels) + "\"bottom\"" + "}".repeat(levels)
 
 describe("mcp-proxy: every request gets exactly one answer", () => {
-  it("a 10,000-deep call, a 5 MB call and a result too deep to relay each get one answer; later calls work", async () => {
+  it("a 10,000-deep call, a 5 MB call, a 3 MB call and a result too deep to relay each get one answer; later calls work", async () => {
     const ws = workspace(tempRoot, policy)
     const client = new RawClient(proxyArgs(ws))
     await client.initialize()
@@ -55,27 +55,43 @@ describe("mcp-proxy: every request gets exactly one answer", () => {
     client.call(2, "echo", { value: "x".repeat(5_000_000) })
     client.call(3, "deep", { depth: 10_000 })
     client.call(4, "echo", { value: "after" })
-    await client.until(() => [1, 2, 3, 4].every((id) => client.answersTo(id).length > 0))
-    for (const id of [1, 2, 3, 4]) expect(client.answersTo(id)).toHaveLength(1)
+    // Under the guard's 4 MiB argument limit: relayed whole both ways (last: its result uses the read budget).
+    client.call(5, "echo", { value: "y".repeat(3_000_000) })
+    await client.until(() => [1, 2, 3, 4, 5].every((id) => client.answersTo(id).length > 0))
+    for (const id of [1, 2, 3, 4, 5]) expect(client.answersTo(id)).toHaveLength(1)
     // Refused by a named rule before the guard: a tool result, the upstream never sees it.
     expect(client.answersTo(1)[0]!.result).toMatchObject({ isError: true })
     expect(JSON.stringify(client.answersTo(1)[0]!.result)).toContain("arguments-too-deep")
-    expect(client.answersTo(2)[0]!.result.content[0].text).toHaveLength(5_000_000 + 12)
+    // Over the guard's 4 MiB argument limit: refused unread, as a tool result; the upstream never sees it.
+    expect(client.answersTo(2)[0]!.result).toMatchObject({ isError: true })
+    expect(JSON.stringify(client.answersTo(2)[0]!.result)).toContain("arguments-too-large")
+    expect(client.answersTo(5)[0]!.result.content[0].text).toHaveLength(3_000_000 + 12)
     // The upstream's answer cannot be serialised for the client: an error answer instead.
     expect(client.answersTo(3)[0]).toMatchObject({ error: { code: -32603 } })
     expect(client.answersTo(4)[0]!.result.content[0].text).toBe("{\"value\":\"after\"}")
     expect(client.junk).toEqual([])
     expect(await client.end()).toMatchObject({ code: 0 })
+    expect(client.stderr.match(/^called .*$/gm)).toEqual(["called deep", "called echo", "called echo"])
     const { exported, last, ledgerOk } = await checkSealed(ws)
-    expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
-      ["echo", false],
-      ["echo", true],
-      ["deep", true],
-      ["echo", true]
+    expect(exported.entries.map((e) => [e.toolName, e.kind, e.outcome])).toEqual([
+      ["echo", "call", "refused"],
+      ["echo", "call", "refused"],
+      ["deep", "call", "pending"],
+      // The upstream answered (its bytes count), the proxy could not relay it: an error answer instead.
+      ["deep", "outcome", "result"],
+      ["echo", "call", "pending"],
+      ["echo", "outcome", "result"],
+      ["echo", "call", "pending"],
+      ["echo", "outcome", "result"]
     ])
-    expect(last).toMatchObject({ length: 4, head_hash: exported.headHash })
+    // The too-deep result counts its bytes toward the read budget (not 0).
+    expect(exported.entries[3]!.bytesRead).toBeGreaterThan(2 * 10_000)
+    expect(last).toMatchObject({ length: 8, head_hash: exported.headHash })
     expect(ledgerOk).toBe(true)
-    expect(ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)).toEqual(["arguments-too-deep"])
+    expect(ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)).toEqual([
+      "arguments-too-deep",
+      "arguments-too-large"
+    ])
   })
 })
 
@@ -110,47 +126,66 @@ describe("mcp-proxy: the upstream's environment", () => {
   })
 })
 
+/** Waits until `read()` matches `pattern` (the upstream fixture reports each call it receives on stderr). */
+const untilText = async (read: () => string, pattern: RegExp, timeoutMs = 20_000) => {
+  const deadline = Date.now() + timeoutMs
+  while (!pattern.test(read())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern}; got ${read().slice(-2000)}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
 describe("mcp-proxy: the sealed journal holds the calls in flight at every ending", () => {
   const endings = ["SIGTERM", "SIGINT", "stdin EOF", "SDK client close"] as const
   for (const ending of endings) {
-    it(`${ending} with a call in flight: the call is journaled before the seal`, async () => {
+    // Under the policy's read budget, a call decided while `hang` is in flight waits for it to end (its
+    // bytes are not known yet): the session ends with one call in flight and one waiting for its decision.
+    it(`${ending} with a call in flight and one waiting on it: both are answered, the call is journaled before the seal`, async () => {
       const ws = workspace(tempRoot, policy)
       if (ending === "SDK client close") {
-        const transport = new StdioClientTransport({ command: process.execPath, args: proxyArgs(ws), stderr: "ignore" })
+        const transport = new StdioClientTransport({ command: process.execPath, args: proxyArgs(ws), stderr: "pipe" })
+        let stderr = ""
+        transport.stderr?.on("data", (chunk) => (stderr += String(chunk)))
         const client = new Client({ name: "ending-test", version: "1.0.0" })
         await client.connect(transport)
         await client.callTool({ name: "echo", arguments: {} })
         const hanging = client.callTool({ name: "hang", arguments: {} }).catch((error: unknown) => error)
-        // The call reached the upstream once the next one is answered (the proxy forwards in order).
-        await client.callTool({ name: "echo", arguments: { after: "hang" } })
+        await untilText(() => stderr, /^called hang$/m)
+        const waiting = client.callTool({ name: "echo", arguments: { after: "hang" } }).catch((error: unknown) => error)
         await client.close()
         await hanging
+        await waiting
       } else {
         const client = new RawClient(proxyArgs(ws))
         await client.initialize()
         client.call(1, "echo")
+        await client.answer(1)
         client.call(2, "hang")
+        await untilText(() => client.stderr, /^called hang$/m)
         client.call(3, "echo", { after: "hang" })
-        await client.answer(3)
         if (ending === "stdin EOF") {
           expect(await client.end()).toMatchObject({ code: 0 })
         } else {
           client.child.kill(ending)
           const exit = await client.exited
           expect(exit.code).toBe(130)
-          // The client, still there, got an answer for the call in flight.
-          expect(client.answersTo(2)).toEqual([
-            expect.objectContaining({ error: expect.objectContaining({ code: -32002 }) })
-          ])
+          // The client, still there, got one answer for the call in flight and one for the call waiting.
+          for (const id of [2, 3]) {
+            expect(client.answersTo(id)).toEqual([
+              expect.objectContaining({ error: expect.objectContaining({ code: -32002 }) })
+            ])
+          }
         }
+        expect(client.stderr.match(/^called .*$/gm)).toEqual(["called echo", "called hang"])
       }
       const { exported, last, ledgerOk } = await checkSealed(ws)
-      expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
-        ["echo", true],
-        ["echo", true],
-        ["hang", true]
+      expect(exported.entries.map((e) => [e.toolName, e.kind, e.outcome])).toEqual([
+        ["echo", "call", "pending"],
+        ["echo", "outcome", "result"],
+        ["hang", "call", "pending"],
+        ["hang", "outcome", "interrupted"]
       ])
-      expect(last).toMatchObject({ length: 3, head_hash: exported.headHash })
+      expect(last).toMatchObject({ length: 4, head_hash: exported.headHash })
       expect(ledgerOk).toBe(true)
     })
   }
@@ -283,12 +318,16 @@ describe("mcp-proxy: how a call ended is on the record", () => {
     expect(client.answersTo("late")).toHaveLength(1)
     expect(await client.end()).toMatchObject({ code: 0 })
     const { exported, last, ledgerOk } = await checkSealed(ws)
-    expect(exported.entries.map((e) => [e.toolName, e.allowed, e.bytesRead])).toEqual([
-      ["slow", true, 0],
-      ["hang", true, 0],
-      ["echo", true, expect.any(Number)]
+    // Under the read budget, `hang` is decided once `slow` has ended (timed out): its bytes were not known.
+    expect(exported.entries.map((e) => [e.toolName, e.kind, e.outcome, e.bytesRead])).toEqual([
+      ["slow", "call", "pending", 0],
+      ["slow", "outcome", "timedOut", 0],
+      ["hang", "call", "pending", 0],
+      ["hang", "outcome", "timedOut", 0],
+      ["echo", "call", "pending", 0],
+      ["echo", "outcome", "result", expect.any(Number)]
     ])
-    expect(last).toMatchObject({ length: 3 })
+    expect(last).toMatchObject({ length: 6 })
     expect(ledgerOk).toBe(true)
   })
 
@@ -300,8 +339,10 @@ describe("mcp-proxy: how a call ended is on the record", () => {
     for (const id of [1, 2, 3]) expect(await client.answer(id)).toMatchObject({ error: { code: -32000 } })
     expect(await client.end()).toMatchObject({ code: 0 })
     const { exported } = await checkSealed(ws)
-    expect(exported.entries).toHaveLength(3)
-    for (const entry of exported.entries) expect(entry.bytesRead).toBeGreaterThan(1024 * 1024)
+    expect(exported.entries).toHaveLength(6)
+    const outcomes = exported.entries.filter((e) => e.kind === "outcome")
+    expect(outcomes.map((e) => e.outcome)).toEqual(["errorAnswer", "errorAnswer", "errorAnswer"])
+    for (const entry of outcomes) expect(entry.bytesRead).toBeGreaterThan(1024 * 1024)
   })
 
   for (
@@ -311,7 +352,12 @@ describe("mcp-proxy: how a call ended is on the record", () => {
     ] as const
   ) {
     it(`an upstream that ${how}: one line, a non-zero exit, calls in flight answered and journaled`, async () => {
-      const ws = workspace(tempRoot, policy)
+      // No read budget here: under one, the second call would wait for `hang` to end (its bytes are not
+      // known), and the point is two calls in flight when the upstream goes.
+      const ws = workspace(tempRoot, {
+        version: 1,
+        rules: [{ id: "no-write", kind: "blockTools", tools: ["write_file"] }]
+      })
       const client = new RawClient(proxyArgs(ws))
       await client.initialize()
       client.call(1, "hang")
@@ -326,8 +372,13 @@ describe("mcp-proxy: how a call ended is on the record", () => {
         expect(client.answersTo(id)).toEqual([expect.objectContaining({ error: expect.anything() })])
       }
       const { exported, last, ledgerOk } = await checkSealed(ws)
-      expect(exported.entries.map((e) => e.toolName).sort()).toEqual(["hang", tool].sort())
-      expect(last).toMatchObject({ length: 2 })
+      expect(exported.entries.map((e) => [e.toolName, e.kind, e.outcome])).toEqual([
+        ["hang", "call", "pending"],
+        [tool, "call", "pending"],
+        ["hang", "outcome", "upstreamGone"],
+        [tool, "outcome", "upstreamGone"]
+      ])
+      expect(last).toMatchObject({ length: 4 })
       expect(ledgerOk).toBe(true)
     })
   }
@@ -353,14 +404,16 @@ describe("mcp-proxy: request ids", () => {
     // The upstream saw the first call 5 and call 6, nothing else.
     expect(client.stderr.match(/^called .*$/gm)).toEqual(["called slow", "called echo"])
     const { exported, last, ledgerOk } = await checkSealed(ws)
-    expect(exported.entries.map((e) => [e.toolName, e.allowed])).toEqual([
-      ["echo", false],
-      ["env", false],
-      ["write_file", false],
-      ["slow", true],
-      ["echo", true]
+    expect(exported.entries.map((e) => [e.toolName, e.kind, e.outcome])).toEqual([
+      ["slow", "call", "pending"],
+      ["echo", "call", "refused"],
+      ["env", "call", "refused"],
+      ["write_file", "call", "refused"],
+      ["slow", "outcome", "result"],
+      ["echo", "call", "pending"],
+      ["echo", "outcome", "result"]
     ])
-    expect(last).toMatchObject({ length: 5 })
+    expect(last).toMatchObject({ length: 7 })
     expect(ledgerOk).toBe(true)
     expect(ledgerRows(ws.db).refusals.map((r) => r.decision.ruleId)).toEqual([
       "duplicate-request-id",

@@ -31,6 +31,8 @@ const setup = Effect.gen(function*() {
     onToolCall: (params) =>
       params.name === "boom"
         ? Effect.die(new Error("a bug in the guard"))
+        : params.name === "undecided"
+        ? Effect.never // a guard decision that waits (e.g. a read budget waiting on calls in flight)
         : Effect.succeed({ _tag: "Forward", ticket: String(params.name) }),
     onToolResult: (ticket, answer) => Effect.sync(() => void completed.push([ticket, answer])),
     onRefusal: (_params, ruleId) => Effect.succeed({ content: [{ type: "text", text: ruleId }], isError: true }),
@@ -137,5 +139,20 @@ describe("McpProxy.run", () => {
       expect(t.completed).toEqual([])
       yield* Fiber.interrupt(proxy)
       expect(t.completed).toEqual([["hang", { _tag: "Interrupted" }]])
+    }))
+
+  it.live("interrupted while a call waits for its decision: the client gets one error for it, nothing is completed", () =>
+    Effect.gen(function*() {
+      const t = yield* setup
+      const proxy = yield* Effect.fork(McpProxy.run({ client: t.client, upstream: t.upstream, hooks: t.hooks }))
+      yield* initialize(t)
+      yield* t.send({ id: 9, method: "tools/call", params: { name: "undecided", arguments: {} } })
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 100)))
+      expect(t.received.filter((m) => m.id === 9)).toEqual([])
+      yield* Fiber.interrupt(proxy)
+      const answers = yield* t.answerTo(9)
+      expect(answers).toEqual([expect.objectContaining({ error: expect.objectContaining({ code: -32002 }) })])
+      // Never decided, so never forwarded nor completed.
+      expect(t.completed).toEqual([])
     }))
 })

@@ -278,14 +278,20 @@ export class McpGuard extends Context.Tag("agent-ledger/McpGuard")<McpGuard, {
 /** The `McpGuard` service itself. */
 export type Service = Context.Tag.Service<McpGuard>
 
-/** Bytes of `value` as JSON in UTF-8 (0 when absent or not serialisable). */
+/**
+ * Bytes of `value` as JSON in UTF-8 (0 when absent or not serialisable, e.g. a value that contains itself).
+ * A value too deep for `JSON.stringify` (an upstream's 10,000-deep result) is counted by the iterative walk
+ * of `measureArguments` (no limits; escapes not counted), never as 0: it counts toward read budgets.
+ */
 export const jsonBytes = (value: unknown): number => {
   if (value === undefined) return 0
   try {
     const json = JSON.stringify(value)
     return json === undefined ? 0 : Buffer.byteLength(json, "utf8")
-  } catch {
-    return 0
+  } catch (error) {
+    if (!(error instanceof RangeError)) return 0
+    const size = measureArguments(value, { maxDepth: Infinity, maxBytes: Number.MAX_SAFE_INTEGER })
+    return size._tag === "Within" ? size.bytes : 0
   }
 }
 

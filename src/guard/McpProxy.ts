@@ -21,7 +21,8 @@
  * Messages in each direction are handled one at a time, in arrival order, so a guard's decision never
  * reorders what the client sent. The proxy ends when either side closes (or it is interrupted); calls
  * still in flight are then completed (`UpstreamGone` when the upstream went away, else `Interrupted`) and,
- * while the client is still there, answered with a JSON-RPC error, all before `run` returns.
+ * while the client is still there, answered with a JSON-RPC error, all before `run` returns; so is a
+ * `tools/call` still waiting for the guard's decision (a budget waiting on calls in flight).
  */
 import { Cause, Data, Deferred, Duration, Effect, Fiber, Queue, Runtime } from "effect"
 
@@ -162,6 +163,11 @@ type InFlight<T> =
   }
   | { readonly _tag: "List"; readonly id: Id }
   | { readonly _tag: "Other"; readonly id: Id }
+  /**
+   * A `tools/call` whose decision is not made yet (the guard may wait on calls in flight, e.g. for a read
+   * budget): if the session ends meanwhile it is still answered, once, with an error.
+   */
+  | { readonly _tag: "Deciding"; readonly id: Id }
 
 /** What arrives from the client: a message, or a line its transport could not read as one. */
 type FromClient =
@@ -257,8 +263,18 @@ export const run = <T>(options: {
             `the arguments are nested deeper than ${MAX_ARGUMENT_DEPTH} levels`
           )
         }
-        const route = yield* hooks.onToolCall(params)
-        if (route._tag === "Answer") return yield* send(client, "client", { jsonrpc: "2.0", id, result: route.result })
+        const deciding: InFlight<T> = { _tag: "Deciding", id }
+        inFlight.set(keyOf(id), deciding)
+        // Interrupted (the session ends while the decision waits), the entry stays for the end to answer.
+        const route = yield* hooks.onToolCall(params).pipe(
+          Effect.onError((cause) =>
+            Cause.isInterruptedOnly(cause) ? Effect.void : Effect.sync(() => inFlight.delete(keyOf(id)))
+          )
+        )
+        if (route._tag === "Answer") {
+          inFlight.delete(keyOf(id))
+          return yield* send(client, "client", { jsonrpc: "2.0", id, result: route.result })
+        }
         const entry: InFlight<T> & { _tag: "Call" } = { _tag: "Call", id, ticket: route.ticket, timer: undefined }
         inFlight.set(keyOf(id), entry)
         // A broken client transport is the client pump's to report; the timer only stops.
@@ -307,7 +323,7 @@ export const run = <T>(options: {
           return yield* send(client, "client", message) // a request or notification for the client
         }
         const entry = id === undefined ? undefined : inFlight.get(keyOf(id))
-        if (entry === undefined) {
+        if (entry === undefined || entry._tag === "Deciding") {
           // A second answer, an answer after the timeout, or one to an id the client never sent.
           return yield* Effect.logWarning("agent-ledger mcp-proxy: dropped an upstream answer to no request in flight")
             .pipe(Effect.annotateLogs({ requestId: id ?? null }))
@@ -422,7 +438,11 @@ export const run = <T>(options: {
             yield* answerError(
               entry.id,
               ErrorCode.UpstreamGone,
-              answer._tag === "UpstreamGone" ? "the upstream server went away before answering" : "the session ended"
+              entry._tag === "Deciding"
+                ? "the session ended before the call was decided"
+                : answer._tag === "UpstreamGone"
+                ? "the upstream server went away before answering"
+                : "the session ended"
             ).pipe(Effect.ignore)
           }
         }
