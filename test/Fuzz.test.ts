@@ -1,7 +1,7 @@
 /**
  * Corrupted-input evidence, in process (a process per case would be far too slow): SQLite files with
  * random byte flips and truncations, JSONL ledger exports with random edits and journal exports with random
- * JSON edits, 800 of each by default (`AGENT_LEDGER_FUZZ_CASES=20000 npx vitest run test/Fuzz.test.ts`
+ * JSON edits, 400 of each by default (`AGENT_LEDGER_FUZZ_CASES=20000 npx vitest run test/Fuzz.test.ts`
  * for more). Every case must end in a report or a typed error (never a defect or a hang), and a
  * verification that says OK must be about rows identical to the ones written, byte for byte as stored.
  * The edits include what issue 20 found: JSON nested thousands of levels deep, and UTF-8 byte
@@ -23,7 +23,7 @@ import { cliWorkspace } from "./fixtures/cliWorkspace.js"
 import { refusalEvent } from "./fixtures/events.js"
 import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
-const CASES = Number(process.env.AGENT_LEDGER_FUZZ_CASES ?? 800)
+const CASES = Number(process.env.AGENT_LEDGER_FUZZ_CASES ?? 400)
 const dir = fs.mkdtempSync(join(tmpdir(), "agent-ledger-fuzz-"))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 

@@ -4,9 +4,8 @@
  * larger than the policy's limits are refused by rule before anything reads them, under the shipped
  * examples/policy.json on a real SQLite ledger that still verifies, and the session goes on.
  */
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { afterAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Option } from "effect"
-import { build } from "esbuild"
 import { spawn } from "node:child_process"
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -21,7 +20,7 @@ import * as SessionJournal from "../src/journal/SessionJournal.js"
 import * as SessionJournals from "../src/journal/SessionJournals.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
 import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
-import { repoRoot } from "./fixtures/cliBundle.js"
+import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-args-"))
 afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
@@ -177,21 +176,8 @@ describe("McpGuard under examples/policy.json on a SQLite ledger", () => {
 })
 
 describe("mcp-proxy under examples/policy.json: deep arguments from a hostile client", () => {
-  // This checkout's own CLI bundle, under node_modules so that better-sqlite3 resolves.
-  const bundle = join(repoRoot, "node_modules/.cache/agent-ledger-test", `deep-${process.pid}-${Date.now()}.mjs`)
-  beforeAll(() =>
-    build({
-      entryPoints: [join(repoRoot, "src/cli/main.ts")],
-      outfile: bundle,
-      bundle: true,
-      platform: "node",
-      format: "esm",
-      target: "node20",
-      external: ["better-sqlite3"],
-      banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
-      logLevel: "error"
-    }), 60_000)
-  afterAll(() => rmSync(bundle, { force: true }))
+  // This checkout's CLI, bundled by test/globalSetup.ts.
+  const bundle = cliBundle
 
   it(
     "2,000- and 10,000-deep arguments are refused by rule, later calls are answered, the ledger verifies",

@@ -375,7 +375,7 @@ const fsServer = join(repoRoot, "node_modules/@modelcontextprotocol/server-files
 
 describe("agent-ledger mcp-proxy with many calls in flight (official SDK client, official filesystem server)", () => {
   const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-parallel-"))
-  // The CLI bundle test/globalSetup.ts builds for this checkout (better-sqlite3 and write-file-atomic external).
+  // The CLI bundle test/globalSetup.ts builds for this checkout.
   const bundle = cliBundle
   afterAll(() => {
     rmSync(tempRoot, { recursive: true, force: true })

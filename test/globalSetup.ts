@@ -24,9 +24,9 @@ export default async function setup() {
     platform: "node",
     format: "esm",
     target: "node20",
-    // The native SQLite driver cannot be bundled, nor write-file-atomic (CommonJS that reads __filename);
+    // The native SQLite driver cannot be bundled;
     // everything else is, so each spawned CLI starts fast.
-    external: ["better-sqlite3", "write-file-atomic"],
+    external: ["better-sqlite3"],
     banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
     logLevel: "error"
   })
