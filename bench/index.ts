@@ -5,11 +5,11 @@
  *
  * Writes `bench/results.json` (or `--out FILE`) in the "agent-ledger-bench/v1" schema (bench/harness.ts).
  */
-import { build } from "esbuild"
 import * as fs from "node:fs"
 import { cpus } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { bundleForNode } from "../test/fixtures/nodeBundle.js"
 import * as audit from "./audit.js"
 import * as guard from "./guard.js"
 import type { BenchMode, Figures, Results } from "./harness.js"
@@ -59,17 +59,7 @@ const printTable = (figures: Figures): void => {
  */
 const bundleWriterThread = async () => {
   const outfile = join(dir, "LedgerWriterWorker.mjs")
-  await build({
-    entryPoints: [join(here, "..", "src/ledger/LedgerWriterWorker.ts")],
-    outfile,
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    external: ["better-sqlite3"],
-    banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
-    logLevel: "error"
-  })
+  await bundleForNode(join(here, "..", "src/ledger/LedgerWriterWorker.ts"), outfile)
   process.env.AGENT_LEDGER_WRITER_ENTRY = outfile
 }
 

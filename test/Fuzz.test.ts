@@ -17,6 +17,7 @@ import * as AuditSigner from "../src/audit/AuditSigner.js"
 import { openLedger } from "../src/cli/InputFile.js"
 import * as SessionJournal from "../src/journal/SessionJournal.js"
 import * as LedgerExport from "../src/ledger/LedgerExport.js"
+import * as LedgerRow from "../src/ledger/LedgerRow.js"
 import * as LedgerVerifier from "../src/ledger/LedgerVerifier.js"
 import * as SqlAuditSink from "../src/ledger/SqlAuditSink.js"
 import { cliWorkspace } from "./fixtures/cliWorkspace.js"
@@ -52,20 +53,8 @@ let exportLines: ReadonlyArray<string>
 const covered = ({ appended_at: _, ...row }: Record<string, unknown>) => row
 
 /** Every column but `sequence` as its stored bytes: text read back as text would hide bytes that are not UTF-8. */
-const STORED_BYTES = [
-  "id",
-  "agent_id",
-  "event_type",
-  "payload",
-  "payload_hash",
-  "prev_hash",
-  "entry_hash",
-  "signature",
-  "key_id",
-  "attest_level",
-  "timestamp",
-  "appended_at"
-].map((column) => `CAST(${column} AS BLOB) AS ${column}`).join(", ")
+const STORED_BYTES = LedgerRow.COLUMNS.filter((column) => column !== "sequence")
+  .map((column) => `CAST(${column} AS BLOB) AS ${column}`).join(", ")
 
 const readRows = (file: string): Map<number, Record<string, unknown>> => {
   const db = new Database(file, { readonly: true, fileMustExist: true })

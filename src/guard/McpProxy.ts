@@ -25,6 +25,7 @@
  * `tools/call` still waiting for the guard's decision (a budget waiting on calls in flight).
  */
 import { Cause, Data, Deferred, Duration, Effect, Fiber, Queue, Runtime } from "effect"
+import { findTooDeep } from "../internal/jsonDepth.js"
 
 /** A JSON-RPC 2.0 message (request, response or notification), as the transports carry it. */
 export type JSONRPCMessage = { readonly jsonrpc: "2.0" } & Record<string, unknown>
@@ -140,18 +141,7 @@ const idOf = (message: Record<string, unknown>): Id | undefined =>
 const keyOf = (id: Id): string => `${typeof id}:${id}`
 
 /** Whether `value` nests deeper than `limit` (objects and arrays), found without recursion. */
-export const deeperThan = (value: unknown, limit: number): boolean => {
-  const stack: Array<[unknown, number]> = [[value, 0]]
-  while (stack.length > 0) {
-    const [node, depth] = stack.pop()!
-    if (typeof node !== "object" || node === null) continue
-    if (depth + 1 > limit) return true
-    for (const child of Array.isArray(node) ? node : Object.values(node)) {
-      if (typeof child === "object" && child !== null) stack.push([child, depth + 1])
-    }
-  }
-  return false
-}
+export const deeperThan = (value: unknown, limit: number): boolean => findTooDeep(value, limit) !== undefined
 
 /** A forwarded request waiting for the upstream's answer. */
 type InFlight<T> =
