@@ -67,6 +67,8 @@ export interface MakeOptions {
   readonly signer: AuditSigner.AuditSigner
   /** More public keys to include (e.g. of rotated-out signers whose rows are in the range). */
   readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
+  /** Sign over unsigned rows since the last checkpoint (see `LedgerTransparency.SignOptions`). Default false. */
+  readonly adoptUnsignedRows?: boolean | undefined
 }
 
 /**
@@ -125,7 +127,8 @@ export const make = (
       })
     }
     const { note, rootHash, size } = yield* LedgerTransparency.checkpointNow(options.origin, options.signer, {
-      publicKeys: options.publicKeys
+      publicKeys: options.publicKeys,
+      adoptUnsignedRows: options.adoptUnsignedRows
     })
     // Each proof is checked against the root just signed before it goes into the bundle; in batches, the
     // event loop getting its turn between them (the tree of `size` leaves does not change between batches).
