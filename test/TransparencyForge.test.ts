@@ -17,6 +17,7 @@ import * as AuditSigner from "../src/audit/AuditSigner.js"
 import * as AuditLedger from "../src/AuditLedger.js"
 import { rowEntryHash } from "../src/internal/rowFormat.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
+import * as EvidenceBundle from "../src/transparency/EvidenceBundle.js"
 import * as LedgerTransparency from "../src/transparency/LedgerTransparency.js"
 import { leafHash, MerkleTree } from "../src/transparency/MerkleTree.js"
 import * as SignedNote from "../src/transparency/SignedNote.js"
@@ -174,7 +175,13 @@ const signedLedger = async (db: string) => {
       Either.isRight(LedgerTransparency.verifyConsistencyProof(JSON.parse(made.stdout), verifierKey))
     return { made, verified }
   }
+  /** `export --bundle`'s library call (in-process: no CLI run), and the bundle as `verify` checks it. */
+  const bundle = async (from: number, to: number) => {
+    const made = await onDb(EvidenceBundle.make({ origin, signer, from, to }))
+    return Either.getOrThrow(EvidenceBundle.verify(made, { verifierKey }))
+  }
   return {
+    bundle,
     append,
     rows,
     fabricate,
@@ -297,6 +304,9 @@ const scenarios = (target: () => { readonly db: string; readonly drop?: () => vo
       expect(receipt.made.code).toBe(0)
       expect(receipt.verified.code).toBe(0)
       expect(receipt.made.stderr).toMatch(/level 4 index 0/)
+      // Planted again: a bundle made now reads node 4/0 for every proof of rows 0..15, and checks each first.
+      await ledger.plant(4, 0, forged.rootHash(16))
+      expect(await ledger.bundle(0, 20)).toMatchObject({ ok: true, proven: 21 })
       // On the frontier: node 5/0 over fabricated rows 0..15 and real ones.
       await ledger.plant(5, 0, forged.rootHash(32))
       await ledger.append(5)

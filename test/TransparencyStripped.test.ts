@@ -142,7 +142,7 @@ const scenarios = (target: () => { readonly db: string; readonly drop?: () => vo
   }
 
   it("every signature stripped, made-up unsigned rows appended: nothing signed (library, bundle, CLI)", {
-    timeout: 60_000
+    timeout: 120_000
   }, () =>
     withLedger(async (ledger) => {
       const signer = await Effect.runPromise(AuditSigner.generate)
@@ -171,7 +171,7 @@ const scenarios = (target: () => { readonly db: string; readonly drop?: () => vo
     }))
 
   it("a ledger with every signature stripped before its first checkpoint: refused at row 0", {
-    timeout: 60_000
+    timeout: 120_000
   }, () =>
     withLedger(async (ledger) => {
       const signer = await Effect.runPromise(AuditSigner.generate)
@@ -183,7 +183,7 @@ const scenarios = (target: () => { readonly db: string; readonly drop?: () => vo
     }))
 
   it("a ledger that ran unsigned, then got a key: adopted once, explicitly; later unsigned rows refused again", {
-    timeout: 60_000
+    timeout: 120_000
   }, () =>
     withLedger(async (ledger) => {
       const signer = await Effect.runPromise(AuditSigner.generate)
@@ -223,7 +223,7 @@ describe.skipIf(noPostgres)("a keyless writer strips every signature (PostgreSQL
 
 describe("rotated keys and the layer's checkpointer", () => {
   it("rows signed by a previous key count only when it is accepted (library, checkpoint, prove, verify-receipt)", {
-    timeout: 60_000
+    timeout: 180_000
   }, async () => {
     const ledger = ledgerAt(join(dir, `rotated-${counter++}.db`))
     const [old, current, stranger] = await Effect.runPromise(
@@ -286,7 +286,7 @@ describe("rotated keys and the layer's checkpointer", () => {
   })
 
   it("the layer's checkpointer never adopts unsigned rows; with no signer it makes no checkpoint", {
-    timeout: 60_000
+    timeout: 120_000
   }, async () => {
     const ledger = ledgerAt(join(dir, `layer-${counter++}.db`))
     const signer = await Effect.runPromise(AuditSigner.generate)
