@@ -170,7 +170,7 @@ describe.skipIf(noPostgres)("the ledger on PostgreSQL", () => {
           rmSync(keys, { recursive: true, force: true })
         })
       ),
-    120_000
+    240_000
   )
 
   it.live(

@@ -302,5 +302,11 @@ describe("rotated keys and the layer's checkpointer", () => {
     expect(Exit.isSuccess(adopted) && adopted.value.adopted).toEqual({ count: 3, first: 0, last: 2 })
     await ledger.append(2, signer, { checkpoints })
     expect(await ledger.storedSizes()).toEqual([7, 5])
+    // The key rotated: the layer's checkpoints cover the new key's rows over the old key's once it is accepted.
+    const next = await Effect.runPromise(AuditSigner.generate)
+    await ledger.append(1, next, { checkpoints })
+    expect(await ledger.storedSizes()).toEqual([7, 5])
+    await ledger.append(1, next, { checkpoints: { ...checkpoints, publicKeys: [signer.publicKey] } })
+    expect(await ledger.storedSizes()).toEqual([9, 7, 5])
   })
 })

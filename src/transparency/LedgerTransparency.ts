@@ -286,16 +286,23 @@ export interface SignedTree {
   readonly adopted: AdoptedRows | undefined
 }
 
-/** The checkpoints of `origin` stored in the ledger whose signature by `verifier` holds, newest first. */
-const lastSignedCheckpointOn = (sql: Sql, origin: string, verifier: SignedNote.Verifier) =>
+/**
+ * The largest checkpoint of `origin` stored in the ledger whose signature by one of `verifiers` (the
+ * signer's key, then the accepted previous keys) holds: what the ledger's key already vouched for.
+ */
+const lastSignedCheckpointOn = (sql: Sql, origin: string, verifiers: ReadonlyArray<SignedNote.Verifier>) =>
   Effect.gen(function*() {
     for (let offset = 0; offset < MAX_CHECKPOINTS_SCANNED; offset += 50) {
       const rows = yield* sql<{ tree_size: number; note: string }>`
         SELECT tree_size, note FROM checkpoints WHERE origin = ${origin}
         ORDER BY tree_size DESC LIMIT 50 OFFSET ${offset}`
       for (const row of rows) {
-        const checkpoint = checkpointOf(row.note, verifier)
-        if (Either.isRight(checkpoint) && checkpoint.right.treeSize === Number(row.tree_size)) return checkpoint.right
+        for (const verifier of verifiers) {
+          const checkpoint = checkpointOf(row.note, verifier)
+          if (Either.isRight(checkpoint) && checkpoint.right.treeSize === Number(row.tree_size)) {
+            return checkpoint.right
+          }
+        }
         yield* Effect.logWarning(
           `agent-ledger: the stored checkpoint of ${origin} at ${row.tree_size} leaves is not signed by its key: ignored`
         )
@@ -324,7 +331,8 @@ export interface SignOptions {
 
 /**
  * The tree the key may sign now, on the ledger's client in context (inside the caller's transaction):
- * 1. the last checkpoint of `origin` the signer signed (stored in `checkpoints`; forged ones are skipped);
+ * 1. the last checkpoint of `origin` the signer signed, or an accepted previous key of the ledger (stored in
+ *    `checkpoints`; forged ones are skipped);
  * 2. the stored subtrees that make its root, and row size-1's proof in it, checked against that root; a
  *    cache that disagrees is rebuilt from the rows, which must then give that root (else: `rewritten`);
  * 3. every row since then verified (hashes, link to the last, a valid signature by the signer's key or an
@@ -335,9 +343,11 @@ const signedTreeBody = (origin: string, signer: AuditSigner.AuditSigner, options
   Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
     Effect.gen(function*() {
       const sql = client.withoutTransforms()
-      const verifier = Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(origin, signer.publicKey)))
+      const verifiers = [signer.publicKey, ...(options.publicKeys ?? [])].map((key) =>
+        Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(origin, key)))
+      )
       const size = yield* chainSizeOn(sql)
-      const anchor = yield* lastSignedCheckpointOn(sql, origin, verifier)
+      const anchor = yield* lastSignedCheckpointOn(sql, origin, verifiers)
       const anchored = anchor?.treeSize ?? 0
       if (anchored > size) {
         return yield* new TransparencyRefusal({
