@@ -475,7 +475,14 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
       case "allowTools":
         return undefined
       case "blockTools":
-        return inScope(rule, call) ? fire(rule, "tool {tool} is blocked by the policy") : undefined
+        return inScope(rule, call)
+          ? fire(
+            rule,
+            rule.when === undefined
+              ? "tool {tool} is blocked by the policy"
+              : "this call of {tool} is blocked by the policy (its arguments match the rule)"
+          )
+          : undefined
       case "blockServers":
         return anyMatch(rule.servers, call.serverId)
           ? fire(rule, "server {server} is blocked by the policy")
