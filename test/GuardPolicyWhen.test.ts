@@ -5,8 +5,10 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
+import { join } from "node:path"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
 import type { GuardCall } from "../src/guard/McpGuard.js"
+import { repoRoot } from "./fixtures/cliBundle.js"
 
 const call = (toolName: string, args: unknown): GuardCall => ({
   sessionId: "s",
@@ -166,5 +168,26 @@ describe("GuardPolicy when", () => {
     expect(GuardPolicy.pathGlobMatch("secrets/**", "secrets/sub/a.pem")).toBe(true)
     expect(GuardPolicy.pathGlobMatch("a?c", "a/c")).toBe(false)
     expect(GuardPolicy.pathGlobMatch("a.c", "abc")).toBe(false)
+  })
+})
+
+describe("examples/claude-code-policy.json", () => {
+  it("loads, and refuses what the README says it refuses", () => {
+    const example = Effect.runSync(GuardPolicy.load(join(repoRoot, "examples", "claude-code-policy.json")))
+    const decideWith = (c: GuardCall, allowed: ReadonlyArray<string> = []) => {
+      const v = GuardPolicy.evaluate(example, c, {
+        allowed: allowed.map((toolName) => ({ toolName, timestampMillis: 0 })),
+        allowedRead: 0,
+        allowedWritten: 0,
+        nowMillis: 0
+      })
+      return "decision" in v && v.decision._tag === "Refuse" ? v.decision.ruleId : "allow"
+    }
+    expect(decideWith(call("Read", { file_path: "./.env" }))).toBe("no-env-files")
+    expect(decideWith(call("Read", { file_path: "/home/me/.ssh/id_ed25519" }))).toBe("no-env-files")
+    expect(decideWith(call("Read", { file_path: "/home/me/project/src/app.ts" }))).toBe("allow")
+    expect(decideWith(call("Bash", { command: "cat .env" }))).toBe("no-env-in-shell")
+    expect(decideWith(call("Bash", { command: "npm test" }))).toBe("allow")
+    expect(decideWith(call("WebFetch", { url: "https://example.com" }), ["Read"])).toBe("read-then-fetch")
   })
 })
