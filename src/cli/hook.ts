@@ -132,6 +132,6 @@ export const command = Command.make(
   },
   runHook
 ).pipe(Command.withDescription(commandHelp(
-  "Claude Code command hook: post the hook's stdin to a running serve (token in AGENT_LEDGER_TOKEN), print its answer; fail-closed",
+  "command hook for Claude Code: post the hook's stdin to a running serve (token in AGENT_LEDGER_TOKEN), print its answer; fail-closed",
   [`AGENT_LEDGER_TOKEN=al_... agent-ledger hook --url ${DEFAULT_URL} < input.json`]
 )))
