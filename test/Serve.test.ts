@@ -208,6 +208,30 @@ describe("serve: Claude Code hooks", () => {
       }))
     }))
 
+  it.live("bounds the sessions one agent has open; an ended session frees its place", () =>
+    Effect.gen(function*() {
+      const filename = scratch()
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(serveOn(filename, { hooks: { maxSessionsPerAgent: 2 } }))
+        yield* Effect.gen(function*() {
+          const start = (session: string, token = alice.token) =>
+            Effect.map(post({ ...fixture("SessionStart"), session_id: session }, token), (r) => r.status)
+          expect(yield* start("s1")).toBe(200)
+          expect(yield* start("s2")).toBe(200)
+          const third = yield* post({ ...fixture("PreToolUse-Read"), session_id: "s3" })
+          expect(third.status).toBe(403)
+          expect(third.body.error).toMatch(/2 sessions open/)
+          expect(yield* start("s3", bob.token)).toBe(200)
+          expect((yield* post({ ...fixture("SessionEnd"), session_id: "s1" })).status).toBe(200)
+          expect(yield* start("s3")).toBe(403) // Bob's
+          // A late PostToolUse of the ended session does not open it again (nor take a place).
+          expect(yield* post({ ...fixture("PostToolUse-Read"), session_id: "s1" })).toEqual({ status: 200, body: {} })
+          expect(yield* start("s4")).toBe(200)
+          expect(yield* start("s5")).toBe(403)
+        }).pipe(Effect.provide(context))
+      }))
+    }))
+
   it.live("answers bad input with 400 and a duplicate tool_use_id with a denial", () =>
     Effect.gen(function*() {
       const filename = scratch()

@@ -14,7 +14,8 @@
  * - `SessionStart` / `SessionEnd`: open and seal the session's journal; `session_id` is the session.
  *
  * Trust: a session belongs to the first agent that names it; another agent's events for it are refused
- * (403), so one token cannot seal or steer another agent's session. An allowed call that never gets its
+ * (403), so one token cannot seal or steer another agent's session; one agent has at most
+ * `maxSessionsPerAgent` sessions open (403 past it). An allowed call that never gets its
  * `PostToolUse` (another hook or the user refused it, the tool was cancelled) is completed as `timedOut`
  * after `callTimeout`, so it cannot hold a read budget open forever. A decision that takes longer than
  * `decisionTimeout` (a budget waiting on calls in flight) is answered `deny` (rule `decision-timeout`): the
@@ -97,6 +98,11 @@ export interface Options {
   readonly decisionTimeout?: Duration.DurationInput | undefined
   /** Allowed calls of one session awaiting their end, past which a `PreToolUse` is refused. Default 256. */
   readonly maxPendingPerSession?: number | undefined
+  /**
+   * Sessions one agent may have open at once; an event that would open one more is refused (403), so one
+   * token cannot grow the guard's memory without bound. Default 64.
+   */
+  readonly maxSessionsPerAgent?: number | undefined
 }
 
 export class ClaudeCodeHooks extends Context.Tag("agent-ledger/ClaudeCodeHooks")<ClaudeCodeHooks, {
@@ -165,13 +171,24 @@ export const make = (
     /** Agents of sessions that ended: a session id stays with its agent for the life of the process. */
     const owners = new Map<string, string>()
 
-    /** The session for `agentId`, opened if needed; `undefined` when another agent owns it. */
-    const sessionFor = (sessionId: string, agentId: string): SessionState | undefined => {
+    const maxSessions = options.maxSessionsPerAgent ?? 64
+    /** Open sessions per agent. */
+    const openPerAgent = new Map<string, number>()
+
+    /**
+     * The session for `agentId`, opened if needed; a refusal when another agent owns it, or when opening
+     * it would pass the agent's bound on open sessions.
+     */
+    const sessionFor = (sessionId: string, agentId: string, opens: boolean): SessionState | string | undefined => {
       const owner = owners.get(sessionId)
-      if (owner !== undefined && owner !== agentId) return undefined
-      owners.set(sessionId, agentId)
+      if (owner !== undefined && owner !== agentId) return `session ${sessionId} belongs to another agent`
       let state = sessions.get(sessionId)
       if (state === undefined) {
+        if (!opens) return undefined
+        const open = openPerAgent.get(agentId) ?? 0
+        if (open >= maxSessions) return `agent ${agentId} has ${open} sessions open (at most ${maxSessions})`
+        openPerAgent.set(agentId, open + 1)
+        owners.set(sessionId, agentId)
         state = { agentId, pending: new Map() }
         sessions.set(sessionId, state)
       }
@@ -311,6 +328,7 @@ export const make = (
         const state = sessions.get(sessionId)
         if (state === undefined) return Effect.void
         sessions.delete(sessionId)
+        openPerAgent.set(state.agentId, Math.max(0, (openPerAgent.get(state.agentId) ?? 1) - 1))
         const timers: Array<Fiber.RuntimeFiber<void>> = []
         for (const p of state.pending.values()) if (p._tag === "Allowed" && p.timer !== undefined) timers.push(p.timer)
         return Effect.forEach(timers, (timer) => interruptTimer(timer), { discard: true }).pipe(
@@ -333,9 +351,14 @@ export const make = (
         }
         const input = decoded.right
         yield* Metric.increment(Metric.tagged(hookEvents, "event", input.hook_event_name))
-        const state = sessionFor(input.session_id, agentId)
+        // Only SessionStart and PreToolUse open a session: a late PostToolUse or a second SessionEnd of a
+        // session that ended finds nothing to do.
+        const opens = input.hook_event_name === "SessionStart" || input.hook_event_name === "PreToolUse"
+        const state = sessionFor(input.session_id, agentId, opens)
+        if (typeof state === "string") return { status: 403, body: { error: state } } as const
         if (state === undefined) {
-          return { status: 403, body: { error: `session ${input.session_id} belongs to another agent` } } as const
+          if (input.hook_event_name !== "SessionEnd") yield* Metric.increment(unmatchedCompletions)
+          return { status: 200, body: {} } as const
         }
         switch (input.hook_event_name) {
           case "SessionStart":
