@@ -10,7 +10,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
-import { Effect, Layer, TestClock } from "effect"
+import { Effect, Fiber, Layer, TestClock } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import { join } from "node:path"
@@ -323,6 +323,42 @@ describe("serve: calls that never end", () => {
         // A late PostToolUse finds nothing to complete.
         expect((yield* post(fixture("PostToolUse-Read"))).status).toBe(200)
         expect((yield* journal.entries).length).toBe(2)
+      }).pipe(Effect.provide(context))
+    }))
+
+  it.scoped("answers deny when a decision waits past decisionTimeout, and journals the decision it then makes", () =>
+    Effect.gen(function*() {
+      const budget = Effect.runSync(GuardPolicy.decode({
+        version: 1,
+        rules: [{ kind: "budget", id: "read-budget", read: 10 }]
+      }))
+      const context = yield* Layer.build(
+        Serve.layer({ policy: budget, tokens, hooks: { decisionTimeout: "10 seconds" } }, NodeHttpServer.layerTest)
+          .pipe(
+            Layer.provide(AuditLedger.layerSqlite({ filename: ":memory:" }))
+          )
+      )
+      yield* Effect.gen(function*() {
+        expect((yield* post(fixture("PreToolUse-Read"))).status).toBe(200)
+        // The read budget depends on what the Read in flight returns: the Bash decision waits for it.
+        const waiting = yield* Effect.fork(post(fixture("PreToolUse-Bash")))
+        yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 300)))
+        yield* TestClock.adjust("10 seconds")
+        const answer = yield* Fiber.join(waiting)
+        expect(answer.body.hookSpecificOutput.permissionDecision).toBe("deny")
+        expect(answer.body.hookSpecificOutput.permissionDecisionReason).toMatch(/rule decision-timeout/)
+        // The Read ends with 200+ bytes: the waiting decision refuses Bash under the budget, journaled.
+        expect((yield* post(fixture("PostToolUse-Read"))).status).toBe(200)
+        const guard = yield* McpGuard.McpGuard
+        const journal = yield* guard.journal(SESSION)
+        for (let i = 0; i < 100 && (yield* journal.entries).length < 3; i++) {
+          yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20)))
+        }
+        expect((yield* journal.entries).map((e) => [e.toolName, e.outcome])).toEqual([
+          ["Read", "pending"],
+          ["Read", "result"],
+          ["Bash", "refused"]
+        ])
       }).pipe(Effect.provide(context))
     }))
 })
