@@ -7,6 +7,7 @@ import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Console, Effect, Layer, Logger, LogLevel } from "effect"
 import { eventLoopScheduler } from "../internal/eventLoopScheduler.js"
 import * as CliError from "./CliError.js"
+import * as consoleCommand from "./console.js"
 import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
 import * as exportCommand from "./exportCommand.js"
@@ -27,6 +28,7 @@ export const root = Command.make("agent-ledger").pipe(
     exportCommand.command,
     dlq.command,
     stats.command,
+    consoleCommand.command,
     keygen.command,
     mcpProxy.command,
     transparency.checkpointCommand,
@@ -45,6 +47,7 @@ const SUBCOMMANDS = [
   { name: "export", command: exportCommand.command },
   { name: "dlq", command: dlq.command },
   { name: "stats", command: stats.command },
+  { name: "console", command: consoleCommand.command },
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
   { name: "checkpoint", command: transparency.checkpointCommand },

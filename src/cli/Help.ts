@@ -62,6 +62,7 @@ export const colourAllowed = (
 export const PLACEHOLDERS: Readonly<Record<string, string>> = {
   "keygen --out": "DIR",
   "--pin": "SEQ:HASH",
+  "--listen": "HOST:PORT",
   "--db": "FILE",
   "--policy": "FILE",
   "--public-key": "FILE",
