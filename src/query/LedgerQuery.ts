@@ -382,13 +382,17 @@ export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.m
     return Stream.unwrap(Effect.map(
       Effect.zip(checkQuery(query), parseCursor(options.after)),
       ([, after]) =>
-        Stream.paginateChunkEffect(after, (position) =>
-          Effect.flatMap(scan(query, position, "asc"), (scanned) => {
-            const next = Option.orElse(scanned.last, () => position)
-            const emitted = [Chunk.unsafeFromArray(scanned.matches), Option.some(next)] as const
-            // Caught up: wait before looking again (Clock, so a test drives it with TestClock).
-            return scanned.exhausted ? Effect.as(Effect.sleep(interval), emitted) : Effect.succeed(emitted)
-          }))
+        Stream.paginateChunkEffect({ position: after, caughtUp: false }, ({ caughtUp, position }) =>
+          // Caught up last time: wait before looking again (Clock, so a test drives it with TestClock). The
+          // wait comes before the next read, never between a read and what it found.
+          Effect.zipRight(
+            caughtUp ? Effect.sleep(interval) : Effect.void,
+            Effect.map(scan(query, position, "asc"), (scanned) =>
+              [
+                Chunk.unsafeFromArray(scanned.matches),
+                Option.some({ position: Option.orElse(scanned.last, () => position), caughtUp: scanned.exhausted })
+              ] as const)
+          ))
     ))
   }
 
@@ -480,6 +484,16 @@ const contains = (sql: SqlClient.SqlClient, needle: string): Fragment =>
     orElse: () => sql`instr(payload, ${needle}) > 0`
   })
 
+/**
+ * `column = value`, or nothing on PostgreSQL when `value` holds NUL: its text cannot store one (so no row
+ * matches), and sending one is a statement error, which a filter must not be able to cause.
+ */
+const columnIs = (sql: SqlClient.SqlClient, column: "agent_id", value: string): Fragment =>
+  sql.onDialectOrElse({
+    pg: () => value.includes("\u0000") ? sql`1 = 0` : sql`${sql(column)} = ${value}`,
+    orElse: () => sql`${sql(column)} = ${value}`
+  })
+
 /** How the canonical payload (RFC 8785: no whitespace, JSON string escapes) writes `"key":"value"`. */
 const member = (key: string, value: string): string => `${JSON.stringify(key)}:${JSON.stringify(value)}`
 
@@ -488,7 +502,7 @@ const iso = (time: DateTime.Utc): string => new Date(DateTime.toEpochMillis(time
 /** The SQL conditions that narrow `query` on indexed columns and on payload text. */
 const conditions = (sql: SqlClient.SqlClient, query: LogQuery): Array<Fragment> => {
   const where: Array<Fragment> = []
-  if (query.agent !== undefined) where.push(sql`agent_id = ${query.agent}`)
+  if (query.agent !== undefined) where.push(columnIs(sql, "agent_id", query.agent))
   // Only refusals have a rule, a tool or a decision among ledger rows; allowed calls are journal entries.
   if (query.decision === "allow") where.push(sql`1 = 0`)
   else if (query.decision === "refuse" || query.rule !== undefined || query.tool !== undefined) {
@@ -650,7 +664,7 @@ const sessionSummaries = (agent: string | undefined, only?: string) =>
         sql.and([sql`event_type = ${GOVERNANCE_REFUSAL_EVENT_TYPE}`, contains(sql, "\"journal\":{")])
       ])
       : contains(sql, member("session_id", only))
-    const byAgent = agent === undefined ? sql`1 = 1` : sql`agent_id = ${agent}`
+    const byAgent = agent === undefined ? sql`1 = 1` : columnIs(sql, "agent_id", agent)
     let after = -1
     for (;;) {
       const rows = yield* sql<Record<string, unknown>>`
