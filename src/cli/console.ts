@@ -13,6 +13,7 @@ import * as ConsoleAssets from "../console/ConsoleAssets.js"
 import * as ConsoleServer from "../console/ConsoleServer.js"
 import * as ConsoleVerifier from "../console/ConsoleVerifier.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
+import * as LedgerQuery from "../query/LedgerQuery.js"
 import * as SignedNote from "../transparency/SignedNote.js"
 import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
@@ -82,7 +83,7 @@ export const command = Command.make(
         : Option.some(process.env.AGENT_LEDGER_CONSOLE_TOKEN ?? randomBytes(24).toString("base64url"))
       const ledger = LedgerSql.isPostgresUrl(options.db) ? LedgerSql.redactUrl(options.db) : options.db
       const server = ConsoleServer.layer({ ledger, token, loopbackOnly: loopback, verifier, assets }).pipe(
-        Layer.provideMerge(ConsoleVerifier.layer({ keyring, verifier })),
+        Layer.provideMerge(Layer.merge(ConsoleVerifier.layer({ keyring, verifier }), LedgerQuery.layer)),
         Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { host: listen.host, port: listen.port })),
         Layer.provideMerge(openLedger(options.db, { readonly: true })),
         Layer.catchAll((error) =>

@@ -5,7 +5,7 @@
  */
 import { Data, Effect } from "effect"
 import * as fs from "node:fs"
-import { createRequire } from "node:module"
+import * as NodeModule from "node:module"
 
 export interface Asset {
   readonly contentType: string
@@ -120,11 +120,13 @@ button { font: inherit; padding: 0.2rem 0.8rem; }
 #refusal-chart { min-height: 320px; }
 `
 
-const require = createRequire(import.meta.url)
+// Resolved from this module, as Node resolves a dependency of the package (not named `require`: the test
+// bundles declare one).
+const packageResolver = NodeModule.createRequire(import.meta.url)
 
 const readPackageFile = (specifier: string): Effect.Effect<Uint8Array, AssetsUnavailable> =>
   Effect.try({
-    try: () => fs.readFileSync(require.resolve(specifier)),
+    try: () => fs.readFileSync(packageResolver.resolve(specifier)),
     catch: (error) => new AssetsUnavailable({ detail: `${specifier}: ${String(error)}` })
   })
 

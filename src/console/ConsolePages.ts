@@ -4,6 +4,7 @@
  * names `agent-ledger stats --json` uses, so a reader (or a test) can compare them with the CLI's.
  */
 import { Option } from "effect"
+import type * as LedgerQuery from "../query/LedgerQuery.js"
 import type * as ConsoleQueries from "./ConsoleQueries.js"
 import type * as ConsoleVerifier from "./ConsoleVerifier.js"
 import { embedJson, escape, page, query } from "./Html.js"
@@ -308,3 +309,91 @@ ${
 
 export const message = (ledger: string, title: string, text: string): string =>
   page({ title, section: "row", ledger, body: `<p>${escape(text)}</p>` })
+
+/** Sessions listed on one page at most (the list is in order of first appearance). */
+export const MAX_SESSIONS_SHOWN = 1000
+
+export const sessions = (options: {
+  readonly ledger: string
+  readonly sessions: ReadonlyArray<LedgerQuery.SessionSummary>
+}): string => {
+  const shown = options.sessions.slice(-MAX_SESSIONS_SHOWN).reverse()
+  const rows = shown.map((s) =>
+    `<tr><td><a href="/sessions/${encodeURIComponent(s.sessionId)}" data-session-link="${escape(s.sessionId)}">${
+      escape(s.sessionId)
+    }</a></td><td>${escape(s.agentId)}</td><td>${escape(s.start)}</td><td>${
+      escape(s.end)
+    }</td><td>${s.calls}</td><td data-figure="sessionRefusals">${s.refusals}</td><td>${
+      s.sealed ? `yes (${s.sealedLength ?? "?"} entries)` : "no"
+    }</td></tr>`
+  ).join("")
+  const body = `<p><span data-figure="sessions">${options.sessions.length}</span> session(s) in the ledger${
+    options.sessions.length > shown.length ? `; the latest ${shown.length} shown` : ""
+  }, newest first.</p>
+${
+    rows.length === 0
+      ? "<p>No sessions.</p>"
+      : `<table class="rows"><thead><tr><th scope="col">Session</th><th scope="col">Agent</th><th scope="col">First seen</th><th scope="col">Last seen</th><th scope="col">Calls</th><th scope="col">Refusals</th><th scope="col">Sealed</th></tr></thead><tbody>${rows}</tbody></table>`
+  }`
+  return page({ title: "Sessions", section: "sessions", ledger: options.ledger, body })
+}
+
+const bytes = (n: number | null) => n === null ? "-" : String(n)
+
+export const session = (options: {
+  readonly ledger: string
+  readonly detail: LedgerQuery.SessionDetail
+}): string => {
+  const { detail } = options
+  const s = detail.summary
+  const entries = detail.entries.map((e) => {
+    const id = e.journalSequence === null ? "" : ` id="entry-${e.journalSequence}"`
+    return `<tr${id} class="kind-${escape(e.kind)}"><td>${e.journalSequence ?? "-"}</td><td>${
+      escape(e.timestamp)
+    }</td><td>${escape(e.kind)}</td><td>${
+      e.ledgerSequence === null
+        ? "-"
+        : `<a href="/rows/${e.ledgerSequence}" data-row-link="${e.ledgerSequence}">${e.ledgerSequence}</a>`
+    }</td><td>${escape(e.toolName ?? e.action ?? "-")}</td><td>${escape(e.decision ?? "-")}</td><td>${
+      escape(e.ruleId ?? "-")
+    }</td><td>${bytes(e.bytesRead)}</td><td>${bytes(e.bytesWritten)}</td><td>${
+      escape(e.reason ?? e.problem ?? "")
+    }</td></tr>`
+  }).join("")
+  const tools = detail.byTool.map((t) =>
+    `<tr><td>${escape(t.toolName)}</td><td>${
+      escape(t.serverId)
+    }</td><td>${t.calls}</td><td>${t.refusals}</td><td>${t.bytesRead}</td><td>${t.bytesWritten}</td></tr>`
+  ).join("")
+  const seals = detail.seals.map((seal) =>
+    `<li><a href="/rows/${seal.ledgerSequence}">sequence ${seal.ledgerSequence}</a>: ${seal.length} entries sealed, head <code class="hash">${
+      escape(seal.headHash)
+    }</code> (${escape(seal.timestamp)})</li>`
+  ).join("")
+  const body = `
+<dl class="facts">
+<dt>Agent</dt><dd>${escape(s.agentId)}</dd>
+<dt>Time</dt><dd>${escape(s.start)} .. ${escape(s.end)}</dd>
+<dt>Calls</dt><dd data-figure="calls">${detail.totals.calls}</dd>
+<dt>Refusals</dt><dd data-figure="refusals">${detail.totals.refusals}</dd>
+<dt>Bytes read / written</dt><dd>${detail.totals.bytesRead} / ${detail.totals.bytesWritten}</dd>
+<dt>Journal</dt><dd>${
+    detail.journalStored
+      ? "stored in the ledger (every call)"
+      : "not stored: the ledger has its refusals and seals only"
+  }</dd>
+</dl>
+<section aria-labelledby="h-seals"><h2 id="h-seals">Seals</h2>
+${seals.length === 0 ? "<p>Not sealed.</p>" : `<ul>${seals}</ul>`}</section>
+<section aria-labelledby="h-tools"><h2 id="h-tools">Data flow by tool</h2>
+${
+    tools.length === 0
+      ? "<p>No tool calls recorded.</p>"
+      : `<table class="rows"><thead><tr><th scope="col">Tool</th><th scope="col">Server</th><th scope="col">Calls</th><th scope="col">Refusals</th><th scope="col">Bytes read</th><th scope="col">Bytes written</th></tr></thead><tbody>${tools}</tbody></table>`
+  }</section>
+<section aria-labelledby="h-timeline"><h2 id="h-timeline">Timeline</h2>
+${detail.truncated ? `<p>Only the first ${detail.entries.length} entries are shown.</p>` : ""}
+<table class="rows timeline"><thead><tr><th scope="col">Entry</th><th scope="col">Time</th><th scope="col">Kind</th><th scope="col">Ledger row</th><th scope="col">Tool or action</th><th scope="col">Decision</th><th scope="col">Rule</th><th scope="col">Bytes read</th><th scope="col">Bytes written</th><th scope="col">Reason</th></tr></thead><tbody>${entries}</tbody></table>
+</section>`
+  return page({ title: `Session ${s.sessionId}`, section: "sessions", ledger: options.ledger, body })
+}

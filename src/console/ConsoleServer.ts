@@ -15,6 +15,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Layer, Option, Queue, Stream } from "effect"
 import { timingSafeEqual } from "node:crypto"
 import type * as LedgerSql from "../ledger/LedgerSql.js"
+import { LedgerQuery } from "../query/LedgerQuery.js"
 import type * as SignedNote from "../transparency/SignedNote.js"
 import type * as ConsoleAssets from "./ConsoleAssets.js"
 import * as ConsolePages from "./ConsolePages.js"
@@ -229,6 +230,20 @@ const routes = (options: Options) => {
     })
   })
 
+  const sessionList = Effect.gen(function*() {
+    const query = yield* LedgerQuery
+    return htmlResponse(ConsolePages.sessions({ ledger: options.ledger, sessions: yield* query.sessions() }))
+  })
+
+  const sessionPage = Effect.gen(function*() {
+    const id = (yield* HttpRouter.params).id ?? ""
+    const query = yield* LedgerQuery
+    return yield* query.session(id).pipe(
+      Effect.map((detail) => htmlResponse(ConsolePages.session({ ledger: options.ledger, detail }))),
+      Effect.catchTag("NotFound", (error) => Effect.succeed(notFound(error.message)))
+    )
+  })
+
   const asset = Effect.gen(function*() {
     const name = (yield* HttpRouter.params).name ?? ""
     const found = options.assets.get(name)
@@ -244,6 +259,8 @@ const routes = (options: Options) => {
     HttpRouter.get("/rows/:sequence", rowPage),
     HttpRouter.get("/rows/:sequence/receipt.json", receipt),
     HttpRouter.get("/verify", verify),
+    HttpRouter.get("/sessions", sessionList),
+    HttpRouter.get("/sessions/:id", sessionPage),
     HttpRouter.get("/assets/:name", asset)
   )
 }
@@ -270,5 +287,5 @@ export const app = (options: Options) =>
 /** Serves the console on the `HttpServer` in context (e.g. `NodeHttpServer.layer`). */
 export const layer = (
   options: Options
-): Layer.Layer<never, never, HttpServer.HttpServer | ConsoleVerifier | LedgerSql.LedgerSql> =>
+): Layer.Layer<never, never, HttpServer.HttpServer | ConsoleVerifier | LedgerQuery | LedgerSql.LedgerSql> =>
   Layer.unwrapEffect(Effect.map(app(options), (httpApp) => HttpServer.serve(httpApp)))
