@@ -83,45 +83,51 @@ const figure = (page: Page, name: string) => page.locator(`[data-figure="${name}
 
 describe.skipIf(!hasChromium)("the console in Chromium", () => {
   beforeAll(async () => {
+    // The browser starts while the ledger is made.
+    const launched = import("playwright-core").then(({ chromium }) =>
+      chromium.launch({
+        executablePath: CHROMIUM,
+        headless: true,
+        args: [
+          "--no-sandbox",
+          "--disable-gpu",
+          "--disable-background-networking",
+          "--disable-component-update",
+          "--no-first-run",
+          "--disable-sync"
+        ]
+      })
+    )
     db = path("console.db")
     const keys = path("keys")
     fs.mkdirSync(keys)
-    const demo = await cli(
+    await must(
       "demo",
       "--db",
       db,
       "--sessions",
       "4",
       "--calls",
-      "40",
+      "30",
       "--sign",
       "--key-dir",
       keys,
       "--session-out",
       path("session.json")
     )
-    if (demo.code !== 0) throw new Error(`demo failed: ${demo.stderr}`)
     const privateKey = join(keys, fs.readdirSync(keys).find((f) => f.endsWith(".pem") && !f.endsWith(".pub.pem"))!)
     const publicKey = privateKey.replace(/\.pem$/, ".pub.pem")
     await must("checkpoint", db, "--private-key", privateKey)
-    verifierKey = (await must("checkpoint", db, "--private-key", privateKey, "--key")).trim()
-    stats = JSON.parse(await must("stats", db, "--json"))
-    const started = await startConsole(db, "--listen", "127.0.0.1:0", "--public-key", publicKey, "--key", verifierKey)
+    const key = await must("checkpoint", db, "--private-key", privateKey, "--key")
+    verifierKey = key.trim()
+    const [statsJson, started] = await Promise.all([
+      must("stats", db, "--json"),
+      startConsole(db, "--listen", "127.0.0.1:0", "--public-key", publicKey, "--key", verifierKey)
+    ])
+    stats = JSON.parse(statsJson)
     server = started.child
     base = started.url
-    const { chromium } = await import("playwright-core")
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-sync"
-      ]
-    })
+    browser = await launched
     // playwright-core gives every context a fresh profile (user-data-dir) of its own.
     context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 800 } })
   })
