@@ -4,8 +4,9 @@
  * queries whatever the ledger's size. Read only: nothing here writes, and the figures are the ones
  * `agent-ledger stats --json` computes row by row, so an auditor can re-check any of them with the CLI.
  *
- * The refusal's rule is read out of its payload JSON (`decision.ruleId`) with the engine's JSON functions:
- * a payload that is not JSON counts as rule `(unknown)` on SQLite, as `stats` counts it.
+ * The refusal's rule is read out of its payload (`decision.ruleId`): with SQLite's JSON functions, with a
+ * regular expression on PostgreSQL (below); a payload that is not JSON counts as rule `(unknown)`, as
+ * `stats` counts it.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -31,25 +32,38 @@ type Sql = ReturnType<SqlClient.SqlClient["withoutTransforms"]>
 const isPostgres = (sql: SqlClient.SqlClient): boolean =>
   Option.exists(dialectOf(sql), (dialect) => dialect.name === "postgres")
 
+/**
+ * PostgreSQL: no cast of a payload to `jsonb` (a payload that is not JSON, or holds `\u0000`, would fail the
+ * whole query: a tampered row must not take the console down). The canonical payload (docs/FORMAT.md) is
+ * read with a regular expression instead: its keys are sorted, so the top-level `decision` and `journal` are
+ * the last ones in the text (`^.*` takes the last match; an object nested in `action` comes before them).
+ */
+const PG_RULE =
+  `substring(payload from '^.*"decision":\\{"_tag":"Refuse","reason":"(?:[^"\\\\]|\\\\.)*","ruleId":"((?:[^"\\\\]|\\\\.)*)"\\}')`
+const PG_JOURNAL_SESSION =
+  `substring(payload from '^.*"journal":\\{"sequence":[0-9]+,"session_id":"((?:[^"\\\\]|\\\\.)*)"\\}')`
+const PG_SEALED_SESSION = `CASE WHEN event_type = 'session.sealed' THEN ` +
+  `substring(payload from '"session_id":"((?:[^"\\\\]|\\\\.)*)"') END`
+
 /** The SQL expression of a refusal row's rule id: `(unknown)` when the payload does not name one as text. */
 const ruleExpression = (sql: SqlClient.SqlClient) =>
   isPostgres(sql)
-    ? `COALESCE(CASE WHEN jsonb_typeof(payload::jsonb #> '{decision,ruleId}') = 'string' ` +
-      `THEN payload::jsonb #>> '{decision,ruleId}' END, '(unknown)')`
+    ? `COALESCE(${PG_RULE}, '(unknown)')`
     : `CASE WHEN json_valid(payload) AND json_type(payload, '$.decision.ruleId') = 'text' ` +
       `THEN json_extract(payload, '$.decision.ruleId') ELSE '(unknown)' END`
 
 /** The SQL expression of a row's session id (`journal.session_id` of a refusal, `session_id` of a seal). */
 const sessionExpression = (sql: SqlClient.SqlClient) =>
   isPostgres(sql)
-    ? `COALESCE(payload::jsonb #>> '{journal,session_id}', payload::jsonb #>> '{action,payload,session_id}')`
+    ? `COALESCE(${PG_JOURNAL_SESSION}, ${PG_SEALED_SESSION})`
     : `CASE WHEN json_valid(payload) THEN COALESCE(json_extract(payload, '$.journal.session_id'), ` +
       `json_extract(payload, '$.action.payload.session_id')) END`
 
 /** The SQL expression of a row's timestamp in whole seconds since the epoch. */
 const epochSecondsExpression = (sql: SqlClient.SqlClient) =>
   isPostgres(sql)
-    ? `CAST(FLOOR(EXTRACT(EPOCH FROM CAST(timestamp AS timestamptz))) AS BIGINT)`
+    ? `CASE WHEN timestamp ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?Z$' ` +
+      `THEN CAST(FLOOR(EXTRACT(EPOCH FROM CAST(timestamp AS timestamptz))) AS BIGINT) END`
     : `CAST(strftime('%s', timestamp) AS INTEGER)`
 
 const counts = (rows: ReadonlyArray<{ key: string | null; n: number | string }>): Record<string, number> => {
@@ -149,7 +163,7 @@ export const refusalSeries = (
     const hi = Number(span.hi)
     const width = BUCKET_WIDTHS.find((w) => (hi - lo) / w < MAX_BUCKETS) ?? 365 * 86400
     const key = sql.literal(splitBy === "rule" ? ruleExpression(client) : "agent_id")
-    const rows = yield* sql<{ bucket: number | string; key: string | null; n: number | string }>`
+    const rows = yield* sql<{ bucket: number | string | null; key: string | null; n: number | string }>`
       SELECT (${epoch} / ${width}) * ${width} AS bucket, ${key} AS key, COUNT(*) AS n
       FROM signed_events WHERE ${where} GROUP BY 1, 2 ORDER BY 1`
     const first = Math.floor(lo / width) * width
@@ -166,6 +180,8 @@ export const refusalSeries = (
     const keys = [...ranked.slice(0, MAX_SERIES).map(([k]) => k), ...(ranked.length > MAX_SERIES ? ["(other)"] : [])]
     const table = new Map(keys.map((k) => [k, new Array<number>(buckets.length).fill(0)]))
     for (const row of rows) {
+      // A row whose timestamp is not a time has no bucket (verify reports it).
+      if (row.bucket === null) continue
       const k = row.key ?? "(unknown)"
       const series = table.get(shown.has(k) ? k : "(other)")!
       series[(Number(row.bucket) - first) / width]! += Number(row.n)
