@@ -14,12 +14,13 @@ import { Either } from "effect"
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
+import * as http from "node:http"
 import { join } from "node:path"
 import type { Browser, BrowserContext, Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as LedgerTransparency from "../src/transparency/LedgerTransparency.js"
 import { cliBundle, repoRoot } from "./fixtures/cliBundle.js"
-import { cliWorkspace, withDb } from "./fixtures/cliWorkspace.js"
+import { cliWorkspace, sha256File, withDb } from "./fixtures/cliWorkspace.js"
 
 const CHROMIUM = "/usr/bin/chromium"
 const hasChromium = fs.existsSync(CHROMIUM)
@@ -132,7 +133,7 @@ describe.skipIf(!hasChromium)("the console in Chromium", () => {
     browser = await launched
     // playwright-core gives every context a fresh profile (user-data-dir) of its own.
     context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 800 } })
-  })
+  }, 180_000)
 
   afterAll(async () => {
     await browser?.close()
@@ -275,6 +276,53 @@ describe.skipIf(!hasChromium)("the console in Chromium", () => {
     await page.waitForSelector("table.timeline")
     await page.screenshot({ path: join(repoRoot, "docs", "console-session.png") })
     await page.close()
+  })
+
+  it("answers only loopback Host names on loopback, and only token holders elsewhere", async () => {
+    const status = (url: string, headers: Record<string, string> = {}, method = "GET") =>
+      new Promise<{ status: number; headers: http.IncomingHttpHeaders }>((resolve, reject) => {
+        const request = http.request(url, { method, headers }, (response) => {
+          response.resume()
+          resolve({ status: response.statusCode!, headers: response.headers })
+        })
+        request.on("error", reject)
+        request.end()
+      })
+    const before = sha256File(db)
+    expect((await status(base, { host: "attacker.example:80" })).status).toBe(421)
+    expect((await status(base)).status).toBe(200)
+    expect((await status(`${base}rows/0`, {}, "POST")).status).toBe(404)
+    const token = "t0ken-for-the-test"
+    const child = spawn(process.execPath, [cliBundle, "console", db, "--listen", "0.0.0.0:0"], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, AGENT_LEDGER_CONSOLE_TOKEN: token }
+    })
+    try {
+      const printed = await new Promise<string>((resolve, reject) => {
+        let out = ""
+        child.stdout!.on("data", (chunk: Buffer) => {
+          out += chunk.toString("utf8")
+          if (out.includes("\n")) resolve(out)
+        })
+        child.on("exit", (code) => reject(new Error(`console exited ${code}`)))
+      })
+      expect(printed).toContain(`?token=${token}`)
+      const port = /:(\d+)\//.exec(printed)![1]
+      const open = `http://127.0.0.1:${port}/`
+      expect((await status(open)).status).toBe(401)
+      expect((await status(open, { authorization: "Bearer wrong" })).status).toBe(401)
+      expect((await status(`${open}?token=wrong`)).status).toBe(401)
+      expect((await status(open, { authorization: `Bearer ${token}` })).status).toBe(200)
+      const link = await status(`${open}refusals?split=agent&token=${token}`)
+      expect(link.status).toBe(303)
+      expect(link.headers.location).toBe("/refusals?split=agent")
+      const cookie = String(link.headers["set-cookie"]).split(";")[0]!
+      expect((await status(`${open}refusals`, { cookie })).status).toBe(200)
+    } finally {
+      child.kill("SIGTERM")
+    }
+    // Read-only: nothing it served changed the database.
+    expect(sha256File(db)).toBe(before)
   })
 
   // Last: it changes the ledger under the running console.

@@ -143,10 +143,12 @@ export const make = (options: Options) =>
   Effect.gen(function*() {
     const ledger = yield* LedgerSql.LedgerSql
     const latest = yield* Ref.make(Option.none<Outcome>())
+    // One run at a time: a page reloaded or opened many times queues its runs instead of multiplying them.
+    const oneAtATime = yield* Effect.makeSemaphore(1)
     const onLedger = <A, E>(effect: Effect.Effect<A, E, LedgerSql.LedgerSql>) =>
       Effect.provideService(effect, LedgerSql.LedgerSql, ledger)
     const run = (onEvent: (event: Event) => Effect.Effect<void>) =>
-      onLedger(Effect.gen(function*() {
+      oneAtATime.withPermits(1)(onLedger(Effect.gen(function*() {
         const [counted] = yield* LedgerSql.use(Effect.flatMap(
           LedgerSql.LedgerSql,
           ({ client }) => client.withoutTransforms()<{ n: number | string }>`SELECT COUNT(*) AS n FROM signed_events`
@@ -167,7 +169,7 @@ export const make = (options: Options) =>
         yield* Ref.set(latest, Option.some(outcome))
         yield* onEvent({ type: "done", outcome })
         return outcome
-      }))
+      })))
     return ConsoleVerifier.of({ latest: Ref.get(latest), run, lastCheckpoint: onLedger(lastStored(options.verifier)) })
   })
 
