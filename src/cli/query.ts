@@ -47,6 +47,10 @@ export const logLine = (entry: LedgerQuery.LogEntry): string => {
       entry.toolName === null ? orDash(entry.action) : `${entry.toolName}@${orDash(entry.serverId)}`,
       ...(entry.ruleId === null ? [] : [`rule=${entry.ruleId}`]),
       ...session,
+      ...(entry.kind === "call" && entry.outcome !== null ? [`outcome=${entry.outcome}`] : []),
+      ...(entry.bytesRead === null && entry.bytesWritten === null
+        ? []
+        : [`read=${orDash(entry.bytesRead)}`, `written=${orDash(entry.bytesWritten)}`]),
       ...(entry.problem === null ? [] : [`(${entry.problem})`])
     ]
   return [where, entry.timestamp, entry.agentId, ...what].join("  ")
@@ -171,11 +175,19 @@ export const runLog = (options: LogOptions) =>
         if (!options.follow && Option.isNone(options.limit)) {
           return yield* Stream.runForEach(ledger.log(query), print)
         }
+        // The end first, then the backlog: a row appended in between is in both, and printed once.
+        const end = yield* ledger.end
         const backlog = yield* ledger.recent(query, Option.getOrElse(options.limit, () => FOLLOW_BACKLOG))
         for (const entry of backlog) yield* print(entry)
         if (!options.follow) return
+        const printed = new Set(backlog.map(LedgerQuery.entryKey))
         // Until Ctrl-C: the interruption ends the stream between polls (Cli.ts prints it, main.ts exits 130).
-        yield* Stream.runForEach(ledger.follow(query, { after: backlog[backlog.length - 1]?.cursor }), print)
+        yield* Stream.runForEach(
+          ledger.follow(query, { after: end }).pipe(
+            Stream.filter((entry) => !printed.has(LedgerQuery.entryKey(entry)))
+          ),
+          print
+        )
       }))
   })
 
