@@ -19,6 +19,8 @@ import * as JournalSeal from "../src/journal/JournalSeal.js"
 import * as JournalRow from "../src/ledger/JournalRow.js"
 import * as JournalStore from "../src/ledger/JournalStore.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
+import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
+import { freshDatabase, noPostgres } from "./fixtures/postgres.js"
 
 const policy = Effect.runSync(GuardPolicy.decode({
   version: 1,
@@ -146,4 +148,78 @@ describe("McpGuard, durable journals", () => {
       expect(rows.map((r) => r.outcome)).toEqual(Array.from({ length: 5 }, () => ["pending", "timedOut"]).flat())
       expect(JournalRow.checkSession("open", rows, []).failures).toEqual([])
     }).pipe(Effect.provide(ledger(scratch()))), 20_000)
+
+  it.scoped(
+    "verifyLedger checks every stored journal against its seals and names a broken entry by session and sequence",
+    () =>
+      Effect.gen(function*() {
+        const guard = yield* guardWith({ sealEvery: 4 })
+        for (const sessionId of ["v1", "v2"]) {
+          for (let i = 0; i < 5; i++) {
+            const checked = yield* guard.check(call(sessionId, i === 2 ? "move_file" : "read_file", "w"))
+            if (checked._tag === "Allowed") yield* guard.complete(checked.ticket, { _tag: "Result", bytesRead: 3 })
+          }
+        }
+        yield* guard.endSession("v1")
+        // v2 is left open with a call in flight: unfinished, not a failure.
+        yield* guard.check(call("v2", "read_file", "w"))
+        yield* (yield* AuditQueue.AuditQueue).drainPending("10 seconds")
+        yield* (yield* JournalStore.JournalStore).flush("10 seconds")
+        const clean = yield* verifyLedger()
+        expect(clean.ok).toBe(true)
+        expect(clean.journals).toEqual({ sessions: 2, entries: 9 + 10, sealedWithoutEntries: 0, unfinishedCalls: 1 })
+
+        const sql = yield* SqlClient.SqlClient
+        // Rewrite an allowed call as refused in the query column: the body still says otherwise.
+        yield* sql`UPDATE journal_entries SET outcome = 'refused' WHERE session_id = 'v2' AND seq = 3`
+        // Delete v1's last entries: its final seal commits to more than is stored.
+        yield* sql`DELETE FROM journal_entries WHERE session_id = 'v1' AND seq >= 7`
+        const broken = yield* verifyLedger()
+        expect(broken.ok).toBe(false)
+        const journalFailures = broken.failures.filter((f) => f.kind === "journal")
+        expect(journalFailures.map((f) => [f.sessionId, f.sequence])).toEqual([["v1", 7], ["v1", 8], ["v2", 3]])
+        expect(journalFailures[0]!.message).toContain("seal")
+      }).pipe(Effect.provide(ledger(scratch()))),
+    20_000
+  )
+})
+
+describe.skipIf(noPostgres)("McpGuard, durable journals on PostgreSQL", () => {
+  it.scoped("fail-closed calls are stored as journal_entries rows (BYTEA bodies) that verify with their seals", () => {
+    const db = freshDatabase()
+    return Effect.gen(function*() {
+      const guard = yield* guardWith({ failClosed: true })
+      yield* Effect.forEach(Array.from({ length: 20 }, (_, i) => i), (i) =>
+        Effect.gen(function*() {
+          const checked = yield* guard.check(call(`pg-${i % 2}`, i % 5 === 0 ? "move_file" : "read_file", "p"))
+          if (checked._tag === "Allowed") yield* guard.complete(checked.ticket, { _tag: "ErrorAnswer", bytesRead: 5 })
+        }), { concurrency: "unbounded", discard: true })
+      yield* guard.endSession("pg-0")
+      yield* guard.endSession("pg-1")
+      yield* (yield* AuditQueue.AuditQueue).drainPending("10 seconds")
+      yield* (yield* JournalStore.JournalStore).flush("10 seconds")
+      const rows = yield* JournalStore.readSession("pg-0")
+      expect(rows.length).toBeGreaterThan(10)
+      expect(rows[0]!.body).toBeInstanceOf(Uint8Array)
+      const report = yield* verifyLedger()
+      expect(report.ok).toBe(true)
+      expect(report.journals).toMatchObject({ sessions: 2, entries: 20 + 16, unfinishedCalls: 0 })
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`UPDATE journal_entries SET body = ${
+        Buffer.from(rows[4]!.body).fill(7, 50, 51)
+      } WHERE session_id = 'pg-0' AND seq = 4`
+      const broken = yield* verifyLedger()
+      expect(broken.failures.filter((f) => f.kind === "journal").map((f) => [f.sessionId, f.sequence])).toContainEqual([
+        "pg-0",
+        4
+      ])
+    }).pipe(
+      Effect.provide(
+        Layer.effect(SqlClient.SqlClient, Effect.map(LedgerSql.LedgerSql, (l) => l.client.withoutTransforms())).pipe(
+          Layer.provideMerge(AuditLedger.layerPg({ url: db.url }))
+        )
+      ),
+      Effect.ensuring(Effect.sync(db.drop))
+    )
+  }, 30_000)
 })

@@ -329,6 +329,7 @@ export const make = (
     const { policy } = options
     const failClosed = options.failClosed === true
     const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
+    const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
     /** The agent of each open session, for its seal rows. */
     const agents = new Map<string, string>()
     const sessions = new Map<string, SessionState>()
@@ -386,6 +387,19 @@ export const make = (
     const sealJournal = (sessionId: string, journal: SessionJournal.Journal) =>
       Effect.gen(function*() {
         const exported = yield* journal.export
+        // A durable journal's seal follows the entries it seals into the database (they are stored in
+        // order, so the last one stored means all are): a verifier reading the seal finds them. Bounded: an
+        // unwritable database must not hold up the session's end (the seal then says more than is stored).
+        if (journal.durable && exported.entries.length > 0) {
+          yield* journal.awaitDurable(exported.entries.length - 1).pipe(
+            Effect.timeout(ackTimeout),
+            Effect.catchAll((error) =>
+              Effect.logError("agent-ledger: sealing a journal whose entries are not all stored").pipe(
+                Effect.annotateLogs({ sessionId, reason: error._tag === "EntryNotDurable" ? error.reason : "timeout" })
+              )
+            )
+          )
+        }
         const event = yield* DeferredAuditEvent.sessionSeal(agents.get(sessionId) ?? "", {
           sessionId,
           length: exported.entries.length,
@@ -459,8 +473,6 @@ export const make = (
       sealEvery > 0 && (sequence + 1) % sealEvery === 0
         ? Effect.flatMap(journals.get(sessionId), (journal) => Effect.asVoid(sealJournal(sessionId, journal)))
         : Effect.void
-
-    const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
 
     /** A refusal decided and journaled under the session's lock, not yet ledgered. */
     interface Journaled {
