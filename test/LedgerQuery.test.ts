@@ -14,12 +14,14 @@ import { join } from "node:path"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
 import * as LedgerQuery from "../src/query/LedgerQuery.js"
 import { freshDatabase, noPostgres } from "./fixtures/postgres.js"
-import { append, at, laterRefusal, SEEDED } from "./fixtures/queryLedger.js"
+import { append, appendJournal, at, laterRefusal, SEEDED } from "./fixtures/queryLedger.js"
 
 const scratch = mkdtempSync(join(tmpdir(), "agent-ledger-query-"))
 afterAll(() => rmSync(scratch, { recursive: true, force: true }))
 
 const sequences = (entries: ReadonlyArray<LedgerQuery.LogEntry>) => entries.map((e) => e.ledgerSequence)
+
+const b64 = (text: string) => `log:${Buffer.from(text).toString("base64url")}`
 
 const time = (minute: number) => DateTime.unsafeMake(at(minute))
 
@@ -133,7 +135,21 @@ const suite = (name: string, skip: boolean, open: () => { readonly db: string; r
           const error = yield* Effect.flip(query((q) => q.page({}, { limit })))
           expect(error).toMatchObject({ _tag: "InvalidQuery", field: "limit" })
         }
-        for (const after of ["", "ledger:", "ledger:-1", "ledger:1 OR 1=1", "journal:3", "ledger:99999999999999999"]) {
+        for (
+          const after of [
+            "",
+            "ledger:",
+            "ledger:-1",
+            "ledger:1 OR 1=1",
+            "journal:3",
+            "ledger:99999999999999999",
+            "log:!!!",
+            "log:",
+            b64("[1,2,3]"),
+            b64("[null,-1,\"s\",0]"),
+            b64("{}")
+          ]
+        ) {
           const error = yield* Effect.flip(query((q) => q.page({}, { limit: 1, after })))
           expect(error).toMatchObject({ _tag: "InvalidQuery", field: "after" })
         }
@@ -240,6 +256,61 @@ const suite = (name: string, skip: boolean, open: () => { readonly db: string; r
           const followed = Chunk.toReadonlyArray(yield* Fiber.join(fiber))
           expect(sequences(followed)).toEqual([0, 3, 4, 8])
           expect(followed[3]).toMatchObject({ journalSequence: 7, timestamp: at(60) })
+        }),
+      { timeout: 20_000 }
+    )
+
+    it.live(
+      "with a stored journal: allowed calls join the log once, by time, and sessions count every call",
+      () =>
+        Effect.gen(function*() {
+          yield* Effect.promise(() => Effect.runPromise(appendJournal(db)))
+          const allowed = yield* logOf({ decision: "allow" })
+          expect(allowed.map((e) => [e.kind, e.toolName, e.outcome, e.bytesRead, e.bytesWritten, e.journalSequence]))
+            .toEqual([
+              ["call", "read_file", "result", 100, 10, 0],
+              ["call", "list_dir", "pending", 0, 0, 3]
+            ])
+          // The refused call is the ledger's refusal row, not a second entry from the journal.
+          expect((yield* logOf({ tool: "upload", session: "j1" })).map((e) => [e.kind, e.ledgerSequence]))
+            .toEqual([["refusal", 9]])
+          const all = yield* logOf({})
+          expect(all).toHaveLength(12)
+          expect(sequences(all.slice(0, 9))).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8])
+          expect(all.slice(9).map((e) => e.kind).sort()).toEqual(["call", "call", "refusal"])
+          // Paging through both sources, either way, gives the same log without a gap or a repeat.
+          const paged: Array<LedgerQuery.LogEntry> = []
+          let next: string | null | undefined = undefined
+          do {
+            const after = next ?? undefined
+            const page: LedgerQuery.LogPage = yield* query((q) => q.page({}, { limit: 5, after }))
+            paged.push(...page.entries)
+            next = page.next
+          } while (next !== null)
+          expect(paged.map(LedgerQuery.entryKey)).toEqual(all.map(LedgerQuery.entryKey))
+          const backwards: Array<LedgerQuery.LogEntry> = []
+          next = undefined
+          do {
+            const after = next ?? undefined
+            const page: LedgerQuery.LogPage = yield* query((q) => q.page({}, { limit: 4, after, order: "desc" }))
+            backwards.push(...page.entries)
+            next = page.next
+          } while (next !== null)
+          expect(backwards.map(LedgerQuery.entryKey).reverse()).toEqual(all.map(LedgerQuery.entryKey))
+          expect((yield* query((q) => q.recent({ session: "j1" }, 2))).map(LedgerQuery.entryKey))
+            .toEqual(all.slice(10).map(LedgerQuery.entryKey))
+          const j1 = yield* query((q) => q.session("j1"))
+          expect(j1.journalStored).toBe(true)
+          expect(j1.entries.map((e) => [e.kind, e.journalSequence, e.ruleId, e.ledgerSequence, e.outcome])).toEqual([
+            ["call", 0, null, null, "result"],
+            ["refusal", 2, "no-upload", 9, "refused"],
+            ["call", 3, null, null, "pending"]
+          ])
+          expect(j1.totals).toEqual({ calls: 3, refusals: 1, bytesRead: 100, bytesWritten: 17 })
+          expect(j1.summary).toMatchObject({ agentId: "agent-a", calls: 3, refusals: 1, sealed: false })
+          const listed = (yield* query((q) => q.sessions({ agent: "agent-a" }))).map((s) => [s.sessionId, s.calls])
+          // s1: sealed at 5, and the follow test refused its entry 7.
+          expect(listed).toEqual([["s1", 8], ["j1", 3]])
         }),
       { timeout: 20_000 }
     )

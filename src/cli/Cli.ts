@@ -14,6 +14,7 @@ import * as exportCommand from "./exportCommand.js"
 import * as Help from "./Help.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
+import * as query from "./query.js"
 import * as stats from "./stats.js"
 import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
@@ -28,6 +29,9 @@ export const root = Command.make("agent-ledger").pipe(
     exportCommand.command,
     dlq.command,
     stats.command,
+    query.showCommand,
+    query.logCommand,
+    query.sessionsCommand,
     consoleCommand.command,
     keygen.command,
     mcpProxy.command,
@@ -47,6 +51,9 @@ const SUBCOMMANDS = [
   { name: "export", command: exportCommand.command },
   { name: "dlq", command: dlq.command },
   { name: "stats", command: stats.command },
+  { name: "show", command: query.showCommand },
+  { name: "log", command: query.logCommand },
+  { name: "sessions", command: query.sessionsCommand },
   { name: "console", command: consoleCommand.command },
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },

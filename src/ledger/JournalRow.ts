@@ -116,6 +116,8 @@ export interface SessionSeal {
 export interface SessionCheck {
   readonly entries: number
   readonly headHash: string
+  /** Allowed calls with no `outcome` entry (the guard stopped, or was killed, before they ended). */
+  readonly unfinished: number
   readonly failures: ReadonlyArray<JournalFailure>
 }
 
@@ -221,5 +223,5 @@ export const checkSession = (
       )
     }
   }
-  return { entries: rows.length, headHash: previous, failures }
+  return { entries: rows.length, headHash: previous, unfinished: pending.size, failures }
 }

@@ -19,6 +19,7 @@ import { Chunk, Clock, Context, DateTime, Duration, Effect, Layer, Option, Schem
 import { GOVERNANCE_REFUSAL_EVENT_TYPE, JsonValue, SESSION_SEALED_EVENT_TYPE } from "../audit/AuditEvent.js"
 import * as LedgerRow from "../ledger/LedgerRow.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
+import * as JournalEntries from "./JournalEntries.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // What a query answers
@@ -65,6 +66,11 @@ export class LogEntry extends Schema.Class<LogEntry>("LogEntry")({
   /** A seal's length (entries sealed) and head hash. */
   sealLength: Schema.NullOr(NonNegativeInt),
   sealHeadHash: Schema.NullOr(Schema.String),
+  /**
+   * How the call ended, for journaled calls (`result`, `errorAnswer`, `timedOut`, `upstreamGone`,
+   * `interrupted`; `pending` when no outcome is stored: the call never finished) and `refused` for refusals.
+   */
+  outcome: Schema.NullOr(Schema.String),
   /** Bytes the call read and wrote (known for journaled calls). */
   bytesRead: Schema.NullOr(NonNegativeInt),
   bytesWritten: Schema.NullOr(NonNegativeInt),
@@ -256,6 +262,12 @@ const offsetMillis = (text: string): number => {
   return offset === null ? 0 : (offset[1] === "-" ? -1 : 1) * (Number(offset[2]) * 60 + Number(offset[3])) * 60_000
 }
 
+/** What identifies an entry across scans: its ledger row, or else its session journal entry. */
+export const entryKey = (entry: LogEntry): string =>
+  entry.ledgerSequence !== null
+    ? `ledger ${entry.ledgerSequence}`
+    : `journal ${entry.journalSequence ?? ""} ${entry.sessionId ?? ""}`
+
 /** What `show` takes: a ledger sequence (digits) or an event id (a UUID). */
 export type RowId = { readonly sequence: number } | { readonly eventId: string }
 
@@ -297,6 +309,11 @@ export interface Service {
   /** The last `count` matching entries (1 … `MAX_RECENT`), oldest first: `tail -n`. */
   readonly recent: (query: LogQuery, count: number) => Effect.Effect<ReadonlyArray<LogEntry>, InvalidQuery | SqlError>
   /**
+   * A cursor at the log's end now: `follow` from it prints only what is appended later (`recent` then
+   * `follow(end)` is `tail -f`; an entry appended between the two may be in both, see `entryKey`).
+   */
+  readonly end: Effect.Effect<string, SqlError>
+  /**
    * The matching entries after `after` (from the start when none), then every new one as it is appended,
    * polling every `pollInterval` (via `Clock`) once it has caught up; ends only when interrupted: `tail -f`.
    */
@@ -317,10 +334,13 @@ export class LedgerQuery extends Context.Tag("agent-ledger/LedgerQuery")<LedgerQ
 /** Ledger rows read per SQL statement. */
 const PAGE_SIZE = 256
 
-export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.map(LedgerSql.LedgerSql, (ledger) => {
+export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.gen(function*() {
+  const ledger = yield* LedgerSql.LedgerSql
   const onLedger = LedgerSql.runOn(ledger)
-  const scan = (query: LogQuery, position: Option.Option<number>, order: "asc" | "desc") =>
-    onLedger(scanLedger(query, position, order))
+  // A ledger written before journals were stored (and opened read-only, so not migrated) has no table.
+  const journalStored = yield* onLedger(JournalEntries.tableExists)
+  const scan = (query: LogQuery, position: Position, order: "asc" | "desc") =>
+    onLedger(scanMerged(query, position, order, journalStored))
 
   const log: Service["log"] = (query, options = {}) =>
     Stream.unwrap(Effect.map(
@@ -332,7 +352,7 @@ export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.m
             (scanned) =>
               [
                 Chunk.unsafeFromArray(scanned.matches),
-                scanned.exhausted ? Option.none() : Option.some(scanned.last)
+                scanned.exhausted ? Option.none() : Option.some(scanned.position)
               ] as const
           ))
     ))
@@ -356,7 +376,7 @@ export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.m
             next: more ? entries[request.limit - 1]!.cursor : null
           })
         }
-        position = scanned.last
+        position = scanned.position
       }
     })
 
@@ -367,15 +387,23 @@ export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.m
       }
       yield* checkQuery(query)
       const newestFirst: Array<LogEntry> = []
-      let position: Option.Option<number> = Option.none()
+      let position = START
       while (newestFirst.length < count) {
         const scanned = yield* scan(query, position, "desc")
         newestFirst.push(...scanned.matches)
         if (scanned.exhausted) break
-        position = scanned.last
+        position = scanned.position
       }
       return newestFirst.slice(0, count).reverse()
     })
+
+  const end: Service["end"] = onLedger(Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const [head] = yield* sql<{ sequence: unknown }>`SELECT MAX(sequence) AS sequence FROM signed_events`
+    const journal = journalStored ? yield* JournalEntries.lastKey : Option.none()
+    const sequence = head?.sequence === null || head?.sequence === undefined ? NaN : Number(head.sequence)
+    return encodeCursor({ ledger: Number.isSafeInteger(sequence) ? Option.some(sequence) : Option.none(), journal })
+  }))
 
   const follow: Service["follow"] = (query, options = {}) => {
     const interval = Duration.decode(options.pollInterval ?? DEFAULT_POLL_INTERVAL)
@@ -390,31 +418,41 @@ export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.m
             Effect.map(scan(query, position, "asc"), (scanned) =>
               [
                 Chunk.unsafeFromArray(scanned.matches),
-                Option.some({ position: Option.orElse(scanned.last, () => position), caughtUp: scanned.exhausted })
+                Option.some({ position: scanned.position, caughtUp: scanned.exhausted })
               ] as const)
           ))
     ))
   }
 
-  const sessions: Service["sessions"] = (query = {}) => onLedger(sessionSummaries(query.agent))
+  const summariesOf = (agent: string | undefined, only?: string) =>
+    onLedger(Effect.gen(function*() {
+      const fromLedger = yield* sessionSummaries(agent, only)
+      const fromJournal = journalStored ? yield* JournalEntries.sessionTotals(agent, only) : []
+      return withJournalTotals(fromLedger, fromJournal)
+    }))
+
+  const sessions: Service["sessions"] = (query = {}) => summariesOf(query.agent)
 
   const session: Service["session"] = (sessionId) =>
     Effect.gen(function*() {
-      const summaries = yield* onLedger(sessionSummaries(undefined, sessionId))
-      const summary = summaries.find((s) => s.sessionId === sessionId)
+      const summary = (yield* summariesOf(undefined, sessionId)).find((s) => s.sessionId === sessionId)
       if (summary === undefined) return yield* new NotFound({ what: "session", id: sessionId })
       const seals = yield* onLedger(sealsOfSession(sessionId))
       const collected = yield* Stream.runCollect(
         log({ session: sessionId }).pipe(Stream.take(MAX_SESSION_ENTRIES + 1))
       ).pipe(Effect.catchTag("InvalidQuery", Effect.die))
-      const all = Chunk.toReadonlyArray(collected).filter((entry) => entry.kind !== "seal")
+      const fromLedger = Chunk.toReadonlyArray(collected).filter((entry) => entry.kind === "refusal")
+      const stored = journalStored
+        ? yield* onLedger(JournalEntries.sessionEntries(sessionId, 2 * MAX_SESSION_ENTRIES + 1))
+        : []
+      const all = stored.length === 0 ? fromLedger : journalView(stored, fromLedger)
       const entries = all.slice(0, MAX_SESSION_ENTRIES)
       return new SessionDetail({
         summary,
         seals,
         entries,
-        truncated: all.length > MAX_SESSION_ENTRIES,
-        journalStored: false,
+        truncated: all.length > MAX_SESSION_ENTRIES || stored.length > 2 * MAX_SESSION_ENTRIES,
+        journalStored: stored.length > 0,
         ...totalsOf(entries, summary)
       })
     })
@@ -447,7 +485,7 @@ export const make: Effect.Effect<Service, never, LedgerSql.LedgerSql> = Effect.m
       return new ShownRow({ row, entry, payload, session: sessionRef, seal })
     }))
 
-  return { show, log, page, recent, follow, sessions, session }
+  return { show, log, page, recent, end, follow, sessions, session }
 })
 
 export const layer: Layer.Layer<LedgerQuery, never, LedgerSql.LedgerSql> = Layer.effect(LedgerQuery, make)
@@ -461,19 +499,61 @@ const checkQuery = (query: LogQuery): Effect.Effect<void, InvalidQuery> =>
     ? Effect.fail(new InvalidQuery({ field: "until", reason: "is before since" }))
     : Effect.void
 
-const CURSOR = /^ledger:(\d{1,16})$/
-
-/** A cursor names the last ledger sequence read; none means the start. */
-const parseCursor = (cursor: string | undefined): Effect.Effect<Option.Option<number>, InvalidQuery> => {
-  if (cursor === undefined) return Effect.succeed(Option.none())
-  const match = CURSOR.exec(cursor)
-  const sequence = match === null ? NaN : Number(match[1])
-  return Number.isSafeInteger(sequence)
-    ? Effect.succeed(Option.some(sequence))
-    : Effect.fail(new InvalidQuery({ field: "after", reason: `'${cursor.slice(0, 64)}' is not a log cursor` }))
+/**
+ * Where a scan is in each of the log's two sources: the ledger's rows (by sequence) and the stored
+ * journal's calls (by time, session, sequence). None: not started (the start for `asc`, the end for `desc`).
+ */
+interface Position {
+  readonly ledger: Option.Option<number>
+  readonly journal: Option.Option<JournalEntries.Key>
 }
 
-const cursorOf = (sequence: number): string => `ledger:${sequence}`
+const START: Position = { ledger: Option.none(), journal: Option.none() }
+
+/** A cursor continues the order it was read in (`page`'s `order`); its text is opaque. */
+const encodeCursor = (position: Position): string =>
+  Option.isNone(position.journal)
+    ? Option.match(position.ledger, { onNone: () => "start", onSome: (sequence) => `ledger:${sequence}` })
+    : `log:${
+      Buffer.from(JSON.stringify([
+        Option.getOrNull(position.ledger),
+        position.journal.value.ms,
+        position.journal.value.session,
+        position.journal.value.seq
+      ])).toString("base64url")
+    }`
+
+const isSequence = (value: unknown): value is number =>
+  typeof value === "number" && Number.isSafeInteger(value) && value >= 0
+
+/** A cursor back to a position; anything else is an `InvalidQuery`. */
+const parseCursor = (cursor: string | undefined): Effect.Effect<Position, InvalidQuery> => {
+  if (cursor === undefined || cursor === "start") return Effect.succeed(START)
+  const bad = Effect.fail(new InvalidQuery({ field: "after", reason: `'${cursor.slice(0, 64)}' is not a log cursor` }))
+  const ledger = /^ledger:(\d{1,16})$/.exec(cursor)
+  if (ledger !== null) {
+    const sequence = Number(ledger[1])
+    return isSequence(sequence) ? Effect.succeed({ ledger: Option.some(sequence), journal: Option.none() }) : bad
+  }
+  if (!cursor.startsWith("log:") || cursor.length > 4096) return bad
+  let parts: unknown
+  try {
+    parts = JSON.parse(Buffer.from(cursor.slice(4), "base64url").toString("utf8"))
+  } catch {
+    return bad
+  }
+  if (!Array.isArray(parts) || parts.length !== 4) return bad
+  const [sequence, ms, session, seq] = parts as [unknown, unknown, unknown, unknown]
+  if (
+    (sequence !== null && !isSequence(sequence)) || !isSequence(ms) || typeof session !== "string" || !isSequence(seq)
+  ) {
+    return bad
+  }
+  return Effect.succeed({
+    ledger: sequence === null ? Option.none() : Option.some(sequence),
+    journal: Option.some({ ms, session, seq })
+  })
+}
 
 const columns = (sql: SqlClient.SqlClient) => sql.literal(LedgerRow.COLUMNS.join(", "))
 
@@ -528,33 +608,127 @@ const matches = (entry: LogEntry, query: LogQuery): boolean =>
 
 interface Scanned {
   readonly matches: ReadonlyArray<LogEntry>
-  /** The last ledger sequence read (none when the page was empty). */
-  readonly last: Option.Option<number>
-  /** Fewer rows than a page: nothing more to read in this direction for now. */
+  /** Where the next scan in the same order starts. */
+  readonly position: Position
+  /** Both sources read to their end: nothing more in this order for now. */
   readonly exhausted: boolean
 }
 
-/** One page of ledger rows after (`asc`) or before (`desc`) `position`, narrowed in SQL, matched exactly. */
-const scanLedger = (query: LogQuery, position: Option.Option<number>, order: "asc" | "desc") =>
+/** A row read from one source: its time (for the merge), its key, and its entry when it matches. */
+interface Item<K> {
+  readonly millis: number
+  readonly key: K
+  readonly entry: Omit<LogEntry, "cursor"> | null
+}
+
+/** One page of ledger rows after (`asc`) or before (`desc`) `from`, narrowed in SQL, matched exactly. */
+const ledgerPage = (query: LogQuery, from: Option.Option<number>, order: "asc" | "desc") =>
   Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const where = conditions(sql, query)
-    if (Option.isSome(position)) {
-      where.unshift(order === "asc" ? sql`sequence > ${position.value}` : sql`sequence < ${position.value}`)
+    if (Option.isSome(from)) {
+      where.unshift(order === "asc" ? sql`sequence > ${from.value}` : sql`sequence < ${from.value}`)
     }
     const rows = yield* sql<Record<string, unknown>>`
       SELECT ${columns(sql)} FROM signed_events WHERE ${sql.and(where)}
       ORDER BY sequence ${sql.literal(order === "asc" ? "ASC" : "DESC")} LIMIT ${PAGE_SIZE}`
-    const last = rows[rows.length - 1]
-    const found: Array<LogEntry> = []
-    for (const raw of rows) {
+    return rows.map((raw): Item<number> => {
       const { entry } = entryOf(raw)
-      if (matches(entry, query)) found.push(entry)
+      const millis = Date.parse(entry.timestamp)
+      return {
+        millis: Number.isFinite(millis) ? millis : 0,
+        key: Number(raw.sequence),
+        entry: matches(entry, query) ? entry : null
+      }
+    })
+  })
+
+/** One page of stored allowed calls matching `query` (all narrowing in SQL, on plain columns). */
+const journalPage = (query: LogQuery, from: Option.Option<JournalEntries.Key>, order: "asc" | "desc") =>
+  Effect.gen(function*() {
+    // Journaled calls here are allowed ones, which have no rule.
+    if (query.decision === "refuse" || query.rule !== undefined) return []
+    const calls = yield* JournalEntries.callsPage(
+      {
+        agent: query.agent,
+        tool: query.tool,
+        session: query.session,
+        sinceMs: query.since === undefined ? undefined : DateTime.toEpochMillis(query.since),
+        untilMs: query.until === undefined ? undefined : DateTime.toEpochMillis(query.until)
+      },
+      from,
+      order,
+      PAGE_SIZE
+    )
+    return calls.map((call): Item<JournalEntries.Key> => ({
+      millis: call.key.ms,
+      key: call.key,
+      entry: callEntry(call)
+    }))
+  })
+
+const callEntry = (call: JournalEntries.Call): Omit<LogEntry, "cursor"> => ({
+  kind: "call",
+  ledgerSequence: null,
+  eventId: null,
+  timestamp: new Date(call.key.ms).toISOString(),
+  agentId: call.agentId,
+  decision: "allow",
+  ruleId: null,
+  reason: null,
+  action: "ToolCall",
+  toolName: call.toolName,
+  serverId: call.serverId,
+  sessionId: call.key.session,
+  journalSequence: call.key.seq,
+  sealLength: null,
+  sealHeadHash: null,
+  outcome: call.outcome,
+  bytesRead: call.bytesRead,
+  bytesWritten: call.bytesWritten,
+  problem: call.problem
+})
+
+/**
+ * One step of the log in `order`: a page from each source, merged by time (the ledger's rows keep their
+ * sequence order among themselves, as do the journal's calls). The merge stops where a source's page ends
+ * and the source has more, so the position only ever passes rows that were read, and each entry's cursor
+ * is the position just after it.
+ */
+const scanMerged = (query: LogQuery, position: Position, order: "asc" | "desc", journalStored: boolean) =>
+  Effect.gen(function*() {
+    const ledgerRows = yield* ledgerPage(query, position.ledger, order)
+    const journalRows = journalStored ? yield* journalPage(query, position.journal, order) : []
+    const ledgerDone = ledgerRows.length < PAGE_SIZE
+    const journalDone = journalRows.length < PAGE_SIZE
+    const first = (a: number, b: number) => order === "asc" ? a <= b : a >= b
+    let { journal, ledger } = position
+    let i = 0
+    let j = 0
+    const found: Array<LogEntry> = []
+    for (;;) {
+      const row = ledgerRows[i]
+      const call = journalRows[j]
+      if ((row === undefined && !ledgerDone) || (call === undefined && !journalDone)) break
+      if (row === undefined && call === undefined) break
+      if (call === undefined || (row !== undefined && first(row.millis, call.millis))) {
+        ledger = Option.some(row!.key)
+        i++
+        if (row!.entry !== null) {
+          found.push(new LogEntry({ ...row!.entry, cursor: encodeCursor({ ledger, journal }) }, true))
+        }
+      } else {
+        journal = Option.some(call.key)
+        j++
+        if (call.entry !== null) {
+          found.push(new LogEntry({ ...call.entry, cursor: encodeCursor({ ledger, journal }) }, true))
+        }
+      }
     }
     return {
       matches: found,
-      last: last === undefined ? Option.none() : Option.some(Number(last.sequence)),
-      exhausted: rows.length < PAGE_SIZE
+      position: { ledger, journal },
+      exhausted: ledgerDone && journalDone
     } satisfies Scanned
   })
 
@@ -589,7 +763,7 @@ const entryOf = (raw: Record<string, unknown>): { readonly entry: LogEntry; read
     : "other"
   const seal = kind === "seal" ? record(action.payload) : {}
   const entry = new LogEntry({
-    cursor: cursorOf(sequence),
+    cursor: encodeCursor({ ledger: Option.some(sequence), journal: Option.none() }),
     kind,
     ledgerSequence: count(sequence),
     eventId: text(raw.id),
@@ -605,6 +779,7 @@ const entryOf = (raw: Record<string, unknown>): { readonly entry: LogEntry; read
     journalSequence: kind === "seal" ? null : count(journal.sequence),
     sealLength: kind === "seal" ? count(seal.length) : null,
     sealHeadHash: kind === "seal" ? text(seal.head_hash) : null,
+    outcome: kind === "refusal" ? "refused" : null,
     bytesRead: null,
     bytesWritten: null,
     problem: parsed.problem
@@ -712,6 +887,76 @@ const sessionSummaries = (agent: string | undefined, only?: string) =>
         lastSealSequence: state.lastSealSequence
       }, true))
   })
+
+/** A session's summaries from its ledger rows, with the stored journal's counts and times where it has them. */
+const withJournalTotals = (
+  fromLedger: ReadonlyArray<SessionSummary>,
+  fromJournal: ReadonlyArray<JournalEntries.SessionTotals>
+): ReadonlyArray<SessionSummary> => {
+  const byId = new Map(fromLedger.map((s) => [s.sessionId, s]))
+  for (const totals of fromJournal) {
+    const known = byId.get(totals.sessionId)
+    const first = new Date(totals.firstMs).toISOString()
+    const last = new Date(totals.lastMs).toISOString()
+    byId.set(
+      totals.sessionId,
+      new SessionSummary({
+        sessionId: totals.sessionId,
+        agentId: known?.agentId ?? totals.agentId,
+        start: known === undefined || first < known.start ? first : known.start,
+        end: known === undefined || last > known.end ? last : known.end,
+        calls: Math.max(totals.calls, known?.calls ?? 0),
+        refusals: Math.max(totals.refusals, known?.refusals ?? 0),
+        sealed: known?.sealed ?? false,
+        sealedLength: known?.sealedLength ?? null,
+        lastSealSequence: known?.lastSealSequence ?? null
+      }, true)
+    )
+  }
+  return Array.from(byId.values()).sort((a, b) => a.start < b.start ? -1 : a.start > b.start ? 1 : 0)
+}
+
+/**
+ * A session's stored journal as log entries: every call, allowed or refused, with the outcome entry that
+ * ended it and, for a refusal, the rule and ledger row that recorded it.
+ */
+const journalView = (
+  stored: ReadonlyArray<JournalEntries.SessionEntry>,
+  refusals: ReadonlyArray<LogEntry>
+): ReadonlyArray<LogEntry> => {
+  const refusalOf = new Map(
+    refusals.flatMap((r) => r.journalSequence === null ? [] : [[r.journalSequence, r] as const])
+  )
+  const endOf = new Map(stored.filter((e) => e.kind === "outcome").map((e) => [e.callSeq, e] as const))
+  return stored.filter((e) => e.kind === "call").map((e) => {
+    const refusal = refusalOf.get(e.seq)
+    const end = endOf.get(e.seq)
+    const refused = e.outcome === "refused"
+    return new LogEntry({
+      cursor: refusal?.cursor ??
+        encodeCursor({ ledger: Option.none(), journal: Option.some({ ms: e.ms, session: e.sessionId, seq: e.seq }) }),
+      kind: refused ? "refusal" : "call",
+      ledgerSequence: refusal?.ledgerSequence ?? null,
+      eventId: refusal?.eventId ?? null,
+      timestamp: new Date(e.ms).toISOString(),
+      agentId: e.agentId,
+      decision: refused ? "refuse" : "allow",
+      ruleId: refusal?.ruleId ?? null,
+      reason: refusal?.reason ?? null,
+      action: "ToolCall",
+      toolName: e.toolName,
+      serverId: e.serverId,
+      sessionId: e.sessionId,
+      journalSequence: e.seq,
+      sealLength: null,
+      sealHeadHash: null,
+      outcome: end?.outcome ?? e.outcome,
+      bytesRead: e.bytesRead + (end?.bytesRead ?? 0),
+      bytesWritten: e.bytesWritten,
+      problem: e.problem ?? end?.problem ?? null
+    }, true)
+  })
+}
 
 /** Per-session and per-tool totals of a session's entries. */
 const totalsOf = (entries: ReadonlyArray<LogEntry>, summary: SessionSummary) => {
