@@ -2,7 +2,7 @@
  * The auditor's console in a real browser (Chromium from the Debian `chromium` package, driven by
  * playwright-core): one signed demo ledger with a stored checkpoint, one `agent-ledger console` process on it,
  * one browser for every test. The pages must load without console errors, show the figures `stats --json`
- * computes, lead from a refusal on the chart to its row and its session, hand out a receipt that
+ * and `sessions --json` compute, lead from a refusal on the chart to its row and its session, hand out a receipt that
  * `verify-receipt` accepts, pass axe-core without serious violations, and report a ledger tampered under the
  * running console on "verify now" instead of an earlier OK. Without /usr/bin/chromium the browser tests are
  * skipped, visibly.
@@ -36,6 +36,7 @@ let server: ChildProcess
 let base: string
 let db: string
 let verifierKey: string
+let sessions: Array<{ sessionId: string; calls: number; refusals: number }>
 let stats: {
   rows: number
   head: { sequence: number; entryHash: string }
@@ -123,11 +124,13 @@ describe.skipIf(!hasChromium)("the console in Chromium", () => {
     await must("checkpoint", db, "--private-key", privateKey)
     const key = await must("checkpoint", db, "--private-key", privateKey, "--key")
     verifierKey = key.trim()
-    const [statsJson, started] = await Promise.all([
+    const [statsJson, sessionsJson, started] = await Promise.all([
       must("stats", db, "--json"),
+      must("sessions", db, "--json"),
       startConsole(db, "--listen", "127.0.0.1:0", "--public-key", publicKey, "--key", verifierKey)
     ])
     stats = JSON.parse(statsJson)
+    sessions = sessionsJson.trim().split("\n").map((line) => JSON.parse(line))
     server = started.child
     base = started.url
     browser = await launched
@@ -140,7 +143,7 @@ describe.skipIf(!hasChromium)("the console in Chromium", () => {
     server?.kill("SIGTERM")
   })
 
-  it("shows the figures stats --json computes for the same database", async () => {
+  it("shows the figures stats --json and sessions --json compute for the same database", async () => {
     const { page, problems } = await openPage()
     await page.goto(base)
     expect(await figure(page, "rows")).toBe(String(stats.rows))
@@ -167,7 +170,19 @@ describe.skipIf(!hasChromium)("the console in Chromium", () => {
     await page.goto(`${base}refusals`)
     expect(await figure(page, "seriesTotal")).toBe(String(refusals))
     await page.goto(`${base}sessions`)
-    expect(await figure(page, "sessions")).toBe("4")
+    expect(await figure(page, "sessions")).toBe(String(sessions.length))
+    expect(sessions.length).toBe(4)
+    const shown = await page.locator("tr:has([data-session-link])").evaluateAll((rows) =>
+      rows.map((row) => ({
+        sessionId: row.querySelector("[data-session-link]")!.getAttribute("data-session-link"),
+        calls: Number(row.querySelector("[data-figure=sessionCalls]")!.textContent),
+        refusals: Number(row.querySelector("[data-figure=sessionRefusals]")!.textContent)
+      }))
+    )
+    const expected = sessions.map(({ calls, refusals, sessionId }) => ({ sessionId, calls, refusals }))
+    expect(shown.sort((a, b) => a.sessionId!.localeCompare(b.sessionId!))).toEqual(
+      expected.sort((a, b) => a.sessionId.localeCompare(b.sessionId))
+    )
     expect(problems).toEqual([])
     await page.close()
   })

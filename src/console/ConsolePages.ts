@@ -323,7 +323,7 @@ export const sessions = (options: {
       escape(s.sessionId)
     }</a></td><td>${escape(s.agentId)}</td><td>${escape(s.start)}</td><td>${
       escape(s.end)
-    }</td><td>${s.calls}</td><td data-figure="sessionRefusals">${s.refusals}</td><td>${
+    }</td><td data-figure="sessionCalls">${s.calls}</td><td data-figure="sessionRefusals">${s.refusals}</td><td>${
       s.sealed ? `yes (${s.sealedLength ?? "?"} entries)` : "no"
     }</td></tr>`
   ).join("")
