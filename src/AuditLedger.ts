@@ -18,6 +18,7 @@ import { loadPrivateKeyFile } from "./audit/AuditSigner.js"
 import { AuditSink } from "./audit/AuditSink.js"
 import type { Synchronous } from "./internal/sqlDialect.js"
 import * as DeadLetters from "./ledger/DeadLetters.js"
+import * as JournalStore from "./ledger/JournalStore.js"
 import * as LedgerSql from "./ledger/LedgerSql.js"
 import type { LedgerOpenError } from "./ledger/LedgerSql.js"
 import * as LedgerWriter from "./ledger/LedgerWriter.js"
@@ -94,6 +95,7 @@ export type LedgerServices =
   | SqlAuditSink.SqlAuditSink
   | AuditSink
   | AuditQueue.AuditQueue
+  | JournalStore.JournalStore
 
 /**
  * The whole ledger on a SQLite file: `LedgerSql` (a private, migrated connection), `SqlAuditSink`,
@@ -199,8 +201,15 @@ const layerOn = <E>(
         )
     )
     : Layer.empty
+  // Beside the queue: closing flushes queued journal entries while the sink and the database are open.
+  const journalStore = JournalStore.layer({
+    ...(options.maxBatch === undefined ? {} : { maxBatch: options.maxBatch }),
+    ...(options.stallSchedule === undefined ? {} : { stallSchedule: options.stallSchedule }),
+    ...(options.shutdownDrainTimeout === undefined ? {} : { shutdownDrainTimeout: options.shutdownDrainTimeout })
+  })
   return checkpointer(options).pipe(
     Layer.provideMerge(queue),
+    Layer.provideMerge(journalStore),
     Layer.provide(replayOnStart),
     Layer.provideMerge(sink),
     Layer.provideMerge(database)

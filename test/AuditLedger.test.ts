@@ -10,6 +10,7 @@ import * as AuditMetrics from "../src/audit/AuditMetrics.js"
 import { AuditQueue } from "../src/audit/AuditQueue.js"
 import * as AuditSigner from "../src/audit/AuditSigner.js"
 import * as AuditLedger from "../src/AuditLedger.js"
+import * as JournalStore from "../src/ledger/JournalStore.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
 import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
 import { SqlAuditSink } from "../src/ledger/SqlAuditSink.js"
@@ -128,9 +129,8 @@ describe("AuditLedger.layerSqlite", () => {
         Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => client`SELECT migration_id FROM agent_ledger_migrations`),
         context
       )
-      expect(migrations).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }, {
-        migration_id: 5
-      }])
+      expect(migrations).toEqual([1, 2, 3, 4, 5, 6].map((migration_id) => ({ migration_id })))
+      expect(Context.getOption(context, JournalStore.JournalStore)._tag).toBe("Some")
     }).pipe(Effect.scoped))
 })
 

@@ -457,7 +457,8 @@ describe("SqlAuditSink", () => {
           { migration_id: 2 },
           { migration_id: 3 },
           { migration_id: 4 },
-          { migration_id: 5 }
+          { migration_id: 5 },
+          { migration_id: 6 }
         ])
       }))
     }))

@@ -7,6 +7,7 @@ import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Console, Effect, Layer, Logger, LogLevel } from "effect"
 import { eventLoopScheduler } from "../internal/eventLoopScheduler.js"
 import * as CliError from "./CliError.js"
+import * as consoleCommand from "./console.js"
 import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
 import * as exportCommand from "./exportCommand.js"
@@ -15,6 +16,7 @@ import * as hook from "./hook.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
 import * as serve from "./serve.js"
+import * as query from "./query.js"
 import * as stats from "./stats.js"
 import * as token from "./token.js"
 import * as transparency from "./transparency.js"
@@ -30,6 +32,10 @@ export const root = Command.make("agent-ledger").pipe(
     exportCommand.command,
     dlq.command,
     stats.command,
+    query.showCommand,
+    query.logCommand,
+    query.sessionsCommand,
+    consoleCommand.command,
     keygen.command,
     mcpProxy.command,
     serve.command,
@@ -51,6 +57,10 @@ const SUBCOMMANDS = [
   { name: "export", command: exportCommand.command },
   { name: "dlq", command: dlq.command },
   { name: "stats", command: stats.command },
+  { name: "show", command: query.showCommand },
+  { name: "log", command: query.logCommand },
+  { name: "sessions", command: query.sessionsCommand },
+  { name: "console", command: consoleCommand.command },
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
   { name: "serve", command: serve.command },

@@ -187,7 +187,7 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         policy: GuardPolicy.engine(policy, { salt }),
         failClosed: options.failClosed,
         sealEvery: options.sealEvery
-      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
+      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, McpGuard.journalsInContext))
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
         sessionId,
         agentId,

@@ -35,9 +35,14 @@ export const keyFiles = (directory: string, name: string) => ({
   publicKey: path.join(directory, `${name}.pub.pem`)
 })
 
-/** `sequence 17: entryHash — entry_hash does not match the row` */
+/**
+ * `sequence 17: entryHash — entry_hash does not match the row`; a stored journal's broken entry:
+ * `session S entry 4: journal — ...`.
+ */
 export const failureLine = (failure: LedgerVerifier.VerifyFailure): string =>
-  `sequence ${failure.sequence}: ${failure.kind} — ${failure.message}`
+  failure.sessionId === undefined
+    ? `sequence ${failure.sequence}: ${failure.kind} — ${failure.message}`
+    : `session ${JSON.stringify(failure.sessionId)} entry ${failure.sequence}: ${failure.kind} — ${failure.message}`
 
 /** A file can be created (or truncated) at `file`: its directory exists and is writable. */
 export const requireWritableFile = (file: string): Effect.Effect<void, InputError> =>

@@ -321,24 +321,14 @@ export const proveCommand = Command.make(
       if (found === undefined) {
         return yield* new InputError({ message: "no such row (give --sequence N or --event-id ID of a ledger row)" })
       }
-      const { appended_at: _appendedAt, ...stored } = found
-      const row = { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"]
+      const sequence = Number(found.sequence)
       const against = yield* target()
-      if (row.sequence >= against.size) {
+      if (sequence >= against.size) {
         return yield* new InputError({
-          message:
-            `row ${row.sequence} came after the checkpoint (${against.size} leaves): prove it against a newer one`
+          message: `row ${sequence} came after the checkpoint (${against.size} leaves): prove it against a newer one`
         })
       }
-      const { proof } = yield* onLedger(
-        options.db,
-        LedgerTransparency.inclusionProofs(
-          [{ sequence: row.sequence, entryHash: row.entry_hash }],
-          against.size,
-          against.root
-        )
-      )
-      const receipt = LedgerTransparency.receiptFrom(row, against.size, proof[0]!, against.note)
+      const receipt = yield* onLedger(options.db, LedgerTransparency.receiptOfStoredRow(found, against))
       // The row's signature policy is the auditor's: here only that the row's signature holds if it has one.
       const publicKeys = yield* acceptedKeys(options.acceptKeys)
       yield* checkBeforeWriting(

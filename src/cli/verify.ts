@@ -79,6 +79,14 @@ const reportLines = (report: LedgerVerifier.VerifyReport): ReadonlyArray<string>
     lines.push(`  unknown keys:  ${report.unknownKeyIds.join(", ")} (pass their public keys with --public-key)`)
   }
   Option.map(report.head, (head) => lines.push(`  head:          sequence ${head.sequence} ${head.entryHash}`))
+  if (report.journals !== undefined) {
+    const j = report.journals
+    lines.push(
+      `  journals:      ${j.sessions} sessions, ${j.entries} entries checked against their seals` +
+        (j.unfinishedCalls > 0 ? `, ${j.unfinishedCalls} calls unfinished` : "") +
+        (j.sealedWithoutEntries > 0 ? `; ${j.sealedWithoutEntries} sealed sessions have no stored entries` : "")
+    )
+  }
   Option.map(report.pin, (pin) =>
     lines.push(
       `  pin:           ${pin.sequence}:${pin.entryHash} ${pin.status}${

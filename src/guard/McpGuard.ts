@@ -17,6 +17,13 @@
  * Fail-closed mode: refusals are submitted with `submitAndWait`, and while the audit queue cannot make
  * events durable (closed, failed, or its database unwritable) every call is refused under the rule
  * `audit-unavailable`, since a refusal that cannot be recorded must not happen unrecorded.
+ *
+ * Every call on the record: with durable journals (`layer` with the ledger's `JournalStore` in context,
+ * as `AuditLedger` provides it) each entry is also a `journal_entries` row, its `intent` the arguments as
+ * the policy stores them (`storedArguments`: digest and size unless `argumentStorage` says otherwise). In
+ * fail-closed mode an allowed call is answered `Allowed` only once its `call` entry is durable
+ * (write-ahead): a call whose entry cannot be stored within `ackTimeout` is ended as `interrupted` and
+ * refused under `audit-unavailable`, never forwarded unrecorded.
  */
 import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, Layer, Option, Runtime } from "effect"
 import type { Decision, JsonValue, Warn } from "../audit/AuditEvent.js"
@@ -24,6 +31,7 @@ import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/Audit
 import * as AuditQueue from "../audit/AuditQueue.js"
 import type * as SessionJournal from "../journal/SessionJournal.js"
 import * as SessionJournals from "../journal/SessionJournals.js"
+import * as JournalStore from "../ledger/JournalStore.js"
 
 /** One tool call, as the guard sees it. */
 export interface GuardCall {
@@ -321,6 +329,7 @@ export const make = (
     const { policy } = options
     const failClosed = options.failClosed === true
     const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
+    const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
     /** The agent of each open session, for its seal rows. */
     const agents = new Map<string, string>()
     const sessions = new Map<string, SessionState>()
@@ -365,14 +374,32 @@ export const make = (
         }
       })
 
+    const journalStore = yield* Effect.serviceOption(JournalStore.JournalStore)
     const auditAvailable = Effect.map(
-      Effect.all([queue.isOpen, queue.status]),
-      ([open, status]) => open && status !== "Stalled" && status !== "Failed"
+      Effect.all([
+        queue.isOpen,
+        queue.status,
+        Option.match(journalStore, { onNone: () => Effect.succeed(true), onSome: (store) => store.available })
+      ]),
+      ([open, status, journalsStored]) => open && status !== "Stalled" && status !== "Failed" && journalsStored
     )
 
     const sealJournal = (sessionId: string, journal: SessionJournal.Journal) =>
       Effect.gen(function*() {
         const exported = yield* journal.export
+        // A durable journal's seal follows the entries it seals into the database (they are stored in
+        // order, so the last one stored means all are): a verifier reading the seal finds them. Bounded: an
+        // unwritable database must not hold up the session's end (the seal then says more than is stored).
+        if (journal.durable && exported.entries.length > 0) {
+          yield* journal.awaitDurable(exported.entries.length - 1).pipe(
+            Effect.timeout(ackTimeout),
+            Effect.catchAll((error) =>
+              Effect.logError("agent-ledger: sealing a journal whose entries are not all stored").pipe(
+                Effect.annotateLogs({ sessionId, reason: error._tag === "EntryNotDurable" ? error.reason : "timeout" })
+              )
+            )
+          )
+        }
         const event = yield* DeferredAuditEvent.sessionSeal(agents.get(sessionId) ?? "", {
           sessionId,
           length: exported.entries.length,
@@ -393,6 +420,10 @@ export const make = (
         return exported
       })
 
+    /** The arguments as the ledger stores them, computed only where a durable journal keeps them. */
+    const storedOf = (call: GuardCall): JsonValue | undefined =>
+      Option.isSome(journalStore) ? policy.storedArguments(call.toolName, call.arguments) : undefined
+
     /**
      * Journals an entry of the call (no seal: see `sealIfDue`, run once the session's lock is released): its
      * decision (`refused`, or `pending` for an allowed call), or the outcome that ends it.
@@ -400,7 +431,13 @@ export const make = (
     const journalCall = (
       call: GuardCall,
       entry:
-        | { readonly kind: "call"; readonly outcome: "refused" | "pending"; readonly bytesWritten: number }
+        | {
+          readonly kind: "call"
+          readonly outcome: "refused" | "pending"
+          readonly bytesWritten: number
+          /** The call's arguments as stored (see `intentOf`); only a durable journal keeps them. */
+          readonly intent?: JsonValue | undefined
+        }
         | {
           readonly kind: "outcome"
           readonly outcome: SessionJournal.Outcome
@@ -421,7 +458,10 @@ export const make = (
           allowed: entry.outcome !== "refused",
           kind: entry.kind,
           outcome: entry.outcome,
-          ...(entry.kind === "outcome" ? { callSequence: entry.callSequence } : {})
+          ...(entry.kind === "outcome" ? { callSequence: entry.callSequence } : {}),
+          ...(entry.kind === "call" && journal.durable && entry.intent !== undefined
+            ? { intent: { arguments: entry.intent } }
+            : {})
         }).pipe(
           // The guard computes every value itself; a rejected one is a bug, not the caller's input.
           Effect.orDie
@@ -433,8 +473,6 @@ export const make = (
       sealEvery > 0 && (sequence + 1) % sealEvery === 0
         ? Effect.flatMap(journals.get(sessionId), (journal) => Effect.asVoid(sealJournal(sessionId, journal)))
         : Effect.void
-
-    const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
 
     /** A refusal decided and journaled under the session's lock, not yet ledgered. */
     interface Journaled {
@@ -456,14 +494,17 @@ export const make = (
       reason: string,
       unread?: JsonValue
     ) =>
-      Effect.map(journalCall(call, { kind: "call", outcome: "refused", bytesWritten }), (sequence): Journaled => ({
-        call,
-        ruleId,
-        reason,
-        sequence,
-        decisionIndex: state.decisions++,
-        unread
-      }))
+      Effect.map(
+        journalCall(call, { kind: "call", outcome: "refused", bytesWritten, intent: unread ?? storedOf(call) }),
+        (sequence): Journaled => ({
+          call,
+          ruleId,
+          reason,
+          sequence,
+          decisionIndex: state.decisions++,
+          unread
+        })
+      )
 
     /**
      * Ledgers a journaled refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable,
@@ -576,7 +617,7 @@ export const make = (
      * journaled, before the lock is released. A verdict that waits on calls in flight waits here, holding
      * the lock, until they have all ended (no busy-waiting; interruptible).
      */
-    const decide = (call: GuardCall, bytesWritten: number) =>
+    const decide = (call: GuardCall, bytesWritten: number, intent: JsonValue | undefined) =>
       underLock(call.sessionId, (state) =>
         Effect.gen(function*() {
           yield* seed(state, yield* journals.get(call.sessionId))
@@ -606,7 +647,7 @@ export const make = (
               const { reason, ruleId } = verdict.decision
               return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
             }
-            const sequence = yield* journalCall(call, { kind: "call", outcome: "pending", bytesWritten })
+            const sequence = yield* journalCall(call, { kind: "call", outcome: "pending", bytesWritten, intent })
             const ticket: Ticket = {
               call,
               bytesWritten,
@@ -638,15 +679,51 @@ export const make = (
             false
           )
         }
-        const decided = yield* decide(call, bytesWritten)
+        // Outside the session's lock: hashing the arguments does not hold up the session's other decisions.
+        const decided = yield* decide(call, bytesWritten, storedOf(call))
         for (const warning of decided.verdict.warnings) {
           yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
             Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
           )
         }
         if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
+        if (failClosed) {
+          const refused = yield* writeAhead(decided.ticket)
+          if (refused !== undefined) return refused
+        }
         yield* sealIfDue(call.sessionId, decided.sequence)
         return { _tag: "Allowed", ticket: decided.ticket, warnings: decided.verdict.warnings } as const
+      })
+
+    /**
+     * Write-ahead (fail-closed): waits until the allowed call's `call` entry is durable. When it cannot be
+     * made durable within `ackTimeout`, the call is ended as interrupted (never forwarded) and refused.
+     */
+    const writeAhead = (ticket: Ticket): Effect.Effect<Refused | undefined> =>
+      Effect.gen(function*() {
+        const journal = yield* journals.get(ticket.call.sessionId)
+        if (!journal.durable) return undefined
+        const durable = yield* journal.awaitDurable(ticket.sequence).pipe(
+          Effect.timeoutFail({
+            duration: ackTimeout,
+            onTimeout: () => `not durable within ${Duration.format(ackTimeout)}`
+          }),
+          Effect.mapError((error) => typeof error === "string" ? error : error.reason),
+          Effect.either
+        )
+        if (durable._tag === "Right") return undefined
+        yield* Effect.logError("agent-ledger: a call's journal entry could not be made durable; refused").pipe(
+          Effect.annotateLogs({ sessionId: ticket.call.sessionId, sequence: ticket.sequence, reason: durable.left })
+        )
+        yield* complete(ticket, { _tag: "Interrupted" })
+        return {
+          _tag: "Refused",
+          ruleId: AUDIT_UNAVAILABLE_RULE,
+          reason: "the call could not be recorded durably before it ran (fail-closed guard)",
+          sequence: ticket.sequence,
+          ledgerSequence: null,
+          decisionIndex: ticket.decisionIndex
+        }
       })
 
     /**
@@ -740,11 +817,21 @@ export const make = (
     })
   })
 
-/** The guard on the `AuditQueue` in context, with its own journals. */
+/**
+ * The guard on the `AuditQueue` in context, with its own journals: durable (every entry a `journal_entries`
+ * row) when the ledger's `JournalStore` is in context, as `AuditLedger`'s layers provide it; in memory
+ * otherwise.
+ */
 export const layer = (options: Options): Layer.Layer<McpGuard, never, AuditQueue.AuditQueue> =>
   Layer.effect(McpGuard, make(options)).pipe(
-    Layer.provide(Layer.effect(SessionJournals.SessionJournals, SessionJournals.make))
+    Layer.provide(Layer.effect(SessionJournals.SessionJournals, journalsInContext))
   )
+
+/** `SessionJournals` on the ledger's `JournalStore` when there is one in context, else in memory. */
+export const journalsInContext: Effect.Effect<SessionJournals.Service> = Effect.flatMap(
+  Effect.serviceOption(JournalStore.JournalStore),
+  (store) => SessionJournals.makeWith(Option.isSome(store) ? { store: store.value } : {})
+)
 
 /** The guard for Promise-based code (the MCP SDK's handlers): each method runs on the runtime given. */
 export interface PromiseGuard {

@@ -96,12 +96,43 @@ const signDeadLetters = Effect.gen(function*() {
   yield* sql`ALTER TABLE signed_events_dlq ADD COLUMN key_id TEXT`
 })
 
+/**
+ * Session journal entries, durable (docs/FORMAT.md, "Journal entry row"): `body` is the entry's hash input
+ * exactly (so `entry_hash = SHA-256(body)`), the other columns are what a query filters on, each one a copy
+ * of a field of `body` that `verify` checks against it. One chain per `session_id`, `seq` from 0.
+ */
+const createJournalEntries = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const bytes = sql.onDialectOrElse({ pg: () => sql.literal("BYTEA"), orElse: () => sql.literal("BLOB") })
+  yield* sql`
+    CREATE TABLE journal_entries (
+      session_id   TEXT NOT NULL,
+      seq          INTEGER NOT NULL,
+      kind         TEXT NOT NULL,
+      outcome      TEXT NOT NULL,
+      call_seq     INTEGER NOT NULL,
+      agent_id     TEXT NOT NULL,
+      server_id    TEXT NOT NULL,
+      tool_name    TEXT NOT NULL,
+      timestamp_ms BIGINT NOT NULL,
+      prev_hash    TEXT NOT NULL,
+      entry_hash   TEXT NOT NULL,
+      body         ${bytes} NOT NULL,
+      intent       TEXT,
+      written_at   TEXT NOT NULL,
+      PRIMARY KEY (session_id, seq)
+    )`
+  yield* sql`CREATE INDEX idx_journal_entries_time ON journal_entries(timestamp_ms)`
+  yield* sql`CREATE INDEX idx_journal_entries_agent ON journal_entries(agent_id, timestamp_ms)`
+})
+
 const loader = Migrator.fromRecord({
   "0001_create_ledger": createLedger,
   "0002_create_settings": createSettings,
   "0003_create_transparency": createTransparency,
   "0004_prune_low_merkle_nodes": pruneLowMerkleNodes,
-  "0005_sign_dead_letters": signDeadLetters
+  "0005_sign_dead_letters": signDeadLetters,
+  "0006_journal_entries": createJournalEntries
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */

@@ -13,10 +13,13 @@
  * A journal is a value made by `make(sessionId)`, its state changed only in single synchronous steps; time
  * comes from `Clock`.
  */
-import { Context, Effect, Layer, ParseResult, Schema } from "effect"
+import canonicalize from "canonicalize"
+import { Context, Deferred, Effect, Exit, FiberId, Layer, ParseResult, Schema } from "effect"
+import type { JsonValue } from "../audit/AuditEvent.js"
 import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
 import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import { debugSpan } from "../internal/tracing.js"
+import type * as JournalStore from "../ledger/JournalStore.js"
 
 /** The `format` of a `JournalExport` written now (v2 entries; v1 entries of a restored journal kept). */
 export const EXPORT_FORMAT = "agent-ledger/journal/v2"
@@ -142,6 +145,11 @@ export interface RecordParams {
   readonly kind?: EntryKind | undefined
   readonly outcome?: Outcome | undefined
   readonly callSequence?: number | undefined
+  /**
+   * What the call asked for (e.g. its arguments as the policy lets the ledger store them: digest and size
+   * by default). Kept only by a durable journal, in its entry row's `intent` column; not hashed.
+   */
+  readonly intent?: JsonValue | undefined
 }
 
 /**
@@ -185,6 +193,17 @@ export class IntegrityViolation extends Schema.TaggedError<IntegrityViolation>()
 }) {
   override get message(): string {
     return `journal integrity violation at ${this.sequence}: ${this.field} expected ${this.expected}, got ${this.actual}`
+  }
+}
+
+/** A durable journal's entry is not stored (yet): storing it failed with `reason`. */
+export class EntryNotDurable extends Schema.TaggedError<EntryNotDurable>()("EntryNotDurable", {
+  sessionId: Schema.String,
+  sequence: Schema.Number,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `journal entry ${this.sequence} of session ${this.sessionId} is not durable: ${this.reason}`
   }
 }
 
@@ -270,12 +289,19 @@ class EntryEncoder {
     return digestHex(this.#buffer.subarray(0, this.#encodeRest(at + 32, input)))
   }
 
-  /** `entryHash` as 32 raw bytes, the previous hash given as raw bytes. */
-  hashRaw(sequence: number, fields: EntryFields, log: EntryLog): Buffer {
+  /**
+   * `entryHash` as 32 raw bytes, the previous hash given as raw bytes; with `keepInput`, a copy of the hash
+   * input is left in `lastInput` (what a durable journal stores as the entry's row body).
+   */
+  hashRaw(sequence: number, fields: EntryFields, log: EntryLog, keepInput = false): Buffer {
     const at = this.#reserve(sequence, fields)
     log.copyHash(sequence - 1, this.#buffer, at)
-    return digestBytes(this.#buffer.subarray(0, this.#encodeRest(at + 32, fields)))
+    const input = this.#buffer.subarray(0, this.#encodeRest(at + 32, fields))
+    if (keepInput) this.lastInput = Buffer.from(input)
+    return digestBytes(input)
   }
+
+  lastInput: Buffer = Buffer.alloc(0)
 
   /** Room for the input; returns where the previous hash goes (after the prefix and the sequence). */
   #reserve(sequence: number, input: EntryFields): number {
@@ -532,6 +558,13 @@ export interface Journal {
   readonly headHash: Effect.Effect<string>
   readonly verifyIntegrity: Effect.Effect<void, IntegrityViolation>
   readonly export: Effect.Effect<JournalExport>
+  /** Whether entries are also stored in the ledger (`make` with a `store`). */
+  readonly durable: boolean
+  /**
+   * Waits until entry `sequence` is stored in the ledger; fails with `EntryNotDurable` when storing it has
+   * failed (it is retried: a later call may succeed). Succeeds at once for an in-memory journal.
+   */
+  readonly awaitDurable: (sequence: number) => Effect.Effect<void, EntryNotDurable>
 }
 
 /** A journal as a service, for programs that run inside one session (`layer`). */
@@ -687,10 +720,88 @@ const invalidCount = (field: InvalidRecord["field"], value: number, max: number)
   return undefined
 }
 
-const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
+/** Where a durable journal's entries go (`make` with `store`). */
+export interface Options {
+  /** The ledger's journal store: every entry recorded is also stored there (group commit). */
+  readonly store?: JournalStore.Service | undefined
+}
+
+/**
+ * A durable journal's entries not stored yet, and those whose storing failed: `awaitDurable` reads them.
+ * Waiters are made only for an entry someone waits on.
+ */
+class Durability {
+  readonly #unstored = new Set<number>()
+  readonly #failed = new Map<number, string>()
+  readonly #waiters = new Map<number, Deferred.Deferred<void, EntryNotDurable>>()
+  constructor(readonly sessionId: string) {}
+
+  onStored(sequence: number): JournalStore.OnStored {
+    this.#unstored.add(sequence)
+    return (failure) => {
+      const waiter = this.#waiters.get(sequence)
+      this.#waiters.delete(sequence)
+      if (failure === undefined) {
+        this.#unstored.delete(sequence)
+        this.#failed.delete(sequence)
+        if (waiter !== undefined) Deferred.unsafeDone(waiter, Exit.void)
+      } else {
+        this.#failed.set(sequence, failure.reason)
+        if (waiter !== undefined) Deferred.unsafeDone(waiter, Exit.fail(this.#notDurable(sequence, failure.reason)))
+      }
+    }
+  }
+
+  #notDurable(sequence: number, reason: string) {
+    return new EntryNotDurable({ sessionId: this.sessionId, sequence, reason })
+  }
+
+  await(sequence: number): Effect.Effect<void, EntryNotDurable> {
+    return Effect.suspend(() => {
+      const failed = this.#failed.get(sequence)
+      if (failed !== undefined) return Effect.fail(this.#notDurable(sequence, failed))
+      if (!this.#unstored.has(sequence)) return Effect.void
+      let waiter = this.#waiters.get(sequence)
+      if (waiter === undefined) {
+        waiter = Deferred.unsafeMake<void, EntryNotDurable>(FiberId.none)
+        this.#waiters.set(sequence, waiter)
+      }
+      return Deferred.await(waiter)
+    })
+  }
+}
+
+/** The ledger row of an entry just appended (`body` is its hash input). */
+const rowOf = (
+  sessionId: string,
+  sequence: number,
+  entry: StoredEntry,
+  prevHash: string,
+  entryHash: string,
+  body: Uint8Array,
+  intent: JsonValue | undefined
+): JournalStore.JournalRow => ({
+  sessionId,
+  sequence,
+  kind: entry.kind ?? "call",
+  outcome: entry.outcome ?? (entry.allowed ? "result" : "refused"),
+  callSequence: entry.callSequence ?? sequence,
+  agentId: entry.agentId,
+  serverId: entry.serverId,
+  toolName: entry.toolName,
+  timestampMillis: entry.timestampMillis,
+  prevHash,
+  entryHash,
+  body,
+  intent: intent === undefined ? null : canonicalize(intent) ?? null
+})
+
+const fromState = (sessionId: string, state: State, options: Options = {}): Effect.Effect<Journal> =>
   Effect.sync((): Journal => {
     const encoder = new EntryEncoder(sessionId)
     const log = state.log
+    const store = options.store
+    const durability = store === undefined ? undefined : new Durability(sessionId)
     const read = <A>(f: (state: State) => A): Effect.Effect<A> => Effect.sync(() => f(state))
 
     /** The append itself: one synchronous step, on values copied once from the caller's object. */
@@ -720,7 +831,23 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
           reason: `expected ${problem.expected}, got ${problem.actual}`
         })
       }
-      append(state, entry, encoder.hashRaw(sequence, entry, log))
+      const hash = encoder.hashRaw(sequence, entry, log, store !== undefined)
+      append(state, entry, hash)
+      if (store !== undefined) {
+        // In the step that appends: the store receives each session's entries in their order.
+        store.enqueue(
+          rowOf(
+            sessionId,
+            sequence,
+            entry,
+            log.hashHex(sequence - 1),
+            hash.toString("hex"),
+            encoder.lastInput,
+            params.intent
+          ),
+          durability!.onStored(sequence)
+        )
+      }
       return sequence
     }
 
@@ -766,12 +893,19 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
         }, true)
       ).pipe(
         debugSpan(SPAN_EXPORT, () => ({ "agent_ledger.session_id": sessionId, "agent_ledger.length": log.length }))
-      )
+      ),
+      durable: store !== undefined,
+      awaitDurable: (sequence) => durability === undefined ? Effect.void : durability.await(sequence)
     }
   })
 
-/** A new, empty journal for `sessionId`. */
-export const make = (sessionId: string): Effect.Effect<Journal> => fromState(sessionId, emptyState())
+/**
+ * A new, empty journal for `sessionId`: in memory, or with `options.store` also stored in the ledger
+ * (docs/FORMAT.md, "Journal entry row"). A durable session id must name one chain: a second journal of the
+ * same id in the same ledger has its entries refused by the store (and logged as lost).
+ */
+export const make = (sessionId: string, options: Options = {}): Effect.Effect<Journal> =>
+  fromState(sessionId, emptyState(), options)
 
 /**
  * A journal restored from an export, continuing its chain: the next `record` gets sequence `length` and

@@ -3,6 +3,7 @@
  * handed back on every later `get`, until `end` closes the session and returns its final export.
  */
 import { Context, Effect, HashMap, Layer, Option, SynchronizedRef } from "effect"
+import * as JournalStore from "../ledger/JournalStore.js"
 import * as SessionJournal from "./SessionJournal.js"
 
 export class SessionJournals extends Context.Tag("agent-ledger/SessionJournals")<SessionJournals, {
@@ -24,38 +25,55 @@ export class SessionJournals extends Context.Tag("agent-ledger/SessionJournals")
 /** The `SessionJournals` service itself (what `yield* SessionJournals` gives). */
 export type Service = Context.Tag.Service<SessionJournals>
 
-export const make: Effect.Effect<Service> = Effect.gen(function*() {
-  const open = yield* SynchronizedRef.make(HashMap.empty<string, SessionJournal.Journal>())
+/**
+ * The registry; with `options.store`, every journal it opens is durable (`SessionJournal.make` with the
+ * store).
+ */
+export const makeWith = (options: SessionJournal.Options = {}): Effect.Effect<Service> =>
+  Effect.gen(function*() {
+    const open = yield* SynchronizedRef.make(HashMap.empty<string, SessionJournal.Journal>())
 
-  // Creation happens inside one `modifyEffect`, which serializes creators, so two fibers racing on a new
-  // id cannot both create a journal. The lock-free read first keeps `get` of an open session cheap.
-  const get = (sessionId: string) =>
-    Effect.flatMap(SynchronizedRef.get(open), (journals) =>
-      Option.match(HashMap.get(journals, sessionId), {
-        onSome: Effect.succeed,
-        onNone: () =>
-          SynchronizedRef.modifyEffect(open, (current) =>
-            Option.match(HashMap.get(current, sessionId), {
-              onSome: (journal) => Effect.succeed([journal, current] as const),
-              onNone: () =>
-                Effect.map(
-                  SessionJournal.make(sessionId),
-                  (journal) => [journal, HashMap.set(current, sessionId, journal)] as const
-                )
-            }))
-      }))
+    // Creation happens inside one `modifyEffect`, which serializes creators, so two fibers racing on a new
+    // id cannot both create a journal. The lock-free read first keeps `get` of an open session cheap.
+    const get = (sessionId: string) =>
+      Effect.flatMap(SynchronizedRef.get(open), (journals) =>
+        Option.match(HashMap.get(journals, sessionId), {
+          onSome: Effect.succeed,
+          onNone: () =>
+            SynchronizedRef.modifyEffect(open, (current) =>
+              Option.match(HashMap.get(current, sessionId), {
+                onSome: (journal) => Effect.succeed([journal, current] as const),
+                onNone: () =>
+                  Effect.map(
+                    SessionJournal.make(sessionId, options),
+                    (journal) => [journal, HashMap.set(current, sessionId, journal)] as const
+                  )
+              }))
+        }))
 
-  const end = (sessionId: string) =>
-    SynchronizedRef.modifyEffect(open, (current) =>
-      Option.match(HashMap.get(current, sessionId), {
-        onNone: () => Effect.succeed([Option.none(), current] as const),
-        onSome: (journal) =>
-          Effect.map(journal.export, (exported) => [Option.some(exported), HashMap.remove(current, sessionId)] as const)
-      }))
+    const end = (sessionId: string) =>
+      SynchronizedRef.modifyEffect(open, (current) =>
+        Option.match(HashMap.get(current, sessionId), {
+          onNone: () => Effect.succeed([Option.none(), current] as const),
+          onSome: (journal) =>
+            Effect.map(
+              journal.export,
+              (exported) => [Option.some(exported), HashMap.remove(current, sessionId)] as const
+            )
+        }))
 
-  const list = Effect.map(SynchronizedRef.get(open), (journals) => Array.from(HashMap.keys(journals)).sort())
+    const list = Effect.map(SynchronizedRef.get(open), (journals) => Array.from(HashMap.keys(journals)).sort())
 
-  return SessionJournals.of({ get, end, list })
-})
+    return SessionJournals.of({ get, end, list })
+  })
+
+/** In-memory journals (the library's default). */
+export const make: Effect.Effect<Service> = makeWith()
 
 export const layer: Layer.Layer<SessionJournals> = Layer.effect(SessionJournals, make)
+
+/** Journals stored in the ledger as they are recorded (`JournalStore`). */
+export const layerDurable: Layer.Layer<SessionJournals, never, JournalStore.JournalStore> = Layer.effect(
+  SessionJournals,
+  Effect.flatMap(JournalStore.JournalStore, (store) => makeWith({ store }))
+)

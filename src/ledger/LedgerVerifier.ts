@@ -21,6 +21,7 @@ import { digestHex, isHash, ZERO_HASH } from "../internal/encoding.js"
 import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
 import { storedRowEntryHash } from "../internal/rowFormat.js"
 import { dialectOf } from "../internal/sqlDialect.js"
+import * as JournalVerifier from "./JournalVerifier.js"
 import * as LedgerRow from "./LedgerRow.js"
 import * as LedgerSql from "./LedgerSql.js"
 
@@ -60,14 +61,20 @@ export const FailureKind = Schema.Literal(
   "pin",
   "duplicate",
   "downgrade",
-  "encoding"
+  "encoding",
+  "journal"
 )
 export type FailureKind = typeof FailureKind.Type
 
 export const VerifyFailure = Schema.Struct({
-  /** The sequence of the failing row as stored (for `pin`: the pinned sequence). */
+  /**
+   * The sequence of the failing row as stored (for `pin`: the pinned sequence; for `journal`: the broken
+   * entry's sequence in its session's journal).
+   */
   sequence: Schema.Number,
   kind: FailureKind,
+  /** For `journal`: the session whose stored journal is broken at `sequence`. */
+  sessionId: Schema.optional(Schema.String),
   expected: Schema.optional(Schema.String),
   actual: Schema.optional(Schema.String),
   message: Schema.String
@@ -121,7 +128,9 @@ export const VerifyReport = Schema.Struct({
   unknownKeyIds: Schema.Array(Schema.String),
   /** The last row seen, as stored. */
   head: Schema.OptionFromNullOr(ChainHead),
-  pin: Schema.OptionFromNullOr(PinResult)
+  pin: Schema.OptionFromNullOr(PinResult),
+  /** The stored session journals, when they were checked (`verifyLedger`). */
+  journals: Schema.optional(JournalVerifier.JournalsReport)
 }).annotations({ identifier: "VerifyReport" })
 export type VerifyReport = typeof VerifyReport.Type
 
@@ -764,6 +773,11 @@ export interface VerifyLedgerOptions {
   readonly pageSize?: number | undefined
   /** Called after each page with the number of rows checked so far (e.g. to show progress). */
   readonly onProgress?: ((rowsChecked: number) => Effect.Effect<void>) | undefined
+  /**
+   * Also verify every stored session journal (`journal_entries`) against itself and its seals; a broken
+   * entry is a `journal` failure naming its session and sequence. Default true.
+   */
+  readonly journals?: boolean | undefined
 }
 
 /**
@@ -815,7 +829,14 @@ export const verifyLedger = (
         // Between pages the event loop gets its turn: a timeout or an interruption stops the run here.
         if (Option.isSome(after)) yield* yieldToEventLoop
       } while (Option.isSome(after))
-      const report = yield* withDuplicateCheck(checker.report(), options.maxFailures ?? DEFAULT_MAX_FAILURES)
+      const chainReport = yield* withDuplicateCheck(checker.report(), options.maxFailures ?? DEFAULT_MAX_FAILURES)
+      const report = options.journals === false
+        ? chainReport
+        : withJournals(
+          chainReport,
+          yield* JournalVerifier.verifyJournals(options.maxFailures ?? DEFAULT_MAX_FAILURES),
+          options.maxFailures ?? DEFAULT_MAX_FAILURES
+        )
       yield* Effect.annotateCurrentSpan({
         "agent_ledger.rows_checked": report.rowsChecked,
         "agent_ledger.ok": report.ok,
@@ -824,6 +845,29 @@ export const verifyLedger = (
       return report
     }).pipe(consistentRead)
   ).pipe(Effect.withSpan(SPAN_VERIFY))
+
+/** The chain's report with the stored journals' check added (their failures after the chain's). */
+const withJournals = (
+  report: VerifyReport,
+  checked: JournalVerifier.JournalsCheck,
+  maxFailures: number
+): VerifyReport => {
+  const failures = checked.failures.map((f): VerifyFailure => ({
+    sequence: f.sequence,
+    kind: "journal",
+    sessionId: f.sessionId,
+    message: `${f.check}: ${f.detail}`
+  }))
+  if (failures.length === 0) return { ...report, journals: checked.report }
+  return {
+    ...report,
+    ok: false,
+    failureCount: report.failureCount + failures.length,
+    firstFailure: Option.isSome(report.firstFailure) ? report.firstFailure : Option.some(failures[0]!),
+    failures: [...report.failures, ...failures].slice(0, Math.max(report.failures.length, maxFailures)),
+    journals: checked.report
+  }
+}
 
 /** The report on a database whose text is not stored as checked UTF-8: nothing in it can be verified. */
 const notUtf8Database: VerifyReport = (() => {

@@ -26,6 +26,7 @@ import type { AuditSigner } from "../audit/AuditSigner.js"
 import { exportPem } from "../audit/AuditSigner.js"
 import type { AuditSink, ChainPosition } from "../audit/AuditSink.js"
 import type { ClassifiedFailure, FailureKind, Synchronous } from "../internal/sqlDialect.js"
+import type { JournalRow } from "./JournalRow.js"
 import type * as LedgerSql from "./LedgerSql.js"
 import { DEFAULT_BUSY_TIMEOUT } from "./LedgerSql.js"
 import * as SqlAuditSink from "./SqlAuditSink.js"
@@ -55,6 +56,12 @@ export type Request =
     readonly op: "deadLetter"
     readonly events: ReadonlyArray<SqlAuditSink.PreparedEvent>
     readonly reason: string
+    readonly at: string
+  }
+  | {
+    readonly id: number
+    readonly op: "journal"
+    readonly rows: ReadonlyArray<JournalRow>
     readonly at: string
   }
   | { readonly id: number; readonly op: "crash"; readonly when: "beforeCommit" | "afterCommit" }
@@ -297,7 +304,7 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
       )
 
     /** The request as a span: the thread's statements are not traced, its round trip is. */
-    const traced = (effect: Effect.Effect<Reply>, op: "append" | "dead_letter", rows: number) =>
+    const traced = (effect: Effect.Effect<Reply>, op: "append" | "dead_letter" | "journal", rows: number) =>
       Effect.withSpan(effect, SPAN_WRITE, { attributes: { "agent_ledger.op": op, "agent_ledger.rows": rows } })
 
     const defectOf = (reply: Reply): Option.Option<string> =>
@@ -321,7 +328,13 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
             if (Option.isSome(defect)) return Effect.dieMessage(`ledger writer thread: ${defect.value}`)
             return "failure" in reply ? Effect.fail(toFailure(reply.failure) as ClassifiedFailure) : Effect.void
           }
-        )
+        ),
+      insertJournalEntries: (rows, at) =>
+        Effect.flatMap(traced(request({ op: "journal", rows, at }), "journal", rows.length), (reply) => {
+          const defect = defectOf(reply)
+          if (Option.isSome(defect)) return Effect.dieMessage(`ledger writer thread: ${defect.value}`)
+          return "failure" in reply ? Effect.fail(toFailure(reply.failure) as ClassifiedFailure) : Effect.void
+        })
     }
 
     /** Asks the thread to close its connection and waits for it to end, then terminates it if it has not. */

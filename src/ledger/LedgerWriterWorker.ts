@@ -81,6 +81,20 @@ const program = Effect.gen(function*() {
               }
             }
         )
+      case "journal":
+        return Effect.map(
+          Effect.either(store.insertJournalEntries(request.rows, request.at)),
+          (result): Reply =>
+            Either.isRight(result) ? { id: request.id } : {
+              id: request.id,
+              failure: {
+                _tag: "Classified",
+                kind: result.left.kind,
+                code: result.left.code._tag === "Some" ? result.left.code.value : null,
+                description: result.left.description
+              }
+            }
+        )
       case "crash":
         return Effect.sync(() => {
           crash = request.when

@@ -32,6 +32,7 @@ import { rowEntryHashBytes } from "../internal/rowFormat.js"
 import type { ClassifiedFailure, SqlDialect, Synchronous } from "../internal/sqlDialect.js"
 import { forClient, isEnvironmental, withWriteTransaction } from "../internal/sqlDialect.js"
 import { toWellFormed } from "../internal/unicode.js"
+import * as JournalRow from "./JournalRow.js"
 import * as LedgerRow from "./LedgerRow.js"
 import * as LedgerSql from "./LedgerSql.js"
 
@@ -74,6 +75,14 @@ export class SqlAuditSink extends Context.Tag("agent-ledger/SqlAuditSink")<SqlAu
    * unsigned sink. Replay checks dead letters against it before this sink signs them.
    */
   readonly signingKey: Option.Option<SigningKey>
+  /**
+   * Session journal entries into `journal_entries`, in one write transaction where the sink writes (the
+   * writer thread, when there is one), a busy database retried on the sink's schedule. Fails with
+   * `AuditSinkError` (`unavailable` for the environment's fault) when they cannot be stored.
+   */
+  readonly insertJournalEntries: (
+    rows: Arr.NonEmptyReadonlyArray<JournalRow.JournalRow>
+  ) => Effect.Effect<void, AuditSinkError>
   /** Events waiting in `signed_events_dlq` (rows not yet replayed). */
   readonly dlqSize: Effect.Effect<number, SqlError>
   /** The chain head as stored now (not the cache); `None` for an empty chain. */
@@ -203,7 +212,7 @@ const DLQ_COLUMNS = [
   "key_id"
 ] as const
 
-type Param = string | number | null
+type Param = string | number | Uint8Array | null
 
 /** Rows per multi-row INSERT statement; a batch uses statements of power-of-two sizes up to this. */
 const ROWS_PER_STATEMENT = 64
@@ -302,6 +311,15 @@ export interface ChainStore {
     events: ReadonlyArray<PreparedEvent>,
     reason: string,
     failedAt: string
+  ) => Effect.Effect<void, ClassifiedFailure>
+  /**
+   * One write transaction inserting session journal entries (`journal_entries`). Idempotent: an entry
+   * stored already with the same `entry_hash` is left as it is; one stored with another hash (a session id
+   * reused for a second chain) fails the whole transaction as `other`.
+   */
+  readonly insertJournalEntries: (
+    rows: ReadonlyArray<JournalRow.JournalRow>,
+    writtenAt: string
   ) => Effect.Effect<void, ClassifiedFailure>
 }
 
@@ -478,7 +496,71 @@ export const makeLocalStore = (
         )
       ).pipe(Effect.mapError((error) => dialect.classify(error)))
 
-    return { appendAfterHead, insertDeadLetters }
+    /** The stored entry hashes of `rows`' positions, by `session_id:seq`. */
+    const storedJournalHashes = (rows: ReadonlyArray<JournalRow.JournalRow>) =>
+      Effect.map(
+        Effect.forEach(
+          Array.from(new Set(rows.map((row) => row.sessionId))),
+          (sessionId) => {
+            const seqs = rows.filter((row) => row.sessionId === sessionId).map((row) => row.sequence)
+            return sql<{ seq: number | string; entry_hash: string }>`
+              SELECT seq, entry_hash FROM journal_entries
+              WHERE session_id = ${sessionId} AND seq >= ${Math.min(...seqs)} AND seq <= ${Math.max(...seqs)}`.pipe(
+              Effect.map((found) => found.map((f) => [`${sessionId}:${Number(f.seq)}`, f.entry_hash] as const))
+            )
+          }
+        ),
+        (pairs) => new Map(pairs.flat())
+      )
+
+    /**
+     * Inserts the rows not stored yet; after a unique violation (a batch retried after its commit was not
+     * seen, or a session id reused), compares what is stored: the same entries are skipped, others refused.
+     */
+    const insertJournalEntries = (
+      rows: ReadonlyArray<JournalRow.JournalRow>,
+      writtenAt: string
+    ): Effect.Effect<void, ClassifiedFailure> => {
+      const insert = (some: ReadonlyArray<JournalRow.JournalRow>) =>
+        some.length === 0 ? Effect.void : withWriteTransaction(
+          sql,
+          dialect,
+          insertRows(
+            sql,
+            dialect,
+            "journal_entries",
+            JournalRow.COLUMNS,
+            some.map((r) => JournalRow.toParams(r, writtenAt))
+          )
+        )
+      return insert(rows).pipe(
+        Effect.mapError((error) => dialect.classify(error)),
+        Effect.catchIf((failure) => failure.kind === "uniqueViolation", (failure) =>
+          storedJournalHashes(rows).pipe(
+            Effect.mapError((error) => dialect.classify(error)),
+            Effect.flatMap((stored) => {
+              const other = rows.find((r) => {
+                const hash = stored.get(`${r.sessionId}:${r.sequence}`)
+                return hash !== undefined && hash !== r.entryHash
+              })
+              if (other !== undefined) {
+                return Effect.fail<ClassifiedFailure>({
+                  kind: "other",
+                  code: failure.code,
+                  description: `journal entry ${other.sequence} of session ${
+                    JSON.stringify(other.sessionId)
+                  } is stored already with another hash (a session id used for two chains)`
+                })
+              }
+              return insert(rows.filter((r) => !stored.has(`${r.sessionId}:${r.sequence}`))).pipe(
+                Effect.mapError((error) => dialect.classify(error))
+              )
+            })
+          ))
+      )
+    }
+
+    return { appendAfterHead, insertDeadLetters, insertJournalEntries }
   })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -583,6 +665,19 @@ export const makeWith = (store: ChainStore, options: Omit<Options, "synchronous"
       deadLetter: (event, reason) => onLedger(deadLetters.insert([deadLetterPayload(event)], reason)),
       deadLetterBatch: (events, reason) => onLedger(deadLetters.insert(events.map(deadLetterPayload), reason)),
       appendOnly: (event) => onLedger(appendOnly(event)),
+      insertJournalEntries: (rows) =>
+        onLedger(
+          Effect.flatMap(nowRfc3339, (writtenAt) => store.insertJournalEntries(rows, writtenAt)).pipe(
+            Effect.retry({ schedule: retrySchedule, while: (failure) => failure.kind === "busy" }),
+            Effect.mapError((failure) =>
+              new AuditSinkError({
+                eventId: `journal:${rows[0].sessionId}:${rows[0].sequence}`,
+                reason: `journal entries not stored: ${failure.description}`,
+                unavailable: isEnvironmental(failure.kind)
+              })
+            )
+          )
+        ),
       signingKey: Option.map(
         Option.fromNullable(options.signer),
         (signer): SigningKey => ({ keyId: signer.keyId, publicKey: signer.publicKey })

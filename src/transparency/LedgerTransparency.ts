@@ -277,6 +277,30 @@ export interface AdoptedRows {
   readonly last: number
 }
 
+/**
+ * The root of the tree of the ledger's first `size` rows, recomputed from the rows' entry hashes (paged, no
+ * stored subtree read, nothing written): what a read-only reader compares a checkpoint's root with. Fewer
+ * than `size` rows: `None` (the ledger was truncated below the checkpoint). `onProgress` gets the leaves
+ * hashed so far after each page.
+ */
+export const rootOfRows = (
+  size: number,
+  onProgress: (leaves: number) => Effect.Effect<void> = () => Effect.void
+): Effect.Effect<Option.Option<Hash>, SqlError, LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+    Effect.gen(function*() {
+      const sql = client.withoutTransforms()
+      const frontier = new Frontier(0, [])
+      while (frontier.size < size) {
+        const leaves = yield* leavesOn(sql, frontier.size, Math.min(size, frontier.size + PAGE))
+        if (leaves.length === 0) break
+        for (const leaf of leaves) frontier.push(leaf, () => {})
+        yield* onProgress(frontier.size)
+        yield* yieldToEventLoop
+      }
+      return frontier.size === size ? Option.some(frontier.root()) : Option.none()
+    })))
+
 /** What the signed tree of the ledger now is: its size and root, and the stored subtrees repaired. */
 export interface SignedTree {
   readonly size: number
@@ -842,6 +866,23 @@ export const receiptFrom = (
   inclusion_proof: proof.map((h) => Buffer.from(h).toString("base64")),
   checkpoint: note
 })
+
+/**
+ * The receipt of a row as the database returned it (`SELECT *`: `appended_at`, which no hash covers, is left
+ * out) against the signed checkpoint `note` of `size` leaves and root `root`: its inclusion proof is made
+ * from the stored tree and checked against that root (`inclusionProofs`). What `prove` and the console serve.
+ */
+export const receiptOfStoredRow = (
+  stored: Record<string, unknown>,
+  against: { readonly note: string; readonly size: number; readonly root: Hash }
+): Effect.Effect<Receipt, TransparencyRefusal | SqlError, LedgerSql.LedgerSql> => {
+  const { appended_at: _appendedAt, ...fields } = stored
+  const row = { ...fields, sequence: Number(fields.sequence) } as Receipt["row"]
+  return Effect.map(
+    inclusionProofs([{ sequence: row.sequence, entryHash: row.entry_hash }], against.size, against.root),
+    ({ proof }) => receiptFrom(row, against.size, proof[0]!, against.note)
+  )
+}
 
 /** The consistency proof `proof` from the checkpoint `oldNote` to `newNote`. */
 export const consistencyFrom = (oldNote: string, newNote: string, proof: ReadonlyArray<Hash>): ConsistencyProof => ({
