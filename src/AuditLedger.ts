@@ -11,6 +11,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import type { ConfigError, ParseResult } from "effect"
 import { Config, Effect, Layer, Option } from "effect"
 import type { Duration } from "effect"
+import type * as ArgumentStorage from "./audit/ArgumentStorage.js"
 import * as AuditQueue from "./audit/AuditQueue.js"
 import type { AuditSigner, KeyLoadError } from "./audit/AuditSigner.js"
 import { loadPrivateKeyFile } from "./audit/AuditSigner.js"
@@ -71,12 +72,22 @@ export interface SqliteOptions {
    * `every` by a background fiber while the layer is open (and once more when it closes), signed with
    * `signer`, kept in the `checkpoints` table. Needs `signer`. Default: none (run `agent-ledger checkpoint`).
    */
-  readonly checkpoints?: {
-    /** The log's origin, the checkpoint's first line and the signing key's name. */
-    readonly origin: string
-    /** How often; default 1 minute. */
-    readonly every?: Duration.DurationInput | undefined
-  } | undefined
+  readonly checkpoints?: CheckpointOptions | undefined
+  /**
+   * What rows keep of the arguments of tool calls built with `AuditEvent.toolCall` (the layer provides
+   * `ArgumentStorage` with this ledger's salt): per tool, by glob, which top-level fields are kept as given,
+   * as salted digests or not at all, in the vocabulary of the guard policy's `argumentStorage`. Default:
+   * the salted digest and size of the arguments only; `ArgumentStorage.storeAll` keeps every field.
+   */
+  readonly argumentStorage?: ArgumentStorage.Tools | undefined
+}
+
+/** Signed checkpoints made while the layer is open (`SqliteOptions.checkpoints`). */
+export interface CheckpointOptions {
+  /** The log's origin, the checkpoint's first line and the signing key's name. */
+  readonly origin: string
+  /** How often; default 1 minute. */
+  readonly every?: Duration.DurationInput | undefined
 }
 
 /**
@@ -85,6 +96,7 @@ export interface SqliteOptions {
  */
 export type LedgerServices =
   | LedgerSql.LedgerSql
+  | ArgumentStorage.ArgumentStorage
   | SqlAuditSink.SqlAuditSink
   | AuditSink
   | AuditQueue.AuditQueue
@@ -195,6 +207,7 @@ const layerOn = <E>(
     : Layer.empty
   return checkpointer(options).pipe(
     Layer.provideMerge(queue),
+    Layer.provideMerge(LedgerSql.layerArgumentStorage(options.argumentStorage)),
     Layer.provide(replayOnStart),
     Layer.provideMerge(sink),
     Layer.provideMerge(database)
