@@ -205,14 +205,44 @@ const layerOn = <E>(
         )
     )
     : Layer.empty
-  return checkpointer(options).pipe(
-    Layer.provideMerge(queue),
-    Layer.provideMerge(LedgerSql.layerArgumentStorage(options.argumentStorage)),
-    Layer.provide(replayOnStart),
-    Layer.provideMerge(sink),
-    Layer.provideMerge(database)
+  return opening(
+    checkpointer(options).pipe(
+      Layer.provideMerge(queue),
+      Layer.provideMerge(LedgerSql.layerArgumentStorage(options.argumentStorage)),
+      Layer.provide(replayOnStart),
+      Layer.provideMerge(sink),
+      Layer.provideMerge(database)
+    ),
+    {
+      "agent_ledger.queue_id": options.queueId ?? AuditQueue.DEFAULT_QUEUE_ID,
+      "agent_ledger.writer_thread": threadSink !== undefined
+    }
   )
 }
+
+/** The span around opening a ledger (docs/OPERATIONS.md, "Traces"). */
+export const SPAN_OPEN = "agent_ledger.ledger.open"
+
+/** The root span of each checkpoint the layer's background fiber makes. */
+export const SPAN_CHECKPOINT = "agent_ledger.transparency.checkpoint"
+
+/**
+ * `layer` built inside one `SPAN_OPEN` span that ends when the layer is built (not when it is released):
+ * the connection, the migrations, the settings, the head read and a replay on start are its children, one
+ * trace instead of a root trace per statement. The fibers the layer forks (the drainer, checkpoints) make
+ * root spans of their own.
+ */
+const opening = <A, E, R>(
+  layer: Layer.Layer<A, E, R>,
+  attributes: Record<string, unknown>
+): Layer.Layer<A, E, R> =>
+  Layer.scopedContext(
+    Effect.useSpan(
+      SPAN_OPEN,
+      { kind: "internal", attributes },
+      (span) => Layer.build(Layer.withParentSpan(layer, span))
+    )
+  )
 
 /**
  * The checkpoint fiber of `options.checkpoints`: extends the stored tree, signs, keeps the checkpoint, every
@@ -229,6 +259,8 @@ const checkpointer = (
     return Layer.effectDiscard(Effect.logWarning("agent-ledger: checkpoints need a signer; none are made"))
   }
   const once = LedgerTransparency.checkpointNow(config.origin, signer).pipe(
+    Effect.tap(({ size }) => Effect.annotateCurrentSpan("agent_ledger.tree_size", size)),
+    Effect.withSpan(SPAN_CHECKPOINT, { root: true, attributes: { "agent_ledger.origin": config.origin } }),
     Effect.catchAll((error) => Effect.logWarning("agent-ledger: a checkpoint could not be made", error))
   )
   return Layer.scopedDiscard(Effect.gen(function*() {
