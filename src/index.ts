@@ -2,6 +2,7 @@
  * agent-ledger: tamper-evident session journals and a governance audit pipeline for AI-agent guards.
  * Each module is one concept; import them as namespaces (`import { AuditQueue } from "agent-ledger"`).
  */
+export * as ArgumentStorage from "./audit/ArgumentStorage.js"
 export * as AuditEvent from "./audit/AuditEvent.js"
 export * as AuditMetrics from "./audit/AuditMetrics.js"
 export * as AuditQueue from "./audit/AuditQueue.js"

@@ -18,6 +18,7 @@ import * as mcpProxy from "./mcpProxy.js"
 import * as serve from "./serve.js"
 import * as query from "./query.js"
 import * as stats from "./stats.js"
+import * as StdStreams from "./StdStreams.js"
 import * as token from "./token.js"
 import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
@@ -114,7 +115,7 @@ export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, N
       Help.conflictingOptions(command.name, args, CONFLICTS[command.name] ?? [])
     if (mistake !== undefined) return usageError(mistake)
   }
-  return cli(argv).pipe(
+  return cli(StdStreams.protectStdioArgs(argv)).pipe(
     // Ctrl-C (or SIGTERM) interrupts the command where it is: long reads stop between pages, never print a
     // result, and the entry point exits 130 (main.ts).
     Effect.onInterrupt(() => Console.error("agent-ledger: interrupted")),

@@ -11,7 +11,6 @@
 import { Args, Command, Options } from "@effect/cli"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Console, Effect, Either, Option } from "effect"
-import * as fs from "node:fs"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerTransparency from "../transparency/LedgerTransparency.js"
 import * as SignedNote from "../transparency/SignedNote.js"
@@ -20,26 +19,24 @@ import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import { loadKeyring, loadSigner } from "./shared.js"
+import * as StdStreams from "./StdStreams.js"
 import { printJson, printLine } from "./TerminalText.js"
 
-const readText = (file: string) =>
-  Effect.try({
-    try: () => fs.readFileSync(file, "utf8"),
-    catch: (error) => new InputError({ message: `${file}: cannot read (${String(error)})` })
-  })
+/** A file's text, or stdin's for `-`. */
+const readText = (file: string, what = "input") => StdStreams.readText(file, what)
 
-const readJson = (file: string) =>
-  Effect.flatMap(readText(file), (text) =>
+const readJson = (file: string, what: string) =>
+  Effect.flatMap(readText(file, what), (text) =>
     Effect.try({
       try: () => JSON.parse(text) as unknown,
-      catch: () => new InputError({ message: `${file}: not JSON` })
+      catch: () => new InputError({ message: `${StdStreams.nameOf(file)}: not JSON` })
     }))
 
+/** To `out` (a file written atomically), or stdout when there is none or it is `-`. */
 const write = (out: Option.Option<string>, text: string) =>
   Option.match(out, {
-    onNone: () => Effect.sync(() => process.stdout.write(text)),
-    // `-` is stdout, as for tools operators know; a file is written atomically.
-    onSome: (file) => file === "-" ? Effect.sync(() => process.stdout.write(text)) : writeText(file, text)
+    onNone: () => StdStreams.writeStdout(text),
+    onSome: (file) => StdStreams.isStdio(file) ? StdStreams.writeStdout(text) : writeText(file, text)
   })
 
 /** A refusal to sign or prove (a ledger or cache someone wrote): said on stderr, exit 1. */
@@ -62,13 +59,16 @@ const onLedger = <A>(
 
 const db = Args.text({ name: "db" }).pipe(Args.withDescription("ledger database (file or postgres:// URL)"))
 const privateKey = Options.text("private-key").pipe(
-  Options.withDescription("the ledger's Ed25519 private key (PKCS#8 PEM): it signs the checkpoint")
+  Options.withDescription("the ledger's Ed25519 private key (PKCS#8 PEM; - reads stdin): it signs the checkpoint")
 )
 const origin = Options.text("origin").pipe(
   Options.optional,
   Options.withDescription("the log's origin, the checkpoint's first line (default: agent-ledger/<database name>)")
 )
-const out = Options.text("out").pipe(Options.optional, Options.withDescription("write here instead of stdout"))
+const out = Options.text("out").pipe(
+  Options.optional,
+  Options.withDescription("write here instead of stdout (written atomically; - is stdout)")
+)
 const acceptKeys = Options.text("accept-key").pipe(
   Options.repeated,
   Options.withDescription(
@@ -110,6 +110,7 @@ export const checkpointCommand = Command.make(
     db,
     privateKey,
     origin,
+    out,
     key: Options.boolean("key").pipe(Options.withDescription("print the verifier key instead of the checkpoint")),
     acceptKeys,
     adoptUnsignedRows: Options.boolean("adopt-unsigned-rows").pipe(
@@ -123,19 +124,19 @@ export const checkpointCommand = Command.make(
     Effect.gen(function*() {
       const signer = yield* loadSigner(options.privateKey)
       const name = yield* originOf(options.db, options.origin)
-      if (options.key) return yield* printLine(SignedNote.verifierKey(name, signer.publicKey))
+      if (options.key) return yield* write(options.out, `${SignedNote.verifierKey(name, signer.publicKey)}\n`)
       const publicKeys = yield* acceptedKeys(options.acceptKeys)
       const { adopted, note } = yield* onLedger(
         options.db,
         LedgerTransparency.checkpointNow(name, signer, { publicKeys, adoptUnsignedRows: options.adoptUnsignedRows })
       )
       yield* reportAdopted(adopted)
-      yield* write(Option.none(), note)
+      yield* write(options.out, note)
     })
 ).pipe(Command.withDescription(commandHelp(
   "print the ledger's signed checkpoint (C2SP tlog-checkpoint as a signed note), or its verifier key",
   [
-    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem > checkpoint.txt",
+    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --out checkpoint.txt",
     "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --key",
     "agent-ledger checkpoint ./agent-ledger.db --private-key new.pem --accept-key old.pub.pem > checkpoint.txt",
     "agent-ledger checkpoint ./agent-ledger.db --private-key key.pem --adopt-unsigned-rows > checkpoint.txt"
@@ -209,12 +210,14 @@ export const proveCommand = Command.make(
     eventId: Options.text("event-id").pipe(Options.optional, Options.withDescription("the row to prove, by event id")),
     consistency: Options.text("consistency").pipe(
       Options.optional,
-      Options.withDescription("an older checkpoint file: prove the ledger grew from it without a rewrite")
+      Options.withDescription(
+        "an older checkpoint file (- reads stdin): prove the ledger grew from it without a rewrite"
+      )
     ),
     checkpoint: Options.text("checkpoint").pipe(
       Options.optional,
       Options.withDescription(
-        "prove against this saved checkpoint file instead of signing a new one (no private key needed)"
+        "prove against this saved checkpoint file (- reads stdin) instead of signing a new one (no private key needed)"
       )
     ),
     storedCheckpoint: Options.text("stored-checkpoint").pipe(
@@ -251,7 +254,8 @@ export const proveCommand = Command.make(
       const savedFile = options.checkpoint
       const given = Option.isSome(savedFile)
         ? Option.some(
-          yield* Effect.flatMap(readText(savedFile.value), (note) => checkpointFrom(savedFile.value, note, verifier))
+          yield* Effect.flatMap(readText(savedFile.value, "checkpoint"), (note) =>
+            checkpointFrom(StdStreams.nameOf(savedFile.value), note, verifier))
         )
         : Option.isSome(options.storedCheckpoint)
         ? Option.some(yield* storedCheckpoint(options.db, name, options.storedCheckpoint.value, verifier))
@@ -280,15 +284,16 @@ export const proveCommand = Command.make(
               : Effect.map(
                 Effect.flatMap(
                   acceptedKeys(options.acceptKeys),
-                  (publicKeys) => onLedger(options.db, LedgerTransparency.checkpointNow(name, signer, { publicKeys }))
+                  (publicKeys) =>
+                    onLedger(options.db, LedgerTransparency.checkpointNow(name, signer, { publicKeys }))
                 ),
                 ({ note, rootHash, size }) => ({ note, size, root: rootHash })
               )
         })
       const olderFile = options.consistency
       if (Option.isSome(olderFile)) {
-        const older = yield* Effect.flatMap(readText(olderFile.value), (note) =>
-          checkpointFrom(olderFile.value, note, verifier))
+        const older = yield* Effect.flatMap(readText(olderFile.value, "older checkpoint"), (note) =>
+          checkpointFrom(StdStreams.nameOf(olderFile.value), note, verifier))
         const newer = yield* target()
         const { proof } = yield* onLedger(
           options.db,
@@ -312,7 +317,8 @@ export const proveCommand = Command.make(
               sql<Record<string, unknown>>`SELECT * FROM signed_events WHERE sequence = ${n}`,
             onNone: () =>
               sql<Record<string, unknown>>`SELECT * FROM signed_events WHERE id = ${
-                Option.getOrElse(options.eventId, () => "")
+                Option.getOrElse(options.eventId, () =>
+                  "")
               }`
           })
         })
@@ -380,18 +386,21 @@ const verifyWith = (
   describeOk: (value: never) => string
 ) =>
   Effect.gen(function*() {
-    const input = yield* readJson(file)
+    const input = yield* readJson(file, kind)
+    const name = StdStreams.nameOf(file)
     const result = check(input, key)
-    if (Either.isRight(result)) return yield* printLine(`${kind} ${file}: OK (${describeOk(result.right as never)})`)
-    if (result.left.reason === "malformed") return yield* new InputError({ message: `${file}: ${result.left.message}` })
-    yield* printLine(`${kind} ${file}: FAILED (${result.left.message})`)
+    if (Either.isRight(result)) return yield* printLine(`${kind} ${name}: OK (${describeOk(result.right as never)})`)
+    if (result.left.reason === "malformed") return yield* new InputError({ message: `${name}: ${result.left.message}` })
+    yield* printLine(`${kind} ${name}: FAILED (${result.left.message})`)
     return yield* new VerificationFailed({ message: result.left.message })
   })
 
 export const verifyReceiptCommand = Command.make(
   "verify-receipt",
   {
-    receipt: Args.text({ name: "receipt" }).pipe(Args.withDescription("a receipt file (prove --sequence)")),
+    receipt: Args.text({ name: "receipt" }).pipe(
+      Args.withDescription("a receipt file (prove --sequence; - reads stdin)")
+    ),
     key: verifierKey,
     allowUnsigned: Options.boolean("allow-unsigned").pipe(
       Options.withDescription(
@@ -420,7 +429,9 @@ export const verifyReceiptCommand = Command.make(
 export const verifyConsistencyCommand = Command.make(
   "verify-consistency",
   {
-    proof: Args.text({ name: "proof" }).pipe(Args.withDescription("a consistency proof file (prove --consistency)")),
+    proof: Args.text({ name: "proof" }).pipe(
+      Args.withDescription("a consistency proof file (prove --consistency; - reads stdin)")
+    ),
     key: verifierKey
   },
   (options) =>

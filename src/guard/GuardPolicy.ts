@@ -23,13 +23,13 @@
  * and their size are stored. `argumentStorage.tools` says per tool which top-level argument fields are
  * stored as given, which as salted hashes and which are dropped.
  */
-import canonicalize from "canonicalize"
 import { Effect, ParseResult, Schema } from "effect"
 import * as fs from "node:fs"
+import * as ArgumentStorage from "../audit/ArgumentStorage.js"
 import * as path from "node:path"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
-import { sha256Hex } from "../internal/encoding.js"
+import { globMatch, normalizeName } from "../internal/toolNames.js"
 import type { AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
 import { DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_ARGUMENT_DEPTH, jsonBytes } from "./McpGuard.js"
 
@@ -154,16 +154,8 @@ export const Rule = Schema.Union(
 )
 export type Rule = typeof Rule.Type
 
-/** How one argument field reaches the ledger. */
-export const FieldStorage = Schema.Literal("store", "hash", "drop")
-
-export const ToolStorage = Schema.Struct({
-  store: Schema.optional(Schema.Array(Schema.String)),
-  hash: Schema.optional(Schema.Array(Schema.String)),
-  drop: Schema.optional(Schema.Array(Schema.String)),
-  /** Fields not listed; default `drop`. */
-  otherFields: Schema.optional(FieldStorage)
-})
+/** How argument fields reach the ledger: the vocabulary of `ArgumentStorage`, shared with the library. */
+export { FieldStorage, ToolStorage } from "../audit/ArgumentStorage.js"
 
 export const GuardPolicy = Schema.Struct({
   version: Schema.Literal(1),
@@ -173,7 +165,7 @@ export const GuardPolicy = Schema.Struct({
   hideRefusedTools: Schema.optional(Schema.Boolean),
   rules: Schema.Array(Rule),
   /** Per tool (glob patterns as keys, first match wins), which argument fields the ledger stores. */
-  argumentStorage: Schema.optional(Schema.Record({ key: Schema.String, value: ToolStorage })),
+  argumentStorage: Schema.optional(ArgumentStorage.Tools),
   /**
    * Bounds on a call's arguments, checked before anything else reads them: deeper or larger arguments are
    * refused under `arguments-too-deep` / `arguments-too-large`. Defaults: depth 64, 4 MiB.
@@ -257,34 +249,7 @@ export const load = (path: string): Effect.Effect<GuardPolicy, PolicyError> =>
 // Matching
 // ---------------------------------------------------------------------------------------------------------
 
-const globCache = new Map<string, RegExp>()
-
-const IGNORABLE = /\p{Default_Ignorable_Code_Point}/gu
-
-/**
- * A tool or server name as rules compare it: Unicode NFKC (fullwidth `ｗｒｉｔｅ` is `write`), case folded
- * (`WRITE_FILE` is `write_file`), invisible code points (zero-width space, joiners, soft hyphen) removed and
- * surrounding white space trimmed, so a server cannot slip a look-alike name past a rule.
- */
-export const normalizeName = (name: string): string =>
-  name.normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC").replace(IGNORABLE, "").trim()
-
-/**
- * Whether `text` matches the glob `pattern` (`*` any run of characters, `?` one; whole string), both
- * compared as `normalizeName` gives them.
- */
-export const globMatch = (pattern: string, text: string): boolean => {
-  let re = globCache.get(pattern)
-  if (re === undefined) {
-    const source = normalizeName(pattern).replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(
-      /\?/g,
-      "."
-    )
-    re = new RegExp(`^${source}$`, "su")
-    globCache.set(pattern, re)
-  }
-  return re.test(normalizeName(text))
-}
+export { globMatch, normalizeName } from "../internal/toolNames.js"
 
 const anyMatch = (patterns: ReadonlyArray<string> | undefined, text: string): boolean =>
   patterns === undefined || patterns.some((pattern) => globMatch(pattern, text))
@@ -606,49 +571,12 @@ export const isVisible = (policy: GuardPolicy, serverId: string, toolName: strin
 // What the ledger stores of a call's arguments
 // ---------------------------------------------------------------------------------------------------------
 
-/** `{ sha256, bytes }` of a value: salted SHA-256 of its RFC 8785 JSON, and its JSON size. */
-const hashed = (value: unknown, salt: string): JsonValue => {
-  let json: string | undefined
-  try {
-    json = canonicalize(JSON.parse(JSON.stringify(value ?? null)) as object)
-  } catch {
-    json = undefined
-  }
-  return { sha256: sha256Hex(salt + (json ?? "")), bytes: jsonBytes(value) }
-}
-
-const asJson = (value: unknown): JsonValue => {
-  try {
-    return JSON.parse(JSON.stringify(value ?? null)) as JsonValue
-  } catch {
-    return null
-  }
-}
-
 /**
- * The arguments as the ledger stores them. Default: `{ sha256, bytes }` of the whole arguments (salted
- * hash and size). With an `argumentStorage` entry for the tool: `{ sha256, bytes, fields }`, where `fields`
- * holds the stored fields as given and the hashed ones as `{ sha256, bytes }`; dropped fields are left out.
+ * The arguments as the ledger stores them under the policy's `argumentStorage`
+ * (`ArgumentStorage.storedArguments`, the same rules as for tool calls the library builds).
  */
-export const storedArguments = (policy: GuardPolicy, toolName: string, args: unknown, salt: string): JsonValue => {
-  const whole = hashed(args, salt) as { readonly sha256: string; readonly bytes: number }
-  const entry = Object.entries(policy.argumentStorage ?? {}).find(([pattern]) => globMatch(pattern, toolName))
-  if (entry === undefined || typeof args !== "object" || args === null || Array.isArray(args)) return whole
-  const storage = entry[1]
-  const modeOf = (field: string): "store" | "hash" | "drop" =>
-    storage.store?.includes(field) ? "store" : storage.hash?.includes(field)
-      ? "hash"
-      : storage.drop?.includes(field)
-      ? "drop"
-      : storage.otherFields ?? "drop"
-  const fields: Record<string, JsonValue> = {}
-  for (const [field, value] of Object.entries(args)) {
-    const mode = modeOf(field)
-    if (mode === "store") fields[field] = asJson(value)
-    else if (mode === "hash") fields[field] = hashed(value, salt)
-  }
-  return { ...whole, fields }
-}
+export const storedArguments = (policy: GuardPolicy, toolName: string, args: unknown, salt: string): JsonValue =>
+  ArgumentStorage.storedArguments(policy.argumentStorage, toolName, args, salt)
 
 // ---------------------------------------------------------------------------------------------------------
 // The engine
