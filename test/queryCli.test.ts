@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { run } from "../src/cli/Cli.js"
 import { cliBundle } from "./fixtures/cliBundle.js"
 import { freshDatabase, noPostgres } from "./fixtures/postgres.js"
-import { append, laterRefusal, SEEDED } from "./fixtures/queryLedger.js"
+import { append, appendJournal, laterRefusal, SEEDED } from "./fixtures/queryLedger.js"
 
 const dir = mkdtempSync(join(tmpdir(), "agent-ledger-querycli-"))
 const db = join(dir, "ledger.db")
@@ -171,6 +171,22 @@ describe("agent-ledger log / show / sessions", () => {
     expect(lines(stdout).map((l) => l.split(" ")[0])).toEqual(["#4", "#6", "#8"])
     expect(stderr).toContain("interrupted")
   }, 20_000)
+})
+
+describe("agent-ledger log / sessions with a stored journal", () => {
+  it("log --decision allow lists the allowed calls with their outcome and bytes; sessions show totals them", async () => {
+    await Effect.runPromise(appendJournal(db))
+    const allowed = lines((await inProcess(["log", db, "--decision", "allow"])).stdout)
+    expect(allowed).toHaveLength(2)
+    expect(allowed[0]).toMatch(
+      /^-  \S+  agent-a  allow  read_file@fs  session=j1:0  outcome=result  read=100  written=10$/
+    )
+    expect(allowed[1]).toMatch(/allow  list_dir@fs  session=j1:3  outcome=pending/)
+    const detail = (await inProcess(["sessions", db, "show", "j1"])).stdout
+    expect(detail).toContain("calls:      3 (1 refused)")
+    expect(detail).toContain("data:       100 bytes read, 17 bytes written\n")
+    expect(detail).toMatch(/#9 .* refuse  upload@fs  rule=no-upload  session=j1:2/)
+  })
 })
 
 describe.skipIf(noPostgres)("agent-ledger log / show / sessions on PostgreSQL", () => {

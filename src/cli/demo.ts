@@ -202,7 +202,7 @@ export const runDemo = (demoOptions: DemoOptions) =>
       const guard = yield* McpGuard.make({
         policy: GuardPolicy.engine(DEMO_POLICY, { salt: yield* LedgerSql.argumentSalt }),
         sealEvery: 0
-      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
+      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, McpGuard.journalsInContext))
       yield* Effect.forEach(
         Array.from({ length: options.sessions }, (_, i) => i),
         (i) =>

@@ -11,7 +11,10 @@
 import { Args, Command, Options } from "@effect/cli"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Console, Effect, Either, Option } from "effect"
+import * as JournalStore from "../ledger/JournalStore.js"
+import * as JournalVerifier from "../ledger/JournalVerifier.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
+import * as CallReceipt from "../transparency/CallReceipt.js"
 import * as LedgerTransparency from "../transparency/LedgerTransparency.js"
 import * as SignedNote from "../transparency/SignedNote.js"
 import { writeText } from "./AtomicFile.js"
@@ -207,6 +210,10 @@ export const proveCommand = Command.make(
       Options.withDescription("without --private-key: the verifier key a saved or stored checkpoint is checked with")
     ),
     sequence: Options.integer("sequence").pipe(Options.optional, Options.withDescription("the row to prove")),
+    call: Options.text("call").pipe(
+      Options.optional,
+      Options.withDescription("SESSION:SEQ: prove a tool call (its journal entry, chained to a sealed head)")
+    ),
     eventId: Options.text("event-id").pipe(Options.optional, Options.withDescription("the row to prove, by event id")),
     consistency: Options.text("consistency").pipe(
       Options.optional,
@@ -308,10 +315,30 @@ export const proveCommand = Command.make(
         yield* checkBeforeWriting(made, verifierText, LedgerTransparency.verifyConsistencyProof)
         return yield* writeJson(options.out, made)
       }
+      // A call: the seal row that seals its entry is the row proven (the first seal of the session that
+      // covers the entry and that the checkpoint covers).
+      const call = Option.isSome(options.call) ? yield* parseCall(options.call.value) : undefined
+      const callTarget = call === undefined ? undefined : yield* target()
+      const sealRow = call === undefined ? undefined : yield* onLedger(
+        options.db,
+        LedgerSql.use(Effect.map(JournalVerifier.sealsBySession, (seals) =>
+          (seals.get(call.sessionId) ?? []).find((seal) =>
+            seal.length > call.sequence && seal.ledgerSequence < callTarget!.size
+          )))
+      )
+      if (call !== undefined && sealRow === undefined) {
+        return yield* new InputError({
+          message: `entry ${call.sequence} of session ${call.sessionId} is not sealed in the checkpoint's ` +
+            `${callTarget!.size} rows (no session.sealed row covers it yet: prove it once the session is sealed)`
+        })
+      }
       const rows = yield* onLedger(
         options.db,
         Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => {
           const sql = client.withoutTransforms()
+          if (sealRow !== undefined) {
+            return sql<Record<string, unknown>>`SELECT * FROM signed_events WHERE sequence = ${sealRow.ledgerSequence}`
+          }
           return Option.match(options.sequence, {
             onSome: (n) =>
               sql<Record<string, unknown>>`SELECT * FROM signed_events WHERE sequence = ${n}`,
@@ -328,13 +355,34 @@ export const proveCommand = Command.make(
         return yield* new InputError({ message: "no such row (give --sequence N or --event-id ID of a ledger row)" })
       }
       const sequence = Number(found.sequence)
-      const against = yield* target()
+      const against = callTarget ?? (yield* target())
       if (sequence >= against.size) {
         return yield* new InputError({
           message: `row ${sequence} came after the checkpoint (${against.size} leaves): prove it against a newer one`
         })
       }
       const receipt = yield* onLedger(options.db, LedgerTransparency.receiptOfStoredRow(found, against))
+      if (call !== undefined && sealRow !== undefined) {
+        const stored = yield* onLedger(
+          options.db,
+          Effect.catchTag(
+            JournalStore.readSession(call.sessionId),
+            "JournalRowError",
+            (error) =>
+              Effect.fail(new LedgerTransparency.TransparencyRefusal({ reason: "unprovable", detail: error.message }))
+          )
+        )
+        const entries = stored.filter((entry) =>
+          Number(entry.seq) >= call.sequence && Number(entry.seq) < sealRow.length
+        )
+        const made = CallReceipt.make(call.sessionId, entries, receipt)
+        yield* checkBeforeWriting(
+          made,
+          verifierText,
+          (input, key) => CallReceipt.verify(input, key, { allowUnsigned: true })
+        )
+        return yield* writeJson(options.out, made)
+      }
       // The row's signature policy is the auditor's: here only that the row's signature holds if it has one.
       const publicKeys = yield* acceptedKeys(options.acceptKeys)
       yield* checkBeforeWriting(
@@ -395,11 +443,39 @@ const verifyWith = (
     return yield* new VerificationFailed({ message: result.left.message })
   })
 
+const isCallReceipt = (input: unknown): boolean =>
+  typeof input === "object" && input !== null &&
+  (input as { format?: unknown }).format === CallReceipt.CALL_RECEIPT_FORMAT
+
+/** `call 3 of session S (read_file on fs by agent-7: allowed, result), sealed at row 12 of <origin> at N leaves` */
+const describeCall = (proven: CallReceipt.ProvenCall): string => {
+  const { entry, outcome } = proven
+  const decision = entry.kind === "outcome"
+    ? `the outcome ${entry.outcome} of call ${entry.callSequence}`
+    : entry.allowed
+    ? `allowed, ${outcome === undefined ? entry.outcome : outcome.outcome}`
+    : "refused"
+  return `entry ${entry.sequence} of session ${JSON.stringify(entry.sessionId)} (${JSON.stringify(entry.toolName)} on ${
+    JSON.stringify(entry.serverId)
+  } by ${
+    JSON.stringify(entry.agentId)
+  }: ${decision}), sealed at row ${proven.sealSequence} of ${proven.checkpoint.origin} at ${proven.checkpoint.treeSize} leaves`
+}
+
+/** `SESSION:SEQ` (the session id may itself hold colons: the sequence is after the last one). */
+const parseCall = (text: string) => {
+  const at = text.lastIndexOf(":")
+  const sequence = Number(text.slice(at + 1))
+  return at <= 0 || !/^\d+$/.test(text.slice(at + 1)) || !Number.isSafeInteger(sequence)
+    ? Effect.fail(new InputError({ message: `--call: expected SESSION:SEQ, got ${JSON.stringify(text)}` }))
+    : Effect.succeed({ sessionId: text.slice(0, at), sequence })
+}
+
 export const verifyReceiptCommand = Command.make(
   "verify-receipt",
   {
     receipt: Args.text({ name: "receipt" }).pipe(
-      Args.withDescription("a receipt file (prove --sequence; - reads stdin)")
+      Args.withDescription("a receipt file (prove --sequence, --event-id or --call; - reads stdin)")
     ),
     key: verifierKey,
     allowUnsigned: Options.boolean("allow-unsigned").pipe(
@@ -416,9 +492,13 @@ export const verifyReceiptCommand = Command.make(
         options.receipt,
         options.key,
         (input, key) =>
-          LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: options.allowUnsigned, publicKeys }),
-        (checkpoint: SignedNote.Checkpoint) =>
-          `the row is leaf of ${checkpoint.origin} at ${checkpoint.treeSize} leaves`
+          isCallReceipt(input)
+            ? Either.map(CallReceipt.verify(input, key, { allowUnsigned: options.allowUnsigned }), describeCall)
+            : Either.map(
+              LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: options.allowUnsigned, publicKeys }),
+              (checkpoint) => `the row is leaf of ${checkpoint.origin} at ${checkpoint.treeSize} leaves`
+            ),
+        (description: string) => description
       ))
 ).pipe(Command.withDescription(commandHelp(
   "check a receipt offline: the checkpoint's signature, the row's hashes and signature (by the same key), its inclusion proof",

@@ -56,6 +56,13 @@ const readSeals = (sql: SqlClient.SqlClient) =>
     }
   )
 
+/** The seals of every session (`session.sealed` rows), in ledger order, read on the ledger's database. */
+export const sealsBySession: Effect.Effect<
+  ReadonlyMap<string, ReadonlyArray<JournalRow.SessionSeal>>,
+  SqlError,
+  SqlClient.SqlClient
+> = Effect.flatMap(SqlClient.SqlClient, (sql) => readSeals(sql.withoutTransforms()))
+
 /** Whether the database has the table (a ledger migrated before journals were stored has not). */
 const hasTable = (sql: SqlClient.SqlClient) =>
   Effect.map(

@@ -10,6 +10,7 @@
 export * as DeadLetters from "./DeadLetters.js"
 export * as JournalRow from "./JournalRow.js"
 export * as JournalStore from "./JournalStore.js"
+export * as JournalVerifier from "./JournalVerifier.js"
 export * as LedgerExport from "./LedgerExport.js"
 export * as LedgerRow from "./LedgerRow.js"
 export * as LedgerSql from "./LedgerSql.js"
