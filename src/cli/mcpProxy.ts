@@ -1,6 +1,6 @@
 /**
  * `agent-ledger mcp-proxy --db FILE --policy FILE [--agent ID] [--fail-closed] [--env KEY=VALUE]...
- * [--call-timeout SECONDS] [--spill FILE] -- <server command...>`: a
+ * [--call-timeout SECONDS] [--spill FILE] [--mode enforce|shadow] -- <server command...>`: a
  * stdio MCP proxy. To the MCP client it is the server; it spawns the real server and is its client. Every
  * message passes through unchanged except `tools/call`, which `McpGuard` decides on: a refused call gets a
  * tool result with `isError: true` naming the rule and the reason, and the upstream never sees it.
@@ -46,6 +46,8 @@ export interface McpProxyOptions {
   readonly session: Option.Option<string>
   readonly serverId: Option.Option<string>
   readonly failClosed: boolean
+  /** Overrides the policy's `mode`: `shadow` decides and records every call but blocks and hides nothing. */
+  readonly mode?: Option.Option<McpGuard.Mode> | undefined
   readonly sealEvery: number
   readonly privateKey: Option.Option<string>
   readonly exportSession: Option.Option<string>
@@ -186,7 +188,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       const guard = yield* McpGuard.make({
         policy: GuardPolicy.engine(policy, { salt }),
         failClosed: options.failClosed,
-        sealEvery: options.sealEvery
+        sealEvery: options.sealEvery,
+        mode: Option.getOrUndefined(options.mode ?? Option.none())
       }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
         sessionId,
@@ -336,6 +339,13 @@ export const command = Command.make(
     ),
     failClosed: Options.boolean("fail-closed").pipe(
       Options.withDescription("refuse every call while refusals cannot be made durable in the ledger")
+    ),
+    mode: Options.choice("mode", ["enforce", "shadow"]).pipe(
+      Options.optional,
+      Options.withDescription(
+        "shadow: decide and record every call (governance.would-refuse rows) but block and hide nothing; " +
+          "overrides the policy's mode"
+      )
     ),
     sealEvery: Options.integer("seal-every").pipe(
       Options.withDefault(100),

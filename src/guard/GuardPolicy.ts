@@ -146,6 +146,11 @@ export const GuardPolicy = Schema.Struct({
   defaultAction: Schema.optional(Schema.Literal("allow", "deny")),
   /** Leave tools the policy always refuses out of `tools/list`, so the agent never sees them. */
   hideRefusedTools: Schema.optional(Schema.Boolean),
+  /**
+   * `shadow`: decide, journal and ledger every call as `enforce` (the default) would, but block and hide
+   * nothing; a refusal's row is a `governance.would-refuse` (`agent-ledger stats` counts them by rule).
+   */
+  mode: Schema.optional(Schema.Literal("enforce", "shadow")),
   rules: Schema.Array(Rule),
   /** Per tool (glob patterns as keys, first match wins), which argument fields the ledger stores. */
   argumentStorage: Schema.optional(Schema.Record({ key: Schema.String, value: ToolStorage })),
@@ -577,5 +582,7 @@ export const engine = (policy: GuardPolicy, options: { readonly salt: string }):
     maxBytes: policy.limits?.maxArgumentBytes ?? DEFAULT_MAX_ARGUMENT_BYTES
   },
   isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
+  mode: policy.mode ?? "enforce",
+  hidesRefusedTools: policy.hideRefusedTools === true,
   storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
 })

@@ -81,7 +81,17 @@ export interface PolicyEngine {
   readonly storedArguments: (toolName: string, args: unknown) => JsonValue
   /** Bounds on a call's arguments (default depth 64, 4 MiB), checked before anything else reads them. */
   readonly argumentLimits?: ArgumentLimits | undefined
+  /**
+   * `shadow`: every decision is made, journaled and ledgered, but a refusal is not enforced (the call runs,
+   * its ledger row is a `governance.would-refuse`) and no tool is hidden. Default `enforce`.
+   */
+  readonly mode?: Mode | undefined
+  /** Whether the policy hides the tools it refuses (a changed tool is then hidden too). */
+  readonly hidesRefusedTools?: boolean | undefined
 }
+
+/** `enforce` refuses; `shadow` decides and records the same but blocks and hides nothing. */
+export type Mode = "enforce" | "shadow"
 
 /** How deep and how large a call's arguments may be (`measureArguments`). */
 export interface ArgumentLimits {
@@ -173,6 +183,8 @@ export interface Options {
    * (the call is refused either way; the event stays queued). Default 5 seconds.
    */
   readonly ackTimeout?: Duration.DurationInput | undefined
+  /** Overrides the policy's `mode` (the CLI's `--mode`). */
+  readonly mode?: Mode | undefined
 }
 
 /** An allowed call the guard is waiting to see complete. */
@@ -185,6 +197,11 @@ export interface Ticket {
   readonly decisionIndex: number
   /** The journal entry of the decision (kind `call`, outcome `pending`); its outcome entry names it. */
   readonly sequence: number
+  /**
+   * Shadow mode: the refusal the policy made and the guard did not enforce. Such a call is not in the
+   * policy's history (enforcing, it would not have run), so later decisions are those enforcing would make.
+   */
+  readonly wouldRefuse?: { readonly ruleId: string; readonly reason: string } | undefined
 }
 
 /**
@@ -303,6 +320,8 @@ interface SessionState {
   allowedRead: number
   allowedWritten: number
   readonly inFlight: Map<number, Ticket>
+  /** Shadow mode: calls the policy refused that run anyway; outside the policy's history. */
+  readonly shadowInFlight: Map<number, Ticket>
   /** Completed when the last call in flight ends, for a decision waiting on them (`AwaitInFlight`). */
   idle: Deferred.Deferred<void> | undefined
   decisions: number
@@ -321,6 +340,7 @@ export const make = (
     const { policy } = options
     const failClosed = options.failClosed === true
     const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
+    const shadow = (options.mode ?? policy.mode) === "shadow"
     /** The agent of each open session, for its seal rows. */
     const agents = new Map<string, string>()
     const sessions = new Map<string, SessionState>()
@@ -335,6 +355,7 @@ export const make = (
           allowedRead: 0,
           allowedWritten: 0,
           inFlight: new Map(),
+          shadowInFlight: new Map(),
           idle: undefined,
           decisions: 0,
           seeded: false,
@@ -469,7 +490,7 @@ export const make = (
      * Ledgers a journaled refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable,
      * unless the queue is known not to be able to write now (the event is then held in order until it can).
      */
-    const ledgerRefusal = (refused: Journaled, wait = failClosed) =>
+    const ledgerRefusal = (refused: Journaled, wait = failClosed, mode?: "shadow") =>
       Effect.gen(function*() {
         const { call, reason, ruleId, sequence } = refused
         yield* sealIfDue(call.sessionId, sequence)
@@ -482,7 +503,7 @@ export const make = (
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
         let ledgerSequence: number | null = null
         if (wait) {
-          const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef).pipe(
+          const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef, mode).pipe(
             Effect.timeoutFail({
               duration: ackTimeout,
               onTimeout: () => ({
@@ -500,7 +521,7 @@ export const make = (
             ledgerSequence = Option.match(receipt.right, { onNone: () => null, onSome: (r) => r.sequence })
           }
         } else {
-          yield* queue.submitRefusal(call.agentId, action, decision, journalRef)
+          yield* queue.submitRefusal(call.agentId, action, decision, journalRef, mode)
         }
         return {
           _tag: "Refused",
@@ -602,7 +623,7 @@ export const make = (
               yield* Deferred.await(idle)
               continue
             }
-            if (verdict.decision._tag === "Refuse") {
+            if (verdict.decision._tag === "Refuse" && !shadow) {
               const { reason, ruleId } = verdict.decision
               return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
             }
@@ -612,7 +633,15 @@ export const make = (
               bytesWritten,
               id: nextTicketId++,
               decisionIndex: state.decisions++,
-              sequence
+              sequence,
+              ...(verdict.decision._tag === "Refuse"
+                ? { wouldRefuse: { ruleId: verdict.decision.ruleId, reason: verdict.decision.reason } }
+                : {})
+            }
+            if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
+            if (ticket.wouldRefuse !== undefined) {
+              state.shadowInFlight.set(ticket.id, ticket)
+              return { verdict, ticket, sequence }
             }
             state.inFlight.set(ticket.id, ticket)
             state.allowed.push({ toolName: call.toolName, serverId: call.serverId, timestampMillis: nowMillis })
@@ -645,6 +674,21 @@ export const make = (
           )
         }
         if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
+        const { ticket } = decided
+        if (ticket.wouldRefuse !== undefined) {
+          yield* ledgerRefusal(
+            {
+              call,
+              ruleId: ticket.wouldRefuse.ruleId,
+              reason: ticket.wouldRefuse.reason,
+              sequence: ticket.sequence,
+              decisionIndex: ticket.decisionIndex
+            },
+            failClosed,
+            "shadow"
+          )
+          return { _tag: "Allowed", ticket, warnings: decided.verdict.warnings } as const
+        }
         yield* sealIfDue(call.sessionId, decided.sequence)
         return { _tag: "Allowed", ticket: decided.ticket, warnings: decided.verdict.warnings } as const
       })
@@ -656,7 +700,16 @@ export const make = (
     const complete = (ticket: Ticket, outcome: CallOutcome): Effect.Effect<void> =>
       Effect.suspend(() => {
         const state = sessions.get(ticket.call.sessionId)
-        if (state === undefined || !state.inFlight.delete(ticket.id)) return Effect.void
+        if (state === undefined) return Effect.void
+        if (state.shadowInFlight.delete(ticket.id)) {
+          return journalCall(ticket.call, {
+            kind: "outcome",
+            outcome: journalOutcome(outcome),
+            callSequence: ticket.sequence,
+            bytesRead: outcomeBytes(outcome)
+          }).pipe(Effect.flatMap((sequence) => sealIfDue(ticket.call.sessionId, sequence)))
+        }
+        if (!state.inFlight.delete(ticket.id)) return Effect.void
         state.allowedRead = Math.min(Number.MAX_SAFE_INTEGER, state.allowedRead + outcomeBytes(outcome))
         if (state.inFlight.size === 0 && state.idle !== undefined) {
           Deferred.unsafeDone(state.idle, Exit.void)
@@ -678,7 +731,7 @@ export const make = (
         const state = sessions.get(sessionId)
         if (state === undefined) return Effect.void
         return Effect.forEach(
-          Array.from(state.inFlight.values()),
+          [...state.inFlight.values(), ...state.shadowInFlight.values()],
           (ticket) => complete(ticket, { _tag: "Interrupted" }),
           { discard: true }
         )
@@ -736,7 +789,7 @@ export const make = (
       seal,
       endSession,
       journal: journals.get,
-      isVisible: policy.isVisible
+      isVisible: (serverId, toolName) => shadow || policy.isVisible(serverId, toolName)
     })
   })
 
