@@ -14,6 +14,7 @@ import * as Help from "./Help.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
 import * as stats from "./stats.js"
+import * as tools from "./tools.js"
 import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
 
@@ -29,6 +30,7 @@ export const root = Command.make("agent-ledger").pipe(
     stats.command,
     keygen.command,
     mcpProxy.command,
+    tools.command,
     transparency.checkpointCommand,
     transparency.checkpointsCommand,
     transparency.proveCommand,
@@ -47,6 +49,7 @@ const SUBCOMMANDS = [
   { name: "stats", command: stats.command },
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
+  { name: "tools", command: tools.command },
   { name: "checkpoint", command: transparency.checkpointCommand },
   { name: "checkpoints", command: transparency.checkpointsCommand },
   { name: "prove", command: transparency.proveCommand },

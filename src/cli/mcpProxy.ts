@@ -30,6 +30,7 @@ import * as AuditLedger from "../AuditLedger.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as McpGuard from "../guard/McpGuard.js"
 import * as McpProxy from "../guard/McpProxy.js"
+import * as ToolPins from "../guard/ToolPins.js"
 import { uuidV7 } from "../internal/uuid.js"
 import * as SessionJournals from "../journal/SessionJournals.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
@@ -185,11 +186,20 @@ export const runMcpProxy = (options: McpProxyOptions) =>
 
     const proxy = Effect.gen(function*() {
       const salt = yield* LedgerSql.argumentSalt
+      // Pins of earlier sessions and processes, from the ledger (tool pinning is on unless the policy opts out).
+      const pins = policy.pinTools === false
+        ? undefined
+        : yield* ToolPins.make({
+          initial: yield* ToolPins.load.pipe(
+            Effect.mapError((error) => new InputError({ message: `mcp-proxy: cannot read the tool pins: ${error.message}` }))
+          )
+        })
       const guard = yield* McpGuard.make({
         policy: GuardPolicy.engine(policy, { salt }),
         failClosed: options.failClosed,
         sealEvery: options.sealEvery,
-        mode: Option.getOrUndefined(options.mode ?? Option.none())
+        mode: Option.getOrUndefined(options.mode ?? Option.none()),
+        tools: pins
       }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
         sessionId,
@@ -218,14 +228,16 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         onRefusal: (params, ruleId, reason) =>
           Effect.as(guard.refuse(callOf(params), ruleId, reason), refusalResult(ruleId, reason)),
         onToolsList: (result) =>
-          Array.isArray(result.tools)
-            ? {
+          Effect.gen(function*() {
+            if (!Array.isArray(result.tools)) return result
+            if (pins !== undefined) yield* pins.observe(serverId, agentId, result.tools)
+            return {
               ...result,
               tools: result.tools.filter((tool: unknown) =>
                 !isRecord(tool) || typeof tool.name !== "string" || guard.isVisible(serverId, tool.name)
               )
             }
-            : result
+          })
       }
       const { StdioClientTransport, StdioServerTransport } = yield* McpSdk.stdioTransports
       const stdin = process.stdin.pipe(
@@ -273,7 +285,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         client,
         upstream,
         hooks,
-        callTimeout: Duration.seconds(options.callTimeout)
+        callTimeout: Duration.seconds(options.callTimeout),
+        relistOnChange: pins !== undefined
       }).pipe(
         Effect.mapError((error) =>
           new InputError({

@@ -116,6 +116,33 @@ export const Arguments = Schema.Struct({
   match: ArgumentMatch
 })
 
+/**
+ * A rule on the hints a tool's pinned definition declares (MCP tool annotations): it fires when every hint
+ * it names has the value given. A hint the definition leaves out has MCP's default (`readOnlyHint` false,
+ * `destructiveHint` true, `idempotentHint` false, `openWorldHint` true), and so do all hints of a tool
+ * with no pinned definition (never listed, or changed since its pin): annotations are the server's own
+ * claims, so they are only believed on the definition the ledger pinned.
+ */
+export const Annotations = Schema.Struct({
+  kind: Schema.Literal("annotations"),
+  ...common,
+  ...scope,
+  readOnlyHint: Schema.optional(Schema.Boolean),
+  destructiveHint: Schema.optional(Schema.Boolean),
+  idempotentHint: Schema.optional(Schema.Boolean),
+  openWorldHint: Schema.optional(Schema.Boolean)
+})
+
+/** MCP's defaults for hints a tool does not declare. */
+export const ANNOTATION_DEFAULTS = {
+  readOnlyHint: false,
+  destructiveHint: true,
+  idempotentHint: false,
+  openWorldHint: true
+} as const
+
+const HINTS = ["readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"] as const
+
 export const Rule = Schema.Union(
   BlockTools,
   BlockServers,
@@ -125,7 +152,8 @@ export const Rule = Schema.Union(
   CallLimit,
   RateLimit,
   Sequence,
-  Arguments
+  Arguments,
+  Annotations
 )
 export type Rule = typeof Rule.Type
 
@@ -151,6 +179,12 @@ export const GuardPolicy = Schema.Struct({
    * nothing; a refusal's row is a `governance.would-refuse` (`agent-ledger stats` counts them by rule).
    */
   mode: Schema.optional(Schema.Literal("enforce", "shadow")),
+  /**
+   * Tool pinning (default on): each tool's definition is pinned in the ledger the first time it is seen,
+   * and a tool whose definition later differs is refused under `tool-changed` until approved. `false` opts
+   * out (and then `annotations` rules cannot be used).
+   */
+  pinTools: Schema.optional(Schema.Boolean),
   rules: Schema.Array(Rule),
   /** Per tool (glob patterns as keys, first match wins), which argument fields the ledger stores. */
   argumentStorage: Schema.optional(Schema.Record({ key: Schema.String, value: ToolStorage })),
@@ -211,6 +245,20 @@ export const decode = (input: unknown): Effect.Effect<GuardPolicy, PolicyError> 
           new PolicyError({ path: `rules.${i}.match.regex`, detail: `not a regular expression: ${problem}` })
         )
       }
+    }
+  }
+  for (const [i, rule] of policy.rules.entries()) {
+    if (rule.kind !== "annotations") continue
+    if (policy.pinTools === false) {
+      return Effect.fail(
+        new PolicyError({
+          path: `rules.${i}`,
+          detail: "an annotations rule needs pinned tool definitions (pinTools is false)"
+        })
+      )
+    }
+    if (HINTS.every((hint) => rule[hint] === undefined)) {
+      return Effect.fail(new PolicyError({ path: `rules.${i}`, detail: `an annotations rule names one of ${HINTS.join(", ")}` }))
     }
   }
   const ids = new Set<string>()
@@ -488,6 +536,19 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
         return satisfies(valueAt(call.arguments, rule.path), rule.match)
           ? undefined
           : fire(rule, `argument ${rule.path} of {tool} is not allowed`)
+      }
+      case "annotations": {
+        if (!inScope(rule, call)) return undefined
+        const named = HINTS.filter((hint) => rule[hint] !== undefined)
+        const declared = (hint: typeof HINTS[number]) => call.annotations?.[hint] ?? ANNOTATION_DEFAULTS[hint]
+        return named.every((hint) => declared(hint) === rule[hint])
+          ? fire(
+            rule,
+            `{tool} is ${named.map((hint) => `${hint} ${declared(hint)}`).join(", ")}${
+              call.annotations === undefined ? " (no pinned definition: MCP defaults)" : ""
+            }`
+          )
+          : undefined
       }
     }
   }

@@ -35,7 +35,34 @@ export interface GuardCall {
   readonly arguments?: unknown
   /** How deep in a delegation chain the calling agent is; 0 for a top-level agent. */
   readonly delegationDepth?: number
+  /**
+   * The tool's annotations as its pinned definition declares them (set by the guard from its `tools`
+   * gate; absent when the tool has no pinned definition that is also the one last listed).
+   */
+  readonly annotations?: ToolAnnotations | undefined
 }
+
+/** The hints MCP lets a server declare about a tool: the server's own claims, verified by no one. */
+export interface ToolAnnotations {
+  readonly readOnlyHint?: boolean | undefined
+  readonly destructiveHint?: boolean | undefined
+  readonly idempotentHint?: boolean | undefined
+  readonly openWorldHint?: boolean | undefined
+}
+
+/**
+ * What the guard knows of a server's tool definitions beyond the policy (`ToolPins` is one): whether a
+ * call to the tool is refused because its definition changed, and its pinned annotations.
+ */
+export interface ToolGate {
+  /** Why calls to the tool are refused (rule `tool-changed`), or undefined. */
+  readonly refusal: (serverId: string, toolName: string) => string | undefined
+  /** The annotations of the tool's pinned definition, when it is the one last listed. */
+  readonly annotations: (serverId: string, toolName: string) => ToolAnnotations | undefined
+}
+
+/** The rule id of calls to a tool whose listed definition is not the one pinned (`ToolGate.refusal`). */
+export const TOOL_CHANGED_RULE = "tool-changed"
 
 /** What a policy says about a call, read against the session's journal. */
 export interface Verdict {
@@ -185,6 +212,8 @@ export interface Options {
   readonly ackTimeout?: Duration.DurationInput | undefined
   /** Overrides the policy's `mode` (the CLI's `--mode`). */
   readonly mode?: Mode | undefined
+  /** Tool pinning (`ToolPins`): a changed tool is refused under `tool-changed` before the policy is asked. */
+  readonly tools?: ToolGate | undefined
 }
 
 /** An allowed call the guard is waiting to see complete. */
@@ -341,6 +370,13 @@ export const make = (
     const failClosed = options.failClosed === true
     const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
     const shadow = (options.mode ?? policy.mode) === "shadow"
+    const tools = options.tools
+    /** The call with its pinned annotations (none unless the gate vouches for the definition). */
+    const withAnnotations = (call: GuardCall): GuardCall => {
+      const annotations = tools?.annotations(call.serverId, call.toolName)
+      const { annotations: _claimed, ...rest } = call
+      return annotations === undefined ? rest : { ...rest, annotations }
+    }
     /** The agent of each open session, for its seal rows. */
     const agents = new Map<string, string>()
     const sessions = new Map<string, SessionState>()
@@ -603,12 +639,15 @@ export const make = (
           yield* seed(state, yield* journals.get(call.sessionId))
           while (true) {
             const nowMillis = yield* Clock.currentTimeMillis
-            const verdict = policy.decide(call, {
-              allowed: state.allowed,
-              allowedRead: state.allowedRead,
-              allowedWritten: state.allowedWritten,
-              inFlight: state.inFlight.size
-            }, nowMillis)
+            const changed = tools?.refusal(call.serverId, call.toolName)
+            const verdict: Verdict | AwaitInFlight = changed !== undefined
+              ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }), warnings: [] }
+              : policy.decide(withAnnotations(call), {
+                allowed: state.allowed,
+                allowedRead: state.allowedRead,
+                allowedWritten: state.allowedWritten,
+                inFlight: state.inFlight.size
+              }, nowMillis)
             if ("_tag" in verdict) {
               if (state.inFlight.size === 0) {
                 return yield* Effect.dieMessage(`policy rule ${verdict.ruleId} waits on calls in flight, but none are`)
@@ -789,7 +828,10 @@ export const make = (
       seal,
       endSession,
       journal: journals.get,
-      isVisible: (serverId, toolName) => shadow || policy.isVisible(serverId, toolName)
+      isVisible: (serverId, toolName) =>
+        shadow ||
+        (policy.isVisible(serverId, toolName) &&
+          !(policy.hidesRefusedTools === true && tools?.refusal(serverId, toolName) !== undefined))
     })
   })
 

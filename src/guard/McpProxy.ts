@@ -8,7 +8,10 @@
  * - how a forwarded `tools/call` ended is shown to `Hooks.onToolResult` exactly once: the upstream's result
  *   or JSON-RPC error (before the client gets it), no answer within `callTimeout` (the client then gets a
  *   JSON-RPC error), the upstream gone, or the session ended first;
- * - the upstream's answer to `tools/list` passes through `Hooks.onToolsList` (to hide tools);
+ * - the upstream's answer to `tools/list` passes through `Hooks.onToolsList` (to pin and hide tools); with
+ *   `relistOnChange`, an upstream's `notifications/tools/list_changed` is held while the proxy asks the
+ *   upstream for the new list itself (every page, through `Hooks.onToolsList`), then passed on, so the
+ *   guard knows the new definitions before the client does, whether or not the client asks for them;
  * - what the proxy refuses itself goes to `Hooks.onRefusal` (journaled and ledgered by the guard): a
  *   `tools/call` whose arguments are nested deeper than `MAX_ARGUMENT_DEPTH`, a request id already in
  *   flight, a `tools/call` sent as a notification (never forwarded).
@@ -80,8 +83,8 @@ export interface Hooks<T> {
     ruleId: string,
     reason: string
   ) => Effect.Effect<Record<string, unknown>>
-  /** The upstream's `tools/list` result, as the client will see it. */
-  readonly onToolsList: (result: Record<string, unknown>) => Record<string, unknown>
+  /** The upstream's `tools/list` result, as the client will see it (the hook may pin or hide tools). */
+  readonly onToolsList: (result: Record<string, unknown>) => Effect.Effect<Record<string, unknown>>
 }
 
 /** A transport failed (a broken pipe, an upstream that could not be started). */
@@ -111,6 +114,9 @@ export interface Ending {
 
 /** `tools/call` arguments nested deeper than this are refused (`arguments-too-deep`) before the guard. */
 export const MAX_ARGUMENT_DEPTH = 256
+
+/** The most pages of `tools/list` the proxy asks for itself after one `list_changed`. */
+const MAX_RELIST_PAGES = 100
 
 /** How long completing one call in flight may take when the proxy ends. */
 const END_HOOK_TIMEOUT = Duration.millis(250)
@@ -152,6 +158,8 @@ type InFlight<T> =
     timer: Fiber.RuntimeFiber<unknown, unknown> | undefined
   }
   | { readonly _tag: "List"; readonly id: Id }
+  /** The proxy's own `tools/list` after a `list_changed`: the notification is passed on once it is answered. */
+  | { readonly _tag: "OwnList"; readonly id: Id; readonly notification: JSONRPCMessage; readonly page: number }
   | { readonly _tag: "Other"; readonly id: Id }
   /**
    * A `tools/call` whose decision is not made yet (the guard may wait on calls in flight, e.g. for a read
@@ -182,6 +190,8 @@ export const run = <T>(options: {
   readonly hooks: Hooks<T>
   /** How long a forwarded `tools/call` may wait for its answer. Default 60 seconds. */
   readonly callTimeout?: Duration.DurationInput | undefined
+  /** On the upstream's `notifications/tools/list_changed`, list its tools before passing it on. */
+  readonly relistOnChange?: boolean | undefined
 }): Effect.Effect<Ending, McpProxyError> =>
   Effect.gen(function*() {
     const { client, hooks, upstream } = options
@@ -305,10 +315,30 @@ export const run = <T>(options: {
         )
       })
 
+    let ownRequests = 0
+    /** Asks the upstream for (a page of) its tools; the `list_changed` notification waits for the answer. */
+    const relist = (notification: JSONRPCMessage, page: number, cursor: unknown) =>
+      Effect.gen(function*() {
+        let id = `agent-ledger:tools/list:${++ownRequests}`
+        while (inFlight.has(keyOf(id))) id = `agent-ledger:tools/list:${++ownRequests}`
+        inFlight.set(keyOf(id), { _tag: "OwnList", id, notification, page })
+        yield* send(upstream, "upstream", {
+          jsonrpc: "2.0",
+          id,
+          method: "tools/list",
+          ...(typeof cursor === "string" ? { params: { cursor } } : {})
+        }).pipe(Effect.tapError(() => Effect.sync(() => inFlight.delete(keyOf(id)))))
+      })
+
     const fromUpstreamStep = (message: JSONRPCMessage): Effect.Effect<void, McpProxyError | MessageNotSent> =>
       Effect.gen(function*() {
         const raw: Record<string, unknown> = message
         const id = idOf(raw)
+        if (
+          options.relistOnChange === true && raw.method === "notifications/tools/list_changed" && id === undefined
+        ) {
+          return yield* relist(message, 0, undefined)
+        }
         if (typeof raw.method === "string" || !("result" in raw || "error" in raw)) {
           return yield* send(client, "client", message) // a request or notification for the client
         }
@@ -333,8 +363,18 @@ export const run = <T>(options: {
           )
         }
         inFlight.delete(keyOf(entry.id))
+        if (entry._tag === "OwnList") {
+          if (isRecord(raw.result)) {
+            yield* hooks.onToolsList(raw.result)
+            const next = raw.result.nextCursor
+            if (typeof next === "string" && entry.page + 1 < MAX_RELIST_PAGES) {
+              return yield* relist(entry.notification, entry.page + 1, next)
+            }
+          }
+          return yield* send(client, "client", entry.notification)
+        }
         if (entry._tag === "List" && isRecord(raw.result)) {
-          return yield* send(client, "client", { ...message, result: hooks.onToolsList(raw.result) })
+          return yield* send(client, "client", { ...message, result: yield* hooks.onToolsList(raw.result) })
         }
         yield* send(client, "client", message)
       })
@@ -424,7 +464,7 @@ export const run = <T>(options: {
           } else {
             inFlight.delete(keyOf(entry.id))
           }
-          if (clientThere) {
+          if (clientThere && entry._tag !== "OwnList") {
             yield* answerError(
               entry.id,
               ErrorCode.UpstreamGone,

@@ -10,3 +10,4 @@
 export * as GuardPolicy from "./GuardPolicy.js"
 export * as McpGuard from "./McpGuard.js"
 export * as McpProxy from "./McpProxy.js"
+export * as ToolPins from "./ToolPins.js"
