@@ -191,7 +191,9 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         ? undefined
         : yield* ToolPins.make({
           initial: yield* ToolPins.load.pipe(
-            Effect.mapError((error) => new InputError({ message: `mcp-proxy: cannot read the tool pins: ${error.message}` }))
+            Effect.mapError((error) =>
+              new InputError({ message: `mcp-proxy: cannot read the tool pins: ${error.message}` })
+            )
           )
         })
       const guard = yield* McpGuard.make({

@@ -33,7 +33,9 @@ export const runList = (options: { readonly db: string; readonly json: boolean }
     const changed = tools.filter((tool) => tool.changes.length > 0).length
     yield* printLine(`tools pinned in ${options.db}: ${tools.length}, ${changed} changed (refused until approved)`)
     for (const tool of tools) {
-      const pin = tool.pinned === undefined ? "not pinned" : `pinned ${short(tool.pinned.digest)} (row ${tool.pinned.sequence})`
+      const pin = tool.pinned === undefined
+        ? "not pinned"
+        : `pinned ${short(tool.pinned.digest)} (row ${tool.pinned.sequence})`
       yield* printLine(`  ${tool.serverId} ${tool.toolName}: ${pin}`)
       for (const change of tool.changes) {
         yield* printLine(`    CHANGED to ${short(change.digest)} (row ${change.sequence}, ${change.timestamp})`)
@@ -65,26 +67,31 @@ export const runApprove = (options: ApproveOptions) =>
     const ledger = SqlAuditSink.layer({ signer }).pipe(Layer.provideMerge(openLedger(options.db, { readonly: false })))
     const sequence = yield* Effect.gen(function*() {
       const tools = yield* ToolPins.ledgerTools.pipe(Effect.mapError(readFailure(options.db)))
-      const tool = tools.find((t) =>
-        t.serverId === options.server && (t.toolName === options.tool)
-      )
+      const tool = tools.find((t) => t.serverId === options.server && (t.toolName === options.tool))
       if (tool === undefined) {
-        return yield* new InputError({ message: `no tool ${options.tool} of server ${options.server} in ${options.db}` })
+        return yield* new InputError({
+          message: `no tool ${options.tool} of server ${options.server} in ${options.db}`
+        })
       }
       const approval = ToolPins.approvalOf(tool, Option.getOrUndefined(options.digest))
       if ("problem" in approval) return yield* new InputError({ message: approval.problem })
       const event = yield* DeferredAuditEvent.record(options.by, TOOL_PINNED_EVENT_TYPE, approval.payload)
       const sink = yield* AuditSink
       const appended = yield* sink.append(event).pipe(
-        Effect.mapError((error) => new InputError({ message: `${options.db}: cannot append the approval (${error.reason})` }))
+        Effect.mapError((error) =>
+          new InputError({ message: `${options.db}: cannot append the approval (${error.reason})` })
+        )
       )
       if (appended._tag !== "Appended") {
         return yield* new InputError({ message: `${options.db}: the approval was dead-lettered, not appended` })
       }
       return appended.position?.sequence ?? "?"
-    }).pipe(Effect.provide(ledger), Effect.mapError((error) =>
-      error._tag === "InputError" ? error : new InputError({ message: `${options.db}: ${error.message}` })
-    ))
+    }).pipe(
+      Effect.provide(ledger),
+      Effect.mapError((error) =>
+        error._tag === "InputError" ? error : new InputError({ message: `${options.db}: ${error.message}` })
+      )
+    )
     yield* printLine(`approved: ${options.server} ${options.tool} pinned to its new definition (row ${sequence})`)
   })
 

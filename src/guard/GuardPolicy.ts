@@ -258,7 +258,9 @@ export const decode = (input: unknown): Effect.Effect<GuardPolicy, PolicyError> 
       )
     }
     if (HINTS.every((hint) => rule[hint] === undefined)) {
-      return Effect.fail(new PolicyError({ path: `rules.${i}`, detail: `an annotations rule names one of ${HINTS.join(", ")}` }))
+      return Effect.fail(
+        new PolicyError({ path: `rules.${i}`, detail: `an annotations rule names one of ${HINTS.join(", ")}` })
+      )
     }
   }
   const ids = new Set<string>()
@@ -540,7 +542,11 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
       case "annotations": {
         if (!inScope(rule, call)) return undefined
         const named = HINTS.filter((hint) => rule[hint] !== undefined)
-        const declared = (hint: typeof HINTS[number]) => call.annotations?.[hint] ?? ANNOTATION_DEFAULTS[hint]
+        const declared = (hint: typeof HINTS[number]) =>
+          // MCP: destructive and idempotent hints mean something only for a tool that is not read-only.
+          (hint === "destructiveHint" || hint === "idempotentHint") && call.annotations?.readOnlyHint === true
+            ? hint === "idempotentHint"
+            : call.annotations?.[hint] ?? ANNOTATION_DEFAULTS[hint]
         return named.every((hint) => declared(hint) === rule[hint])
           ? fire(
             rule,

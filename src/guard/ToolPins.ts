@@ -35,7 +35,6 @@ export const MAX_DEFINITION_DEPTH = 64
 /** A stored definition larger than this (as JSON) is left out of its row; its digest is still recorded. */
 export const MAX_STORED_DEFINITION_BYTES = 64 * 1024
 
-
 const isRecord = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
 
@@ -102,15 +101,18 @@ export interface ToolState {
   readonly annotations: ToolAnnotations | undefined
 }
 
-export class ToolPins extends Context.Tag("agent-ledger/ToolPins")<ToolPins, ToolGate & {
-  /**
-   * A server's `tools/list` answer (its `tools`): pins tools seen for the first time and records changed
-   * definitions (each new definition once). `agentId` is who the rows are recorded for.
-   */
-  readonly observe: (serverId: string, agentId: string, tools: ReadonlyArray<unknown>) => Effect.Effect<void>
-  /** The tool's state (undefined when never listed nor pinned). */
-  readonly state: (serverId: string, toolName: string) => ToolState | undefined
-}>() {}
+export class ToolPins extends Context.Tag("agent-ledger/ToolPins")<
+  ToolPins,
+  ToolGate & {
+    /**
+     * A server's `tools/list` answer (its `tools`): pins tools seen for the first time and records changed
+     * definitions (each new definition once). `agentId` is who the rows are recorded for.
+     */
+    readonly observe: (serverId: string, agentId: string, tools: ReadonlyArray<unknown>) => Effect.Effect<void>
+    /** The tool's state (undefined when never listed nor pinned). */
+    readonly state: (serverId: string, toolName: string) => ToolState | undefined
+  }
+>() {}
 
 export type Service = Context.Tag.Service<ToolPins>
 
@@ -200,9 +202,9 @@ export const make = (
         }
         return entry.seen === entry.pinned
           ? undefined
-          : `the definition of tool ${toolName} changed since it was pinned (${
-            entry.pinned!.slice(0, 12)
-          } -> ${entry.seen.slice(0, 12)}); an operator must approve it (agent-ledger tools approve)`
+          : `the definition of tool ${toolName} changed since it was pinned (${entry.pinned!.slice(0, 12)} -> ${
+            entry.seen.slice(0, 12)
+          }); an operator must approve it (agent-ledger tools approve)`
       },
       annotations: (serverId, toolName) => entries.get(keyOf(serverId, toolName))?.annotations,
       state: (serverId, toolName) => {
