@@ -27,6 +27,7 @@ import type { TransformCallback } from "node:stream"
 import { Transform } from "node:stream"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import * as AuditLedger from "../AuditLedger.js"
+import type * as Approvals from "../guard/Approvals.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as McpGuard from "../guard/McpGuard.js"
 import * as McpProxy from "../guard/McpProxy.js"
@@ -173,6 +174,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
     const sessionId = Option.getOrElse(options.session, () => uuidV7(Date.now()))
     const serverId = Option.getOrElse(options.serverId, () => path.basename(command))
     let agentId = Option.getOrElse(options.agent, () => "unknown")
+    /** Whether the client declared the `elicitation` capability (so `ask` rules can ask its user). */
+    let clientCanElicit = false
 
     let upstreamPid: number | undefined
     const stopUpstream = Effect.sync(() => {
@@ -196,7 +199,10 @@ export const runMcpProxy = (options: McpProxyOptions) =>
             )
           )
         })
+      const clientRequests = McpProxy.makeClientRequests()
       const guard = yield* McpGuard.make({
+        approver: (request) => askClient(clientRequests, clientCanElicit, agentId, request),
+        approverName: "the client, through MCP elicitation",
         policy: GuardPolicy.engine(policy, { salt }),
         failClosed: options.failClosed,
         sealEvery: options.sealEvery,
@@ -213,6 +219,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       const hooks: McpProxy.Hooks<McpGuard.Ticket> = {
         onInitialize: (params) =>
           Effect.sync(() => {
+            clientCanElicit = isRecord(params) && isRecord(params.capabilities) &&
+              isRecord(params.capabilities.elicitation)
             if (Option.isNone(options.agent) && isRecord(params) && isRecord(params.clientInfo)) {
               const name = params.clientInfo.name
               if (typeof name === "string" && name.length > 0) agentId = name
@@ -288,7 +296,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         upstream,
         hooks,
         callTimeout: Duration.seconds(options.callTimeout),
-        relistOnChange: pins !== undefined
+        relistOnChange: pins !== undefined,
+        clientRequests
       }).pipe(
         Effect.mapError((error) =>
           new InputError({
@@ -320,6 +329,45 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       Effect.ensuring(stopUpstream)
     )
   })
+
+/**
+ * The proxy's approver: asks the client's user a yes/no question through MCP elicitation (`accept` with
+ * `approve` not false allows; `decline`, `cancel` or `approve: false` refuse). A client that did not declare
+ * the capability cannot be asked: the rule's fallback applies.
+ */
+export const askClient = (
+  requests: McpProxy.ClientRequests,
+  canElicit: boolean,
+  clientName: string,
+  request: Approvals.ApprovalRequest
+): Effect.Effect<Approvals.ApprovalAnswer> =>
+  canElicit
+    ? Effect.map(
+      requests.request("elicitation/create", {
+        message: request.question,
+        requestedSchema: {
+          type: "object",
+          properties: { approve: { type: "boolean", title: "Allow this call", default: true } }
+        }
+      }),
+      (answer): Approvals.ApprovalAnswer => {
+        if (answer._tag === "Gone") return { _tag: "Unavailable", detail: "the client went away" }
+        if (answer._tag === "Error") {
+          return { _tag: "Unavailable", detail: `the client could not ask (${JSON.stringify(answer.error)})` }
+        }
+        const approver = `client ${clientName}`
+        const content = isRecord(answer.result.content) ? answer.result.content : {}
+        switch (answer.result.action) {
+          case "accept":
+            return content.approve === false ? { _tag: "Decline", approver } : { _tag: "Accept", approver }
+          case "decline":
+            return { _tag: "Decline", approver }
+          default:
+            return { _tag: "Cancel", approver }
+        }
+      }
+    )
+    : Effect.succeed({ _tag: "Unavailable", detail: "the client did not declare the elicitation capability" })
 
 /** The guard's record of how a forwarded call ended; error answers count their bytes like results. */
 export const callOutcome = (answer: McpProxy.ToolAnswer): McpGuard.CallOutcome => {

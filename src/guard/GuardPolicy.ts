@@ -21,7 +21,7 @@ import * as fs from "node:fs"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
 import { sha256Hex } from "../internal/encoding.js"
-import type { AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
+import type { AskSpec, AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
 import { DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_ARGUMENT_DEPTH, jsonBytes } from "./McpGuard.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -36,8 +36,19 @@ const NonNegativeInt = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
 const common = {
   /** Becomes the refusal's `rule_id`. */
   id: Schema.String.pipe(Schema.minLength(1)),
-  /** `refuse` (the default) blocks the call; `warn` logs it and lets it run. */
-  action: Schema.optional(Schema.Literal("refuse", "warn")),
+  /**
+   * `refuse` (the default) blocks the call; `warn` logs it and lets it run; `ask` holds it and asks a person
+   * (through the guard's approver: MCP elicitation in `mcp-proxy`), forwarding it only if they accept.
+   */
+  action: Schema.optional(Schema.Literal("refuse", "warn", "ask")),
+  /** `ask`: seconds to wait for the answer (default 60). */
+  timeout: Schema.optional(Schema.Number.pipe(Schema.positive())),
+  /** `ask`: what happens when no answer comes in time (default `refuse`). */
+  onTimeout: Schema.optional(Schema.Literal("refuse", "allow")),
+  /** `ask`: what happens when no one can be asked (the client cannot elicit; default `refuse`). */
+  fallback: Schema.optional(Schema.Literal("refuse", "allow")),
+  /** `ask`: top-level argument fields shown in the question as given (others are counted, not shown). */
+  showArguments: Schema.optional(Schema.Array(Schema.String)),
   /**
    * What the agent and the ledger are told; `{tool}`, `{server}`, `{agent}`, `{rule}`, `{limit}` and
    * `{actual}` are filled in.
@@ -54,6 +65,17 @@ const scope = {
 export const BlockTools = Schema.Struct({ kind: Schema.Literal("blockTools"), ...common, ...scope })
 export const BlockServers = Schema.Struct({ kind: Schema.Literal("blockServers"), ...common, servers: Patterns })
 export const AllowTools = Schema.Struct({ kind: Schema.Literal("allowTools"), id: common.id, ...scope })
+
+/** The `ask` fields of a rule. */
+interface AskFields {
+  readonly timeout?: number | undefined
+  readonly onTimeout?: "refuse" | "allow" | undefined
+  readonly fallback?: "refuse" | "allow" | undefined
+  readonly showArguments?: ReadonlyArray<string> | undefined
+}
+
+/** An `ask` rule's default `timeout`, in seconds. */
+export const DEFAULT_ASK_TIMEOUT_SECONDS = 60
 export const Budget = Schema.Struct({
   kind: Schema.Literal("budget"),
   ...common,
@@ -408,13 +430,21 @@ const fill = (template: string | undefined, fallback: string, values: Record<str
  * or `total` limit is reached while allowed calls are in flight (`snapshot.inFlight > 0`). The guard then
  * waits for them to end and asks again, so the verdict is the one a sequential order would give.
  */
-export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapshot): Verdict | AwaitInFlight => {
+export const evaluate = (
+  policy: GuardPolicy,
+  call: GuardCall,
+  snapshot: Snapshot,
+  approvedRules: ReadonlyArray<string> = []
+): Verdict | AwaitInFlight => {
   const warnings: Array<Warn> = []
+  /** The first `ask` rule that fired (its refusal stands unless a person accepts), with its spec. */
+  let asking: { readonly refusal: Refuse; readonly spec: AskSpec } | undefined
+  let firing: Rule | undefined
   const bytesWritten = jsonBytes(call.arguments)
   const fire = (
     rule: {
       readonly id: string
-      readonly action?: "refuse" | "warn" | undefined
+      readonly action?: "refuse" | "warn" | "ask" | undefined
       readonly reason?: string | undefined
     },
     fallback: string,
@@ -429,6 +459,21 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
     })
     if (rule.action === "warn") {
       warnings.push(new Warn({ ruleId: rule.id, reason }))
+      return undefined
+    }
+    if (rule.action === "ask") {
+      // Accepted by a person already (the decision made again after their answer), or asked by an earlier rule.
+      if (approvedRules.includes(rule.id) || asking !== undefined) return undefined
+      const ask = firing as AskFields | undefined
+      asking = {
+        refusal: new Refuse({ ruleId: rule.id, reason }),
+        spec: {
+          timeoutMillis: (ask?.timeout ?? DEFAULT_ASK_TIMEOUT_SECONDS) * 1000,
+          onTimeout: ask?.onTimeout ?? "refuse",
+          fallback: ask?.fallback ?? "refuse",
+          showArguments: ask?.showArguments ?? []
+        }
+      }
       return undefined
     }
     return new Refuse({ ruleId: rule.id, reason })
@@ -564,15 +609,22 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
       warnings
     }
   }
+  // A rule that refuses outright wins over an earlier `ask` (a person cannot approve what is refused anyway).
   for (const rule of policy.rules) {
+    firing = rule
     const refusal = check(rule)
     if (refusal !== undefined) return refusal._tag === "AwaitInFlight" ? refusal : { decision: refusal, warnings }
   }
+  if (asking !== undefined) return { decision: asking.refusal, warnings, ask: asking.spec }
   return { decision: new Allow(), warnings }
 }
 
 const isListed = (policy: GuardPolicy, serverId: string, toolName: string): boolean =>
   policy.rules.some((rule) => rule.kind === "allowTools" && inScope(rule, { toolName, serverId }))
+
+/** Whether a rule refuses outright when it fires (not `warn`, not `ask`). */
+const refuses = (rule: { readonly action?: "refuse" | "warn" | "ask" | undefined }) =>
+  rule.action === undefined || rule.action === "refuse"
 
 /**
  * Whether `tools/list` shows the tool: false when `hideRefusedTools` is set and the policy refuses the tool
@@ -583,9 +635,9 @@ export const isVisible = (policy: GuardPolicy, serverId: string, toolName: strin
   if (policy.hideRefusedTools !== true) return true
   if (policy.defaultAction === "deny" && !isListed(policy, serverId, toolName)) return false
   return !policy.rules.some((rule) =>
-    (rule.kind === "blockTools" && rule.action !== "warn" && inScope(rule, { toolName, serverId })) ||
-    (rule.kind === "blockServers" && rule.action !== "warn" && anyMatch(rule.servers, serverId)) ||
-    (rule.kind === "callLimit" && rule.max === 0 && rule.action !== "warn" && inScope(rule, { toolName, serverId }))
+    (rule.kind === "blockTools" && refuses(rule) && inScope(rule, { toolName, serverId })) ||
+    (rule.kind === "blockServers" && refuses(rule) && anyMatch(rule.servers, serverId)) ||
+    (rule.kind === "callLimit" && rule.max === 0 && refuses(rule) && inScope(rule, { toolName, serverId }))
   )
 }
 
@@ -643,7 +695,7 @@ export const storedArguments = (policy: GuardPolicy, toolName: string, args: unk
 
 /** The policy as the guard runs it, with `salt` for argument hashes (`LedgerSql.argumentSalt`). */
 export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => ({
-  decide: (call, session, nowMillis) => evaluate(policy, call, { ...session, nowMillis }),
+  decide: (call, session, nowMillis, approvedRules) => evaluate(policy, call, { ...session, nowMillis }, approvedRules),
   argumentLimits: {
     maxDepth: policy.limits?.maxArgumentDepth ?? DEFAULT_MAX_ARGUMENT_DEPTH,
     maxBytes: policy.limits?.maxArgumentBytes ?? DEFAULT_MAX_ARGUMENT_BYTES

@@ -20,10 +20,11 @@
  */
 import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, Layer, Option, Runtime } from "effect"
 import type { Decision, JsonValue, Warn } from "../audit/AuditEvent.js"
-import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/AuditEvent.js"
+import { APPROVAL_EVENT_TYPE, DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/AuditEvent.js"
 import * as AuditQueue from "../audit/AuditQueue.js"
 import type * as SessionJournal from "../journal/SessionJournal.js"
 import * as SessionJournals from "../journal/SessionJournals.js"
+import * as Approvals from "./Approvals.js"
 
 /** One tool call, as the guard sees it. */
 export interface GuardCall {
@@ -69,6 +70,20 @@ export interface Verdict {
   readonly decision: Decision
   /** Warnings of rules that did not block: logged and returned, not ledgered. */
   readonly warnings: ReadonlyArray<Warn>
+  /**
+   * The refusal is an `ask` rule's: it stands unless a person accepts the call (the guard's `approver`);
+   * the decision is then made again with the rule approved.
+   */
+  readonly ask?: AskSpec | undefined
+}
+
+/** How an `ask` rule asks: how long to wait, and what happens without an answer or without anyone to ask. */
+export interface AskSpec {
+  readonly timeoutMillis: number
+  readonly onTimeout: "refuse" | "allow"
+  readonly fallback: "refuse" | "allow"
+  /** Top-level argument fields the question shows as given. */
+  readonly showArguments: ReadonlyArray<string>
 }
 
 /**
@@ -100,8 +115,16 @@ export interface SessionHistory {
  * the signed, append-only ledger.
  */
 export interface PolicyEngine {
-  /** Pure and synchronous: the guard calls it while it holds the session's decision lock. */
-  readonly decide: (call: GuardCall, session: SessionHistory, nowMillis: number) => Verdict | AwaitInFlight
+  /**
+   * Pure and synchronous: the guard calls it while it holds the session's decision lock. `approvedRules`:
+   * the `ask` rules a person accepted the call under (they do not fire again).
+   */
+  readonly decide: (
+    call: GuardCall,
+    session: SessionHistory,
+    nowMillis: number,
+    approvedRules?: ReadonlyArray<string>
+  ) => Verdict | AwaitInFlight
   /** Whether `tools/list` shows the tool (false for tools the policy always refuses, when it hides them). */
   readonly isVisible: (serverId: string, toolName: string) => boolean
   /** The arguments as the ledger stores them (by default only their hash and size). */
@@ -214,6 +237,13 @@ export interface Options {
   readonly mode?: Mode | undefined
   /** Tool pinning (`ToolPins`): a changed tool is refused under `tool-changed` before the policy is asked. */
   readonly tools?: ToolGate | undefined
+  /**
+   * Who `ask` rules ask (the proxy: the client, through MCP elicitation; a gateway: a chat, a ticket).
+   * Without one, every `ask` gets the rule's `fallback`.
+   */
+  readonly approver?: Approvals.Approver | undefined
+  /** Who the approver asks, as approval rows name it (e.g. `client claude-desktop via elicitation`). */
+  readonly approverName?: string | undefined
 }
 
 /** An allowed call the guard is waiting to see complete. */
@@ -633,7 +663,7 @@ export const make = (
      * journaled, before the lock is released. A verdict that waits on calls in flight waits here, holding
      * the lock, until they have all ended (no busy-waiting; interruptible).
      */
-    const decide = (call: GuardCall, bytesWritten: number) =>
+    const decide = (call: GuardCall, bytesWritten: number, approved: ReadonlyArray<string> = []) =>
       underLock(call.sessionId, (state) =>
         Effect.gen(function*() {
           yield* seed(state, yield* journals.get(call.sessionId))
@@ -642,12 +672,17 @@ export const make = (
             const changed = tools?.refusal(call.serverId, call.toolName)
             const verdict: Verdict | AwaitInFlight = changed !== undefined
               ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }), warnings: [] }
-              : policy.decide(withAnnotations(call), {
-                allowed: state.allowed,
-                allowedRead: state.allowedRead,
-                allowedWritten: state.allowedWritten,
-                inFlight: state.inFlight.size
-              }, nowMillis)
+              : policy.decide(
+                withAnnotations(call),
+                {
+                  allowed: state.allowed,
+                  allowedRead: state.allowedRead,
+                  allowedWritten: state.allowedWritten,
+                  inFlight: state.inFlight.size
+                },
+                nowMillis,
+                approved
+              )
             if ("_tag" in verdict) {
               if (state.inFlight.size === 0) {
                 return yield* Effect.dieMessage(`policy rule ${verdict.ruleId} waits on calls in flight, but none are`)
@@ -661,6 +696,10 @@ export const make = (
               const idle = state.idle ?? (state.idle = Deferred.unsafeMake<void>(FiberId.none))
               yield* Deferred.await(idle)
               continue
+            }
+            if (verdict.decision._tag === "Refuse" && verdict.ask !== undefined && !shadow) {
+              // Asked outside the lock; decided again, with the rule approved, once the answer allows it.
+              return { verdict, asking: { ask: verdict.ask, refusal: verdict.decision } }
             }
             if (verdict.decision._tag === "Refuse" && !shadow) {
               const { reason, ruleId } = verdict.decision
@@ -690,28 +729,96 @@ export const make = (
           }
         }))
 
-    const check = (call: GuardCall): Effect.Effect<Check> =>
+    /**
+     * An `ask` rule's question and its answer: the call refused (declined, cancelled, no answer in time, no
+     * one to ask), or decided again with the rule approved (so counting rules see the calls allowed while it
+     * waited). A `governance.approval` row records the question, the answer and the call's journal entry.
+     */
+    const askFor = (
+      call: GuardCall,
+      bytesWritten: number,
+      approved: ReadonlyArray<string>,
+      asking: { readonly ask: AskSpec; readonly refusal: Refuse }
+    ): Effect.Effect<Check> =>
       Effect.gen(function*() {
-        const gated = gate(call)
-        if (gated._tag === "Refuse") {
-          return yield* refuseWith(call, gated.bytes, gated.ruleId, gated.reason, failClosed, gated.unread)
-        }
-        const bytesWritten = gated.bytes
-        if (failClosed && !(yield* auditAvailable)) {
-          return yield* refuseWith(
-            call,
-            bytesWritten,
-            AUDIT_UNAVAILABLE_RULE,
-            "the audit ledger cannot record decisions right now (fail-closed guard)",
-            false
+        const { ask, refusal } = asking
+        const summary = Approvals.argumentSummary(call.arguments, ask.showArguments)
+        const started = yield* Clock.currentTimeMillis
+        const answer: Approvals.ApprovalAnswer | undefined = options.approver === undefined
+          ? { _tag: "Unavailable", detail: "the guard has no approver" }
+          : Option.getOrUndefined(
+            yield* options.approver({
+              call,
+              ruleId: refusal.ruleId,
+              reason: refusal.reason,
+              argumentSummary: summary,
+              question: Approvals.questionText(call, refusal.ruleId, refusal.reason, summary),
+              timeoutMillis: ask.timeoutMillis
+            }).pipe(Effect.timeoutOption(Duration.millis(ask.timeoutMillis)))
           )
+        const latencyMillis = (yield* Clock.currentTimeMillis) - started
+        const outcome: Approvals.Answer = answer === undefined
+          ? "timeout"
+          : answer._tag === "Accept"
+          ? "accept"
+          : answer._tag === "Decline"
+          ? "decline"
+          : answer._tag === "Cancel"
+          ? "cancel"
+          : "unavailable"
+        const allow = outcome === "accept" || (outcome === "timeout" && ask.onTimeout === "allow") ||
+          (outcome === "unavailable" && ask.fallback === "allow")
+        const approver = answer !== undefined && answer._tag !== "Unavailable" ? answer.approver : null
+        const record = (sequence: number, allowed: boolean) =>
+          Effect.flatMap(
+            DeferredAuditEvent.record(
+              call.agentId,
+              APPROVAL_EVENT_TYPE,
+              Approvals.approvalPayload({
+                call,
+                ruleId: refusal.ruleId,
+                reason: refusal.reason,
+                askedBy: options.approver === undefined ? "nobody" : (options.approverName ?? "approver"),
+                approver,
+                answer: outcome,
+                allowed,
+                latencyMillis,
+                argumentSummary: summary
+              }),
+              new JournalRef({ sessionId: call.sessionId, sequence })
+            ),
+            queue.submit
+          )
+        if (allow) {
+          const next = [...approved, refusal.ruleId]
+          const result = yield* decideAndLedger(call, bytesWritten, next)
+          yield* record(result._tag === "Allowed" ? result.ticket.sequence : result.sequence, result._tag === "Allowed")
+          return result
         }
-        const decided = yield* decide(call, bytesWritten)
+        const why = outcome === "timeout"
+          ? `no answer within ${Math.round(ask.timeoutMillis / 1000)} s`
+          : outcome === "unavailable"
+          ? `approval was needed and no one could be asked: ${answer?._tag === "Unavailable" ? answer.detail : ""}`
+          : `${outcome === "decline" ? "declined" : "cancelled"} by ${approver}`
+        const refused = yield* refuseWith(call, bytesWritten, refusal.ruleId, `${refusal.reason} (${why})`)
+        yield* record(refused.sequence, false)
+        return refused
+      })
+
+    /** The decision (after the gates), ledgered; an `ask` verdict goes to `askFor`. */
+    const decideAndLedger = (
+      call: GuardCall,
+      bytesWritten: number,
+      approved: ReadonlyArray<string>
+    ): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        const decided = yield* decide(call, bytesWritten, approved)
         for (const warning of decided.verdict.warnings) {
           yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
             Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
           )
         }
+        if (decided.asking !== undefined) return yield* askFor(call, bytesWritten, approved, decided.asking)
         if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
         const { ticket } = decided
         if (ticket.wouldRefuse !== undefined) {
@@ -729,7 +836,26 @@ export const make = (
           return { _tag: "Allowed", ticket, warnings: decided.verdict.warnings } as const
         }
         yield* sealIfDue(call.sessionId, decided.sequence)
-        return { _tag: "Allowed", ticket: decided.ticket, warnings: decided.verdict.warnings } as const
+        return { _tag: "Allowed", ticket, warnings: decided.verdict.warnings } as const
+      })
+
+    const check = (call: GuardCall): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        const gated = gate(call)
+        if (gated._tag === "Refuse") {
+          return yield* refuseWith(call, gated.bytes, gated.ruleId, gated.reason, failClosed, gated.unread)
+        }
+        const bytesWritten = gated.bytes
+        if (failClosed && !(yield* auditAvailable)) {
+          return yield* refuseWith(
+            call,
+            bytesWritten,
+            AUDIT_UNAVAILABLE_RULE,
+            "the audit ledger cannot record decisions right now (fail-closed guard)",
+            false
+          )
+        }
+        return yield* decideAndLedger(call, bytesWritten, [])
       })
 
     /**

@@ -87,6 +87,70 @@ export interface Hooks<T> {
   readonly onToolsList: (result: Record<string, unknown>) => Effect.Effect<Record<string, unknown>>
 }
 
+/** The client's answer to a request the proxy sent it (`ClientRequests.request`). */
+export type ClientAnswer =
+  | { readonly _tag: "Result"; readonly result: Record<string, unknown> }
+  | { readonly _tag: "Error"; readonly error: unknown }
+  /** The session is not running (or ended before the client answered). */
+  | { readonly _tag: "Gone" }
+
+/**
+ * Requests from the proxy itself to the client (e.g. `elicitation/create` to ask its user about a call).
+ * Made before `run` (so a guard's approver can hold it) and attached to one running proxy. The client's
+ * answers are taken as they arrive, ahead of the client's queued messages: a question asked while a
+ * `tools/call` is being decided is answered although that call holds the client's messages behind it.
+ */
+export interface ClientRequests {
+  /** Sends the request and waits for the answer; interrupted, it tells the client (`notifications/cancelled`). */
+  readonly request: (method: string, params: Record<string, unknown>) => Effect.Effect<ClientAnswer>
+}
+
+interface ClientRequestsHandle extends ClientRequests {
+  readonly attach: (send: (message: JSONRPCMessage) => Promise<void>) => void
+  /** Takes the client's answer to one of the proxy's requests; false for any other message. */
+  readonly intercept: (message: JSONRPCMessage) => boolean
+  readonly detach: () => void
+}
+
+/** Requests to the client, for `run`'s `clientRequests`. */
+export const makeClientRequests = (): ClientRequestsHandle => {
+  let send: ((message: JSONRPCMessage) => Promise<void>) | undefined
+  let next = 0
+  const pending = new Map<string, (answer: ClientAnswer) => void>()
+  return {
+    attach: (s) => void (send = s),
+    detach: () => {
+      send = undefined
+      for (const resolve of pending.values()) resolve({ _tag: "Gone" })
+      pending.clear()
+    },
+    intercept: (message) => {
+      const raw: Record<string, unknown> = message
+      if (raw.method !== undefined || typeof raw.id !== "string") return false
+      const resolve = pending.get(raw.id)
+      if (resolve === undefined) return false
+      pending.delete(raw.id)
+      resolve(isRecord(raw.result) ? { _tag: "Result", result: raw.result } : { _tag: "Error", error: raw.error })
+      return true
+    },
+    request: (method, params) =>
+      Effect.async<ClientAnswer>((resume) => {
+        const to = send
+        if (to === undefined) return resume(Effect.succeed({ _tag: "Gone" }))
+        const id = `agent-ledger:${method}:${++next}`
+        pending.set(id, (answer) => resume(Effect.succeed(answer)))
+        to({ jsonrpc: "2.0", id, method, params }).catch(() => {
+          if (pending.delete(id)) resume(Effect.succeed({ _tag: "Gone" }))
+        })
+        return Effect.sync(() => {
+          if (!pending.delete(id)) return
+          void send?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id } })
+            .catch(() => undefined)
+        })
+      })
+  }
+}
+
 /** A transport failed (a broken pipe, an upstream that could not be started). */
 export class McpProxyError extends Data.TaggedError("McpProxyError")<{
   readonly side: "client" | "upstream"
@@ -192,6 +256,8 @@ export const run = <T>(options: {
   readonly callTimeout?: Duration.DurationInput | undefined
   /** On the upstream's `notifications/tools/list_changed`, list its tools before passing it on. */
   readonly relistOnChange?: boolean | undefined
+  /** The proxy's own requests to the client (`makeClientRequests`). */
+  readonly clientRequests?: ReturnType<typeof makeClientRequests> | undefined
 }): Effect.Effect<Ending, McpProxyError> =>
   Effect.gen(function*() {
     const { client, hooks, upstream } = options
@@ -427,7 +493,11 @@ export const run = <T>(options: {
 
     const endWith = (side: Ended, detail: string) => () =>
       Runtime.runFork(runtime)(Deferred.succeed(ended, { side, detail }))
-    client.onmessage = (message) => Queue.unsafeOffer(fromClient, { _tag: "Message", message })
+    const requests = options.clientRequests
+    client.onmessage = (message) => {
+      if (requests?.intercept(message) === true) return
+      Queue.unsafeOffer(fromClient, { _tag: "Message", message })
+    }
     upstream.onmessage = (message) => Queue.unsafeOffer(fromUpstream, message)
     client.onclose = endWith("client", "the client closed the connection")
     upstream.onclose = endWith("upstream", "the upstream server exited")
@@ -485,6 +555,7 @@ export const run = <T>(options: {
     return yield* Effect.gen(function*() {
       yield* start(upstream, "upstream")
       yield* start(client, "client")
+      requests?.attach((message) => client.send(message))
       pumps.push(yield* Effect.fork(clientPump), yield* Effect.fork(upstreamPump))
       // A pump stops only on a broken transport: the session ends on that side.
       for (const pump of pumps) {
@@ -498,6 +569,7 @@ export const run = <T>(options: {
       ending = yield* Deferred.await(ended)
     }).pipe(
       Effect.ensuring(Effect.gen(function*() {
+        requests?.detach()
         yield* Fiber.interruptAll(pumps)
         const side = ending?.side
         const clientThere = side !== "client"
