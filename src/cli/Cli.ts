@@ -11,9 +11,12 @@ import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
 import * as exportCommand from "./exportCommand.js"
 import * as Help from "./Help.js"
+import * as hook from "./hook.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
+import * as serve from "./serve.js"
 import * as stats from "./stats.js"
+import * as token from "./token.js"
 import * as tools from "./tools.js"
 import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
@@ -31,6 +34,9 @@ export const root = Command.make("agent-ledger").pipe(
     keygen.command,
     mcpProxy.command,
     tools.command,
+    serve.command,
+    hook.command,
+    token.command,
     transparency.checkpointCommand,
     transparency.checkpointsCommand,
     transparency.proveCommand,
@@ -50,6 +56,9 @@ const SUBCOMMANDS = [
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
   { name: "tools", command: tools.command },
+  { name: "serve", command: serve.command },
+  { name: "hook", command: hook.command },
+  { name: "token", command: token.command },
   { name: "checkpoint", command: transparency.checkpointCommand },
   { name: "checkpoints", command: transparency.checkpointsCommand },
   { name: "prove", command: transparency.proveCommand },
