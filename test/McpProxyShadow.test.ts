@@ -89,7 +89,7 @@ describe("mcp-proxy --mode shadow in front of the filesystem server", () => {
     // The upstream did write and move.
     expect(readFileSync(join(r.root, "out.txt"), "utf8")).toBe("written")
     expect(existsSync(join(r.root, "moved.txt"))).toBe(true)
-    const decisions = r.rows.filter((row) => row.event_type !== "session.sealed")
+    const decisions = r.rows.filter((row) => row.event_type.startsWith("governance."))
     expect(decisions.map((row) => [row.event_type, JSON.parse(row.payload).decision.ruleId])).toEqual([
       ["governance.would-refuse", "no-read-then-write"],
       ["governance.would-refuse", "no-move"]
