@@ -244,7 +244,7 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
       await exited
       const { exported, rows } = await checkSeal(paths)
       expect(exported.entries).toHaveLength(3) // the read's decision and outcome, the refused move
-      expect(rows.map((row) => row.event_type)).toEqual([
+      expect(rows.map((row) => row.event_type).filter((type) => type !== AuditEvent.TOOL_PINNED_EVENT_TYPE)).toEqual([
         AuditEvent.GOVERNANCE_REFUSAL_EVENT_TYPE,
         AuditEvent.SESSION_SEALED_EVENT_TYPE
       ])
@@ -273,7 +273,9 @@ describe("agent-ledger mcp-proxy in front of @modelcontextprotocol/server-filesy
       expect(stdout).toMatch(/session\.json: sealed/)
       const { report, rows } = await ledgerOf(db)
       expect(report.ok).toBe(true)
-      expect(rows.map((row) => row.event_type)).toEqual([
+      // Tool pinning (on by default) pinned the server's tools on first sight.
+      expect(rows.filter((row) => row.event_type === AuditEvent.TOOL_PINNED_EVENT_TYPE).length).toBeGreaterThan(0)
+      expect(rows.map((row) => row.event_type).filter((type) => type !== AuditEvent.TOOL_PINNED_EVENT_TYPE)).toEqual([
         ...Array(3).fill(AuditEvent.GOVERNANCE_REFUSAL_EVENT_TYPE),
         AuditEvent.SESSION_SEALED_EVENT_TYPE
       ])

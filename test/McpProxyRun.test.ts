@@ -36,7 +36,7 @@ const setup = Effect.gen(function*() {
         : Effect.succeed({ _tag: "Forward", ticket: String(params.name) }),
     onToolResult: (ticket, answer) => Effect.sync(() => void completed.push([ticket, answer])),
     onRefusal: (_params, ruleId) => Effect.succeed({ content: [{ type: "text", text: ruleId }], isError: true }),
-    onToolsList: (result) => result
+    onToolsList: Effect.succeed
   }
   const send = (message: Message) => Effect.promise(() => clientSide.send({ jsonrpc: "2.0", ...message } as never))
   const answerTo = (id: unknown) =>

@@ -209,6 +209,32 @@ export const GOVERNANCE_REFUSAL_EVENT_TYPE = "governance.refusal"
 /** The ledger's `event_type` for a session seal row (docs/FORMAT.md, "Session seal"). */
 export const SESSION_SEALED_EVENT_TYPE = "session.sealed"
 
+/**
+ * The ledger's `event_type` for a refusal a guard in shadow mode would have made but did not enforce
+ * (payload v3 `mode: "shadow"`, docs/FORMAT.md).
+ */
+export const WOULD_REFUSE_EVENT_TYPE = "governance.would-refuse"
+
+/** The ledger's `event_type` of a tool definition a guard pinned (docs/FORMAT.md, "Guard records"). */
+export const TOOL_PINNED_EVENT_TYPE = "tool.pinned"
+
+/** The ledger's `event_type` of a pinned tool whose definition changed (docs/FORMAT.md, "Guard records"). */
+export const TOOL_CHANGED_EVENT_TYPE = "tool.changed"
+
+/** The ledger's `event_type` of a question a guard asked before a call, and its answer ("Guard records"). */
+export const APPROVAL_EVENT_TYPE = "governance.approval"
+
+/**
+ * `customKind`s of `Allow` + `Custom` events that are rows of their own `event_type` (the seal and the
+ * guard's records); any other event is a refusal row.
+ */
+export const RECORD_EVENT_TYPES: ReadonlySet<string> = new Set([
+  SESSION_SEALED_EVENT_TYPE,
+  TOOL_PINNED_EVENT_TYPE,
+  TOOL_CHANGED_EVENT_TYPE,
+  APPROVAL_EVENT_TYPE
+])
+
 /** The journal entry a refusal belongs to: its session and position (payload v2 `journal`). */
 export class JournalRef extends Schema.Class<JournalRef>("JournalRef")({
   sessionId: Schema.String,
@@ -232,7 +258,9 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
   decision: Decision,
   timestamp: Schema.DateTimeUtc,
   /** The journal entry the refusal belongs to, when the guard journals its calls (payload v2). */
-  journal: Schema.optional(JournalRef)
+  journal: Schema.optional(JournalRef),
+  /** `shadow`: a refusal the guard would have made, recorded but not enforced (payload v3). */
+  mode: Schema.optional(Schema.Literal("shadow"))
 }) {
   /**
    * The audit event for a refusal, `None` for `Allow` and `Warn` (only refusals are chain-logged).
@@ -247,7 +275,8 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
     agentId: string,
     action: AgentAction,
     decision: Decision,
-    journal?: JournalRef
+    journal?: JournalRef,
+    mode?: "shadow"
   ): Effect.Effect<Option.Option<DeferredAuditEvent>> {
     if (!isRefusal(decision)) return Effect.succeedNone
     return Effect.map(Clock.currentTimeMillis, (millis) =>
@@ -260,9 +289,34 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
             journal: isWellFormed(journal.sessionId)
               ? journal
               : new JournalRef({ sessionId: toWellFormed(journal.sessionId), sequence: journal.sequence })
-          })
+          }),
+          ...(mode === undefined ? {} : { mode })
         })
       ))
+  }
+
+  /**
+   * A guard record (`tool.pinned`, `tool.changed`, `governance.approval`): an `Allow` of a `Custom` action
+   * whose `customKind` is the row's `event_type` (docs/FORMAT.md, "Guard records"). Strings are made
+   * well-formed, as in `fromRefusal`.
+   */
+  static record(
+    agentId: string,
+    kind: string,
+    payload: JsonValue,
+    journal?: JournalRef
+  ): Effect.Effect<DeferredAuditEvent> {
+    return Effect.map(Clock.currentTimeMillis, (millis) =>
+      new DeferredAuditEvent({
+        id: uuidV7(millis),
+        agentId: toWellFormed(agentId),
+        action: new Custom({ customKind: kind, payload: toWellFormedDeep(payload) as JsonValue }),
+        decision: new Allow(),
+        timestamp: DateTime.unsafeMake(millis),
+        ...(journal === undefined ? {} : {
+          journal: new JournalRef({ sessionId: toWellFormed(journal.sessionId), sequence: journal.sequence })
+        })
+      }))
   }
 
   /**
@@ -293,11 +347,16 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
 /** The journal export format a seal names when it is not given (`SessionJournal.EXPORT_FORMAT_V1`). */
 const JOURNAL_EXPORT_FORMAT_V1 = "agent-ledger/journal/v1"
 
-/** The ledger `event_type` of an event's row: a seal (an `Allow` of a seal action) or a refusal. */
+/**
+ * The ledger `event_type` of an event's row: a seal or a guard record (an `Allow` of a `Custom` action whose
+ * `customKind` is in `RECORD_EVENT_TYPES`), a refusal not enforced (`mode: "shadow"`), or a refusal.
+ */
 export const eventTypeOf = (event: DeferredAuditEvent): string =>
   event.decision._tag === "Allow" && event.action._tag === "Custom" &&
-    event.action.customKind === SESSION_SEALED_EVENT_TYPE
-    ? SESSION_SEALED_EVENT_TYPE
+    RECORD_EVENT_TYPES.has(event.action.customKind)
+    ? event.action.customKind
+    : event.mode === "shadow"
+    ? WOULD_REFUSE_EVENT_TYPE
     : GOVERNANCE_REFUSAL_EVENT_TYPE
 
 /** The seal a `session.sealed` event commits to (`None` for any other event). */
@@ -378,6 +437,7 @@ export const canonicalObject = (event: DeferredAuditEvent) => ({
   ...(event.journal === undefined
     ? {}
     : { journal: { session_id: event.journal.sessionId, sequence: event.journal.sequence } }),
+  ...(event.mode === undefined ? {} : { mode: event.mode }),
   timestamp: formatTimestamp(event)
 })
 

@@ -106,13 +106,15 @@ export class AuditQueue extends Context.Tag("agent-ledger/AuditQueue")<AuditQueu
   readonly submit: (event: DeferredAuditEvent) => Effect.Effect<boolean>
   /**
    * Build the event with `DeferredAuditEvent.fromRefusal` and submit it; `false`, uncounted, for
-   * Allow/Warn. `journal` names the journal entry of the refused call (refusal payload v2).
+   * Allow/Warn. `journal` names the journal entry of the refused call (refusal payload v2); `mode` `shadow`
+   * records a refusal that was not enforced (payload v3).
    */
   readonly submitRefusal: (
     agentId: string,
     action: AgentAction,
     decision: Decision,
-    journal?: JournalRef
+    journal?: JournalRef,
+    mode?: "shadow"
   ) => Effect.Effect<boolean>
   /**
    * Submit and wait for the durable acknowledgement: succeeds once the event's row is committed (with the
@@ -127,7 +129,8 @@ export class AuditQueue extends Context.Tag("agent-ledger/AuditQueue")<AuditQueu
     agentId: string,
     action: AgentAction,
     decision: Decision,
-    journal?: JournalRef
+    journal?: JournalRef,
+    mode?: "shadow"
   ) => Effect.Effect<Option.Option<AuditReceipt>, AuditAckError>
   /**
    * Wait until every submitted event is accounted for (appended + appendFailures + sendFailures ≥
@@ -564,16 +567,23 @@ const makeIntake = (
     agentId: string,
     action: AgentAction,
     decision: Decision,
-    journal?: JournalRef
+    journal?: JournalRef,
+    mode?: "shadow"
   ): Effect.Effect<boolean> =>
     Effect.flatMap(
-      DeferredAuditEvent.fromRefusal(agentId, action, decision, journal),
+      DeferredAuditEvent.fromRefusal(agentId, action, decision, journal, mode),
       (event) => event._tag === "Some" ? submit(event.value) : Effect.succeed(false)
     )
 
-  const submitRefusalAndWait = (agentId: string, action: AgentAction, decision: Decision, journal?: JournalRef) =>
+  const submitRefusalAndWait = (
+    agentId: string,
+    action: AgentAction,
+    decision: Decision,
+    journal?: JournalRef,
+    mode?: "shadow"
+  ) =>
     Effect.flatMap(
-      DeferredAuditEvent.fromRefusal(agentId, action, decision, journal),
+      DeferredAuditEvent.fromRefusal(agentId, action, decision, journal, mode),
       (event): Effect.Effect<Option.Option<AuditReceipt>, AuditAckError> =>
         event._tag === "Some" ? Effect.asSome(submitAndWait(event.value)) : Effect.succeedNone
     )

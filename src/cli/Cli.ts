@@ -15,11 +15,12 @@ import * as Help from "./Help.js"
 import * as hook from "./hook.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
-import * as serve from "./serve.js"
 import * as query from "./query.js"
+import * as serve from "./serve.js"
 import * as stats from "./stats.js"
 import * as StdStreams from "./StdStreams.js"
 import * as token from "./token.js"
+import * as tools from "./tools.js"
 import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
 
@@ -39,6 +40,7 @@ export const root = Command.make("agent-ledger").pipe(
     consoleCommand.command,
     keygen.command,
     mcpProxy.command,
+    tools.command,
     serve.command,
     hook.command,
     token.command,
@@ -64,6 +66,7 @@ const SUBCOMMANDS = [
   { name: "console", command: consoleCommand.command },
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
+  { name: "tools", command: tools.command },
   { name: "serve", command: serve.command },
   { name: "hook", command: hook.command },
   { name: "token", command: token.command },

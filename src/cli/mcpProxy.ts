@@ -1,6 +1,6 @@
 /**
  * `agent-ledger mcp-proxy --db FILE --policy FILE [--agent ID] [--fail-closed] [--env KEY=VALUE]...
- * [--call-timeout SECONDS] [--spill FILE] -- <server command...>`: a
+ * [--call-timeout SECONDS] [--spill FILE] [--mode enforce|shadow] -- <server command...>`: a
  * stdio MCP proxy. To the MCP client it is the server; it spawns the real server and is its client. Every
  * message passes through unchanged except `tools/call`, which `McpGuard` decides on: a refused call gets a
  * tool result with `isError: true` naming the rule and the reason, and the upstream never sees it.
@@ -27,9 +27,11 @@ import type { TransformCallback } from "node:stream"
 import { Transform } from "node:stream"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import * as AuditLedger from "../AuditLedger.js"
+import type * as Approvals from "../guard/Approvals.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as McpGuard from "../guard/McpGuard.js"
 import * as McpProxy from "../guard/McpProxy.js"
+import * as ToolPins from "../guard/ToolPins.js"
 import { uuidV7 } from "../internal/uuid.js"
 import * as SessionJournals from "../journal/SessionJournals.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
@@ -47,6 +49,8 @@ export interface McpProxyOptions {
   readonly session: Option.Option<string>
   readonly serverId: Option.Option<string>
   readonly failClosed: boolean
+  /** Overrides the policy's `mode`: `shadow` decides and records every call but blocks and hides nothing. */
+  readonly mode?: Option.Option<McpGuard.Mode> | undefined
   readonly sealEvery: number
   readonly privateKey: Option.Option<string>
   readonly exportSession: Option.Option<string>
@@ -176,6 +180,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
     const sessionId = Option.getOrElse(options.session, () => uuidV7(Date.now()))
     const serverId = Option.getOrElse(options.serverId, () => path.basename(command))
     let agentId = Option.getOrElse(options.agent, () => "unknown")
+    /** Whether the client declared the `elicitation` capability (so `ask` rules can ask its user). */
+    let clientCanElicit = false
 
     let upstreamPid: number | undefined
     const stopUpstream = Effect.sync(() => {
@@ -189,10 +195,25 @@ export const runMcpProxy = (options: McpProxyOptions) =>
 
     const proxy = Effect.gen(function*() {
       const salt = yield* LedgerSql.argumentSalt
+      // Pins of earlier sessions and processes, from the ledger (tool pinning is on unless the policy opts out).
+      const pins = policy.pinTools === false
+        ? undefined
+        : yield* ToolPins.make({
+          initial: yield* ToolPins.load.pipe(
+            Effect.mapError((error) =>
+              new InputError({ message: `mcp-proxy: cannot read the tool pins: ${error.message}` })
+            )
+          )
+        })
+      const clientRequests = McpProxy.makeClientRequests()
       const guard = yield* McpGuard.make({
+        approver: (request) => askClient(clientRequests, clientCanElicit, agentId, request),
+        approverName: "the client, through MCP elicitation",
         policy: GuardPolicy.engine(policy, { salt }),
         failClosed: options.failClosed,
-        sealEvery: options.sealEvery
+        sealEvery: options.sealEvery,
+        mode: Option.getOrUndefined(options.mode ?? Option.none()),
+        tools: pins
       }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, McpGuard.journalsInContext))
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
         sessionId,
@@ -204,6 +225,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       const hooks: McpProxy.Hooks<McpGuard.Ticket> = {
         onInitialize: (params) =>
           Effect.sync(() => {
+            clientCanElicit = isRecord(params) && isRecord(params.capabilities) &&
+              isRecord(params.capabilities.elicitation)
             if (Option.isNone(options.agent) && isRecord(params) && isRecord(params.clientInfo)) {
               const name = params.clientInfo.name
               if (typeof name === "string" && name.length > 0) agentId = name
@@ -221,14 +244,16 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         onRefusal: (params, ruleId, reason) =>
           Effect.as(guard.refuse(callOf(params), ruleId, reason), refusalResult(ruleId, reason)),
         onToolsList: (result) =>
-          Array.isArray(result.tools)
-            ? {
+          Effect.gen(function*() {
+            if (!Array.isArray(result.tools)) return result
+            if (pins !== undefined) yield* pins.observe(serverId, agentId, result.tools)
+            return {
               ...result,
               tools: result.tools.filter((tool: unknown) =>
                 !isRecord(tool) || typeof tool.name !== "string" || guard.isVisible(serverId, tool.name)
               )
             }
-            : result
+          })
       }
       const { StdioClientTransport, StdioServerTransport } = yield* McpSdk.stdioTransports
       const stdin = process.stdin.pipe(
@@ -276,7 +301,9 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         client,
         upstream,
         hooks,
-        callTimeout: Duration.seconds(options.callTimeout)
+        callTimeout: Duration.seconds(options.callTimeout),
+        relistOnChange: pins !== undefined,
+        clientRequests
       }).pipe(
         Effect.mapError((error) =>
           new InputError({
@@ -308,6 +335,45 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       Effect.ensuring(stopUpstream)
     )
   })
+
+/**
+ * The proxy's approver: asks the client's user a yes/no question through MCP elicitation (`accept` with
+ * `approve` not false allows; `decline`, `cancel` or `approve: false` refuse). A client that did not declare
+ * the capability cannot be asked: the rule's fallback applies.
+ */
+export const askClient = (
+  requests: McpProxy.ClientRequests,
+  canElicit: boolean,
+  clientName: string,
+  request: Approvals.ApprovalRequest
+): Effect.Effect<Approvals.ApprovalAnswer> =>
+  canElicit
+    ? Effect.map(
+      requests.request("elicitation/create", {
+        message: request.question,
+        requestedSchema: {
+          type: "object",
+          properties: { approve: { type: "boolean", title: "Allow this call", default: true } }
+        }
+      }),
+      (answer): Approvals.ApprovalAnswer => {
+        if (answer._tag === "Gone") return { _tag: "Unavailable", detail: "the client went away" }
+        if (answer._tag === "Error") {
+          return { _tag: "Unavailable", detail: `the client could not ask (${JSON.stringify(answer.error)})` }
+        }
+        const approver = `client ${clientName}`
+        const content = isRecord(answer.result.content) ? answer.result.content : {}
+        switch (answer.result.action) {
+          case "accept":
+            return content.approve === false ? { _tag: "Decline", approver } : { _tag: "Accept", approver }
+          case "decline":
+            return { _tag: "Decline", approver }
+          default:
+            return { _tag: "Cancel", approver }
+        }
+      }
+    )
+    : Effect.succeed({ _tag: "Unavailable", detail: "the client did not declare the elicitation capability" })
 
 /** The guard's record of how a forwarded call ended; error answers count their bytes like results. */
 export const callOutcome = (answer: McpProxy.ToolAnswer): McpGuard.CallOutcome => {
@@ -342,6 +408,13 @@ export const command = Command.make(
     ),
     failClosed: Options.boolean("fail-closed").pipe(
       Options.withDescription("refuse every call while refusals cannot be made durable in the ledger")
+    ),
+    mode: Options.choice("mode", ["enforce", "shadow"]).pipe(
+      Options.optional,
+      Options.withDescription(
+        "shadow: decide and record every call (governance.would-refuse rows) but block and hide nothing; " +
+          "overrides the policy's mode"
+      )
     ),
     sealEvery: Options.integer("seal-every").pipe(
       Options.withDefault(100),

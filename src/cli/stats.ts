@@ -39,7 +39,11 @@ export const runStats = (options: { readonly db: string; readonly json: boolean 
       `  refusals by agent:`,
       ...table(stats.refusalsByAgent),
       `  refusals by rule:`,
-      ...table(stats.refusalsByRule)
+      ...table(stats.refusalsByRule),
+      ...(Object.keys(stats.wouldRefuseByRule).length === 0 ? [] : [
+        `  would refuse by rule (shadow mode, not enforced):`,
+        ...table(stats.wouldRefuseByRule)
+      ])
     ]
     for (const line of lines) yield* printLine(line)
   })

@@ -4,7 +4,9 @@
  * the guard runs.
  *
  * Evaluation: rules are read in order; the first rule whose action is `refuse` and that matches the call
- * wins; matching `warn` rules are collected and do not block. With `"defaultAction": "deny"` a call whose
+ * wins; matching `warn` rules are collected and do not block; the first matching `ask` rule's refusal
+ * stands unless a person accepts the call (the verdict carries `ask`; a `refuse` rule later in the list
+ * still wins without a question). `mode: "shadow"` records refusals without enforcing them. With `"defaultAction": "deny"` a call whose
  * tool no `allowTools` rule lists is refused (rule `default-deny`). Budgets, call limits, rate limits and
  * sequence rules count **allowed** calls only (calls still in flight included), so one refused oversized
  * call does not make later calls fail under the wrong rule. Tool and server names are compared as
@@ -25,12 +27,12 @@
  */
 import { Effect, ParseResult, Schema } from "effect"
 import * as fs from "node:fs"
-import * as ArgumentStorage from "../audit/ArgumentStorage.js"
 import * as path from "node:path"
+import * as ArgumentStorage from "../audit/ArgumentStorage.js"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
 import { globMatch, normalizeName } from "../internal/toolNames.js"
-import type { AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
+import type { AskSpec, AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
 import { DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_ARGUMENT_DEPTH, jsonBytes } from "./McpGuard.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -45,8 +47,19 @@ const NonNegativeInt = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
 const common = {
   /** Becomes the refusal's `rule_id`. */
   id: Schema.String.pipe(Schema.minLength(1)),
-  /** `refuse` (the default) blocks the call; `warn` logs it and lets it run. */
-  action: Schema.optional(Schema.Literal("refuse", "warn")),
+  /**
+   * `refuse` (the default) blocks the call; `warn` logs it and lets it run; `ask` holds it and asks a person
+   * (through the guard's approver: MCP elicitation in `mcp-proxy`), forwarding it only if they accept.
+   */
+  action: Schema.optional(Schema.Literal("refuse", "warn", "ask")),
+  /** `ask`: seconds to wait for the answer (default 60). */
+  timeout: Schema.optional(Schema.Number.pipe(Schema.positive())),
+  /** `ask`: what happens when no answer comes in time (default `refuse`). */
+  onTimeout: Schema.optional(Schema.Literal("refuse", "allow")),
+  /** `ask`: what happens when no one can be asked (the client cannot elicit; default `refuse`). */
+  fallback: Schema.optional(Schema.Literal("refuse", "allow")),
+  /** `ask`: top-level argument fields shown in the question as given (others are counted, not shown). */
+  showArguments: Schema.optional(Schema.Array(Schema.String)),
   /**
    * What the agent and the ledger are told; `{tool}`, `{server}`, `{agent}`, `{rule}`, `{limit}` and
    * `{actual}` are filled in.
@@ -81,6 +94,17 @@ const when = { when: Schema.optional(Schema.Array(ArgumentCondition)) }
 export const BlockTools = Schema.Struct({ kind: Schema.Literal("blockTools"), ...common, ...scope, ...when })
 export const BlockServers = Schema.Struct({ kind: Schema.Literal("blockServers"), ...common, servers: Patterns })
 export const AllowTools = Schema.Struct({ kind: Schema.Literal("allowTools"), id: common.id, ...scope })
+
+/** The `ask` fields of a rule. */
+interface AskFields {
+  readonly timeout?: number | undefined
+  readonly onTimeout?: "refuse" | "allow" | undefined
+  readonly fallback?: "refuse" | "allow" | undefined
+  readonly showArguments?: ReadonlyArray<string> | undefined
+}
+
+/** An `ask` rule's default `timeout`, in seconds. */
+export const DEFAULT_ASK_TIMEOUT_SECONDS = 60
 export const Budget = Schema.Struct({
   kind: Schema.Literal("budget"),
   ...common,
@@ -141,6 +165,33 @@ export const Arguments = Schema.Struct({
   match: ArgumentMatch
 })
 
+/**
+ * A rule on the hints a tool's pinned definition declares (MCP tool annotations): it fires when every hint
+ * it names has the value given. A hint the definition leaves out has MCP's default (`readOnlyHint` false,
+ * `destructiveHint` true, `idempotentHint` false, `openWorldHint` true), and so do all hints of a tool
+ * with no pinned definition (never listed, or changed since its pin): annotations are the server's own
+ * claims, so they are only believed on the definition the ledger pinned.
+ */
+export const Annotations = Schema.Struct({
+  kind: Schema.Literal("annotations"),
+  ...common,
+  ...scope,
+  readOnlyHint: Schema.optional(Schema.Boolean),
+  destructiveHint: Schema.optional(Schema.Boolean),
+  idempotentHint: Schema.optional(Schema.Boolean),
+  openWorldHint: Schema.optional(Schema.Boolean)
+})
+
+/** MCP's defaults for hints a tool does not declare. */
+export const ANNOTATION_DEFAULTS = {
+  readOnlyHint: false,
+  destructiveHint: true,
+  idempotentHint: false,
+  openWorldHint: true
+} as const
+
+const HINTS = ["readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"] as const
+
 export const Rule = Schema.Union(
   BlockTools,
   BlockServers,
@@ -150,7 +201,8 @@ export const Rule = Schema.Union(
   CallLimit,
   RateLimit,
   Sequence,
-  Arguments
+  Arguments,
+  Annotations
 )
 export type Rule = typeof Rule.Type
 
@@ -163,6 +215,17 @@ export const GuardPolicy = Schema.Struct({
   defaultAction: Schema.optional(Schema.Literal("allow", "deny")),
   /** Leave tools the policy always refuses out of `tools/list`, so the agent never sees them. */
   hideRefusedTools: Schema.optional(Schema.Boolean),
+  /**
+   * `shadow`: decide, journal and ledger every call as `enforce` (the default) would, but block and hide
+   * nothing; a refusal's row is a `governance.would-refuse` (`agent-ledger stats` counts them by rule).
+   */
+  mode: Schema.optional(Schema.Literal("enforce", "shadow")),
+  /**
+   * Tool pinning (default on): each tool's definition is pinned in the ledger the first time it is seen,
+   * and a tool whose definition later differs is refused under `tool-changed` until approved. `false` opts
+   * out (and then `annotations` rules cannot be used).
+   */
+  pinTools: Schema.optional(Schema.Boolean),
   rules: Schema.Array(Rule),
   /** Per tool (glob patterns as keys, first match wins), which argument fields the ledger stores. */
   argumentStorage: Schema.optional(ArgumentStorage.Tools),
@@ -226,6 +289,22 @@ export const decode = (input: unknown): Effect.Effect<GuardPolicy, PolicyError> 
       if (problem !== undefined) {
         return Effect.fail(new PolicyError({ path: `${at}.regex`, detail: `not a regular expression: ${problem}` }))
       }
+    }
+  }
+  for (const [i, rule] of policy.rules.entries()) {
+    if (rule.kind !== "annotations") continue
+    if (policy.pinTools === false) {
+      return Effect.fail(
+        new PolicyError({
+          path: `rules.${i}`,
+          detail: "an annotations rule needs pinned tool definitions (pinTools is false)"
+        })
+      )
+    }
+    if (HINTS.every((hint) => rule[hint] === undefined)) {
+      return Effect.fail(
+        new PolicyError({ path: `rules.${i}`, detail: `an annotations rule names one of ${HINTS.join(", ")}` })
+      )
     }
   }
   const ids = new Set<string>()
@@ -392,13 +471,21 @@ const fill = (template: string | undefined, fallback: string, values: Record<str
  * or `total` limit is reached while allowed calls are in flight (`snapshot.inFlight > 0`). The guard then
  * waits for them to end and asks again, so the verdict is the one a sequential order would give.
  */
-export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapshot): Verdict | AwaitInFlight => {
+export const evaluate = (
+  policy: GuardPolicy,
+  call: GuardCall,
+  snapshot: Snapshot,
+  approvedRules: ReadonlyArray<string> = []
+): Verdict | AwaitInFlight => {
   const warnings: Array<Warn> = []
+  /** The first `ask` rule that fired (its refusal stands unless a person accepts), with its spec. */
+  let asking: { readonly refusal: Refuse; readonly spec: AskSpec } | undefined
+  let firing: Rule | undefined
   const bytesWritten = jsonBytes(call.arguments)
   const fire = (
     rule: {
       readonly id: string
-      readonly action?: "refuse" | "warn" | undefined
+      readonly action?: "refuse" | "warn" | "ask" | undefined
       readonly reason?: string | undefined
     },
     fallback: string,
@@ -413,6 +500,21 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
     })
     if (rule.action === "warn") {
       warnings.push(new Warn({ ruleId: rule.id, reason }))
+      return undefined
+    }
+    if (rule.action === "ask") {
+      // Accepted by a person already (the decision made again after their answer), or asked by an earlier rule.
+      if (approvedRules.includes(rule.id) || asking !== undefined) return undefined
+      const ask = firing as AskFields | undefined
+      asking = {
+        refusal: new Refuse({ ruleId: rule.id, reason }),
+        spec: {
+          timeoutMillis: (ask?.timeout ?? DEFAULT_ASK_TIMEOUT_SECONDS) * 1000,
+          onTimeout: ask?.onTimeout ?? "refuse",
+          fallback: ask?.fallback ?? "refuse",
+          showArguments: ask?.showArguments ?? []
+        }
+      }
       return undefined
     }
     return new Refuse({ ruleId: rule.id, reason })
@@ -531,6 +633,23 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
           ? undefined
           : fire(rule, `argument ${rule.path} of {tool} is not allowed`)
       }
+      case "annotations": {
+        if (!inScope(rule, call)) return undefined
+        const named = HINTS.filter((hint) => rule[hint] !== undefined)
+        const declared = (hint: typeof HINTS[number]) =>
+          // MCP: destructive and idempotent hints mean something only for a tool that is not read-only.
+          (hint === "destructiveHint" || hint === "idempotentHint") && call.annotations?.readOnlyHint === true
+            ? hint === "idempotentHint"
+            : call.annotations?.[hint] ?? ANNOTATION_DEFAULTS[hint]
+        return named.every((hint) => declared(hint) === rule[hint])
+          ? fire(
+            rule,
+            `{tool} is ${named.map((hint) => `${hint} ${declared(hint)}`).join(", ")}${
+              call.annotations === undefined ? " (no pinned definition: MCP defaults)" : ""
+            }`
+          )
+          : undefined
+      }
     }
   }
   if (policy.defaultAction === "deny" && !isListed(policy, call.serverId, call.toolName)) {
@@ -539,15 +658,22 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
       warnings
     }
   }
+  // A rule that refuses outright wins over an earlier `ask` (a person cannot approve what is refused anyway).
   for (const rule of policy.rules) {
+    firing = rule
     const refusal = check(rule)
     if (refusal !== undefined) return refusal._tag === "AwaitInFlight" ? refusal : { decision: refusal, warnings }
   }
+  if (asking !== undefined) return { decision: asking.refusal, warnings, ask: asking.spec }
   return { decision: new Allow(), warnings }
 }
 
 const isListed = (policy: GuardPolicy, serverId: string, toolName: string): boolean =>
   policy.rules.some((rule) => rule.kind === "allowTools" && inScope(rule, { toolName, serverId }))
+
+/** Whether a rule refuses outright when it fires (not `warn`, not `ask`). */
+const refuses = (rule: { readonly action?: "refuse" | "warn" | "ask" | undefined }) =>
+  rule.action === undefined || rule.action === "refuse"
 
 /**
  * Whether `tools/list` shows the tool: false when `hideRefusedTools` is set and the policy refuses the tool
@@ -559,10 +685,10 @@ export const isVisible = (policy: GuardPolicy, serverId: string, toolName: strin
   if (policy.defaultAction === "deny" && !isListed(policy, serverId, toolName)) return false
   // A rule with `when` refuses some calls of the tool, not the tool: it stays visible.
   return !policy.rules.some((rule) =>
-    (rule.kind === "blockTools" && rule.action !== "warn" && rule.when === undefined &&
+    (rule.kind === "blockTools" && refuses(rule) && rule.when === undefined &&
       inScope(rule, { toolName, serverId })) ||
-    (rule.kind === "blockServers" && rule.action !== "warn" && anyMatch(rule.servers, serverId)) ||
-    (rule.kind === "callLimit" && rule.max === 0 && rule.action !== "warn" && rule.when === undefined &&
+    (rule.kind === "blockServers" && refuses(rule) && anyMatch(rule.servers, serverId)) ||
+    (rule.kind === "callLimit" && rule.max === 0 && refuses(rule) && rule.when === undefined &&
       inScope(rule, { toolName, serverId }))
   )
 }
@@ -584,11 +710,13 @@ export const storedArguments = (policy: GuardPolicy, toolName: string, args: unk
 
 /** The policy as the guard runs it, with `salt` for argument hashes (`LedgerSql.argumentSalt`). */
 export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => ({
-  decide: (call, session, nowMillis) => evaluate(policy, call, { ...session, nowMillis }),
+  decide: (call, session, nowMillis, approvedRules) => evaluate(policy, call, { ...session, nowMillis }, approvedRules),
   argumentLimits: {
     maxDepth: policy.limits?.maxArgumentDepth ?? DEFAULT_MAX_ARGUMENT_DEPTH,
     maxBytes: policy.limits?.maxArgumentBytes ?? DEFAULT_MAX_ARGUMENT_BYTES
   },
   isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
+  mode: policy.mode ?? "enforce",
+  hidesRefusedTools: policy.hideRefusedTools === true,
   storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
 })

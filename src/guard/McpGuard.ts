@@ -27,13 +27,14 @@
  */
 import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, Layer, Option, Runtime } from "effect"
 import type { Decision, JsonValue, Warn } from "../audit/AuditEvent.js"
-import { DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/AuditEvent.js"
+import { APPROVAL_EVENT_TYPE, DeferredAuditEvent, JournalRef, Refuse, ToolCall } from "../audit/AuditEvent.js"
 import * as AuditQueue from "../audit/AuditQueue.js"
 import type { ArgumentLimits } from "../internal/jsonSize.js"
 import { jsonBytes, measureArguments } from "../internal/jsonSize.js"
 import type * as SessionJournal from "../journal/SessionJournal.js"
 import * as SessionJournals from "../journal/SessionJournals.js"
 import * as JournalStore from "../ledger/JournalStore.js"
+import * as Approvals from "./Approvals.js"
 
 /** One tool call, as the guard sees it. */
 export interface GuardCall {
@@ -45,13 +46,54 @@ export interface GuardCall {
   readonly arguments?: unknown
   /** How deep in a delegation chain the calling agent is; 0 for a top-level agent. */
   readonly delegationDepth?: number
+  /**
+   * The tool's annotations as its pinned definition declares them (set by the guard from its `tools`
+   * gate; absent when the tool has no pinned definition that is also the one last listed).
+   */
+  readonly annotations?: ToolAnnotations | undefined
 }
+
+/** The hints MCP lets a server declare about a tool: the server's own claims, verified by no one. */
+export interface ToolAnnotations {
+  readonly readOnlyHint?: boolean | undefined
+  readonly destructiveHint?: boolean | undefined
+  readonly idempotentHint?: boolean | undefined
+  readonly openWorldHint?: boolean | undefined
+}
+
+/**
+ * What the guard knows of a server's tool definitions beyond the policy (`ToolPins` is one): whether a
+ * call to the tool is refused because its definition changed, and its pinned annotations.
+ */
+export interface ToolGate {
+  /** Why calls to the tool are refused (rule `tool-changed`), or undefined. */
+  readonly refusal: (serverId: string, toolName: string) => string | undefined
+  /** The annotations of the tool's pinned definition, when it is the one last listed. */
+  readonly annotations: (serverId: string, toolName: string) => ToolAnnotations | undefined
+}
+
+/** The rule id of calls to a tool whose listed definition is not the one pinned (`ToolGate.refusal`). */
+export const TOOL_CHANGED_RULE = "tool-changed"
 
 /** What a policy says about a call, read against the session's journal. */
 export interface Verdict {
   readonly decision: Decision
   /** Warnings of rules that did not block: logged and returned, not ledgered. */
   readonly warnings: ReadonlyArray<Warn>
+  /**
+   * The refusal is an `ask` rule's: it stands unless a person accepts the call (the guard's `approver`);
+   * the decision is then made again with the rule approved.
+   */
+  readonly ask?: AskSpec | undefined
+}
+
+/** How an `ask` rule asks: how long to wait, and what happens without an answer or without anyone to ask. */
+export interface AskSpec {
+  readonly timeoutMillis: number
+  readonly onTimeout: "refuse" | "allow"
+  readonly fallback: "refuse" | "allow"
+  /** Top-level argument fields the question shows as given. */
+  readonly showArguments: ReadonlyArray<string>
 }
 
 /**
@@ -83,18 +125,36 @@ export interface SessionHistory {
  * the signed, append-only ledger.
  */
 export interface PolicyEngine {
-  /** Pure and synchronous: the guard calls it while it holds the session's decision lock. */
-  readonly decide: (call: GuardCall, session: SessionHistory, nowMillis: number) => Verdict | AwaitInFlight
+  /**
+   * Pure and synchronous: the guard calls it while it holds the session's decision lock. `approvedRules`:
+   * the `ask` rules a person accepted the call under (they do not fire again).
+   */
+  readonly decide: (
+    call: GuardCall,
+    session: SessionHistory,
+    nowMillis: number,
+    approvedRules?: ReadonlyArray<string>
+  ) => Verdict | AwaitInFlight
   /** Whether `tools/list` shows the tool (false for tools the policy always refuses, when it hides them). */
   readonly isVisible: (serverId: string, toolName: string) => boolean
   /** The arguments as the ledger stores them (by default only their hash and size). */
   readonly storedArguments: (toolName: string, args: unknown) => JsonValue
   /** Bounds on a call's arguments (default depth 64, 4 MiB), checked before anything else reads them. */
   readonly argumentLimits?: ArgumentLimits | undefined
+  /**
+   * `shadow`: every decision is made, journaled and ledgered, but a refusal is not enforced (the call runs,
+   * its ledger row is a `governance.would-refuse`) and no tool is hidden. Default `enforce`.
+   */
+  readonly mode?: Mode | undefined
+  /** Whether the policy hides the tools it refuses (a changed tool is then hidden too). */
+  readonly hidesRefusedTools?: boolean | undefined
 }
 
 export type { ArgumentLimits, ArgumentSize } from "../internal/jsonSize.js"
 export { jsonBytes, measureArguments } from "../internal/jsonSize.js"
+
+/** `enforce` refuses; `shadow` decides and records the same but blocks and hides nothing. */
+export type Mode = "enforce" | "shadow"
 
 export const DEFAULT_MAX_ARGUMENT_DEPTH = 64
 export const DEFAULT_MAX_ARGUMENT_BYTES = 4 * 1024 * 1024
@@ -114,6 +174,17 @@ export interface Options {
    * (the call is refused either way; the event stays queued). Default 5 seconds.
    */
   readonly ackTimeout?: Duration.DurationInput | undefined
+  /** Overrides the policy's `mode` (the CLI's `--mode`). */
+  readonly mode?: Mode | undefined
+  /** Tool pinning (`ToolPins`): a changed tool is refused under `tool-changed` before the policy is asked. */
+  readonly tools?: ToolGate | undefined
+  /**
+   * Who `ask` rules ask (the proxy: the client, through MCP elicitation; a gateway: a chat, a ticket).
+   * Without one, every `ask` gets the rule's `fallback`.
+   */
+  readonly approver?: Approvals.Approver | undefined
+  /** Who the approver asks, as approval rows name it (e.g. `client claude-desktop via elicitation`). */
+  readonly approverName?: string | undefined
 }
 
 /** An allowed call the guard is waiting to see complete. */
@@ -126,6 +197,11 @@ export interface Ticket {
   readonly decisionIndex: number
   /** The journal entry of the decision (kind `call`, outcome `pending`); its outcome entry names it. */
   readonly sequence: number
+  /**
+   * Shadow mode: the refusal the policy made and the guard did not enforce. Such a call is not in the
+   * policy's history (enforcing, it would not have run), so later decisions are those enforcing would make.
+   */
+  readonly wouldRefuse?: { readonly ruleId: string; readonly reason: string } | undefined
 }
 
 /**
@@ -227,6 +303,8 @@ interface SessionState {
   allowedRead: number
   allowedWritten: number
   readonly inFlight: Map<number, Ticket>
+  /** Shadow mode: calls the policy refused that run anyway; outside the policy's history. */
+  readonly shadowInFlight: Map<number, Ticket>
   /** Completed when the last call in flight ends, for a decision waiting on them (`AwaitInFlight`). */
   idle: Deferred.Deferred<void> | undefined
   decisions: number
@@ -246,6 +324,14 @@ export const make = (
     const failClosed = options.failClosed === true
     const sealEvery = Math.max(0, Math.floor(options.sealEvery ?? 100))
     const ackTimeout = options.ackTimeout ?? Duration.seconds(5)
+    const shadow = (options.mode ?? policy.mode) === "shadow"
+    const tools = options.tools
+    /** The call with its pinned annotations (none unless the gate vouches for the definition). */
+    const withAnnotations = (call: GuardCall): GuardCall => {
+      const annotations = tools?.annotations(call.serverId, call.toolName)
+      const { annotations: _claimed, ...rest } = call
+      return annotations === undefined ? rest : { ...rest, annotations }
+    }
     /** The agent of each open session, for its seal rows. */
     const agents = new Map<string, string>()
     const sessions = new Map<string, SessionState>()
@@ -260,6 +346,7 @@ export const make = (
           allowedRead: 0,
           allowedWritten: 0,
           inFlight: new Map(),
+          shadowInFlight: new Map(),
           idle: undefined,
           decisions: 0,
           seeded: false,
@@ -426,7 +513,7 @@ export const make = (
      * Ledgers a journaled refusal: in fail-closed mode waits (up to `ackTimeout`) for it to be durable,
      * unless the queue is known not to be able to write now (the event is then held in order until it can).
      */
-    const ledgerRefusal = (refused: Journaled, wait = failClosed) =>
+    const ledgerRefusal = (refused: Journaled, wait = failClosed, mode?: "shadow") =>
       Effect.gen(function*() {
         const { call, reason, ruleId, sequence } = refused
         yield* sealIfDue(call.sessionId, sequence)
@@ -439,7 +526,7 @@ export const make = (
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
         let ledgerSequence: number | null = null
         if (wait) {
-          const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef).pipe(
+          const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef, mode).pipe(
             Effect.timeoutFail({
               duration: ackTimeout,
               onTimeout: () => ({
@@ -457,7 +544,7 @@ export const make = (
             ledgerSequence = Option.match(receipt.right, { onNone: () => null, onSome: (r) => r.sequence })
           }
         } else {
-          yield* queue.submitRefusal(call.agentId, action, decision, journalRef)
+          yield* queue.submitRefusal(call.agentId, action, decision, journalRef, mode)
         }
         return {
           _tag: "Refused",
@@ -533,18 +620,31 @@ export const make = (
      * journaled, before the lock is released. A verdict that waits on calls in flight waits here, holding
      * the lock, until they have all ended (no busy-waiting; interruptible).
      */
-    const decide = (call: GuardCall, bytesWritten: number, intent: JsonValue | undefined) =>
+    const decide = (
+      call: GuardCall,
+      bytesWritten: number,
+      intent: JsonValue | undefined,
+      approved: ReadonlyArray<string> = []
+    ) =>
       underLock(call.sessionId, (state) =>
         Effect.gen(function*() {
           yield* seed(state, yield* journals.get(call.sessionId))
           while (true) {
             const nowMillis = yield* Clock.currentTimeMillis
-            const verdict = policy.decide(call, {
-              allowed: state.allowed,
-              allowedRead: state.allowedRead,
-              allowedWritten: state.allowedWritten,
-              inFlight: state.inFlight.size
-            }, nowMillis)
+            const changed = tools?.refusal(call.serverId, call.toolName)
+            const verdict: Verdict | AwaitInFlight = changed !== undefined
+              ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }), warnings: [] }
+              : policy.decide(
+                withAnnotations(call),
+                {
+                  allowed: state.allowed,
+                  allowedRead: state.allowedRead,
+                  allowedWritten: state.allowedWritten,
+                  inFlight: state.inFlight.size
+                },
+                nowMillis,
+                approved
+              )
             if ("_tag" in verdict) {
               if (state.inFlight.size === 0) {
                 return yield* Effect.dieMessage(`policy rule ${verdict.ruleId} waits on calls in flight, but none are`)
@@ -559,7 +659,11 @@ export const make = (
               yield* Deferred.await(idle)
               continue
             }
-            if (verdict.decision._tag === "Refuse") {
+            if (verdict.decision._tag === "Refuse" && verdict.ask !== undefined && !shadow) {
+              // Asked outside the lock; decided again, with the rule approved, once the answer allows it.
+              return { verdict, asking: { ask: verdict.ask, refusal: verdict.decision } }
+            }
+            if (verdict.decision._tag === "Refuse" && !shadow) {
               const { reason, ruleId } = verdict.decision
               return { verdict, refused: yield* journalRefusal(state, call, bytesWritten, ruleId, reason) }
             }
@@ -569,7 +673,15 @@ export const make = (
               bytesWritten,
               id: nextTicketId++,
               decisionIndex: state.decisions++,
-              sequence
+              sequence,
+              ...(verdict.decision._tag === "Refuse"
+                ? { wouldRefuse: { ruleId: verdict.decision.ruleId, reason: verdict.decision.reason } }
+                : {})
+            }
+            if (!agents.has(call.sessionId)) agents.set(call.sessionId, call.agentId)
+            if (ticket.wouldRefuse !== undefined) {
+              state.shadowInFlight.set(ticket.id, ticket)
+              return { verdict, ticket, sequence }
             }
             state.inFlight.set(ticket.id, ticket)
             state.allowed.push({ toolName: call.toolName, serverId: call.serverId, timestampMillis: nowMillis })
@@ -578,6 +690,122 @@ export const make = (
             return { verdict, ticket, sequence }
           }
         }))
+
+    /**
+     * An `ask` rule's question and its answer: the call refused (declined, cancelled, no answer in time, no
+     * one to ask), or decided again with the rule approved (so counting rules see the calls allowed while it
+     * waited). A `governance.approval` row records the question, the answer and the call's journal entry.
+     */
+    const askFor = (
+      call: GuardCall,
+      bytesWritten: number,
+      approved: ReadonlyArray<string>,
+      asking: { readonly ask: AskSpec; readonly refusal: Refuse }
+    ): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        const { ask, refusal } = asking
+        const summary = Approvals.argumentSummary(call.arguments, ask.showArguments)
+        const started = yield* Clock.currentTimeMillis
+        const answer: Approvals.ApprovalAnswer | undefined = options.approver === undefined
+          ? { _tag: "Unavailable", detail: "the guard has no approver" }
+          : Option.getOrUndefined(
+            yield* options.approver({
+              call,
+              ruleId: refusal.ruleId,
+              reason: refusal.reason,
+              argumentSummary: summary,
+              question: Approvals.questionText(call, refusal.ruleId, refusal.reason, summary),
+              timeoutMillis: ask.timeoutMillis
+            }).pipe(Effect.timeoutOption(Duration.millis(ask.timeoutMillis)))
+          )
+        const latencyMillis = (yield* Clock.currentTimeMillis) - started
+        const outcome: Approvals.Answer = answer === undefined
+          ? "timeout"
+          : answer._tag === "Accept"
+          ? "accept"
+          : answer._tag === "Decline"
+          ? "decline"
+          : answer._tag === "Cancel"
+          ? "cancel"
+          : "unavailable"
+        const allow = outcome === "accept" || (outcome === "timeout" && ask.onTimeout === "allow") ||
+          (outcome === "unavailable" && ask.fallback === "allow")
+        const approver = answer !== undefined && answer._tag !== "Unavailable" ? answer.approver : null
+        const record = (sequence: number, allowed: boolean) =>
+          Effect.flatMap(
+            DeferredAuditEvent.record(
+              call.agentId,
+              APPROVAL_EVENT_TYPE,
+              Approvals.approvalPayload({
+                call,
+                ruleId: refusal.ruleId,
+                reason: refusal.reason,
+                askedBy: options.approver === undefined ? "nobody" : (options.approverName ?? "approver"),
+                approver,
+                answer: outcome,
+                allowed,
+                latencyMillis,
+                argumentSummary: summary
+              }),
+              new JournalRef({ sessionId: call.sessionId, sequence })
+            ),
+            queue.submit
+          )
+        if (allow) {
+          const next = [...approved, refusal.ruleId]
+          const result = yield* decideAndLedger(call, bytesWritten, next)
+          yield* record(result._tag === "Allowed" ? result.ticket.sequence : result.sequence, result._tag === "Allowed")
+          return result
+        }
+        const why = outcome === "timeout"
+          ? `no answer within ${Math.round(ask.timeoutMillis / 1000)} s`
+          : outcome === "unavailable"
+          ? `approval was needed and no one could be asked: ${answer?._tag === "Unavailable" ? answer.detail : ""}`
+          : `${outcome === "decline" ? "declined" : "cancelled"} by ${approver}`
+        const refused = yield* refuseWith(call, bytesWritten, refusal.ruleId, `${refusal.reason} (${why})`)
+        yield* record(refused.sequence, false)
+        return refused
+      })
+
+    /** The decision (after the gates), ledgered; an `ask` verdict goes to `askFor`. */
+    const decideAndLedger = (
+      call: GuardCall,
+      bytesWritten: number,
+      approved: ReadonlyArray<string>
+    ): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        // Outside the session's lock: hashing the arguments does not hold up the session's other decisions.
+        const decided = yield* decide(call, bytesWritten, storedOf(call), approved)
+        for (const warning of decided.verdict.warnings) {
+          yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
+            Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
+          )
+        }
+        if (decided.asking !== undefined) return yield* askFor(call, bytesWritten, approved, decided.asking)
+        if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
+        const { ticket } = decided
+        if (failClosed) {
+          // Write-ahead: the call runs (enforced or shadowed) only once its `call` entry is durable.
+          const refused = yield* writeAhead(ticket)
+          if (refused !== undefined) return refused
+        }
+        if (ticket.wouldRefuse !== undefined) {
+          yield* ledgerRefusal(
+            {
+              call,
+              ruleId: ticket.wouldRefuse.ruleId,
+              reason: ticket.wouldRefuse.reason,
+              sequence: ticket.sequence,
+              decisionIndex: ticket.decisionIndex
+            },
+            failClosed,
+            "shadow"
+          )
+          return { _tag: "Allowed", ticket, warnings: decided.verdict.warnings } as const
+        }
+        yield* sealIfDue(call.sessionId, decided.sequence)
+        return { _tag: "Allowed", ticket, warnings: decided.verdict.warnings } as const
+      })
 
     const check = (call: GuardCall): Effect.Effect<Check> =>
       Effect.gen(function*() {
@@ -595,20 +823,7 @@ export const make = (
             false
           )
         }
-        // Outside the session's lock: hashing the arguments does not hold up the session's other decisions.
-        const decided = yield* decide(call, bytesWritten, storedOf(call))
-        for (const warning of decided.verdict.warnings) {
-          yield* Effect.logWarning(`agent-ledger guard: ${warning.reason}`).pipe(
-            Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
-          )
-        }
-        if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
-        if (failClosed) {
-          const refused = yield* writeAhead(decided.ticket)
-          if (refused !== undefined) return refused
-        }
-        yield* sealIfDue(call.sessionId, decided.sequence)
-        return { _tag: "Allowed", ticket: decided.ticket, warnings: decided.verdict.warnings } as const
+        return yield* decideAndLedger(call, bytesWritten, [])
       })
 
     /**
@@ -649,7 +864,16 @@ export const make = (
     const complete = (ticket: Ticket, outcome: CallOutcome): Effect.Effect<void> =>
       Effect.suspend(() => {
         const state = sessions.get(ticket.call.sessionId)
-        if (state === undefined || !state.inFlight.delete(ticket.id)) return Effect.void
+        if (state === undefined) return Effect.void
+        if (state.shadowInFlight.delete(ticket.id)) {
+          return journalCall(ticket.call, {
+            kind: "outcome",
+            outcome: journalOutcome(outcome),
+            callSequence: ticket.sequence,
+            bytesRead: outcomeBytes(outcome)
+          }).pipe(Effect.flatMap((sequence) => sealIfDue(ticket.call.sessionId, sequence)))
+        }
+        if (!state.inFlight.delete(ticket.id)) return Effect.void
         state.allowedRead = Math.min(Number.MAX_SAFE_INTEGER, state.allowedRead + outcomeBytes(outcome))
         if (state.inFlight.size === 0 && state.idle !== undefined) {
           Deferred.unsafeDone(state.idle, Exit.void)
@@ -671,7 +895,7 @@ export const make = (
         const state = sessions.get(sessionId)
         if (state === undefined) return Effect.void
         return Effect.forEach(
-          Array.from(state.inFlight.values()),
+          [...state.inFlight.values(), ...state.shadowInFlight.values()],
           (ticket) => complete(ticket, { _tag: "Interrupted" }),
           { discard: true }
         )
@@ -729,7 +953,10 @@ export const make = (
       seal,
       endSession,
       journal: journals.get,
-      isVisible: policy.isVisible
+      isVisible: (serverId, toolName) =>
+        shadow ||
+        (policy.isVisible(serverId, toolName) &&
+          !(policy.hidesRefusedTools === true && tools?.refusal(serverId, toolName) !== undefined))
     })
   })
 

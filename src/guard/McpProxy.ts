@@ -8,7 +8,10 @@
  * - how a forwarded `tools/call` ended is shown to `Hooks.onToolResult` exactly once: the upstream's result
  *   or JSON-RPC error (before the client gets it), no answer within `callTimeout` (the client then gets a
  *   JSON-RPC error), the upstream gone, or the session ended first;
- * - the upstream's answer to `tools/list` passes through `Hooks.onToolsList` (to hide tools);
+ * - the upstream's answer to `tools/list` passes through `Hooks.onToolsList` (to pin and hide tools); with
+ *   `relistOnChange`, an upstream's `notifications/tools/list_changed` is held while the proxy asks the
+ *   upstream for the new list itself (every page, through `Hooks.onToolsList`), then passed on, so the
+ *   guard knows the new definitions before the client does, whether or not the client asks for them;
  * - what the proxy refuses itself goes to `Hooks.onRefusal` (journaled and ledgered by the guard): a
  *   `tools/call` whose arguments are nested deeper than `MAX_ARGUMENT_DEPTH`, a request id already in
  *   flight, a `tools/call` sent as a notification (never forwarded).
@@ -80,8 +83,72 @@ export interface Hooks<T> {
     ruleId: string,
     reason: string
   ) => Effect.Effect<Record<string, unknown>>
-  /** The upstream's `tools/list` result, as the client will see it. */
-  readonly onToolsList: (result: Record<string, unknown>) => Record<string, unknown>
+  /** The upstream's `tools/list` result, as the client will see it (the hook may pin or hide tools). */
+  readonly onToolsList: (result: Record<string, unknown>) => Effect.Effect<Record<string, unknown>>
+}
+
+/** The client's answer to a request the proxy sent it (`ClientRequests.request`). */
+export type ClientAnswer =
+  | { readonly _tag: "Result"; readonly result: Record<string, unknown> }
+  | { readonly _tag: "Error"; readonly error: unknown }
+  /** The session is not running (or ended before the client answered). */
+  | { readonly _tag: "Gone" }
+
+/**
+ * Requests from the proxy itself to the client (e.g. `elicitation/create` to ask its user about a call).
+ * Made before `run` (so a guard's approver can hold it) and attached to one running proxy. The client's
+ * answers are taken as they arrive, ahead of the client's queued messages: a question asked while a
+ * `tools/call` is being decided is answered although that call holds the client's messages behind it.
+ */
+export interface ClientRequests {
+  /** Sends the request and waits for the answer; interrupted, it tells the client (`notifications/cancelled`). */
+  readonly request: (method: string, params: Record<string, unknown>) => Effect.Effect<ClientAnswer>
+}
+
+interface ClientRequestsHandle extends ClientRequests {
+  readonly attach: (send: (message: JSONRPCMessage) => Promise<void>) => void
+  /** Takes the client's answer to one of the proxy's requests; false for any other message. */
+  readonly intercept: (message: JSONRPCMessage) => boolean
+  readonly detach: () => void
+}
+
+/** Requests to the client, for `run`'s `clientRequests`. */
+export const makeClientRequests = (): ClientRequestsHandle => {
+  let send: ((message: JSONRPCMessage) => Promise<void>) | undefined
+  let next = 0
+  const pending = new Map<string, (answer: ClientAnswer) => void>()
+  return {
+    attach: (s) => void (send = s),
+    detach: () => {
+      send = undefined
+      for (const resolve of pending.values()) resolve({ _tag: "Gone" })
+      pending.clear()
+    },
+    intercept: (message) => {
+      const raw: Record<string, unknown> = message
+      if (raw.method !== undefined || typeof raw.id !== "string") return false
+      const resolve = pending.get(raw.id)
+      if (resolve === undefined) return false
+      pending.delete(raw.id)
+      resolve(isRecord(raw.result) ? { _tag: "Result", result: raw.result } : { _tag: "Error", error: raw.error })
+      return true
+    },
+    request: (method, params) =>
+      Effect.async<ClientAnswer>((resume) => {
+        const to = send
+        if (to === undefined) return resume(Effect.succeed({ _tag: "Gone" }))
+        const id = `agent-ledger:${method}:${++next}`
+        pending.set(id, (answer) => resume(Effect.succeed(answer)))
+        to({ jsonrpc: "2.0", id, method, params }).catch(() => {
+          if (pending.delete(id)) resume(Effect.succeed({ _tag: "Gone" }))
+        })
+        return Effect.sync(() => {
+          if (!pending.delete(id)) return
+          void send?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id } })
+            .catch(() => undefined)
+        })
+      })
+  }
 }
 
 /** A transport failed (a broken pipe, an upstream that could not be started). */
@@ -111,6 +178,9 @@ export interface Ending {
 
 /** `tools/call` arguments nested deeper than this are refused (`arguments-too-deep`) before the guard. */
 export const MAX_ARGUMENT_DEPTH = 256
+
+/** The most pages of `tools/list` the proxy asks for itself after one `list_changed`. */
+const MAX_RELIST_PAGES = 100
 
 /** How long completing one call in flight may take when the proxy ends. */
 const END_HOOK_TIMEOUT = Duration.millis(250)
@@ -152,6 +222,8 @@ type InFlight<T> =
     timer: Fiber.RuntimeFiber<unknown, unknown> | undefined
   }
   | { readonly _tag: "List"; readonly id: Id }
+  /** The proxy's own `tools/list` after a `list_changed`: the notification is passed on once it is answered. */
+  | { readonly _tag: "OwnList"; readonly id: Id; readonly notification: JSONRPCMessage; readonly page: number }
   | { readonly _tag: "Other"; readonly id: Id }
   /**
    * A `tools/call` whose decision is not made yet (the guard may wait on calls in flight, e.g. for a read
@@ -182,6 +254,10 @@ export const run = <T>(options: {
   readonly hooks: Hooks<T>
   /** How long a forwarded `tools/call` may wait for its answer. Default 60 seconds. */
   readonly callTimeout?: Duration.DurationInput | undefined
+  /** On the upstream's `notifications/tools/list_changed`, list its tools before passing it on. */
+  readonly relistOnChange?: boolean | undefined
+  /** The proxy's own requests to the client (`makeClientRequests`). */
+  readonly clientRequests?: ReturnType<typeof makeClientRequests> | undefined
 }): Effect.Effect<Ending, McpProxyError> =>
   Effect.gen(function*() {
     const { client, hooks, upstream } = options
@@ -305,10 +381,30 @@ export const run = <T>(options: {
         )
       })
 
+    let ownRequests = 0
+    /** Asks the upstream for (a page of) its tools; the `list_changed` notification waits for the answer. */
+    const relist = (notification: JSONRPCMessage, page: number, cursor: unknown) =>
+      Effect.gen(function*() {
+        let id = `agent-ledger:tools/list:${++ownRequests}`
+        while (inFlight.has(keyOf(id))) id = `agent-ledger:tools/list:${++ownRequests}`
+        inFlight.set(keyOf(id), { _tag: "OwnList", id, notification, page })
+        yield* send(upstream, "upstream", {
+          jsonrpc: "2.0",
+          id,
+          method: "tools/list",
+          ...(typeof cursor === "string" ? { params: { cursor } } : {})
+        }).pipe(Effect.tapError(() => Effect.sync(() => inFlight.delete(keyOf(id)))))
+      })
+
     const fromUpstreamStep = (message: JSONRPCMessage): Effect.Effect<void, McpProxyError | MessageNotSent> =>
       Effect.gen(function*() {
         const raw: Record<string, unknown> = message
         const id = idOf(raw)
+        if (
+          options.relistOnChange === true && raw.method === "notifications/tools/list_changed" && id === undefined
+        ) {
+          return yield* relist(message, 0, undefined)
+        }
         if (typeof raw.method === "string" || !("result" in raw || "error" in raw)) {
           return yield* send(client, "client", message) // a request or notification for the client
         }
@@ -333,8 +429,18 @@ export const run = <T>(options: {
           )
         }
         inFlight.delete(keyOf(entry.id))
+        if (entry._tag === "OwnList") {
+          if (isRecord(raw.result)) {
+            yield* hooks.onToolsList(raw.result)
+            const next = raw.result.nextCursor
+            if (typeof next === "string" && entry.page + 1 < MAX_RELIST_PAGES) {
+              return yield* relist(entry.notification, entry.page + 1, next)
+            }
+          }
+          return yield* send(client, "client", entry.notification)
+        }
         if (entry._tag === "List" && isRecord(raw.result)) {
-          return yield* send(client, "client", { ...message, result: hooks.onToolsList(raw.result) })
+          return yield* send(client, "client", { ...message, result: yield* hooks.onToolsList(raw.result) })
         }
         yield* send(client, "client", message)
       })
@@ -387,7 +493,11 @@ export const run = <T>(options: {
 
     const endWith = (side: Ended, detail: string) => () =>
       Runtime.runFork(runtime)(Deferred.succeed(ended, { side, detail }))
-    client.onmessage = (message) => Queue.unsafeOffer(fromClient, { _tag: "Message", message })
+    const requests = options.clientRequests
+    client.onmessage = (message) => {
+      if (requests?.intercept(message) === true) return
+      Queue.unsafeOffer(fromClient, { _tag: "Message", message })
+    }
     upstream.onmessage = (message) => Queue.unsafeOffer(fromUpstream, message)
     client.onclose = endWith("client", "the client closed the connection")
     upstream.onclose = endWith("upstream", "the upstream server exited")
@@ -424,7 +534,7 @@ export const run = <T>(options: {
           } else {
             inFlight.delete(keyOf(entry.id))
           }
-          if (clientThere) {
+          if (clientThere && entry._tag !== "OwnList") {
             yield* answerError(
               entry.id,
               ErrorCode.UpstreamGone,
@@ -445,6 +555,7 @@ export const run = <T>(options: {
     return yield* Effect.gen(function*() {
       yield* start(upstream, "upstream")
       yield* start(client, "client")
+      requests?.attach((message) => client.send(message))
       pumps.push(yield* Effect.fork(clientPump), yield* Effect.fork(upstreamPump))
       // A pump stops only on a broken transport: the session ends on that side.
       for (const pump of pumps) {
@@ -458,6 +569,7 @@ export const run = <T>(options: {
       ending = yield* Deferred.await(ended)
     }).pipe(
       Effect.ensuring(Effect.gen(function*() {
+        requests?.detach()
         yield* Fiber.interruptAll(pumps)
         const side = ending?.side
         const clientThere = side !== "client"

@@ -7,6 +7,8 @@
  * May import: `journal/`, `audit/`, `internal/` (and `ledger/` through public services only). Never `cli/`
  * or the `AuditLedger` assembly.
  */
+export * as Approvals from "./Approvals.js"
 export * as GuardPolicy from "./GuardPolicy.js"
 export * as McpGuard from "./McpGuard.js"
 export * as McpProxy from "./McpProxy.js"
+export * as ToolPins from "./ToolPins.js"

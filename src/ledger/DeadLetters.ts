@@ -60,6 +60,7 @@ const PayloadJson = Schema.parseJson(Schema.Struct({
   decision: AuditEvent.Decision,
   event_id: Schema.String,
   journal: Schema.optional(Schema.Struct({ session_id: Schema.String, sequence: Schema.Number })),
+  mode: Schema.optional(Schema.Literal("shadow")),
   timestamp: Schema.String
 }))
 
@@ -97,7 +98,8 @@ const rebuild = (letter: Pick<DeadLetter, "id" | "payload">): Either.Either<Audi
                 ? {}
                 : {
                   journal: new AuditEvent.JournalRef({ sessionId: p.journal.session_id, sequence: p.journal.sequence })
-                })
+                }),
+              ...(p.mode === undefined ? {} : { mode: p.mode })
             })
           )
       })

@@ -6,7 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Option, Stream } from "effect"
-import { GOVERNANCE_REFUSAL_EVENT_TYPE } from "../audit/AuditEvent.js"
+import { GOVERNANCE_REFUSAL_EVENT_TYPE, WOULD_REFUSE_EVENT_TYPE } from "../audit/AuditEvent.js"
 import * as LedgerSql from "./LedgerSql.js"
 import * as LedgerVerifier from "./LedgerVerifier.js"
 
@@ -17,6 +17,8 @@ export interface LedgerStats {
   readonly byEventType: Readonly<Record<string, number>>
   readonly refusalsByAgent: Readonly<Record<string, number>>
   readonly refusalsByRule: Readonly<Record<string, number>>
+  /** Refusals a guard in shadow mode would have made (`governance.would-refuse` rows), by rule. */
+  readonly wouldRefuseByRule: Readonly<Record<string, number>>
   readonly attestLevels: Readonly<Record<string, number>>
   readonly firstTimestamp: Option.Option<string>
   readonly lastTimestamp: Option.Option<string>
@@ -55,6 +57,7 @@ export const stats = (options: { readonly pageSize?: number } = {}): Effect.Effe
     const byEventType: Record<string, number> = {}
     const refusalsByAgent: Record<string, number> = {}
     const refusalsByRule: Record<string, number> = {}
+    const wouldRefuseByRule: Record<string, number> = {}
     const attestLevels: Record<string, number> = {}
     yield* Stream.runForEach(LedgerVerifier.storedRows({ pageSize: options.pageSize }), (row) =>
       Effect.sync(() => {
@@ -68,6 +71,8 @@ export const stats = (options: { readonly pageSize?: number } = {}): Effect.Effe
         if (row.event_type === GOVERNANCE_REFUSAL_EVENT_TYPE) {
           bump(refusalsByAgent, String(row.agent_id))
           bump(refusalsByRule, ruleIdOf(row.payload))
+        } else if (row.event_type === WOULD_REFUSE_EVENT_TYPE) {
+          bump(wouldRefuseByRule, ruleIdOf(row.payload))
         }
       }))
     return {
@@ -77,6 +82,7 @@ export const stats = (options: { readonly pageSize?: number } = {}): Effect.Effe
       byEventType,
       refusalsByAgent,
       refusalsByRule,
+      wouldRefuseByRule,
       attestLevels,
       firstTimestamp,
       lastTimestamp

@@ -1,0 +1,97 @@
+/**
+ * Asking a person before a call runs (`"action": "ask"` rules): what the guard's `approver` is asked (tool,
+ * server, rule, reason, and a summary of the arguments the rule allows to show), the answers it can give,
+ * and the `governance.approval` row that records each question and its answer (who was asked, the answer,
+ * how long it took, the journal entry of the call it decided), so "who approved this write?" has a signed
+ * answer. The MCP proxy's approver asks the client through MCP elicitation (`elicitation/create`).
+ */
+import type { Effect } from "effect"
+import type { JsonValue } from "../audit/AuditEvent.js"
+import { jsonBytes } from "./McpGuard.js"
+import type { GuardCall } from "./McpGuard.js"
+
+/** What an approver is asked. */
+export interface ApprovalRequest {
+  readonly call: GuardCall
+  readonly ruleId: string
+  readonly reason: string
+  /** The arguments as the question shows them: the rule's `showArguments` fields as given, else sizes. */
+  readonly argumentSummary: JsonValue
+  /** The whole question, as one text (what elicitation shows). */
+  readonly question: string
+  readonly timeoutMillis: number
+}
+
+/** An approver's answer. `approver` names who answered (a client name, a chat user). */
+export type ApprovalAnswer =
+  | { readonly _tag: "Accept"; readonly approver: string }
+  | { readonly _tag: "Decline"; readonly approver: string }
+  | { readonly _tag: "Cancel"; readonly approver: string }
+  /** No one can be asked (the client did not declare elicitation): the rule's `fallback` applies. */
+  | { readonly _tag: "Unavailable"; readonly detail: string }
+
+/**
+ * Asks a person about a call. The guard bounds the wait with the rule's `timeout` (on `Clock`) and
+ * interrupts the approver when it passes; an approver should then withdraw its question.
+ */
+export type Approver = (request: ApprovalRequest) => Effect.Effect<ApprovalAnswer>
+
+/** How a question ended, as the approval row records it. */
+export type Answer = "accept" | "decline" | "cancel" | "timeout" | "unavailable"
+
+/** The longest argument value a question shows (longer ones are cut, with their size). */
+export const MAX_SHOWN_CHARS = 200
+
+/** The arguments as a question shows them: the listed top-level fields (cut to `MAX_SHOWN_CHARS`), sizes of the rest. */
+export const argumentSummary = (args: unknown, show: ReadonlyArray<string>): JsonValue => {
+  if (typeof args !== "object" || args === null || Array.isArray(args)) return { bytes: jsonBytes(args) }
+  const shown: Record<string, JsonValue> = {}
+  const hidden: Record<string, JsonValue> = {}
+  for (const [key, value] of Object.entries(args)) {
+    if (show.includes(key)) {
+      const text = typeof value === "string" ? value : JSON.stringify(value) ?? ""
+      shown[key] = text.length > MAX_SHOWN_CHARS ? `${text.slice(0, MAX_SHOWN_CHARS)}… (${text.length} chars)` : text
+    } else {
+      hidden[key] = jsonBytes(value)
+    }
+  }
+  return { shown, hiddenBytes: hidden }
+}
+
+/** The question's text: tool, server, rule, reason and the argument summary. */
+export const questionText = (call: GuardCall, ruleId: string, reason: string, summary: JsonValue): string => {
+  const s = summary as { shown?: Record<string, string>; hiddenBytes?: Record<string, number> }
+  const shown = Object.entries(s.shown ?? {}).map(([k, v]) => `  ${k}: ${v}`)
+  const hidden = Object.entries(s.hiddenBytes ?? {}).map(([k, n]) => `${k} (${n} bytes)`)
+  return [
+    `Allow ${call.toolName} on server ${call.serverId}?`,
+    `Rule ${ruleId}: ${reason}`,
+    ...(shown.length > 0 ? ["Arguments:", ...shown] : []),
+    ...(hidden.length > 0 ? [`Not shown: ${hidden.join(", ")}`] : [])
+  ].join("\n")
+}
+
+/** The `governance.approval` row's payload (docs/FORMAT.md, "Guard records"). */
+export const approvalPayload = (fields: {
+  readonly call: GuardCall
+  readonly ruleId: string
+  readonly reason: string
+  readonly askedBy: string
+  readonly approver: string | null
+  readonly answer: Answer
+  readonly allowed: boolean
+  readonly latencyMillis: number
+  readonly argumentSummary: JsonValue
+}): JsonValue => ({
+  session_id: fields.call.sessionId,
+  server_id: fields.call.serverId,
+  tool_name: fields.call.toolName,
+  rule_id: fields.ruleId,
+  reason: fields.reason,
+  asked: fields.askedBy,
+  approver: fields.approver,
+  answer: fields.answer,
+  outcome: fields.allowed ? "allowed" : "refused",
+  latency_ms: Math.max(0, Math.round(fields.latencyMillis)),
+  arguments: fields.argumentSummary
+})
