@@ -523,6 +523,16 @@ export const make = (
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
         let ledgerSequence: number | null = null
         if (wait) {
+          // Fail-closed: the refusal's journal entry too is durable before the client hears of it.
+          const journal = yield* journals.get(call.sessionId)
+          yield* journal.awaitDurable(sequence).pipe(
+            Effect.timeout(ackTimeout),
+            Effect.catchAll(() =>
+              Effect.logError("agent-ledger: a refusal's journal entry could not be made durable").pipe(
+                Effect.annotateLogs({ sessionId: call.sessionId, sequence })
+              )
+            )
+          )
           const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef).pipe(
             Effect.timeoutFail({
               duration: ackTimeout,
