@@ -15,6 +15,7 @@ import * as guard from "./guard.js"
 import type { BenchMode, Figures, Results } from "./harness.js"
 import { SCHEMA } from "./harness.js"
 import * as journal from "./journal.js"
+import * as journalStore from "./journalStore.js"
 import * as ledger from "./ledger.js"
 import * as mcp from "./mcp.js"
 import * as pg from "./pg.js"
@@ -71,10 +72,18 @@ const main = async () => {
   const figures: Figures = { ...previous }
   // The verifier first: its peak RSS figure is the process's, and later sections leave a larger heap behind.
   for (
-    const [name, section] of [["ledger", ledger], ["journal", journal], ["audit", audit], ["guard", guard], [
-      "mcp",
-      mcp
-    ], ["pg", pg]] as const
+    const [name, section] of [
+      ["ledger", ledger],
+      ["journal", journal],
+      ["journalStore", journalStore],
+      ["audit", audit],
+      ["guard", guard],
+      [
+        "mcp",
+        mcp
+      ],
+      ["pg", pg]
+    ] as const
   ) {
     if (only !== undefined && !only.has(name)) continue
     const start = Date.now()
