@@ -19,6 +19,7 @@ import * as journalStore from "./journalStore.js"
 import * as ledger from "./ledger.js"
 import * as mcp from "./mcp.js"
 import * as pg from "./pg.js"
+import * as serve from "./serve.js"
 
 const args = process.argv.slice(2)
 const quick = args.includes("--quick")
@@ -82,6 +83,7 @@ const main = async () => {
         "mcp",
         mcp
       ],
+      ["serve", serve],
       ["pg", pg]
     ] as const
   ) {

@@ -8,12 +8,14 @@
  */
 import type { MigrationError } from "@effect/sql/Migrator"
 import type { SqlError } from "@effect/sql/SqlError"
-import type { ConfigError, ParseResult } from "effect"
-import { Config, Effect, Layer, Option } from "effect"
+import type { ParseResult } from "effect"
+import { Config, ConfigError, Effect, Either, Layer, Option, Redacted } from "effect"
 import type { Duration } from "effect"
+import type { KeyObject } from "node:crypto"
+import type * as ArgumentStorage from "./audit/ArgumentStorage.js"
 import * as AuditQueue from "./audit/AuditQueue.js"
 import type { AuditSigner, KeyLoadError } from "./audit/AuditSigner.js"
-import { loadPrivateKeyFile } from "./audit/AuditSigner.js"
+import { fromPrivateKeyPem, loadPrivateKeyFile } from "./audit/AuditSigner.js"
 import { AuditSink } from "./audit/AuditSink.js"
 import type { Synchronous } from "./internal/sqlDialect.js"
 import * as DeadLetters from "./ledger/DeadLetters.js"
@@ -71,13 +73,28 @@ export interface SqliteOptions {
    * Signed checkpoints of the ledger as a transparency log (docs/FORMAT.md, "Transparency"), made every
    * `every` by a background fiber while the layer is open (and once more when it closes), signed with
    * `signer`, kept in the `checkpoints` table. Needs `signer`. Default: none (run `agent-ledger checkpoint`).
+   * It signs only rows signed by `signer` or by a key in `publicKeys`; it never adopts unsigned rows (a
+   * round that meets one logs the refusal, naming the row, until `agent-ledger checkpoint
+   * --adopt-unsigned-rows` is run once: docs/OPERATIONS.md, "Threat model").
    */
-  readonly checkpoints?: {
-    /** The log's origin, the checkpoint's first line and the signing key's name. */
-    readonly origin: string
-    /** How often; default 1 minute. */
-    readonly every?: Duration.DurationInput | undefined
-  } | undefined
+  readonly checkpoints?: CheckpointOptions | undefined
+  /**
+   * What rows keep of the arguments of tool calls built with `AuditEvent.toolCall` (the layer provides
+   * `ArgumentStorage` with this ledger's salt): per tool, by glob, which top-level fields are kept as given,
+   * as salted digests or not at all, in the vocabulary of the guard policy's `argumentStorage`. Default:
+   * the salted digest and size of the arguments only; `ArgumentStorage.storeAll` keeps every field.
+   */
+  readonly argumentStorage?: ArgumentStorage.Tools | undefined
+}
+
+/** Signed checkpoints made while the layer is open (`SqliteOptions.checkpoints`). */
+export interface CheckpointOptions {
+  /** The log's origin, the checkpoint's first line and the signing key's name. */
+  readonly origin: string
+  /** How often; default 1 minute. */
+  readonly every?: Duration.DurationInput | undefined
+  /** The ledger's previous (rotated-out) public keys, whose row signatures still count. */
+  readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
 }
 
 /**
@@ -86,6 +103,7 @@ export interface SqliteOptions {
  */
 export type LedgerServices =
   | LedgerSql.LedgerSql
+  | ArgumentStorage.ArgumentStorage
   | SqlAuditSink.SqlAuditSink
   | AuditSink
   | AuditQueue.AuditQueue
@@ -201,14 +219,45 @@ const layerOn = <E>(
     ...(options.stallSchedule === undefined ? {} : { stallSchedule: options.stallSchedule }),
     ...(options.shutdownDrainTimeout === undefined ? {} : { shutdownDrainTimeout: options.shutdownDrainTimeout })
   })
-  return checkpointer(options).pipe(
-    Layer.provideMerge(queue),
-    Layer.provideMerge(journalStore),
-    Layer.provide(replayOnStart),
-    Layer.provideMerge(sink),
-    Layer.provideMerge(database)
+  return opening(
+    checkpointer(options).pipe(
+      Layer.provideMerge(queue),
+      Layer.provideMerge(journalStore),
+      Layer.provideMerge(LedgerSql.layerArgumentStorage(options.argumentStorage)),
+      Layer.provide(replayOnStart),
+      Layer.provideMerge(sink),
+      Layer.provideMerge(database)
+    ),
+    {
+      "agent_ledger.queue_id": options.queueId ?? AuditQueue.DEFAULT_QUEUE_ID,
+      "agent_ledger.writer_thread": threadSink !== undefined
+    }
   )
 }
+
+/** The span around opening a ledger (docs/OPERATIONS.md, "Traces"). */
+export const SPAN_OPEN = "agent_ledger.ledger.open"
+
+/** The root span of each checkpoint the layer's background fiber makes. */
+export const SPAN_CHECKPOINT = "agent_ledger.transparency.checkpoint"
+
+/**
+ * `layer` built inside one `SPAN_OPEN` span that ends when the layer is built (not when it is released):
+ * the connection, the migrations, the settings, the head read and a replay on start are its children, one
+ * trace instead of a root trace per statement. The fibers the layer forks (the drainer, checkpoints) make
+ * root spans of their own.
+ */
+const opening = <A, E, R>(
+  layer: Layer.Layer<A, E, R>,
+  attributes: Record<string, unknown>
+): Layer.Layer<A, E, R> =>
+  Layer.scopedContext(
+    Effect.useSpan(
+      SPAN_OPEN,
+      { kind: "internal", attributes },
+      (span) => Layer.build(Layer.withParentSpan(layer, span))
+    )
+  )
 
 /**
  * The checkpoint fiber of `options.checkpoints`: extends the stored tree, signs, keeps the checkpoint, every
@@ -224,7 +273,9 @@ const checkpointer = (
   if (signer === undefined) {
     return Layer.effectDiscard(Effect.logWarning("agent-ledger: checkpoints need a signer; none are made"))
   }
-  const once = LedgerTransparency.checkpointNow(config.origin, signer).pipe(
+  const once = LedgerTransparency.checkpointNow(config.origin, signer, { publicKeys: config.publicKeys }).pipe(
+    Effect.tap(({ size }) => Effect.annotateCurrentSpan("agent_ledger.tree_size", size)),
+    Effect.withSpan(SPAN_CHECKPOINT, { root: true, attributes: { "agent_ledger.origin": config.origin } }),
     Effect.catchAll((error) => Effect.logWarning("agent-ledger: a checkpoint could not be made", error))
   )
   return Layer.scopedDiscard(Effect.gen(function*() {
@@ -240,43 +291,78 @@ const checkpointer = (
   }))
 }
 
-/**
- * `layerSqlite` configured the Effect way, from a `Config` (by default the environment, through the
- * application's `ConfigProvider`):
- *
- * | key (env)                                  | option                 | default          |
- * | ------------------------------------------ | ---------------------- | ---------------- |
- * | `AGENT_LEDGER_DB`                          | `filename`             | required         |
- * | `AGENT_LEDGER_PRIVATE_KEY_FILE`            | `signer` (PKCS#8 PEM)  | unsigned         |
- * | `AGENT_LEDGER_SYNCHRONOUS` (FULL, NORMAL)  | `synchronous`          | FULL             |
- * | `AGENT_LEDGER_BUSY_TIMEOUT`                | `busyTimeout`          | 5 seconds        |
- * | `AGENT_LEDGER_QUEUE_ID`                    | `queueId`              | `"default"`      |
- * | `AGENT_LEDGER_SHUTDOWN_DRAIN_TIMEOUT`      | `shutdownDrainTimeout` | 5 seconds        |
- * | `AGENT_LEDGER_MAX_BATCH`                   | `maxBatch`             | 512              |
- * | `AGENT_LEDGER_MAX_RESTARTS`                | `maxRestarts`          | unlimited        |
- *
- * Durations are Effect duration strings (`"10 seconds"`). A missing or invalid value fails the layer with
- * the `ConfigError` naming the key; an unreadable key file with `KeyLoadError`.
- */
-export const sqliteConfig: Config.Config<SqliteConfig> = Config.all({
-  filename: Config.string("DB"),
-  privateKeyFile: Config.option(Config.string("PRIVATE_KEY_FILE")),
-  synchronous: Config.literal("FULL", "NORMAL")("SYNCHRONOUS").pipe(Config.withDefault("FULL" as const)),
-  busyTimeout: Config.option(Config.duration("BUSY_TIMEOUT")),
-  queueId: Config.option(Config.string("QUEUE_ID")),
-  shutdownDrainTimeout: Config.option(Config.duration("SHUTDOWN_DRAIN_TIMEOUT")),
-  maxBatch: Config.option(
-    Config.integer("MAX_BATCH").pipe(Config.validate({
-      message: "expected a positive integer",
-      validation: (n) => n >= 1
-    }))
-  ),
-  maxRestarts: Config.option(Config.integer("MAX_RESTARTS"))
-}).pipe(Config.nested("AGENT_LEDGER"))
+// ---------------------------------------------------------------------------------------------------------
+// From a Config
+// ---------------------------------------------------------------------------------------------------------
 
-export interface SqliteConfig {
-  readonly filename: string
+/** Keys read as given, not nested: `ConfigProvider.fromEnv()` and `fromMap` (any `pathDelim`) find them alike. */
+const positiveInteger = (key: string) =>
+  Config.integer(key).pipe(Config.validate({ message: "expected a positive integer", validation: (n) => n >= 1 }))
+
+const common = {
+  privateKeyFile: Config.option(Config.string("AGENT_LEDGER_PRIVATE_KEY_FILE")),
+  synchronous: Config.literal("FULL", "NORMAL")("AGENT_LEDGER_SYNCHRONOUS").pipe(
+    Config.withDefault("FULL" as const)
+  ),
+  busyTimeout: Config.option(Config.duration("AGENT_LEDGER_BUSY_TIMEOUT")),
+  queueId: Config.option(Config.string("AGENT_LEDGER_QUEUE_ID")),
+  shutdownDrainTimeout: Config.option(Config.duration("AGENT_LEDGER_SHUTDOWN_DRAIN_TIMEOUT")),
+  maxBatch: Config.option(positiveInteger("AGENT_LEDGER_MAX_BATCH")),
+  maxRestarts: Config.option(Config.integer("AGENT_LEDGER_MAX_RESTARTS"))
+}
+
+/**
+ * `layerConfig`'s settings, read from the application's `ConfigProvider` (by default the environment):
+ *
+ * | key (env)                                  | option                              | default          |
+ * | ------------------------------------------ | ----------------------------------- | ---------------- |
+ * | `AGENT_LEDGER_DB`                          | a SQLite file, or a `postgres://` URL (PostgreSQL) | required |
+ * | `AGENT_LEDGER_PRIVATE_KEY_FILE`            | `signer` from a PKCS#8 PEM file     | unsigned         |
+ * | `AGENT_LEDGER_PRIVATE_KEY`                 | `signer` from the PEM itself (a secret store's env) | unsigned |
+ * | `AGENT_LEDGER_CHECKPOINT_ORIGIN`           | `checkpoints.origin` (needs a key)  | no checkpoints   |
+ * | `AGENT_LEDGER_CHECKPOINT_EVERY`            | `checkpoints.every`                 | 1 minute         |
+ * | `AGENT_LEDGER_PG_MAX_CONNECTIONS`          | `maxConnections` (PostgreSQL)       | 4                |
+ * | `AGENT_LEDGER_SYNCHRONOUS` (FULL, NORMAL)  | `synchronous` (SQLite)              | FULL             |
+ * | `AGENT_LEDGER_BUSY_TIMEOUT`                | `busyTimeout` (SQLite)              | 5 seconds        |
+ * | `AGENT_LEDGER_QUEUE_ID`                    | `queueId`                           | `"default"`      |
+ * | `AGENT_LEDGER_SHUTDOWN_DRAIN_TIMEOUT`      | `shutdownDrainTimeout`              | 5 seconds        |
+ * | `AGENT_LEDGER_MAX_BATCH`                   | `maxBatch`                          | 512              |
+ * | `AGENT_LEDGER_MAX_RESTARTS`                | `maxRestarts`                       | unlimited        |
+ *
+ * The keys are whole names, not nested paths, so `ConfigProvider.fromMap(new Map([["AGENT_LEDGER_DB", …]]))`
+ * finds them without `pathDelim: "_"` (and with it). Durations are Effect duration strings
+ * (`"10 seconds"`). Refused with a `ConfigError` naming the keys: both key settings at once, a checkpoint
+ * setting without a key, `CHECKPOINT_EVERY` without `CHECKPOINT_ORIGIN`.
+ */
+export const config: Config.Config<LedgerConfig> = Config.all({
+  db: Config.string("AGENT_LEDGER_DB"),
+  privateKey: Config.option(Config.redacted("AGENT_LEDGER_PRIVATE_KEY")),
+  checkpointOrigin: Config.option(Config.string("AGENT_LEDGER_CHECKPOINT_ORIGIN")),
+  checkpointEvery: Config.option(Config.duration("AGENT_LEDGER_CHECKPOINT_EVERY")),
+  pgMaxConnections: Config.option(positiveInteger("AGENT_LEDGER_PG_MAX_CONNECTIONS")),
+  ...common
+}).pipe(Config.mapOrFail((c) => {
+  const refuse = (message: string) => Either.left(ConfigError.InvalidData([], message))
+  if (Option.isSome(c.privateKey) && Option.isSome(c.privateKeyFile)) {
+    return refuse("AGENT_LEDGER_PRIVATE_KEY and AGENT_LEDGER_PRIVATE_KEY_FILE are both set: give one")
+  }
+  if (Option.isSome(c.checkpointEvery) && Option.isNone(c.checkpointOrigin)) {
+    return refuse("AGENT_LEDGER_CHECKPOINT_EVERY needs AGENT_LEDGER_CHECKPOINT_ORIGIN")
+  }
+  if (Option.isSome(c.checkpointOrigin) && Option.isNone(c.privateKey) && Option.isNone(c.privateKeyFile)) {
+    return refuse("AGENT_LEDGER_CHECKPOINT_ORIGIN needs a key to sign with: set AGENT_LEDGER_PRIVATE_KEY_FILE")
+  }
+  return Either.right(c)
+}))
+
+export interface LedgerConfig {
+  /** A SQLite file, or a `postgres://` (`postgresql://`) URL. */
+  readonly db: string
   readonly privateKeyFile: Option.Option<string>
+  readonly privateKey: Option.Option<Redacted.Redacted<string>>
+  readonly checkpointOrigin: Option.Option<string>
+  readonly checkpointEvery: Option.Option<Duration.Duration>
+  readonly pgMaxConnections: Option.Option<number>
   readonly synchronous: Synchronous
   readonly busyTimeout: Option.Option<Duration.Duration>
   readonly queueId: Option.Option<string>
@@ -285,7 +371,67 @@ export interface SqliteConfig {
   readonly maxRestarts: Option.Option<number>
 }
 
-/** `layerSqlite` with its options read from `config` (default: `sqliteConfig`, the environment). */
+type Common = Omit<LedgerConfig, "db" | "privateKey" | "checkpointOrigin" | "checkpointEvery" | "pgMaxConnections">
+
+/** The options both databases take, from the common settings. */
+const optionsOf = (c: Common, signer: AuditSigner | undefined) => ({
+  signer,
+  queueId: Option.getOrUndefined(c.queueId),
+  shutdownDrainTimeout: Option.getOrUndefined(c.shutdownDrainTimeout),
+  maxBatch: Option.getOrUndefined(c.maxBatch),
+  maxRestarts: Option.getOrUndefined(c.maxRestarts)
+})
+
+/**
+ * The ledger from `config` (default: `AuditLedger.config`, the environment): `layerPg` when
+ * `AGENT_LEDGER_DB` is a `postgres://` URL, else `layerSqlite`, with the signer and checkpoints it names.
+ * A missing or invalid setting fails the layer with the `ConfigError` naming the key; an unreadable key
+ * with `KeyLoadError`.
+ */
+export const layerConfig = (
+  ledgerConfig: Config.Config<LedgerConfig> = config
+): Layer.Layer<
+  LedgerServices,
+  ConfigError.ConfigError | KeyLoadError | LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError
+> =>
+  Layer.unwrapEffect(Effect.gen(function*() {
+    const c = yield* ledgerConfig
+    const signer = Option.isSome(c.privateKey)
+      ? yield* fromPrivateKeyPem(Redacted.value(c.privateKey.value))
+      : Option.isSome(c.privateKeyFile)
+      ? yield* loadPrivateKeyFile(c.privateKeyFile.value)
+      : undefined
+    const options = {
+      ...optionsOf(c, signer),
+      checkpoints: Option.getOrUndefined(Option.map(c.checkpointOrigin, (origin) => ({
+        origin,
+        every: Option.getOrUndefined(c.checkpointEvery)
+      })))
+    }
+    return LedgerSql.isPostgresUrl(c.db)
+      ? layerPg({ ...options, url: c.db, maxConnections: Option.getOrUndefined(c.pgMaxConnections) })
+      : layerSqlite({
+        ...options,
+        filename: c.db,
+        synchronous: c.synchronous,
+        busyTimeout: Option.getOrUndefined(c.busyTimeout)
+      })
+  }))
+
+/**
+ * The SQLite subset of `config` (`AGENT_LEDGER_DB` as `filename`, the key file and the common settings).
+ * Prefer `config`, which also takes PostgreSQL URLs, a key from the environment and checkpoints.
+ */
+export const sqliteConfig: Config.Config<SqliteConfig> = Config.all({
+  filename: Config.string("AGENT_LEDGER_DB"),
+  ...common
+})
+
+export interface SqliteConfig extends Common {
+  readonly filename: string
+}
+
+/** `layerSqlite` with its options read from `config` (default: `sqliteConfig`, the environment); see `layerConfig`. */
 export const layerSqliteConfig = (
   config: Config.Config<SqliteConfig> = sqliteConfig
 ): Layer.Layer<
@@ -303,13 +449,9 @@ export const layerSqliteConfig = (
       ? yield* loadPrivateKeyFile(c.privateKeyFile.value)
       : undefined
     return layerSqlite({
+      ...optionsOf(c, signer),
       filename: c.filename,
-      signer,
       synchronous: c.synchronous,
-      busyTimeout: Option.getOrUndefined(c.busyTimeout),
-      queueId: Option.getOrUndefined(c.queueId),
-      shutdownDrainTimeout: Option.getOrUndefined(c.shutdownDrainTimeout),
-      maxBatch: Option.getOrUndefined(c.maxBatch),
-      maxRestarts: Option.getOrUndefined(c.maxRestarts)
+      busyTimeout: Option.getOrUndefined(c.busyTimeout)
     })
   }))

@@ -2,6 +2,7 @@
  * agent-ledger: tamper-evident session journals and a governance audit pipeline for AI-agent guards.
  * Each module is one concept; import them as namespaces (`import { AuditQueue } from "agent-ledger"`).
  */
+export * as ArgumentStorage from "./audit/ArgumentStorage.js"
 export * as AuditEvent from "./audit/AuditEvent.js"
 export * as AuditMetrics from "./audit/AuditMetrics.js"
 export * as AuditQueue from "./audit/AuditQueue.js"
@@ -23,6 +24,7 @@ export * as LedgerStats from "./ledger/LedgerStats.js"
 export * as LedgerVerifier from "./ledger/LedgerVerifier.js"
 export * as LedgerWriter from "./ledger/LedgerWriter.js"
 export * as SqlAuditSink from "./ledger/SqlAuditSink.js"
+export * as LedgerQuery from "./query/LedgerQuery.js"
 export * as EvidenceBundle from "./transparency/EvidenceBundle.js"
 export * as LedgerTransparency from "./transparency/LedgerTransparency.js"
 export * as MerkleTree from "./transparency/MerkleTree.js"

@@ -14,6 +14,7 @@ import * as JournalStore from "../src/ledger/JournalStore.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
 import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
 import { SqlAuditSink } from "../src/ledger/SqlAuditSink.js"
+import * as LedgerTransparency from "../src/transparency/LedgerTransparency.js"
 import { quietly } from "./fixtures/effects.js"
 import { refusalEvent } from "./fixtures/events.js"
 import { sqliteWithClient } from "./fixtures/ledgerSql.js"
@@ -129,7 +130,7 @@ describe("AuditLedger.layerSqlite", () => {
         Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => client`SELECT migration_id FROM agent_ledger_migrations`),
         context
       )
-      expect(migrations).toEqual([1, 2, 3, 4, 5, 6].map((migration_id) => ({ migration_id })))
+      expect(migrations).toEqual([1, 2, 3, 4, 5, 6, 7].map((migration_id) => ({ migration_id })))
       expect(Context.getOption(context, JournalStore.JournalStore)._tag).toBe("Some")
     }).pipe(Effect.scoped))
 })
@@ -266,18 +267,81 @@ describe("AuditLedger.layerSqliteConfig", () => {
           Effect.provide(withConfig([]))
         )
       )
-      expect(String(missing)).toContain("AGENT_LEDGER.DB")
+      expect(String(missing)).toContain("AGENT_LEDGER_DB")
       const invalid = yield* Effect.flip(
         Effect.scoped(Layer.build(AuditLedger.layerSqliteConfig())).pipe(
           Effect.provide(withConfig([["AGENT_LEDGER_DB", freshFile()], ["AGENT_LEDGER_SYNCHRONOUS", "SOMETIMES"]]))
         )
       )
-      expect(String(invalid)).toContain("AGENT_LEDGER.SYNCHRONOUS")
+      expect(String(invalid)).toContain("AGENT_LEDGER_SYNCHRONOUS")
       const badKey = yield* Effect.flip(
         Effect.scoped(Layer.build(AuditLedger.layerSqliteConfig())).pipe(
           Effect.provide(withConfig([["AGENT_LEDGER_DB", freshFile()], ["AGENT_LEDGER_PRIVATE_KEY_FILE", "/nope.pem"]]))
         )
       )
       expect(badKey).toMatchObject({ _tag: "KeyLoadError", reason: "missingFile" })
+    }))
+})
+
+describe("AuditLedger.layerConfig", () => {
+  /** `ConfigProvider.fromMap` as a user writes it: the env var names, no `pathDelim`. */
+  const withConfig = (entries: ReadonlyArray<readonly [string, string]>) =>
+    Layer.setConfigProvider(ConfigProvider.fromMap(new Map(entries)))
+
+  it.live("a key from the environment, checkpoints: rows signed by it, a checkpoint of the origin on close", () =>
+    Effect.gen(function*() {
+      const filename = freshFile()
+      const signer = yield* AuditSigner.generate
+      yield* submitRefusals(3, "from-config").pipe(
+        Effect.provide(AuditLedger.layerConfig()),
+        Effect.provide(withConfig([
+          ["AGENT_LEDGER_DB", filename],
+          ["AGENT_LEDGER_PRIVATE_KEY", AuditSigner.exportPem(signer).privateKeyPem],
+          ["AGENT_LEDGER_CHECKPOINT_ORIGIN", "config-test/log"],
+          ["AGENT_LEDGER_CHECKPOINT_EVERY", "1 hour"],
+          ["AGENT_LEDGER_SYNCHRONOUS", "NORMAL"]
+        ]))
+      )
+      const report = yield* inspect(filename, verifyLedger({ keyring: AuditSigner.Keyring.fromSigners([signer]) }))
+      expect(report.ok).toBe(true)
+      expect(report.attestLevels.ed25519).toBe(3)
+      const stored = yield* inspect(filename, LedgerTransparency.storedCheckpoints({ origin: "config-test/log" }))
+      expect(stored[0]?.treeSize).toBe(3)
+    }))
+
+  it.live("a postgres:// URL is PostgreSQL, never a SQLite file of that name", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(
+        Effect.scoped(Layer.build(AuditLedger.layerConfig())).pipe(
+          Effect.provide(withConfig([["AGENT_LEDGER_DB", "postgres://nobody@127.0.0.1:1/none"]])),
+          quietly
+        )
+      )
+      expect(error).toMatchObject({ _tag: "LedgerOpenError" })
+      expect(String(error)).toContain("127.0.0.1:1")
+      expect(existsSync("postgres:")).toBe(false)
+    }), 30_000)
+
+  it.live("contradictory or incomplete settings fail naming the keys; the old pathDelim form still reads", () =>
+    Effect.gen(function*() {
+      const build = (entries: ReadonlyArray<readonly [string, string]>) =>
+        Effect.flip(Effect.scoped(Layer.build(AuditLedger.layerConfig())).pipe(Effect.provide(withConfig(entries))))
+      const db = ["AGENT_LEDGER_DB", freshFile()] as const
+      expect(String(yield* build([db, ["AGENT_LEDGER_PRIVATE_KEY", "x"], ["AGENT_LEDGER_PRIVATE_KEY_FILE", "y"]])))
+        .toContain("AGENT_LEDGER_PRIVATE_KEY and AGENT_LEDGER_PRIVATE_KEY_FILE")
+      expect(String(yield* build([db, ["AGENT_LEDGER_CHECKPOINT_ORIGIN", "o"]]))).toContain("needs a key")
+      expect(String(yield* build([db, ["AGENT_LEDGER_CHECKPOINT_EVERY", "1 minute"]]))).toContain(
+        "needs AGENT_LEDGER_CHECKPOINT_ORIGIN"
+      )
+      expect(String(yield* build([db, ["AGENT_LEDGER_PG_MAX_CONNECTIONS", "0"]]))).toContain(
+        "AGENT_LEDGER_PG_MAX_CONNECTIONS"
+      )
+      expect(yield* build([db, ["AGENT_LEDGER_PRIVATE_KEY", "not a pem"]])).toMatchObject({ _tag: "KeyLoadError" })
+      // The same names through a provider split on "_" (as ConfigProvider.fromEnv is).
+      const split = yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(AuditLedger.layerConfig())
+        return "opened"
+      })).pipe(Effect.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([db]), { pathDelim: "_" }))))
+      expect(split).toBe("opened")
     }))
 })

@@ -5,6 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import fc from "fast-check"
+import * as ArgumentStorage from "../src/audit/ArgumentStorage.js"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
 
 const reasonAt = (value: unknown) =>
@@ -66,7 +67,11 @@ describe("AuditEvent.toolCall", () => {
         options: { since: new Date(0), limit: undefined }
       }
       const action = yield* AuditEvent.toolCall({ toolName: "read_file", serverId: "fs", arguments: mcpArguments })
-      expect(action.arguments).toEqual({ path: "/tmp/x", options: { since: "1970-01-01T00:00:00.000Z" } })
+      // Kept field by field here (`storeAll`): the normalised values, beside the whole digest.
+      expect((action.arguments as { fields: unknown }).fields).toEqual({
+        path: "/tmp/x",
+        options: { since: "1970-01-01T00:00:00.000Z" }
+      })
       const event = yield* AuditEvent.DeferredAuditEvent.fromRefusal(
         "agent",
         action,
@@ -80,5 +85,5 @@ describe("AuditEvent.toolCall", () => {
       expect("arguments" in bare).toBe(false)
       const payload = yield* AuditEvent.custom("memory_write", { at: new Date(0), drop: undefined })
       expect(payload.payload).toEqual({ at: "1970-01-01T00:00:00.000Z" })
-    }))
+    }).pipe(Effect.provide(ArgumentStorage.layer({ salt: "salt", tools: ArgumentStorage.storeAll }))))
 })

@@ -458,7 +458,8 @@ describe("SqlAuditSink", () => {
           { migration_id: 3 },
           { migration_id: 4 },
           { migration_id: 5 },
-          { migration_id: 6 }
+          { migration_id: 6 },
+          { migration_id: 7 }
         ])
       }))
     }))

@@ -12,13 +12,14 @@ import type { ResourceMetrics } from "@opentelemetry/sdk-metrics"
 import { MetricReader } from "@opentelemetry/sdk-metrics"
 import type { ReadableSpan } from "@opentelemetry/sdk-trace-base"
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Effect, Logger, LogLevel, Schedule } from "effect"
-import { mkdtempSync, rmSync } from "node:fs"
+import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll } from "vitest"
 import * as AuditMetrics from "../src/audit/AuditMetrics.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
+import * as AuditSigner from "../src/audit/AuditSigner.js"
 import * as AuditSink from "../src/audit/AuditSink.js"
 import * as MemorySink from "../src/audit/MemorySink.js"
 import * as AuditLedger from "../src/AuditLedger.js"
@@ -26,6 +27,7 @@ import * as SessionJournal from "../src/journal/SessionJournal.js"
 import * as DeadLetters from "../src/ledger/DeadLetters.js"
 import * as LedgerVerifier from "../src/ledger/LedgerVerifier.js"
 import * as LedgerWriter from "../src/ledger/LedgerWriter.js"
+import { repoRoot } from "./fixtures/cliBundle.js"
 import { refusalEvent } from "./fixtures/events.js"
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-otel-"))
@@ -264,4 +266,79 @@ describe("OpenTelemetry", () => {
       )
       for (const wait of waits) expect(linked).toContain(wait.spanContext().spanId)
     }))
+
+  it.live("opening a ledger is one trace: every span of the opening descends from one open span", () =>
+    Effect.gen(function*() {
+      const exporter = new KeptSpans()
+      const otel = NodeSdk.layer(() => ({
+        resource: { serviceName: "agent-ledger-test" },
+        spanProcessor: new SimpleSpanProcessor(exporter)
+      }))
+      const signer = yield* AuditSigner.generate
+      const filename = join(tempRoot, "open.db")
+      // Opened twice: creating the file (migrations) and reopening it; with dead-letter replay and
+      // checkpoints, so every step of the opening is there.
+      for (let n = 0; n < 2; n++) {
+        yield* Effect.scoped(Layer.build(AuditLedger.layerSqlite({
+          filename,
+          signer,
+          queueId: QUEUE_ID,
+          replayDeadLettersOnStart: true,
+          checkpoints: { origin: "otel-test/log", every: "1 hour" }
+        }))).pipe(Effect.provide(otel), Logger.withMinimumLogLevel(LogLevel.None))
+      }
+      const spans = exporter.getFinishedSpans()
+      const opens = spansNamed(spans, AuditLedger.SPAN_OPEN)
+      expect(opens).toHaveLength(2)
+      for (const open of opens) {
+        expect(open.parentSpanContext).toBeUndefined()
+        expect(open.kind).toBe(SpanKind.INTERNAL)
+        expect(open.attributes["agent_ledger.queue_id"]).toBe(QUEUE_ID)
+      }
+      // Every other root is a span the layer's own fibers make (the last checkpoint, on close).
+      const roots = spans.filter((span) => span.parentSpanContext === undefined).map((span) => span.name)
+      expect(roots.filter((name) => name !== AuditLedger.SPAN_OPEN).sort()).toEqual([
+        AuditLedger.SPAN_CHECKPOINT,
+        AuditLedger.SPAN_CHECKPOINT
+      ])
+      const openTraces = new Set(opens.map((open) => open.spanContext().traceId))
+      const inOpening = spans.filter((span) => openTraces.has(span.spanContext().traceId))
+      // The migrations, the settings, the head read and the replay: children, not traces of their own.
+      expect(inOpening.length).toBeGreaterThan(opens.length + 5)
+      expect(spansNamed(inOpening, DeadLetters.SPAN_REPLAY)).toHaveLength(2)
+      // The opening span ends when the layer is built, before the layer is released.
+      const [checkpoint] = spansNamed(spans, AuditLedger.SPAN_CHECKPOINT)
+      expect(checkpoint!.attributes["agent_ledger.origin"]).toBe("otel-test/log")
+      expect(typeof checkpoint!.attributes["agent_ledger.tree_size"]).toBe("number")
+    }))
+
+  it("docs/OPERATIONS.md lists exactly the span and metric names the code makes", () => {
+    const operations = readFileSync(join(repoRoot, "docs/OPERATIONS.md"), "utf8")
+    const tableNames = (heading: string) => {
+      const section = operations.slice(operations.indexOf(`## ${heading}\n`))
+      const body = section.slice(0, section.indexOf("\n## ", 4))
+      return new Set(Array.from(body.matchAll(/^\| `(agent_ledger\.[a-z_.]+)` \|/gm), (m) => m[1]!))
+    }
+    const spans = [
+      AuditLedger.SPAN_OPEN,
+      AuditLedger.SPAN_CHECKPOINT,
+      AuditQueue.SPAN_APPEND,
+      AuditQueue.SPAN_SUBMIT_AND_WAIT,
+      AuditQueue.SPAN_DEAD_LETTER,
+      DeadLetters.SPAN_REPLAY,
+      LedgerVerifier.SPAN_VERIFY,
+      SessionJournal.SPAN_RECORD,
+      SessionJournal.SPAN_EXPORT
+    ]
+    expect([...tableNames("Traces")].sort()).toEqual([...spans].sort())
+    // The writer thread's span is described below the table.
+    expect(operations).toContain(`\`${LedgerWriter.SPAN_WRITE}\` span`)
+    const metrics = [
+      ...Object.values(AuditMetrics.metricNames),
+      AuditMetrics.QUEUE_DEPTH_GAUGE,
+      AuditMetrics.STALLED_GAUGE,
+      AuditMetrics.APPEND_DURATION_HISTOGRAM
+    ]
+    expect([...tableNames("Metrics")].sort()).toEqual([...metrics].sort())
+  })
 })

@@ -11,6 +11,7 @@ import { Clock, DateTime, Effect, Either, Option, Schema } from "effect"
 import { sha256Hex } from "../internal/encoding.js"
 import { isWellFormed, isWellFormedDeep, toWellFormed, toWellFormedDeep } from "../internal/unicode.js"
 import { uuidV7 } from "../internal/uuid.js"
+import * as ArgumentStorage from "./ArgumentStorage.js"
 
 /** Any JSON value (finite numbers only: RFC 8785 has no NaN or Infinity). */
 export type JsonValue =
@@ -34,6 +35,11 @@ export const JsonValue: Schema.Schema<JsonValue> = Schema.Union(
 // AgentAction
 // ---------------------------------------------------------------------------------------------------------
 
+/**
+ * A tool call. Built directly, its `arguments` are stored exactly as given (that is asking for them to be
+ * kept); `toolCall` builds one that keeps them as the ledger's `ArgumentStorage` says (a salted digest by
+ * default).
+ */
 export class ToolCall extends Schema.TaggedClass<ToolCall>()("ToolCall", {
   toolName: Schema.String,
   serverId: Schema.String,
@@ -141,20 +147,31 @@ export const normalizeJson = (value: unknown, root = "value"): Either.Either<Jso
 /**
  * A `ToolCall` from arguments as they arrive (MCP's `Record<string, unknown>`, or anything else), normalised
  * by `normalizeJson`; fails with `InvalidJson` naming the argument JSON cannot represent. Never throws.
+ *
+ * The arguments are kept as the `ArgumentStorage` service says: by default only their salted digest and
+ * size (`{ sha256, bytes }`), so nothing passed here lands in a signed row verbatim unless the ledger's
+ * `argumentStorage` asks for it (`ArgumentStorage.storeAll` keeps every field). `AuditLedger`'s layers
+ * provide the service; `new ToolCall({ ..., arguments })` keeps arguments exactly as given.
  */
 export const toolCall = (call: {
   readonly toolName: string
   readonly serverId: string
   readonly arguments?: unknown
-}): Effect.Effect<ToolCall, InvalidJson> =>
+}): Effect.Effect<ToolCall, InvalidJson, ArgumentStorage.ArgumentStorage> =>
   call.arguments === undefined
     ? Effect.succeed(new ToolCall({ toolName: call.toolName, serverId: call.serverId }, true))
-    : Effect.map(
-      normalizeJson(call.arguments, "arguments"),
-      (args) => new ToolCall({ toolName: call.toolName, serverId: call.serverId, arguments: args }, true)
-    )
+    : Effect.flatMap(normalizeJson(call.arguments, "arguments"), (args) =>
+      Effect.map(ArgumentStorage.ArgumentStorage, (storage) =>
+        new ToolCall(
+          { toolName: call.toolName, serverId: call.serverId, arguments: storage.store(call.toolName, args) },
+          true
+        )))
 
-/** A `Custom` action with its payload normalised by `normalizeJson` (see `toolCall`). */
+/**
+ * A `Custom` action with its payload normalised by `normalizeJson` (see `toolCall`). The payload is stored
+ * as given: it is the application's own record, not a third party's arguments (hash what must not be kept
+ * with `ArgumentStorage.digest` before passing it).
+ */
 export const custom = (customKind: string, payload: unknown): Effect.Effect<Custom, InvalidJson> =>
   Effect.map(normalizeJson(payload, "payload"), (json) => new Custom({ customKind, payload: json }, true))
 

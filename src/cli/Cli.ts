@@ -7,13 +7,19 @@ import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Console, Effect, Layer, Logger, LogLevel } from "effect"
 import { eventLoopScheduler } from "../internal/eventLoopScheduler.js"
 import * as CliError from "./CliError.js"
+import * as consoleCommand from "./console.js"
 import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
 import * as exportCommand from "./exportCommand.js"
 import * as Help from "./Help.js"
+import * as hook from "./hook.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
+import * as serve from "./serve.js"
+import * as query from "./query.js"
 import * as stats from "./stats.js"
+import * as StdStreams from "./StdStreams.js"
+import * as token from "./token.js"
 import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
 
@@ -27,8 +33,15 @@ export const root = Command.make("agent-ledger").pipe(
     exportCommand.command,
     dlq.command,
     stats.command,
+    query.showCommand,
+    query.logCommand,
+    query.sessionsCommand,
+    consoleCommand.command,
     keygen.command,
     mcpProxy.command,
+    serve.command,
+    hook.command,
+    token.command,
     transparency.checkpointCommand,
     transparency.checkpointsCommand,
     transparency.proveCommand,
@@ -45,8 +58,15 @@ const SUBCOMMANDS = [
   { name: "export", command: exportCommand.command },
   { name: "dlq", command: dlq.command },
   { name: "stats", command: stats.command },
+  { name: "show", command: query.showCommand },
+  { name: "log", command: query.logCommand },
+  { name: "sessions", command: query.sessionsCommand },
+  { name: "console", command: consoleCommand.command },
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
+  { name: "serve", command: serve.command },
+  { name: "hook", command: hook.command },
+  { name: "token", command: token.command },
   { name: "checkpoint", command: transparency.checkpointCommand },
   { name: "checkpoints", command: transparency.checkpointsCommand },
   { name: "prove", command: transparency.proveCommand },
@@ -95,7 +115,7 @@ export const run = (argv: ReadonlyArray<string>): Effect.Effect<number, never, N
       Help.conflictingOptions(command.name, args, CONFLICTS[command.name] ?? [])
     if (mistake !== undefined) return usageError(mistake)
   }
-  return cli(argv).pipe(
+  return cli(StdStreams.protectStdioArgs(argv)).pipe(
     // Ctrl-C (or SIGTERM) interrupts the command where it is: long reads stop between pages, never print a
     // result, and the entry point exits 130 (main.ts).
     Effect.onInterrupt(() => Console.error("agent-ledger: interrupted")),

@@ -62,6 +62,7 @@ export const colourAllowed = (
 export const PLACEHOLDERS: Readonly<Record<string, string>> = {
   "keygen --out": "DIR",
   "--pin": "SEQ:HASH",
+  "--listen": "HOST:PORT",
   "--db": "FILE",
   "--policy": "FILE",
   "--public-key": "FILE",
@@ -80,6 +81,12 @@ export const PLACEHOLDERS: Readonly<Record<string, string>> = {
   "--event-id": "ID",
   "--agent": "ID",
   "--session": "ID",
+  "--rule": "ID",
+  "--tool": "NAME",
+  "--decision": "allow|refuse",
+  "--since": "TIME",
+  "--until": "TIME",
+  "--limit": "N",
   "--server-id": "ID",
   "--origin": "ORIGIN",
   "--key-dir": "DIR",
@@ -90,7 +97,10 @@ export const PLACEHOLDERS: Readonly<Record<string, string>> = {
   "--sessions": "N",
   "--calls": "N",
   "--seed": "N",
-  "--seal-every": "N"
+  "--seal-every": "N",
+  "--tokens": "FILE",
+  "--spill": "FILE",
+  "--url": "URL"
 }
 
 const TYPE_PLACEHOLDERS: Readonly<Record<string, string>> = {

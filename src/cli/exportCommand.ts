@@ -16,6 +16,7 @@ import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
 import { loadKeyring, loadSigner, writeLines } from "./shared.js"
+import * as StdStreams from "./StdStreams.js"
 
 export interface ExportOptions {
   readonly db: string
@@ -48,7 +49,8 @@ export const runExport = (options: ExportOptions) =>
     if (Option.isSome(options.privateKey) || Option.isSome(options.origin) || options.publicKeys.length > 0) {
       return yield* new InputError({ message: "--private-key, --origin and --public-key go with --bundle" })
     }
-    const out = Option.getOrUndefined(options.out)
+    // `-` is stdout, as when --out is not given.
+    const out = Option.getOrUndefined(Option.filter(options.out, (file) => !StdStreams.isStdio(file)))
     const progress = Progress.make("exported rows")
     let header: LedgerExport.ExportHeader | undefined
     const lines = LedgerExport.exportLines({ from, to }).pipe(
@@ -113,9 +115,12 @@ const writeBundle = (options: ExportOptions, file: string, from: number | undefi
           `pass it with --public-key, or the bundle's signatures cannot be checked`
       )
     }
-    yield* writeText(file, `${JSON.stringify(bundle, null, 1)}\n`)
+    const text = `${JSON.stringify(bundle, null, 1)}\n`
+    yield* StdStreams.isStdio(file) ? StdStreams.writeStdout(text) : writeText(file, text)
     yield* Console.error(
-      `agent-ledger: bundled rows ${bundle.from_sequence}..${bundle.to_sequence} with their proofs to ${file}; ` +
+      `agent-ledger: bundled rows ${bundle.from_sequence}..${bundle.to_sequence} with their proofs to ${
+        StdStreams.isStdio(file) ? "stdout" : file
+      }; ` +
         `verifier key ${bundle.verifier_key}`
     )
   })
@@ -126,14 +131,21 @@ export const command = Command.make(
     db: Args.text({ name: "db" }).pipe(Args.withDescription("ledger database")),
     from: Options.integer("from").pipe(Options.optional, Options.withDescription("first sequence (inclusive)")),
     to: Options.integer("to").pipe(Options.optional, Options.withDescription("last sequence (inclusive)")),
-    out: Options.text("out").pipe(Options.optional, Options.withDescription("output file (default: stdout)")),
+    out: Options.text("out").pipe(
+      Options.optional,
+      Options.withDescription("output file, written atomically (default, or -: stdout)")
+    ),
     bundle: Options.text("bundle").pipe(
       Options.optional,
-      Options.withDescription("write an evidence bundle here instead: the rows, their proofs, a signed checkpoint")
+      Options.withDescription(
+        "write an evidence bundle here instead (- is stdout): the rows, their proofs, a signed checkpoint"
+      )
     ),
     privateKey: Options.text("private-key").pipe(
       Options.optional,
-      Options.withDescription("with --bundle: the ledger's Ed25519 private key (PKCS#8 PEM); it signs the checkpoint")
+      Options.withDescription(
+        "with --bundle: the ledger's Ed25519 private key (PKCS#8 PEM; - reads stdin); it signs the checkpoint"
+      )
     ),
     origin: Options.text("origin").pipe(
       Options.optional,

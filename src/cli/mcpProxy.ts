@@ -38,6 +38,7 @@ import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import * as McpSdk from "./McpSdk.js"
 import { requireWritableFile } from "./shared.js"
+import * as StdStreams from "./StdStreams.js"
 
 export interface McpProxyOptions {
   readonly db: string
@@ -156,6 +157,11 @@ export const runMcpProxy = (options: McpProxyOptions) =>
     const policy = yield* GuardPolicy.load(options.policy).pipe(
       Effect.mapError((error) => new InputError({ message: `${options.policy}: ${error.message}` }))
     )
+    if (Option.isSome(options.exportSession) && StdStreams.isStdio(options.exportSession.value)) {
+      return yield* new InputError({
+        message: "mcp-proxy: --export-session - : stdout carries the MCP messages; name a file"
+      })
+    }
     if (Option.isSome(options.exportSession)) yield* requireWritableFile(options.exportSession.value)
     if (Option.isSome(options.spill)) yield* requireWritableFile(options.spill.value)
     if (options.callTimeout < 1) {

@@ -8,6 +8,7 @@ import * as path from "node:path"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import type * as LedgerVerifier from "../ledger/LedgerVerifier.js"
 import { InputError } from "./CliError.js"
+import * as StdStreams from "./StdStreams.js"
 
 /** `SEQ:HASH` → a pin; anything else is a usage error. */
 export const parsePin = (text: string): Effect.Effect<LedgerVerifier.Pin, InputError> => {
@@ -22,10 +23,15 @@ export const parsePin = (text: string): Effect.Effect<LedgerVerifier.Pin, InputE
     )
 }
 
-/** The keyring of the `--public-key` files; an unreadable or invalid key file is a usage error. */
+/** The signer of a `--private-key` file (`-`: the PEM on stdin); an unreadable or invalid key is a usage error. */
 export const loadSigner = (file: string): Effect.Effect<AuditSigner.AuditSigner, InputError> =>
-  AuditSigner.loadPrivateKeyFile(file).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
+  (StdStreams.isStdio(file)
+    ? Effect.flatMap(StdStreams.readText(file, "private key"), AuditSigner.fromPrivateKeyPem)
+    : AuditSigner.loadPrivateKeyFile(file)).pipe(
+      Effect.mapError((error) => error._tag === "InputError" ? error : new InputError({ message: error.message }))
+    )
 
+/** The keyring of the `--public-key` files; an unreadable or invalid key file is a usage error. */
 export const loadKeyring = (files: ReadonlyArray<string>): Effect.Effect<AuditSigner.Keyring, InputError> =>
   AuditSigner.loadKeyring(files).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
 

@@ -1,7 +1,8 @@
 /**
  * Transparency-log commands (docs/FORMAT.md, "Transparency"):
- * - `checkpoint <db> --private-key FILE [--origin O] [--key]`: the ledger's signed checkpoint (or, with
- *   `--key`, the verifier key auditors check it with);
+ * - `checkpoint <db> --private-key FILE [--origin O] [--key] [--accept-key PUB]... [--adopt-unsigned-rows]`:
+ *   the ledger's signed checkpoint (or, with `--key`, the verifier key auditors check it with), over rows
+ *   signed by the key or an accepted previous one (unsigned rows only when adopted);
  * - `prove <db> --private-key FILE (--sequence N | --event-id ID | --consistency OLD_CHECKPOINT)`: a receipt
  *   for one row, or a consistency proof from an older checkpoint to now;
  * - `verify-receipt RECEIPT --key VERIFIER_KEY` and `verify-consistency PROOF --key VERIFIER_KEY`: offline,
@@ -10,7 +11,6 @@
 import { Args, Command, Options } from "@effect/cli"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Console, Effect, Either, Option } from "effect"
-import * as fs from "node:fs"
 import * as JournalStore from "../ledger/JournalStore.js"
 import * as JournalVerifier from "../ledger/JournalVerifier.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
@@ -21,27 +21,25 @@ import { writeText } from "./AtomicFile.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
-import { loadSigner } from "./shared.js"
+import { loadKeyring, loadSigner } from "./shared.js"
+import * as StdStreams from "./StdStreams.js"
 import { printJson, printLine } from "./TerminalText.js"
 
-const readText = (file: string) =>
-  Effect.try({
-    try: () => fs.readFileSync(file, "utf8"),
-    catch: (error) => new InputError({ message: `${file}: cannot read (${String(error)})` })
-  })
+/** A file's text, or stdin's for `-`. */
+const readText = (file: string, what = "input") => StdStreams.readText(file, what)
 
-const readJson = (file: string) =>
-  Effect.flatMap(readText(file), (text) =>
+const readJson = (file: string, what: string) =>
+  Effect.flatMap(readText(file, what), (text) =>
     Effect.try({
       try: () => JSON.parse(text) as unknown,
-      catch: () => new InputError({ message: `${file}: not JSON` })
+      catch: () => new InputError({ message: `${StdStreams.nameOf(file)}: not JSON` })
     }))
 
+/** To `out` (a file written atomically), or stdout when there is none or it is `-`. */
 const write = (out: Option.Option<string>, text: string) =>
   Option.match(out, {
-    onNone: () => Effect.sync(() => process.stdout.write(text)),
-    // `-` is stdout, as for tools operators know; a file is written atomically.
-    onSome: (file) => file === "-" ? Effect.sync(() => process.stdout.write(text)) : writeText(file, text)
+    onNone: () => StdStreams.writeStdout(text),
+    onSome: (file) => StdStreams.isStdio(file) ? StdStreams.writeStdout(text) : writeText(file, text)
   })
 
 /** A refusal to sign or prove (a ledger or cache someone wrote): said on stderr, exit 1. */
@@ -64,13 +62,36 @@ const onLedger = <A>(
 
 const db = Args.text({ name: "db" }).pipe(Args.withDescription("ledger database (file or postgres:// URL)"))
 const privateKey = Options.text("private-key").pipe(
-  Options.withDescription("the ledger's Ed25519 private key (PKCS#8 PEM): it signs the checkpoint")
+  Options.withDescription("the ledger's Ed25519 private key (PKCS#8 PEM; - reads stdin): it signs the checkpoint")
 )
 const origin = Options.text("origin").pipe(
   Options.optional,
   Options.withDescription("the log's origin, the checkpoint's first line (default: agent-ledger/<database name>)")
 )
-const out = Options.text("out").pipe(Options.optional, Options.withDescription("write here instead of stdout"))
+const out = Options.text("out").pipe(
+  Options.optional,
+  Options.withDescription("write here instead of stdout (written atomically; - is stdout)")
+)
+const acceptKeys = Options.text("accept-key").pipe(
+  Options.repeated,
+  Options.withDescription(
+    "a previous (rotated-out) public key of the ledger (SPKI PEM file) whose row signatures still count; repeatable"
+  )
+)
+
+/** The public keys of `--accept-key` files. */
+const acceptedKeys = (files: ReadonlyArray<string>) =>
+  Effect.map(loadKeyring(files), (keyring) => keyring.keyIds.flatMap((id) => Option.toArray(keyring.get(id))))
+
+/** Says on stderr which unsigned rows a checkpoint adopted (the operator vouched for them). */
+const reportAdopted = (adopted: LedgerTransparency.AdoptedRows | undefined) =>
+  adopted === undefined ? Effect.void : Console.error(
+    `agent-ledger: adopted ${adopted.count} unsigned row${
+      adopted.count === 1 ? "" : "s"
+    } (sequences ${adopted.first}..${adopted.last}): ` +
+      `the checkpoint's key now vouches for them`
+  )
+
 const verifierKey = Options.text("key").pipe(
   Options.withDescription("the verifier key: <origin>+<key id>+<base64 key> (agent-ledger checkpoint --key)")
 )
@@ -92,21 +113,36 @@ export const checkpointCommand = Command.make(
     db,
     privateKey,
     origin,
-    key: Options.boolean("key").pipe(Options.withDescription("print the verifier key instead of the checkpoint"))
+    out,
+    key: Options.boolean("key").pipe(Options.withDescription("print the verifier key instead of the checkpoint")),
+    acceptKeys,
+    adoptUnsignedRows: Options.boolean("adopt-unsigned-rows").pipe(
+      Options.withDescription(
+        "also sign over rows since the last checkpoint that carry no signature (a ledger that ran without a key): " +
+          "you vouch for them; by default the first unsigned row is refused (exit 1)"
+      )
+    )
   },
   (options) =>
     Effect.gen(function*() {
       const signer = yield* loadSigner(options.privateKey)
       const name = yield* originOf(options.db, options.origin)
-      if (options.key) return yield* printLine(SignedNote.verifierKey(name, signer.publicKey))
-      const { note } = yield* onLedger(options.db, LedgerTransparency.checkpointNow(name, signer))
-      yield* write(Option.none(), note)
+      if (options.key) return yield* write(options.out, `${SignedNote.verifierKey(name, signer.publicKey)}\n`)
+      const publicKeys = yield* acceptedKeys(options.acceptKeys)
+      const { adopted, note } = yield* onLedger(
+        options.db,
+        LedgerTransparency.checkpointNow(name, signer, { publicKeys, adoptUnsignedRows: options.adoptUnsignedRows })
+      )
+      yield* reportAdopted(adopted)
+      yield* write(options.out, note)
     })
 ).pipe(Command.withDescription(commandHelp(
   "print the ledger's signed checkpoint (C2SP tlog-checkpoint as a signed note), or its verifier key",
   [
-    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem > checkpoint.txt",
-    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --key"
+    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --out checkpoint.txt",
+    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --key",
+    "agent-ledger checkpoint ./agent-ledger.db --private-key new.pem --accept-key old.pub.pem > checkpoint.txt",
+    "agent-ledger checkpoint ./agent-ledger.db --private-key key.pem --adopt-unsigned-rows > checkpoint.txt"
   ],
   [0, 1, 2, 70, 130]
 )))
@@ -168,6 +204,7 @@ export const proveCommand = Command.make(
     privateKey: privateKey.pipe(Options.optional),
     origin,
     out,
+    acceptKeys,
     key: Options.text("key").pipe(
       Options.optional,
       Options.withDescription("without --private-key: the verifier key a saved or stored checkpoint is checked with")
@@ -180,12 +217,14 @@ export const proveCommand = Command.make(
     eventId: Options.text("event-id").pipe(Options.optional, Options.withDescription("the row to prove, by event id")),
     consistency: Options.text("consistency").pipe(
       Options.optional,
-      Options.withDescription("an older checkpoint file: prove the ledger grew from it without a rewrite")
+      Options.withDescription(
+        "an older checkpoint file (- reads stdin): prove the ledger grew from it without a rewrite"
+      )
     ),
     checkpoint: Options.text("checkpoint").pipe(
       Options.optional,
       Options.withDescription(
-        "prove against this saved checkpoint file instead of signing a new one (no private key needed)"
+        "prove against this saved checkpoint file (- reads stdin) instead of signing a new one (no private key needed)"
       )
     ),
     storedCheckpoint: Options.text("stored-checkpoint").pipe(
@@ -222,7 +261,8 @@ export const proveCommand = Command.make(
       const savedFile = options.checkpoint
       const given = Option.isSome(savedFile)
         ? Option.some(
-          yield* Effect.flatMap(readText(savedFile.value), (note) => checkpointFrom(savedFile.value, note, verifier))
+          yield* Effect.flatMap(readText(savedFile.value, "checkpoint"), (note) =>
+            checkpointFrom(StdStreams.nameOf(savedFile.value), note, verifier))
         )
         : Option.isSome(options.storedCheckpoint)
         ? Option.some(yield* storedCheckpoint(options.db, name, options.storedCheckpoint.value, verifier))
@@ -249,14 +289,18 @@ export const proveCommand = Command.make(
                 })
               )
               : Effect.map(
-                onLedger(options.db, LedgerTransparency.checkpointNow(name, signer)),
+                Effect.flatMap(
+                  acceptedKeys(options.acceptKeys),
+                  (publicKeys) =>
+                    onLedger(options.db, LedgerTransparency.checkpointNow(name, signer, { publicKeys }))
+                ),
                 ({ note, rootHash, size }) => ({ note, size, root: rootHash })
               )
         })
       const olderFile = options.consistency
       if (Option.isSome(olderFile)) {
-        const older = yield* Effect.flatMap(readText(olderFile.value), (note) =>
-          checkpointFrom(olderFile.value, note, verifier))
+        const older = yield* Effect.flatMap(readText(olderFile.value, "older checkpoint"), (note) =>
+          checkpointFrom(StdStreams.nameOf(olderFile.value), note, verifier))
         const newer = yield* target()
         const { proof } = yield* onLedger(
           options.db,
@@ -310,24 +354,14 @@ export const proveCommand = Command.make(
       if (found === undefined) {
         return yield* new InputError({ message: "no such row (give --sequence N or --event-id ID of a ledger row)" })
       }
-      const { appended_at: _appendedAt, ...stored } = found
-      const row = { ...stored, sequence: Number(stored.sequence) } as LedgerTransparency.Receipt["row"]
+      const sequence = Number(found.sequence)
       const against = callTarget ?? (yield* target())
-      if (row.sequence >= against.size) {
+      if (sequence >= against.size) {
         return yield* new InputError({
-          message:
-            `row ${row.sequence} came after the checkpoint (${against.size} leaves): prove it against a newer one`
+          message: `row ${sequence} came after the checkpoint (${against.size} leaves): prove it against a newer one`
         })
       }
-      const { proof } = yield* onLedger(
-        options.db,
-        LedgerTransparency.inclusionProofs(
-          [{ sequence: row.sequence, entryHash: row.entry_hash }],
-          against.size,
-          against.root
-        )
-      )
-      const receipt = LedgerTransparency.receiptFrom(row, against.size, proof[0]!, against.note)
+      const receipt = yield* onLedger(options.db, LedgerTransparency.receiptOfStoredRow(found, against))
       if (call !== undefined && sealRow !== undefined) {
         const stored = yield* onLedger(
           options.db,
@@ -350,10 +384,11 @@ export const proveCommand = Command.make(
         return yield* writeJson(options.out, made)
       }
       // The row's signature policy is the auditor's: here only that the row's signature holds if it has one.
+      const publicKeys = yield* acceptedKeys(options.acceptKeys)
       yield* checkBeforeWriting(
         receipt,
         verifierText,
-        (input, key) => LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: true })
+        (input, key) => LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: true, publicKeys })
       )
       yield* writeJson(options.out, receipt)
     })
@@ -399,11 +434,12 @@ const verifyWith = (
   describeOk: (value: never) => string
 ) =>
   Effect.gen(function*() {
-    const input = yield* readJson(file)
+    const input = yield* readJson(file, kind)
+    const name = StdStreams.nameOf(file)
     const result = check(input, key)
-    if (Either.isRight(result)) return yield* printLine(`${kind} ${file}: OK (${describeOk(result.right as never)})`)
-    if (result.left.reason === "malformed") return yield* new InputError({ message: `${file}: ${result.left.message}` })
-    yield* printLine(`${kind} ${file}: FAILED (${result.left.message})`)
+    if (Either.isRight(result)) return yield* printLine(`${kind} ${name}: OK (${describeOk(result.right as never)})`)
+    if (result.left.reason === "malformed") return yield* new InputError({ message: `${name}: ${result.left.message}` })
+    yield* printLine(`${kind} ${name}: FAILED (${result.left.message})`)
     return yield* new VerificationFailed({ message: result.left.message })
   })
 
@@ -439,29 +475,31 @@ export const verifyReceiptCommand = Command.make(
   "verify-receipt",
   {
     receipt: Args.text({ name: "receipt" }).pipe(
-      Args.withDescription("a receipt file (prove --sequence, --event-id or --call)")
+      Args.withDescription("a receipt file (prove --sequence, --event-id or --call; - reads stdin)")
     ),
     key: verifierKey,
     allowUnsigned: Options.boolean("allow-unsigned").pipe(
       Options.withDescription(
         "accept an unsigned row (a ledger that is not signed); by default the row must be signed by the key"
       )
-    )
+    ),
+    acceptKeys
   },
   (options) =>
-    verifyWith(
-      "receipt",
-      options.receipt,
-      options.key,
-      (input, key) =>
-        isCallReceipt(input)
-          ? Either.map(CallReceipt.verify(input, key, { allowUnsigned: options.allowUnsigned }), describeCall)
-          : Either.map(
-            LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: options.allowUnsigned }),
-            (checkpoint) => `the row is leaf of ${checkpoint.origin} at ${checkpoint.treeSize} leaves`
-          ),
-      (description: string) => description
-    )
+    Effect.flatMap(acceptedKeys(options.acceptKeys), (publicKeys) =>
+      verifyWith(
+        "receipt",
+        options.receipt,
+        options.key,
+        (input, key) =>
+          isCallReceipt(input)
+            ? Either.map(CallReceipt.verify(input, key, { allowUnsigned: options.allowUnsigned }), describeCall)
+            : Either.map(
+              LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: options.allowUnsigned, publicKeys }),
+              (checkpoint) => `the row is leaf of ${checkpoint.origin} at ${checkpoint.treeSize} leaves`
+            ),
+        (description: string) => description
+      ))
 ).pipe(Command.withDescription(commandHelp(
   "check a receipt offline: the checkpoint's signature, the row's hashes and signature (by the same key), its inclusion proof",
   ["agent-ledger verify-receipt receipt.json --key \"agent-ledger/ledger+1a2b3c4d+AW...\""],
@@ -471,7 +509,9 @@ export const verifyReceiptCommand = Command.make(
 export const verifyConsistencyCommand = Command.make(
   "verify-consistency",
   {
-    proof: Args.text({ name: "proof" }).pipe(Args.withDescription("a consistency proof file (prove --consistency)")),
+    proof: Args.text({ name: "proof" }).pipe(
+      Args.withDescription("a consistency proof file (prove --consistency; - reads stdin)")
+    ),
     key: verifierKey
   },
   (options) =>

@@ -24,6 +24,7 @@ import { commandHelp } from "./Help.js"
 import { detect, openLedger } from "./InputFile.js"
 import * as Progress from "./Progress.js"
 import { failureLine, loadKeyring, parsePin } from "./shared.js"
+import * as StdStreams from "./StdStreams.js"
 import { printJson, printLine, terminalSafe } from "./TerminalText.js"
 
 export interface VerifyOptions {
@@ -45,10 +46,18 @@ export interface VerifyOptions {
    * Without either, a bundle or `--checkpoint` is a usage error (exit 2).
    */
   readonly trustEmbeddedKey?: boolean | undefined
-  /** How many failures to list (databases and exports; a bundle lists up to the default). */
+  /** How many failing rows to list (of each kind: row checks, and a bundle's inclusion proofs). */
   readonly maxFailures: number
   readonly json: boolean
+  /** Where the target's bytes are read: the copy of stdin when the target is `-` (default: the target). */
+  readonly source?: string | undefined
 }
+
+const sourceOf = (options: VerifyOptions): string => options.source ?? options.target
+
+/** A message about the file read, naming it as the user did (`-`, not stdin's temporary copy). */
+const asNamed = (options: VerifyOptions, message: string): string =>
+  options.source === undefined ? message : message.replaceAll(options.source, options.target)
 
 const encodeReport = Schema.encodeSync(LedgerVerifier.VerifyReport)
 
@@ -190,12 +199,10 @@ const verifyDatabase = (options: VerifyOptions, verifyOptions: LedgerVerifier.Ve
   })
 
 /** The ledger against a checkpoint saved earlier: its tree must extend the checkpoint's (RFC 6962 roots). */
-const checkCheckpoint = (options: VerifyOptions, file: string) =>
+const checkCheckpoint = (options: VerifyOptions, checkpointFile: string) =>
   Effect.gen(function*() {
-    const note = yield* Effect.try({
-      try: () => fs.readFileSync(file, "utf8"),
-      catch: (error) => new InputError({ message: `${file}: cannot read (${String(error)})` })
-    })
+    const note = yield* StdStreams.readText(checkpointFile, "checkpoint")
+    const file = StdStreams.nameOf(checkpointFile)
     // A checkpoint of another key or another log is evidence rejected (exit 1); one that is not a
     // checkpoint at all is unusable input (exit 2).
     const signed = yield* Option.match(options.checkpointKey, {
@@ -246,14 +253,14 @@ const UNPINNED_EXPORT_NOTE = [
 
 const verifyLedgerExport = (options: VerifyOptions, verifyOptions: LedgerVerifier.VerifyLedgerOptions) =>
   Effect.gen(function*() {
-    const result = yield* LedgerExport.verifyExportFile(options.target, {
+    const result = yield* LedgerExport.verifyExportFile(sourceOf(options), {
       keyring: verifyOptions.keyring,
       pin: verifyOptions.pin,
       requireSigned: verifyOptions.requireSigned,
       signedFrom: verifyOptions.signedFrom,
       allowMixed: verifyOptions.allowMixed,
       maxFailures: verifyOptions.maxFailures
-    }).pipe(Effect.mapError((error) => new InputError({ message: error.message })))
+    }).pipe(Effect.mapError((error) => new InputError({ message: asNamed(options, error.message) })))
     const h = result.header
     const pinned = verifyOptions.pin !== undefined
     const lines = [
@@ -283,10 +290,11 @@ const requireTrustAnchor = (options: VerifyOptions, what: string, instead: strin
   )
 
 /** A JSON file given as the target: `what` names it in the error. */
-const readJsonTarget = (target: string, what: string) =>
-  Effect.try({
+const readJsonTarget = (options: VerifyOptions, what: string) => {
+  const target = options.target
+  return Effect.try({
     try: () => {
-      const bytes = fs.readFileSync(target)
+      const bytes = fs.readFileSync(sourceOf(options))
       // JSON is UTF-8: bytes that are not would be read as U+FFFD, text the file does not hold.
       if (!isUtf8(bytes)) throw new Error("not valid UTF-8")
       return JSON.parse(bytes.toString("utf8")) as unknown
@@ -296,6 +304,18 @@ const readJsonTarget = (target: string, what: string) =>
     (json) => findTooDeep(json) === undefined,
     (json) => new InputError({ message: `${target}: not a ${what}: ${describeTooDeep(findTooDeep(json)!)}` })
   ))
+}
+
+/** Every row whose inclusion proof fails, as far as `--max-failures` lists them. */
+const unprovenLines = (count: number, listed: ReadonlyArray<number>): ReadonlyArray<string> =>
+  count === 0 ? [] : [
+    listed.length < count
+      ? `  unproven:      the first ${listed.length} of ${count} (--max-failures N lists more)`
+      : `  unproven:      ${count}`,
+    ...listed.map((sequence) =>
+      `    sequence ${sequence}: notIncluded — its proof does not lead to the checkpoint's root`
+    )
+  ]
 
 /** What a bundle checked with its own key proves, and what it does not. */
 const UNPINNED_BUNDLE_NOTE = [
@@ -310,14 +330,15 @@ const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin:
       "an evidence bundle",
       "the key written in the bundle, which whoever made the file chose"
     )
-    const json = yield* readJsonTarget(options.target, "bundle")
+    const json = yield* readJsonTarget(options, "bundle")
     const result = yield* Either.match(
       EvidenceBundle.verify(json, {
         verifierKey: Option.getOrUndefined(options.checkpointKey),
         keyring,
         requireSigned: options.requireSigned,
         signedFrom: Option.getOrUndefined(options.signedFrom),
-        allowMixed: options.allowMixed
+        allowMixed: options.allowMixed,
+        maxFailures: options.maxFailures
       }),
       {
         onLeft: (error) => Effect.fail(new InputError({ message: `${options.target}: ${error.message}` })),
@@ -342,6 +363,7 @@ const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin:
       `  inclusion:     ${result.proven} of ${rows} rows proven in the checkpoint's tree${
         Option.match(result.firstUnproven, { onNone: () => "", onSome: (s) => ` (first unproven: sequence ${s})` })
       }`,
+      ...unprovenLines(rows - result.proven, result.unproven),
       ...(result.complete ? [] : ["  incomplete:    the rows are not exactly the stated range, each once, in order"]),
       ...reportLines(result.report),
       ...(pin === undefined
@@ -360,6 +382,8 @@ const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin:
       keyPinned: result.keyPinned,
       proven: result.proven,
       firstUnproven: Option.getOrNull(result.firstUnproven),
+      unprovenCount: rows - result.proven,
+      unproven: result.unproven,
       complete: result.complete,
       ...(pin === undefined ? {} : { pin: { ...pin, ok: pinOk } }),
       report: encodeReport(result.report)
@@ -380,7 +404,7 @@ const checkSeal = (db: string, exported: SessionJournal.JournalExport) =>
 
 const verifyJournalExport = (options: VerifyOptions) =>
   Effect.gen(function*() {
-    const json = yield* readJsonTarget(options.target, "journal export")
+    const json = yield* readJsonTarget(options, "journal export")
     const outcome = yield* SessionJournal.verifyExport(json).pipe(
       Effect.map((exported) => ({ ok: true as const, exported })),
       Effect.catchTag("IntegrityViolation", (violation) => Effect.succeed({ ok: false as const, violation })),
@@ -432,7 +456,16 @@ const verifyJournalExport = (options: VerifyOptions) =>
     ], { failure: { sequence: v.sequence, field: v.field, expected: v.expected, actual: v.actual } })
   })
 
+/** `runVerify`, with a target of `-` read from stdin (an export, a bundle or a journal export). */
 export const runVerify = (options: VerifyOptions) =>
+  StdStreams.isStdio(options.target)
+    ? Effect.scoped(Effect.flatMap(
+      StdStreams.stdinAsFile("file to verify"),
+      (source) => verifyTarget({ ...options, target: StdStreams.STDIO, source })
+    ))
+    : verifyTarget(options)
+
+const verifyTarget = (options: VerifyOptions) =>
   Effect.gen(function*() {
     const pin = yield* Option.match(options.pin, {
       onNone: () => Effect.succeed(undefined),
@@ -444,7 +477,9 @@ export const runVerify = (options: VerifyOptions) =>
       })
     }
     const keyring = yield* loadKeyring(options.publicKeys)
-    const kind = yield* detect(options.target)
+    const kind = yield* detect(sourceOf(options)).pipe(
+      Effect.mapError((error) => new InputError({ message: asNamed(options, error.message) }))
+    )
     const signing = {
       requireSigned: options.requireSigned,
       signedFrom: Option.getOrUndefined(options.signedFrom),
@@ -453,6 +488,11 @@ export const runVerify = (options: VerifyOptions) =>
     }
     switch (kind) {
       case "sqlite":
+        if (options.source !== undefined) {
+          return yield* new InputError({
+            message: `${options.target}: a ledger database is verified from its file (or URL), not from stdin`
+          })
+        }
         if (Option.isSome(options.ledger)) {
           return yield* new InputError({ message: "--ledger applies to journal exports (checked against its seals)" })
         }
@@ -489,7 +529,10 @@ export const command = Command.make(
   "verify",
   {
     target: Args.text({ name: "target" }).pipe(
-      Args.withDescription("a ledger database, a JSONL ledger export, an evidence bundle or a session journal export")
+      Args.withDescription(
+        "a ledger database, a JSONL ledger export, an evidence bundle or a session journal export (- reads an export, " +
+          "bundle or journal from stdin)"
+      )
     ),
     publicKeys: Options.text("public-key").pipe(
       Options.repeated,
@@ -516,7 +559,7 @@ export const command = Command.make(
     checkpoint: Options.text("checkpoint").pipe(
       Options.optional,
       Options.withDescription(
-        "for a database: a checkpoint saved earlier (agent-ledger checkpoint); the ledger must still extend it"
+        "for a database: a checkpoint saved earlier (agent-ledger checkpoint; - reads stdin); the ledger must still extend it"
       )
     ),
     checkpointKey: Options.text("checkpoint-key").pipe(
@@ -551,6 +594,7 @@ export const command = Command.make(
   [
     "agent-ledger verify ./agent-ledger.db --public-key ./keys/agent-ledger-ed25519.pub.pem",
     "agent-ledger verify rows.jsonl --pin 99:<entry hash of row 99>",
+    "agent-ledger export ./agent-ledger.db | agent-ledger verify - --pin 99:<entry hash of row 99>",
     "agent-ledger verify ./session.json --ledger ./agent-ledger.db",
     "agent-ledger verify evidence.json --checkpoint-key 'agent-ledger/prod+1a2b3c4d+AV...'",
     "agent-ledger verify postgres://auditor@db:5432/ledger --json"

@@ -10,17 +10,26 @@
  * call does not make later calls fail under the wrong rule. Tool and server names are compared as
  * `normalizeName` gives them, so look-alike names are the tools the rules name.
  *
+ * **Conditions on arguments.** `blockTools`, `callLimit`, `rateLimit` and `sequence` rules take an optional
+ * `when`: a list of `{ path, match }` conditions on the call's arguments, all of which must hold for the
+ * rule to apply to the call (a missing value holds for none). So `Read` of `**\/.env` is
+ * `{ kind: "blockTools", tools: ["Read"], when: [{ path: "file_path", match: { pathGlob: ["**\/.env"] } }] }`
+ * and a `Bash` command matching a regex is `when: [{ path: "command", match: { regex: "curl|wget" } }]`.
+ * `when` narrows which calls a rule checks, not what it counts: a `callLimit` or `rateLimit` still counts
+ * every earlier allowed call in its tool scope, and a `sequence` rule's `after` is by tool name.
+ *
  * **What reaches the ledger.** A refusal's row stores the call's arguments, and a signed, append-only ledger
  * cannot forget them: by default only their salted SHA-256 (salted per ledger, `LedgerSql.argumentSalt`)
  * and their size are stored. `argumentStorage.tools` says per tool which top-level argument fields are
  * stored as given, which as salted hashes and which are dropped.
  */
-import canonicalize from "canonicalize"
 import { Effect, ParseResult, Schema } from "effect"
 import * as fs from "node:fs"
+import * as ArgumentStorage from "../audit/ArgumentStorage.js"
+import * as path from "node:path"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
-import { sha256Hex } from "../internal/encoding.js"
+import { globMatch, normalizeName } from "../internal/toolNames.js"
 import type { AwaitInFlight, GuardCall, PolicyEngine, Verdict } from "./McpGuard.js"
 import { DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_ARGUMENT_DEPTH, jsonBytes } from "./McpGuard.js"
 
@@ -51,7 +60,25 @@ const scope = {
   servers: Schema.optional(Patterns)
 }
 
-export const BlockTools = Schema.Struct({ kind: Schema.Literal("blockTools"), ...common, ...scope })
+export const ArgumentMatch = Schema.Union(
+  Schema.Struct({ equals: Schema.Unknown }),
+  Schema.Struct({ oneOf: Schema.Array(Schema.Unknown) }),
+  Schema.Struct({ regex: Schema.String }),
+  /**
+   * A file path matching any of these globs (`pathGlobMatch`): `**` any run of directories, `*` and `?`
+   * within one path segment; compared after the path is normalised, ignoring case.
+   */
+  Schema.Struct({ pathGlob: Patterns })
+)
+/** One condition of a rule's `when`: the value at `path` of the arguments satisfies `match`. */
+export const ArgumentCondition = Schema.Struct({
+  path: Schema.String.pipe(Schema.minLength(1)),
+  match: ArgumentMatch
+})
+/** A rule applies to a call only when every condition holds (see the module comment). */
+const when = { when: Schema.optional(Schema.Array(ArgumentCondition)) }
+
+export const BlockTools = Schema.Struct({ kind: Schema.Literal("blockTools"), ...common, ...scope, ...when })
 export const BlockServers = Schema.Struct({ kind: Schema.Literal("blockServers"), ...common, servers: Patterns })
 export const AllowTools = Schema.Struct({ kind: Schema.Literal("allowTools"), id: common.id, ...scope })
 export const Budget = Schema.Struct({
@@ -75,6 +102,7 @@ export const CallLimit = Schema.Struct({
   kind: Schema.Literal("callLimit"),
   ...common,
   ...scope,
+  ...when,
   /** Allowed calls at which the next is refused; 0 refuses every call in scope (and hides the tool). */
   max: NonNegativeInt,
   /**
@@ -87,6 +115,7 @@ export const RateLimit = Schema.Struct({
   kind: Schema.Literal("rateLimit"),
   ...common,
   ...scope,
+  ...when,
   /** Allowed calls within the window, this one excluded, at which the next is refused. */
   max: NonNegativeInt,
   windowSeconds: Schema.Number.pipe(Schema.positive())
@@ -94,6 +123,7 @@ export const RateLimit = Schema.Struct({
 export const Sequence = Schema.Struct({
   kind: Schema.Literal("sequence"),
   ...common,
+  ...when,
   /** A call to a tool matching `then`... */
   then: Patterns,
   /** ...after an allowed call to a tool matching `after`... */
@@ -101,11 +131,6 @@ export const Sequence = Schema.Struct({
   /** ...among the last `within` allowed calls. */
   within: PositiveInt
 })
-export const ArgumentMatch = Schema.Union(
-  Schema.Struct({ equals: Schema.Unknown }),
-  Schema.Struct({ oneOf: Schema.Array(Schema.Unknown) }),
-  Schema.Struct({ regex: Schema.String })
-)
 export const Arguments = Schema.Struct({
   kind: Schema.Literal("arguments"),
   ...common,
@@ -129,16 +154,8 @@ export const Rule = Schema.Union(
 )
 export type Rule = typeof Rule.Type
 
-/** How one argument field reaches the ledger. */
-export const FieldStorage = Schema.Literal("store", "hash", "drop")
-
-export const ToolStorage = Schema.Struct({
-  store: Schema.optional(Schema.Array(Schema.String)),
-  hash: Schema.optional(Schema.Array(Schema.String)),
-  drop: Schema.optional(Schema.Array(Schema.String)),
-  /** Fields not listed; default `drop`. */
-  otherFields: Schema.optional(FieldStorage)
-})
+/** How argument fields reach the ledger: the vocabulary of `ArgumentStorage`, shared with the library. */
+export { FieldStorage, ToolStorage } from "../audit/ArgumentStorage.js"
 
 export const GuardPolicy = Schema.Struct({
   version: Schema.Literal(1),
@@ -148,7 +165,7 @@ export const GuardPolicy = Schema.Struct({
   hideRefusedTools: Schema.optional(Schema.Boolean),
   rules: Schema.Array(Rule),
   /** Per tool (glob patterns as keys, first match wins), which argument fields the ledger stores. */
-  argumentStorage: Schema.optional(Schema.Record({ key: Schema.String, value: ToolStorage })),
+  argumentStorage: Schema.optional(ArgumentStorage.Tools),
   /**
    * Bounds on a call's arguments, checked before anything else reads them: deeper or larger arguments are
    * refused under `arguments-too-deep` / `arguments-too-large`. Defaults: depth 64, 4 MiB.
@@ -199,12 +216,15 @@ export const decode = (input: unknown): Effect.Effect<GuardPolicy, PolicyError> 
   }
   const policy = decoded.right
   for (const [i, rule] of policy.rules.entries()) {
-    if (rule.kind === "arguments" && "regex" in rule.match) {
-      const problem = regexError(rule.match.regex)
+    const matches: Array<readonly [string, typeof ArgumentMatch.Type]> = rule.kind === "arguments"
+      ? [[`rules.${i}.match`, rule.match]]
+      : "when" in rule && rule.when !== undefined
+      ? rule.when.map((condition, j) => [`rules.${i}.when.${j}.match`, condition.match] as const)
+      : []
+    for (const [at, match] of matches) {
+      const problem = "regex" in match ? regexError(match.regex) : undefined
       if (problem !== undefined) {
-        return Effect.fail(
-          new PolicyError({ path: `rules.${i}.match.regex`, detail: `not a regular expression: ${problem}` })
-        )
+        return Effect.fail(new PolicyError({ path: `${at}.regex`, detail: `not a regular expression: ${problem}` }))
       }
     }
   }
@@ -229,34 +249,7 @@ export const load = (path: string): Effect.Effect<GuardPolicy, PolicyError> =>
 // Matching
 // ---------------------------------------------------------------------------------------------------------
 
-const globCache = new Map<string, RegExp>()
-
-const IGNORABLE = /\p{Default_Ignorable_Code_Point}/gu
-
-/**
- * A tool or server name as rules compare it: Unicode NFKC (fullwidth `ｗｒｉｔｅ` is `write`), case folded
- * (`WRITE_FILE` is `write_file`), invisible code points (zero-width space, joiners, soft hyphen) removed and
- * surrounding white space trimmed, so a server cannot slip a look-alike name past a rule.
- */
-export const normalizeName = (name: string): string =>
-  name.normalize("NFKC").toUpperCase().toLowerCase().normalize("NFKC").replace(IGNORABLE, "").trim()
-
-/**
- * Whether `text` matches the glob `pattern` (`*` any run of characters, `?` one; whole string), both
- * compared as `normalizeName` gives them.
- */
-export const globMatch = (pattern: string, text: string): boolean => {
-  let re = globCache.get(pattern)
-  if (re === undefined) {
-    const source = normalizeName(pattern).replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(
-      /\?/g,
-      "."
-    )
-    re = new RegExp(`^${source}$`, "su")
-    globCache.set(pattern, re)
-  }
-  return re.test(normalizeName(text))
-}
+export { globMatch, normalizeName } from "../internal/toolNames.js"
 
 const anyMatch = (patterns: ReadonlyArray<string> | undefined, text: string): boolean =>
   patterns === undefined || patterns.some((pattern) => globMatch(pattern, text))
@@ -307,12 +300,58 @@ export const sameJson = (a: unknown, b: unknown): boolean => {
   return true
 }
 
+const pathGlobCache = new Map<string, RegExp>()
+
+/**
+ * A file path as `pathGlob` compares it: backslashes are separators, `.` and `..` segments and repeated
+ * slashes are resolved lexically (`a/../.env` is `.env`), so a spelling of the same path cannot slip past.
+ * Symbolic links are not resolved: the guard does not look at the file system.
+ */
+export const normalizePath = (value: string): string => path.posix.normalize(value.replace(/\\/g, "/"))
+
+/**
+ * Whether the file path `value` matches the glob `pattern`: `**\/` is any run of directories (none
+ * included), `**` any run of characters, `*` and `?` any run of characters and one character within a
+ * segment. Whole path, case ignored (case-insensitive file systems), after `normalizePath`.
+ */
+export const pathGlobMatch = (pattern: string, value: string): boolean => {
+  let re = pathGlobCache.get(pattern)
+  if (re === undefined) {
+    let source = ""
+    for (let i = 0; i < pattern.length; i++) {
+      const c = pattern[i]!
+      if (c === "*" && pattern[i + 1] === "*") {
+        if (pattern[i + 2] === "/") {
+          source += "(?:.*/)?"
+          i += 2
+        } else {
+          source += ".*"
+          i += 1
+        }
+      } else if (c === "*") source += "[^/]*"
+      else if (c === "?") source += "[^/]"
+      else source += c.replace(/[.+^${}()|[\]\\*?]/g, "\\$&")
+    }
+    re = new RegExp(`^${source}$`, "isu")
+    pathGlobCache.set(pattern, re)
+  }
+  return re.test(normalizePath(value))
+}
+
 const satisfies = (value: unknown, match: typeof ArgumentMatch.Type): boolean => {
   if (value === undefined) return false
   if ("equals" in match) return sameJson(value, match.equals)
   if ("oneOf" in match) return match.oneOf.some((option) => sameJson(value, option))
+  if ("pathGlob" in match) {
+    return typeof value === "string" && match.pathGlob.some((pattern) => pathGlobMatch(pattern, value))
+  }
   return typeof value === "string" && new RegExp(match.regex, "u").test(value)
 }
+
+/** Whether every condition of a rule's `when` holds for `args` (no `when`: it holds). */
+const conditionsHold = (conditions: ReadonlyArray<typeof ArgumentCondition.Type> | undefined, args: unknown) =>
+  conditions === undefined ||
+  conditions.every((condition) => satisfies(valueAt(args, condition.path), condition.match))
 
 // ---------------------------------------------------------------------------------------------------------
 // Evaluation
@@ -396,11 +435,19 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
     return n
   }
   const check = (rule: Rule): Refuse | AwaitInFlight | undefined => {
+    if ("when" in rule && !conditionsHold(rule.when, call.arguments)) return undefined
     switch (rule.kind) {
       case "allowTools":
         return undefined
       case "blockTools":
-        return inScope(rule, call) ? fire(rule, "tool {tool} is blocked by the policy") : undefined
+        return inScope(rule, call)
+          ? fire(
+            rule,
+            rule.when === undefined
+              ? "tool {tool} is blocked by the policy"
+              : "this call of {tool} is blocked by the policy (its arguments match the rule)"
+          )
+          : undefined
       case "blockServers":
         return anyMatch(rule.servers, call.serverId)
           ? fire(rule, "server {server} is blocked by the policy")
@@ -510,10 +557,13 @@ const isListed = (policy: GuardPolicy, serverId: string, toolName: string): bool
 export const isVisible = (policy: GuardPolicy, serverId: string, toolName: string): boolean => {
   if (policy.hideRefusedTools !== true) return true
   if (policy.defaultAction === "deny" && !isListed(policy, serverId, toolName)) return false
+  // A rule with `when` refuses some calls of the tool, not the tool: it stays visible.
   return !policy.rules.some((rule) =>
-    (rule.kind === "blockTools" && rule.action !== "warn" && inScope(rule, { toolName, serverId })) ||
+    (rule.kind === "blockTools" && rule.action !== "warn" && rule.when === undefined &&
+      inScope(rule, { toolName, serverId })) ||
     (rule.kind === "blockServers" && rule.action !== "warn" && anyMatch(rule.servers, serverId)) ||
-    (rule.kind === "callLimit" && rule.max === 0 && rule.action !== "warn" && inScope(rule, { toolName, serverId }))
+    (rule.kind === "callLimit" && rule.max === 0 && rule.action !== "warn" && rule.when === undefined &&
+      inScope(rule, { toolName, serverId }))
   )
 }
 
@@ -521,49 +571,12 @@ export const isVisible = (policy: GuardPolicy, serverId: string, toolName: strin
 // What the ledger stores of a call's arguments
 // ---------------------------------------------------------------------------------------------------------
 
-/** `{ sha256, bytes }` of a value: salted SHA-256 of its RFC 8785 JSON, and its JSON size. */
-const hashed = (value: unknown, salt: string): JsonValue => {
-  let json: string | undefined
-  try {
-    json = canonicalize(JSON.parse(JSON.stringify(value ?? null)) as object)
-  } catch {
-    json = undefined
-  }
-  return { sha256: sha256Hex(salt + (json ?? "")), bytes: jsonBytes(value) }
-}
-
-const asJson = (value: unknown): JsonValue => {
-  try {
-    return JSON.parse(JSON.stringify(value ?? null)) as JsonValue
-  } catch {
-    return null
-  }
-}
-
 /**
- * The arguments as the ledger stores them. Default: `{ sha256, bytes }` of the whole arguments (salted
- * hash and size). With an `argumentStorage` entry for the tool: `{ sha256, bytes, fields }`, where `fields`
- * holds the stored fields as given and the hashed ones as `{ sha256, bytes }`; dropped fields are left out.
+ * The arguments as the ledger stores them under the policy's `argumentStorage`
+ * (`ArgumentStorage.storedArguments`, the same rules as for tool calls the library builds).
  */
-export const storedArguments = (policy: GuardPolicy, toolName: string, args: unknown, salt: string): JsonValue => {
-  const whole = hashed(args, salt) as { readonly sha256: string; readonly bytes: number }
-  const entry = Object.entries(policy.argumentStorage ?? {}).find(([pattern]) => globMatch(pattern, toolName))
-  if (entry === undefined || typeof args !== "object" || args === null || Array.isArray(args)) return whole
-  const storage = entry[1]
-  const modeOf = (field: string): "store" | "hash" | "drop" =>
-    storage.store?.includes(field) ? "store" : storage.hash?.includes(field)
-      ? "hash"
-      : storage.drop?.includes(field)
-      ? "drop"
-      : storage.otherFields ?? "drop"
-  const fields: Record<string, JsonValue> = {}
-  for (const [field, value] of Object.entries(args)) {
-    const mode = modeOf(field)
-    if (mode === "store") fields[field] = asJson(value)
-    else if (mode === "hash") fields[field] = hashed(value, salt)
-  }
-  return { ...whole, fields }
-}
+export const storedArguments = (policy: GuardPolicy, toolName: string, args: unknown, salt: string): JsonValue =>
+  ArgumentStorage.storedArguments(policy.argumentStorage, toolName, args, salt)
 
 // ---------------------------------------------------------------------------------------------------------
 // The engine

@@ -126,13 +126,24 @@ const createJournalEntries = Effect.gen(function*() {
   yield* sql`CREATE INDEX idx_journal_entries_agent ON journal_entries(agent_id, timestamp_ms)`
 })
 
+/**
+ * Indexes for the operator queries (`LedgerQuery`): one agent's rows and one event type's rows (refusals,
+ * seals) in sequence order, so a filtered log or a session's seals read only their rows.
+ */
+const queryIndexes = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE INDEX idx_signed_events_agent ON signed_events(agent_id, sequence)`
+  yield* sql`CREATE INDEX idx_signed_events_type ON signed_events(event_type, sequence)`
+})
+
 const loader = Migrator.fromRecord({
   "0001_create_ledger": createLedger,
   "0002_create_settings": createSettings,
   "0003_create_transparency": createTransparency,
   "0004_prune_low_merkle_nodes": pruneLowMerkleNodes,
   "0005_sign_dead_letters": signDeadLetters,
-  "0006_journal_entries": createJournalEntries
+  "0006_journal_entries": createJournalEntries,
+  "0007_query_indexes": queryIndexes
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */

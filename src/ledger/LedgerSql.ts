@@ -22,6 +22,7 @@ import { randomBytes } from "node:crypto"
 import { constants as fsConstants } from "node:fs"
 import { access, stat } from "node:fs/promises"
 import { dirname, resolve } from "node:path"
+import * as ArgumentStorage from "../audit/ArgumentStorage.js"
 import { runMigrations } from "../internal/migrations.js"
 import { driverError, sqlite } from "../internal/sqlDialect.js"
 import type { Synchronous } from "../internal/sqlDialect.js"
@@ -111,6 +112,19 @@ export const argumentSalt: Effect.Effect<string, SqlError, LedgerSql> = use(Effe
   const [row] = yield* sql<{ value: string }>`SELECT value FROM agent_ledger_settings WHERE key = 'argument_salt'`
   return row?.value ?? fresh
 }))
+
+/**
+ * `ArgumentStorage` for tool calls the application builds (`AuditEvent.toolCall`): this ledger's salt
+ * (`argumentSalt`) and `tools` (default: digest and size only). What `AuditLedger`'s layers provide; an
+ * application that builds the ledger on its own client (`fromSqlClient`) provides it the same way.
+ */
+export const layerArgumentStorage = (
+  tools?: ArgumentStorage.Tools | undefined
+): Layer.Layer<ArgumentStorage.ArgumentStorage, SqlError, LedgerSql> =>
+  Layer.effect(
+    ArgumentStorage.ArgumentStorage,
+    Effect.map(argumentSalt, (salt) => ArgumentStorage.make({ salt, tools }))
+  )
 
 // ---------------------------------------------------------------------------------------------------------
 // A private SQLite connection
