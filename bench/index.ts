@@ -15,6 +15,7 @@ import * as guard from "./guard.js"
 import type { BenchMode, Figures, Results } from "./harness.js"
 import { SCHEMA } from "./harness.js"
 import * as journal from "./journal.js"
+import * as journalStore from "./journalStore.js"
 import * as ledger from "./ledger.js"
 import * as mcp from "./mcp.js"
 import * as pg from "./pg.js"
@@ -75,6 +76,7 @@ const main = async () => {
     const [name, section] of [
       ["ledger", ledger],
       ["journal", journal],
+      ["journalStore", journalStore],
       ["audit", audit],
       ["guard", guard],
       [

@@ -64,7 +64,7 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
       new StdioClientTransport({ command: process.execPath, args: [fsServer, root], stderr: "ignore" }),
       (client) => callLatency(client, file, calls)
     )
-  const proxied = (round: number) =>
+  const proxied = (round: number, extra: ReadonlyArray<string> = []) =>
     connected(
       new StdioClientTransport({
         command: process.execPath,
@@ -77,6 +77,7 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
           join(dir, `ledger-${round}.db`),
           "--policy",
           policyFile,
+          ...extra,
           "--",
           process.execPath,
           fsServer,
@@ -90,14 +91,19 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
 
   const directs: Array<number> = []
   const proxies: Array<number> = []
+  const failClosed: Array<number> = []
   for (let round = 0; round < mode.rounds; round++) {
     directs.push(await direct())
     proxies.push(await proxied(round))
+    // Fail-closed: every call waits for its journal entry's commit (write-ahead) before it is forwarded.
+    failClosed.push(await proxied(mode.rounds + round, ["--fail-closed"]))
   }
   const directMs = median(directs)
   const proxiedMs = median(proxies)
+  const failClosedMs = median(failClosed)
   return {
     "mcp.proxiedCallMs": bounded(proxiedMs, "ms", directMs),
-    "mcp.proxyOverheadMs": figure(proxiedMs - directMs, "ms")
+    "mcp.proxyOverheadMs": figure(proxiedMs - directMs, "ms"),
+    "mcp.failClosedCallOverheadMs": figure(failClosedMs - directMs, "ms")
   }
 }

@@ -17,6 +17,7 @@ afterAll(() => rmSync(tempRoot, { recursive: true, force: true }))
 const BOUNDED = [
   "journal.record",
   "journal.verify",
+  "journalStore.durableEntriesPerSec",
   "audit.perEventCommit",
   "audit.groupCommit",
   "audit.groupCommitSigned",
@@ -43,6 +44,8 @@ const UNBOUNDED = [
   "ledger.storeTreeMs",
   "ledger.proveInclusionMs",
   "mcp.proxyOverheadMs",
+  "mcp.failClosedCallOverheadMs",
+  "journalStore.bytesPerEntry",
   "guard.messageLatenessP99Idle",
   "guard.messageLatenessMaxWhileDraining",
   "guard.drainWhileProbed",

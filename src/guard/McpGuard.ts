@@ -392,8 +392,13 @@ export const make = (
         const exported = yield* journal.export
         // A durable journal's seal follows the entries it seals into the database (they are stored in
         // order, so the last one stored means all are): a verifier reading the seal finds them. Bounded: an
-        // unwritable database must not hold up the session's end (the seal then says more than is stored).
-        if (journal.durable && exported.entries.length > 0) {
+        // unwritable database must not hold up the session's end (the seal then says more than is stored),
+        // nor keep the seal from its own way out (the queue's dead letters, or a LOST line).
+        const storeUp = yield* Option.match(journalStore, {
+          onNone: () => Effect.succeed(false),
+          onSome: (store) => store.available
+        })
+        if (journal.durable && storeUp && exported.entries.length > 0) {
           yield* journal.awaitDurable(exported.entries.length - 1).pipe(
             Effect.timeout(ackTimeout),
             Effect.catchAll((error) =>
@@ -526,6 +531,23 @@ export const make = (
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
         let ledgerSequence: number | null = null
         if (wait) {
+          // Fail-closed: the refusal's journal entry too is durable before the client hears of it.
+          const journal = yield* journals.get(call.sessionId)
+          // Not while the store is known down: the call is refused either way, and is not held up by it.
+          const storeUp = yield* Option.match(journalStore, {
+            onNone: () => Effect.succeed(false),
+            onSome: (store) => store.available
+          })
+          if (storeUp) {
+            yield* journal.awaitDurable(sequence).pipe(
+              Effect.timeout(ackTimeout),
+              Effect.catchAll(() =>
+                Effect.logError("agent-ledger: a refusal's journal entry could not be made durable").pipe(
+                  Effect.annotateLogs({ sessionId: call.sessionId, sequence })
+                )
+              )
+            )
+          }
           const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef, mode).pipe(
             Effect.timeoutFail({
               duration: ackTimeout,
