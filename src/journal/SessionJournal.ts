@@ -13,10 +13,11 @@
  * A journal is a value made by `make(sessionId)`, its state changed only in single synchronous steps; time
  * comes from `Clock`.
  */
-import { Context, Effect, Layer, ParseResult, Schema } from "effect"
+import type { Fiber } from "effect"
+import { Clock, Context, Effect, Layer, ParseResult, Schema } from "effect"
 import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
 import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
-import { debugSpan } from "../internal/tracing.js"
+import { debugEnabled, debugSpan } from "../internal/tracing.js"
 
 /** The `format` of a `JournalExport` written now (v2 entries; v1 entries of a restored journal kept). */
 export const EXPORT_FORMAT = "agent-ledger/journal/v2"
@@ -273,9 +274,17 @@ class EntryEncoder {
   /** `entryHash` as 32 raw bytes, the previous hash given as raw bytes. */
   hashRaw(sequence: number, fields: EntryFields, log: EntryLog): Buffer {
     const at = this.#reserve(sequence, fields)
-    log.copyHash(sequence - 1, this.#buffer, at)
-    return digestBytes(this.#buffer.subarray(0, this.#encodeRest(at + 32, fields)))
+    // Appending, the previous hash is the one this encoder just computed: a native copy of it, not a lookup.
+    if (this.#last !== undefined && this.#lastSequence === sequence - 1) this.#buffer.set(this.#last, at)
+    else log.copyHash(sequence - 1, this.#buffer, at)
+    const hash = digestBytes(this.#buffer.subarray(0, this.#encodeRest(at + 32, fields)))
+    this.#last = hash
+    this.#lastSequence = sequence
+    return hash
   }
+
+  #last: Buffer | undefined
+  #lastSequence = -1
 
   /** Room for the input; returns where the previous hash goes (after the prefix and the sequence). */
   #reserve(sequence: number, input: EntryFields): number {
@@ -727,17 +736,25 @@ const fromState = (sessionId: string, state: State): Effect.Effect<Journal> =>
     // Clock time is read before the append: under concurrent recording, timestamps follow the order in which
     // callers asked, which can differ slightly from sequence order. Validation and append are one step, so
     // the values checked are the values hashed.
-    const recordNow = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
-      Effect.clockWith((clock) => {
-        const appended = appendNow(params, clock.unsafeCurrentTimeMillis())
-        return typeof appended === "number" ? Effect.succeed(appended) : Effect.fail(appended)
+    const recordAt = (params: RecordParams, fiber: Fiber.RuntimeFiber<unknown, unknown>) => {
+      const appended = appendNow(
+        params,
+        Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+      )
+      return typeof appended === "number" ? Effect.succeed(appended) : Effect.fail(appended)
+    }
+    const recordTraced = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
+      Effect.withSpan(Effect.withFiberRuntime((fiber) => recordAt(params, fiber)), SPAN_RECORD, {
+        attributes: {
+          "agent_ledger.session_id": sessionId,
+          "agent_ledger.tool_name": params.toolName,
+          "agent_ledger.allowed": params.allowed
+        }
       })
+    // One step into the fiber's runtime per record (its clock and its log level), the span only when Debug
+    // is on (`debugSpan`'s rule): a record costs little more than its hash.
     const record = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
-      recordNow(params).pipe(debugSpan(SPAN_RECORD, () => ({
-        "agent_ledger.session_id": sessionId,
-        "agent_ledger.tool_name": params.toolName,
-        "agent_ledger.allowed": params.allowed
-      })))
+      Effect.withFiberRuntime((fiber) => debugEnabled(fiber) ? recordTraced(params) : recordAt(params, fiber))
 
     return {
       sessionId: Effect.succeed(sessionId),
