@@ -18,6 +18,7 @@ import * as journal from "./journal.js"
 import * as ledger from "./ledger.js"
 import * as mcp from "./mcp.js"
 import * as pg from "./pg.js"
+import * as serve from "./serve.js"
 
 const args = process.argv.slice(2)
 const quick = args.includes("--quick")
@@ -71,10 +72,18 @@ const main = async () => {
   const figures: Figures = { ...previous }
   // The verifier first: its peak RSS figure is the process's, and later sections leave a larger heap behind.
   for (
-    const [name, section] of [["ledger", ledger], ["journal", journal], ["audit", audit], ["guard", guard], [
-      "mcp",
-      mcp
-    ], ["pg", pg]] as const
+    const [name, section] of [
+      ["ledger", ledger],
+      ["journal", journal],
+      ["audit", audit],
+      ["guard", guard],
+      [
+        "mcp",
+        mcp
+      ],
+      ["serve", serve],
+      ["pg", pg]
+    ] as const
   ) {
     if (only !== undefined && !only.has(name)) continue
     const start = Date.now()

@@ -11,6 +11,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import type { ConfigError, ParseResult } from "effect"
 import { Config, Effect, Layer, Option } from "effect"
 import type { Duration } from "effect"
+import type { KeyObject } from "node:crypto"
 import * as AuditQueue from "./audit/AuditQueue.js"
 import type { AuditSigner, KeyLoadError } from "./audit/AuditSigner.js"
 import { loadPrivateKeyFile } from "./audit/AuditSigner.js"
@@ -71,12 +72,17 @@ export interface SqliteOptions {
    * Signed checkpoints of the ledger as a transparency log (docs/FORMAT.md, "Transparency"), made every
    * `every` by a background fiber while the layer is open (and once more when it closes), signed with
    * `signer`, kept in the `checkpoints` table. Needs `signer`. Default: none (run `agent-ledger checkpoint`).
+   * It signs only rows signed by `signer` or by a key in `publicKeys`; it never adopts unsigned rows (a
+   * round that meets one logs the refusal, naming the row, until `agent-ledger checkpoint
+   * --adopt-unsigned-rows` is run once: docs/OPERATIONS.md, "Threat model").
    */
   readonly checkpoints?: {
     /** The log's origin, the checkpoint's first line and the signing key's name. */
     readonly origin: string
     /** How often; default 1 minute. */
     readonly every?: Duration.DurationInput | undefined
+    /** The ledger's previous (rotated-out) public keys, whose row signatures still count. */
+    readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
   } | undefined
 }
 
@@ -226,7 +232,7 @@ const checkpointer = (
   if (signer === undefined) {
     return Layer.effectDiscard(Effect.logWarning("agent-ledger: checkpoints need a signer; none are made"))
   }
-  const once = LedgerTransparency.checkpointNow(config.origin, signer).pipe(
+  const once = LedgerTransparency.checkpointNow(config.origin, signer, { publicKeys: config.publicKeys }).pipe(
     Effect.catchAll((error) => Effect.logWarning("agent-ledger: a checkpoint could not be made", error))
   )
   return Layer.scopedDiscard(Effect.gen(function*() {

@@ -43,8 +43,14 @@ describe("transparency-log proofs through the CLI", () => {
     const key = join(dir, "keys", "agent-ledger-ed25519.pem")
     expect((await demo(db, "3")).code).toBe(0)
 
-    const checkpoint = await cli("checkpoint", db, "--private-key", key)
+    // The demo's ledger is not signed: the key signs over its rows only when the operator adopts them.
+    const refused = await cli("checkpoint", db, "--private-key", key)
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toMatch(/the row at sequence 0 is unsigned \(\d+ unsigned rows in 0\.\.\d+/)
+    expect(refused.stdout).toBe("")
+    const checkpoint = await cli("checkpoint", db, "--private-key", key, "--adopt-unsigned-rows")
     expect(checkpoint.code).toBe(0)
+    expect(checkpoint.stderr).toMatch(/adopted \d+ unsigned rows \(sequences 0\.\.\d+\)/)
     const [origin, size, root, blank, signature] = checkpoint.stdout.split("\n")
     expect(origin).toBe("agent-ledger/ledger")
     expect(Number(size)).toBeGreaterThan(0)
@@ -93,8 +99,11 @@ describe("transparency-log proofs through the CLI", () => {
     expect(wrongKey.code).toBe(1)
     expect(wrongKey.stdout).toContain("checkpointSignature")
 
-    // The ledger grows: the old checkpoint is a prefix, provably, and `verify --checkpoint` agrees.
+    // The ledger grows (unsigned, adopted again): the old checkpoint is a prefix, provably, and
+    // `verify --checkpoint` agrees.
     expect((await demo(db, "2")).code).toBe(0)
+    expect((await cli("prove", db, "--private-key", key, "--consistency", join(dir, "old.txt"))).code).toBe(1)
+    expect((await cli("checkpoint", db, "--private-key", key, "--adopt-unsigned-rows")).code).toBe(0)
     expect(
       (await cli(
         "prove",

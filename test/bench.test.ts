@@ -30,7 +30,9 @@ const BOUNDED = [
   "guard.messageLatenessP99WhileDraining",
   "guard.messageLatenessP99WhileDrainingSigned",
   "guard.messageLatenessP99WhileDrainingInThread",
-  "guard.messageLatenessP99WhileDrainingInThreadSigned"
+  "guard.messageLatenessP99WhileDrainingInThreadSigned",
+  "serve.hookDecisionP99Ms",
+  "serve.hookRequestsPerSecond"
 ]
 const UNBOUNDED = [
   "journal.perOpGrowth",

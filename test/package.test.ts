@@ -25,7 +25,7 @@ let files: ReadonlyArray<string> = []
 let tarball = ""
 
 /** The subsystem entry points (package.json `exports`), each with its folder's index module. */
-const SUBPATHS = ["audit", "guard", "journal", "ledger", "transparency"] as const
+const SUBPATHS = ["audit", "guard", "journal", "ledger", "serve", "transparency"] as const
 
 /** The namespaces a folder's index module exports. */
 const namespacesOf = (file: string): Array<string> =>

@@ -11,9 +11,12 @@ import * as demo from "./demo.js"
 import * as dlq from "./dlq.js"
 import * as exportCommand from "./exportCommand.js"
 import * as Help from "./Help.js"
+import * as hook from "./hook.js"
 import * as keygen from "./keygen.js"
 import * as mcpProxy from "./mcpProxy.js"
+import * as serve from "./serve.js"
 import * as stats from "./stats.js"
+import * as token from "./token.js"
 import * as transparency from "./transparency.js"
 import * as verify from "./verify.js"
 
@@ -29,6 +32,9 @@ export const root = Command.make("agent-ledger").pipe(
     stats.command,
     keygen.command,
     mcpProxy.command,
+    serve.command,
+    hook.command,
+    token.command,
     transparency.checkpointCommand,
     transparency.checkpointsCommand,
     transparency.proveCommand,
@@ -47,6 +53,9 @@ const SUBCOMMANDS = [
   { name: "stats", command: stats.command },
   { name: "keygen", command: keygen.command },
   { name: "mcp-proxy", command: mcpProxy.command },
+  { name: "serve", command: serve.command },
+  { name: "hook", command: hook.command },
+  { name: "token", command: token.command },
   { name: "checkpoint", command: transparency.checkpointCommand },
   { name: "checkpoints", command: transparency.checkpointsCommand },
   { name: "prove", command: transparency.proveCommand },

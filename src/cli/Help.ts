@@ -90,7 +90,11 @@ export const PLACEHOLDERS: Readonly<Record<string, string>> = {
   "--sessions": "N",
   "--calls": "N",
   "--seed": "N",
-  "--seal-every": "N"
+  "--seal-every": "N",
+  "--tokens": "FILE",
+  "--listen": "HOST:PORT",
+  "--spill": "FILE",
+  "--url": "URL"
 }
 
 const TYPE_PLACEHOLDERS: Readonly<Record<string, string>> = {

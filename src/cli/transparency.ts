@@ -1,7 +1,8 @@
 /**
  * Transparency-log commands (docs/FORMAT.md, "Transparency"):
- * - `checkpoint <db> --private-key FILE [--origin O] [--key]`: the ledger's signed checkpoint (or, with
- *   `--key`, the verifier key auditors check it with);
+ * - `checkpoint <db> --private-key FILE [--origin O] [--key] [--accept-key PUB]... [--adopt-unsigned-rows]`:
+ *   the ledger's signed checkpoint (or, with `--key`, the verifier key auditors check it with), over rows
+ *   signed by the key or an accepted previous one (unsigned rows only when adopted);
  * - `prove <db> --private-key FILE (--sequence N | --event-id ID | --consistency OLD_CHECKPOINT)`: a receipt
  *   for one row, or a consistency proof from an older checkpoint to now;
  * - `verify-receipt RECEIPT --key VERIFIER_KEY` and `verify-consistency PROOF --key VERIFIER_KEY`: offline,
@@ -18,7 +19,7 @@ import { writeText } from "./AtomicFile.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 import { openLedger } from "./InputFile.js"
-import { loadSigner } from "./shared.js"
+import { loadKeyring, loadSigner } from "./shared.js"
 import { printJson, printLine } from "./TerminalText.js"
 
 const readText = (file: string) =>
@@ -68,6 +69,26 @@ const origin = Options.text("origin").pipe(
   Options.withDescription("the log's origin, the checkpoint's first line (default: agent-ledger/<database name>)")
 )
 const out = Options.text("out").pipe(Options.optional, Options.withDescription("write here instead of stdout"))
+const acceptKeys = Options.text("accept-key").pipe(
+  Options.repeated,
+  Options.withDescription(
+    "a previous (rotated-out) public key of the ledger (SPKI PEM file) whose row signatures still count; repeatable"
+  )
+)
+
+/** The public keys of `--accept-key` files. */
+const acceptedKeys = (files: ReadonlyArray<string>) =>
+  Effect.map(loadKeyring(files), (keyring) => keyring.keyIds.flatMap((id) => Option.toArray(keyring.get(id))))
+
+/** Says on stderr which unsigned rows a checkpoint adopted (the operator vouched for them). */
+const reportAdopted = (adopted: LedgerTransparency.AdoptedRows | undefined) =>
+  adopted === undefined ? Effect.void : Console.error(
+    `agent-ledger: adopted ${adopted.count} unsigned row${
+      adopted.count === 1 ? "" : "s"
+    } (sequences ${adopted.first}..${adopted.last}): ` +
+      `the checkpoint's key now vouches for them`
+  )
+
 const verifierKey = Options.text("key").pipe(
   Options.withDescription("the verifier key: <origin>+<key id>+<base64 key> (agent-ledger checkpoint --key)")
 )
@@ -89,21 +110,35 @@ export const checkpointCommand = Command.make(
     db,
     privateKey,
     origin,
-    key: Options.boolean("key").pipe(Options.withDescription("print the verifier key instead of the checkpoint"))
+    key: Options.boolean("key").pipe(Options.withDescription("print the verifier key instead of the checkpoint")),
+    acceptKeys,
+    adoptUnsignedRows: Options.boolean("adopt-unsigned-rows").pipe(
+      Options.withDescription(
+        "also sign over rows since the last checkpoint that carry no signature (a ledger that ran without a key): " +
+          "you vouch for them; by default the first unsigned row is refused (exit 1)"
+      )
+    )
   },
   (options) =>
     Effect.gen(function*() {
       const signer = yield* loadSigner(options.privateKey)
       const name = yield* originOf(options.db, options.origin)
       if (options.key) return yield* printLine(SignedNote.verifierKey(name, signer.publicKey))
-      const { note } = yield* onLedger(options.db, LedgerTransparency.checkpointNow(name, signer))
+      const publicKeys = yield* acceptedKeys(options.acceptKeys)
+      const { adopted, note } = yield* onLedger(
+        options.db,
+        LedgerTransparency.checkpointNow(name, signer, { publicKeys, adoptUnsignedRows: options.adoptUnsignedRows })
+      )
+      yield* reportAdopted(adopted)
       yield* write(Option.none(), note)
     })
 ).pipe(Command.withDescription(commandHelp(
   "print the ledger's signed checkpoint (C2SP tlog-checkpoint as a signed note), or its verifier key",
   [
     "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem > checkpoint.txt",
-    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --key"
+    "agent-ledger checkpoint ./agent-ledger.db --private-key ./keys/agent-ledger-ed25519.pem --key",
+    "agent-ledger checkpoint ./agent-ledger.db --private-key new.pem --accept-key old.pub.pem > checkpoint.txt",
+    "agent-ledger checkpoint ./agent-ledger.db --private-key key.pem --adopt-unsigned-rows > checkpoint.txt"
   ],
   [0, 1, 2, 70, 130]
 )))
@@ -165,6 +200,7 @@ export const proveCommand = Command.make(
     privateKey: privateKey.pipe(Options.optional),
     origin,
     out,
+    acceptKeys,
     key: Options.text("key").pipe(
       Options.optional,
       Options.withDescription("without --private-key: the verifier key a saved or stored checkpoint is checked with")
@@ -242,7 +278,10 @@ export const proveCommand = Command.make(
                 })
               )
               : Effect.map(
-                onLedger(options.db, LedgerTransparency.checkpointNow(name, signer)),
+                Effect.flatMap(
+                  acceptedKeys(options.acceptKeys),
+                  (publicKeys) => onLedger(options.db, LedgerTransparency.checkpointNow(name, signer, { publicKeys }))
+                ),
                 ({ note, rootHash, size }) => ({ note, size, root: rootHash })
               )
         })
@@ -301,10 +340,11 @@ export const proveCommand = Command.make(
       )
       const receipt = LedgerTransparency.receiptFrom(row, against.size, proof[0]!, against.note)
       // The row's signature policy is the auditor's: here only that the row's signature holds if it has one.
+      const publicKeys = yield* acceptedKeys(options.acceptKeys)
       yield* checkBeforeWriting(
         receipt,
         verifierText,
-        (input, key) => LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: true })
+        (input, key) => LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: true, publicKeys })
       )
       yield* writeJson(options.out, receipt)
     })
@@ -367,16 +407,20 @@ export const verifyReceiptCommand = Command.make(
       Options.withDescription(
         "accept an unsigned row (a ledger that is not signed); by default the row must be signed by the key"
       )
-    )
+    ),
+    acceptKeys
   },
   (options) =>
-    verifyWith(
-      "receipt",
-      options.receipt,
-      options.key,
-      (input, key) => LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: options.allowUnsigned }),
-      (checkpoint: SignedNote.Checkpoint) => `the row is leaf of ${checkpoint.origin} at ${checkpoint.treeSize} leaves`
-    )
+    Effect.flatMap(acceptedKeys(options.acceptKeys), (publicKeys) =>
+      verifyWith(
+        "receipt",
+        options.receipt,
+        options.key,
+        (input, key) =>
+          LedgerTransparency.verifyReceipt(input, key, { allowUnsigned: options.allowUnsigned, publicKeys }),
+        (checkpoint: SignedNote.Checkpoint) =>
+          `the row is leaf of ${checkpoint.origin} at ${checkpoint.treeSize} leaves`
+      ))
 ).pipe(Command.withDescription(commandHelp(
   "check a receipt offline: the checkpoint's signature, the row's hashes and signature (by the same key), its inclusion proof",
   ["agent-ledger verify-receipt receipt.json --key \"agent-ledger/ledger+1a2b3c4d+AW...\""],

@@ -45,7 +45,7 @@ export interface VerifyOptions {
    * Without either, a bundle or `--checkpoint` is a usage error (exit 2).
    */
   readonly trustEmbeddedKey?: boolean | undefined
-  /** How many failures to list (databases and exports; a bundle lists up to the default). */
+  /** How many failing rows to list (of each kind: row checks, and a bundle's inclusion proofs). */
   readonly maxFailures: number
   readonly json: boolean
 }
@@ -289,6 +289,17 @@ const readJsonTarget = (target: string, what: string) =>
     (json) => new InputError({ message: `${target}: not a ${what}: ${describeTooDeep(findTooDeep(json)!)}` })
   ))
 
+/** Every row whose inclusion proof fails, as far as `--max-failures` lists them. */
+const unprovenLines = (count: number, listed: ReadonlyArray<number>): ReadonlyArray<string> =>
+  count === 0 ? [] : [
+    listed.length < count
+      ? `  unproven:      the first ${listed.length} of ${count} (--max-failures N lists more)`
+      : `  unproven:      ${count}`,
+    ...listed.map((sequence) =>
+      `    sequence ${sequence}: notIncluded — its proof does not lead to the checkpoint's root`
+    )
+  ]
+
 /** What a bundle checked with its own key proves, and what it does not. */
 const UNPINNED_BUNDLE_NOTE = [
   "  unpinned key:  the checkpoint verified with the key written in the bundle, which whoever made the file",
@@ -309,7 +320,8 @@ const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin:
         keyring,
         requireSigned: options.requireSigned,
         signedFrom: Option.getOrUndefined(options.signedFrom),
-        allowMixed: options.allowMixed
+        allowMixed: options.allowMixed,
+        maxFailures: options.maxFailures
       }),
       {
         onLeft: (error) => Effect.fail(new InputError({ message: `${options.target}: ${error.message}` })),
@@ -334,6 +346,7 @@ const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin:
       `  inclusion:     ${result.proven} of ${rows} rows proven in the checkpoint's tree${
         Option.match(result.firstUnproven, { onNone: () => "", onSome: (s) => ` (first unproven: sequence ${s})` })
       }`,
+      ...unprovenLines(rows - result.proven, result.unproven),
       ...(result.complete ? [] : ["  incomplete:    the rows are not exactly the stated range, each once, in order"]),
       ...reportLines(result.report),
       ...(pin === undefined
@@ -352,6 +365,8 @@ const verifyBundle = (options: VerifyOptions, keyring: AuditSigner.Keyring, pin:
       keyPinned: result.keyPinned,
       proven: result.proven,
       firstUnproven: Option.getOrNull(result.firstUnproven),
+      unprovenCount: rows - result.proven,
+      unproven: result.unproven,
       complete: result.complete,
       ...(pin === undefined ? {} : { pin: { ...pin, ok: pinOk } }),
       report: encodeReport(result.report)

@@ -10,6 +10,14 @@
  * call does not make later calls fail under the wrong rule. Tool and server names are compared as
  * `normalizeName` gives them, so look-alike names are the tools the rules name.
  *
+ * **Conditions on arguments.** `blockTools`, `callLimit`, `rateLimit` and `sequence` rules take an optional
+ * `when`: a list of `{ path, match }` conditions on the call's arguments, all of which must hold for the
+ * rule to apply to the call (a missing value holds for none). So `Read` of `**\/.env` is
+ * `{ kind: "blockTools", tools: ["Read"], when: [{ path: "file_path", match: { pathGlob: ["**\/.env"] } }] }`
+ * and a `Bash` command matching a regex is `when: [{ path: "command", match: { regex: "curl|wget" } }]`.
+ * `when` narrows which calls a rule checks, not what it counts: a `callLimit` or `rateLimit` still counts
+ * every earlier allowed call in its tool scope, and a `sequence` rule's `after` is by tool name.
+ *
  * **What reaches the ledger.** A refusal's row stores the call's arguments, and a signed, append-only ledger
  * cannot forget them: by default only their salted SHA-256 (salted per ledger, `LedgerSql.argumentSalt`)
  * and their size are stored. `argumentStorage.tools` says per tool which top-level argument fields are
@@ -18,6 +26,7 @@
 import canonicalize from "canonicalize"
 import { Effect, ParseResult, Schema } from "effect"
 import * as fs from "node:fs"
+import * as path from "node:path"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { Allow, Refuse, Warn } from "../audit/AuditEvent.js"
 import { sha256Hex } from "../internal/encoding.js"
@@ -51,7 +60,25 @@ const scope = {
   servers: Schema.optional(Patterns)
 }
 
-export const BlockTools = Schema.Struct({ kind: Schema.Literal("blockTools"), ...common, ...scope })
+export const ArgumentMatch = Schema.Union(
+  Schema.Struct({ equals: Schema.Unknown }),
+  Schema.Struct({ oneOf: Schema.Array(Schema.Unknown) }),
+  Schema.Struct({ regex: Schema.String }),
+  /**
+   * A file path matching any of these globs (`pathGlobMatch`): `**` any run of directories, `*` and `?`
+   * within one path segment; compared after the path is normalised, ignoring case.
+   */
+  Schema.Struct({ pathGlob: Patterns })
+)
+/** One condition of a rule's `when`: the value at `path` of the arguments satisfies `match`. */
+export const ArgumentCondition = Schema.Struct({
+  path: Schema.String.pipe(Schema.minLength(1)),
+  match: ArgumentMatch
+})
+/** A rule applies to a call only when every condition holds (see the module comment). */
+const when = { when: Schema.optional(Schema.Array(ArgumentCondition)) }
+
+export const BlockTools = Schema.Struct({ kind: Schema.Literal("blockTools"), ...common, ...scope, ...when })
 export const BlockServers = Schema.Struct({ kind: Schema.Literal("blockServers"), ...common, servers: Patterns })
 export const AllowTools = Schema.Struct({ kind: Schema.Literal("allowTools"), id: common.id, ...scope })
 export const Budget = Schema.Struct({
@@ -75,6 +102,7 @@ export const CallLimit = Schema.Struct({
   kind: Schema.Literal("callLimit"),
   ...common,
   ...scope,
+  ...when,
   /** Allowed calls at which the next is refused; 0 refuses every call in scope (and hides the tool). */
   max: NonNegativeInt,
   /**
@@ -87,6 +115,7 @@ export const RateLimit = Schema.Struct({
   kind: Schema.Literal("rateLimit"),
   ...common,
   ...scope,
+  ...when,
   /** Allowed calls within the window, this one excluded, at which the next is refused. */
   max: NonNegativeInt,
   windowSeconds: Schema.Number.pipe(Schema.positive())
@@ -94,6 +123,7 @@ export const RateLimit = Schema.Struct({
 export const Sequence = Schema.Struct({
   kind: Schema.Literal("sequence"),
   ...common,
+  ...when,
   /** A call to a tool matching `then`... */
   then: Patterns,
   /** ...after an allowed call to a tool matching `after`... */
@@ -101,11 +131,6 @@ export const Sequence = Schema.Struct({
   /** ...among the last `within` allowed calls. */
   within: PositiveInt
 })
-export const ArgumentMatch = Schema.Union(
-  Schema.Struct({ equals: Schema.Unknown }),
-  Schema.Struct({ oneOf: Schema.Array(Schema.Unknown) }),
-  Schema.Struct({ regex: Schema.String })
-)
 export const Arguments = Schema.Struct({
   kind: Schema.Literal("arguments"),
   ...common,
@@ -199,12 +224,15 @@ export const decode = (input: unknown): Effect.Effect<GuardPolicy, PolicyError> 
   }
   const policy = decoded.right
   for (const [i, rule] of policy.rules.entries()) {
-    if (rule.kind === "arguments" && "regex" in rule.match) {
-      const problem = regexError(rule.match.regex)
+    const matches: Array<readonly [string, typeof ArgumentMatch.Type]> = rule.kind === "arguments"
+      ? [[`rules.${i}.match`, rule.match]]
+      : "when" in rule && rule.when !== undefined
+      ? rule.when.map((condition, j) => [`rules.${i}.when.${j}.match`, condition.match] as const)
+      : []
+    for (const [at, match] of matches) {
+      const problem = "regex" in match ? regexError(match.regex) : undefined
       if (problem !== undefined) {
-        return Effect.fail(
-          new PolicyError({ path: `rules.${i}.match.regex`, detail: `not a regular expression: ${problem}` })
-        )
+        return Effect.fail(new PolicyError({ path: `${at}.regex`, detail: `not a regular expression: ${problem}` }))
       }
     }
   }
@@ -307,12 +335,58 @@ export const sameJson = (a: unknown, b: unknown): boolean => {
   return true
 }
 
+const pathGlobCache = new Map<string, RegExp>()
+
+/**
+ * A file path as `pathGlob` compares it: backslashes are separators, `.` and `..` segments and repeated
+ * slashes are resolved lexically (`a/../.env` is `.env`), so a spelling of the same path cannot slip past.
+ * Symbolic links are not resolved: the guard does not look at the file system.
+ */
+export const normalizePath = (value: string): string => path.posix.normalize(value.replace(/\\/g, "/"))
+
+/**
+ * Whether the file path `value` matches the glob `pattern`: `**\/` is any run of directories (none
+ * included), `**` any run of characters, `*` and `?` any run of characters and one character within a
+ * segment. Whole path, case ignored (case-insensitive file systems), after `normalizePath`.
+ */
+export const pathGlobMatch = (pattern: string, value: string): boolean => {
+  let re = pathGlobCache.get(pattern)
+  if (re === undefined) {
+    let source = ""
+    for (let i = 0; i < pattern.length; i++) {
+      const c = pattern[i]!
+      if (c === "*" && pattern[i + 1] === "*") {
+        if (pattern[i + 2] === "/") {
+          source += "(?:.*/)?"
+          i += 2
+        } else {
+          source += ".*"
+          i += 1
+        }
+      } else if (c === "*") source += "[^/]*"
+      else if (c === "?") source += "[^/]"
+      else source += c.replace(/[.+^${}()|[\]\\*?]/g, "\\$&")
+    }
+    re = new RegExp(`^${source}$`, "isu")
+    pathGlobCache.set(pattern, re)
+  }
+  return re.test(normalizePath(value))
+}
+
 const satisfies = (value: unknown, match: typeof ArgumentMatch.Type): boolean => {
   if (value === undefined) return false
   if ("equals" in match) return sameJson(value, match.equals)
   if ("oneOf" in match) return match.oneOf.some((option) => sameJson(value, option))
+  if ("pathGlob" in match) {
+    return typeof value === "string" && match.pathGlob.some((pattern) => pathGlobMatch(pattern, value))
+  }
   return typeof value === "string" && new RegExp(match.regex, "u").test(value)
 }
+
+/** Whether every condition of a rule's `when` holds for `args` (no `when`: it holds). */
+const conditionsHold = (conditions: ReadonlyArray<typeof ArgumentCondition.Type> | undefined, args: unknown) =>
+  conditions === undefined ||
+  conditions.every((condition) => satisfies(valueAt(args, condition.path), condition.match))
 
 // ---------------------------------------------------------------------------------------------------------
 // Evaluation
@@ -396,11 +470,19 @@ export const evaluate = (policy: GuardPolicy, call: GuardCall, snapshot: Snapsho
     return n
   }
   const check = (rule: Rule): Refuse | AwaitInFlight | undefined => {
+    if ("when" in rule && !conditionsHold(rule.when, call.arguments)) return undefined
     switch (rule.kind) {
       case "allowTools":
         return undefined
       case "blockTools":
-        return inScope(rule, call) ? fire(rule, "tool {tool} is blocked by the policy") : undefined
+        return inScope(rule, call)
+          ? fire(
+            rule,
+            rule.when === undefined
+              ? "tool {tool} is blocked by the policy"
+              : "this call of {tool} is blocked by the policy (its arguments match the rule)"
+          )
+          : undefined
       case "blockServers":
         return anyMatch(rule.servers, call.serverId)
           ? fire(rule, "server {server} is blocked by the policy")
@@ -510,10 +592,13 @@ const isListed = (policy: GuardPolicy, serverId: string, toolName: string): bool
 export const isVisible = (policy: GuardPolicy, serverId: string, toolName: string): boolean => {
   if (policy.hideRefusedTools !== true) return true
   if (policy.defaultAction === "deny" && !isListed(policy, serverId, toolName)) return false
+  // A rule with `when` refuses some calls of the tool, not the tool: it stays visible.
   return !policy.rules.some((rule) =>
-    (rule.kind === "blockTools" && rule.action !== "warn" && inScope(rule, { toolName, serverId })) ||
+    (rule.kind === "blockTools" && rule.action !== "warn" && rule.when === undefined &&
+      inScope(rule, { toolName, serverId })) ||
     (rule.kind === "blockServers" && rule.action !== "warn" && anyMatch(rule.servers, serverId)) ||
-    (rule.kind === "callLimit" && rule.max === 0 && rule.action !== "warn" && inScope(rule, { toolName, serverId }))
+    (rule.kind === "callLimit" && rule.max === 0 && rule.action !== "warn" && rule.when === undefined &&
+      inScope(rule, { toolName, serverId }))
   )
 }
 

@@ -67,6 +67,8 @@ export interface MakeOptions {
   readonly signer: AuditSigner.AuditSigner
   /** More public keys to include (e.g. of rotated-out signers whose rows are in the range). */
   readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
+  /** Sign over unsigned rows since the last checkpoint (see `LedgerTransparency.SignOptions`). Default false. */
+  readonly adoptUnsignedRows?: boolean | undefined
 }
 
 /**
@@ -125,7 +127,8 @@ export const make = (
       })
     }
     const { note, rootHash, size } = yield* LedgerTransparency.checkpointNow(options.origin, options.signer, {
-      publicKeys: options.publicKeys
+      publicKeys: options.publicKeys,
+      adoptUnsignedRows: options.adoptUnsignedRows
     })
     // Each proof is checked against the root just signed before it goes into the bundle; in batches, the
     // event loop getting its turn between them (the tree of `size` leaves does not change between batches).
@@ -176,6 +179,11 @@ export interface VerifyOptions {
   readonly requireSigned?: boolean | undefined
   readonly signedFrom?: number | undefined
   readonly allowMixed?: boolean | undefined
+  /**
+   * How many failing rows are listed at most, of each kind (`report.failures` for the row checks,
+   * `unproven` for the inclusion proofs); default `LedgerVerifier.DEFAULT_MAX_FAILURES`. The counts are exact.
+   */
+  readonly maxFailures?: number | undefined
 }
 
 export interface BundleVerification {
@@ -193,6 +201,8 @@ export interface BundleVerification {
   readonly proven: number
   /** The first row whose proof does not (or that lies past the checkpoint's tree). */
   readonly firstUnproven: Option.Option<number>
+  /** Every row whose proof does not lead to the checkpoint's root, in order, at most `maxFailures`. */
+  readonly unproven: ReadonlyArray<number>
   /** The rows are exactly `from_sequence`..`to_sequence`, each once, in order. */
   readonly complete: boolean
   readonly ok: boolean
@@ -251,8 +261,10 @@ export const verify = (
     expectedFirstPrevHash: rows[0]?.row.prev_hash,
     requireSigned: options.requireSigned,
     signedFrom: options.signedFrom,
-    allowMixed: options.allowMixed
+    allowMixed: options.allowMixed,
+    maxFailures: options.maxFailures
   })
+  const maxFailures = options.maxFailures ?? LedgerVerifier.DEFAULT_MAX_FAILURES
   // Proof hashes are strict standard base64 (docs/FORMAT.md): another spelling is not a bundle.
   const paths: Array<ReadonlyArray<Uint8Array>> = []
   for (const { inclusion_proof, row } of rows) {
@@ -262,6 +274,7 @@ export const verify = (
   }
   let proven = 0
   let firstUnproven: Option.Option<number> = Option.none()
+  const unproven: Array<number> = []
   for (const [i, { row }] of rows.entries()) {
     checker.check(row)
     const included = /^[0-9a-f]{64}$/.test(row.entry_hash) &&
@@ -272,8 +285,12 @@ export const verify = (
         paths[i]!,
         checkpoint.rootHash
       )
-    if (included) proven++
-    else if (Option.isNone(firstUnproven)) firstUnproven = Option.some(row.sequence)
+    if (included) {
+      proven++
+    } else {
+      if (Option.isNone(firstUnproven)) firstUnproven = Option.some(row.sequence)
+      if (unproven.length < maxFailures) unproven.push(row.sequence)
+    }
   }
   const report = checker.report()
   const complete = rows.length > 0 && rows.length === bundle.to_sequence - bundle.from_sequence + 1 &&
@@ -286,6 +303,7 @@ export const verify = (
     report,
     proven,
     firstUnproven,
+    unproven,
     complete,
     ok: Option.isNone(checkpointProblem) && report.ok && complete && proven === rows.length
   })

@@ -94,6 +94,11 @@ export class TransparencyRefusal extends Schema.TaggedError<TransparencyRefusal>
     "rewritten",
     /** A row appended since the last checkpoint does not verify (hashes, link, signature). */
     "unverifiedRow",
+    /**
+     * A row appended since the last checkpoint carries no signature, and the signer was not told to adopt
+     * unsigned rows (`SignOptions.adoptUnsignedRows`): a keyless writer can strip every signature.
+     */
+    "unsignedRow",
     /** The proof asked for cannot be made (a row past the tree, no such checkpoint). */
     "unprovable"
   ),
@@ -270,23 +275,40 @@ const rebuildOn = (sql: Sql, size: number) =>
     return { frontier, repaired }
   })
 
+/** Unsigned rows a checkpoint signed over because the operator adopted them (`adoptUnsignedRows`). */
+export interface AdoptedRows {
+  readonly count: number
+  /** The first and the last of them (others may be signed rows in between). */
+  readonly first: number
+  readonly last: number
+}
+
 /** What the signed tree of the ledger now is: its size and root, and the stored subtrees repaired. */
 export interface SignedTree {
   readonly size: number
   readonly rootHash: Hash
   readonly repaired: ReadonlyArray<RepairedNode>
+  /** The unsigned rows adopted (none: every row since the last checkpoint was signed by an accepted key). */
+  readonly adopted: AdoptedRows | undefined
 }
 
-/** The checkpoints of `origin` stored in the ledger whose signature by `verifier` holds, newest first. */
-const lastSignedCheckpointOn = (sql: Sql, origin: string, verifier: SignedNote.Verifier) =>
+/**
+ * The largest checkpoint of `origin` stored in the ledger whose signature by one of `verifiers` (the
+ * signer's key, then the accepted previous keys) holds: what the ledger's key already vouched for.
+ */
+const lastSignedCheckpointOn = (sql: Sql, origin: string, verifiers: ReadonlyArray<SignedNote.Verifier>) =>
   Effect.gen(function*() {
     for (let offset = 0; offset < MAX_CHECKPOINTS_SCANNED; offset += 50) {
       const rows = yield* sql<{ tree_size: number; note: string }>`
         SELECT tree_size, note FROM checkpoints WHERE origin = ${origin}
         ORDER BY tree_size DESC LIMIT 50 OFFSET ${offset}`
       for (const row of rows) {
-        const checkpoint = checkpointOf(row.note, verifier)
-        if (Either.isRight(checkpoint) && checkpoint.right.treeSize === Number(row.tree_size)) return checkpoint.right
+        for (const verifier of verifiers) {
+          const checkpoint = checkpointOf(row.note, verifier)
+          if (Either.isRight(checkpoint) && checkpoint.right.treeSize === Number(row.tree_size)) {
+            return checkpoint.right
+          }
+        }
         yield* Effect.logWarning(
           `agent-ledger: the stored checkpoint of ${origin} at ${row.tree_size} leaves is not signed by its key: ignored`
         )
@@ -297,26 +319,41 @@ const lastSignedCheckpointOn = (sql: Sql, origin: string, verifier: SignedNote.V
   })
 
 export interface SignOptions {
-  /** More public keys whose row signatures are accepted (rotated-out signers), beside the signer's own. */
+  /**
+   * More public keys whose row signatures are accepted (the ledger's previous, rotated-out keys), beside
+   * the signer's own. A row signed by any other key is refused (`unverifiedRow`).
+   */
   readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
+  /**
+   * Sign over rows since the last checkpoint this key signed that carry no signature at all. By default
+   * the key signs only rows signed by it (or by a key in `publicKeys`), and the first unsigned row is
+   * refused (`unsignedRow`): whoever can write the database but holds no key can strip every signature
+   * and append made-up unsigned rows, and without this rule the ledger would then look unsigned and be
+   * signed as it is. Adopting is the operator vouching for those rows (a ledger that ran unsigned before
+   * it got a key); the result's `adopted` says how many and which. Never set by the layer's checkpointer.
+   */
+  readonly adoptUnsignedRows?: boolean | undefined
 }
 
 /**
  * The tree the key may sign now, on the ledger's client in context (inside the caller's transaction):
- * 1. the last checkpoint of `origin` the signer signed (stored in `checkpoints`; forged ones are skipped);
+ * 1. the last checkpoint of `origin` the signer signed, or an accepted previous key of the ledger (stored in
+ *    `checkpoints`; forged ones are skipped);
  * 2. the stored subtrees that make its root, and row size-1's proof in it, checked against that root; a
  *    cache that disagrees is rebuilt from the rows, which must then give that root (else: `rewritten`);
- * 3. every row since then verified (hashes, link to the last, signature: rows signed by the signer's key
- *    from the first it signed on, no unsigned row after a signed one), and its subtrees computed from
- *    those rows and the checkpoint's frontier, stored or repaired.
+ * 3. every row since then verified (hashes, link to the last, a valid signature by the signer's key or an
+ *    accepted one; an unsigned row only when `adoptUnsignedRows`), and its subtrees computed from those
+ *    rows and the checkpoint's frontier, stored or repaired.
  */
 const signedTreeBody = (origin: string, signer: AuditSigner.AuditSigner, options: SignOptions) =>
   Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
     Effect.gen(function*() {
       const sql = client.withoutTransforms()
-      const verifier = Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(origin, signer.publicKey)))
+      const verifiers = [signer.publicKey, ...(options.publicKeys ?? [])].map((key) =>
+        Either.getOrThrow(SignedNote.parseVerifierKey(SignedNote.verifierKey(origin, key)))
+      )
       const size = yield* chainSizeOn(sql)
-      const anchor = yield* lastSignedCheckpointOn(sql, origin, verifier)
+      const anchor = yield* lastSignedCheckpointOn(sql, origin, verifiers)
       const anchored = anchor?.treeSize ?? 0
       if (anchored > size) {
         return yield* new TransparencyRefusal({
@@ -345,11 +382,39 @@ const signedTreeBody = (origin: string, signer: AuditSigner.AuditSigner, options
         }
         frontier = rebuilt.frontier
       }
+      const adopted = yield* unsignedSince(sql, anchored, size, options)
       const grown = yield* extendVerified(sql, frontier!, size, signer, options)
       repaired.push(...grown)
       yield* warnRepairs(repaired)
-      return { size, rootHash: frontier!.root(), repaired } satisfies SignedTree
+      return { size, rootHash: frontier!.root(), repaired, adopted } satisfies SignedTree
     }))
+
+/**
+ * The unsigned rows among `from` .. `size` - 1: refused (`unsignedRow`, naming the first) unless
+ * `adoptUnsignedRows`, then returned to be reported. None: undefined.
+ */
+const unsignedSince = (sql: Sql, from: number, size: number, options: SignOptions) =>
+  Effect.gen(function*() {
+    const [found] = yield* sql<{ n: number | string; first: number | null; last: number | null }>`
+      SELECT COUNT(*) AS n, MIN(sequence) AS first, MAX(sequence) AS last FROM signed_events
+      WHERE sequence >= ${from} AND sequence < ${size} AND (signature IS NULL OR attest_level = 'unsigned')`
+    const count = Number(found?.n ?? 0)
+    if (count === 0 || found?.first === null || found?.first === undefined) return undefined
+    const adopted: AdoptedRows = { count, first: Number(found.first), last: Number(found.last) }
+    if (options.adoptUnsignedRows === true) return adopted
+    const range = adopted.first === adopted.last ? `${adopted.first}` : `${adopted.first}..${adopted.last}`
+    return yield* new TransparencyRefusal({
+      reason: "unsignedRow",
+      sequence: adopted.first,
+      detail:
+        `the row at sequence ${adopted.first} is unsigned (${count} unsigned row${
+          count === 1 ? "" : "s"
+        } in ${range} since the last checkpoint this key signed): the key signs only rows signed by it or by an ` +
+        `accepted key, since whoever can write the database can strip signatures; nothing signed. If these ` +
+        `rows are the ledger's own, written while it had no key, adopt them: agent-ledger checkpoint ` +
+        `--adopt-unsigned-rows`
+    })
+  })
 
 /** Rows `frontier.size` .. `size` - 1 verified as a chain and pushed onto `frontier`; their subtrees stored. */
 const extendVerified = (
@@ -361,16 +426,16 @@ const extendVerified = (
 ) =>
   Effect.gen(function*() {
     const keyring = AuditSigner.Keyring.make([signer.publicKey, ...(options.publicKeys ?? [])])
-    const [signedFrom] = yield* sql<{ s: number | null }>`
-      SELECT MIN(sequence) AS s FROM signed_events WHERE key_id = ${AuditSigner.keyIdOf(signer.publicKey)}`
     const [previous] = frontier.size === 0 ? [undefined] : yield* sql<{ h: string }>`
       SELECT entry_hash AS h FROM signed_events WHERE sequence = ${frontier.size - 1}`
     const checker = LedgerVerifier.makeChecker({
       keyring,
       expectedFirstSequence: frontier.size,
       expectedFirstPrevHash: previous?.h ?? ZERO_HASH,
-      // Rows before the first this key signed may be unsigned (a ledger that began unsigned).
-      signedFrom: signedFrom?.s === null || signedFrom?.s === undefined ? Number.MAX_SAFE_INTEGER : Number(signedFrom.s)
+      // Every row signed by an accepted key; unsigned ones only when the operator adopts them (`unsignedSince`
+      // counted and named them first). Where the rows were signed is never read from the database: a writer
+      // without the key could strip them all.
+      ...(options.adoptUnsignedRows === true ? { allowMixed: true } : { requireSigned: true })
     })
     const repaired: Array<RepairedNode> = []
     while (frontier.size < size) {
@@ -867,11 +932,16 @@ export interface ReceiptOptions {
    * in the tree.
    */
   readonly allowUnsigned?: boolean | undefined
+  /**
+   * The ledger's previous (rotated-out) public keys: a row signed by one of them counts as the ledger's,
+   * beside the checkpoint's key. The auditor's to give (a receipt never carries keys).
+   */
+  readonly publicKeys?: ReadonlyArray<KeyObject> | undefined
 }
 
 /**
- * The row's signature by the checkpoint's key (the ledger's key): an `ed25519` row must be signed by that
- * key, validly; an `unsigned` row is accepted only with `allowUnsigned`.
+ * The row's signature by the checkpoint's key (the ledger's key) or an accepted previous one: an `ed25519`
+ * row must be signed by one of them, validly; an `unsigned` row is accepted only with `allowUnsigned`.
  */
 const checkRowSignature = (
   row: typeof Row.Type,
@@ -892,19 +962,20 @@ const checkRowSignature = (
   if (row.attest_level !== "ed25519" || row.signature === null || row.key_id === null) {
     return fail("rowSignature", `${at} has attest level ${row.attest_level} without both signature and key id`)
   }
+  const keyring = AuditSigner.Keyring.make([verifier.publicKey, ...(options.publicKeys ?? [])])
   const keyId = AuditSigner.keyIdOf(verifier.publicKey)
-  if (row.key_id !== keyId) {
-    return fail("rowSignature", `${at} is signed by key ${row.key_id}, not by the checkpoint's key ${keyId}`)
+  if (Option.isNone(keyring.get(row.key_id))) {
+    return fail(
+      "rowSignature",
+      `${at} is signed by key ${row.key_id}, not by the checkpoint's key ${keyId}${
+        keyring.size > 1 ? " nor an accepted one" : ""
+      }`
+    )
   }
-  const verdict = AuditSigner.verifySignature(
-    AuditSigner.Keyring.make([verifier.publicKey]),
-    keyId,
-    Buffer.from(row.entry_hash, "hex"),
-    row.signature
-  )
+  const verdict = AuditSigner.verifySignature(keyring, row.key_id, Buffer.from(row.entry_hash, "hex"), row.signature)
   return verdict === "valid"
     ? Either.right(undefined)
-    : fail("rowSignature", `${at}: its signature is not valid for the checkpoint's key ${keyId}`)
+    : fail("rowSignature", `${at}: its signature is not valid for key ${row.key_id}`)
 }
 
 /**

@@ -1,0 +1,56 @@
+/**
+ * `agent-ledger serve` in one Layer: the guard (`McpGuard` on the policy, with the ledger's argument salt),
+ * the Claude Code hooks on it, the per-token rate limiter and the HTTP routes on the given HTTP server
+ * layer. The ledger (`AuditLedger.layerFor`: `AuditQueue` and `LedgerSql`) comes from the caller.
+ *
+ * Build order is the shutdown order reversed, which is the contract: the server is built last, so on
+ * shutdown it stops taking requests (and finishes those in flight) first; then the hooks seal every open
+ * session (calls in flight end as interrupted); then the caller's ledger flushes its queue and closes.
+ */
+import type * as HttpServer from "@effect/platform/HttpServer"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Effect, Layer } from "effect"
+import type * as AuditQueue from "../audit/AuditQueue.js"
+import * as GuardPolicy from "../guard/GuardPolicy.js"
+import * as McpGuard from "../guard/McpGuard.js"
+import * as SessionJournals from "../journal/SessionJournals.js"
+import * as LedgerSql from "../ledger/LedgerSql.js"
+import * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
+import * as GuardServer from "./GuardServer.js"
+import * as RateLimiter from "./RateLimiter.js"
+
+export interface Options extends GuardServer.Options {
+  readonly policy: GuardPolicy.GuardPolicy
+  /** See `McpGuard.Options.failClosed`. */
+  readonly failClosed?: boolean | undefined
+  /** See `McpGuard.Options.sealEvery`. */
+  readonly sealEvery?: number | undefined
+  readonly hooks?: ClaudeCodeHooks.Options | undefined
+  /** Requests per second per token; default 50, burst 100. */
+  readonly rateLimit?: RateLimiter.Options | undefined
+}
+
+/** The guard on the policy, with its own journals and the ledger's argument salt. */
+export const guardLayer = (
+  options: Pick<Options, "policy" | "failClosed" | "sealEvery">
+): Layer.Layer<McpGuard.McpGuard, SqlError, AuditQueue.AuditQueue | LedgerSql.LedgerSql> =>
+  Layer.effect(
+    McpGuard.McpGuard,
+    Effect.gen(function*() {
+      const salt = yield* LedgerSql.argumentSalt
+      return yield* McpGuard.make({
+        policy: GuardPolicy.engine(options.policy, { salt }),
+        failClosed: options.failClosed,
+        sealEvery: options.sealEvery
+      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
+    })
+  )
+
+/** Everything `serve` runs, on `server` (e.g. `NodeHttpServer.layer(...)`); its outputs are kept. */
+export const layer = <ROut, E, R>(options: Options, server: Layer.Layer<ROut | HttpServer.HttpServer, E, R>) =>
+  GuardServer.layer(options).pipe(
+    Layer.provideMerge(server),
+    Layer.provide(RateLimiter.layer(options.rateLimit ?? { perSecond: 50, burst: 100 })),
+    Layer.provideMerge(ClaudeCodeHooks.layer(options.hooks)),
+    Layer.provideMerge(guardLayer(options))
+  )
