@@ -193,7 +193,9 @@ describe("the stored tree, checkpoints and bundles", () => {
       }
       setImmediate(turn)
       yield* Effect.addFinalizer(() => Effect.sync(() => void (turns.stopped = true)))
-      const checkpoint = yield* LedgerTransparency.checkpointNow("agent-ledger/long-reads", signer).pipe(
+      const checkpoint = yield* LedgerTransparency.checkpointNow("agent-ledger/long-reads", signer, {
+        adoptUnsignedRows: true
+      }).pipe(
         Effect.provide(onLedger(file))
       )
       turns.stopped = true
