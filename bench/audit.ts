@@ -1,7 +1,9 @@
 /**
  * The audit pipeline's figures (bench/results.json IDs `audit.*`), each beside the hardware's own bound
  * measured in the same run on the same file system: raw better-sqlite3 inserts of rows of the ledger's
- * shape (one transaction per row, or 512 per transaction) and a node:crypto Ed25519 sign loop.
+ * shape (one transaction per row, or 512 per transaction) and a node:crypto Ed25519 sign loop; two
+ * threads signing at once beside twice one thread (whether a signing pool would pay); `submit`'s p99 while
+ * a backlog drains beside its p99 on an idle queue.
  */
 import Database from "better-sqlite3"
 import type { Duration } from "effect"
@@ -9,6 +11,7 @@ import { DateTime, Effect, Logger } from "effect"
 import { generateKeyPairSync, sign as ed25519Sign } from "node:crypto"
 import { join } from "node:path"
 import { performance } from "node:perf_hooks"
+import { Worker } from "node:worker_threads"
 import { canonicalJson, GOVERNANCE_REFUSAL_EVENT_TYPE, payloadHash } from "../src/audit/AuditEvent.js"
 import { DeferredAuditEvent, Refuse, ToolCall } from "../src/audit/AuditEvent.js"
 import * as AuditMetrics from "../src/audit/AuditMetrics.js"
@@ -221,6 +224,60 @@ const submitWhileDraining = (mode: BenchMode, backlog: number, samples: number) 
     )
   ))
 
+/** p99 of `submit` (µs) on the same probes with nothing queued and nothing draining: its bound. */
+const submitIdle = (mode: BenchMode, samples: number) =>
+  Effect.runPromise(quiet(
+    Effect.gen(function*() {
+      const queue = yield* AuditQueue.AuditQueue
+      const probes = events(samples, "idle")
+      const latencies: Array<number> = []
+      for (let i = 0; i < samples; i++) {
+        // Each probe waits until the previous one has drained: nothing else is queued when it is submitted.
+        yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+        if (i % 16 === 0) yield* queue.drainPending("1 minute")
+        const start = performance.now()
+        yield* queue.submit(probes[i]!)
+        latencies.push((performance.now() - start) * 1000)
+      }
+      return quantile(latencies, 0.99)
+    }).pipe(
+      Effect.provide(AuditLedger.layerSqlite({ filename: freshFile(mode, "idle"), synchronous: "FULL" }))
+    )
+  ))
+
+/**
+ * Ed25519 signatures per second on two threads at once (one key each, as a pool would sign a batch's
+ * entry hashes), beside twice one thread's rate measured just before on the same threads: whether a second
+ * core pays for signing on this machine.
+ */
+const ed25519TwoThreads = async (n: number): Promise<{ readonly two: number; readonly one: number }> => {
+  const source = `const { parentPort } = require("node:worker_threads")
+const { generateKeyPairSync, sign } = require("node:crypto")
+const { privateKey } = generateKeyPairSync("ed25519")
+const message = Buffer.alloc(32, 7)
+parentPort.on("message", (n) => {
+  for (let i = 0; i < n; i++) { message[0] = i & 0xff; sign(null, message, privateKey).toString("hex") }
+  parentPort.postMessage(n)
+})`
+  const threads = [new Worker(source, { eval: true }), new Worker(source, { eval: true })]
+  const run = (thread: Worker, count: number) =>
+    new Promise<void>((resolve) => {
+      thread.once("message", () => resolve())
+      thread.postMessage(count)
+    })
+  try {
+    await Promise.all(threads.map((thread) => run(thread, 200)))
+    let start = performance.now()
+    await run(threads[0]!, n)
+    const one = perSecond(n, performance.now() - start)
+    start = performance.now()
+    await Promise.all(threads.map((thread) => run(thread, n / 2)))
+    return { two: perSecond(n, performance.now() - start), one }
+  } finally {
+    await Promise.all(threads.map((thread) => thread.terminate()))
+  }
+}
+
 /** Acknowledged events per second with `fibers` concurrent fibers each waiting on `submitAndWait`. */
 const submitAndWaitPerSecond = (mode: BenchMode, n: number, fibers: number): Promise<number> => {
   const all = events(n, "ack")
@@ -275,6 +332,15 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   )
   figures["audit.groupCommitSigned"] = bounded(signed.value, "events/s", signed.bound)
 
+  // A signing pool pays only if two threads sign nearly twice as fast as one here.
+  const pool: Array<{ readonly two: number; readonly one: number }> = []
+  for (let r = 0; r < mode.rounds; r++) pool.push(await ed25519TwoThreads(mode.size(40_000, 2_000)))
+  figures["audit.ed25519TwoThreads"] = bounded(
+    median(pool.map((p) => p.two)),
+    "signatures/s",
+    2 * median(pool.map((p) => p.one))
+  )
+
   // Transparency checkpoints (the stored tree extended, a note signed and kept) every 250 ms while the
   // signed pipeline runs flat out, against the same pipeline without them: the cost of checkpointing.
   const checkpointed = await sideBySide(
@@ -285,7 +351,8 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   figures["audit.groupCommitCheckpointed"] = bounded(checkpointed.value, "events/s", checkpointed.bound)
 
   const draining = await submitWhileDraining(mode, mode.size(1_000_000, 5_000), mode.size(5_000, 200))
-  figures["audit.submitP99WhileDraining"] = figure(draining.p99, "µs")
+  const idleP99 = await submitIdle(mode, mode.size(5_000, 200))
+  figures["audit.submitP99WhileDraining"] = bounded(draining.p99, "µs", idleP99)
   figures["audit.queueHeapBytesPerEvent"] = figure(draining.heapPerEvent, "bytes")
 
   const acks: Array<number> = []

@@ -33,7 +33,7 @@ const events = (n: number, prefix: string): ReadonlyArray<DeferredAuditEvent> =>
     }, true))
 
 /** A 1 ms interval timer recording each tick's lateness (ms past its due time) until stopped. */
-const lateness = () => {
+export const lateness = () => {
   const samples: Array<number> = []
   let due = performance.now() + 1
   const timer = setInterval(() => {
@@ -49,7 +49,7 @@ const lateness = () => {
   }
 }
 
-const summary = (samples: ReadonlyArray<number>) => ({
+export const summary = (samples: ReadonlyArray<number>) => ({
   p50: quantile(samples, 0.5),
   p99: quantile(samples, 0.99),
   max: Math.max(...samples),

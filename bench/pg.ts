@@ -7,6 +7,11 @@
  * - `pg.groupCommit4Writers`: group commit, 4 writer processes on one chain (events/s in total, from the
  *   first writer's first submit to the last writer's last acknowledgement).
  * - `pg.groupCommitSpeedup`: `pg.groupCommit` / `pg.perEventCommit`.
+ * - `pg.groupCommitSigned`: group commit, signed, the rows hashed and signed in the row thread (the
+ *   default), beside the same with `writerThread: false` (hashed and signed on the caller's thread).
+ * - `pg.messageLatenessP99WhileDrainingSigned`: a 1 ms timer's p99 lateness (bench/guard.ts) on the
+ *   caller's thread while those signed events drain, beside the same with `writerThread: false`: what
+ *   moving the CPU work off the thread pays.
  */
 import { Effect } from "effect"
 import { execFile, execFileSync } from "node:child_process"
@@ -15,10 +20,12 @@ import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { promisify } from "node:util"
 import { AuditQueue } from "../src/audit/AuditQueue.js"
+import * as AuditSigner from "../src/audit/AuditSigner.js"
 import * as AuditLedger from "../src/AuditLedger.js"
 import { refusalEvent } from "../test/fixtures/events.js"
+import { lateness, summary } from "./guard.js"
 import type { BenchMode, Figures } from "./harness.js"
-import { figure, median, perSecond } from "./harness.js"
+import { bounded, figure, median, perSecond } from "./harness.js"
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..")
 
@@ -36,16 +43,24 @@ const withDatabase = async <A>(adminUrl: string, use: (url: string) => Promise<A
 
 /** Events per second for `count` submits drained into the ledger at `url`, schema set up beforehand. */
 const pipelineRate = (url: string, count: number, maxBatch: number): Promise<number> =>
-  Effect.runPromise(
-    Effect.gen(function*() {
-      const queue = yield* AuditQueue
-      const events = Array.from({ length: count }, (_, i) => refusalEvent("bench", i))
-      const start = performance.now()
-      for (const event of events) yield* queue.submit(event)
-      yield* queue.drainPending("10 minutes")
-      return perSecond(count, performance.now() - start)
-    }).pipe(Effect.provide(AuditLedger.layerPg({ url, maxBatch, shutdownDrainTimeout: "1 minute" })))
-  )
+  Effect.map(pipeline(url, count, { maxBatch }), ({ rate }) => rate).pipe(Effect.runPromise)
+
+/** `count` submits drained into the ledger at `url`: the rate, and the 1 ms timer's p99 lateness meanwhile. */
+const pipeline = (
+  url: string,
+  count: number,
+  options: { readonly maxBatch: number; readonly signer?: AuditSigner.AuditSigner; readonly writerThread?: boolean }
+) =>
+  Effect.gen(function*() {
+    const queue = yield* AuditQueue
+    const events = Array.from({ length: count }, (_, i) => refusalEvent("bench", i))
+    const start = performance.now()
+    for (const event of events) yield* queue.submit(event)
+    const probe = lateness()
+    yield* queue.drainPending("10 minutes")
+    const rate = perSecond(count, performance.now() - start)
+    return { rate, p99: summary(probe.stop()).p99 }
+  }).pipe(Effect.provide(AuditLedger.layerPg({ url, shutdownDrainTimeout: "1 minute", ...options })))
 
 /**
  * Events per second of 4 writer processes on one chain, over the window from the first writer's first
@@ -81,6 +96,26 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
     console.error("bench: AGENT_LEDGER_PG_URL is not set; the PostgreSQL figures are skipped")
     return {}
   }
+  const signer = await Effect.runPromise(AuditSigner.generate)
+  const signedN = mode.size(20_000, 500)
+  // Alternating rounds, the row thread and the caller's thread, each in a fresh database.
+  const threaded: Array<{ readonly rate: number; readonly p99: number }> = []
+  const inThread: Array<{ readonly rate: number; readonly p99: number }> = []
+  for (let round = 0; round < mode.rounds; round++) {
+    inThread.push(
+      await withDatabase(
+        adminUrl,
+        (url) => Effect.runPromise(pipeline(url, signedN, { maxBatch: 512, signer, writerThread: false }))
+      )
+    )
+    threaded.push(
+      await withDatabase(adminUrl, (url) => Effect.runPromise(pipeline(url, signedN, { maxBatch: 512, signer })))
+    )
+  }
+  const signed = {
+    value: { rate: median(threaded.map((r) => r.rate)), p99: median(threaded.map((r) => r.p99)) },
+    bound: { rate: median(inThread.map((r) => r.rate)), p99: median(inThread.map((r) => r.p99)) }
+  }
   const perEvent: Array<number> = []
   const group: Array<number> = []
   const writers: Array<number> = []
@@ -93,6 +128,8 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
     "pg.perEventCommit": figure(median(perEvent), "events/s"),
     "pg.groupCommit": figure(median(group), "events/s"),
     "pg.groupCommit4Writers": figure(median(writers), "events/s"),
-    "pg.groupCommitSpeedup": figure(median(group) / median(perEvent), "ratio")
+    "pg.groupCommitSpeedup": figure(median(group) / median(perEvent), "ratio"),
+    "pg.groupCommitSigned": bounded(signed.value.rate, "events/s", signed.bound.rate),
+    "pg.messageLatenessP99WhileDrainingSigned": bounded(signed.value.p99, "ms", signed.bound.p99)
   }
 }

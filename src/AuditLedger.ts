@@ -59,7 +59,8 @@ export interface SqliteOptions {
    * Run the ledger's writes (row hashes, signatures, inserts, the commit's fsync) in a worker thread with
    * its own connection (`LedgerWriter`), so the guard's thread never waits on them. Default true; the
    * writes stay on the caller's thread for `:memory:` and for a signer not made by `AuditSigner` (its key
-   * cannot be handed over). PostgreSQL ledgers ignore it.
+   * cannot be handed over). On PostgreSQL the connection stays on the caller's thread (an async client) and
+   * the rows' hashes and signatures are computed in the thread (`LedgerWriter.makeRowHasher`).
    */
   readonly writerThread?: boolean | undefined
   /**
@@ -155,7 +156,17 @@ export interface PgOptions extends Omit<SqliteOptions, "filename" | "synchronous
 export const layerPg = (
   options: PgOptions
 ): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
-  layerOn(LedgerSql.layerPg({ url: options.url, maxConnections: options.maxConnections }), options)
+  layerOn(
+    LedgerSql.layerPg({ url: options.url, maxConnections: options.maxConnections }),
+    options,
+    options.writerThread !== false && LedgerWriter.signerCanMove(options.signer)
+      ? LedgerWriter.layerHashingSink({
+        signer: options.signer,
+        retrySchedule: options.retrySchedule,
+        maxTransactionBytes: options.maxTransactionBytes
+      })
+      : undefined
+  )
 
 /** `layerPg` for a `postgres://` URL, else `layerSqlite` for a file name: what the CLI's `--db` takes. */
 export const layerFor = (
@@ -171,7 +182,7 @@ export const layerFor = (
 const layerOn = <E>(
   database: Layer.Layer<LedgerSql.LedgerSql, E>,
   options: Omit<SqliteOptions, "filename">,
-  threadSink?: Layer.Layer<SqlAuditSink.SqlAuditSink | AuditSink, never, LedgerSql.LedgerSql>
+  threadSink?: Layer.Layer<SqlAuditSink.SqlAuditSink | AuditSink, SqlError, LedgerSql.LedgerSql>
 ): Layer.Layer<LedgerServices, E | SqlError | ParseResult.ParseError> => {
   const sink = threadSink ?? SqlAuditSink.layer({
     signer: options.signer,

@@ -20,6 +20,7 @@ import * as DeadLetters from "../src/ledger/DeadLetters.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
 import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
 import * as LedgerWriter from "../src/ledger/LedgerWriter.js"
+import * as SqlAuditSink from "../src/ledger/SqlAuditSink.js"
 import { refusalEvent } from "./fixtures/events.js"
 import { sqliteWithClient } from "./fixtures/ledgerSql.js"
 
@@ -164,4 +165,33 @@ describe("the writer thread", () => {
       expect(defect?._tag).toBe("Some")
       expect(defect?._tag === "Some" ? defect.value : undefined).toBeInstanceOf(LedgerWriter.WriterThreadDied)
     }))
+
+  it.live("the row thread (PostgreSQL's): the rows the sink would hash and sign here; terminated mid-request, restarted, answered", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const signer = yield* AuditSigner.generate
+      const hasher = yield* LedgerWriter.makeRowHasher({ signer })
+      const batch = Array.from({ length: 300 }, (_, n): SqlAuditSink.PreparedEvent => ({
+        id: `0190aaaa-0000-7000-8000-${String(n).padStart(12, "0")}`,
+        agentId: `agent-${n % 7}`,
+        eventType: "governance.refusal",
+        payload: JSON.stringify({ n, text: "é\u{1F600}".repeat(n % 5) }),
+        timestamp: "2026-01-01T00:00:00.000Z"
+      }))
+      const head = { sequence: 41, entryHash: "ab".repeat(32) }
+      const here = SqlAuditSink.hashRowsAfter(batch, head, signer)
+      expect(yield* hasher.hashRows(batch, head)).toEqual(here)
+      expect(yield* hasher.hashRows(batch, undefined)).toEqual(SqlAuditSink.hashRowsAfter(batch, undefined, signer))
+      // Every signature covers its own chained entry hash.
+      const keyring = AuditSigner.Keyring.fromSigners([signer])
+      expect(
+        here.map((row) =>
+          AuditSigner.verifySignature(keyring, signer.keyId, Buffer.from(row.entryHash, "hex"), row.signature!)
+        )
+      ).toEqual(here.map(() => "valid"))
+      // The thread dies while a request is in flight: the request is sent again to a fresh thread.
+      const inFlight = yield* Effect.fork(hasher.hashRows(batch, head))
+      yield* hasher.terminate
+      expect(yield* inFlight.await.pipe(Effect.flatten)).toEqual(here)
+      expect(yield* hasher.threadStarts).toBe(2)
+    })))
 })

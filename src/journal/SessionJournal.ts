@@ -14,11 +14,12 @@
  * comes from `Clock`.
  */
 import canonicalize from "canonicalize"
-import { Context, Deferred, Effect, Exit, FiberId, Layer, ParseResult, Schema } from "effect"
+import type { Fiber } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, FiberId, Layer, ParseResult, Schema } from "effect"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
 import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
-import { debugSpan } from "../internal/tracing.js"
+import { debugEnabled, debugSpan } from "../internal/tracing.js"
 import type * as JournalStore from "../ledger/JournalStore.js"
 
 /** The `format` of a `JournalExport` written now (v2 entries; v1 entries of a restored journal kept). */
@@ -295,13 +296,20 @@ class EntryEncoder {
    */
   hashRaw(sequence: number, fields: EntryFields, log: EntryLog, keepInput = false): Buffer {
     const at = this.#reserve(sequence, fields)
-    log.copyHash(sequence - 1, this.#buffer, at)
+    // Appending, the previous hash is the one this encoder just computed: a native copy of it, not a lookup.
+    if (this.#last !== undefined && this.#lastSequence === sequence - 1) this.#buffer.set(this.#last, at)
+    else log.copyHash(sequence - 1, this.#buffer, at)
     const input = this.#buffer.subarray(0, this.#encodeRest(at + 32, fields))
     if (keepInput) this.lastInput = Buffer.from(input)
-    return digestBytes(input)
+    const hash = digestBytes(input)
+    this.#last = hash
+    this.#lastSequence = sequence
+    return hash
   }
 
   lastInput: Buffer = Buffer.alloc(0)
+  #last: Buffer | undefined
+  #lastSequence = -1
 
   /** Room for the input; returns where the previous hash goes (after the prefix and the sequence). */
   #reserve(sequence: number, input: EntryFields): number {
@@ -854,17 +862,25 @@ const fromState = (sessionId: string, state: State, options: Options = {}): Effe
     // Clock time is read before the append: under concurrent recording, timestamps follow the order in which
     // callers asked, which can differ slightly from sequence order. Validation and append are one step, so
     // the values checked are the values hashed.
-    const recordNow = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
-      Effect.clockWith((clock) => {
-        const appended = appendNow(params, clock.unsafeCurrentTimeMillis())
-        return typeof appended === "number" ? Effect.succeed(appended) : Effect.fail(appended)
+    const recordAt = (params: RecordParams, fiber: Fiber.RuntimeFiber<unknown, unknown>) => {
+      const appended = appendNow(
+        params,
+        Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeMillis()
+      )
+      return typeof appended === "number" ? Effect.succeed(appended) : Effect.fail(appended)
+    }
+    const recordTraced = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
+      Effect.withSpan(Effect.withFiberRuntime((fiber) => recordAt(params, fiber)), SPAN_RECORD, {
+        attributes: {
+          "agent_ledger.session_id": sessionId,
+          "agent_ledger.tool_name": params.toolName,
+          "agent_ledger.allowed": params.allowed
+        }
       })
+    // One step into the fiber's runtime per record (its clock and its log level), the span only when Debug
+    // is on (`debugSpan`'s rule): a record costs little more than its hash.
     const record = (params: RecordParams): Effect.Effect<number, InvalidRecord> =>
-      recordNow(params).pipe(debugSpan(SPAN_RECORD, () => ({
-        "agent_ledger.session_id": sessionId,
-        "agent_ledger.tool_name": params.toolName,
-        "agent_ledger.allowed": params.allowed
-      })))
+      Effect.withFiberRuntime((fiber) => debugEnabled(fiber) ? recordTraced(params) : recordAt(params, fiber))
 
     return {
       sessionId: Effect.succeed(sessionId),

@@ -18,6 +18,7 @@
  * Only for a ledger file of its own (`LedgerSql.layerSqlite`): an application's database given through
  * `LedgerSql.fromSqlClient` is a connection (and transactions) of the application's thread and stays there.
  */
+import type { SqlError } from "@effect/sql/SqlError"
 import type { Scope } from "effect"
 import { Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import { pathToFileURL } from "node:url"
@@ -37,7 +38,8 @@ import * as SqlAuditSink from "./SqlAuditSink.js"
 
 /** What the thread is started with. */
 export interface WorkerData {
-  readonly filename: string
+  /** The ledger's SQLite file; none for a thread that only hashes and signs rows (`makeRowHasher`). */
+  readonly filename: string | undefined
   readonly synchronous: Synchronous
   readonly busyTimeoutMillis: number
   /** The signer's PKCS#8 PEM: rows are signed in the thread. */
@@ -64,6 +66,12 @@ export type Request =
     readonly rows: ReadonlyArray<JournalRow>
     readonly at: string
   }
+  | {
+    readonly id: number
+    readonly op: "hashRows"
+    readonly events: ReadonlyArray<SqlAuditSink.PreparedEvent>
+    readonly head: ChainPosition | undefined
+  }
   | { readonly id: number; readonly op: "crash"; readonly when: "beforeCommit" | "afterCommit" }
 
 /** A request before the writer gives it its id. */
@@ -83,6 +91,7 @@ export type Reply =
   | { readonly ready: true }
   | { readonly fatal: string }
   | { readonly id: number; readonly sequences?: ReadonlyArray<number>; readonly entryHashes?: ReadonlyArray<string> }
+  | { readonly id: number; readonly rows: ReadonlyArray<SqlAuditSink.RowHashes> }
   | { readonly id: number; readonly failure: WireFailure }
   | { readonly id: number; readonly defect: string }
 
@@ -136,9 +145,14 @@ export const supports = (
   if (options.filename === "" || options.filename === ":memory:" || options.filename.startsWith("file::memory:")) {
     return false
   }
-  if (options.signer === undefined) return true
+  return signerCanMove(options.signer)
+}
+
+/** Whether rows can be signed in a thread: no signer, or one whose key can be handed over (made by `AuditSigner`). */
+export const signerCanMove = (signer: AuditSigner | undefined): boolean => {
+  if (signer === undefined) return true
   try {
-    exportPem(options.signer)
+    exportPem(signer)
     return true
   } catch {
     return false
@@ -211,15 +225,26 @@ const toFailure = (failure: WireFailure): SqlAuditSink.AttemptFailure | Classifi
   }
 }
 
-/** Starts the writer thread on first use; closing the scope closes its connection and ends it. */
-export const make = (options: Options): Effect.Effect<Service, never, Scope.Scope> =>
+/** A supervised worker thread: what `make` and `makeRowHasher` send their requests through. */
+interface Supervised {
+  /** A request, answered by its reply; resent once to a fresh thread when its thread dies under it. */
+  readonly request: (message: RequestBody) => Effect.Effect<Reply>
+  /** A request to the current thread only (a death is a `WriterThreadDied` defect). */
+  readonly requestOnce: (message: RequestBody) => Effect.Effect<Reply>
+  readonly threadStarts: Effect.Effect<number>
+  readonly terminate: Effect.Effect<void>
+}
+
+/**
+ * Starts a thread running `LedgerWriterWorker` with `data` (and waits until it is ready), restarts it on
+ * the next request after it dies, and closes it with the scope (asked to close, terminated after
+ * `closeTimeout`).
+ */
+const supervise = (
+  data: WorkerData,
+  closeTimeout: Duration.DurationInput | undefined
+): Effect.Effect<Supervised, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const data: WorkerData = {
-      filename: options.filename,
-      synchronous: options.synchronous ?? "FULL",
-      busyTimeoutMillis: Duration.toMillis(Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)),
-      privateKeyPem: options.signer === undefined ? undefined : exportPem(options.signer).privateKeyPem
-    }
     const entry = workerEntry()
     let current: Thread | undefined
     let starts = 0
@@ -294,7 +319,8 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
      * A request, sent once more to a fresh thread when its thread dies under it: a thread that is killed
      * (or was dying when the request reached it) costs a restart, not the events. Safe to repeat: appends
      * are idempotent by event id; a dead-letter write that committed before the death is written twice
-     * (replay marks both). A second death in a row is the sink's defect, for the queue's supervisor.
+     * (replay marks both); hashing rows has no effect. A second death in a row is the sink's defect, for
+     * the queue's supervisor.
      */
     const request = (message: RequestBody): Effect.Effect<Reply> =>
       requestOnce(message).pipe(
@@ -303,12 +329,63 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         )
       )
 
+    /** Asks the thread to close (its connection) and waits for it to end, then terminates it if it has not. */
+    const close = Effect.suspend(() => {
+      closed = true
+      const t = current
+      if (t === undefined) return Effect.void
+      const ended = Effect.async<void>((resume) => {
+        t.worker.once("exit", () => resume(Effect.void))
+        t.worker.postMessage("close")
+      })
+      return ended.pipe(
+        Effect.timeout(closeTimeout ?? "5 seconds"),
+        Effect.catchAll(() => Effect.promise(() => t.worker.terminate())),
+        Effect.asVoid
+      )
+    })
+    yield* Effect.addFinalizer(() => close)
+    // Started with the layer, which is ready once the thread has its connection: the first refusal does not
+    // wait for the thread's start-up. A thread that cannot start shows on the first write (a defect, then
+    // a restart), as one that dies later does.
+    const first = spawn()
+    current = first
+    yield* Effect.async<void>((resume) => {
+      first.onStarted = () => resume(Effect.void)
+    })
+
+    return {
+      request,
+      requestOnce,
+      threadStarts: Effect.sync(() => starts),
+      terminate: Effect.suspend(() => {
+        const t = current
+        if (t === undefined) return Effect.void
+        // No request goes to a thread being terminated; the ones in flight are answered when it exits.
+        current = undefined
+        return Effect.asVoid(Effect.promise(() => t.worker.terminate()))
+      })
+    }
+  })
+
+const defectOf = (reply: Reply): Option.Option<string> => "defect" in reply ? Option.some(reply.defect) : Option.none()
+
+const privateKeyPemOf = (signer: AuditSigner | undefined): string | undefined =>
+  signer === undefined ? undefined : exportPem(signer).privateKeyPem
+
+/** Starts the writer thread on first use; closing the scope closes its connection and ends it. */
+export const make = (options: Options): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { request, requestOnce, terminate, threadStarts } = yield* supervise({
+      filename: options.filename,
+      synchronous: options.synchronous ?? "FULL",
+      busyTimeoutMillis: Duration.toMillis(Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)),
+      privateKeyPem: privateKeyPemOf(options.signer)
+    }, options.closeTimeout)
+
     /** The request as a span: the thread's statements are not traced, its round trip is. */
     const traced = (effect: Effect.Effect<Reply>, op: "append" | "dead_letter" | "journal", rows: number) =>
       Effect.withSpan(effect, SPAN_WRITE, { attributes: { "agent_ledger.op": op, "agent_ledger.rows": rows } })
-
-    const defectOf = (reply: Reply): Option.Option<string> =>
-      "defect" in reply ? Option.some(reply.defect) : Option.none()
 
     const store: SqlAuditSink.ChainStore = {
       appendAfterHead: (events, at) =>
@@ -337,46 +414,67 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         })
     }
 
-    /** Asks the thread to close its connection and waits for it to end, then terminates it if it has not. */
-    const close = Effect.suspend(() => {
-      closed = true
-      const t = current
-      if (t === undefined) return Effect.void
-      const ended = Effect.async<void>((resume) => {
-        t.worker.once("exit", () => resume(Effect.void))
-        t.worker.postMessage("close")
-      })
-      return ended.pipe(
-        Effect.timeout(options.closeTimeout ?? "5 seconds"),
-        Effect.catchAll(() => Effect.promise(() => t.worker.terminate())),
-        Effect.asVoid
-      )
-    })
-    yield* Effect.addFinalizer(() => close)
-    // Started with the layer, which is ready once the thread has its connection: the first refusal does not
-    // wait for the thread's start-up. A thread that cannot start shows on the first write (a defect, then
-    // a restart), as one that dies later does.
-    const first = spawn()
-    current = first
-    yield* Effect.async<void>((resume) => {
-      first.onStarted = () => resume(Effect.void)
-    })
-
     return LedgerWriter.of({
       store,
-      threadStarts: Effect.sync(() => starts),
+      threadStarts,
       crashNextAppend: (when) => Effect.asVoid(requestOnce({ op: "crash", when })),
-      terminate: Effect.suspend(() => {
-        const t = current
-        if (t === undefined) return Effect.void
-        // No request goes to a thread being terminated; the ones in flight are answered when it exits.
-        current = undefined
-        return Effect.asVoid(Effect.promise(() => t.worker.terminate()))
-      })
+      terminate
     })
   })
 
+/**
+ * For a ledger whose connection stays on the caller's thread (PostgreSQL's async client): a thread that
+ * computes the rows' payload hashes, entry hashes and Ed25519 signatures (`SqlAuditSink.hashRowsAfter`),
+ * asked inside each write transaction once the head is known (the entry hash chains on it, so with
+ * several writers racing nothing past the payload hash can be computed before the lock). A thread that dies
+ * is restarted as the writer thread is; the transaction it was hashing for rolls back.
+ */
+export const makeRowHasher = (
+  options: Pick<Options, "signer" | "closeTimeout">
+): Effect.Effect<
+  {
+    readonly hashRows: SqlAuditSink.RowHasher
+    readonly threadStarts: Effect.Effect<number>
+    /** Fault injection for tests: terminates the thread now, whatever it is doing. */
+    readonly terminate: Effect.Effect<void>
+  },
+  never,
+  Scope.Scope
+> =>
+  Effect.map(
+    supervise({
+      filename: undefined,
+      synchronous: "FULL",
+      busyTimeoutMillis: 0,
+      privateKeyPem: privateKeyPemOf(options.signer)
+    }, options.closeTimeout),
+    ({ request, terminate, threadStarts }) => ({
+      threadStarts,
+      terminate,
+      hashRows: (events, head) =>
+        Effect.flatMap(request({ op: "hashRows", events, head }), (reply) => {
+          const defect = defectOf(reply)
+          if (Option.isSome(defect)) return Effect.dieMessage(`ledger row thread: ${defect.value}`)
+          return "rows" in reply
+            ? Effect.succeed(reply.rows)
+            : Effect.dieMessage("ledger row thread: a reply without rows")
+        })
+    })
+  )
+
 export const layer = (options: Options): Layer.Layer<LedgerWriter> => Layer.scoped(LedgerWriter, make(options))
+
+/**
+ * `SqlAuditSink` and `AuditSink` on the ledger's own connection (PostgreSQL), with the rows hashed and
+ * signed in a thread (`makeRowHasher`).
+ */
+export const layerHashingSink = (
+  options: Omit<SqlAuditSink.Options, "signer"> & Pick<Options, "signer" | "closeTimeout">
+): Layer.Layer<SqlAuditSink.SqlAuditSink | AuditSink, SqlError, LedgerSql.LedgerSql> =>
+  Layer.scopedContext(
+    Effect.flatMap(makeRowHasher(options), ({ hashRows }) =>
+      Effect.map(SqlAuditSink.make(options, hashRows), SqlAuditSink.contextOf))
+  )
 
 /**
  * `SqlAuditSink` and `AuditSink` writing through the writer thread (and `LedgerWriter` itself); reads run

@@ -3,6 +3,8 @@
  * SQLite connection on the ledger file with the ledger's settings and runs the sink's write transactions
  * (`SqlAuditSink.makeLocalStore`) one request at a time: the rows' payload hashes, entry hashes and Ed25519
  * signatures, the multi-row inserts and the commit's fsync all happen here, off the guard's thread.
+ * Started without a ledger file (`LedgerWriter.makeRowHasher`, for PostgreSQL, whose async client stays on
+ * the caller's thread), it opens no connection and only hashes and signs rows (`hashRowsAfter`).
  *
  * Every request gets exactly one reply; a store failure travels back as a plain value, a defect as its
  * text. The thread ends when asked to close (after closing its connection) or when it dies; the guard's
@@ -12,11 +14,12 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Cause, Context, Duration, Effect, Either, Exit, Layer, Queue } from "effect"
 import { parentPort, workerData } from "node:worker_threads"
+import type { AuditSigner } from "../audit/AuditSigner.js"
 import { fromPrivateKeyPem } from "../audit/AuditSigner.js"
 import { sqlite } from "../internal/sqlDialect.js"
 import type { Reply, Request, WireFailure, WorkerData } from "./LedgerWriter.js"
 import type { AttemptFailure } from "./SqlAuditSink.js"
-import { makeLocalStore } from "./SqlAuditSink.js"
+import { hashRowsAfter, makeLocalStore } from "./SqlAuditSink.js"
 
 const port = parentPort
 const data = workerData as WorkerData
@@ -40,25 +43,38 @@ const wireAttemptFailure = (failure: AttemptFailure): WireFailure => {
   }
 }
 
-const program = Effect.gen(function*() {
-  if (port === null) return yield* Effect.dieMessage("LedgerWriterWorker runs only as a worker thread")
-  const context = yield* Layer.build(SqliteClient.layer({ filename: data.filename }))
-  const sql = Context.get(context, SqlClient.SqlClient).withoutTransforms()
-  yield* sqlite.configure(sql, { synchronous: data.synchronous, busyTimeout: Duration.millis(data.busyTimeoutMillis) })
-  const signer = data.privateKeyPem === undefined ? undefined : yield* fromPrivateKeyPem(data.privateKeyPem)
-  /** Fault injection for tests (`LedgerWriter.crashNextAppend`): the thread exits inside its next append. */
-  let crash: "beforeCommit" | "afterCommit" | undefined
-  const store = yield* makeLocalStore(sql, sqlite, signer, {
-    beforeCommit: Effect.sync(() => {
-      if (crash === "beforeCommit") process.exit(70)
+/** The thread's SQLite connection and the sink's store on it, for a writer thread (not a row hasher). */
+const openStore = (filename: string, signer: AuditSigner | undefined, crash: { when: CrashPoint | undefined }) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(SqliteClient.layer({ filename }))
+    const sql = Context.get(context, SqlClient.SqlClient).withoutTransforms()
+    yield* sqlite.configure(sql, {
+      synchronous: data.synchronous,
+      busyTimeout: Duration.millis(data.busyTimeoutMillis)
+    })
+    return yield* makeLocalStore(sql, sqlite, signer, {
+      beforeCommit: Effect.sync(() => {
+        if (crash.when === "beforeCommit") process.exit(70)
+      })
     })
   })
+
+type CrashPoint = "beforeCommit" | "afterCommit"
+
+const program = Effect.gen(function*() {
+  if (port === null) return yield* Effect.dieMessage("LedgerWriterWorker runs only as a worker thread")
+  const signer = data.privateKeyPem === undefined ? undefined : yield* fromPrivateKeyPem(data.privateKeyPem)
+  /** Fault injection for tests (`LedgerWriter.crashNextAppend`): the thread exits inside its next append. */
+  const crash: { when: CrashPoint | undefined } = { when: undefined }
+  const store = data.filename === undefined ? undefined : yield* openStore(data.filename, signer, crash)
+  const noStore = (id: number): Reply => ({ id, defect: "this thread has no ledger connection (a row hasher)" })
 
   const handle = (request: Request): Effect.Effect<Reply> => {
     switch (request.op) {
       case "append":
+        if (store === undefined) return Effect.succeed(noStore(request.id))
         return Effect.map(Effect.either(store.appendAfterHead(request.events, request.at)), (result): Reply => {
-          if (crash === "afterCommit") process.exit(70)
+          if (crash.when === "afterCommit") process.exit(70)
           return Either.isRight(result)
             ? {
               id: request.id,
@@ -68,6 +84,7 @@ const program = Effect.gen(function*() {
             : { id: request.id, failure: wireAttemptFailure(result.left) }
         })
       case "deadLetter":
+        if (store === undefined) return Effect.succeed(noStore(request.id))
         return Effect.map(
           Effect.either(store.insertDeadLetters(request.events, request.reason, request.at)),
           (result): Reply =>
@@ -82,6 +99,7 @@ const program = Effect.gen(function*() {
             }
         )
       case "journal":
+        if (store === undefined) return Effect.succeed(noStore(request.id))
         return Effect.map(
           Effect.either(store.insertJournalEntries(request.rows, request.at)),
           (result): Reply =>
@@ -95,9 +113,11 @@ const program = Effect.gen(function*() {
               }
             }
         )
+      case "hashRows":
+        return Effect.sync((): Reply => ({ id: request.id, rows: hashRowsAfter(request.events, request.head, signer) }))
       case "crash":
         return Effect.sync(() => {
-          crash = request.when
+          crash.when = request.when
           return { id: request.id }
         })
     }

@@ -288,6 +288,51 @@ export type AttemptFailure = Retryable | Unrecoverable | AlreadyInChain
 
 const nowRfc3339 = Effect.map(DateTime.now, DateTime.formatIso)
 
+/** The computed columns of a row: its payload's hash, its entry hash and (signed) its signature. */
+export interface RowHashes {
+  readonly payloadHash: string
+  readonly entryHash: string
+  readonly signature: string | null
+}
+
+/**
+ * The computed columns of `batch`'s rows, one after the other right after `head` (`undefined`: an empty
+ * chain): the payload hashes (independent of the head), then the chained entry hashes and the signatures
+ * over them (docs/FORMAT.md, "Ledger row v1"). Pure CPU work, the same wherever it runs.
+ */
+export const hashRowsAfter = (
+  batch: ReadonlyArray<PreparedEvent>,
+  head: ChainHead | undefined,
+  signer: AuditSigner | undefined
+): Array<RowHashes> => {
+  let sequence = head === undefined ? 0 : head.sequence + 1
+  let prevHash = head === undefined ? ZERO_HASH : head.entryHash
+  const rows: Array<RowHashes> = []
+  for (const prepared of batch) {
+    const payloadHash = sha256Hex(prepared.payload)
+    const entryHashBytes = rowEntryHashBytes({
+      sequence,
+      prevHash,
+      id: prepared.id,
+      agentId: prepared.agentId,
+      eventType: prepared.eventType,
+      payloadHash,
+      timestamp: prepared.timestamp
+    })
+    const entryHash = entryHashBytes.toString("hex")
+    rows.push({ payloadHash, entryHash, signature: signer === undefined ? null : signer.sign(entryHashBytes) })
+    prevHash = entryHash
+    sequence++
+  }
+  return rows
+}
+
+/** Computes `hashRowsAfter` for a batch (on this thread, or in a worker thread). */
+export type RowHasher = (
+  batch: ReadonlyArray<PreparedEvent>,
+  head: ChainHead | undefined
+) => Effect.Effect<ReadonlyArray<RowHashes>>
+
 // ---------------------------------------------------------------------------------------------------------
 // The store: where the write transactions run
 // ---------------------------------------------------------------------------------------------------------
@@ -345,10 +390,19 @@ export const makeLocalStore = (
   sql: SqlClient.SqlClient,
   dialect: SqlDialect,
   signer: AuditSigner | undefined,
-  /** Fault injection for tests: runs inside each append transaction, after the inserts, before the commit. */
-  hooks: { readonly beforeCommit?: Effect.Effect<void> } = {}
+  hooks: {
+    /** Fault injection for tests: runs inside each append transaction, after the inserts, before the commit. */
+    readonly beforeCommit?: Effect.Effect<void>
+    /**
+     * Where the rows' hashes and signatures are computed, inside the write transaction once the head is
+     * known; default here, with `signer` (`hashRowsAfter`). `LedgerWriter.makeRowHasher`: a worker thread.
+     */
+    readonly hashRows?: RowHasher | undefined
+  } = {}
 ): Effect.Effect<ChainStore> =>
   Effect.gen(function*() {
+    const hashRows: RowHasher = hooks.hashRows ??
+      ((batch, head) => Effect.sync(() => hashRowsAfter(batch, head, signer)))
     // None: unknown, read it from the table inside the next write transaction.
     const cachedHead = yield* Ref.make(Option.none<ChainHead>())
     const readHead = readHeadOn(sql)
@@ -364,51 +418,37 @@ export const makeLocalStore = (
         )
       )
 
-    /** The row of `prepared` right after `head`, as column values, and the new head. */
-    const rowAfter = (prepared: PreparedEvent, head: Option.Option<ChainHead>, appendedAt: string) => {
-      const sequence = Option.isSome(head) ? head.value.sequence + 1 : 0
-      const prevHash = Option.isSome(head) ? head.value.entryHash : ZERO_HASH
-      const payloadHash = sha256Hex(prepared.payload)
-      const entryHashBytes = rowEntryHashBytes({
-        sequence,
-        prevHash,
-        id: prepared.id,
-        agentId: prepared.agentId,
-        eventType: prepared.eventType,
-        payloadHash,
-        timestamp: prepared.timestamp
-      })
-      const entryHash = entryHashBytes.toString("hex")
-      const values: ReadonlyArray<Param> = [
-        prepared.id,
-        sequence,
-        prepared.agentId,
-        prepared.eventType,
-        prepared.payload,
-        payloadHash,
-        prevHash,
-        entryHash,
-        signer === undefined ? null : signer.sign(entryHashBytes),
-        signer === undefined ? null : signer.keyId,
-        signer === undefined ? "unsigned" : "ed25519",
-        prepared.timestamp,
-        appendedAt
-      ]
-      return { values, position: { sequence, entryHash } satisfies ChainHead }
-    }
-
     /** Runs inside the write transaction: the rows after the head, inserted; their positions in order. */
     const insertAfterHead = (batch: ReadonlyArray<PreparedEvent>, appendedAt: string) =>
       Effect.gen(function*() {
         const cached = yield* Ref.get(cachedHead)
-        let head = Option.isSome(cached) ? cached : yield* readHead
+        const head = Option.isSome(cached) ? cached : yield* readHead
+        const hashes = yield* hashRows(batch, Option.getOrUndefined(head))
         const rows: Array<ReadonlyArray<Param>> = []
         const positions: Array<ChainPosition> = []
-        for (const prepared of batch) {
-          const row = rowAfter(prepared, head, appendedAt)
-          rows.push(row.values)
-          head = Option.some(row.position)
-          positions.push(row.position)
+        let sequence = Option.isSome(head) ? head.value.sequence + 1 : 0
+        let prevHash = Option.isSome(head) ? head.value.entryHash : ZERO_HASH
+        for (let i = 0; i < batch.length; i++) {
+          const prepared = batch[i]!
+          const row = hashes[i]!
+          rows.push([
+            prepared.id,
+            sequence,
+            prepared.agentId,
+            prepared.eventType,
+            prepared.payload,
+            row.payloadHash,
+            prevHash,
+            row.entryHash,
+            row.signature,
+            signer === undefined ? null : signer.keyId,
+            signer === undefined ? "unsigned" : "ed25519",
+            prepared.timestamp,
+            appendedAt
+          ])
+          positions.push({ sequence, entryHash: row.entryHash })
+          prevHash = row.entryHash
+          sequence++
         }
         yield* insertRows(sql, dialect, "signed_events", LedgerRow.COLUMNS, rows)
         if (hooks.beforeCommit !== undefined) yield* hooks.beforeCommit
@@ -572,7 +612,11 @@ export const makeLocalStore = (
  * `synchronous`, foreign keys, `busy_timeout`); the schema must already be migrated (`runMigrations`).
  * Every statement runs on the ledger's client, whatever `SqlClient` the caller's context holds.
  */
-export const make = (options: Options = {}) =>
+export const make = (
+  options: Options = {},
+  /** Where rows are hashed and signed (`LedgerWriter.makeRowHasher`: a worker thread); default here. */
+  hashRows?: RowHasher
+) =>
   Effect.gen(function*() {
     const ledger = yield* LedgerSql.LedgerSql
     const client = ledger.client
@@ -583,7 +627,7 @@ export const make = (options: Options = {}) =>
       synchronous: options.synchronous ?? "FULL",
       busyTimeout: Duration.decode(options.busyTimeout ?? DEFAULT_BUSY_TIMEOUT)
     }))
-    return yield* makeWith(yield* makeLocalStore(sql, dialect, options.signer), options)
+    return yield* makeWith(yield* makeLocalStore(sql, dialect, options.signer, { hashRows }), options)
   })
 
 /**

@@ -32,6 +32,12 @@ export const CONSISTENCY_FORMAT = "agent-ledger/consistency/v1"
  */
 const PAGE = 10_000
 
+/**
+ * Rows verified between two turns of the event loop while a checkpoint extends the tree: a row's signature
+ * check costs tens of microseconds, so a whole page of them would hold the host's event loop for a second.
+ */
+const CHECK_SLICE = 256
+
 /** The ledger's leaf hashes, in sequence order (leaf i = row i); read in pages, yielding between them. */
 export const leafHashes: Effect.Effect<ReadonlyArray<Hash>, SqlError, LedgerSql.LedgerSql> = Effect.flatMap(
   LedgerSql.LedgerSql,
@@ -462,7 +468,11 @@ const extendVerified = (
         WHERE sequence >= ${frontier.size} AND sequence < ${size} ORDER BY sequence LIMIT ${PAGE}`
       if (rows.length === 0) break
       const emitted: Array<Emitted> = []
-      for (const row of rows) checker.checkUnknown({ ...row, sequence: Number(row.sequence) })
+      for (let i = 0; i < rows.length; i++) {
+        const row = rows[i]!
+        checker.checkUnknown({ ...row, sequence: Number(row.sequence) })
+        if ((i + 1) % CHECK_SLICE === 0) yield* yieldToEventLoop
+      }
       // One report per page: a page with a failing row is refused whole, before any of it is pushed.
       const report = checker.report()
       if (!report.ok) {
