@@ -11,6 +11,7 @@ import { join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { promisify } from "node:util"
+import * as ConsoleQueries from "../src/console/ConsoleQueries.js"
 import { digestHex } from "../src/internal/encoding.js"
 import * as LedgerRow from "../src/ledger/LedgerRow.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
@@ -129,6 +130,35 @@ const proofFigures = async (file: string, rows: number): Promise<Figures> => {
   )
 }
 
+/**
+ * The console's overview of the ledger (`console.overviewMs`): every query its page runs (the `stats`
+ * figures, the latest refusals), on the database opened read-only as `agent-ledger console` opens it, the
+ * median of `rounds` runs after one to warm SQLite's page cache. Also the refusals page (chart and first
+ * page of the list) as `console.refusalsMs`.
+ */
+export const consoleFigures = (file: string, rounds: number): Promise<Figures> =>
+  Effect.runPromise(
+    Effect.gen(function*() {
+      const overview = Effect.zip(ConsoleQueries.overview, ConsoleQueries.refusals({}, 10))
+      const refusals = Effect.zip(ConsoleQueries.refusalSeries("rule", {}), ConsoleQueries.refusals({}))
+      const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        Effect.gen(function*() {
+          yield* effect
+          const samples: Array<number> = []
+          for (let round = 0; round < rounds; round++) {
+            const start = performance.now()
+            yield* effect
+            samples.push(performance.now() - start)
+          }
+          return median(samples)
+        })
+      return {
+        "console.overviewMs": figure(yield* timed(overview), "ms"),
+        "console.refusalsMs": figure(yield* timed(refusals), "ms")
+      }
+    }).pipe(Effect.provide(sharedSqlite({ filename: file, readonly: true, disableWAL: true })))
+  )
+
 /** The bound of `ledger.verifyTimeoutMs`: the timeout the verify runs under. */
 const VERIFY_TIMEOUT_MS = 1_000
 
@@ -166,11 +196,13 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
     () => Promise.resolve(rawIterationPerSecond(file, rows))
   )
   const proofs = await proofFigures(file, rows)
+  const consoleTimes = await consoleFigures(file, mode.rounds)
   const timeoutFile = join(mode.dir, "verify-timeout.db")
   await buildLedgerApart(timeoutFile, mode.size(300_000, 5_000))
   const timedOut = await verifyTimeoutMs(timeoutFile, mode.rounds)
   return {
     ...proofs,
+    ...consoleTimes,
     // Target ≤ 1.1 × the bound. In --quick mode the ledger verifies before the timeout: the figure is then its time.
     "ledger.verifyTimeoutMs": bounded(timedOut, "ms", VERIFY_TIMEOUT_MS),
     "ledger.verify": bounded(result.value, "rows/s", result.bound),

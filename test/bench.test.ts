@@ -45,6 +45,8 @@ const UNBOUNDED = [
   "ledger.verifyPeakRssMb",
   "ledger.storeTreeMs",
   "ledger.proveInclusionMs",
+  "console.overviewMs",
+  "console.refusalsMs",
   "mcp.failClosedCallOverheadMs",
   "journalStore.bytesPerEntry",
   "mcp.relayOverheadMs",

@@ -49,6 +49,45 @@ describe("demo", () => {
     expect(JSON.parse(v.stdout).report.rowsChecked).toBe(after)
   })
 
+  it("--checkpoint (npm run demo) signs with a key kept apart and stores a checkpoint receipts are proven against", async () => {
+    const db = path("checkpointed.db")
+    const keyDir = path("checkpointed-keys")
+    const run = await demo(db, "--checkpoint", "--key-dir", keyDir)
+    expect(run.code).toBe(0)
+    expect(run.stdout).toMatch(/signing:\s+ed25519 key/)
+    const vkey = /checkpoint:\s+stored, (\d+) rows, .*; verifier key (\S+)/.exec(run.stdout)
+    expect(Number(vkey?.[1])).toBe(rowCount(db))
+    expect(run.stdout).toContain(`agent-ledger console ${db}`)
+    // No private key beside the database; the key directory holds the pair.
+    expect(fs.readdirSync(dir).filter((file) => file.endsWith(".pem"))).toEqual([])
+    expect(fs.readdirSync(keyDir).some((file) => file.endsWith(".ed25519.pem"))).toBe(true)
+    const receipt = path("checkpointed-receipt.json")
+    const proved = await cli(
+      "prove",
+      db,
+      "--stored-checkpoint",
+      "latest",
+      "--key",
+      vkey![2]!,
+      "--sequence",
+      "1",
+      "--out",
+      receipt
+    )
+    expect(proved.stderr).toBe("")
+    expect((await cli("verify-receipt", receipt, "--key", vkey![2]!)).code).toBe(0)
+    // The database's own directory is refused as the key directory, with --checkpoint as with --sign.
+    const beside = await demo(path("beside.db"), "--checkpoint", "--key-dir", dir)
+    expect(beside.code).toBe(2)
+    expect(beside.stderr).toContain("keep signing keys apart from the ledger")
+    // A ledger earlier runs wrote unsigned: the demo signs its own rows but adopts none of the unsigned ones.
+    const mixed = copyLedger(ledger, path("checkpointed-mixed.db"))
+    const rerun = await demo(mixed, "--checkpoint", "--key-dir", keyDir)
+    expect(rerun.code).toBe(0)
+    expect(rerun.stdout).toMatch(/checkpoint:\s+not stored: .*--adopt-unsigned-rows vouches for them/)
+    expect(JSON.parse((await cli("checkpoints", mixed, "--json")).stdout)).toEqual([])
+  })
+
   it("rejects a database path in a missing directory", async () => {
     const run = await demo(path("missing-dir/x.db"))
     expect(run.code).toBe(2)

@@ -20,6 +20,8 @@ import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerStats from "../ledger/LedgerStats.js"
 import * as LedgerVerifier from "../ledger/LedgerVerifier.js"
 import * as SqlAuditSink from "../ledger/SqlAuditSink.js"
+import * as LedgerTransparency from "../transparency/LedgerTransparency.js"
+import * as SignedNote from "../transparency/SignedNote.js"
 import { writeText } from "./AtomicFile.js"
 import { InputError, VerificationFailed } from "./CliError.js"
 import { commandHelp } from "./Help.js"
@@ -91,6 +93,11 @@ export interface DemoOptions {
   readonly sessions: number
   readonly calls: number
   readonly sign: boolean
+  /**
+   * Sign (as `sign`) and store a signed checkpoint in the ledger at the end, so receipts can be made without
+   * the private key (`prove --stored-checkpoint latest`, the console's row pages). `npm run demo` sets it.
+   */
+  readonly checkpoint?: boolean | undefined
   /** Where `--sign` keeps the demo's key pair: never beside the database. */
   readonly keyDir: string
   readonly seed: number
@@ -149,9 +156,22 @@ export const sessionOutFor = (db: string): string =>
     : path.join(path.dirname(db), `${path.basename(db, path.extname(db))}-session.json`)
 
 /** What to try after the demo, with this run's own paths. */
-const nextSteps = (db: string, sessionOut: string, publicKey: Option.Option<string>): ReadonlyArray<string> => {
+const nextSteps = (
+  db: string,
+  sessionOut: string,
+  publicKey: Option.Option<string>,
+  verifierKey: Option.Option<string>
+): ReadonlyArray<string> => {
   const key = Option.match(publicKey, { onNone: () => "", onSome: (file) => ` --public-key ${file}` })
   return [
+    `agent-ledger console ${db}`,
+    ...Option.match(verifierKey, {
+      onNone: () => [],
+      onSome: (vkey) => [
+        `agent-ledger prove ${db} --stored-checkpoint latest --key ${vkey} --sequence 0 --out receipt.json`,
+        `agent-ledger verify-receipt receipt.json --key ${vkey}`
+      ]
+    }),
     `agent-ledger verify ${db}${key}`,
     `agent-ledger stats ${db}`,
     `agent-ledger verify ${sessionOut} --ledger ${db}`,
@@ -181,7 +201,7 @@ export const runDemo = (demoOptions: DemoOptions) =>
       )
     }
     yield* requireWritableFile(options.sessionOut)
-    const signing = options.sign
+    const signing = options.sign || options.checkpoint === true
       ? Option.some(
         yield* demoSigner(options.db, options.keyDir).pipe(
           Effect.mapError((e) => e._tag === "InputError" ? e : new InputError({ message: e.message }))
@@ -290,6 +310,33 @@ export const runDemo = (demoOptions: DemoOptions) =>
         SELECT MIN(sequence) AS first FROM signed_events WHERE attest_level = 'ed25519'`
       return yield* LedgerVerifier.verifyLedger({ keyring, signedFrom: first?.first ?? 0 })
     }).pipe(Effect.provide(openLedger(options.db, { readonly: true })))
+    // The demo's own checkpoint, signed with its key: rows from earlier unsigned runs are not adopted (the
+    // line below says how an operator would vouch for them).
+    const checkpoint = report.ok && options.checkpoint === true && Option.isSome(signing)
+      ? Option.some(
+        yield* Effect.gen(function*() {
+          const origin = yield* LedgerTransparency.originOf(options.db)
+          const signer = signing.value.signer
+          const made = yield* LedgerTransparency.checkpointNow(origin, signer)
+          return {
+            stored: true,
+            detail: `${made.size} rows, origin ${origin}`,
+            verifierKey: Option.some(SignedNote.verifierKey(origin, signer.publicKey))
+          } as const
+        }).pipe(
+          Effect.catchTag("TransparencyRefusal", (refusal) =>
+            Effect.succeed(
+              {
+                stored: false,
+                detail:
+                  `not stored: ${refusal.detail} (agent-ledger checkpoint ${options.db} --private-key ${signing.value.files.privateKey} --adopt-unsigned-rows vouches for them)`,
+                verifierKey: Option.none<string>()
+              } as const
+            )),
+          Effect.provide(openLedger(options.db, { readonly: false }))
+        )
+      )
+      : Option.none()
     const elapsed = (yield* Clock.currentTimeMillis) - started
     const refusals = Object.values(refusalsByRule).reduce((a, b) => a + b, 0)
 
@@ -332,6 +379,18 @@ export const runDemo = (demoOptions: DemoOptions) =>
         Option.match(report.firstFailure, { onNone: () => "", onSome: (f) => `; ${failureLine(f)}` })
       })`
     )
+    yield* Option.match(checkpoint, {
+      onNone: () => Effect.void,
+      onSome: (c) =>
+        Console.log(
+          `  checkpoint:      ${c.stored ? "stored, " : ""}${c.detail}${
+            Option.match(c.verifierKey, {
+              onNone: () => "",
+              onSome: (vkey) => `; verifier key ${vkey}`
+            })
+          }`
+        )
+    })
     yield* Console.log(`  session journal: ${options.sessionOut} (first session's export)`)
     yield* Console.log(`  elapsed:         ${formatDuration(elapsed)}`)
     if (!report.ok) return yield* new VerificationFailed({ message: "the ledger did not verify" })
@@ -341,7 +400,8 @@ export const runDemo = (demoOptions: DemoOptions) =>
       const step of nextSteps(
         options.db,
         options.sessionOut,
-        Option.map(signing, (s) => s.files.publicKey)
+        Option.map(signing, (s) => s.files.publicKey),
+        Option.flatMap(checkpoint, (c) => c.verifierKey)
       )
     ) yield* Console.log(`  ${step}`)
   })
@@ -354,6 +414,11 @@ export const command = Command.make(
     calls: Options.integer("calls").pipe(Options.withDefault(50), Options.withDescription("tool calls per session")),
     sign: Options.boolean("sign").pipe(
       Options.withDescription("sign rows with an Ed25519 key kept in --key-dir (never beside the database)")
+    ),
+    checkpoint: Options.boolean("checkpoint").pipe(
+      Options.withDescription(
+        "sign (as --sign) and store a signed checkpoint at the end, so the console and prove --stored-checkpoint give receipts"
+      )
     ),
     keyDir: Options.directory("key-dir").pipe(
       Options.withDefault(defaultKeyDir()),
@@ -376,6 +441,7 @@ export const command = Command.make(
   [
     "agent-ledger demo",
     "agent-ledger demo --sign --key-dir ./demo-keys --sessions 50",
+    "agent-ledger demo --checkpoint",
     "agent-ledger demo --mcp",
     "agent-ledger demo --db postgres://postgres@127.0.0.1:5432/ledger"
   ],

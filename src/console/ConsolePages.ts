@@ -4,6 +4,7 @@
  * names `agent-ledger stats --json` uses, so a reader (or a test) can compare them with the CLI's.
  */
 import { Option } from "effect"
+import type * as ToolPins from "../guard/ToolPins.js"
 import type * as LedgerQuery from "../query/LedgerQuery.js"
 import type * as ConsoleQueries from "./ConsoleQueries.js"
 import type * as ConsoleVerifier from "./ConsoleVerifier.js"
@@ -97,9 +98,29 @@ export const checkpointBlock = (
     }
   })
 
+/** Refusals as table rows: each links to its row and its session. */
+const refusalRows = (items: ReadonlyArray<ConsoleQueries.RefusalListItem>) =>
+  items.map((item) =>
+    `<tr><td><a href="/rows/${item.sequence}" data-row-link="${item.sequence}">${item.sequence}</a></td><td>${
+      escape(item.timestamp)
+    }</td><td>${escape(item.agentId)}</td><td>${escape(item.rule)}</td><td>${
+      item.sessionId === null
+        ? "-"
+        : `<a href="/sessions/${encodeURIComponent(item.sessionId)}">${escape(item.sessionId)}</a>`
+    }</td></tr>`
+  ).join("")
+
+const REFUSAL_HEAD =
+  `<thead><tr><th scope="col">Sequence</th><th scope="col">Time</th><th scope="col">Agent</th><th scope="col">Rule</th><th scope="col">Session</th></tr></thead>`
+
+/** Refusals shown on the overview (the latest). */
+export const LATEST_REFUSALS = 10
+
 export const overview = (options: {
   readonly ledger: string
   readonly data: ConsoleQueries.Overview
+  /** The latest refusals, newest first. */
+  readonly latest: ReadonlyArray<ConsoleQueries.RefusalListItem>
   readonly checkpoint: Option.Option<ConsoleVerifier.StoredCheckpointView>
   readonly outcome: Option.Option<ConsoleVerifier.Outcome>
 }): string => {
@@ -126,6 +147,15 @@ export const overview = (options: {
   }</dd>
 <dt>Refusals</dt><dd><a href="/refusals">${figure("refusals", data.refusals)}</a></dd>
 </dl></section>
+<section aria-labelledby="h-latest" id="latest-refusals"><h2 id="h-latest">Latest refusals</h2>
+${
+    options.latest.length === 0
+      ? "<p>No refusals.</p>"
+      : `<table class="rows">${REFUSAL_HEAD}<tbody>${
+        refusalRows(options.latest)
+      }</tbody></table><p><a href="/refusals">All refusals, over time</a></p>`
+  }
+</section>
 <section aria-labelledby="h-verify"><h2 id="h-verify">Verification</h2>
 <div id="verify-status" aria-live="polite">${verifyStatus(options.outcome)}</div>
 <p><button type="button" id="verify-now">Verify now</button>
@@ -163,15 +193,7 @@ export const refusals = (options: {
     series: series.series,
     link: `/refusals${query({ split: splitBy, rule: filter.rule, agent: filter.agent })}`
   }
-  const rows = options.list.items.map((item) =>
-    `<tr><td><a href="/rows/${item.sequence}" data-row-link="${item.sequence}">${item.sequence}</a></td><td>${
-      escape(item.timestamp)
-    }</td><td>${escape(item.agentId)}</td><td>${escape(item.rule)}</td><td>${
-      item.sessionId === null
-        ? "-"
-        : `<a href="/sessions/${encodeURIComponent(item.sessionId)}">${escape(item.sessionId)}</a>`
-    }</td></tr>`
-  ).join("")
+  const rows = refusalRows(options.list.items)
   const filters = [
     filter.rule === undefined ? "" : `rule ${escape(filter.rule)}`,
     filter.agent === undefined ? "" : `agent ${escape(filter.agent)}`,
@@ -208,7 +230,7 @@ ${filter.agent === undefined ? "" : `<input type="hidden" name="agent" value="${
 ${
     rows.length === 0
       ? "<p>No refusals match.</p>"
-      : `<table class="rows"><thead><tr><th scope="col">Sequence</th><th scope="col">Time</th><th scope="col">Agent</th><th scope="col">Rule</th><th scope="col">Session</th></tr></thead><tbody>${rows}</tbody></table>`
+      : `<table class="rows">${REFUSAL_HEAD}<tbody>${rows}</tbody></table>`
   }
 ${
     Option.match(options.list.next, {
@@ -396,4 +418,51 @@ ${detail.truncated ? `<p>Only the first ${detail.entries.length} entries are sho
 <table class="rows timeline"><thead><tr><th scope="col">Entry</th><th scope="col">Time</th><th scope="col">Kind</th><th scope="col">Ledger row</th><th scope="col">Tool or action</th><th scope="col">Decision</th><th scope="col">Rule</th><th scope="col">Bytes read</th><th scope="col">Bytes written</th><th scope="col">Reason</th></tr></thead><tbody>${entries}</tbody></table>
 </section>`
   return page({ title: `Session ${s.sessionId}`, section: "sessions", ledger: options.ledger, body })
+}
+
+const descriptionOf = (definition: unknown): string | undefined =>
+  typeof definition === "object" && definition !== null && !Array.isArray(definition) &&
+    typeof (definition as Record<string, unknown>).description === "string"
+    ? (definition as Record<string, string>).description
+    : undefined
+
+/**
+ * The tool definitions guards pinned (`tool.pinned` rows) and the changes they saw since (`tool.changed`,
+ * refused until `agent-ledger tools approve`): what `agent-ledger tools list` prints.
+ */
+export const tools = (options: {
+  readonly ledger: string
+  readonly tools: ReadonlyArray<ToolPins.LedgerTool>
+}): string => {
+  const changed = options.tools.filter((tool) => tool.changes.length > 0).length
+  const rows = options.tools.map((tool) => {
+    const pin = tool.pinned === undefined
+      ? "not pinned"
+      : `<code class="hash">${
+        escape(tool.pinned.digest.slice(0, 16))
+      }</code> (<a href="/rows/${tool.pinned.sequence}" data-row-link="${tool.pinned.sequence}">row ${tool.pinned.sequence}</a>, ${
+        escape(tool.pinned.timestamp)
+      })`
+    const changes = tool.changes.length === 0 ? "none" : `<ul>${
+      tool.changes.map((change) => {
+        const description = descriptionOf(change.definition)
+        return `<li>CHANGED to <code class="hash">${
+          escape(change.digest.slice(0, 16))
+        }</code> (<a href="/rows/${change.sequence}" data-row-link="${change.sequence}">row ${change.sequence}</a>, ${
+          escape(change.timestamp)
+        })${description === undefined ? "" : `: ${escape(description.slice(0, 500))}`}</li>`
+      }).join("")
+    }</ul>`
+    return `<tr data-tool="${escape(tool.serverId)}/${escape(tool.toolName)}" data-changed="${
+      tool.changes.length > 0
+    }"><td>${escape(tool.serverId)}</td><td>${escape(tool.toolName)}</td><td>${pin}</td><td>${changes}</td></tr>`
+  }).join("")
+  const body =
+    `<p><span data-figure="toolsPinned">${options.tools.length}</span> tool(s) pinned, <span data-figure="toolsChanged">${changed}</span> changed since (refused until approved with <code>agent-ledger tools approve</code>). Read, not verified: run “Verify now” on the overview.</p>
+${
+      rows.length === 0
+        ? "<p>No tool pins: the ledger's guards pinned no tool definitions.</p>"
+        : `<table class="rows"><thead><tr><th scope="col">Server</th><th scope="col">Tool</th><th scope="col">Pinned definition</th><th scope="col">Changes since</th></tr></thead><tbody>${rows}</tbody></table>`
+    }`
+  return page({ title: "Tool pins", section: "tools", ledger: options.ledger, body })
 }

@@ -208,11 +208,12 @@ export interface RefusalFilter extends TimeRange {
 export const PAGE_SIZE = 50
 
 /**
- * One page of refusals, newest first (keyset on `sequence`): `PAGE_SIZE` of them and the `before` of the
- * next page, if there is one.
+ * One page of refusals, newest first (keyset on `sequence`): `limit` of them (default `PAGE_SIZE`) and the
+ * `before` of the next page, if there is one.
  */
 export const refusals = (
-  filter: RefusalFilter
+  filter: RefusalFilter,
+  limit: number = PAGE_SIZE
 ): Effect.Effect<
   { readonly items: ReadonlyArray<RefusalListItem>; readonly next: Option.Option<number> },
   SqlError,
@@ -232,8 +233,8 @@ export const refusals = (
       { sequence: number | string; timestamp: string; agent_id: string; rule: string; session_id: string | null }
     >`
       SELECT sequence, timestamp, agent_id, ${rule} AS rule, ${sql.literal(sessionExpression(client))} AS session_id
-      FROM signed_events WHERE ${where} ORDER BY sequence DESC LIMIT ${PAGE_SIZE + 1}`
-    const items = rows.slice(0, PAGE_SIZE).map((row) => ({
+      FROM signed_events WHERE ${where} ORDER BY sequence DESC LIMIT ${limit + 1}`
+    const items = rows.slice(0, limit).map((row) => ({
       sequence: Number(row.sequence),
       timestamp: row.timestamp,
       agentId: row.agent_id,
@@ -242,7 +243,7 @@ export const refusals = (
     }))
     return {
       items,
-      next: rows.length > PAGE_SIZE ? Option.some(items[items.length - 1]!.sequence) : Option.none()
+      next: rows.length > limit ? Option.some(items[items.length - 1]!.sequence) : Option.none()
     }
   }))
 

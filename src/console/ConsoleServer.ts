@@ -14,6 +14,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Layer, Option, Queue, Stream } from "effect"
 import { timingSafeEqual } from "node:crypto"
+import * as ToolPins from "../guard/ToolPins.js"
 import type * as LedgerSql from "../ledger/LedgerSql.js"
 import { LedgerQuery } from "../query/LedgerQuery.js"
 import type * as SignedNote from "../transparency/SignedNote.js"
@@ -134,9 +135,12 @@ const routes = (options: Options) => {
   const overview = Effect.gen(function*() {
     const verifier = yield* ConsoleVerifier
     const data = yield* ConsoleQueries.overview
+    const latest = yield* ConsoleQueries.refusals({}, ConsolePages.LATEST_REFUSALS)
     const checkpoint = yield* verifier.lastCheckpoint
     const outcome = yield* verifier.latest
-    return htmlResponse(ConsolePages.overview({ ledger: options.ledger, data, checkpoint, outcome }))
+    return htmlResponse(
+      ConsolePages.overview({ ledger: options.ledger, data, latest: latest.items, checkpoint, outcome })
+    )
   })
 
   const refusals = Effect.gen(function*() {
@@ -244,6 +248,11 @@ const routes = (options: Options) => {
     )
   })
 
+  const toolPins = Effect.map(
+    ToolPins.ledgerTools,
+    (tools) => htmlResponse(ConsolePages.tools({ ledger: options.ledger, tools }))
+  )
+
   const asset = Effect.gen(function*() {
     const name = (yield* HttpRouter.params).name ?? ""
     const found = options.assets.get(name)
@@ -261,6 +270,7 @@ const routes = (options: Options) => {
     HttpRouter.get("/verify", verify),
     HttpRouter.get("/sessions", sessionList),
     HttpRouter.get("/sessions/:id", sessionPage),
+    HttpRouter.get("/tools", toolPins),
     HttpRouter.get("/assets/:name", asset)
   )
 }

@@ -28,12 +28,13 @@ export const query = (params: Readonly<Record<string, string | number | undefine
   return text.length === 0 ? "" : `?${text}`
 }
 
-export type Section = "overview" | "refusals" | "sessions" | "row"
+export type Section = "overview" | "refusals" | "sessions" | "tools" | "row"
 
 const NAV: ReadonlyArray<readonly [Section, string, string]> = [
   ["overview", "/", "Overview"],
   ["refusals", "/refusals", "Refusals"],
-  ["sessions", "/sessions", "Sessions"]
+  ["sessions", "/sessions", "Sessions"],
+  ["tools", "/tools", "Tool pins"]
 ]
 
 /** A whole page: `body` is trusted HTML (already escaped), `title` plain text. */
