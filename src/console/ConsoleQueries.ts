@@ -12,6 +12,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Option } from "effect"
 import { GOVERNANCE_REFUSAL_EVENT_TYPE } from "../audit/AuditEvent.js"
+import { SQLITE_REFUSAL_RULE } from "../internal/migrations.js"
 import { dialectOf } from "../internal/sqlDialect.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 
@@ -49,8 +50,7 @@ const PG_SEALED_SESSION = `CASE WHEN event_type = 'session.sealed' THEN ` +
 const ruleExpression = (sql: SqlClient.SqlClient) =>
   isPostgres(sql)
     ? `COALESCE(${PG_RULE}, '(unknown)')`
-    : `CASE WHEN json_valid(payload) AND json_type(payload, '$.decision.ruleId') = 'text' ` +
-      `THEN json_extract(payload, '$.decision.ruleId') ELSE '(unknown)' END`
+    : SQLITE_REFUSAL_RULE
 
 /** The SQL expression of a row's session id (`journal.session_id` of a refusal, `session_id` of a seal). */
 const sessionExpression = (sql: SqlClient.SqlClient) =>
@@ -77,8 +77,10 @@ export const overview: Effect.Effect<Overview, SqlError, LedgerSql.LedgerSql> = 
   Effect.gen(function*() {
     const client = yield* SqlClient.SqlClient
     const sql = client.withoutTransforms()
-    const [span] = yield* sql<{ n: number | string; first: string | null; last: string | null }>`
-      SELECT COUNT(*) AS n, MIN(timestamp) AS first, MAX(timestamp) AS last FROM signed_events`
+    // Three queries, not one: a lone MIN or MAX reads one entry of the timestamp index (migration 0008).
+    const [count] = yield* sql<{ n: number | string }>`SELECT COUNT(*) AS n FROM signed_events`
+    const [first] = yield* sql<{ t: string | null }>`SELECT MIN(timestamp) AS t FROM signed_events`
+    const [last] = yield* sql<{ t: string | null }>`SELECT MAX(timestamp) AS t FROM signed_events`
     const [head] = yield* sql<{ sequence: number | string; entry_hash: string }>`
       SELECT sequence, entry_hash FROM signed_events ORDER BY sequence DESC LIMIT 1`
     const attest = yield* sql<{ key: string; n: number }>`
@@ -95,7 +97,7 @@ export const overview: Effect.Effect<Overview, SqlError, LedgerSql.LedgerSql> = 
       WHERE event_type = ${GOVERNANCE_REFUSAL_EVENT_TYPE} GROUP BY 1`
     const refusalsByRule = counts(byRule)
     return {
-      rows: Number(span?.n ?? 0),
+      rows: Number(count?.n ?? 0),
       head: head === undefined
         ? Option.none()
         : Option.some({ sequence: Number(head.sequence), entryHash: head.entry_hash }),
@@ -104,8 +106,8 @@ export const overview: Effect.Effect<Overview, SqlError, LedgerSql.LedgerSql> = 
       refusals: Object.values(refusalsByRule).reduce((a, b) => a + b, 0),
       refusalsByAgent: counts(byAgent),
       refusalsByRule,
-      firstTimestamp: Option.fromNullable(span?.first ?? null),
-      lastTimestamp: Option.fromNullable(span?.last ?? null)
+      firstTimestamp: Option.fromNullable(first?.t ?? null),
+      lastTimestamp: Option.fromNullable(last?.t ?? null)
     }
   })
 )

@@ -136,6 +136,35 @@ const queryIndexes = Effect.gen(function*() {
   yield* sql`CREATE INDEX idx_signed_events_type ON signed_events(event_type, sequence)`
 })
 
+/**
+ * A refusal row's rule id on SQLite (`decision.ruleId`, `(unknown)` when the payload does not name one as
+ * text): the console's queries count by it, and migration 0008 indexes it, so both must use this text.
+ */
+export const SQLITE_REFUSAL_RULE =
+  `CASE WHEN json_valid(payload) AND json_type(payload, '$.decision.ruleId') = 'text' ` +
+  `THEN json_extract(payload, '$.decision.ruleId') ELSE '(unknown)' END`
+
+/**
+ * Indexes for the console's overview and refusals pages on a large ledger: the time span (`timestamp`),
+ * refusals in a time range and by agent (`event_type, timestamp, agent_id`, covering), attest levels, and on
+ * SQLite the refusals' rule with their time (an index on `SQLITE_REFUSAL_RULE`, so counting by rule, or by
+ * rule and time for the chart, reads no payload; SQLite evaluates it once per appended row). On PostgreSQL the rule is read with a regular expression at query
+ * time (an expression index would not give an index-only scan there).
+ */
+const consoleIndexes = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE INDEX idx_signed_events_time ON signed_events(timestamp)`
+  yield* sql`CREATE INDEX idx_signed_events_type_time ON signed_events(event_type, timestamp, agent_id)`
+  yield* sql`CREATE INDEX idx_signed_events_attest ON signed_events(attest_level)`
+  yield* sql.onDialectOrElse({
+    pg: () => Effect.void,
+    orElse: () =>
+      sql`CREATE INDEX idx_signed_events_rule ON signed_events(event_type, (${
+        sql.literal(SQLITE_REFUSAL_RULE)
+      }), timestamp)`
+  })
+})
+
 const loader = Migrator.fromRecord({
   "0001_create_ledger": createLedger,
   "0002_create_settings": createSettings,
@@ -143,7 +172,8 @@ const loader = Migrator.fromRecord({
   "0004_prune_low_merkle_nodes": pruneLowMerkleNodes,
   "0005_sign_dead_letters": signDeadLetters,
   "0006_journal_entries": createJournalEntries,
-  "0007_query_indexes": queryIndexes
+  "0007_query_indexes": queryIndexes,
+  "0008_console_indexes": consoleIndexes
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */
