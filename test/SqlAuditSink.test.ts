@@ -459,7 +459,8 @@ describe("SqlAuditSink", () => {
           { migration_id: 4 },
           { migration_id: 5 },
           { migration_id: 6 },
-          { migration_id: 7 }
+          { migration_id: 7 },
+          { migration_id: 8 }
         ])
       }))
     }))

@@ -5,6 +5,7 @@
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
+import { randomBytes } from "node:crypto"
 
 export const MIGRATIONS_TABLE = "agent_ledger_migrations"
 
@@ -136,6 +137,18 @@ const queryIndexes = Effect.gen(function*() {
   yield* sql`CREATE INDEX idx_signed_events_type ON signed_events(event_type, sequence)`
 })
 
+/**
+ * The ledger's argument salt (docs/FORMAT.md, "Argument digests"), made with the schema: opening a ledger
+ * then only reads it, so a ledger whose write lock another process holds still opens (and stalls) instead
+ * of failing on a write at start-up.
+ */
+const argumentSalt = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`INSERT INTO agent_ledger_settings (key, value) VALUES ('argument_salt', ${
+    randomBytes(32).toString("hex")
+  }) ON CONFLICT (key) DO NOTHING`
+})
+
 const loader = Migrator.fromRecord({
   "0001_create_ledger": createLedger,
   "0002_create_settings": createSettings,
@@ -143,7 +156,8 @@ const loader = Migrator.fromRecord({
   "0004_prune_low_merkle_nodes": pruneLowMerkleNodes,
   "0005_sign_dead_letters": signDeadLetters,
   "0006_journal_entries": createJournalEntries,
-  "0007_query_indexes": queryIndexes
+  "0007_query_indexes": queryIndexes,
+  "0008_argument_salt": argumentSalt
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */
