@@ -40,3 +40,21 @@ export const stdioClient = Effect.tryPromise({
   },
   catch: missing
 })
+
+/**
+ * The SDK's web-standard Streamable HTTP server transport and its stdio client transport, for the MCP
+ * endpoints of `serve` (`McpEndpoints.Sdk`).
+ */
+export const streamableHttpServer = Effect.tryPromise({
+  try: async () => {
+    const [server, client] = await Promise.all([
+      import("@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js"),
+      import("@modelcontextprotocol/sdk/client/stdio.js")
+    ])
+    return {
+      WebStandardStreamableHTTPServerTransport: server.WebStandardStreamableHTTPServerTransport,
+      StdioClientTransport: client.StdioClientTransport
+    }
+  },
+  catch: missing
+})

@@ -1,0 +1,172 @@
+/**
+ * MCP over Streamable HTTP through `agent-ledger serve`, in front of the official filesystem server (over
+ * stdio), driven by the SDK's `StreamableHTTPClientTransport` + `Client` over real loopback HTTP: the
+ * upstream's tools are listed, an allowed call reaches the server, a refused call never does and is a
+ * ledger row under the bearer token's agent (not the client's self-declared name), the MCP session id is
+ * the journal's session, a request without a token is 401, another agent cannot use the session (403),
+ * and shutdown seals the open session.
+ */
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as HttpServer from "@effect/platform/HttpServer"
+import { describe, expect, it } from "@effect/vitest"
+import { Client } from "@modelcontextprotocol/sdk/client/index.js"
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js"
+import Database from "better-sqlite3"
+import { Context, Effect, Layer } from "effect"
+import * as fs from "node:fs"
+import * as http from "node:http"
+import * as os from "node:os"
+import { join } from "node:path"
+import * as AuditLedger from "../src/AuditLedger.js"
+import { loadConfig, mcpSdk } from "../src/cli/serve.js"
+import * as GuardPolicy from "../src/guard/GuardPolicy.js"
+import * as BearerTokens from "../src/serve/BearerTokens.js"
+import * as Serve from "../src/serve/Serve.js"
+import { repoRoot } from "./fixtures/cliBundle.js"
+
+const fsServer = join(repoRoot, "node_modules/@modelcontextprotocol/server-filesystem/dist/index.js")
+
+const policy = Effect.runSync(GuardPolicy.decode({
+  version: 1,
+  rules: [{
+    kind: "blockTools",
+    id: "no-env-files",
+    tools: ["read_file", "read_text_file"],
+    when: [{ path: "path", match: { pathGlob: ["**/.env"] } }],
+    reason: "{tool} of a .env file is not allowed"
+  }]
+}))
+
+const alice = BearerTokens.generate("alice")
+const bob = BearerTokens.generate("bob")
+const tokens = Effect.runSync(BearerTokens.parse(`${alice.line}\n${bob.line}\n`, "tokens"))
+
+const rowsOf = (filename: string) => {
+  const db = new Database(filename, { readonly: true })
+  try {
+    return db.prepare("SELECT agent_id, event_type, payload FROM signed_events ORDER BY sequence").all() as Array<
+      { agent_id: string; event_type: string; payload: string }
+    >
+  } finally {
+    db.close()
+  }
+}
+
+const connect = (url: URL, token: string) =>
+  Effect.promise(async () => {
+    const client = new Client({ name: "mallory-claims-this", version: "1.0.0" })
+    const transport = new StreamableHTTPClientTransport(url, {
+      requestInit: { headers: { authorization: `Bearer ${token}` } }
+    })
+    await client.connect(transport)
+    return { client, transport }
+  })
+
+const textOf = (result: unknown): string =>
+  (result as { content: Array<{ text: string }> }).content.map((c) => c.text).join("")
+
+describe("serve: MCP over Streamable HTTP", () => {
+  it.live("fronts the filesystem server with the token's identity in the ledger", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(join(os.tmpdir(), "serve-mcp-"))
+      const root = join(dir, "files")
+      fs.mkdirSync(root)
+      fs.writeFileSync(join(root, "notes.txt"), "hello from notes")
+      fs.writeFileSync(join(root, ".env"), "SECRET=hunter2")
+      const configFile = join(dir, "serve.json")
+      fs.writeFileSync(
+        configFile,
+        JSON.stringify({ mcp: { files: { command: process.execPath, args: [fsServer, root] } } })
+      )
+      const config = yield* loadConfig(configFile)
+      const filename = join(dir, "ledger.db")
+      const layer = Serve.layer(
+        { policy, tokens, mcp: { upstreams: config.mcp, sdk: yield* mcpSdk } },
+        NodeHttpServer.layer(() => http.createServer(), { host: "127.0.0.1", port: 0 })
+      ).pipe(Layer.provide(AuditLedger.layerSqlite({ filename, writerThread: false })))
+
+      const sessionId = yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(layer)
+        const address = Context.get(context, HttpServer.HttpServer).address
+        if (address._tag !== "TcpAddress") throw new Error("not TCP")
+        const base = `http://127.0.0.1:${address.port}`
+        const url = new URL(`${base}/mcp/files`)
+
+        // No token: 401, before any session or upstream exists.
+        const anonymous = yield* Effect.promise(() =>
+          fetch(url, {
+            method: "POST",
+            headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+            body: JSON.stringify({
+              jsonrpc: "2.0",
+              id: 1,
+              method: "initialize",
+              params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "x", version: "1" } }
+            })
+          })
+        )
+        expect(anonymous.status).toBe(401)
+        expect(anonymous.headers.get("www-authenticate")).toBe("Bearer")
+        // An unknown upstream: 404.
+        const unknown = yield* Effect.promise(() =>
+          fetch(`${base}/mcp/nope`, { method: "POST", headers: { authorization: `Bearer ${alice.token}` }, body: "{}" })
+        )
+        expect(unknown.status).toBe(404)
+
+        const { client, transport } = yield* connect(url, alice.token)
+        const tools = (yield* Effect.promise(() => client.listTools())).tools.map((t) => t.name)
+        expect(tools).toContain("read_text_file")
+
+        const allowed = yield* Effect.promise(() =>
+          client.callTool({ name: "read_text_file", arguments: { path: join(root, "notes.txt") } })
+        )
+        expect(allowed.isError).not.toBe(true)
+        expect(textOf(allowed)).toContain("hello from notes")
+
+        const refused = yield* Effect.promise(() =>
+          client.callTool({ name: "read_text_file", arguments: { path: join(root, ".env") } })
+        )
+        expect(refused.isError).toBe(true)
+        expect(textOf(refused)).toContain("rule no-env-files")
+        expect(textOf(refused)).not.toContain("hunter2")
+
+        // Bob's token cannot drive alice's session.
+        const id = transport.sessionId!
+        expect(id).toMatch(/^[0-9a-f-]{36}$/)
+        const stolen = yield* Effect.promise(() =>
+          fetch(url, {
+            method: "POST",
+            headers: {
+              authorization: `Bearer ${bob.token}`,
+              "mcp-session-id": id,
+              "mcp-protocol-version": "2025-06-18",
+              "content-type": "application/json",
+              accept: "application/json, text/event-stream"
+            },
+            body: JSON.stringify({
+              jsonrpc: "2.0",
+              id: 9,
+              method: "tools/call",
+              params: { name: "read_text_file", arguments: { path: join(root, "notes.txt") } }
+            })
+          })
+        )
+        expect(stolen.status).toBe(403)
+        // The session stays open: shutdown (closing the scope) seals it.
+        return id
+      }))
+
+      const rows = rowsOf(filename)
+      const refusals = rows.filter((r) => r.event_type.includes("refusal"))
+      expect(refusals).toHaveLength(1)
+      expect(refusals[0]!.agent_id).toBe("alice")
+      expect(refusals[0]!.payload).toContain("no-env-files")
+      expect(refusals[0]!.payload).toContain(sessionId)
+      expect(rows.every((r) => r.agent_id !== "mallory-claims-this")).toBe(true)
+      // The session's journal was sealed on shutdown: a seal row covering both calls, under alice.
+      const seals = rows.filter((r) => r.event_type.includes("seal"))
+      expect(seals.length).toBeGreaterThan(0)
+      expect(seals.at(-1)!.agent_id).toBe("alice")
+      expect(seals.at(-1)!.payload).toContain(sessionId)
+    }), 20_000)
+})
