@@ -21,6 +21,7 @@ import * as AuditLedger from "../src/AuditLedger.js"
 import { loadConfig, mcpSdk } from "../src/cli/serve.js"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
 import * as BearerTokens from "../src/serve/BearerTokens.js"
+import * as McpEndpoints from "../src/serve/McpEndpoints.js"
 import * as Serve from "../src/serve/Serve.js"
 import { repoRoot } from "./fixtures/cliBundle.js"
 
@@ -85,7 +86,7 @@ describe("serve: MCP over Streamable HTTP", () => {
         NodeHttpServer.layer(() => http.createServer(), { host: "127.0.0.1", port: 0 })
       ).pipe(Layer.provide(AuditLedger.layerSqlite({ filename, writerThread: false })))
 
-      const sessionId = yield* Effect.scoped(Effect.gen(function*() {
+      const { bobSession, id: sessionId } = yield* Effect.scoped(Effect.gen(function*() {
         const context = yield* Layer.build(layer)
         const address = Context.get(context, HttpServer.HttpServer).address
         if (address._tag !== "TcpAddress") throw new Error("not TCP")
@@ -152,8 +153,36 @@ describe("serve: MCP over Streamable HTTP", () => {
           })
         )
         expect(stolen.status).toBe(403)
-        // The session stays open: shutdown (closing the scope) seals it.
-        return id
+        // No standalone SSE stream: GET is 405 (the spec's answer for a server without one).
+        const get = yield* Effect.promise(() =>
+          fetch(url, {
+            headers: { authorization: `Bearer ${alice.token}`, "mcp-session-id": id, accept: "text/event-stream" }
+          })
+        )
+        expect(get.status).toBe(405)
+
+        // Bob's own session, ended by the client (DELETE): sealed now, under bob; its id is then unknown (404).
+        const second = yield* connect(url, bob.token)
+        const bobSession = second.transport.sessionId!
+        expect(bobSession).not.toBe(id)
+        const listed = yield* Effect.promise(() =>
+          second.client.callTool({ name: "list_directory", arguments: { path: root } })
+        )
+        expect(textOf(listed)).toContain("notes.txt")
+        yield* Effect.promise(() => second.transport.terminateSession())
+        const endpoints = Context.get(context, McpEndpoints.McpEndpoints)
+        for (let i = 0; i < 100 && (yield* endpoints.openSessions) > 1; i++) yield* Effect.sleep("20 millis")
+        expect(yield* endpoints.openSessions).toBe(1)
+        const gone = yield* Effect.promise(() =>
+          fetch(url, {
+            method: "DELETE",
+            headers: { authorization: `Bearer ${bob.token}`, "mcp-session-id": bobSession }
+          })
+        )
+        expect(gone.status).toBe(404)
+        yield* Effect.promise(() => second.client.close())
+        // Alice's session stays open: shutdown (closing the scope) seals it.
+        return { id, bobSession }
       }))
 
       const rows = rowsOf(filename)
@@ -166,7 +195,37 @@ describe("serve: MCP over Streamable HTTP", () => {
       // The session's journal was sealed on shutdown: a seal row covering both calls, under alice.
       const seals = rows.filter((r) => r.event_type.includes("seal"))
       expect(seals.length).toBeGreaterThan(0)
-      expect(seals.at(-1)!.agent_id).toBe("alice")
-      expect(seals.at(-1)!.payload).toContain(sessionId)
+      const aliceSeal = seals.find((r) => r.payload.includes(sessionId))
+      expect(aliceSeal?.agent_id).toBe("alice")
+      const bobSeal = seals.find((r) => r.payload.includes(bobSession))
+      expect(bobSeal?.agent_id).toBe("bob")
+      // Bob's session was sealed when he ended it, before the shutdown sealed alice's.
+      expect(seals.indexOf(bobSeal!)).toBeLessThan(seals.indexOf(aliceSeal!))
     }), 20_000)
+})
+
+describe("serve --config", () => {
+  it.effect("refuses a config with an unknown key, a bad endpoint name or an upstream without a command", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(join(os.tmpdir(), "serve-config-"))
+      const write = (name: string, body: unknown) => {
+        const file = join(dir, name)
+        fs.writeFileSync(file, typeof body === "string" ? body : JSON.stringify(body))
+        return file
+      }
+      for (
+        const body of [
+          "{not json",
+          { mcp: { files: { command: "x" } }, extra: 1 },
+          { mcp: { "a/b": { command: "x" } } },
+          { mcp: { files: { args: ["x"] } } },
+          { mcp: { files: { command: "" } } }
+        ]
+      ) {
+        const error = yield* Effect.flip(loadConfig(write("c.json", body)))
+        expect(error._tag).toBe("InputError")
+      }
+      const ok = yield* loadConfig(write("ok.json", { mcp: { files: { command: "node" } } }))
+      expect(ok.mcp).toEqual({ files: { command: "node", args: [], env: {} } })
+    }))
 })
