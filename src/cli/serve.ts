@@ -161,9 +161,10 @@ export const runServe = (options: ServeOptions) =>
         yield* Console.error(`agent-ledger serve: MCP upstream ${name} at ${where}${McpEndpoints.MCP_PATH}/${name}`)
       }
       const hooks = Context.get(context, ClaudeCodeHooks.ClaudeCodeHooks)
+      const endpoints = Context.get(context, McpEndpoints.McpEndpoints)
       yield* Effect.addFinalizer(() =>
         Effect.flatMap(
-          hooks.openSessions,
+          Effect.zipWith(hooks.openSessions, endpoints.openSessions, (a, b) => a + b),
           (open) => Console.error(`agent-ledger serve: stopping; sealing ${open} open session${open === 1 ? "" : "s"}`)
         )
       )
