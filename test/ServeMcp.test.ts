@@ -204,6 +204,52 @@ describe("serve: MCP over Streamable HTTP", () => {
     }), 20_000)
 })
 
+describe("serve: MCP sessions are bounded", () => {
+  it.live(
+    "refuses an agent's initialize past maxSessionsPerAgent (403) and an upstream that cannot start (502)",
+    () =>
+      Effect.gen(function*() {
+        const dir = fs.mkdtempSync(join(os.tmpdir(), "serve-mcp-"))
+        const root = join(dir, "files")
+        fs.mkdirSync(root)
+        const layer = Serve.layer(
+          {
+            policy,
+            tokens,
+            mcp: {
+              upstreams: {
+                files: { command: process.execPath, args: [fsServer, root], env: {} },
+                broken: { command: join(dir, "no-such-command"), args: [], env: {} }
+              },
+              sdk: yield* mcpSdk,
+              maxSessionsPerAgent: 1
+            }
+          },
+          NodeHttpServer.layer(() => http.createServer(), { host: "127.0.0.1", port: 0 })
+        ).pipe(Layer.provide(AuditLedger.layerSqlite({ filename: join(dir, "ledger.db"), writerThread: false })))
+        yield* Effect.scoped(Effect.gen(function*() {
+          const context = yield* Layer.build(layer)
+          const address = Context.get(context, HttpServer.HttpServer).address
+          if (address._tag !== "TcpAddress") throw new Error("not TCP")
+          const url = (name: string) => new URL(`http://127.0.0.1:${address.port}/mcp/${name}`)
+          const first = yield* connect(url("files"), alice.token)
+          const second = yield* Effect.exit(connect(url("files"), alice.token))
+          expect(second._tag).toBe("Failure")
+          expect(String(second)).toMatch(/"code": 403/)
+          // An upstream that cannot start: 502, and the session is not kept (it takes no place).
+          const broken = yield* Effect.exit(connect(url("broken"), bob.token))
+          expect(String(broken)).toMatch(/"code": 502/)
+          // Another agent has its own allowance.
+          const bobs = yield* connect(url("files"), bob.token)
+          const endpoints = Context.get(context, McpEndpoints.McpEndpoints)
+          expect(yield* endpoints.openSessions).toBe(2)
+          yield* Effect.promise(() => Promise.all([first.client.close(), bobs.client.close()]))
+        }))
+      }),
+    20_000
+  )
+})
+
 describe("serve --config", () => {
   it.effect("refuses a config with an unknown key, a bad endpoint name or an upstream without a command", () =>
     Effect.gen(function*() {

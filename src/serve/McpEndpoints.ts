@@ -7,7 +7,8 @@
  * session id; the agent is the bearer token's, never the client's `clientInfo`.
  *
  * A session belongs to the token's agent that opened it: another agent's request with its id is refused
- * (403); an unknown id is 404 (the client must initialize again, as the MCP spec says). A DELETE, the
+ * (403), and so is an `initialize` past `maxSessionsPerAgent` open sessions (each is a process); an unknown
+ * id is 404 (the client must initialize again, as the MCP spec says). A DELETE, the
  * upstream exiting, or closing the layer (shutdown) ends the session: calls in flight are completed and
  * the session's journal is sealed into the ledger.
  *
@@ -64,6 +65,11 @@ export interface Sdk {
 export interface Options {
   readonly upstreams: Readonly<Record<string, Upstream>>
   readonly sdk: Sdk
+  /**
+   * MCP sessions one agent may have open at once (each has its own upstream process); default 8. Past it,
+   * an `initialize` is refused (403) until one of them ends.
+   */
+  readonly maxSessionsPerAgent?: number | undefined
   /** How long a forwarded `tools/call` may wait for the upstream; default 60 seconds. */
   readonly callTimeoutMillis?: number | undefined
 }
@@ -135,6 +141,7 @@ export const make = (options: Options) =>
     const guard = yield* McpGuard.McpGuard
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const sessions = new Map<string, Session>()
+    const maxSessions = options.maxSessionsPerAgent ?? 8
 
     const hooksFor = (sessionId: string, agentId: string, serverId: string): McpProxy.Hooks<McpGuard.Ticket> => {
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
@@ -211,6 +218,14 @@ export const make = (options: Options) =>
           })),
           Effect.annotateLogs({ sessionId, agentId, upstream: name })
         )
+        // Counted and taken with no yield in between: concurrent `initialize`s cannot both take the last place.
+        let open = 0
+        for (const other of sessions.values()) if (other.agentId === agentId) open++
+        if (open >= maxSessions) {
+          return yield* Effect.fail(
+            json(403, { error: `agent ${agentId} has ${open} MCP sessions open (at most ${maxSessions})` })
+          )
+        }
         sessions.set(sessionId, session)
         const fiber = yield* FiberSet.run(fibers, proxy)
         const first = yield* Effect.raceFirst(
@@ -220,7 +235,7 @@ export const make = (options: Options) =>
         if (Option.isSome(first)) {
           sessions.delete(sessionId)
           const reason = Exit.isFailure(first.value) ? "the upstream server could not be started" : "it ended"
-          return yield* Effect.fail(reason)
+          return yield* Effect.fail(json(502, { error: `MCP upstream '${name}': ${reason}` }))
         }
         return session
       })
@@ -295,9 +310,7 @@ export const make = (options: Options) =>
           })
         }
         const session = yield* Effect.either(open(agentId, name, upstream))
-        if (session._tag === "Left") {
-          return json(502, { error: `MCP upstream '${name}': ${session.left}` })
-        }
+        if (session._tag === "Left") return session.left
         return yield* forward(session.right, request, body, parsed)
       })
 
