@@ -250,6 +250,58 @@ describe("serve: MCP sessions are bounded", () => {
   )
 })
 
+describe("serve: idle MCP sessions", () => {
+  it.live(
+    "ends and seals a session with no request for idleTimeoutMillis (a client gone without DELETE)",
+    () =>
+      Effect.gen(function*() {
+        const dir = fs.mkdtempSync(join(os.tmpdir(), "serve-mcp-"))
+        const root = join(dir, "files")
+        fs.mkdirSync(root)
+        const filename = join(dir, "ledger.db")
+        const layer = Serve.layer(
+          {
+            policy,
+            tokens,
+            mcp: {
+              upstreams: { files: { command: process.execPath, args: [fsServer, root], env: {} } },
+              sdk: yield* mcpSdk,
+              idleTimeoutMillis: 300
+            }
+          },
+          NodeHttpServer.layer(() => http.createServer(), { host: "127.0.0.1", port: 0 })
+        ).pipe(Layer.provide(AuditLedger.layerSqlite({ filename, writerThread: false })))
+        const sessionId = yield* Effect.scoped(Effect.gen(function*() {
+          const context = yield* Layer.build(layer)
+          const address = Context.get(context, HttpServer.HttpServer).address
+          if (address._tag !== "TcpAddress") throw new Error("not TCP")
+          const { client, transport } = yield* connect(
+            new URL(`http://127.0.0.1:${address.port}/mcp/files`),
+            alice.token
+          )
+          fs.writeFileSync(join(root, "a.txt"), "a")
+          yield* Effect.promise(() =>
+            client.callTool({ name: "read_text_file", arguments: { path: join(root, "a.txt") } })
+          )
+          const endpoints = Context.get(context, McpEndpoints.McpEndpoints)
+          expect(yield* endpoints.openSessions).toBe(1)
+          for (let i = 0; i < 250 && (yield* endpoints.openSessions) > 0; i++) yield* Effect.sleep("20 millis")
+          expect(yield* endpoints.openSessions).toBe(0)
+          // Sealed before the shutdown: the seal row is in the ledger while serve still runs.
+          const id = transport.sessionId!
+          for (let i = 0; i < 100 && !rowsOf(filename).some((r) => r.payload.includes(id)); i++) {
+            yield* Effect.sleep("20 millis")
+          }
+          expect(rowsOf(filename).filter((r) => r.payload.includes(id)).map((r) => r.agent_id)).toEqual(["alice"])
+          yield* Effect.promise(() => client.close())
+          return id
+        }))
+        expect(sessionId).toMatch(/^[0-9a-f-]{36}$/)
+      }),
+    20_000
+  )
+})
+
 describe("serve --config", () => {
   it.effect("refuses a config with an unknown key, a bad endpoint name or an upstream without a command", () =>
     Effect.gen(function*() {

@@ -8,9 +8,9 @@
  *
  * A session belongs to the token's agent that opened it: another agent's request with its id is refused
  * (403), and so is an `initialize` past `maxSessionsPerAgent` open sessions (each is a process); an unknown
- * id is 404 (the client must initialize again, as the MCP spec says). A DELETE, the
- * upstream exiting, or closing the layer (shutdown) ends the session: calls in flight are completed and
- * the session's journal is sealed into the ledger.
+ * id is 404 (the client must initialize again, as the MCP spec says). A DELETE, the upstream exiting,
+ * `idleTimeoutMillis` without a request, or closing the layer (shutdown) ends the session: calls in flight
+ * are completed and the session's journal is sealed into the ledger.
  *
  * Answers come back on their POST as JSON; a GET (the standalone SSE stream) is 405, which the spec allows:
  * an open stream would hold up the HTTP server's graceful shutdown. So server-to-client requests and
@@ -70,6 +70,11 @@ export interface Options {
    * an `initialize` is refused (403) until one of them ends.
    */
   readonly maxSessionsPerAgent?: number | undefined
+  /**
+   * A session with no request for this long (none in flight) is ended and sealed, as on a `DELETE`: a
+   * client that went away without one does not keep its upstream process. Default 30 minutes.
+   */
+  readonly idleTimeoutMillis?: number | undefined
   /** How long a forwarded `tools/call` may wait for the upstream; default 60 seconds. */
   readonly callTimeoutMillis?: number | undefined
 }
@@ -88,6 +93,9 @@ interface Session {
   readonly agentId: string
   readonly name: string
   readonly transport: HttpTransport
+  /** Requests being handled, and when the last one ended (Clock millis): for the idle timeout. */
+  busy: number
+  lastSeen: number
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
@@ -142,6 +150,7 @@ export const make = (options: Options) =>
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const sessions = new Map<string, Session>()
     const maxSessions = options.maxSessionsPerAgent ?? 8
+    const idle = options.idleTimeoutMillis ?? 30 * 60 * 1000
 
     const hooksFor = (sessionId: string, agentId: string, serverId: string): McpProxy.Hooks<McpGuard.Ticket> => {
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
@@ -196,13 +205,27 @@ export const make = (options: Options) =>
         transport.onmessage = (message) => client.onmessage?.(message)
         transport.onclose = () => client.onclose?.()
         transport.onerror = (error) => client.onerror?.(error)
-        const session: Session = { agentId, name, transport }
+        const session: Session = { agentId, name, transport, busy: 0, lastSeen: yield* Clock.currentTimeMillis }
+        /** Ends the session (its transport closes, so the proxy ends) once it has been idle `idle` millis. */
+        const watchIdle = Effect.gen(function*() {
+          while (true) {
+            const now = yield* Clock.currentTimeMillis
+            const left = session.lastSeen + idle - now
+            if (session.busy === 0 && left <= 0) {
+              yield* Effect.logInfo("agent-ledger serve: an idle MCP session is ended")
+              yield* Effect.promise(() => transport.close().catch(() => undefined))
+              return yield* Effect.never
+            }
+            yield* Effect.sleep(Duration.millis(Math.max(left, idle / 10, 10)))
+          }
+        })
         const proxy = McpProxy.run({
           client,
           upstream: options.sdk.upstreamTransport(name, upstream),
           hooks: hooksFor(sessionId, agentId, name),
           callTimeout: options.callTimeoutMillis ?? McpProxy.DEFAULT_CALL_TIMEOUT
         }).pipe(
+          Effect.raceFirst(watchIdle),
           Effect.tap((ending) =>
             Effect.logInfo(`agent-ledger serve: MCP session ended (${ending.side}: ${ending.detail})`)
           ),
@@ -257,11 +280,21 @@ export const make = (options: Options) =>
       parsed: unknown
     ) =>
       Effect.map(
-        Effect.promise(() =>
-          session.transport.handleRequest(
-            toWeb(request, body),
-            parsed === undefined ? undefined : { parsedBody: parsed }
-          )
+        Effect.acquireUseRelease(
+          Effect.sync(() => void session.busy++),
+          () =>
+            Effect.promise(() =>
+              session.transport.handleRequest(
+                toWeb(request, body),
+                parsed === undefined ? undefined : { parsedBody: parsed }
+              )
+            ),
+          () =>
+            Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              Effect.sync(() => {
+                session.busy--
+                session.lastSeen = now
+              }))
         ),
         (response): Answer => ({ _tag: "Web", response })
       )
