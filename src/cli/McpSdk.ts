@@ -1,6 +1,6 @@
 /**
  * The MCP SDK is an optional peer dependency: a ledger-only application installs agent-ledger without it.
- * The CLI's MCP commands (`mcp-proxy`, `demo --mcp`) load the SDK's pieces here when they run, and say how
+ * The CLI's MCP commands (`mcp-proxy`, `demo --mcp`, `serve --config`) load the SDK's pieces here when they run, and say how
  * to install it (exit 2) when it is missing, instead of the whole CLI failing to start.
  */
 import { Effect } from "effect"
