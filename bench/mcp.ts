@@ -135,12 +135,15 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   const relays: Array<number> = []
   const allowed: Array<number> = []
   const refused: Array<number> = []
+  const failClosed: Array<number> = []
   for (let round = 0; round < mode.rounds; round++) {
     directs.push(await direct())
     relays.push(await relayed())
     const proxy = await proxied(round)
     allowed.push(proxy.allowed)
     refused.push(proxy.refused)
+    // Fail-closed: every call waits for its journal entry's commit (write-ahead) before it is forwarded.
+    failClosed.push((await proxied(mode.rounds + round, ["--fail-closed"])).allowed)
   }
   const directMs = median(directs)
   const proxiedMs = median(allowed)
@@ -150,6 +153,7 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
     "mcp.refusedCallMs": bounded(median(refused), "ms", proxiedMs),
     "mcp.relayOverheadMs": figure(relayOverhead, "ms"),
     // Beside the relay's overhead; a difference of medians, so either can come out near zero or below.
-    "mcp.proxyOverheadMs": bounded(proxiedMs - directMs, "ms", relayOverhead)
+    "mcp.proxyOverheadMs": bounded(proxiedMs - directMs, "ms", relayOverhead),
+    "mcp.failClosedCallOverheadMs": figure(median(failClosed) - directMs, "ms")
   }
 }

@@ -130,7 +130,7 @@ describe("AuditLedger.layerSqlite", () => {
         Effect.flatMap(LedgerSql.LedgerSql, ({ client }) => client`SELECT migration_id FROM agent_ledger_migrations`),
         context
       )
-      expect(migrations).toEqual([1, 2, 3, 4, 5, 6, 7, 8].map((migration_id) => ({ migration_id })))
+      expect(migrations).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9].map((migration_id) => ({ migration_id })))
       expect(Context.getOption(context, JournalStore.JournalStore)._tag).toBe("Some")
     }).pipe(Effect.scoped))
 })

@@ -460,7 +460,8 @@ describe("SqlAuditSink", () => {
           { migration_id: 5 },
           { migration_id: 6 },
           { migration_id: 7 },
-          { migration_id: 8 }
+          { migration_id: 8 },
+          { migration_id: 9 }
         ])
       }))
     }))

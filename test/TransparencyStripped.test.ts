@@ -239,8 +239,9 @@ describe("rotated keys and the layer's checkpointer", () => {
       reason: "unverifiedRow",
       sequence: 0
     })
-    const [cliRefused, accepted] = await Promise.all([
-      cli("checkpoint", ledger.db, "--private-key", currentFiles.privateKey),
+    // One after the other: once the accepted run has stored its checkpoint, later runs start from it.
+    const cliRefused = await cli("checkpoint", ledger.db, "--private-key", currentFiles.privateKey)
+    const [accepted] = await Promise.all([
       cli(
         "checkpoint",
         ledger.db,

@@ -76,3 +76,12 @@ describe("the source layout", () => {
     }
   })
 })
+
+describe("the test tiers", () => {
+  it("names only test files that exist in the end-to-end tier, and npm test runs every other one", async () => {
+    const { E2E_FILES } = await import("../vitest.config.js")
+    const root = join(src, "..")
+    for (const file of E2E_FILES) expect(fs.existsSync(join(root, file)), file).toBe(true)
+    expect(new Set(E2E_FILES).size).toBe(E2E_FILES.length)
+  })
+})

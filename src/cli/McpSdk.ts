@@ -1,6 +1,6 @@
 /**
  * The MCP SDK is an optional peer dependency: a ledger-only application installs agent-ledger without it.
- * The CLI's MCP commands (`mcp-proxy`, `demo --mcp`) load the SDK's pieces here when they run, and say how
+ * The CLI's MCP commands (`mcp-proxy`, `demo --mcp`, `serve --config`) load the SDK's pieces here when they run, and say how
  * to install it (exit 2) when it is missing, instead of the whole CLI failing to start.
  */
 import { Effect } from "effect"
@@ -37,6 +37,24 @@ export const stdioClient = Effect.tryPromise({
       import("@modelcontextprotocol/sdk/client/stdio.js")
     ])
     return { Client: client.Client, StdioClientTransport: transport.StdioClientTransport }
+  },
+  catch: missing
+})
+
+/**
+ * The SDK's web-standard Streamable HTTP server transport and its stdio client transport, for the MCP
+ * endpoints of `serve` (`McpEndpoints.Sdk`).
+ */
+export const streamableHttpServer = Effect.tryPromise({
+  try: async () => {
+    const [server, client] = await Promise.all([
+      import("@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js"),
+      import("@modelcontextprotocol/sdk/client/stdio.js")
+    ])
+    return {
+      WebStandardStreamableHTTPServerTransport: server.WebStandardStreamableHTTPServerTransport,
+      StdioClientTransport: client.StdioClientTransport
+    }
   },
   catch: missing
 })

@@ -1,7 +1,8 @@
 /**
- * `agent-ledger serve --db DB --policy FILE --tokens FILE [--listen HOST:PORT]`: the guard as a long-running
- * HTTP service (src/serve): Claude Code's hooks at `POST /v1/hooks/claude-code`, `/healthz`, `/readyz` and
- * Prometheus `/metrics`. Agents are the bearer tokens' (`agent-ledger token new`).
+ * `agent-ledger serve --db DB --policy FILE --tokens FILE [--config FILE] [--listen HOST:PORT]`: the guard as a
+ * long-running HTTP service (src/serve): Claude Code's hooks at `POST /v1/hooks/claude-code`, the MCP
+ * upstreams of `--config` over Streamable HTTP at `/mcp/NAME`, `/healthz`, `/readyz` and Prometheus
+ * `/metrics`. Agents are the bearer tokens' (`agent-ledger token new`).
  *
  * SIGINT/SIGTERM: the server stops taking requests and finishes those in flight, every open session is
  * sealed (calls in flight end as interrupted), the audit queue is flushed into the ledger (bounded by
@@ -11,7 +12,8 @@
 import { Command, Options } from "@effect/cli"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpServer from "@effect/platform/HttpServer"
-import { Console, Context, Duration, Effect, Layer, Option } from "effect"
+import { Console, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import * as fs from "node:fs"
 import * as http from "node:http"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import * as AuditLedger from "../AuditLedger.js"
@@ -19,9 +21,12 @@ import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as BearerTokens from "../serve/BearerTokens.js"
 import * as ClaudeCodeHooks from "../serve/ClaudeCodeHooks.js"
 import * as GuardServer from "../serve/GuardServer.js"
+import * as McpEndpoints from "../serve/McpEndpoints.js"
 import * as Serve from "../serve/Serve.js"
 import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
+import { upstreamEnvironment } from "./mcpProxy.js"
+import * as McpSdk from "./McpSdk.js"
 import { requireWritableFile } from "./shared.js"
 
 export const DEFAULT_LISTEN = "127.0.0.1:8787"
@@ -37,10 +42,39 @@ export const parseListen = (text: string): Effect.Effect<{ host: string; port: n
   return Effect.succeed({ host, port })
 }
 
+/** `--config FILE`: JSON, `{ "mcp": { "NAME": { "command": …, "args": […], "env": {…} } } }`. */
+export const loadConfig = (file: string): Effect.Effect<McpEndpoints.Config, InputError> =>
+  Effect.try({
+    try: () => JSON.parse(fs.readFileSync(file, "utf8")) as unknown,
+    catch: (error) => new InputError({ message: `${file}: cannot read it as JSON (${String(error)})` })
+  }).pipe(
+    Effect.flatMap(Schema.decodeUnknown(McpEndpoints.Config, { onExcessProperty: "error" })),
+    Effect.mapError((error) =>
+      error._tag === "InputError" ? error : new InputError({ message: `${file}: ${error.message}` })
+    )
+  )
+
+/** The MCP SDK's pieces `serve` uses, loaded only when `--config` names upstreams. */
+export const mcpSdk = Effect.map(McpSdk.streamableHttpServer, (sdk): McpEndpoints.Sdk => ({
+  serverTransport: (sessionId) =>
+    new sdk.WebStandardStreamableHTTPServerTransport({
+      sessionIdGenerator: () => sessionId,
+      enableJsonResponse: true
+    }),
+  upstreamTransport: (_name, upstream) =>
+    new sdk.StdioClientTransport({
+      command: upstream.command,
+      args: [...upstream.args],
+      env: upstreamEnvironment(upstream.env),
+      stderr: "inherit"
+    })
+}))
+
 export interface ServeOptions {
   readonly db: string
   readonly policy: string
   readonly tokens: string
+  readonly config?: Option.Option<string> | undefined
   readonly listen: string
   readonly privateKey: Option.Option<string>
   readonly failClosed: boolean
@@ -80,6 +114,14 @@ export const runServe = (options: ServeOptions) =>
         Effect.mapError((error) => new InputError({ message: error.message }))
       )
       : undefined
+    const config = options.config !== undefined && Option.isSome(options.config)
+      ? yield* loadConfig(options.config.value)
+      : undefined
+    const upstreams = config?.mcp ?? {}
+    const mcp = Object.keys(upstreams).length === 0 ? undefined : {
+      upstreams,
+      sdk: yield* mcpSdk
+    }
     const server = NodeHttpServer.layer(() => http.createServer(), { host, port }).pipe(
       Layer.mapError((error) =>
         new InputError({ message: `serve: cannot listen on ${options.listen} (${String(error.cause)})` })
@@ -92,6 +134,7 @@ export const runServe = (options: ServeOptions) =>
       sealEvery: options.sealEvery,
       maxBodyBytes: options.maxBodyBytes,
       rateLimit: { perSecond: options.rate, burst: options.rate * 2 },
+      mcp,
       hooks: {
         allowedDecision: options.allowedDecision,
         askOnWarn: options.askOnWarn,
@@ -114,10 +157,14 @@ export const runServe = (options: ServeOptions) =>
       yield* Console.error(
         `agent-ledger serve: listening on ${where} (Claude Code hooks: ${where}${GuardServer.CLAUDE_CODE_HOOK_PATH})`
       )
+      for (const name of Object.keys(upstreams)) {
+        yield* Console.error(`agent-ledger serve: MCP upstream ${name} at ${where}${McpEndpoints.MCP_PATH}/${name}`)
+      }
       const hooks = Context.get(context, ClaudeCodeHooks.ClaudeCodeHooks)
+      const endpoints = Context.get(context, McpEndpoints.McpEndpoints)
       yield* Effect.addFinalizer(() =>
         Effect.flatMap(
-          hooks.openSessions,
+          Effect.zipWith(hooks.openSessions, endpoints.openSessions, (a, b) => a + b),
           (open) => Console.error(`agent-ledger serve: stopping; sealing ${open} open session${open === 1 ? "" : "s"}`)
         )
       )
@@ -134,6 +181,12 @@ export const command = Command.make(
     policy: Options.text("policy").pipe(Options.withDescription("the guard policy (JSON, see examples/policy.json)")),
     tokens: Options.text("tokens").pipe(
       Options.withDescription("the bearer tokens file: one `AGENT_ID sha256:<hex>` line per token (token new)")
+    ),
+    config: Options.text("config").pipe(
+      Options.optional,
+      Options.withDescription(
+        "JSON: MCP upstreams to serve at /mcp/NAME, {\"mcp\": {\"NAME\": {\"command\": …, \"args\": […]}}}"
+      )
     ),
     listen: Options.text("listen").pipe(
       Options.withDefault(DEFAULT_LISTEN),

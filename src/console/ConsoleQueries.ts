@@ -77,7 +77,7 @@ export const overview: Effect.Effect<Overview, SqlError, LedgerSql.LedgerSql> = 
   Effect.gen(function*() {
     const client = yield* SqlClient.SqlClient
     const sql = client.withoutTransforms()
-    // Three queries, not one: a lone MIN or MAX reads one entry of the timestamp index (migration 0008).
+    // Three queries, not one: a lone MIN or MAX reads one entry of the timestamp index (migration 0009).
     const [count] = yield* sql<{ n: number | string }>`SELECT COUNT(*) AS n FROM signed_events`
     const [first] = yield* sql<{ t: string | null }>`SELECT MIN(timestamp) AS t FROM signed_events`
     const [last] = yield* sql<{ t: string | null }>`SELECT MAX(timestamp) AS t FROM signed_events`

@@ -5,6 +5,7 @@
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
+import { randomBytes } from "node:crypto"
 
 export const MIGRATIONS_TABLE = "agent_ledger_migrations"
 
@@ -137,8 +138,20 @@ const queryIndexes = Effect.gen(function*() {
 })
 
 /**
+ * The ledger's argument salt (docs/FORMAT.md, "Argument digests"), made with the schema: opening a ledger
+ * then only reads it, so a ledger whose write lock another process holds still opens (and stalls) instead
+ * of failing on a write at start-up.
+ */
+const argumentSalt = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`INSERT INTO agent_ledger_settings (key, value) VALUES ('argument_salt', ${
+    randomBytes(32).toString("hex")
+  }) ON CONFLICT (key) DO NOTHING`
+})
+
+/**
  * A refusal row's rule id on SQLite (`decision.ruleId`, `(unknown)` when the payload does not name one as
- * text): the console's queries count by it, and migration 0008 indexes it, so both must use this text.
+ * text): the console's queries count by it, and migration 0009 indexes it, so both must use this text.
  */
 export const SQLITE_REFUSAL_RULE =
   `CASE WHEN json_valid(payload) AND json_type(payload, '$.decision.ruleId') = 'text' ` +
@@ -173,7 +186,8 @@ const loader = Migrator.fromRecord({
   "0005_sign_dead_letters": signDeadLetters,
   "0006_journal_entries": createJournalEntries,
   "0007_query_indexes": queryIndexes,
-  "0008_console_indexes": consoleIndexes
+  "0008_argument_salt": argumentSalt,
+  "0009_console_indexes": consoleIndexes
 })
 
 /** Brings the connected database up to the current schema; returns the migrations it applied. */

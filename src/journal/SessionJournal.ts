@@ -789,14 +789,16 @@ const rowOf = (
   body: Uint8Array,
   intent: JsonValue | undefined
 ): JournalStore.JournalRow => ({
-  sessionId,
+  // Text columns hold what the body says: the body encodes a lone surrogate as U+FFFD (UTF-8 `EF BF BD`),
+  // so the column gets the well-formed string too (a driver may store the raw one otherwise).
+  sessionId: sessionId.toWellFormed(),
   sequence,
   kind: entry.kind ?? "call",
   outcome: entry.outcome ?? (entry.allowed ? "result" : "refused"),
   callSequence: entry.callSequence ?? sequence,
-  agentId: entry.agentId,
-  serverId: entry.serverId,
-  toolName: entry.toolName,
+  agentId: entry.agentId.toWellFormed(),
+  serverId: entry.serverId.toWellFormed(),
+  toolName: entry.toolName.toWellFormed(),
   timestampMillis: entry.timestampMillis,
   prevHash,
   entryHash,

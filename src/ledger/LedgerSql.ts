@@ -106,10 +106,14 @@ export const asSqlClient: Layer.Layer<SqlClient.SqlClient | LedgerSql, never, Le
  */
 export const argumentSalt: Effect.Effect<string, SqlError, LedgerSql> = use(Effect.gen(function*() {
   const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+  const read = sql<{ value: string }>`SELECT value FROM agent_ledger_settings WHERE key = 'argument_salt'`
+  // Made with the schema (migration 0008): read only, unless a database migrated elsewhere lacks it.
+  const [stored] = yield* read
+  if (stored !== undefined) return stored.value
   const fresh = randomBytes(32).toString("hex")
   yield* sql`INSERT INTO agent_ledger_settings (key, value) VALUES ('argument_salt', ${fresh})
     ON CONFLICT (key) DO NOTHING`
-  const [row] = yield* sql<{ value: string }>`SELECT value FROM agent_ledger_settings WHERE key = 'argument_salt'`
+  const [row] = yield* read
   return row?.value ?? fresh
 }))
 

@@ -5,6 +5,7 @@
  *   `ClaudeCodeHooks`. A bearer token is required (401 otherwise, counted); the agent is the token's. Each
  *   token has a request rate (429 over it, counted) and a body size limit (413 over it, counted), checked in
  *   that order, before the body is read.
+ * - `/mcp/NAME`: MCP over Streamable HTTP to a configured upstream (`McpEndpoints`), same checks.
  * - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 while the audit queue can make
  *   events durable, else 503. `GET /metrics`: every Effect metric of the process (the audit queue's and
  *   the server's) in the Prometheus text format.
@@ -22,6 +23,7 @@ import { Clock, Effect, Metric, MetricBoundaries, Option } from "effect"
 import * as AuditQueue from "../audit/AuditQueue.js"
 import * as BearerTokens from "./BearerTokens.js"
 import { ClaudeCodeHooks } from "./ClaudeCodeHooks.js"
+import * as McpEndpoints from "./McpEndpoints.js"
 import * as PrometheusText from "./PrometheusText.js"
 import { RateLimiter } from "./RateLimiter.js"
 
@@ -106,6 +108,44 @@ const hookRoute = (options: Options) => {
   })
 }
 
+/**
+ * `/mcp/NAME` (POST, GET, DELETE): MCP over Streamable HTTP to upstream `NAME` (`McpEndpoints`), with
+ * the same bearer token, rate and size checks as the hook endpoint.
+ */
+const mcpRoute = (options: Options) => {
+  const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES
+  return Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const route = `${McpEndpoints.MCP_PATH}/:name`
+    const agent = BearerTokens.authenticate(options.tokens, request.headers["authorization"])
+    if (Option.isNone(agent)) {
+      return yield* refused("unauthenticated", route, 401, { error: "a valid bearer token is required" }, {
+        "www-authenticate": "Bearer"
+      })
+    }
+    const limiter = yield* RateLimiter
+    if (!(yield* limiter.take(agent.value))) {
+      return yield* refused("rate_limited", route, 429, { error: "too many requests for this token" }, {
+        "retry-after": "1"
+      })
+    }
+    let body: string | undefined = undefined
+    if (request.method === "POST") {
+      const tooLarge = { error: `the request body is larger than ${maxBody} bytes` }
+      const declared = Number(request.headers["content-length"] ?? "0")
+      if (!Number.isFinite(declared) || declared > maxBody) return yield* refused("too_large", route, 413, tooLarge)
+      const text = yield* McpEndpoints.readBody(request, maxBody)
+      if (Option.isNone(text)) return yield* refused("too_large", route, 413, tooLarge)
+      body = text.value
+    }
+    const params = yield* HttpRouter.params
+    const endpoints = yield* McpEndpoints.McpEndpoints
+    const answer = yield* endpoints.handle(agent.value, params.name ?? "", request, body)
+    yield* count(route, answer._tag === "Json" ? answer.status : answer.response.status)
+    return McpEndpoints.toResponse(answer)
+  })
+}
+
 /** The server's routes. */
 export const router = (options: Options) =>
   HttpRouter.empty.pipe(
@@ -131,7 +171,8 @@ export const router = (options: Options) =>
         )
       )
     ),
-    HttpRouter.post(CLAUDE_CODE_HOOK_PATH, hookRoute(options))
+    HttpRouter.post(CLAUDE_CODE_HOOK_PATH, hookRoute(options)),
+    HttpRouter.all(`${McpEndpoints.MCP_PATH}/:name`, mcpRoute(options))
   )
 
 /**

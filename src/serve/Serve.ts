@@ -4,8 +4,8 @@
  * layer. The ledger (`AuditLedger.layerFor`: `AuditQueue` and `LedgerSql`) comes from the caller.
  *
  * Build order is the shutdown order reversed, which is the contract: the server is built last, so on
- * shutdown it stops taking requests (and finishes those in flight) first; then the hooks seal every open
- * session (calls in flight end as interrupted); then the caller's ledger flushes its queue and closes.
+ * shutdown it stops taking requests (and finishes those in flight) first; then the hooks and the MCP
+ * endpoints seal every open session (calls in flight end as interrupted); then the caller's ledger flushes its queue and closes.
  */
 import type * as HttpServer from "@effect/platform/HttpServer"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -17,6 +17,7 @@ import * as SessionJournals from "../journal/SessionJournals.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
 import * as GuardServer from "./GuardServer.js"
+import * as McpEndpoints from "./McpEndpoints.js"
 import * as RateLimiter from "./RateLimiter.js"
 
 export interface Options extends GuardServer.Options {
@@ -28,6 +29,8 @@ export interface Options extends GuardServer.Options {
   readonly hooks?: ClaudeCodeHooks.Options | undefined
   /** Requests per second per token; default 50, burst 100. */
   readonly rateLimit?: RateLimiter.Options | undefined
+  /** MCP upstreams served at `/mcp/NAME`, and the SDK to serve them with; none if absent. */
+  readonly mcp?: McpEndpoints.Options | undefined
 }
 
 /** The guard on the policy, with its own journals and the ledger's argument salt. */
@@ -52,5 +55,6 @@ export const layer = <ROut, E, R>(options: Options, server: Layer.Layer<ROut | H
     Layer.provideMerge(server),
     Layer.provide(RateLimiter.layer(options.rateLimit ?? { perSecond: 50, burst: 100 })),
     Layer.provideMerge(ClaudeCodeHooks.layer(options.hooks)),
+    Layer.provideMerge(options.mcp === undefined ? McpEndpoints.none : McpEndpoints.layer(options.mcp)),
     Layer.provideMerge(guardLayer(options))
   )
