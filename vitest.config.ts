@@ -2,10 +2,17 @@ import { defineConfig } from "vitest/config"
 
 /**
  * The end-to-end tier: files that start many CLI processes, kill processes mid-write, drive a browser, pack
- * and install the package, or run the quick bench. `npm test` leaves them out so that it stays within a few
- * minutes on 2 cores; `npm run test:e2e` runs exactly these, and CI (`.ci/run`) runs both tiers.
+ * and install the package, run the quick bench or the long seeded fuzz. `npm test` leaves them out so that
+ * it stays within a few minutes on 2 cores; `npm run test:e2e` runs exactly these, and CI (`.ci/run`) runs
+ * both tiers.
  */
 export const E2E_FILES = [
+  "test/CallReceipt.test.ts",
+  "test/DeadLetterForgery.test.ts",
+  "test/Fuzz.test.ts",
+  "test/HostileInput.test.ts",
+  "test/TransparencyStripped.test.ts",
+  "test/VerifyFailures.test.ts",
   "test/Crash.test.ts",
   "test/GuardCrash.test.ts",
   "test/LedgerTransparency.test.ts",
