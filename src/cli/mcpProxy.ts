@@ -30,6 +30,7 @@ import * as AuditLedger from "../AuditLedger.js"
 import type * as Approvals from "../guard/Approvals.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as McpGuard from "../guard/McpGuard.js"
+import * as McpGuardHooks from "../guard/McpGuardHooks.js"
 import * as McpProxy from "../guard/McpProxy.js"
 import * as ToolPins from "../guard/ToolPins.js"
 import { uuidV7 } from "../internal/uuid.js"
@@ -59,10 +60,6 @@ export interface McpProxyOptions {
   readonly spill: Option.Option<string>
   readonly server: ReadonlyArray<string>
 }
-
-/** The text a refused call returns to the agent, so it sees why. */
-export const refusalText = (ruleId: string, reason: string): string =>
-  `agent-ledger refused this call (rule ${ruleId}): ${reason}`
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
@@ -147,11 +144,6 @@ export const upstreamEnvironment = (extra: Record<string, string>): Record<strin
   return { ...env, ...extra }
 }
 
-const refusalResult = (ruleId: string, reason: string): Record<string, unknown> => ({
-  content: [{ type: "text", text: refusalText(ruleId, reason) }],
-  isError: true
-})
-
 export const runMcpProxy = (options: McpProxyOptions) =>
   Effect.gen(function*() {
     const [command, ...args] = options.server
@@ -222,7 +214,10 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         toolName: typeof params.name === "string" ? params.name : "",
         arguments: params.arguments
       })
-      const hooks: McpProxy.Hooks<McpGuard.Ticket> = {
+      const hooks = McpGuardHooks.make({
+        guard,
+        serverId,
+        callOf,
         onInitialize: (params) =>
           Effect.sync(() => {
             clientCanElicit = isRecord(params) && isRecord(params.capabilities) &&
@@ -232,29 +227,8 @@ export const runMcpProxy = (options: McpProxyOptions) =>
               if (typeof name === "string" && name.length > 0) agentId = name
             }
           }),
-        onToolCall: (params) =>
-          Effect.map(
-            guard.check(callOf(params)),
-            (check): McpProxy.ToolCallRoute<McpGuard.Ticket> =>
-              check._tag === "Allowed"
-                ? { _tag: "Forward", ticket: check.ticket }
-                : { _tag: "Answer", result: refusalResult(check.ruleId, check.reason) }
-          ),
-        onToolResult: (ticket, answer) => guard.complete(ticket, callOutcome(answer)),
-        onRefusal: (params, ruleId, reason) =>
-          Effect.as(guard.refuse(callOf(params), ruleId, reason), refusalResult(ruleId, reason)),
-        onToolsList: (result) =>
-          Effect.gen(function*() {
-            if (!Array.isArray(result.tools)) return result
-            if (pins !== undefined) yield* pins.observe(serverId, agentId, result.tools)
-            return {
-              ...result,
-              tools: result.tools.filter((tool: unknown) =>
-                !isRecord(tool) || typeof tool.name !== "string" || guard.isVisible(serverId, tool.name)
-              )
-            }
-          })
-      }
+        observeTools: (tools) => pins === undefined ? Effect.void : pins.observe(serverId, agentId, tools)
+      })
       const { StdioClientTransport, StdioServerTransport } = yield* McpSdk.stdioTransports
       const stdin = process.stdin.pipe(
         new LineLimiter(
@@ -374,20 +348,6 @@ export const askClient = (
       }
     )
     : Effect.succeed({ _tag: "Unavailable", detail: "the client did not declare the elicitation capability" })
-
-/** The guard's record of how a forwarded call ended; error answers count their bytes like results. */
-export const callOutcome = (answer: McpProxy.ToolAnswer): McpGuard.CallOutcome => {
-  switch (answer._tag) {
-    case "Result":
-      return { _tag: "Result", bytesRead: McpGuard.jsonBytes(answer.result) }
-    case "Error":
-      return { _tag: "ErrorAnswer", bytesRead: McpGuard.jsonBytes(answer.error) }
-    case "NotForwarded":
-      return { _tag: "ErrorAnswer", bytesRead: 0 }
-    default:
-      return answer
-  }
-}
 
 export const command = Command.make(
   "mcp-proxy",

@@ -10,5 +10,6 @@
 export * as Approvals from "./Approvals.js"
 export * as GuardPolicy from "./GuardPolicy.js"
 export * as McpGuard from "./McpGuard.js"
+export * as McpGuardHooks from "./McpGuardHooks.js"
 export * as McpProxy from "./McpProxy.js"
 export * as ToolPins from "./ToolPins.js"

@@ -21,6 +21,7 @@ import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Clock, Context, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Layer, Option, Schema } from "effect"
 import * as McpGuard from "../guard/McpGuard.js"
+import * as McpGuardHooks from "../guard/McpGuardHooks.js"
 import * as McpProxy from "../guard/McpProxy.js"
 import { uuidV7 } from "../internal/uuid.js"
 
@@ -105,29 +106,6 @@ const isInitialize = (body: unknown) =>
   (isRecord(body) && body.method === "initialize") ||
   (Array.isArray(body) && body.some((m) => isRecord(m) && m.method === "initialize"))
 
-/** The text a refused call returns to the agent (the same as `mcp-proxy`'s). */
-export const refusalText = (ruleId: string, reason: string): string =>
-  `agent-ledger refused this call (rule ${ruleId}): ${reason}`
-
-const refusalResult = (ruleId: string, reason: string): Record<string, unknown> => ({
-  content: [{ type: "text", text: refusalText(ruleId, reason) }],
-  isError: true
-})
-
-/** How a forwarded call ended, as the guard journals it. */
-export const callOutcome = (answer: McpProxy.ToolAnswer): McpGuard.CallOutcome => {
-  switch (answer._tag) {
-    case "Result":
-      return { _tag: "Result", bytesRead: McpGuard.jsonBytes(answer.result) }
-    case "Error":
-      return { _tag: "ErrorAnswer", bytesRead: McpGuard.jsonBytes(answer.error) }
-    case "NotForwarded":
-      return { _tag: "ErrorAnswer", bytesRead: 0 }
-    default:
-      return answer
-  }
-}
-
 const json = (status: number, body: unknown): Answer => ({ _tag: "Json", status, body })
 
 export class McpEndpoints extends Context.Tag("agent-ledger/McpEndpoints")<McpEndpoints, {
@@ -160,31 +138,7 @@ export const make = (options: Options) =>
         toolName: typeof params.name === "string" ? params.name : "",
         arguments: params.arguments
       })
-      return {
-        onInitialize: () => Effect.void,
-        onToolCall: (params) =>
-          Effect.map(
-            guard.check(callOf(params)),
-            (check): McpProxy.ToolCallRoute<McpGuard.Ticket> =>
-              check._tag === "Allowed"
-                ? { _tag: "Forward", ticket: check.ticket }
-                : { _tag: "Answer", result: refusalResult(check.ruleId, check.reason) }
-          ),
-        onToolResult: (ticket, answer) => guard.complete(ticket, callOutcome(answer)),
-        onRefusal: (params, ruleId, reason) =>
-          Effect.as(guard.refuse(callOf(params), ruleId, reason), refusalResult(ruleId, reason)),
-        onToolsList: (result) =>
-          Effect.succeed(
-            Array.isArray(result.tools)
-              ? {
-                ...result,
-                tools: result.tools.filter((tool: unknown) =>
-                  !isRecord(tool) || typeof tool.name !== "string" || guard.isVisible(serverId, tool.name)
-                )
-              }
-              : result
-          )
-      }
+      return McpGuardHooks.make({ guard, serverId, callOf })
     }
 
     /** Starts a session's proxy; succeeds once the proxy listens to the client transport. */
