@@ -18,6 +18,7 @@ import type { Fiber } from "effect"
 import { Clock, Context, Deferred, Effect, Exit, FiberId, Layer, ParseResult, Schema } from "effect"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
+import { ENTRY_DOMAIN_V1, ENTRY_DOMAIN_V2, OUTCOME_NAMES } from "../internal/journalEntryFormat.js"
 import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import { debugEnabled, debugSpan } from "../internal/tracing.js"
 import type * as JournalStore from "../ledger/JournalStore.js"
@@ -29,10 +30,10 @@ export const EXPORT_FORMAT = "agent-ledger/journal/v2"
 export const EXPORT_FORMAT_V1 = "agent-ledger/journal/v1"
 
 /** The domain string that opens every v2 entry's hash input. */
-export const ENTRY_HASH_DOMAIN = "agent-ledger/journal-entry/v2"
+export const ENTRY_HASH_DOMAIN = ENTRY_DOMAIN_V2
 
 /** The domain string that opens every v1 entry's hash input. */
-export const ENTRY_HASH_DOMAIN_V1 = "agent-ledger/journal-entry/v1"
+export const ENTRY_HASH_DOMAIN_V1 = ENTRY_DOMAIN_V1
 
 /** What a v2 entry is: a call's decision, or the later ending of a call recorded as `pending`. */
 export const EntryKind = Schema.Literal("call", "outcome")
@@ -42,15 +43,7 @@ export type EntryKind = typeof EntryKind.Type
  * How a call ended. `pending`: allowed and not ended yet (an `outcome` entry follows); `refused`: the guard
  * refused it; the others say how an allowed call ended (see `McpGuard.CallOutcome`).
  */
-export const Outcome = Schema.Literal(
-  "pending",
-  "refused",
-  "result",
-  "errorAnswer",
-  "timedOut",
-  "upstreamGone",
-  "interrupted"
-)
+export const Outcome = Schema.Literal(...OUTCOME_NAMES)
 export type Outcome = typeof Outcome.Type
 
 /** The byte each kind is hashed as (docs/FORMAT.md). */
