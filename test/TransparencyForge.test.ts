@@ -157,9 +157,13 @@ const signedLedger = async (db: string) => {
     }
     return { made, verified, receipt }
   }
-  /** Every row in `sequences` proven at once (each its own `prove`), and each receipt checked. */
+  /**
+   * Every row in `sequences` proven (each its own `prove`, one after the other: each signs and stores a
+   * checkpoint, and two at once on one SQLite file can lose the write lock), and each receipt checked.
+   */
   const proveAll = async (sequences: ReadonlyArray<number>) => {
-    const results = await Promise.all(sequences.map((sequence) => prove(sequence)))
+    const results: Array<Awaited<ReturnType<typeof prove>>> = []
+    for (const sequence of sequences) results.push(await prove(sequence))
     results.forEach(({ made, verified }, i) => {
       expect(made.code, `prove ${sequences[i]}: ${made.stderr}`).toBe(0)
       expect(verified.code, `verify-receipt ${sequences[i]}`).toBe(0)

@@ -177,8 +177,10 @@ describe("output", () => {
     expect(existsSync(join(sub, "team-session.json"))).toBe(true)
     expect(existsSync(join(dir, "agent-ledger-session.json"))).toBe(false)
     const next = demo.stdout.split("\nnext:\n")[1]!.trim().split("\n").map((line) => line.trim())
-    expect(next[0]).toBe(`agent-ledger verify ${join(sub, "team.db")}`)
-    for (const step of next.slice(0, 3)) {
+    // The console first (a server: not run here; test/console.test.ts drives it), then commands that end.
+    expect(next[0]).toBe(`agent-ledger console ${join(sub, "team.db")}`)
+    expect(next[1]).toBe(`agent-ledger verify ${join(sub, "team.db")}`)
+    for (const step of next.slice(1, 4)) {
       const run = await cli(step.split(" ").slice(1))
       expect(run.code, step).toBe(0)
     }
