@@ -89,6 +89,8 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   fs.writeFileSync(relay, RELAY)
   const cli = join(dir, "cli.mjs")
   await bundleForNode(join(repoRoot, "src/cli/main.ts"), cli)
+  // Its writer thread beside it, where the bundled CLI looks (an MCP client passes the child no env of ours).
+  await bundleForNode(join(repoRoot, "src/ledger/LedgerWriterWorker.ts"), join(dir, "LedgerWriterWorker.mjs"))
   const calls = mode.size(400, 30)
 
   const direct = () =>

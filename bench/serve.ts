@@ -111,6 +111,8 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   const dir = fs.mkdtempSync(join(mode.dir, "serve-"))
   const cli = join(dir, "cli.mjs")
   await bundleForNode(join(repoRoot, "src/cli/main.ts"), cli)
+  // Its writer thread beside it, where the bundled CLI looks (an MCP client passes the child no env of ours).
+  await bundleForNode(join(repoRoot, "src/ledger/LedgerWriterWorker.ts"), join(dir, "LedgerWriterWorker.mjs"))
   fs.writeFileSync(join(dir, "policy.json"), JSON.stringify(policy))
   const token = "al_bench-token"
   const { createHash } = await import("node:crypto")
