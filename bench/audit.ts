@@ -36,7 +36,7 @@ const freshFile = (mode: BenchMode, name: string) => join(mode.dir, `${name}-${f
  * `n` refusals like `refusalEvent`'s, built without re-validating each one (a million events are made
  * for the backlog figure; their construction is setup, not measured).
  */
-const events = (n: number, prefix: string): ReadonlyArray<DeferredAuditEvent> =>
+export const events = (n: number, prefix: string): ReadonlyArray<DeferredAuditEvent> =>
   Array.from({ length: n }, (_, i) =>
     new DeferredAuditEvent({
       id: uuidV7(BASE_MILLIS + i),

@@ -5,15 +5,13 @@
  * beside the same timer's lateness on an idle process in the same run (the bound). The in-thread writer
  * (`writerThread: false`) is measured too, in the same run, for what the writer thread removes.
  */
-import { DateTime, Effect, Logger } from "effect"
+import { Effect, Logger } from "effect"
 import { join } from "node:path"
 import { performance } from "node:perf_hooks"
-import { DeferredAuditEvent, Refuse, ToolCall } from "../src/audit/AuditEvent.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
 import * as AuditSigner from "../src/audit/AuditSigner.js"
 import * as AuditLedger from "../src/AuditLedger.js"
-import { uuidV7 } from "../src/internal/uuid.js"
-import { BASE_MILLIS } from "../test/fixtures/events.js"
+import { events } from "./audit.js"
 import type { BenchMode, Figures } from "./harness.js"
 import { bounded, figure, quantile } from "./harness.js"
 
@@ -21,16 +19,6 @@ const quiet = Effect.provide(Logger.replace(Logger.defaultLogger, Logger.none))
 
 let fileCounter = 0
 const freshFile = (mode: BenchMode, name: string) => join(mode.dir, `guard-${name}-${fileCounter++}.db`)
-
-const events = (n: number, prefix: string): ReadonlyArray<DeferredAuditEvent> =>
-  Array.from({ length: n }, (_, i) =>
-    new DeferredAuditEvent({
-      id: uuidV7(BASE_MILLIS + i),
-      agentId: `${prefix}-${i % 97}`,
-      action: new ToolCall({ toolName: "shell.exec", serverId: "local", arguments: { n: i, extra: "" } }, true),
-      decision: new Refuse({ ruleId: "no-shell", reason: `refusal ${i}` }, true),
-      timestamp: DateTime.unsafeMake(BASE_MILLIS + i)
-    }, true))
 
 /** A 1 ms interval timer recording each tick's lateness (ms past its due time) until stopped. */
 export const lateness = () => {
