@@ -1,7 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { DateTime, Effect, FastCheck as fc, Option, Schema, TestClock } from "effect"
 import { createHash } from "node:crypto"
-import { readFileSync } from "node:fs"
 
 import {
   Allow,
@@ -28,19 +27,12 @@ import { AgentAction, Decision } from "../src/audit/AuditEvent.js"
 import type { JsonValue } from "../src/audit/AuditEvent.js"
 import { isWellFormed } from "../src/internal/unicode.js"
 import { UUID_V7 } from "../src/internal/uuid.js"
+import { docBlock } from "./fixtures/formatDoc.js"
 
 const refusalAction = () => new Custom({ customKind: "memory_write", payload: { namespace: "secrets/api" } })
 const refusalDecision = () => new Refuse({ ruleId: "R001", reason: "no writes to secrets/*" })
 
 const decodeEvent = Schema.decodeUnknownSync(DeferredAuditEvent)
-
-/** The fenced block tagged `test-vector:<name>` in docs/FORMAT.md. */
-const formatDoc = readFileSync(new URL("../docs/FORMAT.md", import.meta.url), "utf8")
-const docBlock = (name: string): string => {
-  const match = new RegExp("```[a-z]* test-vector:" + name + "\\n([\\s\\S]*?)\\n```").exec(formatDoc)
-  if (match === null) throw new Error(`docs/FORMAT.md has no test-vector:${name} block`)
-  return match[1]!
-}
 
 const sha256 = (bytes: Uint8Array | string) => createHash("sha256").update(bytes).digest("hex")
 

@@ -6,21 +6,13 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Ref, Schema } from "effect"
-import * as fs from "node:fs"
-import { resolve } from "node:path"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
 import { Appended, AuditSink } from "../src/audit/AuditSink.js"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
 import * as McpGuard from "../src/guard/McpGuard.js"
 import * as DeadLetters from "../src/ledger/DeadLetters.js"
-
-const formatDoc = fs.readFileSync(resolve(import.meta.dirname, "..", "docs", "FORMAT.md"), "utf8")
-const docBlock = (name: string): string => {
-  const match = new RegExp("```[a-z]* test-vector:" + name + "\\n([\\s\\S]*?)\\n```").exec(formatDoc)
-  if (match === null) throw new Error(`docs/FORMAT.md has no test-vector:${name} block`)
-  return match[1]!
-}
+import { docBlock } from "./fixtures/formatDoc.js"
 
 describe("refusal payload v3 (shadow)", () => {
   it("the v3 vector: canonical JSON with mode, its hash, a governance.would-refuse row", () => {

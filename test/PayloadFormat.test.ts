@@ -4,10 +4,9 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Schema } from "effect"
-import * as fs from "node:fs"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
+import { join } from "node:path"
 import { afterAll } from "vitest"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
@@ -15,13 +14,8 @@ import * as AuditLedger from "../src/AuditLedger.js"
 import * as LedgerSql from "../src/ledger/LedgerSql.js"
 import * as LedgerStats from "../src/ledger/LedgerStats.js"
 import { verifyLedger } from "../src/ledger/LedgerVerifier.js"
+import { docBlock } from "./fixtures/formatDoc.js"
 
-const formatDoc = fs.readFileSync(resolve(import.meta.dirname, "..", "docs", "FORMAT.md"), "utf8")
-const docBlock = (name: string): string => {
-  const match = new RegExp("```[a-z]* test-vector:" + name + "\\n([\\s\\S]*?)\\n```").exec(formatDoc)
-  if (match === null) throw new Error(`docs/FORMAT.md has no test-vector:${name} block`)
-  return match[1]!
-}
 const decodeEvent = Schema.decodeUnknownSync(AuditEvent.DeferredAuditEvent)
 
 const tempRoot = mkdtempSync(join(tmpdir(), "agent-ledger-payload-"))

@@ -7,7 +7,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Option, Stream } from "effect"
+import { Effect, Option, Schema, Stream } from "effect"
 import * as LedgerQuery from "../query/LedgerQuery.js"
 import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
@@ -34,7 +34,10 @@ const onLedger = <A>(
 
 const orDash = (value: string | number | null): string => value === null ? "-" : String(value)
 
-/** One log line: `#3  2026-11-24T06:03:00.000Z  agent-a  refuse  write_file@fs  rule=no-write  session=s1:3`. */
+/**
+ * One log line: `#3  2026-11-24T06:03:00.000Z  agent-a  refuse  write_file@fs  rule=no-write  session=s1:3`;
+ * a guard's records name their kind first (`approval write_file@fs rule=ask-write answer=accept by=… …`).
+ */
 export const logLine = (entry: LedgerQuery.LogEntry): string => {
   const where = entry.ledgerSequence === null ? "-" : `#${entry.ledgerSequence}`
   const session = entry.sessionId === null
@@ -46,6 +49,10 @@ export const logLine = (entry: LedgerQuery.LogEntry): string => {
       entry.decision ?? entry.kind,
       entry.toolName === null ? orDash(entry.action) : `${entry.toolName}@${orDash(entry.serverId)}`,
       ...(entry.ruleId === null ? [] : [`rule=${entry.ruleId}`]),
+      ...(entry.kind === "approval"
+        ? [`answer=${orDash(entry.answer)}`, `by=${orDash(entry.approver)}`, `call=${orDash(entry.outcome)}`]
+        : []),
+      ...(entry.digest === null ? [] : [`digest=${entry.digest.slice(0, 16)}`]),
       ...session,
       ...(entry.kind === "call" && entry.outcome !== null ? [`outcome=${entry.outcome}`] : []),
       ...(entry.bytesRead === null && entry.bytesWritten === null
@@ -79,6 +86,24 @@ export const runShow = (options: { readonly db: string; readonly id: string; rea
           `  action:     ${orDash(entry.action)}${
             entry.toolName === null ? "" : ` ${entry.toolName} on ${orDash(entry.serverId)}`
           }`
+        ]
+        : []),
+      ...(entry.kind === "would-refuse"
+        ? [`  decision:   would refuse (shadow mode) by rule ${orDash(entry.ruleId)}: ${orDash(entry.reason)}`]
+        : []),
+      ...(entry.kind === "approval"
+        ? [
+          `  asked:      ${entry.toolName ?? "-"} on ${orDash(entry.serverId)}, rule ${orDash(entry.ruleId)}: ${
+            orDash(entry.reason)
+          }`,
+          `  answer:     ${orDash(entry.answer)} by ${orDash(entry.approver)}; the call was ${orDash(entry.outcome)}`
+        ]
+        : []),
+      ...(entry.kind === "tool-pinned" || entry.kind === "tool-changed"
+        ? [
+          `  tool:       ${orDash(entry.toolName)} on ${orDash(entry.serverId)}, ${
+            entry.kind === "tool-pinned" ? "pinned" : "changed to"
+          } definition ${orDash(entry.digest)}`
         ]
         : []),
       ...(entry.kind === "seal"
@@ -129,6 +154,7 @@ export interface LogOptions {
   readonly session: Option.Option<string>
   readonly tool: Option.Option<string>
   readonly decision: Option.Option<string>
+  readonly kind: Option.Option<string>
   readonly since: Option.Option<string>
   readonly until: Option.Option<string>
   readonly limit: Option.Option<number>
@@ -150,6 +176,14 @@ const queryOf = (options: LogOptions): Effect.Effect<LedgerQuery.LogQuery, Input
     if (decision !== undefined && decision !== "allow" && decision !== "refuse") {
       return yield* new InputError({ message: `--decision: expected allow or refuse, not '${decision.slice(0, 32)}'` })
     }
+    const kindText = Option.getOrUndefined(options.kind)
+    const isKind = Schema.is(LedgerQuery.EntryKind)
+    if (kindText !== undefined && !isKind(kindText)) {
+      return yield* new InputError({
+        message: `--kind: expected one of ${LedgerQuery.EntryKind.literals.join(", ")}, not '${kindText.slice(0, 32)}'`
+      })
+    }
+    const kind = kindText !== undefined && isKind(kindText) ? kindText : undefined
     const since = yield* time(options.since, "since")
     const until = yield* time(options.until, "until")
     const query: { -readonly [K in keyof LedgerQuery.LogQuery]: LedgerQuery.LogQuery[K] } = {}
@@ -158,6 +192,7 @@ const queryOf = (options: LogOptions): Effect.Effect<LedgerQuery.LogQuery, Input
     if (Option.isSome(options.session)) query.session = options.session.value
     if (Option.isSome(options.tool)) query.tool = options.tool.value
     if (decision !== undefined) query.decision = decision
+    if (kind !== undefined) query.kind = kind
     if (since !== undefined) query.since = since
     if (until !== undefined) query.until = until
     return query
@@ -199,10 +234,14 @@ export const logCommand = Command.make(
   {
     db,
     agent: filter("agent", "only this agent's entries"),
-    rule: filter("rule", "only refusals by this rule"),
+    rule: filter("rule", "only refusals (and approvals) by this rule"),
     session: filter("session", "only this session's entries"),
     tool: filter("tool", "only calls of this tool"),
     decision: filter("decision", "only allowed or only refused calls: allow|refuse"),
+    kind: filter(
+      "kind",
+      `only entries of this kind: ${LedgerQuery.EntryKind.literals.join("|")} (approval: who approved what)`
+    ),
     since: filter("since", "from this time on: RFC 3339, a date (UTC), or an age such as 2h or 7d"),
     until: filter("until", "up to this time (inclusive), as --since"),
     limit: Options.integer("limit").pipe(
@@ -216,8 +255,10 @@ export const logCommand = Command.make(
   },
   runLog
 ).pipe(Command.withDescription(commandHelp(
-  "print what agents did, oldest first: refusals, seals and (with stored journals) allowed calls; filters combine",
+  "print what agents did, oldest first: refusals, seals, approvals, tool pins and (with stored journals) allowed " +
+    "calls; filters combine",
   [
+    "agent-ledger log ./agent-ledger.db --kind approval --tool write_file",
     "agent-ledger log ./agent-ledger.db --agent agent-7 --since 2h",
     "agent-ledger log ./agent-ledger.db --decision refuse --rule no-upload --json",
     "agent-ledger log ./agent-ledger.db --session sess-42 --until 2026-11-24T07:00:00Z",

@@ -16,7 +16,15 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type { Fragment } from "@effect/sql/Statement"
 import { Chunk, Clock, Context, DateTime, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
-import { GOVERNANCE_REFUSAL_EVENT_TYPE, JsonValue, SESSION_SEALED_EVENT_TYPE } from "../audit/AuditEvent.js"
+import {
+  APPROVAL_EVENT_TYPE,
+  GOVERNANCE_REFUSAL_EVENT_TYPE,
+  JsonValue,
+  SESSION_SEALED_EVENT_TYPE,
+  TOOL_CHANGED_EVENT_TYPE,
+  TOOL_PINNED_EVENT_TYPE,
+  WOULD_REFUSE_EVENT_TYPE
+} from "../audit/AuditEvent.js"
 import * as LedgerRow from "../ledger/LedgerRow.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as JournalEntries from "./JournalEntries.js"
@@ -31,11 +39,37 @@ export type Decision = typeof Decision.Type
 
 /**
  * What a log entry is: a refused call (`refusal`, a `governance.refusal` row), a session seal (`seal`, a
- * `session.sealed` row), a journaled call (`call`, an allowed call from the stored session journal) or a
- * ledger row of a type this version does not know (`other`).
+ * `session.sealed` row), a journaled call (`call`, an allowed call from the stored session journal), a
+ * refusal a guard in shadow mode would have made (`would-refuse`, a `governance.would-refuse` row), a
+ * question a guard asked a person and its answer (`approval`, a `governance.approval` row), a tool
+ * definition a guard pinned or an operator approved (`tool-pinned`, a `tool.pinned` row), a pinned tool
+ * whose definition changed (`tool-changed`, a `tool.changed` row), or a ledger row of a type this version
+ * does not know (`other`).
  */
-export const EntryKind = Schema.Literal("refusal", "seal", "call", "other")
+export const EntryKind = Schema.Literal(
+  "refusal",
+  "seal",
+  "call",
+  "would-refuse",
+  "approval",
+  "tool-pinned",
+  "tool-changed",
+  "other"
+)
 export type EntryKind = typeof EntryKind.Type
+
+/** The `event_type` of each kind of ledger row the log names (`call` entries come from the journal). */
+const EVENT_TYPE_OF_KIND: Readonly<Partial<Record<EntryKind, string>>> = {
+  refusal: GOVERNANCE_REFUSAL_EVENT_TYPE,
+  seal: SESSION_SEALED_EVENT_TYPE,
+  "would-refuse": WOULD_REFUSE_EVENT_TYPE,
+  approval: APPROVAL_EVENT_TYPE,
+  "tool-pinned": TOOL_PINNED_EVENT_TYPE,
+  "tool-changed": TOOL_CHANGED_EVENT_TYPE
+}
+const KIND_OF_EVENT_TYPE: ReadonlyMap<string, EntryKind> = new Map(
+  Object.entries(EVENT_TYPE_OF_KIND).map(([kind, eventType]) => [eventType, kind as EntryKind])
+)
 
 const NonNegativeInt = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
 
@@ -51,7 +85,10 @@ export class LogEntry extends Schema.Class<LogEntry>("LogEntry")({
   /** RFC 3339, as stored. */
   timestamp: Schema.String,
   agentId: Schema.String,
-  /** `refuse` for a refused call, `allow` for an allowed one, null for a seal. */
+  /**
+   * `refuse` for a refused call, `allow` for an allowed one; null for the other kinds (a seal, a guard's
+   * record; a `would-refuse` call was allowed, its journaled call says so).
+   */
   decision: Schema.NullOr(Decision),
   ruleId: Schema.NullOr(Schema.String),
   reason: Schema.NullOr(Schema.String),
@@ -68,12 +105,21 @@ export class LogEntry extends Schema.Class<LogEntry>("LogEntry")({
   sealHeadHash: Schema.NullOr(Schema.String),
   /**
    * How the call ended, for journaled calls (`result`, `errorAnswer`, `timedOut`, `upstreamGone`,
-   * `interrupted`; `pending` when no outcome is stored: the call never finished) and `refused` for refusals.
+   * `interrupted`; `pending` when no outcome is stored: the call never finished) and `refused` for refusals;
+   * for an approval, what the answer did to the call (`allowed` or `refused`).
    */
   outcome: Schema.NullOr(Schema.String),
   /** Bytes the call read and wrote (known for journaled calls). */
   bytesRead: Schema.NullOr(NonNegativeInt),
   bytesWritten: Schema.NullOr(NonNegativeInt),
+  /**
+   * An approval's answer (`accept`, `decline`, `cancel`, `timeout`, `unavailable`) and who gave it (null
+   * when nobody answered); who was asked is `reason`'s neighbour in the row (`show`).
+   */
+  answer: Schema.NullOr(Schema.String),
+  approver: Schema.NullOr(Schema.String),
+  /** A `tool-pinned` entry's pinned definition digest, a `tool-changed` entry's new one. */
+  digest: Schema.NullOr(Schema.String),
   /** Why fields are missing: the stored payload could not be read (a damaged or foreign row). */
   problem: Schema.NullOr(Schema.String)
 }) {}
@@ -173,6 +219,7 @@ export class LogPage extends Schema.Class<LogPage>("LogPage")({
  * Decodes from strings (ISO 8601 times), e.g. query parameters.
  */
 export const LogQuery = Schema.Struct({
+  kind: Schema.optional(EntryKind),
   agent: Schema.optional(Schema.String),
   rule: Schema.optional(Schema.String),
   session: Schema.optional(Schema.String),
@@ -579,25 +626,54 @@ const member = (key: string, value: string): string => `${JSON.stringify(key)}:$
 
 const iso = (time: DateTime.Utc): string => new Date(DateTime.toEpochMillis(time)).toISOString()
 
+/** Ledger row types whose entries have a rule, and a tool (a seal and unknown rows have neither). */
+const RULED_TYPES = [GOVERNANCE_REFUSAL_EVENT_TYPE, WOULD_REFUSE_EVENT_TYPE, APPROVAL_EVENT_TYPE]
+const TOOLED_TYPES = [...RULED_TYPES, TOOL_PINNED_EVENT_TYPE, TOOL_CHANGED_EVENT_TYPE]
+
+/**
+ * The ledger row types `query` can match: `undefined` for any, `"other"` for the types this version does
+ * not know; an empty list when no ledger row can match (allowed calls are journal entries).
+ */
+const eventTypesOf = (query: LogQuery): ReadonlyArray<string> | "other" | undefined => {
+  let types: ReadonlyArray<string> | undefined = undefined
+  const narrow = (allowed: ReadonlyArray<string>) => {
+    types = types === undefined ? allowed : types.filter((t) => allowed.includes(t))
+  }
+  if (query.kind === "other") {
+    return query.decision !== undefined || query.rule !== undefined || query.tool !== undefined ? [] : "other"
+  }
+  if (query.kind !== undefined) narrow(Option.toArray(Option.fromNullable(EVENT_TYPE_OF_KIND[query.kind])))
+  // Among ledger rows only refusals have a decision (`refuse`); allowed calls are journal entries.
+  if (query.decision === "allow") narrow([])
+  if (query.decision === "refuse") narrow([GOVERNANCE_REFUSAL_EVENT_TYPE])
+  if (query.rule !== undefined) narrow(RULED_TYPES)
+  if (query.tool !== undefined) narrow(TOOLED_TYPES)
+  return types
+}
+
 /** The SQL conditions that narrow `query` on indexed columns and on payload text. */
 const conditions = (sql: SqlClient.SqlClient, query: LogQuery): Array<Fragment> => {
   const where: Array<Fragment> = []
   if (query.agent !== undefined) where.push(columnIs(sql, "agent_id", query.agent))
-  // Only refusals have a rule, a tool or a decision among ledger rows; allowed calls are journal entries.
-  if (query.decision === "allow") where.push(sql`1 = 0`)
-  else if (query.decision === "refuse" || query.rule !== undefined || query.tool !== undefined) {
-    where.push(sql`event_type = ${GOVERNANCE_REFUSAL_EVENT_TYPE}`)
-  }
+  const types = eventTypesOf(query)
+  if (types === "other") where.push(sql`event_type NOT IN ${sql.in([...KIND_OF_EVENT_TYPE.keys()])}`)
+  else if (types !== undefined) where.push(types.length === 0 ? sql`1 = 0` : sql`event_type IN ${sql.in(types)}`)
   if (query.since !== undefined) where.push(sql`timestamp >= ${iso(query.since)}`)
   if (query.until !== undefined) where.push(sql`timestamp <= ${iso(query.until)}`)
-  if (query.rule !== undefined) where.push(contains(sql, member("ruleId", query.rule)))
-  if (query.tool !== undefined) where.push(contains(sql, member("toolName", query.tool)))
+  // A refusal's payload names them `ruleId`/`toolName`, a guard record's `rule_id`/`tool_name`.
+  if (query.rule !== undefined) {
+    where.push(sql.or([contains(sql, member("ruleId", query.rule)), contains(sql, member("rule_id", query.rule))]))
+  }
+  if (query.tool !== undefined) {
+    where.push(sql.or([contains(sql, member("toolName", query.tool)), contains(sql, member("tool_name", query.tool))]))
+  }
   if (query.session !== undefined) where.push(contains(sql, member("session_id", query.session)))
   return where
 }
 
 /** Whether a decoded entry matches `query` exactly (the SQL narrowing may let false positives through). */
 const matches = (entry: LogEntry, query: LogQuery): boolean =>
+  (query.kind === undefined || entry.kind === query.kind) &&
   (query.agent === undefined || entry.agentId === query.agent) &&
   (query.rule === undefined || entry.ruleId === query.rule) &&
   (query.tool === undefined || entry.toolName === query.tool) &&
@@ -648,6 +724,7 @@ const journalPage = (query: LogQuery, from: Option.Option<JournalEntries.Key>, o
   Effect.gen(function*() {
     // Journaled calls here are allowed ones, which have no rule.
     if (query.decision === "refuse" || query.rule !== undefined) return []
+    if (query.kind !== undefined && query.kind !== "call") return []
     const calls = yield* JournalEntries.callsPage(
       {
         agent: query.agent,
@@ -686,6 +763,9 @@ const callEntry = (call: JournalEntries.Call): Omit<LogEntry, "cursor"> => ({
   outcome: call.outcome,
   bytesRead: call.bytesRead,
   bytesWritten: call.bytesWritten,
+  answer: null,
+  approver: null,
+  digest: null,
   problem: call.problem
 })
 
@@ -756,12 +836,12 @@ const entryOf = (raw: Record<string, unknown>): { readonly entry: LogEntry; read
   const action = record(payload.action)
   const decision = record(payload.decision)
   const journal = record(payload.journal)
-  const kind: EntryKind = eventType === GOVERNANCE_REFUSAL_EVENT_TYPE
-    ? "refusal"
-    : eventType === SESSION_SEALED_EVENT_TYPE
-    ? "seal"
-    : "other"
-  const seal = kind === "seal" ? record(action.payload) : {}
+  const kind: EntryKind = eventType === null ? "other" : KIND_OF_EVENT_TYPE.get(eventType) ?? "other"
+  // A refusal (enforced or shadow) keeps its rule in `decision` and its tool in `action`; a seal and a
+  // guard's record keep theirs in the Custom action's `payload`, in snake_case (docs/FORMAT.md).
+  const refusalLike = kind === "refusal" || kind === "would-refuse"
+  const custom = refusalLike ? {} : record(action.payload)
+  const fromRecord = kind === "approval" || kind === "tool-pinned" || kind === "tool-changed"
   const entry = new LogEntry({
     cursor: encodeCursor({ ledger: Option.some(sequence), journal: Option.none() }),
     kind,
@@ -770,18 +850,21 @@ const entryOf = (raw: Record<string, unknown>): { readonly entry: LogEntry; read
     timestamp: text(raw.timestamp) ?? "",
     agentId: text(raw.agent_id) ?? "",
     decision: kind === "refusal" ? "refuse" : null,
-    ruleId: kind === "refusal" ? text(decision.ruleId) : null,
-    reason: kind === "refusal" ? text(decision.reason) : null,
+    ruleId: refusalLike ? text(decision.ruleId) : kind === "approval" ? text(custom.rule_id) : null,
+    reason: refusalLike ? text(decision.reason) : kind === "approval" ? text(custom.reason) : null,
     action: text(action._tag),
-    toolName: text(action.toolName),
-    serverId: text(action.serverId),
-    sessionId: kind === "seal" ? text(seal.session_id) : text(journal.session_id),
+    toolName: fromRecord ? text(custom.tool_name) : text(action.toolName),
+    serverId: fromRecord ? text(custom.server_id) : text(action.serverId),
+    sessionId: kind === "seal" ? text(custom.session_id) : text(journal.session_id) ?? text(custom.session_id),
     journalSequence: kind === "seal" ? null : count(journal.sequence),
-    sealLength: kind === "seal" ? count(seal.length) : null,
-    sealHeadHash: kind === "seal" ? text(seal.head_hash) : null,
-    outcome: kind === "refusal" ? "refused" : null,
+    sealLength: kind === "seal" ? count(custom.length) : null,
+    sealHeadHash: kind === "seal" ? text(custom.head_hash) : null,
+    outcome: kind === "refusal" ? "refused" : kind === "approval" ? text(custom.outcome) : null,
     bytesRead: null,
     bytesWritten: null,
+    answer: kind === "approval" ? text(custom.answer) : null,
+    approver: kind === "approval" ? text(custom.approver) : null,
+    digest: kind === "tool-pinned" || kind === "tool-changed" ? text(custom.digest) : null,
     problem: parsed.problem
   }, true)
   return { entry, payload: parsed.value }
@@ -953,6 +1036,9 @@ const journalView = (
       outcome: end?.outcome ?? e.outcome,
       bytesRead: e.bytesRead + (end?.bytesRead ?? 0),
       bytesWritten: e.bytesWritten,
+      answer: null,
+      approver: null,
+      digest: null,
       problem: e.problem ?? end?.problem ?? null
     }, true)
   })
