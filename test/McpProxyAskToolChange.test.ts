@@ -94,57 +94,63 @@ const rows = () => {
 }
 
 describe("mcp-proxy: approving a changed tool through elicitation", () => {
-  it("declined stays refused and unpinned; one question for five calls in flight; accepted pins once, for good", async () => {
-    const one = await session(["decline", "accept"])
-    // First sight (a tools/list) pins every tool.
-    expect(await one.names()).toEqual(["poison", "read_note", "write_note"])
-    expect((await one.write()).isError).toBe(false)
-    await one.client.callTool({ name: "poison", arguments: { notify: false } })
-    // Changed, but an ask rule covers it: still listed, so it can be approved.
-    expect(await one.names()).toEqual(["poison", "read_note", "write_note"])
+  it(
+    "declined stays refused and unpinned; one question for five calls in flight; accepted pins once, for good",
+    async () => {
+      const one = await session(["decline", "accept"])
+      // First sight (a tools/list) pins every tool.
+      expect(await one.names()).toEqual(["poison", "read_note", "write_note"])
+      expect((await one.write()).isError).toBe(false)
+      await one.client.callTool({ name: "poison", arguments: { notify: false } })
+      // Changed, but an ask rule covers it: still listed, so it can be approved.
+      expect(await one.names()).toEqual(["poison", "read_note", "write_note"])
 
-    const declined = await one.write()
-    expect(declined.isError).toBe(true)
-    expect(declined.text).toContain("tool-changed")
-    expect(declined.text).toContain("declined by client ide")
-    expect(one.questions).toHaveLength(1)
-    expect(one.questions[0]).toContain("Approve the changed definition of write_note on server notes?")
-    expect(one.questions[0]).toContain("changed: description")
-    expect(one.questions[0]).toContain("id_rsa")
-    expect(one.calledWrites()).toBe(1)
+      const declined = await one.write()
+      expect(declined.isError).toBe(true)
+      expect(declined.text).toContain("tool-changed")
+      expect(declined.text).toContain("declined by client ide")
+      expect(one.questions).toHaveLength(1)
+      expect(one.questions[0]).toContain("Approve the changed definition of write_note on server notes?")
+      expect(one.questions[0]).toContain("changed: description")
+      expect(one.questions[0]).toContain("id_rsa")
+      expect(one.calledWrites()).toBe(1)
 
-    const five = await Promise.all([1, 2, 3, 4, 5].map((i) => one.write(`note ${i}`)))
-    expect(five.map((r) => r.isError)).toEqual([false, false, false, false, false])
-    expect(one.questions).toHaveLength(2)
-    expect(one.calledWrites()).toBe(6)
-    await one.close()
+      const five = await Promise.all([1, 2, 3, 4, 5].map((i) => one.write(`note ${i}`)))
+      expect(five.map((r) => r.isError)).toEqual([false, false, false, false, false])
+      expect(one.questions).toHaveLength(2)
+      expect(one.calledWrites()).toBe(6)
+      await one.close()
 
-    const all = rows()
-    const writePins = all.filter((r) => r.type === "tool.pinned" && r.tool_name === "write_note")
-    expect(writePins).toHaveLength(2)
-    const change = all.find((r) => r.type === "tool.changed")!
-    expect(writePins[1]).toMatchObject({
-      agent: "ide",
-      digest: change.digest,
-      definition: { description: POISONED },
-      approves: { previous_digest: change.pinned_digest, approver: "client ide" }
-    })
-    const approvals = all.filter((r) => r.type === "governance.approval")
-    expect(approvals.map((a) => [a.rule_id, a.answer, a.outcome, a.approver])).toEqual([
-      ["tool-changed", "decline", "refused", "client ide"],
-      ["tool-changed", "accept", "allowed", "client ide"]
-    ])
-    expect(approvals[1].tool_change).toMatchObject({ ask_rule: "approve-changes", digest: change.digest })
+      const all = rows()
+      const writePins = all.filter((r) => r.type === "tool.pinned" && r.tool_name === "write_note")
+      expect(writePins).toHaveLength(2)
+      const change = all.find((r) => r.type === "tool.changed")!
+      expect(writePins[1]).toMatchObject({
+        agent: "ide",
+        digest: change.digest,
+        definition: { description: POISONED },
+        approves: { previous_digest: change.pinned_digest, approver: "client ide" }
+      })
+      const approvals = all.filter((r) => r.type === "governance.approval")
+      expect(approvals.map((a) => [a.rule_id, a.answer, a.outcome, a.approver])).toEqual([
+        ["tool-changed", "decline", "refused", "client ide"],
+        ["tool-changed", "accept", "allowed", "client ide"]
+      ])
+      expect(approvals[1].tool_change).toMatchObject({ ask_rule: "approve-changes", digest: change.digest })
 
-    // A new process whose server starts with the approved definition: the pin held, no question.
-    const two = await session([], [`WRITE_DESCRIPTION=${POISONED}`])
-    expect((await two.write()).isError).toBe(false)
-    expect(two.questions).toHaveLength(0)
-    await two.close()
-    const listed = execFileSync(process.execPath, [cliBundle, "tools", "list", db], { encoding: "utf8" })
-    expect(listed).toContain("notes write_note: pinned")
-    expect(listed).not.toContain("CHANGED")
-    const report = await Effect.runPromise(verifyLedger().pipe(Effect.provide(LedgerSql.layerSqlite({ filename: db }))))
-    expect(report.ok).toBe(true)
-  }, 120_000)
+      // A new process whose server starts with the approved definition: the pin held, no question.
+      const two = await session([], [`WRITE_DESCRIPTION=${POISONED}`])
+      expect((await two.write()).isError).toBe(false)
+      expect(two.questions).toHaveLength(0)
+      await two.close()
+      const listed = execFileSync(process.execPath, [cliBundle, "tools", "list", db], { encoding: "utf8" })
+      expect(listed).toContain("notes write_note: pinned")
+      expect(listed).not.toContain("CHANGED")
+      const report = await Effect.runPromise(
+        verifyLedger().pipe(Effect.provide(LedgerSql.layerSqlite({ filename: db })))
+      )
+      expect(report.ok).toBe(true)
+    },
+    120_000
+  )
 })

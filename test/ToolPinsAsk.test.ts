@@ -90,7 +90,12 @@ describe("toolChanged ask rules", () => {
       expect(asked).toHaveLength(1)
       const question = asked[0]!
       expect(question.ruleId).toBe("tool-changed")
-      expect(question.toolChange).toEqual({ pinnedDigest: pinned, digest: changed, changed: ["description"], description: POISONED })
+      expect(question.toolChange).toEqual({
+        pinnedDigest: pinned,
+        digest: changed,
+        changed: ["description"],
+        description: POISONED
+      })
       expect(question.question).toContain("Approve the changed definition of write_file on server fs?")
       expect(question.question).toContain("Rule approve-changes")
       expect(question.question).toContain("changed: description")
@@ -128,7 +133,9 @@ describe("toolChanged ask rules", () => {
         const { asked, guard, pins, rows } = yield* setup([askChanges], answer(tag))
         const result = yield* guard.check(write())
         expect(result).toMatchObject({ _tag: "Refused", ruleId: "tool-changed" })
-        expect(result._tag === "Refused" && result.reason).toContain(`${tag === "Decline" ? "declined" : "cancelled"} by alice`)
+        expect(result._tag === "Refused" && result.reason).toContain(
+          `${tag === "Decline" ? "declined" : "cancelled"} by alice`
+        )
         expect(pins.state("fs", "write_file")?.pinned).toBe(pinned)
         expect((yield* guard.check(write()))._tag).toBe("Refused")
         expect(asked).toHaveLength(2)

@@ -6,7 +6,10 @@
  * Evaluation: rules are read in order; the first rule whose action is `refuse` and that matches the call
  * wins; matching `warn` rules are collected and do not block; the first matching `ask` rule's refusal
  * stands unless a person accepts the call (the verdict carries `ask`; a `refuse` rule later in the list
- * still wins without a question). `mode: "shadow"` records refusals without enforcing them. With `"defaultAction": "deny"` a call whose
+ * still wins without a question). A `toolChanged` rule says whether a call of a tool whose definition changed
+ * since it was pinned is refused (the default) or asked about (an accept pins the new definition); it is
+ * read by the guard (`PolicyEngine.toolChangedAsk`), never by `evaluate`. `mode: "shadow"` records refusals
+ * without enforcing them. With `"defaultAction": "deny"` a call whose
  * tool no `allowTools` rule lists is refused (rule `default-deny`). Budgets, call limits, rate limits and
  * sequence rules count **allowed** calls only (calls still in flight included), so one refused oversized
  * call does not make later calls fail under the wrong rule. Tool and server names are compared as

@@ -1230,8 +1230,8 @@ export const make = (
         (policy.isVisible(serverId, toolName) &&
           // A changed tool a `toolChanged` rule asks about stays visible: calling it is how it gets approved.
           !(policy.hidesRefusedTools === true && tools?.refusal(serverId, toolName) !== undefined &&
-            !(tools.change?.(serverId, toolName) !== undefined && tools.approve !== undefined &&
-              policy.toolChangedAsk?.(serverId, toolName) !== undefined)))
+            !(options.approver !== undefined && tools.change?.(serverId, toolName) !== undefined &&
+              tools.approve !== undefined && policy.toolChangedAsk?.(serverId, toolName) !== undefined)))
     })
   })
 

@@ -353,16 +353,16 @@ export const make = (
             if (result.asked !== undefined && result.asked.length > 0) {
               // An `ask` rule holds the call: Claude Code's own prompt asks its user.
               const warned = options.askOnWarn === true
-                ? result.warnings.map((w) => `; agent-ledger warns (rule ${w.ruleId}): ${w.reason}`).join("")
+                ? result.warnings.map((w) =>
+                  `; agent-ledger warns (rule ${w.ruleId}): ${w.reason}`
+                ).join("")
                 : ""
               return preToolUseOutput("ask", askText(result.asked) + warned)
             }
             if (options.askOnWarn === true && result.warnings.length > 0) {
               return preToolUseOutput(
                 "ask",
-                result.warnings.map((w) =>
-                  `agent-ledger warns (rule ${w.ruleId}): ${w.reason}`
-                ).join("; ")
+                result.warnings.map((w) => `agent-ledger warns (rule ${w.ruleId}): ${w.reason}`).join("; ")
               )
             }
             return options.allowedDecision === "allow"
