@@ -16,6 +16,7 @@ export const E2E_FILES = [
   "test/Crash.test.ts",
   "test/GuardCrash.test.ts",
   "test/LedgerTransparency.test.ts",
+  "test/McpProxyAskToolChange.test.ts",
   "test/McpProxyProcess.test.ts",
   "test/Postgres.test.ts",
   "test/ProxyCrash.test.ts",

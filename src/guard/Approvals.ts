@@ -4,11 +4,15 @@
  * and the `governance.approval` row that records each question and its answer (who was asked, the answer,
  * how long it took, the journal entry of the call it decided), so "who approved this write?" has a signed
  * answer. The MCP proxy's approver asks the client through MCP elicitation (`elicitation/create`).
+ *
+ * A `toolChanged` rule asks the same approver about a tool whose definition changed since it was pinned
+ * (`toolChangeQuestion`): an accept pins the new definition. Claude Code's hooks ask through Claude Code's
+ * own permission prompt instead (`McpGuard.CheckOptions.deferAsk`), and learn the answer from what follows.
  */
 import type { Effect } from "effect"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { jsonBytes } from "./McpGuard.js"
-import type { GuardCall } from "./McpGuard.js"
+import type { GuardCall, ToolChange } from "./McpGuard.js"
 
 /** What an approver is asked. */
 export interface ApprovalRequest {
@@ -20,6 +24,8 @@ export interface ApprovalRequest {
   /** The whole question, as one text (what elicitation shows). */
   readonly question: string
   readonly timeoutMillis: number
+  /** The question is about a changed tool definition (rule `tool-changed`): an accept pins it. */
+  readonly toolChange?: ToolChange | undefined
 }
 
 /** An approver's answer. `approver` names who answered (a client name, a chat user). */
@@ -36,8 +42,14 @@ export type ApprovalAnswer =
  */
 export type Approver = (request: ApprovalRequest) => Effect.Effect<ApprovalAnswer>
 
-/** How a question ended, as the approval row records it. */
-export type Answer = "accept" | "decline" | "cancel" | "timeout" | "unavailable"
+/**
+ * How a question ended, as the approval row records it. `unknown`: the question was asked where the guard
+ * cannot see the answer (Claude Code's prompt) and nothing showed the call ran.
+ */
+export type Answer = "accept" | "decline" | "cancel" | "timeout" | "unavailable" | "unknown"
+
+/** What became of the call asked about: `not-run` when nothing showed it ran (answer `unknown`). */
+export type Outcome = "allowed" | "refused" | "not-run"
 
 /** The longest argument value a question shows (longer ones are cut, with their size). */
 export const MAX_SHOWN_CHARS = 200
@@ -71,6 +83,31 @@ export const questionText = (call: GuardCall, ruleId: string, reason: string, su
   ].join("\n")
 }
 
+/**
+ * The question about a changed tool definition: tool, server, the pinned and the new digest, which fields
+ * changed and the new description (cut to `MAX_SHOWN_CHARS`), and what an accept does.
+ */
+export const toolChangeQuestion = (call: GuardCall, ruleId: string, change: ToolChange): string => {
+  const description = change.description === undefined
+    ? []
+    : [
+      `New description: ${
+        change.description.length > MAX_SHOWN_CHARS
+          ? `${change.description.slice(0, MAX_SHOWN_CHARS)}… (${change.description.length} chars)`
+          : change.description
+      }`
+    ]
+  return [
+    `Approve the changed definition of ${call.toolName} on server ${call.serverId}?`,
+    `Rule ${ruleId}: the tool's definition changed since it was pinned (${
+      change.changed.length > 0 ? `changed: ${change.changed.join(", ")}` : "the pinned definition is not stored"
+    }).`,
+    `Pinned ${change.pinnedDigest.slice(0, 12)}, now ${change.digest.slice(0, 12)}.`,
+    ...description,
+    "Accepting pins the new definition in the ledger and lets this call run."
+  ].join("\n")
+}
+
 /** The `governance.approval` row's payload (docs/FORMAT.md, "Guard records"). */
 export const approvalPayload = (fields: {
   readonly call: GuardCall
@@ -80,8 +117,12 @@ export const approvalPayload = (fields: {
   readonly approver: string | null
   readonly answer: Answer
   readonly allowed: boolean
+  /** Overrides `allowed` (`not-run`: nothing showed the call ran). */
+  readonly outcome?: Outcome | undefined
   readonly latencyMillis: number
   readonly argumentSummary: JsonValue
+  /** A question about a changed tool definition: the `toolChanged` rule that asked, and the digests. */
+  readonly toolChange?: { readonly askRule: string; readonly change: ToolChange } | undefined
 }): JsonValue => ({
   session_id: fields.call.sessionId,
   server_id: fields.call.serverId,
@@ -91,7 +132,15 @@ export const approvalPayload = (fields: {
   asked: fields.askedBy,
   approver: fields.approver,
   answer: fields.answer,
-  outcome: fields.allowed ? "allowed" : "refused",
+  outcome: fields.outcome ?? (fields.allowed ? "allowed" : "refused"),
   latency_ms: Math.max(0, Math.round(fields.latencyMillis)),
-  arguments: fields.argumentSummary
+  arguments: fields.argumentSummary,
+  ...(fields.toolChange === undefined ? {} : {
+    tool_change: {
+      ask_rule: fields.toolChange.askRule,
+      pinned_digest: fields.toolChange.change.pinnedDigest,
+      digest: fields.toolChange.change.digest,
+      changed: [...fields.toolChange.change.changed]
+    }
+  })
 })

@@ -6,7 +6,10 @@
  * Evaluation: rules are read in order; the first rule whose action is `refuse` and that matches the call
  * wins; matching `warn` rules are collected and do not block; the first matching `ask` rule's refusal
  * stands unless a person accepts the call (the verdict carries `ask`; a `refuse` rule later in the list
- * still wins without a question). `mode: "shadow"` records refusals without enforcing them. With `"defaultAction": "deny"` a call whose
+ * still wins without a question). A `toolChanged` rule says whether a call of a tool whose definition changed
+ * since it was pinned is refused (the default) or asked about (an accept pins the new definition); it is
+ * read by the guard (`PolicyEngine.toolChangedAsk`), never by `evaluate`. `mode: "shadow"` records refusals
+ * without enforcing them. With `"defaultAction": "deny"` a call whose
  * tool no `allowTools` rule lists is refused (rule `default-deny`). Budgets, call limits, rate limits and
  * sequence rules count **allowed** calls only (calls still in flight included), so one refused oversized
  * call does not make later calls fail under the wrong rule. Tool and server names are compared as
@@ -192,6 +195,20 @@ export const ANNOTATION_DEFAULTS = {
 
 const HINTS = ["readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"] as const
 
+/**
+ * What happens to a call of a tool whose definition changed since it was pinned (rule `tool-changed`; needs
+ * tool pinning): `refuse` (the default, also without any such rule) until an operator runs `agent-ledger
+ * tools approve`, or `ask`: the guard's approver is asked (tool, server, pinned and new digest, what
+ * changed) and an accept pins the new definition (a `tool.pinned` row naming the approver) and lets the
+ * call run. The first rule whose scope covers the tool applies. `onTimeout` and `fallback` can only be
+ * `refuse`: a definition is pinned only on a person's accept. It never fires on a tool that did not change.
+ */
+export const ToolChanged = Schema.Struct({
+  kind: Schema.Literal("toolChanged"),
+  ...common,
+  ...scope
+})
+
 export const Rule = Schema.Union(
   BlockTools,
   BlockServers,
@@ -202,7 +219,8 @@ export const Rule = Schema.Union(
   RateLimit,
   Sequence,
   Arguments,
-  Annotations
+  Annotations,
+  ToolChanged
 )
 export type Rule = typeof Rule.Type
 
@@ -306,6 +324,17 @@ export const decode = (input: unknown): Effect.Effect<GuardPolicy, PolicyError> 
         new PolicyError({ path: `rules.${i}`, detail: `an annotations rule names one of ${HINTS.join(", ")}` })
       )
     }
+  }
+  for (const [i, rule] of policy.rules.entries()) {
+    if (rule.kind !== "toolChanged") continue
+    const problem = policy.pinTools === false
+      ? "a toolChanged rule needs pinned tool definitions (pinTools is false)"
+      : rule.action === "warn"
+      ? "a toolChanged rule's action is ask or refuse (a changed tool is never only warned about)"
+      : rule.onTimeout === "allow" || rule.fallback === "allow"
+      ? "a toolChanged rule's onTimeout and fallback can only be refuse (a definition is pinned only on a person's accept)"
+      : undefined
+    if (problem !== undefined) return Effect.fail(new PolicyError({ path: `rules.${i}`, detail: problem }))
   }
   const ids = new Set<string>()
   for (const [i, rule] of policy.rules.entries()) {
@@ -540,6 +569,7 @@ export const evaluate = (
     if ("when" in rule && !conditionsHold(rule.when, call.arguments)) return undefined
     switch (rule.kind) {
       case "allowTools":
+      case "toolChanged":
         return undefined
       case "blockTools":
         return inScope(rule, call)
@@ -708,6 +738,30 @@ export const storedArguments = (policy: GuardPolicy, toolName: string, args: unk
 // The engine
 // ---------------------------------------------------------------------------------------------------------
 
+/**
+ * The `ask` of the first `toolChanged` rule covering the tool, when that rule asks (see `ToolChanged`);
+ * undefined when a changed definition is refused outright.
+ */
+export const toolChangedAsk = (
+  policy: GuardPolicy,
+  serverId: string,
+  toolName: string
+): { readonly ruleId: string; readonly ask: AskSpec } | undefined => {
+  const rule = policy.rules.find((r): r is typeof ToolChanged.Type =>
+    r.kind === "toolChanged" && inScope(r, { toolName, serverId })
+  )
+  if (rule === undefined || rule.action !== "ask") return undefined
+  return {
+    ruleId: rule.id,
+    ask: {
+      timeoutMillis: (rule.timeout ?? DEFAULT_ASK_TIMEOUT_SECONDS) * 1000,
+      onTimeout: "refuse",
+      fallback: "refuse",
+      showArguments: rule.showArguments ?? []
+    }
+  }
+}
+
 /** The policy as the guard runs it, with `salt` for argument hashes (`LedgerSql.argumentSalt`). */
 export const engine = (policy: GuardPolicy, options: { readonly salt: string }): PolicyEngine => ({
   decide: (call, session, nowMillis, approvedRules) => evaluate(policy, call, { ...session, nowMillis }, approvedRules),
@@ -718,5 +772,6 @@ export const engine = (policy: GuardPolicy, options: { readonly salt: string }):
   isVisible: (serverId, toolName) => isVisible(policy, serverId, toolName),
   mode: policy.mode ?? "enforce",
   hidesRefusedTools: policy.hideRefusedTools === true,
+  toolChangedAsk: (serverId, toolName) => toolChangedAsk(policy, serverId, toolName),
   storedArguments: (toolName, args) => storedArguments(policy, toolName, args, options.salt)
 })

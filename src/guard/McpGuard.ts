@@ -31,6 +31,7 @@ import { APPROVAL_EVENT_TYPE, DeferredAuditEvent, JournalRef, Refuse, ToolCall }
 import * as AuditQueue from "../audit/AuditQueue.js"
 import type { ArgumentLimits } from "../internal/jsonSize.js"
 import { jsonBytes, measureArguments } from "../internal/jsonSize.js"
+import { normalizeName } from "../internal/toolNames.js"
 import type * as SessionJournal from "../journal/SessionJournal.js"
 import * as SessionJournals from "../journal/SessionJournals.js"
 import * as JournalStore from "../ledger/JournalStore.js"
@@ -70,6 +71,35 @@ export interface ToolGate {
   readonly refusal: (serverId: string, toolName: string) => string | undefined
   /** The annotations of the tool's pinned definition, when it is the one last listed. */
   readonly annotations: (serverId: string, toolName: string) => ToolAnnotations | undefined
+  /** How the tool's listed definition differs from its pin, when calls to it are refused for that. */
+  readonly change?: ((serverId: string, toolName: string) => ToolChange | undefined) | undefined
+  /**
+   * Pins the definition of `digest` (a person accepted it): true when it is pinned now, false when the
+   * definition listed is no longer that one (it changed again while the question was open).
+   */
+  readonly approve?:
+    | ((serverId: string, toolName: string, digest: string, by: ToolApprover) => Effect.Effect<boolean>)
+    | undefined
+}
+
+/** A listed definition that is not the pinned one, as a question about it shows it. */
+export interface ToolChange {
+  readonly pinnedDigest: string
+  readonly digest: string
+  /** The pinned fields that differ (`description`, `inputSchema`, `outputSchema`, `annotations`); empty when the pinned definition is not known. */
+  readonly changed: ReadonlyArray<string>
+  /** The new definition's description, as listed. */
+  readonly description?: string | undefined
+}
+
+/** Who approved a changed definition, as its `tool.pinned` row records it. */
+export interface ToolApprover {
+  readonly agentId: string
+  readonly sessionId: string
+  /** Who answered (e.g. `client ide`). */
+  readonly approver: string
+  /** How they were asked (e.g. `the client, through MCP elicitation`). */
+  readonly via: string
 }
 
 /** The rule id of calls to a tool whose listed definition is not the one pinned (`ToolGate.refusal`). */
@@ -148,6 +178,13 @@ export interface PolicyEngine {
   readonly mode?: Mode | undefined
   /** Whether the policy hides the tools it refuses (a changed tool is then hidden too). */
   readonly hidesRefusedTools?: boolean | undefined
+  /**
+   * The `ask` of the policy's `toolChanged` rule covering the tool, if it asks: a call of the tool while its
+   * definition differs from its pin is then put to the approver, and an accept pins the new definition.
+   */
+  readonly toolChangedAsk?:
+    | ((serverId: string, toolName: string) => { readonly ruleId: string; readonly ask: AskSpec } | undefined)
+    | undefined
 }
 
 export type { ArgumentLimits, ArgumentSize } from "../internal/jsonSize.js"
@@ -243,8 +280,38 @@ export const outcomeBytes = (outcome: CallOutcome): number =>
 
 /** The guard's answer for a call. */
 export type Check =
-  | { readonly _tag: "Allowed"; readonly ticket: Ticket; readonly warnings: ReadonlyArray<Warn> }
+  | {
+    readonly _tag: "Allowed"
+    readonly ticket: Ticket
+    readonly warnings: ReadonlyArray<Warn>
+    /**
+     * `checkDeferringAsk`: the `ask` rules the call was allowed under pending a person's answer that the
+     * caller obtains (Claude Code's permission prompt); the caller records it with `recordApproval`.
+     */
+    readonly asked?: ReadonlyArray<PendingApproval> | undefined
+  }
   | Refused
+
+/** How `check` treats a call. */
+export interface CheckOptions {
+  /**
+   * An `ask` rule's question is asked by the caller after the guard answers, not by the guard's approver:
+   * the call is decided again with the rule approved (counted in flight while it waits, like any allowed
+   * call) and returned `Allowed` with `asked`. The caller records the answer with `recordApproval`.
+   */
+  readonly deferAsk?: boolean | undefined
+}
+
+/** An `ask` rule's question that the caller of `check` asks (`CheckOptions.deferAsk`). */
+export interface PendingApproval {
+  readonly call: GuardCall
+  readonly ruleId: string
+  readonly reason: string
+  readonly argumentSummary: JsonValue
+  /** The journal entry of the allowed call (its `pending` entry). */
+  readonly sequence: number
+  readonly askedAtMillis: number
+}
 
 /** A refused call. */
 export interface Refused {
@@ -265,6 +332,25 @@ export const AUDIT_UNAVAILABLE_RULE = "audit-unavailable"
 export class McpGuard extends Context.Tag("agent-ledger/McpGuard")<McpGuard, {
   /** Decide on a call: journal and ledger a refusal now; an allowed call is journaled by `complete`. */
   readonly check: (call: GuardCall) => Effect.Effect<Check>
+  /**
+   * `check`, but an `ask` rule's question is left to the caller (`CheckOptions.deferAsk`): Claude Code's
+   * hooks answer `ask` and let Claude Code's permission prompt ask its user.
+   */
+  readonly checkDeferringAsk: (call: GuardCall) => Effect.Effect<Check>
+  /**
+   * Records the answer to a question the caller asked (`CheckOptions.deferAsk`): a `governance.approval`
+   * row naming the call's journal entry, its latency from the decision to now. `outcome`: what became of
+   * the call (`allowed`: it ran; `not-run`: nothing says it ran).
+   */
+  readonly recordApproval: (
+    pending: PendingApproval,
+    answer: {
+      readonly asked: string
+      readonly approver: string | null
+      readonly answer: Approvals.Answer
+      readonly outcome: Approvals.Outcome
+    }
+  ) => Effect.Effect<void>
   /**
    * An allowed call has ended, with `outcome`. Idempotent per ticket: a second completion of the same
    * ticket (or of one `endSession`/`seal` already ended as interrupted) does nothing.
@@ -654,6 +740,17 @@ export const make = (
           while (true) {
             const nowMillis = yield* Clock.currentTimeMillis
             const changed = tools?.refusal(call.serverId, call.toolName)
+            if (changed !== undefined && !shadow && !approved.includes(TOOL_CHANGED_RULE)) {
+              // A changed definition a `toolChanged` rule asks about: asked outside the lock, once per definition.
+              const change = tools?.change?.(call.serverId, call.toolName)
+              const asks = change === undefined || tools?.approve === undefined
+                ? undefined
+                : policy.toolChangedAsk?.(call.serverId, call.toolName)
+              if (change !== undefined && asks !== undefined) {
+                const refusal = new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed })
+                return { verdict: { decision: refusal, warnings: [] }, askingChange: { ...asks, refusal, change } }
+              }
+            }
             const verdict: Verdict | AwaitInFlight = changed !== undefined
               ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }), warnings: [] }
               : policy.decide(
@@ -665,7 +762,7 @@ export const make = (
                   inFlight: state.inFlight.size
                 },
                 nowMillis,
-                approved
+                approved.filter((ruleId) => ruleId !== TOOL_CHANGED_RULE)
               )
             if ("_tag" in verdict) {
               if (state.inFlight.size === 0) {
@@ -713,32 +810,32 @@ export const make = (
           }
         }))
 
-    /**
-     * An `ask` rule's question and its answer: the call refused (declined, cancelled, no answer in time, no
-     * one to ask), or decided again with the rule approved (so counting rules see the calls allowed while it
-     * waited). A `governance.approval` row records the question, the answer and the call's journal entry.
-     */
-    const askFor = (
+    /** A `governance.approval` row for `call`'s question, naming the call's journal entry `sequence`. */
+    const recordApprovalRow = (
       call: GuardCall,
-      bytesWritten: number,
-      approved: ReadonlyArray<string>,
-      asking: { readonly ask: AskSpec; readonly refusal: Refuse }
-    ): Effect.Effect<Check> =>
+      sequence: number,
+      fields: Omit<Parameters<typeof Approvals.approvalPayload>[0], "call">
+    ) =>
+      Effect.flatMap(
+        DeferredAuditEvent.record(
+          call.agentId,
+          APPROVAL_EVENT_TYPE,
+          Approvals.approvalPayload({ call, ...fields }),
+          new JournalRef({ sessionId: call.sessionId, sequence })
+        ),
+        queue.submit
+      )
+
+    /** Asks the approver, bounded by the rule's timeout: the answer (undefined: none in time) and how long it took. */
+    const askApprover = (request: Omit<Approvals.ApprovalRequest, "timeoutMillis">, ask: AskSpec) =>
       Effect.gen(function*() {
-        const { ask, refusal } = asking
-        const summary = Approvals.argumentSummary(call.arguments, ask.showArguments)
         const started = yield* Clock.currentTimeMillis
         const answer: Approvals.ApprovalAnswer | undefined = options.approver === undefined
           ? { _tag: "Unavailable", detail: "the guard has no approver" }
           : Option.getOrUndefined(
-            yield* options.approver({
-              call,
-              ruleId: refusal.ruleId,
-              reason: refusal.reason,
-              argumentSummary: summary,
-              question: Approvals.questionText(call, refusal.ruleId, refusal.reason, summary),
-              timeoutMillis: ask.timeoutMillis
-            }).pipe(Effect.timeoutOption(Duration.millis(ask.timeoutMillis)))
+            yield* options.approver({ ...request, timeoutMillis: ask.timeoutMillis }).pipe(
+              Effect.timeoutOption(Duration.millis(ask.timeoutMillis))
+            )
           )
         const latencyMillis = (yield* Clock.currentTimeMillis) - started
         const outcome: Approvals.Answer = answer === undefined
@@ -750,50 +847,196 @@ export const make = (
           : answer._tag === "Cancel"
           ? "cancel"
           : "unavailable"
-        const allow = outcome === "accept" || (outcome === "timeout" && ask.onTimeout === "allow") ||
-          (outcome === "unavailable" && ask.fallback === "allow")
         const approver = answer !== undefined && answer._tag !== "Unavailable" ? answer.approver : null
-        const record = (sequence: number, allowed: boolean) =>
-          Effect.flatMap(
-            DeferredAuditEvent.record(
-              call.agentId,
-              APPROVAL_EVENT_TYPE,
-              Approvals.approvalPayload({
-                call,
-                ruleId: refusal.ruleId,
-                reason: refusal.reason,
-                askedBy: options.approver === undefined ? "nobody" : (options.approverName ?? "approver"),
-                approver,
-                answer: outcome,
-                allowed,
-                latencyMillis,
-                argumentSummary: summary
-              }),
-              new JournalRef({ sessionId: call.sessionId, sequence })
-            ),
-            queue.submit
-          )
-        if (allow) {
-          const next = [...approved, refusal.ruleId]
-          const result = yield* decideAndLedger(call, bytesWritten, next)
-          yield* record(result._tag === "Allowed" ? result.ticket.sequence : result.sequence, result._tag === "Allowed")
-          return result
-        }
         const why = outcome === "timeout"
           ? `no answer within ${Math.round(ask.timeoutMillis / 1000)} s`
           : outcome === "unavailable"
           ? `approval was needed and no one could be asked: ${answer?._tag === "Unavailable" ? answer.detail : ""}`
           : `${outcome === "decline" ? "declined" : "cancelled"} by ${approver}`
+        return { outcome, approver, latencyMillis, why }
+      })
+
+    const askedBy = () => options.approver === undefined ? "nobody" : (options.approverName ?? "approver")
+
+    /**
+     * An `ask` rule's question and its answer: the call refused (declined, cancelled, no answer in time, no
+     * one to ask), or decided again with the rule approved (so counting rules see the calls allowed while it
+     * waited). A `governance.approval` row records the question, the answer and the call's journal entry.
+     */
+    const askFor = (
+      call: GuardCall,
+      bytesWritten: number,
+      approved: ReadonlyArray<string>,
+      asking: { readonly ask: AskSpec; readonly refusal: Refuse },
+      checkOptions: CheckOptions
+    ): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        const { ask, refusal } = asking
+        const summary = Approvals.argumentSummary(call.arguments, ask.showArguments)
+        if (checkOptions.deferAsk === true) return yield* deferAsk(call, bytesWritten, approved, refusal, summary)
+        const { approver, latencyMillis, outcome, why } = yield* askApprover({
+          call,
+          ruleId: refusal.ruleId,
+          reason: refusal.reason,
+          argumentSummary: summary,
+          question: Approvals.questionText(call, refusal.ruleId, refusal.reason, summary)
+        }, ask)
+        const allow = outcome === "accept" || (outcome === "timeout" && ask.onTimeout === "allow") ||
+          (outcome === "unavailable" && ask.fallback === "allow")
+        const record = (sequence: number, allowed: boolean) =>
+          recordApprovalRow(call, sequence, {
+            ruleId: refusal.ruleId,
+            reason: refusal.reason,
+            askedBy: askedBy(),
+            approver,
+            answer: outcome,
+            allowed,
+            latencyMillis,
+            argumentSummary: summary
+          })
+        if (allow) {
+          const next = [...approved, refusal.ruleId]
+          const result = yield* decideAndLedger(call, bytesWritten, next, checkOptions)
+          yield* record(result._tag === "Allowed" ? result.ticket.sequence : result.sequence, result._tag === "Allowed")
+          return result
+        }
         const refused = yield* refuseWith(call, bytesWritten, refusal.ruleId, `${refusal.reason} (${why})`)
         yield* record(refused.sequence, false)
         return refused
       })
 
-    /** The decision (after the gates), ledgered; an `ask` verdict goes to `askFor`. */
+    /**
+     * `deferAsk`: the call decided again with the rule approved and returned with the question for the caller
+     * to ask (and record with `recordApproval`); a refusal by another rule stands, with no question.
+     */
+    const deferAsk = (
+      call: GuardCall,
+      bytesWritten: number,
+      approved: ReadonlyArray<string>,
+      refusal: Refuse,
+      summary: JsonValue
+    ): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        const askedAtMillis = yield* Clock.currentTimeMillis
+        const result = yield* decideAndLedger(call, bytesWritten, [...approved, refusal.ruleId], { deferAsk: true })
+        if (result._tag !== "Allowed") return result
+        const pending: PendingApproval = {
+          call,
+          ruleId: refusal.ruleId,
+          reason: refusal.reason,
+          argumentSummary: summary,
+          sequence: result.ticket.sequence,
+          askedAtMillis
+        }
+        return { ...result, asked: [pending, ...(result.asked ?? [])] }
+      })
+
+    const recordApproval: Service["recordApproval"] = (pending, answer) =>
+      Effect.gen(function*() {
+        const latencyMillis = (yield* Clock.currentTimeMillis) - pending.askedAtMillis
+        yield* recordApprovalRow(pending.call, pending.sequence, {
+          ruleId: pending.ruleId,
+          reason: pending.reason,
+          askedBy: answer.asked,
+          approver: answer.approver,
+          answer: answer.answer,
+          allowed: answer.outcome === "allowed",
+          outcome: answer.outcome,
+          latencyMillis,
+          argumentSummary: pending.argumentSummary
+        })
+      })
+
+    /** What a question about a changed definition ended with, shared by every call that waited on it. */
+    interface ChangeAnswer {
+      readonly outcome: Approvals.Answer
+      readonly approver: string | null
+      readonly latencyMillis: number
+      readonly why: string
+    }
+    /** Open questions about changed definitions, by server, tool and new digest: one question per definition. */
+    const changeQuestions = new Map<string, Deferred.Deferred<ChangeAnswer>>()
+
+    /**
+     * A call of a tool whose definition changed, under a `toolChanged` rule that asks: the approver is asked
+     * once per new definition (calls arriving while the question is open wait for its answer); an accept
+     * pins the definition (`ToolGate.approve`, a `tool.pinned` row naming the approver) and the call is
+     * decided again (a definition changed once more meanwhile is refused, not asked about again). The call
+     * that asked gets the `governance.approval` row; every other waiting call is decided by the same answer.
+     */
+    const askChange = (
+      call: GuardCall,
+      bytesWritten: number,
+      approved: ReadonlyArray<string>,
+      asking: { readonly ruleId: string; readonly ask: AskSpec; readonly refusal: Refuse; readonly change: ToolChange },
+      checkOptions: CheckOptions
+    ): Effect.Effect<Check> =>
+      Effect.gen(function*() {
+        const { ask, change, refusal, ruleId } = asking
+        const key = `${call.serverId}\u0000${normalizeName(call.toolName)}\u0000${change.digest}`
+        const open = changeQuestions.get(key)
+        const next = [...approved, TOOL_CHANGED_RULE]
+        const decideWith = (answer: ChangeAnswer) =>
+          answer.outcome === "accept"
+            ? decideAndLedger(call, bytesWritten, next, checkOptions)
+            : refuseWith(call, bytesWritten, TOOL_CHANGED_RULE, `${refusal.reason} (${answer.why})`)
+        if (open !== undefined) return yield* decideWith(yield* Deferred.await(open))
+        const question = Deferred.unsafeMake<ChangeAnswer>(FiberId.none)
+        changeQuestions.set(key, question)
+        const summary = Approvals.argumentSummary(call.arguments, ask.showArguments)
+        const answer = yield* Effect.gen(function*() {
+          const answered = yield* askApprover({
+            call,
+            ruleId: TOOL_CHANGED_RULE,
+            reason: refusal.reason,
+            argumentSummary: summary,
+            question: Approvals.toolChangeQuestion(call, ruleId, change),
+            toolChange: change
+          }, ask)
+          if (answered.outcome !== "accept" || answered.approver === null) return answered
+          const pinned = yield* tools!.approve!(call.serverId, call.toolName, change.digest, {
+            agentId: call.agentId,
+            sessionId: call.sessionId,
+            approver: answered.approver,
+            via: askedBy()
+          })
+          return pinned ? answered : { ...answered, why: "the definition changed again while the question was open" }
+        }).pipe(
+          Effect.onExit((exit) =>
+            Effect.sync(() => {
+              changeQuestions.delete(key)
+              Deferred.unsafeDone(
+                question,
+                Exit.succeed(
+                  exit._tag === "Success"
+                    ? exit.value
+                    : { outcome: "cancel", approver: null, latencyMillis: 0, why: "the question was withdrawn" }
+                )
+              )
+            })
+          )
+        )
+        const result = yield* decideWith(answer)
+        yield* recordApprovalRow(call, result._tag === "Allowed" ? result.ticket.sequence : result.sequence, {
+          ruleId: TOOL_CHANGED_RULE,
+          reason: refusal.reason,
+          askedBy: askedBy(),
+          approver: answer.approver,
+          answer: answer.outcome,
+          allowed: result._tag === "Allowed",
+          latencyMillis: answer.latencyMillis,
+          argumentSummary: summary,
+          toolChange: { askRule: ruleId, change }
+        })
+        return result
+      })
+
+    /** The decision (after the gates), ledgered; an `ask` verdict goes to `askFor` (or `askChange`). */
     const decideAndLedger = (
       call: GuardCall,
       bytesWritten: number,
-      approved: ReadonlyArray<string>
+      approved: ReadonlyArray<string>,
+      checkOptions: CheckOptions
     ): Effect.Effect<Check> =>
       Effect.gen(function*() {
         // Outside the session's lock: hashing the arguments does not hold up the session's other decisions.
@@ -803,7 +1046,12 @@ export const make = (
             Effect.annotateLogs({ ruleId: warning.ruleId, sessionId: call.sessionId, toolName: call.toolName })
           )
         }
-        if (decided.asking !== undefined) return yield* askFor(call, bytesWritten, approved, decided.asking)
+        if (decided.askingChange !== undefined) {
+          return yield* askChange(call, bytesWritten, approved, decided.askingChange, checkOptions)
+        }
+        if (decided.asking !== undefined) {
+          return yield* askFor(call, bytesWritten, approved, decided.asking, checkOptions)
+        }
         if (decided.refused !== undefined) return yield* ledgerRefusal(decided.refused)
         const { ticket } = decided
         if (failClosed) {
@@ -829,7 +1077,7 @@ export const make = (
         return { _tag: "Allowed", ticket, warnings: decided.verdict.warnings } as const
       })
 
-    const check = (call: GuardCall): Effect.Effect<Check> =>
+    const check = (call: GuardCall, checkOptions: CheckOptions = {}): Effect.Effect<Check> =>
       Effect.gen(function*() {
         const gated = gate(call)
         if (gated._tag === "Refuse") {
@@ -845,7 +1093,7 @@ export const make = (
             false
           )
         }
-        return yield* decideAndLedger(call, bytesWritten, [])
+        return yield* decideAndLedger(call, bytesWritten, [], checkOptions)
       })
 
     /**
@@ -964,7 +1212,9 @@ export const make = (
       )
 
     return McpGuard.of({
-      check,
+      check: (call) => check(call),
+      checkDeferringAsk: (call) => check(call, { deferAsk: true }),
+      recordApproval,
       complete,
       refuse: (call, ruleId, reason) => {
         const gated = gate(call)
@@ -978,7 +1228,10 @@ export const make = (
       isVisible: (serverId, toolName) =>
         shadow ||
         (policy.isVisible(serverId, toolName) &&
-          !(policy.hidesRefusedTools === true && tools?.refusal(serverId, toolName) !== undefined))
+          // A changed tool a `toolChanged` rule asks about stays visible: calling it is how it gets approved.
+          !(policy.hidesRefusedTools === true && tools?.refusal(serverId, toolName) !== undefined &&
+            !(options.approver !== undefined && tools.change?.(serverId, toolName) !== undefined &&
+              tools.approve !== undefined && policy.toolChangedAsk?.(serverId, toolName) !== undefined)))
     })
   })
 

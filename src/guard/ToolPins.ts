@@ -6,8 +6,9 @@
  * The first time a server's tool is seen (in a `tools/list` answer), its definition digest is recorded as a
  * `tool.pinned` row (per server id). When a later list shows a different definition, a `tool.changed` row
  * records the pinned and the new digest (once per new definition), and the tool is refused under the rule
- * `tool-changed` until an operator pins the new definition (`agent-ledger tools approve`, a new
- * `tool.pinned` row). Pins are read from the ledger's rows when a guard starts (`load`).
+ * `tool-changed` until it is approved: an operator pins the new definition (`agent-ledger tools approve`, a
+ * new `tool.pinned` row), or a person accepts it when a policy's `toolChanged` rule asks (`approve`, the
+ * same row, naming who accepted). Pins are read from the ledger's rows when a guard starts (`load`).
  *
  * The digest is SHA-256 of the RFC 8785 JSON of `{name, description, inputSchema, outputSchema,
  * annotations}` as the server sent them (docs/FORMAT.md, "Guard records"). A definition nested deeper than
@@ -24,7 +25,7 @@ import { sha256Hex } from "../internal/encoding.js"
 import { findTooDeep } from "../internal/jsonDepth.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import { normalizeName } from "./GuardPolicy.js"
-import type { ToolAnnotations, ToolGate } from "./McpGuard.js"
+import type { ToolAnnotations, ToolApprover, ToolChange, ToolGate } from "./McpGuard.js"
 
 /** The rule id of calls to a tool whose definition differs from its pin. */
 export { TOOL_CHANGED_RULE } from "./McpGuard.js"
@@ -87,6 +88,8 @@ export interface PinRecord {
   readonly toolName: string
   /** The pinned digest (`pinned`), or the new one (`changed`). */
   readonly digest: string
+  /** The definition recorded with it (null when it was too large to store, or not recorded). */
+  readonly definition?: unknown
 }
 
 /** What the guard knows of one tool of one server. */
@@ -124,6 +127,10 @@ interface Entry {
   pinned: string | undefined
   seen: string | null | undefined
   annotations: ToolAnnotations | undefined
+  /** The pinned definition, when known (first seen here, or stored with its row). */
+  pinnedDefinition: Record<string, unknown> | undefined
+  /** The definition last listed (its pinned part), when it can be pinned. */
+  seenDefinition: Record<string, unknown> | undefined
   /** New digests already recorded as `tool.changed` against the current pin. */
   readonly changes: Set<string>
 }
@@ -139,7 +146,16 @@ export const make = (
       const key = keyOf(serverId, toolName)
       let entry = entries.get(key)
       if (entry === undefined) {
-        entry = { serverId, toolName, pinned: undefined, seen: undefined, annotations: undefined, changes: new Set() }
+        entry = {
+          serverId,
+          toolName,
+          pinned: undefined,
+          seen: undefined,
+          annotations: undefined,
+          pinnedDefinition: undefined,
+          seenDefinition: undefined,
+          changes: new Set()
+        }
         entries.set(key, entry)
       }
       return entry
@@ -148,6 +164,7 @@ export const make = (
       const entry = entryOf(record.serverId, record.toolName)
       if (record.kind === "pinned") {
         entry.pinned = record.digest
+        entry.pinnedDefinition = isRecord(record.definition) ? record.definition : undefined
         entry.changes.clear()
       } else {
         entry.changes.add(record.digest)
@@ -163,12 +180,14 @@ export const make = (
         const entry = entryOf(serverId, tool.name)
         const digest = digestOf(tool)
         entry.seen = digest ?? null
+        entry.seenDefinition = digest === undefined ? undefined : definitionOf(tool)
         if (digest === undefined) {
           entry.annotations = undefined
           return
         }
         if (entry.pinned === undefined) {
           entry.pinned = digest
+          entry.pinnedDefinition = entry.seenDefinition
           yield* record(agentId, TOOL_PINNED_EVENT_TYPE, {
             server_id: serverId,
             tool_name: tool.name,
@@ -191,7 +210,61 @@ export const make = (
         entry.annotations = entry.pinned === digest ? annotationsOf(tool) : undefined
       })
 
+    /** Pins the definition last listed, if it is the one of `digest` (a person accepted it). */
+    const approve = (serverId: string, toolName: string, digest: string, by: ToolApprover) =>
+      Effect.suspend(() => {
+        const entry = entries.get(keyOf(serverId, toolName))
+        if (entry === undefined || entry.seen !== digest || entry.seenDefinition === undefined) {
+          return Effect.succeed(entry?.pinned === digest)
+        }
+        if (entry.pinned === digest) return Effect.succeed(true)
+        const previous = entry.pinned ?? null
+        const definition = entry.seenDefinition
+        entry.pinned = digest
+        entry.pinnedDefinition = definition
+        entry.changes.clear()
+        entry.annotations = annotationsOf(definition)
+        return Effect.as(
+          record(by.agentId, TOOL_PINNED_EVENT_TYPE, {
+            server_id: serverId,
+            tool_name: entry.toolName,
+            digest,
+            definition: storedDefinition(definition),
+            approves: {
+              change_sequence: null,
+              previous_digest: previous,
+              approver: by.approver,
+              via: by.via,
+              session_id: by.sessionId
+            }
+          }),
+          true
+        )
+      })
+
+    /** How the definition last listed differs from the pinned one. */
+    const change = (serverId: string, toolName: string): ToolChange | undefined => {
+      const entry = entries.get(keyOf(serverId, toolName))
+      if (entry === undefined || typeof entry.seen !== "string" || entry.pinned === undefined) return undefined
+      if (entry.seen === entry.pinned) return undefined
+      const seen = entry.seenDefinition ?? {}
+      const pinned = entry.pinnedDefinition
+      const changed = pinned === undefined
+        ? []
+        : (["description", "inputSchema", "outputSchema", "annotations"] as const).filter((key) =>
+          canonicalize(pinned[key] ?? null) !== canonicalize(seen[key] ?? null)
+        )
+      return {
+        pinnedDigest: entry.pinned,
+        digest: entry.seen,
+        changed,
+        ...(typeof seen.description === "string" ? { description: seen.description } : {})
+      }
+    }
+
     return ToolPins.of({
+      change,
+      approve,
       observe: (serverId, agentId, tools) =>
         Effect.forEach(tools, (tool) => observeOne(serverId, agentId, tool), { discard: true }),
       refusal: (serverId, toolName) => {
@@ -204,7 +277,7 @@ export const make = (
           ? undefined
           : `the definition of tool ${toolName} changed since it was pinned (${entry.pinned!.slice(0, 12)} -> ${
             entry.seen.slice(0, 12)
-          }); an operator must approve it (agent-ledger tools approve)`
+          }); it must be approved (agent-ledger tools approve)`
       },
       annotations: (serverId, toolName) => entries.get(keyOf(serverId, toolName))?.annotations,
       state: (serverId, toolName) => {
@@ -223,7 +296,12 @@ export const make = (
 const PinPayload = Schema.parseJson(Schema.Struct({
   action: Schema.Struct({
     customKind: Schema.String,
-    payload: Schema.Struct({ server_id: Schema.String, tool_name: Schema.String, digest: Schema.String })
+    payload: Schema.Struct({
+      server_id: Schema.String,
+      tool_name: Schema.String,
+      digest: Schema.String,
+      definition: Schema.optional(Schema.Unknown)
+    })
   })
 }))
 const decodePin = Schema.decodeUnknownOption(PinPayload)
@@ -234,7 +312,8 @@ export const recordOf = (row: { readonly event_type: unknown; readonly payload: 
     kind: row.event_type === TOOL_PINNED_EVENT_TYPE ? "pinned" : "changed",
     serverId: p.action.payload.server_id,
     toolName: p.action.payload.tool_name,
-    digest: p.action.payload.digest
+    digest: p.action.payload.digest,
+    definition: p.action.payload.definition ?? null
   }))
 
 /**

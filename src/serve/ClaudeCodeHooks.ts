@@ -8,6 +8,15 @@
  *   `permissionDecision: "deny"` with a reason naming the rule, shown to the model; an allowed call leaves the
  *   decision to Claude Code's own permission flow (`allowedDecision: "none"`, the default) or answers
  *   `"allow"`; a call the policy only warns about may be answered `"ask"` (`askOnWarn`).
+ * - A call an `"action": "ask"` rule holds is answered `permissionDecision: "ask"` (the reason names the
+ *   rule), so Claude Code's own permission prompt asks its user; the guard counts the call in flight while
+ *   the user decides (`McpGuard.checkDeferringAsk`). Claude Code does not tell the hook the user's answer,
+ *   so it is read from what follows: a `PostToolUse` or `PostToolUseFailure` for the `tool_use_id` means
+ *   the user allowed it (a `governance.approval` row, answer `accept`, approver the Claude Code user of the
+ *   session, latency from the question to that event, so the tool's run included); none by `SessionEnd`
+ *   or `callTimeout` is recorded as answer `unknown`, outcome `not-run` (the user most likely declined, but
+ *   the hook cannot tell that from Claude Code ending or the event being lost). The rule's `timeout`,
+ *   `onTimeout` and `fallback` do not apply: Claude Code's prompt waits for its user.
  * - `PostToolUse` / `PostToolUseFailure`: complete the allowed call of that `tool_use_id` with the bytes of
  *   `tool_response` (or of the `error` text) and how it ended (`result`, `errorAnswer`, or `interrupted`
  *   for `is_interrupt`).
@@ -138,8 +147,25 @@ const unmatchedCompletions = Metric.counter("agent_ledger_serve_unmatched_comple
 /** A call decided (or being decided) in a session, under its `tool_use_id`. */
 type Pending =
   | { readonly _tag: "Deciding"; abandoned: boolean }
-  | { readonly _tag: "Allowed"; readonly ticket: McpGuard.Ticket; timer: Fiber.RuntimeFiber<void> | undefined }
+  | {
+    readonly _tag: "Allowed"
+    readonly ticket: McpGuard.Ticket
+    timer: Fiber.RuntimeFiber<void> | undefined
+    /** The `ask` rules Claude Code's prompt was asked to decide (answered `ask`), awaiting what follows. */
+    readonly asked: ReadonlyArray<McpGuard.PendingApproval>
+  }
   | { readonly _tag: "Ended" }
+
+/** Who a deferred question asks, as its approval row names it. */
+export const ASKED_THROUGH_PROMPT = "the Claude Code user, through its permission prompt (PreToolUse ask)"
+
+/** The approver of a call Claude Code ran after its prompt: the user of that session (and agent). */
+export const promptApprover = (sessionId: string, agentId: string): string =>
+  `the Claude Code user of session ${sessionId} (agent ${agentId})`
+
+/** The text Claude Code's prompt shows for a call an `ask` rule holds. */
+export const askText = (asked: ReadonlyArray<McpGuard.PendingApproval>): string =>
+  asked.map((a) => `agent-ledger asks (rule ${a.ruleId}): ${a.reason}`).join("; ")
 
 interface SessionState {
   readonly agentId: string
@@ -203,14 +229,46 @@ export const make = (
       arguments: input.tool_input
     })
 
-    /** Ends the allowed call under `key` with `outcome` (once; later ends do nothing). */
-    const endCall = (state: SessionState, key: string, outcome: McpGuard.CallOutcome) =>
+    /**
+     * Records what became of the questions Claude Code's prompt was asked about a call: `ran` (a
+     * `PostToolUse`/`PostToolUseFailure` came: the user allowed it) or not (answer `unknown`).
+     */
+    const recordAsked = (state: SessionState, asked: ReadonlyArray<McpGuard.PendingApproval>, ran: boolean) =>
+      Effect.forEach(asked, (pending) =>
+        guard.recordApproval(
+          pending,
+          ran
+            ? {
+              asked: ASKED_THROUGH_PROMPT,
+              approver: promptApprover(pending.call.sessionId, state.agentId),
+              answer: "accept",
+              outcome: "allowed"
+            }
+            : { asked: ASKED_THROUGH_PROMPT, approver: null, answer: "unknown", outcome: "not-run" }
+        ), { discard: true })
+
+    /**
+     * Ends the allowed call under `key` with `outcome` (once; later ends do nothing). `prompted`: what Claude
+     * Code's prompt, if it was asked, is known to have answered (`ran`: the call ran; `unknown`: no sign it
+     * did; `none`: Claude Code was told no, so there was no prompt).
+     */
+    const endCall = (
+      state: SessionState,
+      key: string,
+      outcome: McpGuard.CallOutcome,
+      prompted: "ran" | "unknown" | "none"
+    ) =>
       Effect.suspend(() => {
         const pending = state.pending.get(key)
         if (pending === undefined || pending._tag !== "Allowed") return Effect.succeed(false)
         state.pending.set(key, { _tag: "Ended" })
         const timer = pending.timer
         return guard.complete(pending.ticket, outcome).pipe(
+          Effect.zipRight(
+            prompted === "none" || pending.asked.length === 0
+              ? Effect.void
+              : recordAsked(state, pending.asked, prompted === "ran")
+          ),
           Effect.zipRight(timer === undefined ? Effect.void : interruptTimer(timer)),
           Effect.as(true)
         )
@@ -221,16 +279,24 @@ export const make = (
       Effect.fiberIdWith((self) => Equal.equals(self, timer.id()) ? Effect.void : timer.interruptAsFork(self))
 
     /** Registers an allowed call; one whose answer was abandoned (timed out) ends at once as interrupted. */
-    const register = (state: SessionState, key: string, ticket: McpGuard.Ticket) =>
+    const register = (
+      state: SessionState,
+      key: string,
+      ticket: McpGuard.Ticket,
+      asked: ReadonlyArray<McpGuard.PendingApproval>
+    ) =>
       Effect.gen(function*() {
         const pending = state.pending.get(key)
         const abandoned = pending?._tag !== "Deciding" || pending.abandoned ||
           sessions.get(ticket.call.sessionId) !== state
-        const entry: Pending = { _tag: "Allowed", ticket, timer: undefined }
+        const entry: Pending = { _tag: "Allowed", ticket, timer: undefined, asked }
         state.pending.set(key, entry)
-        if (abandoned) return yield* endCall(state, key, { _tag: "Interrupted" })
+        if (abandoned) return yield* endCall(state, key, { _tag: "Interrupted" }, "none")
         entry.timer = yield* Effect.forkIn(
-          Effect.sleep(callTimeout).pipe(Effect.zipRight(endCall(state, key, { _tag: "TimedOut" })), Effect.asVoid),
+          Effect.sleep(callTimeout).pipe(
+            Effect.zipRight(endCall(state, key, { _tag: "TimedOut" }, "unknown")),
+            Effect.asVoid
+          ),
           scope
         )
         return true
@@ -260,8 +326,8 @@ export const make = (
         // The decision runs in the service's scope: a client that gives up (or the timeout below) does not
         // interrupt it halfway between journal and ledger.
         const decision = yield* Effect.forkIn(
-          Effect.tap(guard.check(call), (check) =>
-            check._tag === "Allowed" ? register(state, key, check.ticket) : Effect.void),
+          Effect.tap(guard.checkDeferringAsk(call), (check) =>
+            check._tag === "Allowed" ? register(state, key, check.ticket, check.asked ?? []) : Effect.void),
           scope
         )
         const check = yield* decision.await.pipe(
@@ -284,12 +350,19 @@ export const make = (
             if (result._tag === "Refused") {
               return preToolUseOutput("deny", denialText(result.ruleId, result.reason))
             }
+            if (result.asked !== undefined && result.asked.length > 0) {
+              // An `ask` rule holds the call: Claude Code's own prompt asks its user.
+              const warned = options.askOnWarn === true
+                ? result.warnings.map((w) =>
+                  `; agent-ledger warns (rule ${w.ruleId}): ${w.reason}`
+                ).join("")
+                : ""
+              return preToolUseOutput("ask", askText(result.asked) + warned)
+            }
             if (options.askOnWarn === true && result.warnings.length > 0) {
               return preToolUseOutput(
                 "ask",
-                result.warnings.map((w) =>
-                  `agent-ledger warns (rule ${w.ruleId}): ${w.reason}`
-                ).join("; ")
+                result.warnings.map((w) => `agent-ledger warns (rule ${w.ruleId}): ${w.reason}`).join("; ")
               )
             }
             return options.allowedDecision === "allow"
@@ -317,12 +390,15 @@ export const make = (
         ? { _tag: "Interrupted" }
         : { _tag: "ErrorAnswer", bytesRead: Buffer.byteLength(input.error ?? "", "utf8") }
       return Effect.flatMap(
-        endCall(state, input.tool_use_id, outcome),
+        endCall(state, input.tool_use_id, outcome, "ran"),
         (ended) => ended ? Effect.succeed({}) : Effect.as(Metric.increment(unmatchedCompletions), {})
       )
     }
 
-    /** Seals the session: its timers stop, its calls in flight end as interrupted. */
+    /**
+     * Seals the session: its timers stop, its calls in flight end as interrupted (a call Claude Code's prompt
+     * was asked about and that never ran is recorded as answer `unknown`).
+     */
     const endSession = (sessionId: string) =>
       Effect.suspend(() => {
         const state = sessions.get(sessionId)
@@ -330,8 +406,16 @@ export const make = (
         sessions.delete(sessionId)
         openPerAgent.set(state.agentId, Math.max(0, (openPerAgent.get(state.agentId) ?? 1) - 1))
         const timers: Array<Fiber.RuntimeFiber<void>> = []
-        for (const p of state.pending.values()) if (p._tag === "Allowed" && p.timer !== undefined) timers.push(p.timer)
-        return Effect.forEach(timers, (timer) => interruptTimer(timer), { discard: true }).pipe(
+        const unanswered: Array<string> = []
+        for (const [key, p] of state.pending.entries()) {
+          if (p._tag !== "Allowed") continue
+          if (p.timer !== undefined) timers.push(p.timer)
+          if (p.asked.length > 0) unanswered.push(key)
+        }
+        return Effect.forEach(unanswered, (key) => endCall(state, key, { _tag: "Interrupted" }, "unknown"), {
+          discard: true
+        }).pipe(
+          Effect.zipRight(Effect.forEach(timers, (timer) => interruptTimer(timer), { discard: true })),
           Effect.zipRight(guard.endSession(sessionId)),
           Effect.asVoid
         )
