@@ -20,6 +20,7 @@ export const E2E_FILES = [
   "test/McpProxyProcess.test.ts",
   "test/Postgres.test.ts",
   "test/ProxyCrash.test.ts",
+  "test/ServeCrash.test.ts",
   "test/ToolPinsProxy.test.ts",
   "test/TransparencyForge.test.ts",
   "test/bench.test.ts",

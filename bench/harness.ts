@@ -6,7 +6,11 @@
  * interleaved with it in the same run on the same file system, so the ratio is what counts on a shared,
  * noisy machine.
  */
+import * as fs from "node:fs"
+import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
+import { fileURLToPath } from "node:url"
+import { bundleForNode } from "../test/fixtures/nodeBundle.js"
 
 export const SCHEMA = "agent-ledger-bench/v1"
 
@@ -91,4 +95,27 @@ export const sideBySide = async (
 export const gc = (): void => {
   const collect = (globalThis as { gc?: () => void }).gc
   if (collect !== undefined) collect()
+}
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..")
+const cliBundles = new Map<string, Promise<string>>()
+
+/**
+ * The CLI as one file (as an install runs it), with its ledger writer thread beside it where the bundled
+ * CLI looks (an MCP client passes its child no environment of ours): bundled once per run, in the run's
+ * directory, for every section that spawns it.
+ */
+export const cliBundle = (mode: BenchMode): Promise<string> => {
+  let bundle = cliBundles.get(mode.dir)
+  if (bundle === undefined) {
+    const dir = join(mode.dir, "cli")
+    fs.mkdirSync(dir, { recursive: true })
+    const cli = join(dir, "cli.mjs")
+    bundle = Promise.all([
+      bundleForNode(join(repoRoot, "src/cli/main.ts"), cli),
+      bundleForNode(join(repoRoot, "src/ledger/LedgerWriterWorker.ts"), join(dir, "LedgerWriterWorker.mjs"))
+    ]).then(() => cli)
+    cliBundles.set(mode.dir, bundle)
+  }
+  return bundle
 }

@@ -15,9 +15,8 @@ import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import * as fs from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { bundleForNode } from "../test/fixtures/nodeBundle.js"
 import type { BenchMode, Figures } from "./harness.js"
-import { bounded, figure, median } from "./harness.js"
+import { bounded, cliBundle, figure, median } from "./harness.js"
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..")
 const fsServer = join(repoRoot, "node_modules/@modelcontextprotocol/server-filesystem/dist/index.js")
@@ -87,10 +86,7 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   fs.writeFileSync(policyFile, JSON.stringify(policy))
   const relay = join(dir, "relay.mjs")
   fs.writeFileSync(relay, RELAY)
-  const cli = join(dir, "cli.mjs")
-  await bundleForNode(join(repoRoot, "src/cli/main.ts"), cli)
-  // Its writer thread beside it, where the bundled CLI looks (an MCP client passes the child no env of ours).
-  await bundleForNode(join(repoRoot, "src/ledger/LedgerWriterWorker.ts"), join(dir, "LedgerWriterWorker.mjs"))
+  const cli = await cliBundle(mode)
   const calls = mode.size(400, 30)
 
   const direct = () =>

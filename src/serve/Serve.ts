@@ -33,7 +33,12 @@ export interface Options extends GuardServer.Options {
   readonly mcp?: McpEndpoints.Options | undefined
 }
 
-/** The guard on the policy, with its own journals and the ledger's argument salt. */
+/**
+ * The guard on the policy, with the ledger's argument salt and its journals on the ledger's `JournalStore`
+ * when it is in context (as `AuditLedger`'s layers provide it): every entry a `journal_entries` row, so with
+ * `failClosed` an allowed `PreToolUse` is answered only once its `call` entry is durable (write-ahead), as
+ * `mcp-proxy` does. Without a `JournalStore` the journals are in memory.
+ */
 export const guardLayer = (
   options: Pick<Options, "policy" | "failClosed" | "sealEvery">
 ): Layer.Layer<McpGuard.McpGuard, SqlError, AuditQueue.AuditQueue | LedgerSql.LedgerSql> =>
@@ -45,7 +50,7 @@ export const guardLayer = (
         policy: GuardPolicy.engine(options.policy, { salt }),
         failClosed: options.failClosed,
         sealEvery: options.sealEvery
-      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make))
+      }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, McpGuard.journalsInContext))
     })
   )
 
