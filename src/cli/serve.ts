@@ -71,7 +71,8 @@ export const checkRemoteHeaders = (
   Effect.forEach(Object.entries(upstreams), ([name, upstream]) =>
     McpUpstreams.isRemote(upstream)
       ? Either.match(McpUpstreams.resolveHeaders(upstream, env), {
-        onLeft: (problem) => Effect.fail(new InputError({ message: `serve: MCP upstream ${name}'s headers: ${problem}` })),
+        onLeft: (problem) =>
+          Effect.fail(new InputError({ message: `serve: MCP upstream ${name}'s headers: ${problem}` })),
         onRight: () => Effect.void
       })
       : Effect.void, { discard: true })
@@ -204,7 +205,9 @@ export const runServe = (options: ServeOptions) =>
       for (const [name, upstream] of Object.entries(upstreams)) {
         // A remote's URL only by its origin: a path or query may carry a key.
         const to = McpUpstreams.isRemote(upstream) ? ` (remote, ${new URL(upstream.url).origin})` : ""
-        yield* Console.error(`agent-ledger serve: MCP upstream ${name}${to} at ${where}${McpEndpoints.MCP_PATH}/${name}`)
+        yield* Console.error(
+          `agent-ledger serve: MCP upstream ${name}${to} at ${where}${McpEndpoints.MCP_PATH}/${name}`
+        )
       }
       if (mcp?.aggregate === true) {
         yield* Console.error(

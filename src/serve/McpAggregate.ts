@@ -301,13 +301,18 @@ export const hooks = <T>(
           }
         })
       }
-      return Effect.map(to.hooks.onToolCall(to.params), (route): McpProxy.ToolCallRoute<Ticket<T>> =>
-        route._tag === "Answer" ? route : { _tag: "Forward", ticket: { upstream: to.upstream, ticket: route.ticket } })
+      return Effect.map(
+        to.hooks.onToolCall(to.params),
+        (route): McpProxy.ToolCallRoute<Ticket<T>> =>
+          route._tag === "Answer" ? route : { _tag: "Forward", ticket: { upstream: to.upstream, ticket: route.ticket } }
+      )
     },
     onToolResult: (ticket, answer) => perUpstream.get(ticket.upstream)!.onToolResult(ticket.ticket, answer),
     onRefusal: (params, ruleId, reason) => {
       const to = target(params)
-      return to === undefined ? fallback.onRefusal(params, ruleId, reason) : to.hooks.onRefusal(to.params, ruleId, reason)
+      return to === undefined
+        ? fallback.onRefusal(params, ruleId, reason)
+        : to.hooks.onRefusal(to.params, ruleId, reason)
     },
     onToolsList: (result) =>
       Effect.gen(function*() {
@@ -324,7 +329,9 @@ export const hooks = <T>(
         for (const [upstream, list] of byUpstream) {
           const shown = yield* perUpstream.get(upstream)!.onToolsList({ tools: list })
           for (const tool of Array.isArray(shown.tools) ? shown.tools as Array<unknown> : []) {
-            if (isRecord(tool) && typeof tool.name === "string") tools.push({ ...tool, name: qualify(upstream, tool.name) })
+            if (isRecord(tool) && typeof tool.name === "string") {
+              tools.push({ ...tool, name: qualify(upstream, tool.name) })
+            }
           }
         }
         return { ...result, tools }

@@ -321,7 +321,9 @@ export const make = (options: Options) =>
           : Object.hasOwn(options.upstreams, name)
         if (!known) {
           return json(404, {
-            error: name === AGGREGATE ? "no aggregated MCP endpoint (\"aggregate\": true)" : `no MCP upstream named '${name}'`
+            error: name === AGGREGATE
+              ? "no aggregated MCP endpoint (\"aggregate\": true)"
+              : `no MCP upstream named '${name}'`
           })
         }
         let parsed: unknown = undefined

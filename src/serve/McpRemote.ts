@@ -33,7 +33,10 @@ const isRecord = (value: unknown): value is Record<string, unknown> =>
 /** An error's message, one line, bounded. Header values never reach it (they are checked before use). */
 const describe = (error: unknown): string => {
   const text = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, " ").trim()
-  return text.length > MAX_ERROR_TEXT ? `${text.slice(0, MAX_ERROR_TEXT)}…` : text
+  const bounded = text.length > MAX_ERROR_TEXT ? `${text.slice(0, MAX_ERROR_TEXT)}…` : text
+  // The SDK's `StreamableHTTPError` carries the HTTP status as its `code`.
+  const status = isRecord(error) && typeof error.code === "number" && error.code >= 100 ? error.code : undefined
+  return status === undefined ? bounded : `HTTP ${status}: ${bounded}`
 }
 
 /** `inner` (a new SDK client transport to the remote, not started) as the proxy's upstream transport. */

@@ -81,9 +81,11 @@ export const resolveHeaders = (
 ): Either.Either<Record<string, string>, string> => {
   const missing = referencedVariables(upstream).filter((name) => env[name] === undefined)
   if (missing.length > 0) {
-    return Either.left(`the environment variable${missing.length === 1 ? "" : "s"} ${missing.join(", ")} ${
-      missing.length === 1 ? "is" : "are"
-    } not set`)
+    return Either.left(
+      `the environment variable${missing.length === 1 ? "" : "s"} ${missing.join(", ")} ${
+        missing.length === 1 ? "is" : "are"
+      } not set`
+    )
   }
   const headers: Record<string, string> = {}
   for (const [name, value] of Object.entries(upstream.headers)) {
