@@ -158,7 +158,26 @@ describe("serve: a remote Streamable HTTP upstream", () => {
             yield* Effect.promise(() => second.transport.terminateSession())
             for (let i = 0; i < 100 && remote.terminated.length === 0; i++) yield* Effect.sleep("20 millis")
             expect(remote.terminated).toEqual([remote.initialized[1]])
-            yield* Effect.promise(() => Promise.all([first.client.close(), second.client.close()]))
+            yield* Effect.promise(() => second.client.close())
+
+            // The remote forgets its sessions (a restart): the call fails with its 404, and the serve session
+            // ends with it, so the client's next request is 404 too and it initializes again.
+            yield* Effect.promise(() => remote.dropSessions())
+            const lost = yield* Effect.promise(() =>
+              first.client.callTool({ name: "echo", arguments: { text: "?" } }).then(
+                () => "answered",
+                (error: Error) => error.message
+              )
+            )
+            expect(lost).toContain("HTTP 404")
+            for (let i = 0; i < 100 && (yield* endpoints.openSessions) > 0; i++) yield* Effect.sleep("20 millis")
+            expect(yield* endpoints.openSessions).toBe(0)
+            const third = yield* connect(url)
+            const again = yield* Effect.promise(() =>
+              third.client.callTool({ name: "echo", arguments: { text: "again" } })
+            )
+            expect(textOf(again)).toBe("echo: again")
+            yield* Effect.promise(() => Promise.all([first.client.close(), third.client.close()]))
           }))
           expect(remote.unauthorized.count).toBe(0)
           expect(remote.authorizations.every((a) => a === `Bearer ${remoteToken}`)).toBe(true)

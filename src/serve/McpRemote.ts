@@ -6,7 +6,9 @@
  * So a request other than `initialize` is sent without waiting, and a POST that fails is answered here
  * with a JSON-RPC error for its id (the call ends as the upstream's error; the session goes on).
  * `initialize` and notifications are still sent in order: the session id comes with `initialize`'s answer.
- * If `initialize` cannot be sent the session ends (a remote that is down or refuses the credentials).
+ * If `initialize` cannot be sent the session ends (a remote that is down or refuses the credentials), and
+ * so it does when the remote answers 404 (it ended its session: the spec's signal to initialize again, which
+ * the client does once its serve session is gone too).
  *
  * Closing ends the remote session (`DELETE`, bounded) before the transport closes.
  */
@@ -31,11 +33,14 @@ const isRecord = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
 
 /** An error's message, one line, bounded. Header values never reach it (they are checked before use). */
+/** The HTTP status of the SDK's `StreamableHTTPError` (its `code`), if the error is one. */
+const statusOf = (error: unknown): number | undefined =>
+  isRecord(error) && typeof error.code === "number" && error.code >= 100 ? error.code : undefined
+
 const describe = (error: unknown): string => {
   const text = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, " ").trim()
   const bounded = text.length > MAX_ERROR_TEXT ? `${text.slice(0, MAX_ERROR_TEXT)}…` : text
-  // The SDK's `StreamableHTTPError` carries the HTTP status as its `code`.
-  const status = isRecord(error) && typeof error.code === "number" && error.code >= 100 ? error.code : undefined
+  const status = statusOf(error)
   return status === undefined ? bounded : `HTTP ${status}: ${bounded}`
 }
 
@@ -65,7 +70,10 @@ export const transport = (inner: ClientTransport): McpProxy.Transport => {
         return
       }
       if (!isRequest) return inner.send(message)
-      void inner.send(message).catch((error) => answerError(error, "the remote MCP server did not answer"))
+      void inner.send(message).catch((error) => {
+        answerError(error, "the remote MCP server did not answer")
+        if (statusOf(error) === 404) void outer.close()
+      })
     },
     close: () => {
       if (closing !== undefined) return closing
