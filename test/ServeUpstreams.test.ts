@@ -286,6 +286,34 @@ describe("serve: the aggregated endpoint", () => {
   )
 })
 
+describe("serve: the aggregated endpoint, failing", () => {
+  it.live("is 404 unless configured, and 502 when one of its upstreams cannot start", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(join(os.tmpdir(), "serve-aggregate-"))
+      const root = join(dir, "files")
+      fs.mkdirSync(root)
+      const upstreams = {
+        files: { command: process.execPath, args: [fsServer, root], env: {} },
+        broken: { command: join(dir, "no-such-command"), args: [], env: {} }
+      }
+      yield* Effect.scoped(Effect.gen(function*() {
+        const { base } = yield* serve(join(dir, "off.db"), upstreams, false)
+        const off = yield* Effect.exit(connect(new URL(`${base}/mcp`)))
+        expect(String(off)).toMatch(/"code": 404/)
+      }))
+      yield* Effect.scoped(Effect.gen(function*() {
+        const { base, endpoints } = yield* serve(join(dir, "on.db"), upstreams, true)
+        const broken = yield* Effect.exit(connect(new URL(`${base}/mcp`)))
+        expect(String(broken)).toMatch(/"code": 502/)
+        expect(yield* endpoints.openSessions).toBe(0)
+        // The working upstream is still served on its own.
+        const { client } = yield* connect(new URL(`${base}/mcp/files`))
+        expect(yield* names(client)).toContain("read_text_file")
+        yield* Effect.promise(() => client.close())
+      }))
+    }), 30_000)
+})
+
 describe("serve: tool pins on the MCP endpoints", () => {
   it.live(
     "refuses a remote tool whose description changed between two sessions of one serve",
