@@ -32,6 +32,7 @@ import * as ToolPins from "../guard/ToolPins.js"
 import { uuidV7 } from "../internal/uuid.js"
 import * as McpAggregate from "./McpAggregate.js"
 import * as McpUpstreams from "./McpUpstreams.js"
+import * as SessionToolPins from "./SessionToolPins.js"
 
 /** The route prefix: upstream `NAME` is served at `/mcp/NAME`. */
 export const MCP_PATH = "/mcp"
@@ -92,6 +93,11 @@ export interface Options {
   /** Also serve every upstream as one server at `/mcp` (`McpAggregate`); upstream names must not contain `__`. */
   readonly aggregate?: boolean | undefined
   /**
+   * The policy is in shadow mode: nothing is refused, so neither is a tool a session was shown changed
+   * (`SessionToolPins`); the server-wide pins still record it.
+   */
+  readonly shadow?: boolean | undefined
+  /**
    * MCP sessions one agent may have open at once (each has its own upstream process); default 8. Past it,
    * an `initialize` is refused (403) until one of them ends.
    */
@@ -150,7 +156,8 @@ export class McpEndpoints extends Context.Tag("agent-ledger/McpEndpoints")<McpEn
 export const make = (options: Options) =>
   Effect.gen(function*() {
     const guard = yield* McpGuard.McpGuard
-    // Tool pins (when the policy keeps them): every upstream's lists are pinned under its server id.
+    // Tool pins (when the policy keeps them): every upstream's lists are pinned under its server id, and
+    // each session is held to the definitions it was shown (`SessionToolPins`).
     const pins = Option.getOrUndefined(yield* Effect.serviceOption(ToolPins.ToolPins))
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const sessions = new Map<string, Session>()
@@ -165,6 +172,9 @@ export const make = (options: Options) =>
         toolName: typeof params.name === "string" ? params.name : "",
         arguments: params.arguments
       })
+      if (pins !== undefined && options.shadow !== true) {
+        return SessionToolPins.hooks({ guard, pins, serverId, agentId, callOf })
+      }
       return McpGuardHooks.make({
         guard,
         serverId,

@@ -71,7 +71,11 @@ export const layer = <ROut, E, R>(options: Options, server: Layer.Layer<ROut | H
     Layer.provideMerge(server),
     Layer.provide(RateLimiter.layer(options.rateLimit ?? { perSecond: 50, burst: 100 })),
     Layer.provideMerge(ClaudeCodeHooks.layer(options.hooks)),
-    Layer.provideMerge(options.mcp === undefined ? McpEndpoints.none : McpEndpoints.layer(options.mcp)),
+    Layer.provideMerge(
+      options.mcp === undefined
+        ? McpEndpoints.none
+        : McpEndpoints.layer({ ...options.mcp, shadow: options.policy.mode === "shadow" })
+    ),
     Layer.provideMerge(guardLayer(options)),
     // Pinning is on unless the policy opts out (`"pinTools": false`), as in `mcp-proxy`.
     Layer.provideMerge(options.policy.pinTools === false ? Layer.empty : pinsLayer)
