@@ -42,18 +42,21 @@ export const stdioClient = Effect.tryPromise({
 })
 
 /**
- * The SDK's web-standard Streamable HTTP server transport and its stdio client transport, for the MCP
- * endpoints of `serve` (`McpEndpoints.Sdk`).
+ * The SDK's web-standard Streamable HTTP server transport and its stdio and Streamable HTTP client
+ * transports, for the MCP endpoints of `serve` (`McpEndpoints.Sdk`): clients reach `serve` through the
+ * first, `serve` reaches stdio upstreams through the second and remote ones through the third.
  */
 export const streamableHttpServer = Effect.tryPromise({
   try: async () => {
-    const [server, client] = await Promise.all([
+    const [server, client, remote] = await Promise.all([
       import("@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js"),
-      import("@modelcontextprotocol/sdk/client/stdio.js")
+      import("@modelcontextprotocol/sdk/client/stdio.js"),
+      import("@modelcontextprotocol/sdk/client/streamableHttp.js")
     ])
     return {
       WebStandardStreamableHTTPServerTransport: server.WebStandardStreamableHTTPServerTransport,
-      StdioClientTransport: client.StdioClientTransport
+      StdioClientTransport: client.StdioClientTransport,
+      StreamableHTTPClientTransport: remote.StreamableHTTPClientTransport
     }
   },
   catch: missing

@@ -12,7 +12,7 @@
 import { Command, Options } from "@effect/cli"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpServer from "@effect/platform/HttpServer"
-import { Console, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import { Console, Context, Duration, Effect, Either, Layer, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import * as AuditSigner from "../audit/AuditSigner.js"
@@ -22,6 +22,8 @@ import * as BearerTokens from "../serve/BearerTokens.js"
 import * as ClaudeCodeHooks from "../serve/ClaudeCodeHooks.js"
 import * as GuardServer from "../serve/GuardServer.js"
 import * as McpEndpoints from "../serve/McpEndpoints.js"
+import * as McpRemote from "../serve/McpRemote.js"
+import * as McpUpstreams from "../serve/McpUpstreams.js"
 import * as Serve from "../serve/Serve.js"
 import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
@@ -42,7 +44,11 @@ export const parseListen = (text: string): Effect.Effect<{ host: string; port: n
   return Effect.succeed({ host, port })
 }
 
-/** `--config FILE`: JSON, `{ "mcp": { "NAME": { "command": …, "args": […], "env": {…} } } }`. */
+/**
+ * `--config FILE`: JSON, `{ "mcp": { "NAME": UPSTREAM, … }, "aggregate": false }`, each UPSTREAM either
+ * `{ "command": …, "args": […], "env": {…} }` (stdio) or `{ "url": "https://…", "headers": {…} }` (remote
+ * Streamable HTTP; header values may reference `${ENV_VAR}`).
+ */
 export const loadConfig = (file: string): Effect.Effect<McpEndpoints.Config, InputError> =>
   Effect.try({
     try: () => JSON.parse(fs.readFileSync(file, "utf8")) as unknown,
@@ -54,20 +60,57 @@ export const loadConfig = (file: string): Effect.Effect<McpEndpoints.Config, Inp
     )
   )
 
-/** The MCP SDK's pieces `serve` uses, loaded only when `--config` names upstreams. */
+/**
+ * Refuses a config whose remote upstreams' headers reference environment variables that are not set (or
+ * resolve to a value a header cannot carry); the message names the variables, never a value.
+ */
+export const checkRemoteHeaders = (
+  upstreams: Readonly<Record<string, McpEndpoints.Upstream>>,
+  env: Readonly<Record<string, string | undefined>> = process.env
+): Effect.Effect<void, InputError> =>
+  Effect.forEach(Object.entries(upstreams), ([name, upstream]) =>
+    McpUpstreams.isRemote(upstream)
+      ? Either.match(McpUpstreams.resolveHeaders(upstream, env), {
+        onLeft: (problem) =>
+          Effect.fail(new InputError({ message: `serve: MCP upstream ${name}'s headers: ${problem}` })),
+        onRight: () => Effect.void
+      })
+      : Effect.void, { discard: true })
+
+/**
+ * The MCP SDK's pieces `serve` uses, loaded only when `--config` names upstreams. A remote upstream's
+ * headers are resolved from this process's environment for each session's transport.
+ */
 export const mcpSdk = Effect.map(McpSdk.streamableHttpServer, (sdk): McpEndpoints.Sdk => ({
   serverTransport: (sessionId) =>
     new sdk.WebStandardStreamableHTTPServerTransport({
       sessionIdGenerator: () => sessionId,
       enableJsonResponse: true
     }),
-  upstreamTransport: (_name, upstream) =>
-    new sdk.StdioClientTransport({
-      command: upstream.command,
-      args: [...upstream.args],
-      env: upstreamEnvironment(upstream.env),
-      stderr: "inherit"
+  upstreamTransport: (name, upstream) => {
+    if (!McpUpstreams.isRemote(upstream)) {
+      return new sdk.StdioClientTransport({
+        command: upstream.command,
+        args: [...upstream.args],
+        env: upstreamEnvironment(upstream.env),
+        stderr: "inherit"
+      })
+    }
+    const headers = McpUpstreams.resolveHeaders(upstream, process.env)
+    if (Either.isLeft(headers)) {
+      const problem = `MCP upstream ${name}'s headers: ${headers.left}`
+      return {
+        start: () => Promise.reject(new Error(problem)),
+        send: () => Promise.reject(new Error(problem)),
+        close: () => Promise.resolve()
+      }
+    }
+    const remote = new sdk.StreamableHTTPClientTransport(new URL(upstream.url), {
+      requestInit: { headers: headers.right }
     })
+    // Its `send` also takes batches (an array), which the proxy never sends.
+    return McpRemote.transport(remote as unknown as McpRemote.ClientTransport)
+  }
 }))
 
 export interface ServeOptions {
@@ -118,8 +161,10 @@ export const runServe = (options: ServeOptions) =>
       ? yield* loadConfig(options.config.value)
       : undefined
     const upstreams = config?.mcp ?? {}
+    yield* checkRemoteHeaders(upstreams)
     const mcp = Object.keys(upstreams).length === 0 ? undefined : {
       upstreams,
+      aggregate: config?.aggregate,
       sdk: yield* mcpSdk
     }
     const server = NodeHttpServer.layer(() => http.createServer(), { host, port }).pipe(
@@ -157,8 +202,17 @@ export const runServe = (options: ServeOptions) =>
       yield* Console.error(
         `agent-ledger serve: listening on ${where} (Claude Code hooks: ${where}${GuardServer.CLAUDE_CODE_HOOK_PATH})`
       )
-      for (const name of Object.keys(upstreams)) {
-        yield* Console.error(`agent-ledger serve: MCP upstream ${name} at ${where}${McpEndpoints.MCP_PATH}/${name}`)
+      for (const [name, upstream] of Object.entries(upstreams)) {
+        // A remote's URL only by its origin: a path or query may carry a key.
+        const to = McpUpstreams.isRemote(upstream) ? ` (remote, ${new URL(upstream.url).origin})` : ""
+        yield* Console.error(
+          `agent-ledger serve: MCP upstream ${name}${to} at ${where}${McpEndpoints.MCP_PATH}/${name}`
+        )
+      }
+      if (mcp?.aggregate === true) {
+        yield* Console.error(
+          `agent-ledger serve: every MCP upstream at ${where}${McpEndpoints.AGGREGATE_PATH} (tools named NAME__tool)`
+        )
       }
       const hooks = Context.get(context, ClaudeCodeHooks.ClaudeCodeHooks)
       const endpoints = Context.get(context, McpEndpoints.McpEndpoints)
@@ -185,7 +239,7 @@ export const command = Command.make(
     config: Options.text("config").pipe(
       Options.optional,
       Options.withDescription(
-        "JSON: MCP upstreams to serve at /mcp/NAME, {\"mcp\": {\"NAME\": {\"command\": …, \"args\": […]}}}"
+        "JSON: MCP upstreams to serve at /mcp/NAME, {\"mcp\": {\"NAME\": {\"command\": …, \"args\": […]} or {\"url\": …, \"headers\": {…}}}, \"aggregate\": true}"
       )
     ),
     listen: Options.text("listen").pipe(

@@ -5,7 +5,8 @@
  *   `ClaudeCodeHooks`. A bearer token is required (401 otherwise, counted); the agent is the token's. Each
  *   token has a request rate (429 over it, counted) and a body size limit (413 over it, counted), checked in
  *   that order, before the body is read.
- * - `/mcp/NAME`: MCP over Streamable HTTP to a configured upstream (`McpEndpoints`), same checks.
+ * - `/mcp/NAME`: MCP over Streamable HTTP to a configured upstream (`McpEndpoints`), same checks; `/mcp`:
+ *   every upstream as one server, when the config says `"aggregate": true`.
  * - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 while the audit queue can make
  *   events durable, else 503. `GET /metrics`: every Effect metric of the process (the audit queue's and
  *   the server's) in the Prometheus text format.
@@ -110,13 +111,13 @@ const hookRoute = (options: Options) => {
 
 /**
  * `/mcp/NAME` (POST, GET, DELETE): MCP over Streamable HTTP to upstream `NAME` (`McpEndpoints`), with
- * the same bearer token, rate and size checks as the hook endpoint.
+ * the same bearer token, rate and size checks as the hook endpoint; `/mcp` (`aggregate`) to all of them.
  */
-const mcpRoute = (options: Options) => {
+const mcpRoute = (options: Options, aggregate: boolean) => {
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES
   return Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
-    const route = `${McpEndpoints.MCP_PATH}/:name`
+    const route = aggregate ? McpEndpoints.AGGREGATE_PATH : `${McpEndpoints.MCP_PATH}/:name`
     const agent = BearerTokens.authenticate(options.tokens, request.headers["authorization"])
     if (Option.isNone(agent)) {
       return yield* refused("unauthenticated", route, 401, { error: "a valid bearer token is required" }, {
@@ -140,7 +141,8 @@ const mcpRoute = (options: Options) => {
     }
     const params = yield* HttpRouter.params
     const endpoints = yield* McpEndpoints.McpEndpoints
-    const answer = yield* endpoints.handle(agent.value, params.name ?? "", request, body)
+    const name = aggregate ? McpEndpoints.AGGREGATE : params.name ?? "-"
+    const answer = yield* endpoints.handle(agent.value, name, request, body)
     yield* count(route, answer._tag === "Json" ? answer.status : answer.response.status)
     return McpEndpoints.toResponse(answer)
   })
@@ -172,7 +174,8 @@ export const router = (options: Options) =>
       )
     ),
     HttpRouter.post(CLAUDE_CODE_HOOK_PATH, hookRoute(options)),
-    HttpRouter.all(`${McpEndpoints.MCP_PATH}/:name`, mcpRoute(options))
+    HttpRouter.all(`${McpEndpoints.MCP_PATH}/:name`, mcpRoute(options, false)),
+    HttpRouter.all(McpEndpoints.AGGREGATE_PATH, mcpRoute(options, true))
   )
 
 /**

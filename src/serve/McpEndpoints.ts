@@ -1,10 +1,15 @@
 /**
- * MCP over Streamable HTTP through `serve`: each configured upstream (a stdio command) is an MCP endpoint
- * at `/mcp/NAME`. A client's `initialize` POST (no `Mcp-Session-Id`) opens a session: a new server-side
- * Streamable HTTP transport (the SDK's, injected: only `cli/McpSdk.ts` loads the SDK), a new upstream
- * process, and `McpProxy.run` between the two, with every `tools/call` decided by the shared `McpGuard`
- * (journal, ledger rows) exactly as `mcp-proxy` does. The transport's `Mcp-Session-Id` is the guard's
- * session id; the agent is the bearer token's, never the client's `clientInfo`.
+ * MCP over Streamable HTTP through `serve`: each configured upstream (a stdio command, or a remote
+ * Streamable HTTP server: `McpUpstreams`) is an MCP endpoint at `/mcp/NAME`, and with `aggregate` all of
+ * them are one more at `/mcp` (`McpAggregate`: tools named `NAME__tool`). A client's `initialize` POST (no
+ * `Mcp-Session-Id`) opens a session: a new server-side Streamable HTTP transport (the SDK's, injected: only
+ * `cli/McpSdk.ts` loads the SDK), a new upstream process or remote client session (one per upstream for
+ * the aggregate), and `McpProxy.run` between the two, with every `tools/call` decided by the shared
+ * `McpGuard` (journal, ledger rows) under the upstream's name as server id, exactly as `mcp-proxy` does,
+ * tool pins included when `ToolPins` is in context (a tool whose definition changed since it was pinned,
+ * in this process or an earlier one, is hidden and refused under `tool-changed`). The transport's
+ * `Mcp-Session-Id` is the guard's session id; the agent is the bearer token's, never the client's
+ * `clientInfo`.
  *
  * A session belongs to the token's agent that opened it: another agent's request with its id is refused
  * (403), and so is an `initialize` past `maxSessionsPerAgent` open sessions (each is a process); an unknown
@@ -23,7 +28,11 @@ import { Clock, Context, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Laye
 import * as McpGuard from "../guard/McpGuard.js"
 import * as McpGuardHooks from "../guard/McpGuardHooks.js"
 import * as McpProxy from "../guard/McpProxy.js"
+import * as ToolPins from "../guard/ToolPins.js"
 import { uuidV7 } from "../internal/uuid.js"
+import * as McpAggregate from "./McpAggregate.js"
+import * as McpUpstreams from "./McpUpstreams.js"
+import * as SessionToolPins from "./SessionToolPins.js"
 
 /** The route prefix: upstream `NAME` is served at `/mcp/NAME`. */
 export const MCP_PATH = "/mcp"
@@ -31,22 +40,34 @@ export const MCP_PATH = "/mcp"
 /** How long an ended session's seal may wait to be made durable. */
 const SEAL_TIMEOUT = Duration.millis(500)
 
-/** One upstream MCP server, started over stdio for each session. */
-export const Upstream = Schema.Struct({
-  command: Schema.String.pipe(Schema.minLength(1)),
-  args: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
-  /** Added to `serve`'s own environment. */
-  env: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { default: () => ({}) })
-})
-export type Upstream = typeof Upstream.Type
+/** One upstream MCP server: a stdio command started for each session, or a remote Streamable HTTP URL. */
+export const Upstream = McpUpstreams.Upstream
+export type Upstream = McpUpstreams.Upstream
 
-/** The `mcp` part of `serve --config FILE`: upstreams by endpoint name. */
+/** The aggregated endpoint's route (`"aggregate": true`): every upstream's tools as `NAME__tool`. */
+export const AGGREGATE_PATH = MCP_PATH
+
+/** The name `handle` takes for the aggregated endpoint (no upstream can have it). */
+export const AGGREGATE = ""
+
+/** The server id of refusals the proxy makes itself of calls to a tool of no upstream (aggregated endpoint). */
+export const AGGREGATE_SERVER_ID = "agent-ledger-aggregate"
+
+/** The MCP part of `serve --config FILE`: upstreams by endpoint name, and whether to aggregate them. */
 export const Config = Schema.Struct({
   mcp: Schema.optionalWith(
     Schema.Record({ key: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_.-]{1,64}$/)), value: Upstream }),
     { default: () => ({}) }
-  )
-})
+  ),
+  /** Also serve every upstream at `/mcp` as one server (see `McpAggregate`). */
+  aggregate: Schema.optionalWith(Schema.Boolean, { default: () => false })
+}).pipe(Schema.filter((config) => {
+  if (!config.aggregate) return undefined
+  const bad = Object.keys(config.mcp).find((name) => name.includes(McpAggregate.SEPARATOR))
+  return bad === undefined
+    ? undefined
+    : `with "aggregate", an upstream's name may not contain "${McpAggregate.SEPARATOR}" (${bad}): tool names are NAME${McpAggregate.SEPARATOR}TOOL`
+}))
 export type Config = typeof Config.Type
 
 /** A server-side Streamable HTTP transport (the SDK's `WebStandardStreamableHTTPServerTransport`). */
@@ -59,13 +80,23 @@ export interface HttpTransport extends McpProxy.Transport {
 export interface Sdk {
   /** A new server transport whose session id is `sessionId` (answers in JSON, not SSE, where it can). */
   readonly serverTransport: (sessionId: string) => HttpTransport
-  /** A new transport to the upstream (e.g. the SDK's `StdioClientTransport` on `upstream.command`). */
+  /**
+   * A new transport to the upstream, not started: the SDK's `StdioClientTransport` on `upstream.command`,
+   * or its `StreamableHTTPClientTransport` to `upstream.url` (through `McpRemote.transport`).
+   */
   readonly upstreamTransport: (name: string, upstream: Upstream) => McpProxy.Transport
 }
 
 export interface Options {
   readonly upstreams: Readonly<Record<string, Upstream>>
   readonly sdk: Sdk
+  /** Also serve every upstream as one server at `/mcp` (`McpAggregate`); upstream names must not contain `__`. */
+  readonly aggregate?: boolean | undefined
+  /**
+   * The policy is in shadow mode: nothing is refused, so neither is a tool a session was shown changed
+   * (`SessionToolPins`); the server-wide pins still record it.
+   */
+  readonly shadow?: boolean | undefined
   /**
    * MCP sessions one agent may have open at once (each has its own upstream process); default 8. Past it,
    * an `initialize` is refused (403) until one of them ends.
@@ -125,6 +156,9 @@ export class McpEndpoints extends Context.Tag("agent-ledger/McpEndpoints")<McpEn
 export const make = (options: Options) =>
   Effect.gen(function*() {
     const guard = yield* McpGuard.McpGuard
+    // Tool pins (when the policy keeps them): every upstream's lists are pinned under its server id, and
+    // each session is held to the definitions it was shown (`SessionToolPins`).
+    const pins = Option.getOrUndefined(yield* Effect.serviceOption(ToolPins.ToolPins))
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const sessions = new Map<string, Session>()
     const maxSessions = options.maxSessionsPerAgent ?? 8
@@ -138,11 +172,47 @@ export const make = (options: Options) =>
         toolName: typeof params.name === "string" ? params.name : "",
         arguments: params.arguments
       })
-      return McpGuardHooks.make({ guard, serverId, callOf })
+      if (pins !== undefined && options.shadow !== true) {
+        return SessionToolPins.hooks({ guard, pins, serverId, agentId, callOf })
+      }
+      return McpGuardHooks.make({
+        guard,
+        serverId,
+        callOf,
+        observeTools: pins === undefined ? undefined : (tools) => pins.observe(serverId, agentId, tools)
+      })
+    }
+
+    /** The proxy of one session: to upstream `name`, or to every upstream (the aggregated endpoint). */
+    const proxyFor = (name: string, sessionId: string, agentId: string, client: McpProxy.Transport) => {
+      const common = {
+        client,
+        callTimeout: options.callTimeoutMillis ?? McpProxy.DEFAULT_CALL_TIMEOUT,
+        relistOnChange: pins !== undefined
+      }
+      if (name !== AGGREGATE) {
+        return McpProxy.run({
+          ...common,
+          upstream: options.sdk.upstreamTransport(name, options.upstreams[name]!),
+          hooks: hooksFor(sessionId, agentId, name)
+        })
+      }
+      const names = Object.keys(options.upstreams)
+      return McpProxy.run({
+        ...common,
+        upstream: McpAggregate.transport(
+          new Map(names.map((n) => [n, options.sdk.upstreamTransport(n, options.upstreams[n]!)])),
+          { name: "agent-ledger", version: "aggregate" }
+        ),
+        hooks: McpAggregate.hooks(
+          new Map(names.map((n) => [n, hooksFor(sessionId, agentId, n)])),
+          hooksFor(sessionId, agentId, AGGREGATE_SERVER_ID)
+        )
+      })
     }
 
     /** Starts a session's proxy; succeeds once the proxy listens to the client transport. */
-    const open = (agentId: string, name: string, upstream: Upstream) =>
+    const open = (agentId: string, name: string) =>
       Effect.gen(function*() {
         const sessionId = uuidV7(yield* Clock.currentTimeMillis)
         const transport = options.sdk.serverTransport(sessionId)
@@ -173,12 +243,7 @@ export const make = (options: Options) =>
             yield* Effect.sleep(Duration.millis(Math.max(left, idle / 10, 10)))
           }
         })
-        const proxy = McpProxy.run({
-          client,
-          upstream: options.sdk.upstreamTransport(name, upstream),
-          hooks: hooksFor(sessionId, agentId, name),
-          callTimeout: options.callTimeoutMillis ?? McpProxy.DEFAULT_CALL_TIMEOUT
-        }).pipe(
+        const proxy = proxyFor(name, sessionId, agentId, client).pipe(
           Effect.raceFirst(watchIdle),
           Effect.tap((ending) =>
             Effect.logInfo(`agent-ledger serve: MCP session ended (${ending.side}: ${ending.detail})`)
@@ -193,7 +258,7 @@ export const make = (options: Options) =>
               )
             )
           })),
-          Effect.annotateLogs({ sessionId, agentId, upstream: name })
+          Effect.annotateLogs({ sessionId, agentId, upstream: name === AGGREGATE ? "(aggregate)" : name })
         )
         // Counted and taken with no yield in between: concurrent `initialize`s cannot both take the last place.
         let open = 0
@@ -212,7 +277,8 @@ export const make = (options: Options) =>
         if (Option.isSome(first)) {
           sessions.delete(sessionId)
           const reason = Exit.isFailure(first.value) ? "the upstream server could not be started" : "it ended"
-          return yield* Effect.fail(json(502, { error: `MCP upstream '${name}': ${reason}` }))
+          const which = name === AGGREGATE ? "an MCP upstream of the aggregated endpoint" : `MCP upstream '${name}'`
+          return yield* Effect.fail(json(502, { error: `${which}: ${reason}` }))
         }
         return session
       })
@@ -260,8 +326,16 @@ export const make = (options: Options) =>
       body: string | undefined
     ): Effect.Effect<Answer> =>
       Effect.gen(function*() {
-        const upstream = Object.hasOwn(options.upstreams, name) ? options.upstreams[name] : undefined
-        if (upstream === undefined) return json(404, { error: `no MCP upstream named '${name}'` })
+        const known = name === AGGREGATE
+          ? options.aggregate === true && Object.keys(options.upstreams).length > 0
+          : Object.hasOwn(options.upstreams, name)
+        if (!known) {
+          return json(404, {
+            error: name === AGGREGATE
+              ? "no aggregated MCP endpoint (\"aggregate\": true)"
+              : `no MCP upstream named '${name}'`
+          })
+        }
         let parsed: unknown = undefined
         if (body !== undefined && body.length > 0) {
           try {
@@ -296,7 +370,7 @@ export const make = (options: Options) =>
             error: { code: -32000, message: "Bad Request: no Mcp-Session-Id, and not an initialize request" }
           })
         }
-        const session = yield* Effect.either(open(agentId, name, upstream))
+        const session = yield* Effect.either(open(agentId, name))
         if (session._tag === "Left") return session.left
         return yield* forward(session.right, request, body, parsed)
       })

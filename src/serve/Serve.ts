@@ -3,16 +3,20 @@
  * the Claude Code hooks on it, the per-token rate limiter and the HTTP routes on the given HTTP server
  * layer. The ledger (`AuditLedger.layerFor`: `AuditQueue` and `LedgerSql`) comes from the caller.
  *
+ * Tool pins (`pinsLayer`, unless the policy says `"pinTools": false`) sit below the guard and the MCP
+ * endpoints, which share them.
+ *
  * Build order is the shutdown order reversed, which is the contract: the server is built last, so on
  * shutdown it stops taking requests (and finishes those in flight) first; then the hooks and the MCP
  * endpoints seal every open session (calls in flight end as interrupted); then the caller's ledger flushes its queue and closes.
  */
 import type * as HttpServer from "@effect/platform/HttpServer"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Option } from "effect"
 import type * as AuditQueue from "../audit/AuditQueue.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as McpGuard from "../guard/McpGuard.js"
+import * as ToolPins from "../guard/ToolPins.js"
 import * as SessionJournals from "../journal/SessionJournals.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
@@ -34,10 +38,18 @@ export interface Options extends GuardServer.Options {
 }
 
 /**
+ * Tool pins as `mcp-proxy` keeps them, read from the ledger's `tool.pinned`/`tool.changed` rows at start:
+ * the MCP endpoints pin every upstream's tools under its name, the guard refuses a changed one.
+ */
+export const pinsLayer: Layer.Layer<ToolPins.ToolPins, SqlError, AuditQueue.AuditQueue | LedgerSql.LedgerSql> = Layer
+  .effect(ToolPins.ToolPins, Effect.flatMap(ToolPins.load, (initial) => ToolPins.make({ initial })))
+
+/**
  * The guard on the policy, with the ledger's argument salt and its journals on the ledger's `JournalStore`
  * when it is in context (as `AuditLedger`'s layers provide it): every entry a `journal_entries` row, so with
  * `failClosed` an allowed `PreToolUse` is answered only once its `call` entry is durable (write-ahead), as
- * `mcp-proxy` does. Without a `JournalStore` the journals are in memory.
+ * `mcp-proxy` does. Without a `JournalStore` the journals are in memory. With the `ToolPins` in context (if
+ * any) as its tool gate.
  */
 export const guardLayer = (
   options: Pick<Options, "policy" | "failClosed" | "sealEvery">
@@ -46,10 +58,12 @@ export const guardLayer = (
     McpGuard.McpGuard,
     Effect.gen(function*() {
       const salt = yield* LedgerSql.argumentSalt
+      const pins = yield* Effect.serviceOption(ToolPins.ToolPins)
       return yield* McpGuard.make({
         policy: GuardPolicy.engine(options.policy, { salt }),
         failClosed: options.failClosed,
-        sealEvery: options.sealEvery
+        sealEvery: options.sealEvery,
+        tools: Option.getOrUndefined(pins)
       }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, McpGuard.journalsInContext))
     })
   )
@@ -60,6 +74,12 @@ export const layer = <ROut, E, R>(options: Options, server: Layer.Layer<ROut | H
     Layer.provideMerge(server),
     Layer.provide(RateLimiter.layer(options.rateLimit ?? { perSecond: 50, burst: 100 })),
     Layer.provideMerge(ClaudeCodeHooks.layer(options.hooks)),
-    Layer.provideMerge(options.mcp === undefined ? McpEndpoints.none : McpEndpoints.layer(options.mcp)),
-    Layer.provideMerge(guardLayer(options))
+    Layer.provideMerge(
+      options.mcp === undefined
+        ? McpEndpoints.none
+        : McpEndpoints.layer({ ...options.mcp, shadow: options.policy.mode === "shadow" })
+    ),
+    Layer.provideMerge(guardLayer(options)),
+    // Pinning is on unless the policy opts out (`"pinTools": false`), as in `mcp-proxy`.
+    Layer.provideMerge(options.policy.pinTools === false ? Layer.empty : pinsLayer)
   )

@@ -1,6 +1,7 @@
 /**
  * `agent-ledger serve`: one long-running guard for Claude Code's hooks and for MCP over Streamable HTTP
- * (`McpEndpoints`), with
+ * (`McpEndpoints`: stdio or remote upstreams, `McpUpstreams`, `McpRemote`; all of them as one server,
+ * `McpAggregate`), with
  * agents identified by bearer tokens (`BearerTokens`), rate limits per token (`RateLimiter`), Claude Code's
  * hook events answered by `McpGuard` (`ClaudeCodeHooks`), the HTTP routes with health, readiness and
  * Prometheus metrics (`GuardServer`, `PrometheusText`).
@@ -11,7 +12,11 @@
 export * as BearerTokens from "./BearerTokens.js"
 export * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
 export * as GuardServer from "./GuardServer.js"
+export * as McpAggregate from "./McpAggregate.js"
 export * as McpEndpoints from "./McpEndpoints.js"
+export * as McpRemote from "./McpRemote.js"
+export * as McpUpstreams from "./McpUpstreams.js"
 export * as PrometheusText from "./PrometheusText.js"
 export * as RateLimiter from "./RateLimiter.js"
 export * as Serve from "./Serve.js"
+export * as SessionToolPins from "./SessionToolPins.js"
