@@ -27,7 +27,7 @@ export interface Options extends GuardServer.Options {
   /** See `McpGuard.Options.sealEvery`. */
   readonly sealEvery?: number | undefined
   readonly hooks?: ClaudeCodeHooks.Options | undefined
-  /** Requests per second per token; default 50, burst 100. */
+  /** Requests per second per agent (whichever credential names it); default 50, burst 100. */
   readonly rateLimit?: RateLimiter.Options | undefined
   /** MCP upstreams served at `/mcp/NAME`, and the SDK to serve them with; none if absent. */
   readonly mcp?: McpEndpoints.Options | undefined

@@ -1,7 +1,8 @@
 /**
  * `agent-ledger serve`: one long-running guard for Claude Code's hooks and for MCP over Streamable HTTP
  * (`McpEndpoints`), with
- * agents identified by bearer tokens (`BearerTokens`), rate limits per token (`RateLimiter`), Claude Code's
+ * agents identified by bearer tokens (`BearerTokens`) or pinned mTLS client certificates
+ * (`ClientCertificates`), rate limits per agent (`RateLimiter`), Claude Code's
  * hook events answered by `McpGuard` (`ClaudeCodeHooks`), the HTTP routes with health, readiness and
  * Prometheus metrics (`GuardServer`, `PrometheusText`).
  *
@@ -10,6 +11,7 @@
  */
 export * as BearerTokens from "./BearerTokens.js"
 export * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
+export * as ClientCertificates from "./ClientCertificates.js"
 export * as GuardServer from "./GuardServer.js"
 export * as McpEndpoints from "./McpEndpoints.js"
 export * as PrometheusText from "./PrometheusText.js"
