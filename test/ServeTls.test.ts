@@ -213,8 +213,12 @@ describe("serve over HTTPS with client certificates", () => {
         // A bad token is refused even beside a good certificate.
         expect((yield* hook({ cert: "alice", token: "al_not-a-token" }, "Stop")).status).toBe(401)
 
+        // The MCP endpoints take the same identities: alice passes to the (absent) upstream, carol does not.
+        expect((yield* request(port, "POST", "/mcp/files", alice, {})).status).toBe(404)
+        expect((yield* request(port, "POST", "/mcp/files", { cert: "carol" }, {})).status).toBe(403)
+
         const metrics = (yield* request(port, "GET", "/metrics", alice)).body
-        expect(metrics).toMatch(/agent_ledger_serve_refused_requests\{reason="unmapped_certificate"\} 2\b/)
+        expect(metrics).toMatch(/agent_ledger_serve_refused_requests\{reason="unmapped_certificate"\} 3\b/)
         expect(metrics).toMatch(/agent_ledger_serve_refused_requests\{reason="conflicting_credentials"\} 1\b/)
         expect(metrics).toMatch(/agent_ledger_serve_refused_requests\{reason="unauthenticated"\} 1\b/)
 

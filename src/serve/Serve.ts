@@ -1,6 +1,6 @@
 /**
  * `agent-ledger serve` in one Layer: the guard (`McpGuard` on the policy, with the ledger's argument salt),
- * the Claude Code hooks on it, the per-token rate limiter and the HTTP routes on the given HTTP server
+ * the Claude Code hooks on it, the per-agent rate limiter and the HTTP routes on the given HTTP server
  * layer. The ledger (`AuditLedger.layerFor`: `AuditQueue` and `LedgerSql`) comes from the caller.
  *
  * Build order is the shutdown order reversed, which is the contract: the server is built last, so on
