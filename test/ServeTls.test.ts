@@ -11,7 +11,7 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import { Context, Effect, Either, Layer, Option } from "effect"
-import { execFileSync, spawn } from "node:child_process"
+import { execFile, execFileSync, spawn } from "node:child_process"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as https from "node:https"
@@ -327,7 +327,19 @@ describe("agent-ledger serve --tls-cert --client-ca", () => {
     const dir = fs.mkdtempSync(join(os.tmpdir(), "serve-tls-cli-"))
     const db = join(dir, "ledger.db")
     fs.writeFileSync(join(dir, "policy.json"), JSON.stringify({ version: 1, rules: [] }))
-    fs.writeFileSync(join(dir, "client-certs.txt"), pinsText)
+    // `token pin` prints the pin line for alice's certificate; carol's stays unpinned.
+    const pin = await new Promise<string>((resolve, reject) =>
+      execFile(
+        process.execPath,
+        [cliBundle, "token", "pin", "--agent", "alice", "--cert", pki.file("alice.crt")],
+        (error, stdout) => (error === null ? resolve(stdout) : reject(error))
+      )
+    )
+    expect(pin).toMatch(/^subject: +CN=alice$/m)
+    expect(pin).toMatch(/^issuer: +CN=test-ca$/m)
+    const line = /^client-certs line: (.+)$/m.exec(pin)![1]!
+    expect(line).toBe(ClientCertificates.lineFor("alice", pki.read("alice.crt")))
+    fs.writeFileSync(join(dir, "client-certs.txt"), `${line}\n`)
     const common = ["--db", db, "--policy", join(dir, "policy.json")]
     const tlsFlags = ["--tls-cert", pki.file("server.crt"), "--tls-key", pki.file("server.key")]
     const mtls = [...tlsFlags, "--client-ca", pki.file("test-ca.crt"), "--client-certs", join(dir, "client-certs.txt")]
@@ -340,6 +352,10 @@ describe("agent-ledger serve --tls-cert --client-ca", () => {
       request(port, "POST", "/v1/hooks/claude-code", { cert: "alice" }, fixture("PreToolUse-Read"))
     )
     expect(answer.status).toBe(200)
+    const carol = await Effect.runPromise(
+      request(port, "POST", "/v1/hooks/claude-code", { cert: "carol" }, fixture("Stop"))
+    )
+    expect(carol.status).toBe(403)
     const noCert = await Effect.runPromise(Effect.either(request(port, "GET", "/healthz", {})))
     expect(Either.isLeft(noCert)).toBe(true)
     expect(await serve.stop()).toBe(130)
