@@ -356,10 +356,43 @@ describe("agent-ledger serve --tls-cert --client-ca", () => {
       request(port, "POST", "/v1/hooks/claude-code", { cert: "carol" }, fixture("Stop"))
     )
     expect(carol.status).toBe(403)
+    // `agent-ledger hook` as Claude Code's command hook, presenting a client certificate (no token).
+    const hook = (cert: string | undefined, token = "") =>
+      new Promise<string>((resolve) => {
+        const tlsFlags = cert === undefined ? [] : ["--cert", pki.file(`${cert}.crt`), "--key", pki.file(`${cert}.key`)]
+        const child = execFile(
+          process.execPath,
+          [
+            cliBundle,
+            "hook",
+            "--url",
+            `${serve.url}/v1/hooks/claude-code`,
+            "--ca",
+            pki.file("test-ca.crt"),
+            ...tlsFlags
+          ],
+          { env: { ...process.env, AGENT_LEDGER_TOKEN: token } },
+          (_error, stdout) => resolve(stdout)
+        )
+        child.stdin!.end(fs.readFileSync(join(fixtures, "PreToolUse-Bash.json")))
+      })
+    expect(JSON.parse(await hook("alice"))).toEqual({})
+    const unpinned = JSON.parse(await hook("carol")).hookSpecificOutput
+    expect(unpinned.permissionDecision).toBe("deny")
+    expect(unpinned.permissionDecisionReason).toMatch(
+      /serve answered 403: the client certificate .* is pinned to no agent/
+    )
+    // A token alone does not get past a serve that requires certificates: the handshake fails, and the hook denies.
+    const tokenOnly = JSON.parse(await hook(undefined, "al_some-token")).hookSpecificOutput
+    expect(tokenOnly.permissionDecision).toBe("deny")
+    expect(tokenOnly.permissionDecisionReason).toMatch(/fail-closed/)
+
     const noCert = await Effect.runPromise(Effect.either(request(port, "GET", "/healthz", {})))
     expect(Either.isLeft(noCert)).toBe(true)
     expect(await serve.stop()).toBe(130)
     const rows = rowsOf(db)
     expect(rows.map((r) => [r.event_type, r.agent_id])).toEqual([["session.sealed", "alice"]])
+    // The Read and the hook's Bash, both by alice, both ended by the shutdown.
+    expect(rows[0]!.payload).toMatch(/"length":4/)
   })
 })
