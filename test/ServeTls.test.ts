@@ -20,6 +20,7 @@ import { join } from "node:path"
 import { afterAll } from "vitest"
 import * as AuditLedger from "../src/AuditLedger.js"
 import { loadCredentials, serverFactory } from "../src/cli/serve.js"
+import { runToken } from "../src/cli/token.js"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
 import * as McpGuard from "../src/guard/McpGuard.js"
 import * as BearerTokens from "../src/serve/BearerTokens.js"
@@ -296,6 +297,17 @@ describe("agent-ledger serve --tls-cert --client-ca", () => {
       /--client-ca needs --tls-cert and --tls-key/
     )
     expect(await message({ clientCerts: some(join(dir, "missing.txt")) })).toMatch(/missing\.txt: ENOENT/)
+    const pin = (cert: Option.Option<string>) =>
+      Effect.runPromise(
+        Effect.match(runToken({ action: "pin", agent: "alice", cert }), {
+          onFailure: (e) => e.message,
+          onSuccess: () => "ok"
+        })
+      )
+    expect(await pin(Option.none())).toBe("token pin: --cert FILE is required")
+    expect(await pin(some(pki.file("alice.key")))).toMatch(/alice\.key: not a PEM or DER X\.509 certificate$/)
+    expect(await pin(some(join(dir, "missing.crt")))).toMatch(/missing\.crt: ENOENT$/)
+
     const loaded = await Effect.runPromise(loadCredentials(flags))
     expect(loaded.tokens.entries).toEqual([])
     expect([...loaded.clientCertificates!.agents.values()]).toEqual(["alice"])

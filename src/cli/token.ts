@@ -27,14 +27,16 @@ export const runToken = (
     if (options.action === "pin") {
       const file = options.cert === undefined ? undefined : Option.getOrUndefined(options.cert)
       if (file === undefined) return yield* new InputError({ message: "token pin: --cert FILE is required" })
-      const certificate = yield* Effect.try({
-        try: () => new crypto.X509Certificate(fs.readFileSync(file)),
+      const bytes = yield* Effect.try({
+        try: () => fs.readFileSync(file),
         catch: (error) =>
           new InputError({
-            message: `token pin: --cert ${file}: ${
-              (error as NodeJS.ErrnoException).code ?? "not a PEM or DER X.509 certificate"
-            }`
+            message: `token pin: --cert ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`
           })
+      })
+      const certificate = yield* Effect.try({
+        try: () => new crypto.X509Certificate(bytes),
+        catch: () => new InputError({ message: `token pin: --cert ${file}: not a PEM or DER X.509 certificate` })
       })
       yield* Console.log(`subject:          ${certificate.subject.replaceAll("\n", ", ")}`)
       yield* Console.log(`issuer:           ${certificate.issuer.replaceAll("\n", ", ")}`)
