@@ -1,14 +1,18 @@
 /**
  * `agent-ledger hook [--url URL]`: Claude Code's command hook. Reads the hook's JSON on stdin, posts it to a
  * running `agent-ledger serve` with the bearer token in `AGENT_LEDGER_TOKEN`, and prints serve's answer on
- * stdout for Claude Code.
+ * stdout for Claude Code. With `--cert FILE --key FILE` (PEM) it presents that client certificate, for a serve
+ * with `--client-ca` (the token is then optional: the certificate's pin names the agent); `--ca FILE` trusts
+ * that CA for serve's own certificate (else the system's and `NODE_EXTRA_CA_CERTS`).
  *
  * Fail-closed: when serve cannot be reached, refuses the request or answers something that is not a hook
  * output, a `PreToolUse` is answered `deny` (exit 0, the reason names the problem) so the tool does not
  * run unguarded; any other event exits 2 with one line on stderr.
  */
 import { Command, Options } from "@effect/cli"
-import { Console, Effect } from "effect"
+import { Console, Effect, Option } from "effect"
+import * as fs from "node:fs"
+import * as https from "node:https"
 import { InputError } from "./CliError.js"
 import { commandHelp } from "./Help.js"
 
@@ -71,32 +75,78 @@ const eventOf = (input: Buffer): string => {
   return "PreToolUse"
 }
 
+/** serve's answer as the hook output to print: a 2xx with a JSON object, else an error saying why not. */
+const hookOutput = (status: number, text: string): string => {
+  if (status < 200 || status > 299) {
+    let detail = ""
+    try {
+      const error = (JSON.parse(text) as { error?: unknown }).error
+      if (typeof error === "string") detail = `: ${error}`
+    } catch {
+      // No JSON error to add.
+    }
+    throw new Error(`serve answered ${status}${detail}`)
+  }
+  const parsed = JSON.parse(text) as unknown
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new Error("serve did not answer a hook output object")
+  }
+  return JSON.stringify(parsed)
+}
+
+/** A client certificate and key to present, and/or a CA to trust for serve's certificate (all PEM). */
+interface ClientTls {
+  readonly certificate?: { readonly cert: Buffer; readonly key: Buffer } | undefined
+  readonly ca?: Buffer | undefined
+}
+
+/** One POST over HTTPS presenting `tls`'s client certificate; the status and body text. */
+const postWithCertificate = (
+  url: string,
+  headers: Record<string, string>,
+  input: Buffer,
+  signal: AbortSignal,
+  tls: ClientTls
+) =>
+  new Promise<{ status: number; text: string }>((resolve, reject) => {
+    const request = https.request(url, {
+      method: "POST",
+      headers,
+      signal,
+      agent: false,
+      ...tls.certificate,
+      ...(tls.ca === undefined ? {} : { ca: tls.ca })
+    }, (response) => {
+      const chunks: Array<Buffer> = []
+      response.on("data", (chunk: Buffer) => chunks.push(chunk))
+      response.on("end", () =>
+        resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") }))
+      response.on("error", reject)
+    })
+    request.on("error", reject)
+    request.end(input)
+  })
+
 /** Posts the input; the answer's text when serve answered 2xx with a JSON object, else why not. */
-const postToServe = (url: string, token: string, input: Buffer, timeoutSeconds: number) =>
+const postToServe = (
+  url: string,
+  token: string | undefined,
+  input: Buffer,
+  timeoutSeconds: number,
+  tls: ClientTls | undefined
+) =>
   Effect.tryPromise({
     try: async () => {
-      const response = await fetch(url, {
-        method: "POST",
-        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-        body: input,
-        signal: AbortSignal.timeout(timeoutSeconds * 1000)
-      })
-      const text = await response.text()
-      if (response.status < 200 || response.status > 299) {
-        let detail = ""
-        try {
-          const error = (JSON.parse(text) as { error?: unknown }).error
-          if (typeof error === "string") detail = `: ${error}`
-        } catch {
-          // No JSON error to add.
-        }
-        throw new Error(`serve answered ${response.status}${detail}`)
+      const headers: Record<string, string> = { "content-type": "application/json" }
+      if (token !== undefined) headers.authorization = `Bearer ${token}`
+      const signal = AbortSignal.timeout(timeoutSeconds * 1000)
+      if (tls !== undefined) {
+        if (!url.startsWith("https:")) throw new Error("--cert and --ca need an https:// --url")
+        const { status, text } = await postWithCertificate(url, headers, input, signal, tls)
+        return hookOutput(status, text)
       }
-      const parsed = JSON.parse(text) as unknown
-      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-        throw new Error("serve did not answer a hook output object")
-      }
-      return JSON.stringify(parsed)
+      const response = await fetch(url, { method: "POST", headers, body: input, signal })
+      return hookOutput(response.status, await response.text())
     },
     catch: (error) => {
       const cause = error instanceof Error && error.cause instanceof Error ? ` (${error.cause.message})` : ""
@@ -104,13 +154,51 @@ const postToServe = (url: string, token: string, input: Buffer, timeoutSeconds: 
     }
   })
 
-export const runHook = (options: { readonly url: string; readonly timeout: number }) =>
+/** `--cert`, `--key`, `--ca` read; a string saying why when they cannot be. */
+const readClientTls = (options: HookOptions): ClientTls | undefined | string => {
+  const cert = Option.getOrUndefined(options.cert ?? Option.none())
+  const key = Option.getOrUndefined(options.key ?? Option.none())
+  const ca = Option.getOrUndefined(options.ca ?? Option.none())
+  if ((cert === undefined) !== (key === undefined)) return "--cert and --key go together"
+  if (cert === undefined && ca === undefined) return undefined
+  const read = (flag: string, file: string) => {
+    try {
+      return fs.readFileSync(file)
+    } catch (error) {
+      throw new Error(`${flag} ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`)
+    }
+  }
+  try {
+    return {
+      certificate: cert === undefined || key === undefined
+        ? undefined
+        : { cert: read("--cert", cert), key: read("--key", key) },
+      ca: ca === undefined ? undefined : read("--ca", ca)
+    }
+  } catch (error) {
+    return (error as Error).message
+  }
+}
+
+export interface HookOptions {
+  readonly url: string
+  readonly timeout: number
+  readonly cert?: Option.Option<string> | undefined
+  readonly key?: Option.Option<string> | undefined
+  readonly ca?: Option.Option<string> | undefined
+}
+
+export const runHook = (options: HookOptions) =>
   Effect.gen(function*() {
     const input = yield* readStdin
-    const token = process.env[TOKEN_VARIABLE]
-    const answer = token === undefined || token === ""
+    const variable = process.env[TOKEN_VARIABLE]
+    const token = variable === undefined || variable === "" ? undefined : variable
+    const tls = readClientTls(options)
+    const answer = typeof tls === "string"
+      ? { _tag: "Left" as const, left: tls }
+      : token === undefined && tls?.certificate === undefined
       ? { _tag: "Left" as const, left: `${TOKEN_VARIABLE} is not set` }
-      : yield* Effect.either(postToServe(options.url, token, input, Math.max(1, options.timeout)))
+      : yield* Effect.either(postToServe(options.url, token, input, Math.max(1, options.timeout), tls))
     if (answer._tag === "Right") return yield* Console.log(answer.right)
     if (eventOf(input) === "PreToolUse") {
       return yield* Console.log(JSON.stringify(failClosedAnswer(`serve at ${options.url}: ${answer.left}`)))
@@ -128,10 +216,22 @@ export const command = Command.make(
     timeout: Options.integer("timeout").pipe(
       Options.withDefault(10),
       Options.withDescription("seconds to wait for serve; then a PreToolUse is denied")
+    ),
+    cert: Options.text("cert").pipe(
+      Options.optional,
+      Options.withDescription("present this client certificate (PEM) to a serve with --client-ca; needs --key")
+    ),
+    key: Options.text("key").pipe(Options.optional, Options.withDescription("the private key of --cert (PEM)")),
+    ca: Options.text("ca").pipe(
+      Options.optional,
+      Options.withDescription("trust this CA (PEM) for serve's certificate (else the system's, NODE_EXTRA_CA_CERTS)")
     )
   },
   runHook
 ).pipe(Command.withDescription(commandHelp(
   "command hook for Claude Code: post the hook's stdin to a running serve (token in AGENT_LEDGER_TOKEN), print its answer; fail-closed",
-  [`AGENT_LEDGER_TOKEN=al_... agent-ledger hook --url ${DEFAULT_URL} < input.json`]
+  [
+    `AGENT_LEDGER_TOKEN=al_... agent-ledger hook --url ${DEFAULT_URL} < input.json`,
+    "agent-ledger hook --url https://guard.internal:8443/v1/hooks/claude-code --cert me.crt --key me.key --ca ca.crt < input.json"
+  ]
 )))

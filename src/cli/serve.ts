@@ -2,7 +2,9 @@
  * `agent-ledger serve --db DB --policy FILE --tokens FILE [--config FILE] [--listen HOST:PORT]`: the guard as a
  * long-running HTTP service (src/serve): Claude Code's hooks at `POST /v1/hooks/claude-code`, the MCP
  * upstreams of `--config` over Streamable HTTP at `/mcp/NAME`, `/healthz`, `/readyz` and Prometheus
- * `/metrics`. Agents are the bearer tokens' (`agent-ledger token new`).
+ * `/metrics`. Agents are the bearer tokens' (`agent-ledger token new`) or, over HTTPS (`--tls-cert`,
+ * `--tls-key`) with `--client-ca`, the client certificates' pinned in `--client-certs`; every client must
+ * then present a certificate from that CA (the TLS handshake fails otherwise).
  *
  * SIGINT/SIGTERM: the server stops taking requests and finishes those in flight, every open session is
  * sealed (calls in flight end as interrupted), the audit queue is flushed into the ledger (bounded by
@@ -15,11 +17,13 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import { Console, Context, Duration, Effect, Either, Layer, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import * as http from "node:http"
+import * as https from "node:https"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import * as AuditLedger from "../AuditLedger.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as BearerTokens from "../serve/BearerTokens.js"
 import * as ClaudeCodeHooks from "../serve/ClaudeCodeHooks.js"
+import * as ClientCertificates from "../serve/ClientCertificates.js"
 import * as GuardServer from "../serve/GuardServer.js"
 import * as McpEndpoints from "../serve/McpEndpoints.js"
 import * as McpRemote from "../serve/McpRemote.js"
@@ -113,10 +117,82 @@ export const mcpSdk = Effect.map(McpSdk.streamableHttpServer, (sdk): McpEndpoint
   }
 }))
 
+/** `--tls-cert`, `--tls-key`, `--client-ca`: what the HTTPS server is given, read from the files. */
+export interface TlsFiles {
+  readonly cert: Buffer
+  readonly key: Buffer
+  /** CA certificates a client certificate must chain to; with it every client must present one. */
+  readonly clientCa?: Buffer | undefined
+}
+
+const readFile = (flag: string, file: string) =>
+  Effect.try({
+    try: () => fs.readFileSync(file),
+    catch: (error) =>
+      new InputError({ message: `${flag} ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}` })
+  })
+
+/**
+ * The HTTP(S) server `serve` listens with: plain HTTP without `tls`; HTTPS with it, asking for and verifying
+ * client certificates against `clientCa` when given (`requestCert` and `rejectUnauthorized`: a client with no
+ * certificate, or one from another CA, fails the handshake and never reaches a route).
+ */
+export const serverFactory = (tls: TlsFiles | undefined): () => http.Server => {
+  if (tls === undefined) return () => http.createServer()
+  const options: https.ServerOptions = { cert: tls.cert, key: tls.key, minVersion: "TLSv1.2" }
+  if (tls.clientCa !== undefined) {
+    Object.assign(options, { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true })
+  }
+  return () => https.createServer(options)
+}
+
+/** The credentials `serve` accepts and its TLS files, from the flags, with the combinations checked. */
+export const loadCredentials = (
+  options: Pick<ServeOptions, "tokens" | "tlsCert" | "tlsKey" | "clientCa" | "clientCerts">
+) =>
+  Effect.gen(function*() {
+    const given = (value: Option.Option<string> | undefined) =>
+      value !== undefined && Option.isSome(value) ? value.value : undefined
+    const tokensFile = given(options.tokens)
+    const [cert, key, clientCa, clientCerts] = [
+      given(options.tlsCert),
+      given(options.tlsKey),
+      given(options.clientCa),
+      given(options.clientCerts)
+    ]
+    const fail = (message: string) => Effect.fail(new InputError({ message: `serve: ${message}` }))
+    if ((cert === undefined) !== (key === undefined)) return yield* fail("--tls-cert and --tls-key go together")
+    if (clientCa !== undefined && cert === undefined) return yield* fail("--client-ca needs --tls-cert and --tls-key")
+    if ((clientCa === undefined) !== (clientCerts === undefined)) {
+      return yield* fail("--client-ca and --client-certs go together (the CA verifies, the pins name the agents)")
+    }
+    if (tokensFile === undefined && clientCerts === undefined) {
+      return yield* fail("give --tokens, or --client-ca with --client-certs (or both)")
+    }
+    const tokens: BearerTokens.Tokens = tokensFile === undefined
+      ? { entries: [] }
+      : yield* BearerTokens.load(tokensFile).pipe(
+        Effect.mapError((error) => new InputError({ message: error.message }))
+      )
+    const clientCertificates = clientCerts === undefined ? undefined : yield* ClientCertificates.load(clientCerts).pipe(
+      Effect.mapError((error) => new InputError({ message: error.message }))
+    )
+    const tls: TlsFiles | undefined = cert === undefined || key === undefined ? undefined : {
+      cert: yield* readFile("--tls-cert", cert),
+      key: yield* readFile("--tls-key", key),
+      clientCa: clientCa === undefined ? undefined : yield* readFile("--client-ca", clientCa)
+    }
+    return { tokens, clientCertificates, tls }
+  })
+
 export interface ServeOptions {
   readonly db: string
   readonly policy: string
-  readonly tokens: string
+  readonly tokens: Option.Option<string>
+  readonly tlsCert?: Option.Option<string> | undefined
+  readonly tlsKey?: Option.Option<string> | undefined
+  readonly clientCa?: Option.Option<string> | undefined
+  readonly clientCerts?: Option.Option<string> | undefined
   readonly config?: Option.Option<string> | undefined
   readonly listen: string
   readonly privateKey: Option.Option<string>
@@ -137,9 +213,7 @@ export const runServe = (options: ServeOptions) =>
     const policy = yield* GuardPolicy.load(options.policy).pipe(
       Effect.mapError((error) => new InputError({ message: `${options.policy}: ${error.message}` }))
     )
-    const tokens = yield* BearerTokens.load(options.tokens).pipe(
-      Effect.mapError((error) => new InputError({ message: error.message }))
-    )
+    const { clientCertificates, tls, tokens } = yield* loadCredentials(options)
     const { host, port } = yield* parseListen(options.listen)
     for (
       const [name, value, least] of [
@@ -167,7 +241,7 @@ export const runServe = (options: ServeOptions) =>
       aggregate: config?.aggregate,
       sdk: yield* mcpSdk
     }
-    const server = NodeHttpServer.layer(() => http.createServer(), { host, port }).pipe(
+    const server = NodeHttpServer.layer(serverFactory(tls), { host, port }).pipe(
       Layer.mapError((error) =>
         new InputError({ message: `serve: cannot listen on ${options.listen} (${String(error.cause)})` })
       )
@@ -175,6 +249,7 @@ export const runServe = (options: ServeOptions) =>
     const services = Serve.layer({
       policy,
       tokens,
+      clientCertificates,
       failClosed: options.failClosed,
       sealEvery: options.sealEvery,
       maxBodyBytes: options.maxBodyBytes,
@@ -197,8 +272,15 @@ export const runServe = (options: ServeOptions) =>
       const context = yield* Layer.build(services)
       const address = Context.get(context, HttpServer.HttpServer).address
       const where = address._tag === "TcpAddress"
-        ? `http://${address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname}:${address.port}`
+        ? `${tls === undefined ? "http" : "https"}://${
+          address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname
+        }:${address.port}`
         : address.path
+      if (tls?.clientCa !== undefined) {
+        yield* Console.error(
+          `agent-ledger serve: client certificates required (${clientCertificates?.agents.size ?? 0} pinned)`
+        )
+      }
       yield* Console.error(
         `agent-ledger serve: listening on ${where} (Claude Code hooks: ${where}${GuardServer.CLAUDE_CODE_HOOK_PATH})`
       )
@@ -234,7 +316,28 @@ export const command = Command.make(
     db: Options.text("db").pipe(Options.withDescription("the ledger database (SQLite file, or a postgres:// URL)")),
     policy: Options.text("policy").pipe(Options.withDescription("the guard policy (JSON, see examples/policy.json)")),
     tokens: Options.text("tokens").pipe(
+      Options.optional,
       Options.withDescription("the bearer tokens file: one `AGENT_ID sha256:<hex>` line per token (token new)")
+    ),
+    tlsCert: Options.text("tls-cert").pipe(
+      Options.optional,
+      Options.withDescription("serve HTTPS with this certificate (PEM, the chain after it); needs --tls-key")
+    ),
+    tlsKey: Options.text("tls-key").pipe(
+      Options.optional,
+      Options.withDescription("the private key of --tls-cert (PEM)")
+    ),
+    clientCa: Options.text("client-ca").pipe(
+      Options.optional,
+      Options.withDescription(
+        "require a client certificate issued by this CA (PEM) on every connection; needs --tls-cert, --client-certs"
+      )
+    ),
+    clientCerts: Options.text("client-certs").pipe(
+      Options.optional,
+      Options.withDescription(
+        "the client certificates' agents: one `AGENT_ID cert-sha256:<SHA-256 of the DER certificate>` line each"
+      )
     ),
     config: Options.text("config").pipe(
       Options.optional,
@@ -280,7 +383,7 @@ export const command = Command.make(
     ),
     rate: Options.integer("rate").pipe(
       Options.withDefault(50),
-      Options.withDescription("requests per second per token (bursts of twice that; 429 above it)")
+      Options.withDescription("requests per second per agent (bursts of twice that; 429 above it)")
     ),
     shutdownTimeout: Options.integer("shutdown-timeout").pipe(
       Options.withDefault(5),
@@ -296,6 +399,7 @@ export const command = Command.make(
   "run the guard as an HTTP service for Claude Code's hooks (README, \"Guarding Claude Code\")",
   [
     "agent-ledger serve --db ledger.db --policy policy.json --tokens tokens.txt",
-    "agent-ledger serve --db ledger.db --policy policy.json --tokens tokens.txt --listen 127.0.0.1:9000 --fail-closed"
+    "agent-ledger serve --db ledger.db --policy policy.json --tokens tokens.txt --listen 127.0.0.1:9000 --fail-closed",
+    "agent-ledger serve --db ledger.db --policy policy.json --listen 0.0.0.0:8443 --tls-cert server.crt --tls-key server.key --client-ca clients-ca.crt --client-certs client-certs.txt"
   ]
 )))

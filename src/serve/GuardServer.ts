@@ -2,9 +2,10 @@
  * The HTTP face of `agent-ledger serve`, on @effect/platform's HTTP server:
  *
  * - `POST /v1/hooks/claude-code`: Claude Code's HTTP hook (every event on one URL), answered by
- *   `ClaudeCodeHooks`. A bearer token is required (401 otherwise, counted); the agent is the token's. Each
- *   token has a request rate (429 over it, counted) and a body size limit (413 over it, counted), checked in
- *   that order, before the body is read.
+ *   `ClaudeCodeHooks`. A credential is required: a bearer token, or over HTTPS a verified client certificate
+ *   pinned to an agent (`ClientCertificates`); the agent is the credential's (401/403 otherwise, counted).
+ *   Each agent has a request rate (429 over it, counted) and a body size limit (413 over it, counted),
+ *   checked in that order, before the body is read.
  * - `/mcp/NAME`: MCP over Streamable HTTP to a configured upstream (`McpEndpoints`), same checks; `/mcp`:
  *   every upstream as one server, when the config says `"aggregate": true`.
  * - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 while the audit queue can make
@@ -24,6 +25,7 @@ import { Clock, Effect, Metric, MetricBoundaries, Option } from "effect"
 import * as AuditQueue from "../audit/AuditQueue.js"
 import * as BearerTokens from "./BearerTokens.js"
 import { ClaudeCodeHooks } from "./ClaudeCodeHooks.js"
+import * as ClientCertificates from "./ClientCertificates.js"
 import * as McpEndpoints from "./McpEndpoints.js"
 import * as PrometheusText from "./PrometheusText.js"
 import { RateLimiter } from "./RateLimiter.js"
@@ -36,6 +38,11 @@ export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 export interface Options {
   readonly tokens: BearerTokens.Tokens
+  /**
+   * Client certificates pinned to agents, for a server that asks for and verifies them (`https` with
+   * `requestCert` and `rejectUnauthorized`); without it a client certificate is ignored.
+   */
+  readonly clientCertificates?: ClientCertificates.Pins | undefined
   /** Bytes a request body may have; default 8 MiB. */
   readonly maxBodyBytes?: number | undefined
 }
@@ -45,7 +52,8 @@ const requests = Metric.counter("agent_ledger_serve_requests", {
   incremental: true
 })
 const refusedRequests = Metric.counter("agent_ledger_serve_refused_requests", {
-  description: "Requests refused before reaching a handler, by reason (unauthenticated, rate_limited, too_large)",
+  description:
+    "Requests refused before reaching a handler, by reason (unauthenticated, unmapped_certificate, conflicting_credentials, rate_limited, too_large)",
   incremental: true
 })
 const hookDuration = Metric.histogram(
@@ -66,23 +74,80 @@ const refused = (reason: string, route: string, status: number, body: unknown, h
     json(status, body, headers)
   )
 
+/**
+ * The agent of `request`, from its credentials, or the refusal to answer (counted): a bearer token
+ * (`Authorization`) and a client certificate the TLS layer verified (pinned in `clientCertificates`). A
+ * credential that is presented must name an agent: an unknown token is refused (401) even beside a good
+ * certificate, a verified certificate pinned to no agent is refused (403) even beside a good token, and a
+ * token and a certificate naming two agents are refused (403). Then the agent's rate is taken (429).
+ */
+const admit = (options: Options, request: HttpServerRequest.HttpServerRequest, route: string) =>
+  Effect.gen(function*() {
+    const refuse = (reason: string, status: number, error: string, headers: Record<string, string> = {}) =>
+      Effect.map(refused(reason, route, status, { error }, headers), (response) => ({
+        _tag: "Refused" as const,
+        response
+      }))
+    const authorization = request.headers["authorization"]
+    let tokenAgent: string | undefined
+    if (authorization !== undefined) {
+      const agent = BearerTokens.authenticate(options.tokens, authorization)
+      if (Option.isNone(agent)) {
+        return yield* refuse("unauthenticated", 401, "the bearer token is not valid", { "www-authenticate": "Bearer" })
+      }
+      tokenAgent = agent.value
+    }
+    let certificateAgent: string | undefined
+    const certificate = options.clientCertificates === undefined
+      ? Option.none()
+      : ClientCertificates.verifiedPeerCertificate(request)
+    if (Option.isSome(certificate)) {
+      const identity = ClientCertificates.identify(options.clientCertificates!, certificate.value)
+      if (identity._tag === "Unmapped") {
+        const fingerprint = `cert-sha256:${identity.fingerprint}`
+        yield* Effect.logWarning("agent-ledger serve: a verified client certificate is pinned to no agent").pipe(
+          Effect.annotateLogs({ fingerprint, route })
+        )
+        return yield* refuse(
+          "unmapped_certificate",
+          403,
+          `the client certificate (${fingerprint}) is pinned to no agent`
+        )
+      }
+      certificateAgent = identity.agentId
+    }
+    if (tokenAgent !== undefined && certificateAgent !== undefined && tokenAgent !== certificateAgent) {
+      return yield* refuse(
+        "conflicting_credentials",
+        403,
+        "the bearer token and the client certificate name two agents"
+      )
+    }
+    const agent = tokenAgent ?? certificateAgent
+    if (agent === undefined) {
+      return yield* refuse(
+        "unauthenticated",
+        401,
+        options.clientCertificates === undefined
+          ? "a valid bearer token is required"
+          : "a valid bearer token or a pinned client certificate is required",
+        { "www-authenticate": "Bearer" }
+      )
+    }
+    const limiter = yield* RateLimiter
+    if (!(yield* limiter.take(agent))) {
+      return yield* refuse("rate_limited", 429, "too many requests for this agent", { "retry-after": "1" })
+    }
+    return { _tag: "Agent" as const, agentId: agent }
+  })
+
 const hookRoute = (options: Options) => {
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES
   return Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const route = CLAUDE_CODE_HOOK_PATH
-    const agent = BearerTokens.authenticate(options.tokens, request.headers["authorization"])
-    if (Option.isNone(agent)) {
-      return yield* refused("unauthenticated", route, 401, { error: "a valid bearer token is required" }, {
-        "www-authenticate": "Bearer"
-      })
-    }
-    const limiter = yield* RateLimiter
-    if (!(yield* limiter.take(agent.value))) {
-      return yield* refused("rate_limited", route, 429, { error: "too many requests for this token" }, {
-        "retry-after": "1"
-      })
-    }
+    const agent = yield* admit(options, request, route)
+    if (agent._tag === "Refused") return agent.response
     const tooLarge = { error: `the request body is larger than ${maxBody} bytes` }
     const declared = Number(request.headers["content-length"] ?? "0")
     if (!Number.isFinite(declared) || declared > maxBody) return yield* refused("too_large", route, 413, tooLarge)
@@ -101,7 +166,7 @@ const hookRoute = (options: Options) => {
     }
     const hooks = yield* ClaudeCodeHooks
     const started = yield* Clock.currentTimeNanos
-    const answer = yield* hooks.handle(agent.value, body)
+    const answer = yield* hooks.handle(agent.agentId, body)
     const elapsed = Number((yield* Clock.currentTimeNanos) - started) / 1e6
     yield* Metric.update(hookDuration, elapsed)
     yield* count(route, answer.status)
@@ -118,18 +183,8 @@ const mcpRoute = (options: Options, aggregate: boolean) => {
   return Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const route = aggregate ? McpEndpoints.AGGREGATE_PATH : `${McpEndpoints.MCP_PATH}/:name`
-    const agent = BearerTokens.authenticate(options.tokens, request.headers["authorization"])
-    if (Option.isNone(agent)) {
-      return yield* refused("unauthenticated", route, 401, { error: "a valid bearer token is required" }, {
-        "www-authenticate": "Bearer"
-      })
-    }
-    const limiter = yield* RateLimiter
-    if (!(yield* limiter.take(agent.value))) {
-      return yield* refused("rate_limited", route, 429, { error: "too many requests for this token" }, {
-        "retry-after": "1"
-      })
-    }
+    const agent = yield* admit(options, request, route)
+    if (agent._tag === "Refused") return agent.response
     let body: string | undefined = undefined
     if (request.method === "POST") {
       const tooLarge = { error: `the request body is larger than ${maxBody} bytes` }
@@ -142,7 +197,7 @@ const mcpRoute = (options: Options, aggregate: boolean) => {
     const params = yield* HttpRouter.params
     const endpoints = yield* McpEndpoints.McpEndpoints
     const name = aggregate ? McpEndpoints.AGGREGATE : params.name ?? "-"
-    const answer = yield* endpoints.handle(agent.value, name, request, body)
+    const answer = yield* endpoints.handle(agent.agentId, name, request, body)
     yield* count(route, answer._tag === "Json" ? answer.status : answer.response.status)
     return McpEndpoints.toResponse(answer)
   })

@@ -1,7 +1,7 @@
 /**
- * A token bucket per key (the agent of a bearer token): `burst` requests at once, refilled at `perSecond`.
- * Time comes from `Clock`, so a test moves it with `TestClock`. Keys are the agents of the tokens file, so
- * the map is bounded by it.
+ * A token bucket per key (an agent, whichever credential named it): `burst` requests at once, refilled at
+ * `perSecond`. Time comes from `Clock`, so a test moves it with `TestClock`. Keys are the agents of the
+ * tokens and client certificates files, so the map is bounded by them.
  */
 import { Clock, Context, Effect, Layer, Ref } from "effect"
 

@@ -1,6 +1,6 @@
 /**
  * `agent-ledger serve` in one Layer: the guard (`McpGuard` on the policy, with the ledger's argument salt),
- * the Claude Code hooks on it, the per-token rate limiter and the HTTP routes on the given HTTP server
+ * the Claude Code hooks on it, the per-agent rate limiter and the HTTP routes on the given HTTP server
  * layer. The ledger (`AuditLedger.layerFor`: `AuditQueue` and `LedgerSql`) comes from the caller.
  *
  * Tool pins (`pinsLayer`, unless the policy says `"pinTools": false`) sit below the guard and the MCP
@@ -31,7 +31,7 @@ export interface Options extends GuardServer.Options {
   /** See `McpGuard.Options.sealEvery`. */
   readonly sealEvery?: number | undefined
   readonly hooks?: ClaudeCodeHooks.Options | undefined
-  /** Requests per second per token; default 50, burst 100. */
+  /** Requests per second per agent (whichever credential names it); default 50, burst 100. */
   readonly rateLimit?: RateLimiter.Options | undefined
   /** MCP upstreams served at `/mcp/NAME`, and the SDK to serve them with; none if absent. */
   readonly mcp?: McpEndpoints.Options | undefined

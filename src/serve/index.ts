@@ -1,8 +1,8 @@
 /**
  * `agent-ledger serve`: one long-running guard for Claude Code's hooks and for MCP over Streamable HTTP
  * (`McpEndpoints`: stdio or remote upstreams, `McpUpstreams`, `McpRemote`; all of them as one server,
- * `McpAggregate`), with
- * agents identified by bearer tokens (`BearerTokens`), rate limits per token (`RateLimiter`), Claude Code's
+ * `McpAggregate`), with agents identified by bearer tokens (`BearerTokens`) or pinned mTLS client
+ * certificates (`ClientCertificates`), rate limits per agent (`RateLimiter`), Claude Code's
  * hook events answered by `McpGuard` (`ClaudeCodeHooks`), the HTTP routes with health, readiness and
  * Prometheus metrics (`GuardServer`, `PrometheusText`).
  *
@@ -11,6 +11,7 @@
  */
 export * as BearerTokens from "./BearerTokens.js"
 export * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
+export * as ClientCertificates from "./ClientCertificates.js"
 export * as GuardServer from "./GuardServer.js"
 export * as McpAggregate from "./McpAggregate.js"
 export * as McpEndpoints from "./McpEndpoints.js"
