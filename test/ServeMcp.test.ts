@@ -201,7 +201,7 @@ describe("serve: MCP over Streamable HTTP", () => {
       expect(bobSeal?.agent_id).toBe("bob")
       // Bob's session was sealed when he ended it, before the shutdown sealed alice's.
       expect(seals.indexOf(bobSeal!)).toBeLessThan(seals.indexOf(aliceSeal!))
-    }), 20_000)
+    }), 60_000)
 })
 
 describe("serve: MCP sessions are bounded", () => {
@@ -246,7 +246,7 @@ describe("serve: MCP sessions are bounded", () => {
           yield* Effect.promise(() => Promise.all([first.client.close(), bobs.client.close()]))
         }))
       }),
-    20_000
+    60_000
   )
 })
 
@@ -298,7 +298,7 @@ describe("serve: idle MCP sessions", () => {
         }))
         expect(sessionId).toMatch(/^[0-9a-f-]{36}$/)
       }),
-    20_000
+    60_000
   )
 })
 
