@@ -43,9 +43,10 @@ const setup = (rules: ReadonlyArray<unknown>) => {
   const rows = () => {
     const ledger = new Database(db, { readonly: true })
     try {
-      return ledger.prepare("SELECT seq, kind, outcome, agent_id, tool_name FROM journal_entries ORDER BY seq").all() as Array<
-        { seq: number; kind: string; outcome: string; agent_id: string; tool_name: string }
-      >
+      return ledger.prepare("SELECT seq, kind, outcome, agent_id, tool_name FROM journal_entries ORDER BY seq")
+        .all() as Array<
+          { seq: number; kind: string; outcome: string; agent_id: string; tool_name: string }
+        >
     } finally {
       ledger.close()
     }
@@ -56,61 +57,81 @@ const setup = (rules: ReadonlyArray<unknown>) => {
 const decisionOf = (answer: Record<string, any>) => answer.hookSpecificOutput?.permissionDecision ?? "none"
 
 describe("agent-ledger hook --db (standalone)", () => {
-  it("decides each event against the journal earlier processes stored: .env denied, Read then WebFetch denied, PostToolUse ends the call", async () => {
-    const { db, hook, rows } = setup([
-      { kind: "blockTools", id: "no-env-files", tools: ["Read"], when: [{ path: "file_path", match: { pathGlob: ["**/.env"] } }] },
-      { kind: "sequence", id: "read-then-fetch", after: ["Read"], then: ["WebFetch"], within: 5 }
-    ])
-    expect(await hook(payload("SessionStart"))).toEqual({})
-    expect(await hook(payload("PreToolUse-Read"))).toEqual({})
-    // A later process: the call the earlier one decided is ended with the result's bytes.
-    expect(await hook(payload("PostToolUse-Read"))).toEqual({})
-    const fetched = await hook(payload("PreToolUse-WebFetch"))
-    expect(decisionOf(fetched)).toBe("deny")
-    expect(fetched.hookSpecificOutput.permissionDecisionReason).toMatch(/rule read-then-fetch/)
-    const env = await hook(payload("PreToolUse-Read-env"))
-    expect(env.hookSpecificOutput.permissionDecisionReason).toMatch(/rule no-env-files/)
-    // A second PreToolUse of a tool_use_id already decided (by another process) is refused.
-    expect(await hook(payload("PreToolUse-Read"))).toMatchObject({
-      hookSpecificOutput: { permissionDecision: "deny", permissionDecisionReason: expect.stringMatching(/duplicate-tool-use-id/) }
-    })
-    expect(rows().map((r) => [r.seq, r.kind, r.outcome, r.agent_id, r.tool_name])).toEqual([
-      [0, "call", "pending", "alice", "Read"],
-      [1, "outcome", "result", "alice", "Read"],
-      [2, "call", "refused", "alice", "WebFetch"],
-      [3, "call", "refused", "alice", "Read"],
-      [4, "call", "refused", "alice", "Read"]
-    ])
-    const toolResponse = JSON.parse(fs.readFileSync(join(fixtures, "PostToolUse-Read.json"), "utf8")).tool_response
-    const log = await run(["log", db, "--session", "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"])
-    expect(log.code).toBe(0)
-    expect(log.stdout).toContain(`Read@claude-code  session=9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d:0  outcome=result  read=${Buffer.byteLength(JSON.stringify(toolResponse))}`)
-    expect(log.stdout).toMatch(/refuse +WebFetch@claude-code +rule=read-then-fetch/)
-    // SessionEnd seals the journal (a session.sealed row after the three refusals); everything verifies.
-    expect(await hook(payload("SessionEnd"))).toEqual({})
-    const verified = await run(["verify", db])
-    expect(verified.stdout).toMatch(/rows checked: +4\n/)
-    expect(verified.stdout).toMatch(/1 sessions, 5 entries checked against their seals/)
-    expect(verified.code).toBe(0)
-  }, 120_000)
+  it(
+    "decides each event against the journal earlier processes stored: .env denied, Read then WebFetch denied, PostToolUse ends the call",
+    async () => {
+      const { db, hook, rows } = setup([
+        {
+          kind: "blockTools",
+          id: "no-env-files",
+          tools: ["Read"],
+          when: [{ path: "file_path", match: { pathGlob: ["**/.env"] } }]
+        },
+        { kind: "sequence", id: "read-then-fetch", after: ["Read"], then: ["WebFetch"], within: 5 }
+      ])
+      expect(await hook(payload("SessionStart"))).toEqual({})
+      expect(await hook(payload("PreToolUse-Read"))).toEqual({})
+      // A later process: the call the earlier one decided is ended with the result's bytes.
+      expect(await hook(payload("PostToolUse-Read"))).toEqual({})
+      const fetched = await hook(payload("PreToolUse-WebFetch"))
+      expect(decisionOf(fetched)).toBe("deny")
+      expect(fetched.hookSpecificOutput.permissionDecisionReason).toMatch(/rule read-then-fetch/)
+      const env = await hook(payload("PreToolUse-Read-env"))
+      expect(env.hookSpecificOutput.permissionDecisionReason).toMatch(/rule no-env-files/)
+      // A second PreToolUse of a tool_use_id already decided (by another process) is refused.
+      expect(await hook(payload("PreToolUse-Read"))).toMatchObject({
+        hookSpecificOutput: {
+          permissionDecision: "deny",
+          permissionDecisionReason: expect.stringMatching(/duplicate-tool-use-id/)
+        }
+      })
+      expect(rows().map((r) => [r.seq, r.kind, r.outcome, r.agent_id, r.tool_name])).toEqual([
+        [0, "call", "pending", "alice", "Read"],
+        [1, "outcome", "result", "alice", "Read"],
+        [2, "call", "refused", "alice", "WebFetch"],
+        [3, "call", "refused", "alice", "Read"],
+        [4, "call", "refused", "alice", "Read"]
+      ])
+      const toolResponse = JSON.parse(fs.readFileSync(join(fixtures, "PostToolUse-Read.json"), "utf8")).tool_response
+      const log = await run(["log", db, "--session", "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"])
+      expect(log.code).toBe(0)
+      expect(log.stdout).toContain(
+        `Read@claude-code  session=9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d:0  outcome=result  read=${
+          Buffer.byteLength(JSON.stringify(toolResponse))
+        }`
+      )
+      expect(log.stdout).toMatch(/refuse +WebFetch@claude-code +rule=read-then-fetch/)
+      // SessionEnd seals the journal (a session.sealed row after the three refusals); everything verifies.
+      expect(await hook(payload("SessionEnd"))).toEqual({})
+      const verified = await run(["verify", db])
+      expect(verified.stdout).toMatch(/rows checked: +4\n/)
+      expect(verified.stdout).toMatch(/1 sessions, 5 entries checked against their seals/)
+      expect(verified.code).toBe(0)
+    },
+    120_000
+  )
 
-  it("serialises concurrent processes of one session: a rate limit counts all of them, sequences distinct, the chain verifies", async () => {
-    const { db, hook, rows } = setup([
-      { kind: "rateLimit", id: "shell-rate", tools: ["Bash"], max: 3, windowSeconds: 600 }
-    ])
-    const answers = await Promise.all(
-      [0, 1, 2, 3].map((i) => hook(payload("PreToolUse-Bash", { tool_use_id: `toolu_parallel_${i}` })))
-    )
-    expect(answers.map(decisionOf).sort()).toEqual(["deny", "none", "none", "none"])
-    expect(answers.find((a) => decisionOf(a) === "deny")!.hookSpecificOutput.permissionDecisionReason).toMatch(
-      /rule shell-rate/
-    )
-    const stored = rows()
-    expect(stored.map((r) => r.seq)).toEqual([0, 1, 2, 3])
-    expect(stored.map((r) => r.outcome).sort()).toEqual(["pending", "pending", "pending", "refused"])
-    const verified = await run(["verify", db])
-    expect(verified.code).toBe(0)
-  }, 120_000)
+  it(
+    "serialises concurrent processes of one session: a rate limit counts all of them, sequences distinct, the chain verifies",
+    async () => {
+      const { db, hook, rows } = setup([
+        { kind: "rateLimit", id: "shell-rate", tools: ["Bash"], max: 3, windowSeconds: 600 }
+      ])
+      const answers = await Promise.all(
+        [0, 1, 2, 3].map((i) => hook(payload("PreToolUse-Bash", { tool_use_id: `toolu_parallel_${i}` })))
+      )
+      expect(answers.map(decisionOf).sort()).toEqual(["deny", "none", "none", "none"])
+      expect(answers.find((a) => decisionOf(a) === "deny")!.hookSpecificOutput.permissionDecisionReason).toMatch(
+        /rule shell-rate/
+      )
+      const stored = rows()
+      expect(stored.map((r) => r.seq)).toEqual([0, 1, 2, 3])
+      expect(stored.map((r) => r.outcome).sort()).toEqual(["pending", "pending", "pending", "refused"])
+      const verified = await run(["verify", db])
+      expect(verified.code).toBe(0)
+    },
+    120_000
+  )
 
   it("refuses a call when the stored journal was tampered with, and appends nothing to it", async () => {
     const { db, hook, rows } = setup([
@@ -119,7 +140,7 @@ describe("agent-ledger hook --db (standalone)", () => {
     expect(await hook(payload("PreToolUse-Read"))).toEqual({})
     const ledger = new Database(db)
     const { body } = ledger.prepare("SELECT body FROM journal_entries WHERE seq = 0").get() as { body: Buffer }
-    body[body.length - 20] ^= 0x01 // the entry's bytesWritten, no longer what its entry_hash covers
+    body[body.length - 20] = body[body.length - 20]! ^ 0x01 // the entry's bytesWritten, no longer what its entry_hash covers
     ledger.prepare("UPDATE journal_entries SET body = ? WHERE seq = 0").run(body)
     ledger.close()
     const answer = await hook(payload("PreToolUse-Bash"))
@@ -135,8 +156,13 @@ describe("agent-ledger hook --db (standalone)", () => {
     expect(post.code).toBe(2)
     expect(post.stderr).toMatch(/does not verify at entry 0/)
     // PostgreSQL is not supported standalone: a PreToolUse is denied saying so.
-    const pg = await run(["hook", "--db", "postgres://nobody@127.0.0.1:9/x", "--policy", join(dir, "p.json")], payload("PreToolUse-Read"))
+    const pg = await run(
+      ["hook", "--db", "postgres://nobody@127.0.0.1:9/x", "--policy", join(dir, "p.json")],
+      payload("PreToolUse-Read")
+    )
     expect(pg.code).toBe(0)
-    expect(JSON.parse(pg.stdout).hookSpecificOutput.permissionDecisionReason).toMatch(/not supported in standalone mode/)
+    expect(JSON.parse(pg.stdout).hookSpecificOutput.permissionDecisionReason).toMatch(
+      /not supported in standalone mode/
+    )
   }, 120_000)
 })

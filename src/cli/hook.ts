@@ -149,7 +149,9 @@ export const ledgerLock = (db: string, wait: Duration.DurationInput) =>
       })
     )
     yield* Effect.addFinalizer(() => Effect.ignore(sql.unsafe("ROLLBACK")))
-  }).pipe(Effect.mapError((error) => typeof error === "string" ? error : `cannot lock ${lockFileOf(db)}: ${error.message}`))
+  }).pipe(
+    Effect.mapError((error) => typeof error === "string" ? error : `cannot lock ${lockFileOf(db)}: ${error.message}`)
+  )
 
 /** Decides the event alone against the ledger; the hook output, or why there is none. */
 const decideStandalone = (

@@ -486,7 +486,9 @@ export const make = (
         if (state === undefined || typeof state === "string") return false
         state.pending.set(
           toolUseId,
-          Option.isSome(ticket) ? { _tag: "Allowed", ticket: ticket.value, timer: undefined, asked: [] } : { _tag: "Ended" }
+          Option.isSome(ticket)
+            ? { _tag: "Allowed", ticket: ticket.value, timer: undefined, asked: [] }
+            : { _tag: "Ended" }
         )
         return true
       })

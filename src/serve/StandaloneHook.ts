@@ -56,7 +56,8 @@ export type Answer =
 const Event = Schema.Struct({
   hook_event_name: Schema.String,
   session_id: Schema.String.pipe(Schema.minLength(1)),
-  tool_use_id: Schema.optional(Schema.String)
+  tool_use_id: Schema.optional(Schema.String),
+  tool_name: Schema.optional(Schema.String)
 })
 const decodeEvent = Schema.decodeUnknownEither(Event, { onExcessProperty: "ignore" })
 
@@ -175,7 +176,11 @@ export const handle = (
     } else {
       const toolUseId = event.tool_use_id
       if (toolUseId !== undefined) {
-        const decided = rows.find((row) => row.kind === "call" && requestIdOf(row.intent) === toolUseId)
+        // `intent` is not hashed: the call must also be of the event's tool (which the hash covers), so an
+        // edited `requestId` can at most swap two pending calls of one tool.
+        const decided = rows.find((row) =>
+          row.kind === "call" && requestIdOf(row.intent) === toolUseId && row.tool_name === event.tool_name
+        )
         if (decided !== undefined) {
           const ticket = event.hook_event_name === "PreToolUse"
             ? Option.none()
