@@ -114,7 +114,7 @@ describe("agent-ledger hook --db (standalone)", () => {
   it(
     "serialises concurrent processes of one session: a rate limit counts all of them, sequences distinct, the chain verifies",
     async () => {
-      const { db, hook, rows } = setup([
+      const { db, hook, policy, rows } = setup([
         { kind: "rateLimit", id: "shell-rate", tools: ["Bash"], max: 3, windowSeconds: 600 }
       ])
       const answers = await Promise.all(
@@ -129,6 +129,22 @@ describe("agent-ledger hook --db (standalone)", () => {
       expect(stored.map((r) => r.outcome).sort()).toEqual(["pending", "pending", "pending", "refused"])
       const verified = await run(["verify", db])
       expect(verified.code).toBe(0)
+      // A hook that cannot get the ledger's lock within --timeout denies the call and appends nothing.
+      const holder = new Database(`${db}.hook-lock`)
+      holder.exec("BEGIN IMMEDIATE")
+      try {
+        const waited = await run(
+          ["hook", "--db", db, "--policy", policy, "--agent", "alice", "--timeout", "1"],
+          payload("PreToolUse-Bash", { tool_use_id: "toolu_waits" })
+        )
+        expect(JSON.parse(waited.stdout).hookSpecificOutput.permissionDecisionReason).toMatch(
+          /another hook held the ledger's lock .* for 1s/
+        )
+      } finally {
+        holder.exec("ROLLBACK")
+        holder.close()
+      }
+      expect(rows()).toHaveLength(4)
     },
     120_000
   )
