@@ -10,6 +10,7 @@ export const E2E_FILES = [
   "test/CallReceipt.test.ts",
   "test/DeadLetterForgery.test.ts",
   "test/Fuzz.test.ts",
+  "test/HookStandalone.test.ts",
   "test/HostileInput.test.ts",
   "test/TransparencyStripped.test.ts",
   "test/VerifyFailures.test.ts",

@@ -52,6 +52,11 @@ export interface GuardCall {
    * gate; absent when the tool has no pinned definition that is also the one last listed).
    */
   readonly annotations?: ToolAnnotations | undefined
+  /**
+   * The transport's id of the call (Claude Code's `tool_use_id`): kept beside the arguments in a durable
+   * journal's `intent` (`{"arguments": …, "requestId": …}`), so another process can find the call it ends.
+   */
+  readonly requestId?: string | undefined
 }
 
 /** The hints MCP lets a server declare about a tool: the server's own claims, verified by no one. */
@@ -374,6 +379,13 @@ export class McpGuard extends Context.Tag("agent-ledger/McpGuard")<McpGuard, {
   readonly endSession: (sessionId: string) => Effect.Effect<Option.Option<SessionJournal.JournalExport>>
   /** The session's journal (created empty on first use). */
   readonly journal: (sessionId: string) => Effect.Effect<SessionJournal.Journal>
+  /**
+   * A call of a resumed session (its journal restored from the store, decided by another process) that is
+   * still pending at journal entry `sequence`: registered in flight so that `complete` ends it. `None` when
+   * that entry is not a pending call of the session. Its decision is already in the history (read from the
+   * journal's entries).
+   */
+  readonly resume: (sessionId: string, sequence: number) => Effect.Effect<Option.Option<Ticket>>
   /** See `PolicyEngine.isVisible`. */
   readonly isVisible: (serverId: string, toolName: string) => boolean
 }>() {}
@@ -554,7 +566,11 @@ export const make = (
           outcome: entry.outcome,
           ...(entry.kind === "outcome" ? { callSequence: entry.callSequence } : {}),
           ...(entry.kind === "call" && journal.durable && entry.intent !== undefined
-            ? { intent: { arguments: entry.intent } }
+            ? {
+              intent: call.requestId === undefined
+                ? { arguments: entry.intent }
+                : { arguments: entry.intent, requestId: call.requestId }
+            }
             : {})
         }).pipe(
           // The guard computes every value itself; a rejected one is a bug, not the caller's input.
@@ -1201,6 +1217,35 @@ export const make = (
 
     const seal = (sessionId: string) => sealEnding(sessionId, Effect.void)
 
+    const resume = (sessionId: string, sequence: number) =>
+      underLock(sessionId, (state) =>
+        Effect.gen(function*() {
+          const journal = yield* journals.get(sessionId)
+          yield* seed(state, journal)
+          if (!(yield* journal.pendingCalls).includes(sequence)) return Option.none<Ticket>()
+          for (const ticket of state.inFlight.values()) {
+            if (ticket.sequence === sequence) return Option.some(ticket)
+          }
+          const entries = yield* journal.entries
+          const entry = entries[sequence]!
+          const ticket: Ticket = {
+            call: {
+              sessionId,
+              agentId: entry.agentId,
+              serverId: entry.serverId,
+              toolName: entry.toolName,
+              delegationDepth: entry.delegationDepth
+            },
+            bytesWritten: entry.bytesWritten,
+            id: nextTicketId++,
+            decisionIndex: state.decisions++,
+            sequence
+          }
+          if (!agents.has(sessionId)) agents.set(sessionId, entry.agentId)
+          state.inFlight.set(ticket.id, ticket)
+          return Option.some(ticket)
+        }))
+
     const endSession = (sessionId: string) =>
       sealEnding(
         sessionId,
@@ -1225,6 +1270,7 @@ export const make = (
       seal,
       endSession,
       journal: journals.get,
+      resume,
       isVisible: (serverId, toolName) =>
         shadow ||
         (policy.isVisible(serverId, toolName) &&

@@ -921,12 +921,17 @@ export const make = (sessionId: string, options: Options = {}): Effect.Effect<Jo
 /**
  * A journal restored from an export, continuing its chain: the next `record` gets sequence `length` and
  * links to the export's head. The export is verified first (`verifyExport`); a tampered one is refused.
+ * With `options.store`, the entries recorded from now on are stored (the restored ones are taken as
+ * already stored: resuming a durable session read back from the ledger, as `agent-ledger hook` does).
  */
-export const fromExport = (input: unknown): Effect.Effect<Journal, InvalidExport | IntegrityViolation> =>
+export const fromExport = (
+  input: unknown,
+  options: Options = {}
+): Effect.Effect<Journal, InvalidExport | IntegrityViolation> =>
   Effect.flatMap(verifyExport(input), (exported) => {
     const state = emptyState()
     for (const entry of exported.entries) append(state, entry, Buffer.from(entry.entryHash, "hex"))
-    return fromState(exported.sessionId, state)
+    return fromState(exported.sessionId, state, options)
   })
 
 /** Provide `SessionJournal` with a new journal for `sessionId`. */

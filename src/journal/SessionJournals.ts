@@ -27,11 +27,17 @@ export type Service = Context.Tag.Service<SessionJournals>
 
 /**
  * The registry; with `options.store`, every journal it opens is durable (`SessionJournal.make` with the
- * store).
+ * store). `resumed`: journals open from the start (restored from the store by their session id), handed
+ * back by `get` instead of a new, empty one.
  */
-export const makeWith = (options: SessionJournal.Options = {}): Effect.Effect<Service> =>
+export const makeWith = (
+  options: SessionJournal.Options = {},
+  resumed: ReadonlyArray<SessionJournal.Journal> = []
+): Effect.Effect<Service> =>
   Effect.gen(function*() {
-    const open = yield* SynchronizedRef.make(HashMap.empty<string, SessionJournal.Journal>())
+    let initial = HashMap.empty<string, SessionJournal.Journal>()
+    for (const journal of resumed) initial = HashMap.set(initial, yield* journal.sessionId, journal)
+    const open = yield* SynchronizedRef.make(initial)
 
     // Creation happens inside one `modifyEffect`, which serializes creators, so two fibers racing on a new
     // id cannot both create a journal. The lock-free read first keeps `get` of an open session cheap.

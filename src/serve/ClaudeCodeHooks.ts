@@ -121,6 +121,18 @@ export class ClaudeCodeHooks extends Context.Tag("agent-ledger/ClaudeCodeHooks")
   readonly endAll: Effect.Effect<number>
   /** Sessions open now. */
   readonly openSessions: Effect.Effect<number>
+  /**
+   * Takes over a call another process decided in `sessionId` (`agent-ledger hook` without serve), under its
+   * `tool_use_id`: with its ticket (`McpGuard.resume`) a later `PostToolUse` ends it; without one (it was
+   * refused or has ended) a second `PreToolUse` of that id is refused as a duplicate. False when the
+   * session belongs to another agent or cannot be opened.
+   */
+  readonly adopt: (
+    agentId: string,
+    sessionId: string,
+    toolUseId: string,
+    ticket: Option.Option<McpGuard.Ticket>
+  ) => Effect.Effect<boolean>
 }>() {}
 
 /** The text a denied call shows the model: the rule and the reason. */
@@ -221,12 +233,16 @@ export const make = (
       return state
     }
 
-    const callOf = (agentId: string, input: { session_id: string; tool_name: string; tool_input?: unknown }) => ({
+    const callOf = (
+      agentId: string,
+      input: { session_id: string; tool_name: string; tool_input?: unknown; tool_use_id: string }
+    ): McpGuard.GuardCall => ({
       sessionId: input.session_id,
       agentId,
       serverId: SERVER_ID,
       toolName: input.tool_name,
-      arguments: input.tool_input
+      arguments: input.tool_input,
+      requestId: input.tool_use_id
     })
 
     /**
@@ -464,7 +480,20 @@ export const make = (
       return Effect.as(Effect.forEach(open, endSession, { discard: true }), open.length)
     })
 
-    return ClaudeCodeHooks.of({ handle, endAll, openSessions: Effect.sync(() => sessions.size) })
+    const adopt = (agentId: string, sessionId: string, toolUseId: string, ticket: Option.Option<McpGuard.Ticket>) =>
+      Effect.sync(() => {
+        const state = sessionFor(sessionId, agentId, true)
+        if (state === undefined || typeof state === "string") return false
+        state.pending.set(
+          toolUseId,
+          Option.isSome(ticket)
+            ? { _tag: "Allowed", ticket: ticket.value, timer: undefined, asked: [] }
+            : { _tag: "Ended" }
+        )
+        return true
+      })
+
+    return ClaudeCodeHooks.of({ handle, endAll, openSessions: Effect.sync(() => sessions.size), adopt })
   })
 
 const KNOWN_EVENTS = new Set(["PreToolUse", "PostToolUse", "PostToolUseFailure", "SessionStart", "SessionEnd"])
