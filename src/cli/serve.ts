@@ -57,10 +57,9 @@ export const loadConfig = (file: string): Effect.Effect<McpEndpoints.Config, Inp
 /** The MCP SDK's pieces `serve` uses, loaded only when `--config` names upstreams. */
 export const mcpSdk = Effect.map(McpSdk.streamableHttpServer, (sdk): McpEndpoints.Sdk => ({
   serverTransport: (sessionId) =>
-    new sdk.WebStandardStreamableHTTPServerTransport({
-      sessionIdGenerator: () => sessionId,
-      enableJsonResponse: true
-    }),
+    // SSE answers (not `enableJsonResponse`): the transport drops a message related to a request in JSON
+    // mode, so an elicitation about a `tools/call` could only go on the GET stream, if the client has one.
+    new sdk.WebStandardStreamableHTTPServerTransport({ sessionIdGenerator: () => sessionId }),
   upstreamTransport: (_name, upstream) =>
     new sdk.StdioClientTransport({
       command: upstream.command,

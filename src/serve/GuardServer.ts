@@ -19,7 +19,7 @@ import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Clock, Effect, Metric, MetricBoundaries, Option } from "effect"
+import { Clock, Effect, Layer, Metric, MetricBoundaries, Option } from "effect"
 import * as AuditQueue from "../audit/AuditQueue.js"
 import * as BearerTokens from "./BearerTokens.js"
 import { ClaudeCodeHooks } from "./ClaudeCodeHooks.js"
@@ -178,6 +178,14 @@ export const router = (options: Options) =>
 /**
  * Serves the routes on the `HttpServer` in context (e.g. `NodeHttpServer.layer`). Build it after the hooks
  * (provide the hooks below it), so that on shutdown the server stops taking requests before the hooks seal
- * the open sessions, and those before the ledger flushes its queue.
+ * the open sessions, and those before the ledger flushes its queue. The first step of shutdown closes the
+ * MCP endpoints' SSE streams (`McpEndpoints.closeStreams`): the server's graceful close waits for every open
+ * response, and a standalone stream never ends by itself.
  */
-export const layer = (options: Options) => HttpServer.serve(router(options))
+export const layer = (options: Options) =>
+  Layer.scopedDiscard(Effect.gen(function*() {
+    const endpoints = yield* McpEndpoints.McpEndpoints
+    yield* HttpServer.serveEffect(router(options))
+    // Added after the server serves (and the HTTP server's own close, in the layer below): runs before both.
+    yield* Effect.addFinalizer(() => endpoints.closeStreams)
+  }))

@@ -12,18 +12,37 @@
  * `idleTimeoutMillis` without a request, or closing the layer (shutdown) ends the session: calls in flight
  * are completed and the session's journal is sealed into the ledger.
  *
- * Answers come back on their POST as JSON; a GET (the standalone SSE stream) is 405, which the spec allows:
- * an open stream would hold up the HTTP server's graceful shutdown. So server-to-client requests and
- * notifications outside a request (`elicitation/create`, `list_changed`) do not reach HTTP clients.
+ * Messages to the client travel over SSE: each POST with a request is answered on its own event stream,
+ * which carries what belongs to that request before its answer (an `ask` rule's `elicitation/create` about a
+ * `tools/call`, asked of a client that declared the capability: `McpElicitation`), and a GET opens the
+ * session's standalone stream, which carries the rest (the upstream's `notifications/tools/list_changed`,
+ * its own requests). A session is busy while a POST's stream is open, not for its GET stream. `closeStreams`, the first step of `serve`'s
+ * shutdown, closes every standalone stream, refuses new ones (503) and withdraws open questions, so the
+ * HTTP server's graceful close only waits for the requests in flight.
  */
 import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Layer, Option, Schema } from "effect"
+import {
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  FiberSet,
+  Layer,
+  Option,
+  Runtime,
+  Schema
+} from "effect"
+import * as Approvals from "../guard/Approvals.js"
 import * as McpGuard from "../guard/McpGuard.js"
 import * as McpGuardHooks from "../guard/McpGuardHooks.js"
 import * as McpProxy from "../guard/McpProxy.js"
 import { uuidV7 } from "../internal/uuid.js"
+import { McpElicitation } from "./McpElicitation.js"
 
 /** The route prefix: upstream `NAME` is served at `/mcp/NAME`. */
 export const MCP_PATH = "/mcp"
@@ -52,12 +71,14 @@ export type Config = typeof Config.Type
 /** A server-side Streamable HTTP transport (the SDK's `WebStandardStreamableHTTPServerTransport`). */
 export interface HttpTransport extends McpProxy.Transport {
   handleRequest(request: Request, options?: { parsedBody?: unknown }): Promise<Response>
+  /** Ends the GET stream, if one is open (the client may open another). */
+  closeStandaloneSSEStream(): void
   readonly sessionId?: string | undefined
 }
 
 /** What `serve` needs of the MCP SDK, given by the CLI layer. */
 export interface Sdk {
-  /** A new server transport whose session id is `sessionId` (answers in JSON, not SSE, where it can). */
+  /** A new server transport whose session id is `sessionId`, answering POSTs with SSE streams. */
   readonly serverTransport: (sessionId: string) => HttpTransport
   /** A new transport to the upstream (e.g. the SDK's `StdioClientTransport` on `upstream.command`). */
   readonly upstreamTransport: (name: string, upstream: Upstream) => McpProxy.Transport
@@ -94,9 +115,11 @@ interface Session {
   readonly agentId: string
   readonly name: string
   readonly transport: HttpTransport
-  /** Requests being handled, and when the last one ended (Clock millis): for the idle timeout. */
+  /** Requests being handled or streams open, and when the last one ended (Clock millis): for the idle timeout. */
   busy: number
   lastSeen: number
+  /** Whether the client declared `elicitation` in its `initialize`. */
+  canElicit: boolean
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
@@ -120,17 +143,61 @@ export class McpEndpoints extends Context.Tag("agent-ledger/McpEndpoints")<McpEn
     body: string | undefined
   ) => Effect.Effect<Answer>
   readonly openSessions: Effect.Effect<number>
+  /**
+   * The first step of shutdown: closes every session's GET stream, refuses new ones (503) and withdraws
+   * open elicitation questions, so that the HTTP server's graceful close does not wait on a stream.
+   */
+  readonly closeStreams: Effect.Effect<void>
 }>() {}
+
+/**
+ * `response` with `headers` set and a body that calls `end` once when it is read to its end, fails or is
+ * cancelled (the client went away): a POST's SSE stream is a request in flight for as long as it is open.
+ */
+const onBodyEnd = (response: Response, end: () => void, headers: Record<string, string>): Response => {
+  if (response.body === null) {
+    end()
+    return response
+  }
+  const reader = response.body.getReader()
+  const body = new ReadableStream<Uint8Array>({
+    pull: async (controller) => {
+      try {
+        const chunk = await reader.read()
+        if (chunk.done) {
+          end()
+          controller.close()
+        } else {
+          controller.enqueue(chunk.value)
+        }
+      } catch (error) {
+        end()
+        controller.error(error)
+      }
+    },
+    cancel: (reason) => {
+      end()
+      return reader.cancel(reason)
+    }
+  })
+  const merged = new Headers(response.headers)
+  for (const [key, value] of Object.entries(headers)) merged.set(key, value)
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: merged })
+}
 
 export const make = (options: Options) =>
   Effect.gen(function*() {
     const guard = yield* McpGuard.McpGuard
+    const elicitation = yield* McpElicitation
+    const runtime = yield* Effect.runtime<never>()
+    let stopping = false
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const sessions = new Map<string, Session>()
     const maxSessions = options.maxSessionsPerAgent ?? 8
     const idle = options.idleTimeoutMillis ?? 30 * 60 * 1000
 
-    const hooksFor = (sessionId: string, agentId: string, serverId: string): McpProxy.Hooks<McpGuard.Ticket> => {
+    const hooksFor = (session: Session, sessionId: string): McpProxy.Hooks<McpGuard.Ticket> => {
+      const { agentId, name: serverId } = session
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
         sessionId,
         agentId,
@@ -138,7 +205,12 @@ export const make = (options: Options) =>
         toolName: typeof params.name === "string" ? params.name : "",
         arguments: params.arguments
       })
-      return McpGuardHooks.make({ guard, serverId, callOf })
+      return McpGuardHooks.make({
+        guard,
+        serverId,
+        callOf,
+        onInitialize: (params) => Effect.sync(() => void (session.canElicit = Approvals.declaresElicitation(params)))
+      })
     }
 
     /** Starts a session's proxy; succeeds once the proxy listens to the client transport. */
@@ -151,15 +223,29 @@ export const make = (options: Options) =>
         const client: McpProxy.Transport = {
           start: async () => {
             await transport.start()
-            Effect.runSync(Deferred.succeed(started, undefined))
+            Runtime.runFork(runtime)(Deferred.succeed(started, undefined))
           },
-          send: (message) => transport.send(message),
+          send: (message, options) => transport.send(message, options),
           close: () => transport.close()
         }
         transport.onmessage = (message) => client.onmessage?.(message)
         transport.onclose = () => client.onclose?.()
         transport.onerror = (error) => client.onerror?.(error)
-        const session: Session = { agentId, name, transport, busy: 0, lastSeen: yield* Clock.currentTimeMillis }
+        const session: Session = {
+          agentId,
+          name,
+          transport,
+          busy: 0,
+          lastSeen: yield* Clock.currentTimeMillis,
+          canElicit: false
+        }
+        const clientRequests = McpProxy.makeClientRequests()
+        /** The guard's questions about this session's calls go to its client while the proxy runs. */
+        const asked = elicitation.register(sessionId, {
+          requests: clientRequests,
+          canElicit: () => session.canElicit,
+          name: agentId
+        })
         /** Ends the session (its transport closes, so the proxy ends) once it has been idle `idle` millis. */
         const watchIdle = Effect.gen(function*() {
           while (true) {
@@ -173,28 +259,30 @@ export const make = (options: Options) =>
             yield* Effect.sleep(Duration.millis(Math.max(left, idle / 10, 10)))
           }
         })
-        const proxy = McpProxy.run({
-          client,
-          upstream: options.sdk.upstreamTransport(name, upstream),
-          hooks: hooksFor(sessionId, agentId, name),
-          callTimeout: options.callTimeoutMillis ?? McpProxy.DEFAULT_CALL_TIMEOUT
-        }).pipe(
-          Effect.raceFirst(watchIdle),
-          Effect.tap((ending) =>
-            Effect.logInfo(`agent-ledger serve: MCP session ended (${ending.side}: ${ending.detail})`)
-          ),
-          Effect.ensuring(Effect.suspend(() => {
-            sessions.delete(sessionId)
-            // Bounded and interruptible (a finalizer): a ledger that cannot write must not hold up the end.
-            return Effect.interruptible(guard.endSession(sessionId)).pipe(
-              Effect.timeout(SEAL_TIMEOUT),
-              Effect.catchAll(() =>
-                Effect.logError("agent-ledger serve: an MCP session's seal was not durable in time; it stays queued")
+        const proxy = Effect.acquireUseRelease(asked, () =>
+          McpProxy.run({
+            client,
+            upstream: options.sdk.upstreamTransport(name, upstream),
+            hooks: hooksFor(session, sessionId),
+            clientRequests,
+            callTimeout: options.callTimeoutMillis ?? McpProxy.DEFAULT_CALL_TIMEOUT
+          }), (unregister) => unregister).pipe(
+            Effect.raceFirst(watchIdle),
+            Effect.tap((ending) =>
+              Effect.logInfo(`agent-ledger serve: MCP session ended (${ending.side}: ${ending.detail})`)
+            ),
+            Effect.ensuring(Effect.suspend(() => {
+              sessions.delete(sessionId)
+              // Bounded and interruptible (a finalizer): a ledger that cannot write must not hold up the end.
+              return Effect.interruptible(guard.endSession(sessionId)).pipe(
+                Effect.timeout(SEAL_TIMEOUT),
+                Effect.catchAll(() =>
+                  Effect.logError("agent-ledger serve: an MCP session's seal was not durable in time; it stays queued")
+                )
               )
-            )
-          })),
-          Effect.annotateLogs({ sessionId, agentId, upstream: name })
-        )
+            })),
+            Effect.annotateLogs({ sessionId, agentId, upstream: name })
+          )
         // Counted and taken with no yield in between: concurrent `initialize`s cannot both take the last place.
         let open = 0
         for (const other of sessions.values()) if (other.agentId === agentId) open++
@@ -227,31 +315,47 @@ export const make = (options: Options) =>
       })
     }
 
+    /** The session stops being busy with one request (its response, or its stream, ended). */
+    const seen = (session: Session) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.sync(() => {
+          session.busy--
+          session.lastSeen = now
+        }))
+
+    /** Hands the request to the session's transport; the session is busy until a POST's answer stream ends. */
     const forward = (
       session: Session,
       request: HttpServerRequest.HttpServerRequest,
       body: string | undefined,
       parsed: unknown
     ) =>
-      Effect.map(
-        Effect.acquireUseRelease(
-          Effect.sync(() => void session.busy++),
-          () =>
-            Effect.promise(() =>
-              session.transport.handleRequest(
-                toWeb(request, body),
-                parsed === undefined ? undefined : { parsedBody: parsed }
-              )
-            ),
-          () =>
-            Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              Effect.sync(() => {
-                session.busy--
-                session.lastSeen = now
-              }))
-        ),
-        (response): Answer => ({ _tag: "Web", response })
-      )
+      Effect.suspend(() => {
+        session.busy++
+        let ended = false
+        const end = () => {
+          if (ended) return
+          ended = true
+          Runtime.runFork(runtime)(seen(session))
+        }
+        return Effect.promise(() =>
+          session.transport.handleRequest(
+            toWeb(request, body),
+            parsed === undefined ? undefined : { parsedBody: parsed }
+          )
+        ).pipe(
+          Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Effect.sync(end)),
+          Effect.map((response): Answer => {
+            if (request.method !== "GET") return { _tag: "Web", response: onBodyEnd(response, end, {}) }
+            // The standalone stream is not a request in flight: a client that holds one and sends nothing for
+            // `idle` is ended like any other (its stream closes with the transport). Its connection is not
+            // kept alive: when shutdown ends the stream, the client's reconnection must not find an idle
+            // connection that the closing server no longer answers on.
+            end()
+            return { _tag: "Web", response: onBodyEnd(response, () => undefined, { connection: "close" }) }
+          })
+        )
+      })
 
     const handle = (
       agentId: string,
@@ -270,14 +374,13 @@ export const make = (options: Options) =>
             return json(400, { jsonrpc: "2.0", id: null, error: { code: -32700, message: "Parse error" } })
           }
         }
-        // No standalone SSE stream (the spec lets a server answer GET with 405): one would hold the HTTP
-        // server's graceful shutdown open. Answers come back on their POST, as JSON.
-        if (request.method === "GET") {
+        // Shutting down: no new standalone stream (it would hold the HTTP server's graceful close open).
+        if (request.method === "GET" && stopping) {
           return {
             _tag: "Json",
-            status: 405,
-            body: { error: "no SSE stream: use POST" },
-            headers: { allow: "POST, DELETE" }
+            status: 503,
+            body: { error: "serve is shutting down" },
+            headers: { "retry-after": "1" }
           }
         }
         const sessionId = request.headers["mcp-session-id"]
@@ -306,11 +409,21 @@ export const make = (options: Options) =>
         Effect.zipRight(FiberSet.clear(fibers))
       )
     )
-    return McpEndpoints.of({ handle, openSessions: Effect.sync(() => sessions.size) })
+    const closeStreams = Effect.zipRight(
+      Effect.sync(() => {
+        stopping = true
+        for (const session of sessions.values()) session.transport.closeStandaloneSSEStream()
+      }),
+      elicitation.stop
+    )
+    return McpEndpoints.of({ handle, openSessions: Effect.sync(() => sessions.size), closeStreams })
   })
 
-/** The endpoints on the `McpGuard` in context; closing the layer ends (and seals) every MCP session. */
-export const layer = (options: Options): Layer.Layer<McpEndpoints, never, McpGuard.McpGuard> =>
+/**
+ * The endpoints on the `McpGuard` in context, whose `approver` must be the `McpElicitation`'s (Serve.layer
+ * wires both); closing the layer ends (and seals) every MCP session.
+ */
+export const layer = (options: Options): Layer.Layer<McpEndpoints, never, McpGuard.McpGuard | McpElicitation> =>
   Layer.scoped(McpEndpoints, make(options))
 
 /** No upstreams: every `/mcp/NAME` is 404. */
@@ -318,7 +431,8 @@ export const none: Layer.Layer<McpEndpoints> = Layer.succeed(
   McpEndpoints,
   McpEndpoints.of({
     handle: (_agent, name) => Effect.succeed(json(404, { error: `no MCP upstream named '${name}'` })),
-    openSessions: Effect.succeed(0)
+    openSessions: Effect.succeed(0),
+    closeStreams: Effect.void
   })
 )
 

@@ -6,6 +6,8 @@
  * Build order is the shutdown order reversed, which is the contract: the server is built last, so on
  * shutdown it stops taking requests (and finishes those in flight) first; then the hooks and the MCP
  * endpoints seal every open session (calls in flight end as interrupted); then the caller's ledger flushes its queue and closes.
+ * With MCP endpoints, the guard's `ask` rules ask the session's MCP client through elicitation
+ * (`McpElicitation`); Claude Code hook sessions get the rule's fallback.
  */
 import type * as HttpServer from "@effect/platform/HttpServer"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -17,6 +19,7 @@ import * as SessionJournals from "../journal/SessionJournals.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
 import * as GuardServer from "./GuardServer.js"
+import * as McpElicitation from "./McpElicitation.js"
 import * as McpEndpoints from "./McpEndpoints.js"
 import * as RateLimiter from "./RateLimiter.js"
 
@@ -33,15 +36,26 @@ export interface Options extends GuardServer.Options {
   readonly mcp?: McpEndpoints.Options | undefined
 }
 
-/** The guard on the policy, with its own journals and the ledger's argument salt. */
+/**
+ * The guard on the policy, with its own journals and the ledger's argument salt; with `mcp`, its approver
+ * asks the MCP sessions' clients (`McpElicitation`).
+ */
 export const guardLayer = (
-  options: Pick<Options, "policy" | "failClosed" | "sealEvery">
-): Layer.Layer<McpGuard.McpGuard, SqlError, AuditQueue.AuditQueue | LedgerSql.LedgerSql> =>
+  options: Pick<Options, "policy" | "failClosed" | "sealEvery" | "mcp">
+): Layer.Layer<
+  McpGuard.McpGuard,
+  SqlError,
+  AuditQueue.AuditQueue | LedgerSql.LedgerSql | McpElicitation.McpElicitation
+> =>
   Layer.effect(
     McpGuard.McpGuard,
     Effect.gen(function*() {
       const salt = yield* LedgerSql.argumentSalt
+      const elicitation = yield* McpElicitation.McpElicitation
       return yield* McpGuard.make({
+        ...(options.mcp === undefined
+          ? {}
+          : { approver: elicitation.approver, approverName: McpElicitation.APPROVER_NAME }),
         policy: GuardPolicy.engine(options.policy, { salt }),
         failClosed: options.failClosed,
         sealEvery: options.sealEvery
@@ -56,5 +70,6 @@ export const layer = <ROut, E, R>(options: Options, server: Layer.Layer<ROut | H
     Layer.provide(RateLimiter.layer(options.rateLimit ?? { perSecond: 50, burst: 100 })),
     Layer.provideMerge(ClaudeCodeHooks.layer(options.hooks)),
     Layer.provideMerge(options.mcp === undefined ? McpEndpoints.none : McpEndpoints.layer(options.mcp)),
-    Layer.provideMerge(guardLayer(options))
+    Layer.provideMerge(guardLayer(options)),
+    Layer.provideMerge(McpElicitation.layer)
   )
