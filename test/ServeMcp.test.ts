@@ -202,7 +202,7 @@ describe("serve: MCP over Streamable HTTP", () => {
       expect(bobSeal?.agent_id).toBe("bob")
       // Bob's session was sealed when he ended it, before the shutdown sealed alice's.
       expect(seals.indexOf(bobSeal!)).toBeLessThan(seals.indexOf(aliceSeal!))
-    }), 20_000)
+    }), 40_000)
 })
 
 describe("serve: MCP sessions are bounded", () => {

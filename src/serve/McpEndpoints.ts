@@ -120,6 +120,8 @@ interface Session {
   lastSeen: number
   /** Whether the client declared `elicitation` in its `initialize`. */
   canElicit: boolean
+  /** The open standalone (GET) streams, by what writes into them. */
+  readonly standalone: Set<(text: string) => void>
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
@@ -150,17 +152,31 @@ export class McpEndpoints extends Context.Tag("agent-ledger/McpEndpoints")<McpEn
   readonly closeStreams: Effect.Effect<void>
 }>() {}
 
+/** How long a client should wait before it reconnects a standalone stream that shutdown closed. */
+const SHUTDOWN_RETRY_MILLIS = 60_000
+
 /**
- * `response` with `headers` set and a body that calls `end` once when it is read to its end, fails or is
- * cancelled (the client went away): a POST's SSE stream is a request in flight for as long as it is open.
+ * `response` with `headers` set and a body that starts with `preamble` and calls `end` once when it is read
+ * to its end, fails or is cancelled (the client went away): a POST's SSE stream is a request in flight for
+ * as long as it is open. `say` puts text into the body ahead of what the transport writes next.
  */
-const onBodyEnd = (response: Response, end: () => void, headers: Record<string, string>): Response => {
+const wrapBody = (
+  response: Response,
+  options: { readonly end: () => void; readonly headers?: Record<string, string>; readonly preamble?: string }
+): { readonly response: Response; readonly say: (text: string) => void } => {
+  const { end } = options
   if (response.body === null) {
     end()
-    return response
+    return { response, say: () => undefined }
   }
+  const encoder = new TextEncoder()
   const reader = response.body.getReader()
+  let controllerOf: ReadableStreamDefaultController<Uint8Array> | undefined
   const body = new ReadableStream<Uint8Array>({
+    start: (controller) => {
+      controllerOf = controller
+      if (options.preamble !== undefined) controller.enqueue(encoder.encode(options.preamble))
+    },
     pull: async (controller) => {
       try {
         const chunk = await reader.read()
@@ -180,9 +196,19 @@ const onBodyEnd = (response: Response, end: () => void, headers: Record<string, 
       return reader.cancel(reason)
     }
   })
-  const merged = new Headers(response.headers)
-  for (const [key, value] of Object.entries(headers)) merged.set(key, value)
-  return new Response(body, { status: response.status, statusText: response.statusText, headers: merged })
+  const headers = new Headers(response.headers)
+  for (const [key, value] of Object.entries(options.headers ?? {})) headers.set(key, value)
+  const say = (text: string) => {
+    try {
+      controllerOf?.enqueue(encoder.encode(text))
+    } catch {
+      // The stream has ended.
+    }
+  }
+  return {
+    response: new Response(body, { status: response.status, statusText: response.statusText, headers }),
+    say
+  }
 }
 
 export const make = (options: Options) =>
@@ -237,7 +263,8 @@ export const make = (options: Options) =>
           transport,
           busy: 0,
           lastSeen: yield* Clock.currentTimeMillis,
-          canElicit: false
+          canElicit: false,
+          standalone: new Set()
         }
         const clientRequests = McpProxy.makeClientRequests()
         /** The guard's questions about this session's calls go to its client while the proxy runs. */
@@ -346,13 +373,21 @@ export const make = (options: Options) =>
         ).pipe(
           Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Effect.sync(end)),
           Effect.map((response): Answer => {
-            if (request.method !== "GET") return { _tag: "Web", response: onBodyEnd(response, end, {}) }
+            if (request.method !== "GET") return { _tag: "Web", response: wrapBody(response, { end }).response }
             // The standalone stream is not a request in flight: a client that holds one and sends nothing for
-            // `idle` is ended like any other (its stream closes with the transport). Its connection is not
-            // kept alive: when shutdown ends the stream, the client's reconnection must not find an idle
-            // connection that the closing server no longer answers on.
+            // `idle` is ended like any other (its stream closes with the transport).
             end()
-            return { _tag: "Web", response: onBodyEnd(response, () => undefined, { connection: "close" }) }
+            if (response.status !== 200) return { _tag: "Web", response }
+            const stream = wrapBody(response, {
+              end: () => void session.standalone.delete(stream.say),
+              // Not kept alive, so that no idle connection outlives a stream that shutdown closed.
+              headers: { connection: "close" },
+              // The HTTP server sends the headers with the first bytes: without them, the client's request for
+              // the stream would not complete until the first message.
+              preamble: ": stream open\n\n"
+            })
+            session.standalone.add(stream.say)
+            return { _tag: "Web", response: stream.response }
           })
         )
       })
@@ -412,7 +447,12 @@ export const make = (options: Options) =>
     const closeStreams = Effect.zipRight(
       Effect.sync(() => {
         stopping = true
-        for (const session of sessions.values()) session.transport.closeStandaloneSSEStream()
+        for (const session of sessions.values()) {
+          // A client reconnects a standalone stream that ends (the SDK's after a second): told to wait
+          // (SSE `retry`), it does not come back on a connection the closing server no longer answers.
+          for (const say of session.standalone) say(`retry: ${SHUTDOWN_RETRY_MILLIS}\n\n`)
+          session.transport.closeStandaloneSSEStream()
+        }
       }),
       elicitation.stop
     )
