@@ -6,6 +6,7 @@
  *   token has a request rate (429 over it, counted) and a body size limit (413 over it, counted), checked in
  *   that order, before the body is read.
  * - `/mcp/NAME`: MCP over Streamable HTTP to a configured upstream (`McpEndpoints`), same checks.
+ * - `GET /openapi.json`: the OpenAPI 3.1 document of these routes (`ServeApi`).
  * - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 while the audit queue can make
  *   events durable, else 503. `GET /metrics`: every Effect metric of the process (the audit queue's and
  *   the server's) in the Prometheus text format.
@@ -26,9 +27,10 @@ import { ClaudeCodeHooks } from "./ClaudeCodeHooks.js"
 import * as McpEndpoints from "./McpEndpoints.js"
 import * as PrometheusText from "./PrometheusText.js"
 import { RateLimiter } from "./RateLimiter.js"
+import * as ServeApi from "./ServeApi.js"
 
 /** The path of Claude Code's hook endpoint. */
-export const CLAUDE_CODE_HOOK_PATH = "/v1/hooks/claude-code"
+export const CLAUDE_CODE_HOOK_PATH = ServeApi.CLAUDE_CODE_HOOK_PATH
 
 /** The default limit on a request body: a hook's `tool_response` can be a whole file or a page. */
 export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -147,8 +149,9 @@ const mcpRoute = (options: Options) => {
 }
 
 /** The server's routes. */
-export const router = (options: Options) =>
-  HttpRouter.empty.pipe(
+export const router = (options: Options) => {
+  const openApi = ServeApi.openApiDocument()
+  return HttpRouter.empty.pipe(
     HttpRouter.get("/healthz", Effect.as(count("/healthz", 200), HttpServerResponse.text("ok\n"))),
     HttpRouter.get(
       "/readyz",
@@ -172,8 +175,13 @@ export const router = (options: Options) =>
       )
     ),
     HttpRouter.post(CLAUDE_CODE_HOOK_PATH, hookRoute(options)),
-    HttpRouter.all(`${McpEndpoints.MCP_PATH}/:name`, mcpRoute(options))
+    HttpRouter.all(`${McpEndpoints.MCP_PATH}/:name`, mcpRoute(options)),
+    HttpRouter.get(
+      ServeApi.OPENAPI_PATH,
+      Effect.as(count(ServeApi.OPENAPI_PATH, 200), json(200, openApi))
+    )
   )
+}
 
 /**
  * Serves the routes on the `HttpServer` in context (e.g. `NodeHttpServer.layer`). Build it after the hooks

@@ -3,7 +3,7 @@
  * (`McpEndpoints`, whose clients the guard's `ask` rules reach through elicitation: `McpElicitation`), with
  * agents identified by bearer tokens (`BearerTokens`), rate limits per token (`RateLimiter`), Claude Code's
  * hook events answered by `McpGuard` (`ClaudeCodeHooks`), the HTTP routes with health, readiness and
- * Prometheus metrics (`GuardServer`, `PrometheusText`).
+ * Prometheus metrics (`GuardServer`, `PrometheusText`), and their OpenAPI document (`ServeApi`).
  *
  * May import: `guard/`, `journal/`, `ledger/`, `audit/`, `internal/` and the `AuditLedger` assembly, and
  * use `McpGuard` through its public service only. Never `cli/`.
@@ -16,3 +16,4 @@ export * as McpEndpoints from "./McpEndpoints.js"
 export * as PrometheusText from "./PrometheusText.js"
 export * as RateLimiter from "./RateLimiter.js"
 export * as Serve from "./Serve.js"
+export * as ServeApi from "./ServeApi.js"
