@@ -16,9 +16,10 @@
  * which carries what belongs to that request before its answer (an `ask` rule's `elicitation/create` about a
  * `tools/call`, asked of a client that declared the capability: `McpElicitation`), and a GET opens the
  * session's standalone stream, which carries the rest (the upstream's `notifications/tools/list_changed`,
- * its own requests). A session is busy while a POST's stream is open, not for its GET stream. `closeStreams`, the first step of `serve`'s
- * shutdown, closes every standalone stream, refuses new ones (503) and withdraws open questions, so the
- * HTTP server's graceful close only waits for the requests in flight.
+ * its own requests). A session is busy while a POST's stream is open, not for its GET stream.
+ * `closeStreams`, the first step of `serve`'s shutdown, closes every standalone stream, refuses new ones
+ * (503) and withdraws open questions, so the HTTP server's graceful close only waits for the requests in
+ * flight.
  */
 import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
@@ -115,7 +116,7 @@ interface Session {
   readonly agentId: string
   readonly name: string
   readonly transport: HttpTransport
-  /** Requests being handled or streams open, and when the last one ended (Clock millis): for the idle timeout. */
+  /** Requests being handled (a POST until its stream ends), and when the last one ended (Clock millis). */
   busy: number
   lastSeen: number
   /** Whether the client declared `elicitation` in its `initialize`. */
