@@ -153,13 +153,14 @@ describe("serve: MCP over Streamable HTTP", () => {
           })
         )
         expect(stolen.status).toBe(403)
-        // No standalone SSE stream: GET is 405 (the spec's answer for a server without one).
+        // The client holds the session's standalone SSE stream (the SDK opens it after initialize): a second
+        // one is refused (409).
         const get = yield* Effect.promise(() =>
           fetch(url, {
             headers: { authorization: `Bearer ${alice.token}`, "mcp-session-id": id, accept: "text/event-stream" }
           })
         )
-        expect(get.status).toBe(405)
+        expect(get.status).toBe(409)
 
         // Bob's own session, ended by the client (DELETE): sealed now, under bob; its id is then unknown (404).
         const second = yield* connect(url, bob.token)

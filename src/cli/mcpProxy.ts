@@ -27,7 +27,7 @@ import type { TransformCallback } from "node:stream"
 import { Transform } from "node:stream"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import * as AuditLedger from "../AuditLedger.js"
-import type * as Approvals from "../guard/Approvals.js"
+import * as Approvals from "../guard/Approvals.js"
 import * as GuardPolicy from "../guard/GuardPolicy.js"
 import * as McpGuard from "../guard/McpGuard.js"
 import * as McpGuardHooks from "../guard/McpGuardHooks.js"
@@ -199,7 +199,7 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         })
       const clientRequests = McpProxy.makeClientRequests()
       const guard = yield* McpGuard.make({
-        approver: (request) => askClient(clientRequests, clientCanElicit, agentId, request),
+        approver: (request) => Approvals.askClient(clientRequests, clientCanElicit, agentId, request),
         approverName: "the client, through MCP elicitation",
         policy: GuardPolicy.engine(policy, { salt }),
         failClosed: options.failClosed,
@@ -220,8 +220,7 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         callOf,
         onInitialize: (params) =>
           Effect.sync(() => {
-            clientCanElicit = isRecord(params) && isRecord(params.capabilities) &&
-              isRecord(params.capabilities.elicitation)
+            clientCanElicit = Approvals.declaresElicitation(params)
             if (Option.isNone(options.agent) && isRecord(params) && isRecord(params.clientInfo)) {
               const name = params.clientInfo.name
               if (typeof name === "string" && name.length > 0) agentId = name
@@ -309,45 +308,6 @@ export const runMcpProxy = (options: McpProxyOptions) =>
       Effect.ensuring(stopUpstream)
     )
   })
-
-/**
- * The proxy's approver: asks the client's user a yes/no question through MCP elicitation (`accept` with
- * `approve` not false allows; `decline`, `cancel` or `approve: false` refuse). A client that did not declare
- * the capability cannot be asked: the rule's fallback applies.
- */
-export const askClient = (
-  requests: McpProxy.ClientRequests,
-  canElicit: boolean,
-  clientName: string,
-  request: Approvals.ApprovalRequest
-): Effect.Effect<Approvals.ApprovalAnswer> =>
-  canElicit
-    ? Effect.map(
-      requests.request("elicitation/create", {
-        message: request.question,
-        requestedSchema: {
-          type: "object",
-          properties: { approve: { type: "boolean", title: "Allow this call", default: true } }
-        }
-      }),
-      (answer): Approvals.ApprovalAnswer => {
-        if (answer._tag === "Gone") return { _tag: "Unavailable", detail: "the client went away" }
-        if (answer._tag === "Error") {
-          return { _tag: "Unavailable", detail: `the client could not ask (${JSON.stringify(answer.error)})` }
-        }
-        const approver = `client ${clientName}`
-        const content = isRecord(answer.result.content) ? answer.result.content : {}
-        switch (answer.result.action) {
-          case "accept":
-            return content.approve === false ? { _tag: "Decline", approver } : { _tag: "Accept", approver }
-          case "decline":
-            return { _tag: "Decline", approver }
-          default:
-            return { _tag: "Cancel", approver }
-        }
-      }
-    )
-    : Effect.succeed({ _tag: "Unavailable", detail: "the client did not declare the elicitation capability" })
 
 export const command = Command.make(
   "mcp-proxy",

@@ -37,6 +37,9 @@ import { requireWritableFile } from "./shared.js"
 
 export const DEFAULT_LISTEN = "127.0.0.1:8787"
 
+/** How long a connection may stay idle once shutdown has begun. */
+const SHUTDOWN_KEEP_ALIVE_MILLIS = 100
+
 /** `HOST:PORT`, `[IPv6]:PORT`, `:PORT` or `PORT` (host 127.0.0.1). */
 export const parseListen = (text: string): Effect.Effect<{ host: string; port: number }, InputError> => {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*))?:?(\d{1,5})$/.exec(text)
@@ -87,10 +90,9 @@ export const checkRemoteHeaders = (
  */
 export const mcpSdk = Effect.map(McpSdk.streamableHttpServer, (sdk): McpEndpoints.Sdk => ({
   serverTransport: (sessionId) =>
-    new sdk.WebStandardStreamableHTTPServerTransport({
-      sessionIdGenerator: () => sessionId,
-      enableJsonResponse: true
-    }),
+    // SSE answers (not `enableJsonResponse`): the transport drops a message related to a request in JSON
+    // mode, so an elicitation about a `tools/call` could only go on the GET stream, if the client has one.
+    new sdk.WebStandardStreamableHTTPServerTransport({ sessionIdGenerator: () => sessionId }),
   upstreamTransport: (name, upstream) => {
     if (!McpUpstreams.isRemote(upstream)) {
       return new sdk.StdioClientTransport({
@@ -241,7 +243,9 @@ export const runServe = (options: ServeOptions) =>
       aggregate: config?.aggregate,
       sdk: yield* mcpSdk
     }
-    const server = NodeHttpServer.layer(serverFactory(tls), { host, port }).pipe(
+    let nodeServer: http.Server | undefined
+    const makeServer = serverFactory(tls)
+    const server = NodeHttpServer.layer(() => (nodeServer = makeServer()), { host, port }).pipe(
       Layer.mapError((error) =>
         new InputError({ message: `serve: cannot listen on ${options.listen} (${String(error.cause)})` })
       )
@@ -298,6 +302,13 @@ export const runServe = (options: ServeOptions) =>
       }
       const hooks = Context.get(context, ClaudeCodeHooks.ClaudeCodeHooks)
       const endpoints = Context.get(context, McpEndpoints.McpEndpoints)
+      // The first step of shutdown. The server's graceful close ends idle connections once, when it starts;
+      // one that falls idle after (an answer in flight at the time) would be kept for the keep-alive timeout.
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (nodeServer !== undefined) nodeServer.keepAliveTimeout = SHUTDOWN_KEEP_ALIVE_MILLIS
+        })
+      )
       yield* Effect.addFinalizer(() =>
         Effect.flatMap(
           Effect.zipWith(hooks.openSessions, endpoints.openSessions, (a, b) => a + b),

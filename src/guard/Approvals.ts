@@ -3,16 +3,18 @@
  * server, rule, reason, and a summary of the arguments the rule allows to show), the answers it can give,
  * and the `governance.approval` row that records each question and its answer (who was asked, the answer,
  * how long it took, the journal entry of the call it decided), so "who approved this write?" has a signed
- * answer. The MCP proxy's approver asks the client through MCP elicitation (`elicitation/create`).
+ * answer. The MCP proxy's approver (and `serve`'s, for its MCP sessions) asks the client through MCP
+ * elicitation (`elicitation/create`): `askClient`.
  *
  * A `toolChanged` rule asks the same approver about a tool whose definition changed since it was pinned
  * (`toolChangeQuestion`): an accept pins the new definition. Claude Code's hooks ask through Claude Code's
  * own permission prompt instead (`McpGuard.CheckOptions.deferAsk`), and learn the answer from what follows.
  */
-import type { Effect } from "effect"
+import { Effect } from "effect"
 import type { JsonValue } from "../audit/AuditEvent.js"
 import { jsonBytes } from "./McpGuard.js"
 import type { GuardCall, ToolChange } from "./McpGuard.js"
+import type { ClientRequests } from "./McpProxy.js"
 
 /** What an approver is asked. */
 export interface ApprovalRequest {
@@ -144,3 +146,49 @@ export const approvalPayload = (fields: {
     }
   })
 })
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+/** Whether MCP `initialize` parameters declare the client's `elicitation` capability. */
+export const declaresElicitation = (params: unknown): boolean =>
+  isRecord(params) && isRecord(params.capabilities) && isRecord(params.capabilities.elicitation)
+
+/**
+ * Asks an MCP client's user a yes/no question through elicitation (`accept` with `approve` not false
+ * allows; `decline`, `cancel` or `approve: false` refuse). A client that did not declare the capability, or
+ * that is gone or answers with an error, cannot be asked: the rule's fallback applies.
+ */
+export const askClient = (
+  requests: ClientRequests,
+  canElicit: boolean,
+  clientName: string,
+  request: ApprovalRequest
+): Effect.Effect<ApprovalAnswer> =>
+  canElicit
+    ? Effect.map(
+      requests.request("elicitation/create", {
+        message: request.question,
+        requestedSchema: {
+          type: "object",
+          properties: { approve: { type: "boolean", title: "Allow this call", default: true } }
+        }
+      }),
+      (answer): ApprovalAnswer => {
+        if (answer._tag === "Gone") return { _tag: "Unavailable", detail: "the client went away" }
+        if (answer._tag === "Error") {
+          return { _tag: "Unavailable", detail: `the client could not ask (${JSON.stringify(answer.error)})` }
+        }
+        const approver = `client ${clientName}`
+        const content = isRecord(answer.result.content) ? answer.result.content : {}
+        switch (answer.result.action) {
+          case "accept":
+            return content.approve === false ? { _tag: "Decline", approver } : { _tag: "Accept", approver }
+          case "decline":
+            return { _tag: "Decline", approver }
+          default:
+            return { _tag: "Cancel", approver }
+        }
+      }
+    )
+    : Effect.succeed({ _tag: "Unavailable", detail: "the client did not declare the elicitation capability" })

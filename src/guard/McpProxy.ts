@@ -27,7 +27,7 @@
  * while the client is still there, answered with a JSON-RPC error, all before `run` returns; so is a
  * `tools/call` still waiting for the guard's decision (a budget waiting on calls in flight).
  */
-import { Cause, Data, Deferred, Duration, Effect, Fiber, Queue, Runtime } from "effect"
+import { Cause, Data, Deferred, Duration, Effect, Fiber, FiberRef, Queue, Runtime } from "effect"
 import { findTooDeep } from "../internal/jsonDepth.js"
 
 /** A JSON-RPC 2.0 message (request, response or notification), as the transports carry it. */
@@ -40,7 +40,11 @@ export type JSONRPCMessage = { readonly jsonrpc: "2.0" } & Record<string, unknow
  */
 export interface Transport {
   start(): Promise<void>
-  send(message: JSONRPCMessage): Promise<void>
+  /**
+   * `relatedRequestId`: the client request a message to the client belongs to (a Streamable HTTP server
+   * transport sends it on that request's response stream; stdio ignores it).
+   */
+  send(message: JSONRPCMessage, options?: { readonly relatedRequestId?: string | number }): Promise<void>
   close(): Promise<void>
   onclose?(): void
   onerror?(error: Error): void
@@ -105,8 +109,19 @@ export interface ClientRequests {
   readonly request: (method: string, params: Record<string, unknown>) => Effect.Effect<ClientAnswer>
 }
 
-interface ClientRequestsHandle extends ClientRequests {
-  readonly attach: (send: (message: JSONRPCMessage) => Promise<void>) => void
+/**
+ * The id of the client's `tools/call` whose decision is running (set by `run` around `Hooks.onToolCall`):
+ * a question the guard asks the client while deciding it (`ClientRequests.request`) is sent as related to
+ * that call, so a Streamable HTTP transport puts it on the call's own response stream.
+ */
+export const CurrentClientRequest: FiberRef.FiberRef<string | number | undefined> = FiberRef.unsafeMake<
+  string | number | undefined
+>(undefined)
+
+type Send = (message: JSONRPCMessage, options?: { readonly relatedRequestId?: string | number }) => Promise<void>
+
+export interface ClientRequestsHandle extends ClientRequests {
+  readonly attach: (send: Send) => void
   /** Takes the client's answer to one of the proxy's requests; false for any other message. */
   readonly intercept: (message: JSONRPCMessage) => boolean
   readonly detach: () => void
@@ -114,7 +129,7 @@ interface ClientRequestsHandle extends ClientRequests {
 
 /** Requests to the client, for `run`'s `clientRequests`. */
 export const makeClientRequests = (): ClientRequestsHandle => {
-  let send: ((message: JSONRPCMessage) => Promise<void>) | undefined
+  let send: Send | undefined
   let next = 0
   const pending = new Map<string, (answer: ClientAnswer) => void>()
   return {
@@ -134,20 +149,22 @@ export const makeClientRequests = (): ClientRequestsHandle => {
       return true
     },
     request: (method, params) =>
-      Effect.async<ClientAnswer>((resume) => {
-        const to = send
-        if (to === undefined) return resume(Effect.succeed({ _tag: "Gone" }))
-        const id = `agent-ledger:${method}:${++next}`
-        pending.set(id, (answer) => resume(Effect.succeed(answer)))
-        to({ jsonrpc: "2.0", id, method, params }).catch(() => {
-          if (pending.delete(id)) resume(Effect.succeed({ _tag: "Gone" }))
-        })
-        return Effect.sync(() => {
-          if (!pending.delete(id)) return
-          void send?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id } })
-            .catch(() => undefined)
-        })
-      })
+      Effect.flatMap(FiberRef.get(CurrentClientRequest), (related) =>
+        Effect.async<ClientAnswer>((resume) => {
+          const to = send
+          if (to === undefined) return resume(Effect.succeed({ _tag: "Gone" }))
+          const id = `agent-ledger:${method}:${++next}`
+          const options = related === undefined ? undefined : { relatedRequestId: related }
+          pending.set(id, (answer) => resume(Effect.succeed(answer)))
+          to({ jsonrpc: "2.0", id, method, params }, options).catch(() => {
+            if (pending.delete(id)) resume(Effect.succeed({ _tag: "Gone" }))
+          })
+          return Effect.sync(() => {
+            if (!pending.delete(id)) return
+            void send?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id } }, options)
+              .catch(() => undefined)
+          })
+        }))
   }
 }
 
@@ -333,6 +350,7 @@ export const run = <T>(options: {
         inFlight.set(keyOf(id), deciding)
         // Interrupted (the session ends while the decision waits), the entry stays for the end to answer.
         const route = yield* hooks.onToolCall(params).pipe(
+          Effect.locally(CurrentClientRequest, id),
           Effect.onError((cause) =>
             Cause.isInterruptedOnly(cause) ? Effect.void : Effect.sync(() => inFlight.delete(keyOf(id)))
           )
@@ -555,7 +573,7 @@ export const run = <T>(options: {
     return yield* Effect.gen(function*() {
       yield* start(upstream, "upstream")
       yield* start(client, "client")
-      requests?.attach((message) => client.send(message))
+      requests?.attach((message, options) => client.send(message, options))
       pumps.push(yield* Effect.fork(clientPump), yield* Effect.fork(upstreamPump))
       // A pump stops only on a broken transport: the session ends on that side.
       for (const pump of pumps) {

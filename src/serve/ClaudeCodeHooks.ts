@@ -90,6 +90,23 @@ export const OtherEvent = Schema.Struct({ hook_event_name: Schema.String, ...com
 export const HookInput = Schema.Union(PreToolUse, PostToolUse, PostToolUseFailure, SessionStart, SessionEnd)
 export type HookInput = typeof HookInput.Type
 
+/** The events `HookInput` decodes; the guard acts on these. */
+export const KNOWN_EVENTS: ReadonlySet<string> = new Set(
+  HookInput.members.map((m) => m.fields.hook_event_name.literals[0])
+)
+
+/** An event the guard does not act on (`Stop`, `Notification`, …): answered with no decision. */
+export const UnknownEvent = Schema.Struct({
+  ...OtherEvent.fields,
+  hook_event_name: Schema.String.pipe(Schema.filter((name) => !KNOWN_EVENTS.has(name), {
+    description: "any other hook event, answered with no decision",
+    jsonSchema: { not: { enum: [...KNOWN_EVENTS] } }
+  }))
+})
+
+/** What the hook endpoint accepts: an event the guard acts on, or one it answers with no decision (OpenAPI). */
+export const HookPayload = Schema.Union(HookInput, UnknownEvent)
+
 /** What the handler answers: an HTTP status and a JSON body (a hook output object on 200). */
 export interface HookAnswer {
   readonly status: 200 | 400 | 403
@@ -185,7 +202,7 @@ interface SessionState {
 }
 
 const decodeInput = Schema.decodeUnknownEither(HookInput, { errors: "first", onExcessProperty: "ignore" })
-const decodeOther = Schema.decodeUnknownEither(OtherEvent, { onExcessProperty: "ignore" })
+const decodeOther = Schema.decodeUnknownEither(UnknownEvent, { onExcessProperty: "ignore" })
 
 const badRequest = (error: ParseResult.ParseError): HookAnswer => {
   const [issue] = ParseResult.ArrayFormatter.formatErrorSync(error)
@@ -443,7 +460,7 @@ export const make = (
         if (Either.isLeft(decoded)) {
           // An event this guard does not act on (Stop, Notification, …) is answered with no decision.
           const other = decodeOther(raw)
-          if (Either.isRight(other) && !KNOWN_EVENTS.has(other.right.hook_event_name)) {
+          if (Either.isRight(other)) {
             yield* Metric.increment(Metric.tagged(hookEvents, "event", "other"))
             return { status: 200, body: {} } as const
           }
@@ -495,8 +512,6 @@ export const make = (
 
     return ClaudeCodeHooks.of({ handle, endAll, openSessions: Effect.sync(() => sessions.size), adopt })
   })
-
-const KNOWN_EVENTS = new Set(["PreToolUse", "PostToolUse", "PostToolUseFailure", "SessionStart", "SessionEnd"])
 
 /** The hooks on the `McpGuard` in context; closing the layer seals every open session. */
 export const layer = (options: Options = {}): Layer.Layer<ClaudeCodeHooks, never, McpGuard.McpGuard> =>

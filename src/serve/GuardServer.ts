@@ -8,6 +8,7 @@
  *   checked in that order, before the body is read.
  * - `/mcp/NAME`: MCP over Streamable HTTP to a configured upstream (`McpEndpoints`), same checks; `/mcp`:
  *   every upstream as one server, when the config says `"aggregate": true`.
+ * - `GET /openapi.json`: the OpenAPI 3.1 document of these routes (`ServeApi`).
  * - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 while the audit queue can make
  *   events durable, else 503. `GET /metrics`: every Effect metric of the process (the audit queue's and
  *   the server's) in the Prometheus text format.
@@ -21,7 +22,7 @@ import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Clock, Effect, Metric, MetricBoundaries, Option } from "effect"
+import { Clock, Effect, Layer, Metric, MetricBoundaries, Option } from "effect"
 import * as AuditQueue from "../audit/AuditQueue.js"
 import * as BearerTokens from "./BearerTokens.js"
 import { ClaudeCodeHooks } from "./ClaudeCodeHooks.js"
@@ -29,9 +30,10 @@ import * as ClientCertificates from "./ClientCertificates.js"
 import * as McpEndpoints from "./McpEndpoints.js"
 import * as PrometheusText from "./PrometheusText.js"
 import { RateLimiter } from "./RateLimiter.js"
+import * as ServeApi from "./ServeApi.js"
 
 /** The path of Claude Code's hook endpoint. */
-export const CLAUDE_CODE_HOOK_PATH = "/v1/hooks/claude-code"
+export const CLAUDE_CODE_HOOK_PATH = ServeApi.CLAUDE_CODE_HOOK_PATH
 
 /** The default limit on a request body: a hook's `tool_response` can be a whole file or a page. */
 export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -204,8 +206,9 @@ const mcpRoute = (options: Options, aggregate: boolean) => {
 }
 
 /** The server's routes. */
-export const router = (options: Options) =>
-  HttpRouter.empty.pipe(
+export const router = (options: Options) => {
+  const openApi = ServeApi.openApiDocument()
+  return HttpRouter.empty.pipe(
     HttpRouter.get("/healthz", Effect.as(count("/healthz", 200), HttpServerResponse.text("ok\n"))),
     HttpRouter.get(
       "/readyz",
@@ -230,12 +233,25 @@ export const router = (options: Options) =>
     ),
     HttpRouter.post(CLAUDE_CODE_HOOK_PATH, hookRoute(options)),
     HttpRouter.all(`${McpEndpoints.MCP_PATH}/:name`, mcpRoute(options, false)),
-    HttpRouter.all(McpEndpoints.AGGREGATE_PATH, mcpRoute(options, true))
+    HttpRouter.all(McpEndpoints.AGGREGATE_PATH, mcpRoute(options, true)),
+    HttpRouter.get(
+      ServeApi.OPENAPI_PATH,
+      Effect.as(count(ServeApi.OPENAPI_PATH, 200), json(200, openApi))
+    )
   )
+}
 
 /**
  * Serves the routes on the `HttpServer` in context (e.g. `NodeHttpServer.layer`). Build it after the hooks
  * (provide the hooks below it), so that on shutdown the server stops taking requests before the hooks seal
- * the open sessions, and those before the ledger flushes its queue.
+ * the open sessions, and those before the ledger flushes its queue. The first step of shutdown closes the
+ * MCP endpoints' SSE streams (`McpEndpoints.closeStreams`): the server's graceful close waits for every open
+ * response, and a standalone stream never ends by itself.
  */
-export const layer = (options: Options) => HttpServer.serve(router(options))
+export const layer = (options: Options) =>
+  Layer.scopedDiscard(Effect.gen(function*() {
+    const endpoints = yield* McpEndpoints.McpEndpoints
+    yield* HttpServer.serveEffect(router(options))
+    // Added after the server serves (and the HTTP server's own close, in the layer below): runs before both.
+    yield* Effect.addFinalizer(() => endpoints.closeStreams)
+  }))

@@ -17,20 +17,40 @@
  * `idleTimeoutMillis` without a request, or closing the layer (shutdown) ends the session: calls in flight
  * are completed and the session's journal is sealed into the ledger.
  *
- * Answers come back on their POST as JSON; a GET (the standalone SSE stream) is 405, which the spec allows:
- * an open stream would hold up the HTTP server's graceful shutdown. So server-to-client requests and
- * notifications outside a request (`elicitation/create`, `list_changed`) do not reach HTTP clients.
+ * Messages to the client travel over SSE: each POST with a request is answered on its own event stream,
+ * which carries what belongs to that request before its answer (an `ask` rule's `elicitation/create` about a
+ * `tools/call`, asked of a client that declared the capability: `McpElicitation`), and a GET opens the
+ * session's standalone stream, which carries the rest (the upstream's `notifications/tools/list_changed`,
+ * its own requests). A session is busy while a POST's stream is open, not for its GET stream.
+ * `closeStreams`, the first step of `serve`'s shutdown, closes every standalone stream, refuses new ones
+ * (503) and withdraws open questions, so the HTTP server's graceful close only waits for the requests in
+ * flight.
  */
 import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Fiber, FiberSet, Layer, Option, Schema } from "effect"
+import {
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  FiberSet,
+  Layer,
+  Option,
+  Runtime,
+  Schema
+} from "effect"
+import * as Approvals from "../guard/Approvals.js"
 import * as McpGuard from "../guard/McpGuard.js"
 import * as McpGuardHooks from "../guard/McpGuardHooks.js"
 import * as McpProxy from "../guard/McpProxy.js"
 import * as ToolPins from "../guard/ToolPins.js"
 import { uuidV7 } from "../internal/uuid.js"
 import * as McpAggregate from "./McpAggregate.js"
+import { McpElicitation } from "./McpElicitation.js"
 import * as McpUpstreams from "./McpUpstreams.js"
 import * as SessionToolPins from "./SessionToolPins.js"
 
@@ -73,12 +93,14 @@ export type Config = typeof Config.Type
 /** A server-side Streamable HTTP transport (the SDK's `WebStandardStreamableHTTPServerTransport`). */
 export interface HttpTransport extends McpProxy.Transport {
   handleRequest(request: Request, options?: { parsedBody?: unknown }): Promise<Response>
+  /** Ends the GET stream, if one is open (the client may open another). */
+  closeStandaloneSSEStream(): void
   readonly sessionId?: string | undefined
 }
 
 /** What `serve` needs of the MCP SDK, given by the CLI layer. */
 export interface Sdk {
-  /** A new server transport whose session id is `sessionId` (answers in JSON, not SSE, where it can). */
+  /** A new server transport whose session id is `sessionId`, answering POSTs with SSE streams. */
   readonly serverTransport: (sessionId: string) => HttpTransport
   /**
    * A new transport to the upstream, not started: the SDK's `StdioClientTransport` on `upstream.command`,
@@ -125,9 +147,13 @@ interface Session {
   readonly agentId: string
   readonly name: string
   readonly transport: HttpTransport
-  /** Requests being handled, and when the last one ended (Clock millis): for the idle timeout. */
+  /** Requests being handled (a POST until its stream ends), and when the last one ended (Clock millis). */
   busy: number
   lastSeen: number
+  /** Whether the client declared `elicitation` in its `initialize`. */
+  canElicit: boolean
+  /** The open standalone (GET) streams, by what writes into them. */
+  readonly standalone: Set<(text: string) => void>
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
@@ -151,7 +177,71 @@ export class McpEndpoints extends Context.Tag("agent-ledger/McpEndpoints")<McpEn
     body: string | undefined
   ) => Effect.Effect<Answer>
   readonly openSessions: Effect.Effect<number>
+  /**
+   * The first step of shutdown: closes every session's GET stream, refuses new ones (503) and withdraws
+   * open elicitation questions, so that the HTTP server's graceful close does not wait on a stream.
+   */
+  readonly closeStreams: Effect.Effect<void>
 }>() {}
+
+/** How long a client should wait before it reconnects a standalone stream that shutdown closed. */
+const SHUTDOWN_RETRY_MILLIS = 60_000
+
+/**
+ * `response` with `headers` set and a body that starts with `preamble` and calls `end` once when it is read
+ * to its end, fails or is cancelled (the client went away): a POST's SSE stream is a request in flight for
+ * as long as it is open. `say` puts text into the body ahead of what the transport writes next.
+ */
+const wrapBody = (
+  response: Response,
+  options: { readonly end: () => void; readonly headers?: Record<string, string>; readonly preamble?: string }
+): { readonly response: Response; readonly say: (text: string) => void } => {
+  const { end } = options
+  if (response.body === null) {
+    end()
+    return { response, say: () => undefined }
+  }
+  const encoder = new TextEncoder()
+  const reader = response.body.getReader()
+  let controllerOf: ReadableStreamDefaultController<Uint8Array> | undefined
+  const body = new ReadableStream<Uint8Array>({
+    start: (controller) => {
+      controllerOf = controller
+      if (options.preamble !== undefined) controller.enqueue(encoder.encode(options.preamble))
+    },
+    pull: async (controller) => {
+      try {
+        const chunk = await reader.read()
+        if (chunk.done) {
+          end()
+          controller.close()
+        } else {
+          controller.enqueue(chunk.value)
+        }
+      } catch (error) {
+        end()
+        controller.error(error)
+      }
+    },
+    cancel: (reason) => {
+      end()
+      return reader.cancel(reason)
+    }
+  })
+  const headers = new Headers(response.headers)
+  for (const [key, value] of Object.entries(options.headers ?? {})) headers.set(key, value)
+  const say = (text: string) => {
+    try {
+      controllerOf?.enqueue(encoder.encode(text))
+    } catch {
+      // The stream has ended.
+    }
+  }
+  return {
+    response: new Response(body, { status: response.status, statusText: response.statusText, headers }),
+    say
+  }
+}
 
 export const make = (options: Options) =>
   Effect.gen(function*() {
@@ -159,12 +249,16 @@ export const make = (options: Options) =>
     // Tool pins (when the policy keeps them): every upstream's lists are pinned under its server id, and
     // each session is held to the definitions it was shown (`SessionToolPins`).
     const pins = Option.getOrUndefined(yield* Effect.serviceOption(ToolPins.ToolPins))
+    const elicitation = yield* McpElicitation
+    const runtime = yield* Effect.runtime<never>()
+    let stopping = false
     const fibers = yield* FiberSet.make<unknown, unknown>()
     const sessions = new Map<string, Session>()
     const maxSessions = options.maxSessionsPerAgent ?? 8
     const idle = options.idleTimeoutMillis ?? 30 * 60 * 1000
 
-    const hooksFor = (sessionId: string, agentId: string, serverId: string): McpProxy.Hooks<McpGuard.Ticket> => {
+    const hooksFor = (session: Session, sessionId: string, serverId: string): McpProxy.Hooks<McpGuard.Ticket> => {
+      const { agentId } = session
       const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
         sessionId,
         agentId,
@@ -172,21 +266,31 @@ export const make = (options: Options) =>
         toolName: typeof params.name === "string" ? params.name : "",
         arguments: params.arguments
       })
+      const onInitialize = (params: unknown) =>
+        Effect.sync(() => void (session.canElicit = Approvals.declaresElicitation(params)))
       if (pins !== undefined && options.shadow !== true) {
-        return SessionToolPins.hooks({ guard, pins, serverId, agentId, callOf })
+        return SessionToolPins.hooks({ guard, pins, serverId, agentId, callOf, onInitialize })
       }
       return McpGuardHooks.make({
         guard,
         serverId,
         callOf,
-        observeTools: pins === undefined ? undefined : (tools) => pins.observe(serverId, agentId, tools)
+        observeTools: pins === undefined ? undefined : (tools) => pins.observe(serverId, agentId, tools),
+        onInitialize
       })
     }
 
     /** The proxy of one session: to upstream `name`, or to every upstream (the aggregated endpoint). */
-    const proxyFor = (name: string, sessionId: string, agentId: string, client: McpProxy.Transport) => {
+    const proxyFor = (
+      name: string,
+      session: Session,
+      sessionId: string,
+      client: McpProxy.Transport,
+      clientRequests: McpProxy.ClientRequestsHandle
+    ) => {
       const common = {
         client,
+        clientRequests,
         callTimeout: options.callTimeoutMillis ?? McpProxy.DEFAULT_CALL_TIMEOUT,
         relistOnChange: pins !== undefined
       }
@@ -194,7 +298,7 @@ export const make = (options: Options) =>
         return McpProxy.run({
           ...common,
           upstream: options.sdk.upstreamTransport(name, options.upstreams[name]!),
-          hooks: hooksFor(sessionId, agentId, name)
+          hooks: hooksFor(session, sessionId, name)
         })
       }
       const names = Object.keys(options.upstreams)
@@ -205,8 +309,8 @@ export const make = (options: Options) =>
           { name: "agent-ledger", version: "aggregate" }
         ),
         hooks: McpAggregate.hooks(
-          new Map(names.map((n) => [n, hooksFor(sessionId, agentId, n)])),
-          hooksFor(sessionId, agentId, AGGREGATE_SERVER_ID)
+          new Map(names.map((n) => [n, hooksFor(session, sessionId, n)])),
+          hooksFor(session, sessionId, AGGREGATE_SERVER_ID)
         )
       })
     }
@@ -221,15 +325,30 @@ export const make = (options: Options) =>
         const client: McpProxy.Transport = {
           start: async () => {
             await transport.start()
-            Effect.runSync(Deferred.succeed(started, undefined))
+            Runtime.runFork(runtime)(Deferred.succeed(started, undefined))
           },
-          send: (message) => transport.send(message),
+          send: (message, options) => transport.send(message, options),
           close: () => transport.close()
         }
         transport.onmessage = (message) => client.onmessage?.(message)
         transport.onclose = () => client.onclose?.()
         transport.onerror = (error) => client.onerror?.(error)
-        const session: Session = { agentId, name, transport, busy: 0, lastSeen: yield* Clock.currentTimeMillis }
+        const session: Session = {
+          agentId,
+          name,
+          transport,
+          busy: 0,
+          lastSeen: yield* Clock.currentTimeMillis,
+          canElicit: false,
+          standalone: new Set()
+        }
+        const clientRequests = McpProxy.makeClientRequests()
+        /** The guard's questions about this session's calls go to its client while the proxy runs. */
+        const asked = elicitation.register(sessionId, {
+          requests: clientRequests,
+          canElicit: () => session.canElicit,
+          name: agentId
+        })
         /** Ends the session (its transport closes, so the proxy ends) once it has been idle `idle` millis. */
         const watchIdle = Effect.gen(function*() {
           while (true) {
@@ -243,7 +362,11 @@ export const make = (options: Options) =>
             yield* Effect.sleep(Duration.millis(Math.max(left, idle / 10, 10)))
           }
         })
-        const proxy = proxyFor(name, sessionId, agentId, client).pipe(
+        const proxy = Effect.acquireUseRelease(
+          asked,
+          () => proxyFor(name, session, sessionId, client, clientRequests),
+          (unregister) => unregister
+        ).pipe(
           Effect.raceFirst(watchIdle),
           Effect.tap((ending) =>
             Effect.logInfo(`agent-ledger serve: MCP session ended (${ending.side}: ${ending.detail})`)
@@ -293,31 +416,55 @@ export const make = (options: Options) =>
       })
     }
 
+    /** The session stops being busy with one request (its response, or its stream, ended). */
+    const seen = (session: Session) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.sync(() => {
+          session.busy--
+          session.lastSeen = now
+        }))
+
+    /** Hands the request to the session's transport; the session is busy until a POST's answer stream ends. */
     const forward = (
       session: Session,
       request: HttpServerRequest.HttpServerRequest,
       body: string | undefined,
       parsed: unknown
     ) =>
-      Effect.map(
-        Effect.acquireUseRelease(
-          Effect.sync(() => void session.busy++),
-          () =>
-            Effect.promise(() =>
-              session.transport.handleRequest(
-                toWeb(request, body),
-                parsed === undefined ? undefined : { parsedBody: parsed }
-              )
-            ),
-          () =>
-            Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              Effect.sync(() => {
-                session.busy--
-                session.lastSeen = now
-              }))
-        ),
-        (response): Answer => ({ _tag: "Web", response })
-      )
+      Effect.suspend(() => {
+        session.busy++
+        let ended = false
+        const end = () => {
+          if (ended) return
+          ended = true
+          Runtime.runFork(runtime)(seen(session))
+        }
+        return Effect.promise(() =>
+          session.transport.handleRequest(
+            toWeb(request, body),
+            parsed === undefined ? undefined : { parsedBody: parsed }
+          )
+        ).pipe(
+          Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Effect.sync(end)),
+          Effect.map((response): Answer => {
+            if (request.method !== "GET") return { _tag: "Web", response: wrapBody(response, { end }).response }
+            // The standalone stream is not a request in flight: a client that holds one and sends nothing for
+            // `idle` is ended like any other (its stream closes with the transport).
+            end()
+            if (response.status !== 200) return { _tag: "Web", response }
+            const stream = wrapBody(response, {
+              end: () => void session.standalone.delete(stream.say),
+              // Not kept alive, so that no idle connection outlives a stream that shutdown closed.
+              headers: { connection: "close" },
+              // The HTTP server sends the headers with the first bytes: without them, the client's request for
+              // the stream would not complete until the first message.
+              preamble: ": stream open\n\n"
+            })
+            session.standalone.add(stream.say)
+            return { _tag: "Web", response: stream.response }
+          })
+        )
+      })
 
     const handle = (
       agentId: string,
@@ -344,14 +491,13 @@ export const make = (options: Options) =>
             return json(400, { jsonrpc: "2.0", id: null, error: { code: -32700, message: "Parse error" } })
           }
         }
-        // No standalone SSE stream (the spec lets a server answer GET with 405): one would hold the HTTP
-        // server's graceful shutdown open. Answers come back on their POST, as JSON.
-        if (request.method === "GET") {
+        // Shutting down: no new standalone stream (it would hold the HTTP server's graceful close open).
+        if (request.method === "GET" && stopping) {
           return {
             _tag: "Json",
-            status: 405,
-            body: { error: "no SSE stream: use POST" },
-            headers: { allow: "POST, DELETE" }
+            status: 503,
+            body: { error: "serve is shutting down" },
+            headers: { "retry-after": "1" }
           }
         }
         const sessionId = request.headers["mcp-session-id"]
@@ -380,11 +526,26 @@ export const make = (options: Options) =>
         Effect.zipRight(FiberSet.clear(fibers))
       )
     )
-    return McpEndpoints.of({ handle, openSessions: Effect.sync(() => sessions.size) })
+    const closeStreams = Effect.zipRight(
+      Effect.sync(() => {
+        stopping = true
+        for (const session of sessions.values()) {
+          // A client reconnects a standalone stream that ends (the SDK's after a second): told to wait
+          // (SSE `retry`), it does not come back on a connection the closing server no longer answers.
+          for (const say of session.standalone) say(`retry: ${SHUTDOWN_RETRY_MILLIS}\n\n`)
+          session.transport.closeStandaloneSSEStream()
+        }
+      }),
+      elicitation.stop
+    )
+    return McpEndpoints.of({ handle, openSessions: Effect.sync(() => sessions.size), closeStreams })
   })
 
-/** The endpoints on the `McpGuard` in context; closing the layer ends (and seals) every MCP session. */
-export const layer = (options: Options): Layer.Layer<McpEndpoints, never, McpGuard.McpGuard> =>
+/**
+ * The endpoints on the `McpGuard` in context, whose `approver` must be the `McpElicitation`'s (Serve.layer
+ * wires both); closing the layer ends (and seals) every MCP session.
+ */
+export const layer = (options: Options): Layer.Layer<McpEndpoints, never, McpGuard.McpGuard | McpElicitation> =>
   Layer.scoped(McpEndpoints, make(options))
 
 /** No upstreams: every `/mcp/NAME` is 404. */
@@ -392,7 +553,8 @@ export const none: Layer.Layer<McpEndpoints> = Layer.succeed(
   McpEndpoints,
   McpEndpoints.of({
     handle: (_agent, name) => Effect.succeed(json(404, { error: `no MCP upstream named '${name}'` })),
-    openSessions: Effect.succeed(0)
+    openSessions: Effect.succeed(0),
+    closeStreams: Effect.void
   })
 )
 

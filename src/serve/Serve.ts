@@ -9,6 +9,8 @@
  * Build order is the shutdown order reversed, which is the contract: the server is built last, so on
  * shutdown it stops taking requests (and finishes those in flight) first; then the hooks and the MCP
  * endpoints seal every open session (calls in flight end as interrupted); then the caller's ledger flushes its queue and closes.
+ * With MCP endpoints, the guard's `ask` rules ask the session's MCP client through elicitation
+ * (`McpElicitation`); Claude Code hook sessions get the rule's fallback.
  */
 import type * as HttpServer from "@effect/platform/HttpServer"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -21,6 +23,7 @@ import * as SessionJournals from "../journal/SessionJournals.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
 import * as GuardServer from "./GuardServer.js"
+import * as McpElicitation from "./McpElicitation.js"
 import * as McpEndpoints from "./McpEndpoints.js"
 import * as RateLimiter from "./RateLimiter.js"
 
@@ -49,17 +52,25 @@ export const pinsLayer: Layer.Layer<ToolPins.ToolPins, SqlError, AuditQueue.Audi
  * when it is in context (as `AuditLedger`'s layers provide it): every entry a `journal_entries` row, so with
  * `failClosed` an allowed `PreToolUse` is answered only once its `call` entry is durable (write-ahead), as
  * `mcp-proxy` does. Without a `JournalStore` the journals are in memory. With the `ToolPins` in context (if
- * any) as its tool gate.
+ * any) as its tool gate; with `mcp`, its approver asks the MCP sessions' clients (`McpElicitation`).
  */
 export const guardLayer = (
-  options: Pick<Options, "policy" | "failClosed" | "sealEvery">
-): Layer.Layer<McpGuard.McpGuard, SqlError, AuditQueue.AuditQueue | LedgerSql.LedgerSql> =>
+  options: Pick<Options, "policy" | "failClosed" | "sealEvery" | "mcp">
+): Layer.Layer<
+  McpGuard.McpGuard,
+  SqlError,
+  AuditQueue.AuditQueue | LedgerSql.LedgerSql | McpElicitation.McpElicitation
+> =>
   Layer.effect(
     McpGuard.McpGuard,
     Effect.gen(function*() {
       const salt = yield* LedgerSql.argumentSalt
       const pins = yield* Effect.serviceOption(ToolPins.ToolPins)
+      const elicitation = yield* McpElicitation.McpElicitation
       return yield* McpGuard.make({
+        ...(options.mcp === undefined
+          ? {}
+          : { approver: elicitation.approver, approverName: McpElicitation.APPROVER_NAME }),
         policy: GuardPolicy.engine(options.policy, { salt }),
         failClosed: options.failClosed,
         sealEvery: options.sealEvery,
@@ -80,6 +91,7 @@ export const layer = <ROut, E, R>(options: Options, server: Layer.Layer<ROut | H
         : McpEndpoints.layer({ ...options.mcp, shadow: options.policy.mode === "shadow" })
     ),
     Layer.provideMerge(guardLayer(options)),
+    Layer.provideMerge(McpElicitation.layer),
     // Pinning is on unless the policy opts out (`"pinTools": false`), as in `mcp-proxy`.
     Layer.provideMerge(options.policy.pinTools === false ? Layer.empty : pinsLayer)
   )

@@ -23,6 +23,8 @@ export interface Options {
   readonly serverId: string
   readonly agentId: string
   readonly callOf: (params: Record<string, unknown>) => McpGuard.GuardCall
+  /** What the session does with its client's `initialize` (e.g. note the elicitation capability). */
+  readonly onInitialize?: ((params: unknown) => Effect.Effect<void>) | undefined
 }
 
 /** The guard's hooks for one session and one upstream, with pins kept per session as well as per server. */
@@ -34,6 +36,7 @@ export const hooks = (options: Options): McpProxy.Hooks<McpGuard.Ticket> => {
     guard,
     serverId,
     callOf,
+    onInitialize: options.onInitialize,
     observeTools: (tools) =>
       Effect.zipRight(
         pins.observe(serverId, options.agentId, tools),
