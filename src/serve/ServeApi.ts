@@ -15,7 +15,7 @@ import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
 import * as OpenApi from "@effect/platform/OpenApi"
 import { Schema } from "effect"
 import * as ClaudeCodeHooks from "./ClaudeCodeHooks.js"
-import { MCP_PATH } from "./McpEndpoints.js"
+import { AGGREGATE_PATH, MCP_PATH } from "./McpEndpoints.js"
 
 /** The path of Claude Code's hook endpoint. */
 export const CLAUDE_CODE_HOOK_PATH = "/v1/hooks/claude-code"
@@ -75,40 +75,52 @@ const JsonRpcMessage = Schema.Struct(
 const EventStream = HttpApiSchema.Text({ contentType: "text/event-stream" }).annotations({
   description: "SSE: the answer, with what the server sends before it (an elicitation about the call)"
 })
-const mcpEndpoint = <Name extends string, Method extends "GET" | "POST" | "DELETE">(
-  method: Method,
-  name: Name,
-  description: string
-) =>
-  HttpApiEndpoint.make(method)(name, `${MCP_PATH}/:name`)
-    .setPath(McpPath)
-    .setHeaders(SessionHeaders)
-    .addError(failure(400, "no Mcp-Session-Id and not an initialize"))
-    .addError(failure(403, "the session belongs to another agent, or the agent has too many open"))
-    .addError(failure(404, "no such upstream, or the session is unknown (initialize again)"))
-    .addError(refusals[0])
-    .addError(refusals[1])
-    .addError(refusals[2])
-    .annotate(OpenApi.Description, description)
-
-const mcp = HttpApiGroup.make("mcp")
-  .add(
-    mcpEndpoint(
+const mcpEndpoints = <Prefix extends string>(prefix: Prefix, path: `/${string}`, what: string) => {
+  const endpoint = <Name extends string, Method extends "GET" | "POST" | "DELETE">(
+    method: Method,
+    name: Name,
+    description: string
+  ) =>
+    HttpApiEndpoint.make(method)(`${prefix}${name}`, path)
+      .setHeaders(SessionHeaders)
+      .addError(failure(400, "no Mcp-Session-Id and not an initialize"))
+      .addError(failure(403, "the session belongs to another agent, or the agent has too many open"))
+      .addError(failure(404, `${what}, or the session is unknown (initialize again)`))
+      .addError(refusals[0])
+      .addError(refusals[1])
+      .addError(refusals[2])
+      .annotate(OpenApi.Description, description)
+  return [
+    endpoint(
       "POST",
-      "mcpPost",
+      "Post",
       "MCP Streamable HTTP: a JSON-RPC message to the upstream (initialize opens a session)"
     )
       .setPayload(Schema.Union(JsonRpcMessage, Schema.Array(JsonRpcMessage)))
       .addSuccess(EventStream)
-      .addSuccess(HttpApiSchema.Accepted)
-  )
-  .add(
-    mcpEndpoint("GET", "mcpStream", "The session's standalone SSE stream (list_changed, the upstream's requests)")
+      .addSuccess(HttpApiSchema.Accepted),
+    endpoint("GET", "Stream", "The session's standalone SSE stream (list_changed, the upstream's requests)")
       .addSuccess(HttpApiSchema.Text({ contentType: "text/event-stream" }))
       .addError(failure(409, "the session has a standalone stream open already"))
-      .addError(failure(503, "serve is shutting down"))
-  )
-  .add(mcpEndpoint("DELETE", "mcpEnd", "Ends the session: its journal is sealed into the ledger"))
+      .addError(failure(503, "serve is shutting down")),
+    endpoint("DELETE", "End", "Ends the session: its journal is sealed into the ledger")
+  ] as const
+}
+
+const [mcpPost, mcpStream, mcpEnd] = mcpEndpoints("mcp", `${MCP_PATH}/:name`, "no such upstream")
+const [allPost, allStream, allEnd] = mcpEndpoints(
+  "mcpAggregate",
+  AGGREGATE_PATH,
+  "no aggregated endpoint (the config's `aggregate` is not true)"
+)
+
+const mcp = HttpApiGroup.make("mcp")
+  .add(mcpPost.setPath(McpPath))
+  .add(mcpStream.setPath(McpPath))
+  .add(mcpEnd.setPath(McpPath))
+  .add(allPost.annotate(OpenApi.Summary, "every upstream as one server, tools named NAME__tool"))
+  .add(allStream)
+  .add(allEnd)
   .middleware(BearerToken)
 
 const Readiness = Schema.Struct({ ready: Schema.Boolean, audit: Schema.String })
