@@ -9,7 +9,8 @@
  *   load a batch is one event. When a batch fails or the sink dies on it, its events are appended one by
  *   one, so a poison event lands in the dead-letter store alone and the others are appended.
  * - When the sink dies (a defect) on an event, that event is accounted as a poison event (an append
- *   failure, dead-lettered where the sink can take it), the drainer restarts on `restartSchedule`, and
+ *   failure, dead-lettered where the sink can take it, else written whole as a LOST line, see
+ *   `Options.lostEvents`), the drainer restarts on `restartSchedule`, and
  *   every event behind the poison one is still drained: the queue and the batch in hand belong to the
  *   service, not to the drainer fiber. `maxRestarts` consecutive restarts (reset by a successful append)
  *   make the queue `Failed`: intake closes and what is still queued is dead-lettered.
