@@ -22,11 +22,13 @@ import * as DeadLetters from "./ledger/DeadLetters.js"
 import * as JournalStore from "./ledger/JournalStore.js"
 import * as LedgerSql from "./ledger/LedgerSql.js"
 import type { LedgerOpenError } from "./ledger/LedgerSql.js"
+import type { WriterStartError } from "./ledger/LedgerWriter.js"
 import * as LedgerWriter from "./ledger/LedgerWriter.js"
 import * as SqlAuditSink from "./ledger/SqlAuditSink.js"
 import * as LedgerTransparency from "./transparency/LedgerTransparency.js"
 
 export { checkDatabasePath, LedgerOpenError } from "./ledger/LedgerSql.js"
+export { WriterStartError } from "./ledger/LedgerWriter.js"
 
 export interface SqliteOptions {
   /** The SQLite database file; created (with the schema) when missing, its directory must exist. */
@@ -117,12 +119,16 @@ export type LedgerServices =
  * Errors while building it: `LedgerOpenError` naming the path when the file cannot be a database (checked
  * before anything is created), `SqlError` when a connection setting or query fails, `MigrationError` when
  * the schema cannot be migrated (e.g. a newer agent-ledger wrote the file), `ParseError` when the
- * chain's head row is malformed. Closing the scope flushes the queue into the ledger (bounded by `shutdownDrainTimeout`), then
+ * chain's head row is malformed, `WriterStartError` when the writer thread cannot start (its entry is
+ * missing, it cannot open the file or load the key): the guard never starts on a ledger it cannot write. Closing the scope flushes the queue into the ledger (bounded by `shutdownDrainTimeout`), then
  * closes the database.
  */
 export const layerSqlite = (
   options: SqliteOptions
-): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
+): Layer.Layer<
+  LedgerServices,
+  LedgerOpenError | SqlError | MigrationError | WriterStartError | ParseResult.ParseError
+> =>
   layerOn(
     LedgerSql.layerSqlite(options),
     options,
@@ -155,7 +161,10 @@ export interface PgOptions extends Omit<SqliteOptions, "filename" | "synchronous
  */
 export const layerPg = (
   options: PgOptions
-): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
+): Layer.Layer<
+  LedgerServices,
+  LedgerOpenError | SqlError | MigrationError | WriterStartError | ParseResult.ParseError
+> =>
   layerOn(
     LedgerSql.layerPg({ url: options.url, maxConnections: options.maxConnections }),
     options,
@@ -172,8 +181,10 @@ export const layerPg = (
 export const layerFor = (
   db: string,
   options: Omit<SqliteOptions, "filename"> = {}
-): Layer.Layer<LedgerServices, LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError> =>
-  LedgerSql.isPostgresUrl(db) ? layerPg({ ...options, url: db }) : layerSqlite({ ...options, filename: db })
+): Layer.Layer<
+  LedgerServices,
+  LedgerOpenError | SqlError | MigrationError | WriterStartError | ParseResult.ParseError
+> => LedgerSql.isPostgresUrl(db) ? layerPg({ ...options, url: db }) : layerSqlite({ ...options, filename: db })
 
 /**
  * The sink and the queue on a ledger database; the sink writes on the database's connection unless
@@ -182,8 +193,8 @@ export const layerFor = (
 const layerOn = <E>(
   database: Layer.Layer<LedgerSql.LedgerSql, E>,
   options: Omit<SqliteOptions, "filename">,
-  threadSink?: Layer.Layer<SqlAuditSink.SqlAuditSink | AuditSink, SqlError, LedgerSql.LedgerSql>
-): Layer.Layer<LedgerServices, E | SqlError | ParseResult.ParseError> => {
+  threadSink?: Layer.Layer<SqlAuditSink.SqlAuditSink | AuditSink, SqlError | WriterStartError, LedgerSql.LedgerSql>
+): Layer.Layer<LedgerServices, E | SqlError | WriterStartError | ParseResult.ParseError> => {
   const sink = threadSink ?? SqlAuditSink.layer({
     signer: options.signer,
     synchronous: options.synchronous,
@@ -403,7 +414,13 @@ export const layerConfig = (
   ledgerConfig: Config.Config<LedgerConfig> = config
 ): Layer.Layer<
   LedgerServices,
-  ConfigError.ConfigError | KeyLoadError | LedgerOpenError | SqlError | MigrationError | ParseResult.ParseError
+  | ConfigError.ConfigError
+  | KeyLoadError
+  | LedgerOpenError
+  | SqlError
+  | MigrationError
+  | WriterStartError
+  | ParseResult.ParseError
 > =>
   Layer.unwrapEffect(Effect.gen(function*() {
     const c = yield* ledgerConfig
@@ -452,6 +469,7 @@ export const layerSqliteConfig = (
   | LedgerOpenError
   | SqlError
   | MigrationError
+  | WriterStartError
   | ParseResult.ParseError
 > =>
   Layer.unwrapEffect(Effect.gen(function*() {

@@ -394,3 +394,83 @@ describe("transparency-log proofs through the CLI", () => {
     }
   }, 60_000)
 })
+
+describe("concurrent writers of checkpoints and the stored tree on one SQLite file", () => {
+  it(
+    "4 checkpoint and 4 prove --private-key processes at once: all succeed, every stored checkpoint and receipt verifies against the rows' tree",
+    async () => {
+      const filename = join(dir, "concurrent.db")
+      const signer = await Effect.runPromise(AuditSigner.generate)
+      const pem = join(dir, "concurrent-key.pem")
+      writeFileSync(pem, AuditSigner.exportPem(signer).privateKeyPem)
+      const rows = 3000
+      await Effect.runPromise(
+        Effect.gen(function*() {
+          const queue = yield* AuditQueue
+          for (let i = 0; i < rows; i++) yield* queue.submit(refusalEvent(`agent-${i % 5}`, i))
+          expect(yield* queue.drainPending("60 seconds")).toBe(true)
+        }).pipe(Effect.provide(AuditLedger.layerSqlite({ filename, signer, synchronous: "NORMAL" })))
+      )
+      // Each one reads the rows, builds and stores the tree, signs and stores a checkpoint: the stored tree is
+      // empty, so every one of them writes it, and they start together.
+      const proveOrigin = "example.org/proves"
+      const runs = await Promise.all([
+        ...[1, 2, 3, 4].map((n) => cli("checkpoint", filename, "--private-key", pem, "--origin", `example.org/c${n}`)),
+        ...[1, 2, 3, 4].map((n) =>
+          cli(
+            "prove",
+            filename,
+            "--private-key",
+            pem,
+            "--origin",
+            proveOrigin,
+            "--sequence",
+            String(n * 700),
+            "--out",
+            join(dir, `concurrent-receipt-${n}.json`)
+          )
+        )
+      ])
+      runs.forEach((run, i) => expect(run.code, `run ${i}: ${run.stderr}`).toBe(0))
+
+      const { root, stored, proof } = await Effect.runPromise(
+        Effect.gen(function*() {
+          const tree = yield* LedgerTransparency.tree
+          const root = tree.rootHash()
+          const stored = yield* LedgerTransparency.storedCheckpoints()
+          // The stored subtrees are the rows' own: a proof from them holds with nothing to repair.
+          const [row] = yield* (yield* LedgerSql.LedgerSql).client<{ sequence: number; entry_hash: string }>`
+          SELECT sequence, entry_hash FROM signed_events WHERE sequence = 1234`
+          const proof = yield* LedgerTransparency.inclusionProofs(
+            [{ sequence: row!.sequence, entryHash: row!.entry_hash }],
+            rows,
+            root
+          )
+          return { root, stored, proof }
+        }).pipe(Effect.provide(LedgerSql.layerSqlite({ filename })))
+      )
+      expect(proof.repaired).toEqual([])
+      const origins = [1, 2, 3, 4].map((n) => `example.org/c${n}`).concat(proveOrigin)
+      expect(stored.map((c) => c.origin).sort()).toEqual([...origins].sort())
+      for (const checkpoint of stored) {
+        const verifier = Either.getOrThrow(
+          SignedNote.parseVerifierKey(SignedNote.verifierKey(checkpoint.origin, signer.publicKey))
+        )
+        const verified = Either.getOrThrow(LedgerTransparency.checkpointOf(checkpoint.note, verifier))
+        expect(verified.treeSize).toBe(rows)
+        expect(Buffer.from(verified.rootHash).equals(Buffer.from(root))).toBe(true)
+      }
+      // What each checkpoint process printed is the stored note of its origin.
+      runs.slice(0, 4).forEach((run, i) =>
+        expect(run.stdout.trimEnd()).toBe(stored.find((c) => c.origin === origins[i])!.note.trimEnd())
+      )
+      const proveKey = SignedNote.verifierKey(proveOrigin, signer.publicKey)
+      for (const n of [1, 2, 3, 4]) {
+        const receipt = JSON.parse(readFileSync(join(dir, `concurrent-receipt-${n}.json`), "utf8"))
+        expect(Either.isRight(LedgerTransparency.verifyReceipt(receipt, proveKey))).toBe(true)
+        expect(receipt.row.sequence).toBe(n * 700)
+      }
+    },
+    120_000
+  )
+})

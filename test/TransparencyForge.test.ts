@@ -158,8 +158,9 @@ const signedLedger = async (db: string) => {
     return { made, verified, receipt }
   }
   /**
-   * Every row in `sequences` proven (each its own `prove`, one after the other: each signs and stores a
-   * checkpoint, and two at once on one SQLite file can lose the write lock), and each receipt checked.
+   * Every row in `sequences` proven (each its own `prove`, one after the other to keep the load of a file
+   * low: each signs and stores a checkpoint; several at once on one SQLite file queue on its write lock,
+   * test/LedgerTransparency.test.ts), and each receipt checked.
    */
   const proveAll = async (sequences: ReadonlyArray<number>) => {
     const results: Array<Awaited<ReturnType<typeof prove>>> = []

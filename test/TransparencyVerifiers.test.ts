@@ -5,7 +5,8 @@
  * key's name, and proof hashes read as strict standard base64 (vectors).
  */
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import { Effect, Either } from "effect"
+import Database from "better-sqlite3"
+import { Effect, Either, Schedule } from "effect"
 import { execFile } from "node:child_process"
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -400,5 +401,43 @@ describe("read-only proofs, stored checkpoints, the ledger's own origin", () => 
     const namedKey = SignedNote.verifierKey("agent-ledger/named", signer.publicKey)
     expect(await cli("verify-receipt", path("n0.json"), "--key", namedKey)).toBe(0)
     expect(await cli("verify-receipt", path("n1.json"), "--key", namedKey)).toBe(0)
+  })
+})
+
+describe("a checkpoint writer that cannot get the write lock", () => {
+  it("retries on its busy schedule, then fails with LedgerBusy and stores nothing; once the lock is free it succeeds", async () => {
+    const filename = path("busy.db")
+    const signer = await Effect.runPromise(AuditSigner.generate)
+    await Effect.runPromise(
+      Effect.gen(function*() {
+        const queue = yield* AuditQueue
+        for (let i = 0; i < 20; i++) yield* queue.submit(refusalEvent("busy", i))
+        yield* queue.drainPending("10 seconds")
+      }).pipe(Effect.provide(AuditLedger.layerSqlite({ filename, signer, synchronous: "NORMAL" })))
+    )
+    // Another writer holds the lock (a connection of its own, as another process would).
+    const holder = new Database(filename)
+    holder.exec("BEGIN IMMEDIATE")
+    const checkpoint = LedgerTransparency.checkpointNow("example.org/busy", signer, {
+      busyRetrySchedule: Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
+    })
+    const ledger = LedgerSql.layerSqlite({ filename, busyTimeout: "30 millis" })
+    let refused: Either.Either<unknown, unknown>
+    try {
+      refused = await Effect.runPromise(Effect.either(checkpoint).pipe(Effect.provide(ledger)))
+    } finally {
+      holder.exec("ROLLBACK")
+    }
+    expect(Either.isLeft(refused)).toBe(true)
+    const busy = Either.isLeft(refused) ? refused.left : undefined
+    expect(busy).toBeInstanceOf(LedgerTransparency.LedgerBusy)
+    expect(busy).toMatchObject({ operation: "checkpoint", attempts: 3 })
+    expect((busy as LedgerTransparency.LedgerBusy).detail).toMatch(/^SQLITE_BUSY/)
+    expect(holder.prepare("SELECT COUNT(*) AS n FROM checkpoints").get()).toEqual({ n: 0 })
+    // The lock released: the same call succeeds.
+    const made = await Effect.runPromise(checkpoint.pipe(Effect.provide(ledger)))
+    expect(made.size).toBe(20)
+    expect(holder.prepare("SELECT COUNT(*) AS n FROM checkpoints").get()).toEqual({ n: 1 })
+    holder.close()
   })
 })

@@ -199,3 +199,48 @@ describe("process behaviour", () => {
     expect(JSON.parse(v.stdout).report.rowsChecked).toBeGreaterThan(0)
   })
 })
+
+describe("a ledger writer thread that cannot start", () => {
+  /** The CLI with the writer thread's entry pointing at a file that does not exist (a broken bundle). */
+  const withoutWriter = (args: ReadonlyArray<string>): Promise<Run> =>
+    new Promise((resolve) => {
+      const child = execFile(process.execPath, [cliBundle, ...args], {
+        cwd: dir,
+        encoding: "utf8",
+        env: { ...process.env, NO_COLOR: "1", AGENT_LEDGER_WRITER_ENTRY: path("no-such-writer.mjs") },
+        timeout: 60_000
+      }, (error, stdout, stderr) => {
+        resolve({ code: error === null ? 0 : typeof error.code === "number" ? error.code : null, stdout, stderr })
+      })
+      // mcp-proxy's client side stays open: the proxy must end on its own, not because stdin closed.
+      if (args[0] !== "mcp-proxy") child.stdin?.end()
+      else setTimeout(() => child.stdin?.end(), 20_000).unref()
+    })
+
+  it("demo and mcp-proxy say so and exit 2 instead of running a guard whose audit rows go nowhere", async () => {
+    for (
+      const args of [
+        ["demo", "--db", path("no-writer-demo.db"), "--sessions", "1", "--calls", "5"],
+        [
+          "mcp-proxy",
+          "--db",
+          path("no-writer-proxy.db"),
+          "--policy",
+          join(repoRoot, "examples/policy.json"),
+          "--",
+          process.execPath,
+          "-e",
+          "setTimeout(() => {}, 60000)"
+        ]
+      ]
+    ) {
+      const started = Date.now()
+      const run = await withoutWriter(args)
+      expect(run.code).toBe(2)
+      expect(run.stderr).toContain("could not start (entryNotFound)")
+      expect(run.stderr).toContain("no-such-writer.mjs")
+      expect(run.stdout).not.toContain("OK")
+      expect(Date.now() - started).toBeLessThan(15_000)
+    }
+  })
+})

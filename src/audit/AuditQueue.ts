@@ -9,7 +9,8 @@
  *   load a batch is one event. When a batch fails or the sink dies on it, its events are appended one by
  *   one, so a poison event lands in the dead-letter store alone and the others are appended.
  * - When the sink dies (a defect) on an event, that event is accounted as a poison event (an append
- *   failure, dead-lettered where the sink can take it), the drainer restarts on `restartSchedule`, and
+ *   failure, dead-lettered where the sink can take it, else written whole as a LOST line, see
+ *   `Options.lostEvents`), the drainer restarts on `restartSchedule`, and
  *   every event behind the poison one is still drained: the queue and the batch in hand belong to the
  *   service, not to the drainer fiber. `maxRestarts` consecutive restarts (reset by a successful append)
  *   make the queue `Failed`: intake closes and what is still queued is dead-lettered.
@@ -622,7 +623,7 @@ const unavailableReason = (cause: Cause.Cause<AuditSinkError>): Option.Option<st
     (error) => error.unavailable === true ? Option.some(error.reason) : Option.none()
   )
 
-const makeSinkCalls = (sink: AuditSinkService, accounts: Accounts) => {
+const makeSinkCalls = (sink: AuditSinkService, accounts: Accounts, lostEvents: LostEvents) => {
   /**
    * Dead-letter `events` with `reason`: in one write where the sink has `deadLetterBatch` (all land or
    * none), else one by one. Returns, per event, whether it landed.
@@ -673,7 +674,9 @@ const makeSinkCalls = (sink: AuditSinkService, accounts: Accounts) => {
         yield* Effect.logError("audit sink could not append the event, nor dead-letter it", cause).pipe(
           Effect.annotateLogs({ eventId: event.id })
         )
-        yield* accounts.settle(batch, [failed(`sink error: ${Cause.pretty(cause)}`, false, false)])
+        const reason = `sink error: ${Cause.pretty(cause)}`
+        yield* accounts.settle(batch, [failed(reason, false, false)])
+        yield* logLost([event], reason, lostEvents)
         return Option.none()
       }
       // The sink died (or ended interrupted) on this event: it is a poison event. Settle it (after trying
@@ -685,6 +688,8 @@ const makeSinkCalls = (sink: AuditSinkService, accounts: Accounts) => {
       yield* Effect.logError("audit sink died on an event; restarting the drainer", cause).pipe(
         Effect.annotateLogs({ eventId: event.id, deadLettered: landed })
       )
+      // Neither in the ledger nor in the dead-letter store: written out whole, never dropped silently.
+      if (landed !== true) yield* logLost([event], reason, lostEvents)
       return yield* new SinkDied({ eventId: event.id })
     })
 
@@ -1001,7 +1006,7 @@ export const make = (
     const restartDriver = yield* Schedule.driver(options.restartSchedule ?? defaultRestartSchedule)
     const queue = yield* Queue.unbounded<DeferredAuditEvent>()
     const accounts = yield* makeAccounts(queueId, restartDriver)
-    const calls = makeSinkCalls(options.sink, accounts)
+    const calls = makeSinkCalls(options.sink, accounts, options.lostEvents ?? {})
     const residual = makeResidual(accounts, queue, calls, options.lostEvents ?? {})
     const supervisor = makeSupervisor(
       {

@@ -52,10 +52,15 @@ const refused = (refusal: LedgerTransparency.TransparencyRefusal) =>
 /** `effect` on the ledger; it may store the tree's subtrees and checkpoints (never a row). */
 const onLedger = <A>(
   db: string,
-  effect: Effect.Effect<A, SqlError | LedgerTransparency.TransparencyRefusal, LedgerSql.LedgerSql>
+  effect: Effect.Effect<
+    A,
+    SqlError | LedgerTransparency.TransparencyRefusal | LedgerTransparency.LedgerBusy,
+    LedgerSql.LedgerSql
+  >
 ) =>
   effect.pipe(
     Effect.catchTag("TransparencyRefusal", refused),
+    Effect.catchTag("LedgerBusy", (busy) => new InputError({ message: `${db}: ${busy.message}` })),
     Effect.catchTag("SqlError", (error) => new InputError({ message: `${db}: ${error.message}` })),
     Effect.provide(openLedger(db, { readonly: false }))
   )

@@ -14,7 +14,7 @@ import * as ConsoleQueries from "./ConsoleQueries.js"
 
 /** Why no receipt can be made for this row now. */
 export class ReceiptUnavailable extends Data.TaggedError("ReceiptUnavailable")<{
-  readonly reason: "noRow" | "noCheckpoint" | "afterCheckpoint" | "refused"
+  readonly reason: "noRow" | "noCheckpoint" | "afterCheckpoint" | "refused" | "busy"
   readonly detail: string
 }> {}
 
@@ -54,7 +54,10 @@ export const receipt = (
       note: stored.note,
       size: treeSize,
       root: rootHash
-    }).pipe(Effect.catchTag("TransparencyRefusal", (refusal) => unavailable("refused", refusal.detail)))
+    }).pipe(
+      Effect.catchTag("TransparencyRefusal", (refusal) => unavailable("refused", refusal.detail)),
+      Effect.catchTag("LedgerBusy", (busy) => unavailable("busy", `${busy.message}: try again`))
+    )
     if (Option.isSome(verifier)) {
       const key = SignedNote.verifierKey(verifier.value.name, verifier.value.publicKey)
       const checked = LedgerTransparency.verifyReceipt(made, key, { allowUnsigned: true })

@@ -214,27 +214,35 @@ export const forClient = (sql: SqlClient.SqlClient): Effect.Effect<SqlDialect, S
  *
  * Inside a transaction the caller already opened (`sql.withTransaction`), `body` runs in a savepoint of
  * that transaction instead: reserving a second connection there would wait forever on SQLite's single one.
+ *
+ * `lockChain: false` (default true) leaves out `dialect.lockChain`: for writers of tables other than the
+ * chain (the stored tree, checkpoints), which must not hold up appends on PostgreSQL; on SQLite the write
+ * lock is the database's either way.
  */
 export const withWriteTransaction = <A, E, R>(
   sql: SqlClient.SqlClient,
   dialect: SqlDialect,
-  body: Effect.Effect<A, E, R>
-): Effect.Effect<A, E | SqlError, R> =>
-  Effect.flatMap(
+  body: Effect.Effect<A, E, R>,
+  options: { readonly lockChain?: boolean | undefined } = {}
+): Effect.Effect<A, E | SqlError, R> => {
+  const lockChain = options.lockChain === false ? Option.none<string>() : dialect.lockChain
+  return Effect.flatMap(
     Effect.serviceOption(SqlClient.TransactionConnection),
     Option.match({
       onSome: () =>
-        sql.withTransaction(Option.match(dialect.lockChain, {
+        sql.withTransaction(Option.match(lockChain, {
           onNone: () => body,
           onSome: (lock) => Effect.zipRight(sql.unsafe(lock), body)
         })),
-      onNone: () => ownWriteTransaction(sql, dialect, body)
+      onNone: () => ownWriteTransaction(sql, dialect, lockChain, body)
     })
   ).pipe(Effect.withMaxOpsBeforeYield(dialect.maxOpsBeforeYieldInWrite))
+}
 
 const ownWriteTransaction = <A, E, R>(
   sql: SqlClient.SqlClient,
   dialect: SqlDialect,
+  lockChain: Option.Option<string>,
   body: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SqlError, R> =>
   Effect.scoped(
@@ -242,9 +250,9 @@ const ownWriteTransaction = <A, E, R>(
       Effect.gen(function*() {
         const conn = yield* restore(sql.reserve)
         yield* conn.executeUnprepared(dialect.beginWrite, [], undefined)
-        if (Option.isSome(dialect.lockChain)) {
+        if (Option.isSome(lockChain)) {
           // A failed lock (connection lost, a statement timeout) rolls back like a failed body.
-          const locked = yield* Effect.exit(restore(conn.executeUnprepared(dialect.lockChain.value, [], undefined)))
+          const locked = yield* Effect.exit(restore(conn.executeUnprepared(lockChain.value, [], undefined)))
           if (Exit.isFailure(locked)) {
             yield* conn.executeUnprepared(dialect.rollback, [], undefined).pipe(Effect.ignore)
             return yield* Effect.failCause(locked.cause)

@@ -17,7 +17,7 @@ import { parentPort, workerData } from "node:worker_threads"
 import type { AuditSigner } from "../audit/AuditSigner.js"
 import { fromPrivateKeyPem } from "../audit/AuditSigner.js"
 import { sqlite } from "../internal/sqlDialect.js"
-import type { Reply, Request, WireFailure, WorkerData } from "./LedgerWriter.js"
+import type { Reply, Request, StartStage, WireFailure, WorkerData } from "./LedgerWriter.js"
 import type { AttemptFailure } from "./SqlAuditSink.js"
 import { hashRowsAfter, makeLocalStore } from "./SqlAuditSink.js"
 
@@ -61,12 +61,17 @@ const openStore = (filename: string, signer: AuditSigner | undefined, crash: { w
 
 type CrashPoint = "beforeCommit" | "afterCommit"
 
+/** How far the thread got: a failure before `ready` is reported with it (`LedgerWriter.WriterStartError`). */
+let stage: StartStage = "signer"
+
 const program = Effect.gen(function*() {
   if (port === null) return yield* Effect.dieMessage("LedgerWriterWorker runs only as a worker thread")
   const signer = data.privateKeyPem === undefined ? undefined : yield* fromPrivateKeyPem(data.privateKeyPem)
   /** Fault injection for tests (`LedgerWriter.crashNextAppend`): the thread exits inside its next append. */
   const crash: { when: CrashPoint | undefined } = { when: undefined }
+  stage = "open"
   const store = data.filename === undefined ? undefined : yield* openStore(data.filename, signer, crash)
+  stage = "running"
   const noStore = (id: number): Reply => ({ id, defect: "this thread has no ledger connection (a row hasher)" })
 
   const handle = (request: Request): Effect.Effect<Reply> => {
@@ -142,7 +147,7 @@ Effect.runFork(
   Effect.scoped(program).pipe(
     Effect.catchAllCause((cause) =>
       Effect.sync(() => {
-        port?.postMessage({ fatal: Cause.pretty(cause) } satisfies Reply)
+        port?.postMessage({ fatal: Cause.pretty(cause), stage } satisfies Reply)
         process.exitCode = 1
       })
     ),

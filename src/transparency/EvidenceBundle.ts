@@ -90,7 +90,7 @@ export const make = (
   options: MakeOptions
 ): Effect.Effect<
   EvidenceBundle,
-  BundleError | LedgerTransparency.TransparencyRefusal | SqlError,
+  BundleError | LedgerTransparency.TransparencyRefusal | LedgerTransparency.LedgerBusy | SqlError,
   LedgerSql.LedgerSql
 > =>
   Effect.gen(function*() {

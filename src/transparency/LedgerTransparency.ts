@@ -8,14 +8,16 @@
  * The tree is built from the ledger's entry hashes when a checkpoint or a proof is asked for (O(n), then
  * O(log n) per proof).
  */
+import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Either, Option, Schema } from "effect"
+import { Clock, Effect, Either, Option, Schedule, Schema } from "effect"
 import type { KeyObject } from "node:crypto"
 import { createHash } from "node:crypto"
 import * as AuditSigner from "../audit/AuditSigner.js"
 import { ZERO_HASH } from "../internal/encoding.js"
 import { yieldToEventLoop } from "../internal/eventLoopScheduler.js"
 import { storedRowEntryHash } from "../internal/rowFormat.js"
+import { forClient, withWriteTransaction } from "../internal/sqlDialect.js"
 import * as LedgerRow from "../ledger/LedgerRow.js"
 import * as LedgerSql from "../ledger/LedgerSql.js"
 import * as LedgerVerifier from "../ledger/LedgerVerifier.js"
@@ -84,6 +86,78 @@ const MAX_CHECKPOINTS_SCANNED = 1_000
  * at about one row per 8 ledger rows instead of one per row, and the checkpoints' cost on appends small.
  */
 export const MIN_STORED_LEVEL = 4
+
+/**
+ * Another writer held the database for as long as the busy retry schedule allowed (SQLite: its write lock
+ * past `busy_timeout` on every attempt): the checkpoint, tree or repair was not stored (nothing is half
+ * written). `operation` says what was being stored, `attempts` how many write transactions were tried.
+ */
+export class LedgerBusy extends Schema.TaggedError<LedgerBusy>()("LedgerBusy", {
+  operation: Schema.Literal("checkpoint", "extendTree", "proof"),
+  attempts: Schema.Number,
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return `the ledger stayed locked by another writer (${this.operation}, ${this.attempts} attempts): ${this.detail}`
+  }
+}
+
+/**
+ * Between attempts of a write the database was busy for: exponential from 50 ms, capped at 1 second, for
+ * at most 1 minute (on `Clock`), on top of each attempt's own `busy_timeout` wait for SQLite's lock.
+ */
+export const defaultBusyRetrySchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("50 millis").pipe(
+  Schedule.union(Schedule.spaced("1 second")),
+  Schedule.upTo("1 minute")
+)
+
+/**
+ * `effect` (on the ledger's connection) tried again on `schedule` while it fails because the database is
+ * busy (classified by the driver's code: `SQLITE_BUSY*`, `SQLITE_LOCKED*`, PostgreSQL's lock and
+ * serialization codes); `LedgerBusy` once the schedule ends.
+ */
+const retryBusy = <A, E, R>(
+  operation: LedgerBusy["operation"],
+  schedule: Schedule.Schedule<unknown, unknown>,
+  effect: Effect.Effect<A, E | SqlError, R>
+): Effect.Effect<A, E | SqlError | LedgerBusy, Exclude<R, SqlClient.SqlClient> | LedgerSql.LedgerSql> =>
+  LedgerSql.use(Effect.gen(function*() {
+    const { client } = yield* LedgerSql.LedgerSql
+    const dialect = yield* forClient(client)
+    const busy = (error: unknown): error is SqlError =>
+      typeof error === "object" && error !== null && "_tag" in error && error._tag === "SqlError" &&
+      dialect.classify(error).kind === "busy"
+    let attempts = 0
+    return yield* Effect.suspend(() => {
+      attempts++
+      return effect
+    }).pipe(
+      Effect.retry({ schedule, while: busy }),
+      Effect.catchIf(
+        busy,
+        (error) => Effect.fail(new LedgerBusy({ operation, attempts, detail: dialect.classify(error).description }))
+      )
+    )
+  }))
+
+/**
+ * `body` in a write transaction that takes the write lock before it reads (SQLite `BEGIN IMMEDIATE`: a
+ * deferred transaction that read and then wrote would lose to a concurrent writer with `SQLITE_BUSY`, its
+ * busy handler never called), retried while busy (`retryBusy`). On PostgreSQL a plain transaction: the
+ * rows it writes lock themselves, and the chain's advisory lock is not taken, so appends go on.
+ */
+const writeTransaction = <A, E, R>(
+  operation: LedgerBusy["operation"],
+  schedule: Schedule.Schedule<unknown, unknown>,
+  body: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SqlError | LedgerBusy, Exclude<R, SqlClient.SqlClient> | LedgerSql.LedgerSql> =>
+  retryBusy(
+    operation,
+    schedule,
+    Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+      Effect.flatMap(forClient(client), (dialect) =>
+        withWriteTransaction(client, dialect, body, { lockChain: false })))
+  )
 
 /** Why the key refuses to sign a checkpoint or to hand out a proof. */
 export class TransparencyRefusal extends Schema.TaggedError<TransparencyRefusal>()("TransparencyRefusal", {
@@ -357,6 +431,11 @@ export interface SignOptions {
    * it got a key); the result's `adopted` says how many and which. Never set by the layer's checkpointer.
    */
   readonly adoptUnsignedRows?: boolean | undefined
+  /**
+   * How long storing the checkpoint retries a database another writer holds (see `LedgerBusy`); default
+   * `defaultBusyRetrySchedule`.
+   */
+  readonly busyRetrySchedule?: Schedule.Schedule<unknown, unknown> | undefined
 }
 
 /**
@@ -498,15 +577,17 @@ const extendVerified = (
  * Recomputes every subtree of the ledger's rows and stores it, replacing those that disagree (reported).
  * Returns the tree size now covered. Nothing is signed: a cache filler and repair tool.
  */
-export const extendStoredTree: Effect.Effect<number, SqlError, LedgerSql.LedgerSql> = LedgerSql.use(
+export const extendStoredTree: Effect.Effect<number, SqlError | LedgerBusy, LedgerSql.LedgerSql> = writeTransaction(
+  "extendTree",
+  defaultBusyRetrySchedule,
   Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
-    client.withTransaction(Effect.gen(function*() {
+    Effect.gen(function*() {
       const sql = client.withoutTransforms()
       const size = yield* chainSizeOn(sql)
       const { repaired } = yield* rebuildOn(sql, size)
       yield* warnRepairs(repaired)
       return size
-    })))
+    }))
 )
 
 /** `use` on the stored tree of `size` leaves; none when a subtree it reads is not stored. */
@@ -586,39 +667,43 @@ const checkedProof = <A>(
   holds: (proof: A) => boolean
 ): Effect.Effect<
   { readonly proof: A; readonly repaired: ReadonlyArray<RepairedNode> },
-  TransparencyRefusal | SqlError,
+  TransparencyRefusal | SqlError | LedgerBusy,
   LedgerSql.LedgerSql
 > =>
-  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
-    client.withTransaction(Effect.gen(function*() {
-      const sql = client.withoutTransforms()
-      const chain = yield* chainSizeOn(sql)
-      if (size > chain) {
-        return yield* new TransparencyRefusal({
-          reason: "truncated",
-          sequence: chain,
-          detail: `the checkpoint has ${size} leaves, the ledger ${chain}: truncated`
-        })
-      }
-      const first = yield* readStoredTree(sql, size, make)
-      if (first !== undefined && holds(first)) return { proof: first, repaired: [] }
-      const { frontier, repaired } = yield* rebuildOn(sql, size)
-      yield* warnRepairs(repaired)
-      if (!sameHash(frontier.root(), root)) {
-        return yield* new TransparencyRefusal({
-          reason: "rewritten",
-          detail: `the ledger's first ${size} rows are not the checkpoint's: rewritten`
-        })
-      }
-      const again = yield* readStoredTree(sql, size, make)
-      if (again === undefined || !holds(again)) {
-        return yield* new TransparencyRefusal({
-          reason: "unprovable",
-          detail: `the proof in the tree of ${size} leaves does not hold after rebuilding it from the rows`
-        })
-      }
-      return { proof: again, repaired }
-    }))))
+  retryBusy(
+    "proof",
+    defaultBusyRetrySchedule,
+    Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
+      client.withTransaction(Effect.gen(function*() {
+        const sql = client.withoutTransforms()
+        const chain = yield* chainSizeOn(sql)
+        if (size > chain) {
+          return yield* new TransparencyRefusal({
+            reason: "truncated",
+            sequence: chain,
+            detail: `the checkpoint has ${size} leaves, the ledger ${chain}: truncated`
+          })
+        }
+        const first = yield* readStoredTree(sql, size, make)
+        if (first !== undefined && holds(first)) return { proof: first, repaired: [] }
+        const { frontier, repaired } = yield* rebuildOn(sql, size)
+        yield* warnRepairs(repaired)
+        if (!sameHash(frontier.root(), root)) {
+          return yield* new TransparencyRefusal({
+            reason: "rewritten",
+            detail: `the ledger's first ${size} rows are not the checkpoint's: rewritten`
+          })
+        }
+        const again = yield* readStoredTree(sql, size, make)
+        if (again === undefined || !holds(again)) {
+          return yield* new TransparencyRefusal({
+            reason: "unprovable",
+            detail: `the proof in the tree of ${size} leaves does not hold after rebuilding it from the rows`
+          })
+        }
+        return { proof: again, repaired }
+      })))
+  )
 
 /**
  * The inclusion proofs of `leaves` (rows: their sequence and entry hash) in the tree of `size` leaves whose
@@ -631,7 +716,7 @@ export const inclusionProofs = (
   root: Hash
 ): Effect.Effect<
   { readonly proof: ReadonlyArray<ReadonlyArray<Hash>>; readonly repaired: ReadonlyArray<RepairedNode> },
-  TransparencyRefusal | SqlError,
+  TransparencyRefusal | SqlError | LedgerBusy,
   LedgerSql.LedgerSql
 > => {
   const outside = leaves.find(({ sequence }) => !Number.isSafeInteger(sequence) || sequence < 0 || sequence >= size)
@@ -690,11 +775,13 @@ export const checkpointNow = (
   options: SignOptions = {}
 ): Effect.Effect<
   SignedTree & { readonly note: string },
-  SqlError | TransparencyRefusal,
+  SqlError | TransparencyRefusal | LedgerBusy,
   LedgerSql.LedgerSql
 > =>
-  LedgerSql.use(Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
-    client.withTransaction(
+  writeTransaction(
+    "checkpoint",
+    options.busyRetrySchedule ?? defaultBusyRetrySchedule,
+    Effect.flatMap(LedgerSql.LedgerSql, ({ client }) =>
       Effect.gen(function*() {
         const tree = yield* signedTreeBody(origin, signer, options)
         const note = signRoot(origin, signer, tree.size, tree.rootHash)
@@ -704,8 +791,8 @@ export const checkpointNow = (
           INSERT INTO agent_ledger_settings (key, value) VALUES (${ORIGIN_SETTING}, ${origin})
           ON CONFLICT (key) DO NOTHING`
         return { ...tree, note }
-      })
-    )))
+      }))
+  )
 
 /** The signed note of the checkpoint (`origin`, `size`, `root`). */
 const signRoot = (origin: string, signer: AuditSigner.AuditSigner, size: number, root: Hash): string =>
@@ -885,7 +972,7 @@ export const receiptFrom = (
 export const receiptOfStoredRow = (
   stored: Record<string, unknown>,
   against: { readonly note: string; readonly size: number; readonly root: Hash }
-): Effect.Effect<Receipt, TransparencyRefusal | SqlError, LedgerSql.LedgerSql> => {
+): Effect.Effect<Receipt, TransparencyRefusal | SqlError | LedgerBusy, LedgerSql.LedgerSql> => {
   const { appended_at: _appendedAt, ...fields } = stored
   const row = { ...fields, sequence: Number(fields.sequence) } as Receipt["row"]
   return Effect.map(
