@@ -3,7 +3,8 @@
  * measured in the same run on the same file system: raw better-sqlite3 inserts of rows of the ledger's
  * shape (one transaction per row, or 512 per transaction) and a node:crypto Ed25519 sign loop; two
  * threads signing at once beside twice one thread (whether a signing pool would pay); `submit`'s p99 while
- * a backlog drains beside its p99 on an idle queue.
+ * a backlog drains beside its p99 on an idle queue; the group commit on a ledger with the console's indexes
+ * (migration 0009) beside the same on one without them (what those indexes cost the pipeline).
  */
 import Database from "better-sqlite3"
 import type { Duration } from "effect"
@@ -128,17 +129,43 @@ const ed25519SignsPerSecond = (n: number): Promise<number> => {
 // The pipeline
 // ---------------------------------------------------------------------------------------------------------
 
+/** Migration 0009's indexes (the console's): `audit.groupCommitConsoleIndexes` measures what they cost. */
+const CONSOLE_INDEXES = [
+  "idx_signed_events_time",
+  "idx_signed_events_type_time",
+  "idx_signed_events_attest",
+  "idx_signed_events_rule"
+]
+
+/** A migrated ledger file without the console's indexes. */
+const fileWithoutConsoleIndexes = async (mode: BenchMode): Promise<string> => {
+  const file = freshFile(mode, "pipe-lean")
+  await migratedFile(file)
+  const db = new Database(file)
+  try {
+    for (const index of CONSOLE_INDEXES) db.exec(`DROP INDEX ${index}`)
+  } finally {
+    db.close()
+  }
+  return file
+}
+
 /** Events per second from the first submit until every event is accounted, through `layerSqlite`. */
-const pipelinePerSecond = (
+const pipelinePerSecond = async (
   mode: BenchMode,
   n: number,
   options: {
     readonly maxBatch?: number
     readonly signer?: AuditSigner.AuditSigner
     readonly checkpointEvery?: Duration.DurationInput
+    /** On a ledger whose console indexes (migration 0009) were dropped after migrating. */
+    readonly withoutConsoleIndexes?: boolean
   }
 ): Promise<number> => {
   const batch = events(n, "pipe")
+  const filename = options.withoutConsoleIndexes === true
+    ? await fileWithoutConsoleIndexes(mode)
+    : freshFile(mode, "pipe")
   return Effect.runPromise(quiet(
     Effect.gen(function*() {
       const queue = yield* AuditQueue.AuditQueue
@@ -151,7 +178,7 @@ const pipelinePerSecond = (
       return perSecond(n, ms)
     }).pipe(
       Effect.provide(AuditLedger.layerSqlite({
-        filename: freshFile(mode, "pipe"),
+        filename,
         synchronous: "FULL",
         ...(options.maxBatch === undefined ? {} : { maxBatch: options.maxBatch }),
         ...(options.signer === undefined ? {} : { signer: options.signer }),
@@ -323,6 +350,14 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
   )
   figures["audit.groupCommit"] = bounded(group.value, "events/s", group.bound)
   figures["audit.groupCommitSpeedup"] = figure(group.value / perEvent.value, "ratio")
+
+  // The console's indexes (migration 0009) on the same pipeline: with them beside without them, same run.
+  const indexed = await sideBySide(
+    mode.rounds,
+    () => pipelinePerSecond(mode, mode.size(20_000, 500), {}),
+    () => pipelinePerSecond(mode, mode.size(20_000, 500), { withoutConsoleIndexes: true })
+  )
+  figures["audit.groupCommitConsoleIndexes"] = bounded(indexed.value, "events/s", indexed.bound)
 
   const signer = await Effect.runPromise(AuditSigner.generate)
   const signed = await sideBySide(

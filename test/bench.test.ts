@@ -20,6 +20,7 @@ const BOUNDED = [
   "journalStore.durableEntriesPerSec",
   "audit.perEventCommit",
   "audit.groupCommit",
+  "audit.groupCommitConsoleIndexes",
   "audit.groupCommitSigned",
   "audit.groupCommitCheckpointed",
   "ledger.verify",

@@ -1,6 +1,19 @@
 import { describe, expect, it } from "@effect/vitest"
 import { FastCheck as fc } from "effect"
-import { hashBytes, isHash, lp, sha256Hex, u32, u64, u8, ZERO_HASH } from "../src/internal/encoding.js"
+import {
+  hashBytes,
+  isHash,
+  lp,
+  PrefixViews,
+  sha256Hex,
+  u32,
+  u64,
+  u8,
+  writeLpAt,
+  writeU32At,
+  writeU64At,
+  ZERO_HASH
+} from "../src/internal/encoding.js"
 import { rowEntryHash, rowHashInputParts } from "../src/internal/rowFormat.js"
 import { UUID_V7, uuidV7 } from "../src/internal/uuid.js"
 
@@ -28,6 +41,51 @@ describe("internal/encoding", () => {
     expect(isHash(abc)).toBe(true)
     expect(isHash(ZERO_HASH)).toBe(true)
     expect(isHash(abc.toUpperCase())).toBe(false)
+  })
+})
+
+describe("internal/encoding: the in-place writers of the hot-path encoders", () => {
+  it("writeLpAt, writeU64At and writeU32At write byte for byte lp, u64 and u32 (ASCII fast path, other text, lone surrogates)", () => {
+    const text = fc.oneof(
+      fc.string({ maxLength: 200 }),
+      fc.string({ unit: "grapheme", maxLength: 200 }),
+      fc.string({ unit: "binary", maxLength: 200 }),
+      // Mostly ASCII with one other code unit at a random place (the fast path gives up there).
+      fc.tuple(fc.string({ maxLength: 140 }), fc.integer({ min: 0x80, max: 0xffff }), fc.string({ maxLength: 10 }))
+        .map(([a, c, b]) => a + String.fromCharCode(c) + b)
+    )
+    fc.assert(
+      fc.property(
+        text,
+        fc.nat({ max: 16 }),
+        fc.maxSafeNat(),
+        fc.nat({ max: 0xffff_ffff }),
+        (s, offset, big, small) => {
+          const b = Buffer.alloc(offset + 4 + 3 * s.length + 12, 0xee)
+          const end = writeLpAt(b, offset, s)
+          expect(b.subarray(offset, end).toString("hex")).toBe(Buffer.from(lp(s)).toString("hex"))
+          const end64 = writeU64At(b, end, big)
+          expect(b.subarray(end, end64).toString("hex")).toBe(Buffer.from(u64(big)).toString("hex"))
+          const end32 = writeU32At(b, end64, small)
+          expect(b.subarray(end64, end32).toString("hex")).toBe(Buffer.from(u32(small)).toString("hex"))
+          // Nothing written before the offset.
+          expect(b.subarray(0, offset).every((byte) => byte === 0xee)).toBe(true)
+        }
+      ),
+      { numRuns: 500 }
+    )
+  })
+
+  it("PrefixViews gives one view per length of the current buffer, and views of the new one after reset", () => {
+    const first = Buffer.from("abcdef")
+    const views = new PrefixViews(first)
+    expect(views.view(3).toString()).toBe("abc")
+    expect(views.view(3)).toBe(views.view(3))
+    first.write("xyz", 0)
+    expect(views.view(3).toString()).toBe("xyz")
+    views.reset(Buffer.from("123456"))
+    expect(views.view(3).toString()).toBe("123")
+    expect(views.view(6).toString()).toBe("123456")
   })
 })
 

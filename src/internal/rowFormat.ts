@@ -6,7 +6,7 @@
  * The input is written into one reused buffer and hashed in one call (the sink and the verifier hash every
  * row); `rowHashInputParts` is the same encoding field by field, the reference the tests compare it with.
  */
-import { digestBytes, digestHex, hashBytes, lp, u64 } from "./encoding.js"
+import { digestBytes, digestHex, hashBytes, lp, PrefixViews, u64, writeLpAt, writeU64At } from "./encoding.js"
 
 export const ROW_DOMAIN = "agent-ledger/signed-event/v1"
 
@@ -36,15 +36,10 @@ export const rowHashInputParts = (row: RowHashInput): ReadonlyArray<Uint8Array> 
 ]
 
 const DOMAIN = lp(ROW_DOMAIN)
-const TWO_32 = 0x1_0000_0000
 // Reused by every call: the callers are synchronous, so no two encodings can overlap.
 let buffer = Buffer.allocUnsafe(1024)
-
-const writeLp = (at: number, s: string): number => {
-  const written = buffer.write(s, at + 4, "utf8")
-  buffer.writeUInt32BE(written, at)
-  return at + 4 + written
-}
+buffer.set(DOMAIN, 0)
+const views = new PrefixViews(buffer)
 
 /**
  * The v1 hash input of `row`, encoded into the reused buffer: a view that is valid only until the next
@@ -54,19 +49,19 @@ const encodeRowHashInput = (row: RowHashInput): Uint8Array => {
   // UTF-8 takes at most 3 bytes per UTF-16 code unit.
   const needed = DOMAIN.length + 8 + 32 + 16 + 32 +
     3 * (row.id.length + row.agentId.length + row.eventType.length + row.timestamp.length)
-  if (needed > buffer.length) buffer = Buffer.allocUnsafe(Math.max(needed, 2 * buffer.length))
-  let at = DOMAIN.length
-  buffer.set(DOMAIN, 0)
-  buffer.writeUInt32BE(Math.floor(row.sequence / TWO_32), at)
-  buffer.writeUInt32BE(row.sequence % TWO_32, at + 4)
-  at += 8
+  if (needed > buffer.length) {
+    buffer = Buffer.allocUnsafe(Math.max(needed, 2 * buffer.length))
+    buffer.set(DOMAIN, 0)
+    views.reset(buffer)
+  }
+  let at = writeU64At(buffer, DOMAIN.length, row.sequence)
   at += buffer.write(row.prevHash, at, 32, "hex")
-  at = writeLp(at, row.id)
-  at = writeLp(at, row.agentId)
-  at = writeLp(at, row.eventType)
+  at = writeLpAt(buffer, at, row.id)
+  at = writeLpAt(buffer, at, row.agentId)
+  at = writeLpAt(buffer, at, row.eventType)
   at += buffer.write(row.payloadHash, at, 32, "hex")
-  at = writeLp(at, row.timestamp)
-  return new Uint8Array(buffer.buffer, buffer.byteOffset, at)
+  at = writeLpAt(buffer, at, row.timestamp)
+  return views.view(at)
 }
 
 /** The 32 raw bytes of `entry_hash` (what an Ed25519 signature covers). */

@@ -17,7 +17,21 @@ import canonicalize from "canonicalize"
 import type { Fiber } from "effect"
 import { Clock, Context, Deferred, Effect, Exit, FiberId, Layer, ParseResult, Schema } from "effect"
 import type { JsonValue } from "../audit/AuditEvent.js"
-import { digestBytes, digestHex, hashBytes, isHash, lp, u32, u64, u8, ZERO_HASH } from "../internal/encoding.js"
+import {
+  digestBytes,
+  digestHex,
+  hashBytes,
+  isHash,
+  lp,
+  PrefixViews,
+  u32,
+  u64,
+  u8,
+  writeLpAt,
+  writeU32At,
+  writeU64At,
+  ZERO_HASH
+} from "../internal/encoding.js"
 import { ENTRY_DOMAIN_V1, ENTRY_DOMAIN_V2, OUTCOME_NAMES } from "../internal/journalEntryFormat.js"
 import { describeTooDeep, findTooDeep } from "../internal/jsonDepth.js"
 import { debugEnabled, debugSpan } from "../internal/tracing.js"
@@ -274,13 +288,17 @@ class EntryEncoder {
     this.#buffer = Buffer.allocUnsafe(prefix.length + 512)
     prefix.copy(this.#buffer, 0)
     this.#prefixLength = prefix.length
+    this.#views = new PrefixViews(this.#buffer)
   }
+
+  /** The input's bytes as one view per length, so hashing allocates no view per entry. */
+  readonly #views: PrefixViews
 
   /** `entryHash` as 64 lowercase hex chars, the previous hash given as hex. */
   hash(input: Omit<EntryHashInput, "sessionId">): string {
     const at = this.#reserve(input.sequence, input)
     this.#buffer.write(input.prevHash, at, 32, "hex")
-    return digestHex(this.#buffer.subarray(0, this.#encodeRest(at + 32, input)))
+    return digestHex(this.#views.view(this.#encodeRest(at + 32, input)))
   }
 
   /**
@@ -292,7 +310,7 @@ class EntryEncoder {
     // Appending, the previous hash is the one this encoder just computed: a native copy of it, not a lookup.
     if (this.#last !== undefined && this.#lastSequence === sequence - 1) this.#buffer.set(this.#last, at)
     else log.copyHash(sequence - 1, this.#buffer, at)
-    const input = this.#buffer.subarray(0, this.#encodeRest(at + 32, fields))
+    const input = this.#views.view(this.#encodeRest(at + 32, fields))
     if (keepInput) this.lastInput = Buffer.from(input)
     const hash = digestBytes(input)
     this.#last = hash
@@ -312,7 +330,7 @@ class EntryEncoder {
     if (needed > this.#buffer.length) this.#grow(needed)
     this.#buffer[DOMAIN_VERSION_OFFSET] = input.kind === undefined ? 0x31 : 0x32
     this.#sequence = sequence
-    return writeU64(this.#buffer, this.#prefixLength, sequence)
+    return writeU64At(this.#buffer, this.#prefixLength, sequence)
   }
 
   #sequence = 0
@@ -320,40 +338,26 @@ class EntryEncoder {
   /** Everything after the previous hash, from `at`; returns the end. */
   #encodeRest(at: number, input: EntryFields): number {
     const b = this.#buffer
-    at = writeU64(b, at, input.timestampMillis)
-    at = writeLp(b, at, input.toolName)
-    at = writeLp(b, at, input.serverId)
-    at = writeLp(b, at, input.agentId)
-    at = writeU64(b, at, input.bytesRead)
-    at = writeU64(b, at, input.bytesWritten)
-    at = b.writeUInt32BE(input.delegationDepth, at)
-    at = b.writeUInt8(input.allowed ? 1 : 0, at)
+    at = writeU64At(b, at, input.timestampMillis)
+    at = writeLpAt(b, at, input.toolName)
+    at = writeLpAt(b, at, input.serverId)
+    at = writeLpAt(b, at, input.agentId)
+    at = writeU64At(b, at, input.bytesRead)
+    at = writeU64At(b, at, input.bytesWritten)
+    at = writeU32At(b, at, input.delegationDepth)
+    b[at++] = input.allowed ? 1 : 0
     if (input.kind === undefined) return at
-    at = b.writeUInt8(KIND_CODES[input.kind], at)
-    at = b.writeUInt8(OUTCOME_CODES[input.outcome ?? "pending"], at)
-    return writeU64(b, at, input.callSequence ?? this.#sequence)
+    b[at++] = KIND_CODES[input.kind]
+    b[at++] = OUTCOME_CODES[input.outcome ?? "pending"]
+    return writeU64At(b, at, input.callSequence ?? this.#sequence)
   }
 
   #grow(needed: number): void {
     const grown = Buffer.allocUnsafe(Math.max(needed, 2 * this.#buffer.length))
     this.#buffer.copy(grown, 0, 0, this.#prefixLength)
     this.#buffer = grown
+    this.#views.reset(grown)
   }
-}
-
-const TWO_32 = 0x1_0000_0000
-
-/** u64 big-endian of a non-negative safe integer, without BigInt. */
-const writeU64 = (b: Buffer, at: number, n: number): number => {
-  b.writeUInt32BE(Math.floor(n / TWO_32), at)
-  return b.writeUInt32BE(n % TWO_32, at + 4)
-}
-
-/** `u32 length || UTF-8(s)`; the buffer has room for 3 bytes per code unit. */
-const writeLp = (b: Buffer, at: number, s: string): number => {
-  const written = b.write(s, at + 4, "utf8")
-  b.writeUInt32BE(written, at)
-  return at + 4 + written
 }
 
 /** The `entryHash` (v2, or v1 for an input without `kind`): SHA-256 of `entryHashInput`, as 64 hex chars. */

@@ -27,7 +27,7 @@ import { signDeadLetter } from "../audit/AuditSigner.js"
 import type { AppendOutcome, ChainPosition } from "../audit/AuditSink.js"
 import { Appended, AuditSink, AuditSinkError, DlqLanded } from "../audit/AuditSink.js"
 import { deadLetterMessage } from "../internal/deadLetterFormat.js"
-import { sha256Hex, ZERO_HASH } from "../internal/encoding.js"
+import { digestHex, sha256Hex, ZERO_HASH } from "../internal/encoding.js"
 import { rowEntryHashBytes } from "../internal/rowFormat.js"
 import type { ClassifiedFailure, SqlDialect, Synchronous } from "../internal/sqlDialect.js"
 import { forClient, isEnvironmental, withWriteTransaction } from "../internal/sqlDialect.js"
@@ -252,7 +252,14 @@ const insertRows = (
     while (start < rows.length) {
       let size = ROWS_PER_STATEMENT
       while (size > rows.length - start) size >>= 1
-      statements.push(sql.unsafe(insertText(dialect, table, columns, size), rows.slice(start, start + size).flat()))
+      // The statement's parameters in one array, filled in place (no slice and flat per statement).
+      const params: Array<Param> = new Array(size * columns.length)
+      let p = 0
+      for (let r = start; r < start + size; r++) {
+        const row = rows[r]!
+        for (let c = 0; c < row.length; c++) params[p++] = row[c] as Param
+      }
+      statements.push(sql.unsafe(insertText(dialect, table, columns, size), params))
       start += size
     }
     return Effect.all(statements, { discard: true })
@@ -309,7 +316,8 @@ export const hashRowsAfter = (
   let prevHash = head === undefined ? ZERO_HASH : head.entryHash
   const rows: Array<RowHashes> = []
   for (const prepared of batch) {
-    const payloadHash = sha256Hex(prepared.payload)
+    // One-shot over the payload's UTF-8 (no Hash object per row): the same bytes as `sha256Hex`.
+    const payloadHash = digestHex(prepared.payload)
     const entryHashBytes = rowEntryHashBytes({
       sequence,
       prevHash,
