@@ -522,13 +522,16 @@ export const make = (
       Effect.gen(function*() {
         const { call, reason, ruleId, sequence } = refused
         yield* sealIfDue(call.sessionId, sequence)
+        // Built unchecked: every field is the guard's own (stored arguments are JSON by construction: a
+        // digest, fields round-tripped through JSON, or the `unread` marker), and the Schema constructors'
+        // checks cost a measurable part of a refusal (docs/PERFORMANCE.md, "MCP proxy").
         const action = new ToolCall({
           toolName: call.toolName,
           serverId: call.serverId,
           arguments: refused.unread ?? policy.storedArguments(call.toolName, call.arguments)
-        })
-        const decision = new Refuse({ ruleId, reason })
-        const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
+        }, true)
+        const decision = new Refuse({ ruleId, reason }, true)
+        const journalRef = new JournalRef({ sessionId: call.sessionId, sequence }, true)
         let ledgerSequence: number | null = null
         if (wait) {
           // Fail-closed: the refusal's journal entry too is durable before the client hears of it.
@@ -655,7 +658,7 @@ export const make = (
             const nowMillis = yield* Clock.currentTimeMillis
             const changed = tools?.refusal(call.serverId, call.toolName)
             const verdict: Verdict | AwaitInFlight = changed !== undefined
-              ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }), warnings: [] }
+              ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }, true), warnings: [] }
               : policy.decide(
                 withAnnotations(call),
                 {
