@@ -534,15 +534,19 @@ export const make = (
         const journalRef = new JournalRef({ sessionId: call.sessionId, sequence }, true)
         let ledgerSequence: number | null = null
         if (wait) {
-          // Fail-closed: the refusal's journal entry too is durable before the client hears of it.
+          // Fail-closed: the refusal's journal entry and its ledger row are both durable before the client
+          // hears of it. They are waited for together: a refused call is never forwarded, so nothing has to
+          // wait for the journal entry first, and the row is submitted at once rather than one acknowledgement
+          // later (on SQLite the two commits then queue back to back in the writer thread; on PostgreSQL
+          // they can run on two connections at once). docs/PERFORMANCE.md, "MCP proxy".
           const journal = yield* journals.get(call.sessionId)
           // Not while the store is known down: the call is refused either way, and is not held up by it.
           const storeUp = yield* Option.match(journalStore, {
             onNone: () => Effect.succeed(false),
             onSome: (store) => store.available
           })
-          if (storeUp) {
-            yield* journal.awaitDurable(sequence).pipe(
+          const entryDurable = storeUp
+            ? journal.awaitDurable(sequence).pipe(
               Effect.timeout(ackTimeout),
               Effect.catchAll(() =>
                 Effect.logError("agent-ledger: a refusal's journal entry could not be made durable").pipe(
@@ -550,8 +554,8 @@ export const make = (
                 )
               )
             )
-          }
-          const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef, mode).pipe(
+            : Effect.void
+          const rowDurable = queue.submitRefusalAndWait(call.agentId, action, decision, journalRef, mode).pipe(
             Effect.timeoutFail({
               duration: ackTimeout,
               onTimeout: () => ({
@@ -561,6 +565,7 @@ export const make = (
             }),
             Effect.either
           )
+          const [, receipt] = yield* Effect.all([entryDurable, rowDurable], { concurrency: 2 })
           if (receipt._tag === "Left") {
             yield* Effect.logError("agent-ledger: a refusal could not be made durable").pipe(
               Effect.annotateLogs({ ruleId, reason: receipt.left.reason, detail: receipt.left.detail })
