@@ -284,7 +284,7 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
     mode?: "shadow"
   ): Effect.Effect<Option.Option<DeferredAuditEvent>> {
     if (!isRefusal(decision)) return Effect.succeedNone
-    const checked = typeof agentId === "string" && isConstructedAction(action) && decision instanceof Refuse &&
+    const partsChecked = typeof agentId === "string" && isConstructedAction(action) && decision instanceof Refuse &&
       (journal === undefined || journal instanceof JournalRef) && (mode === undefined || mode === "shadow")
     return Effect.map(Clock.currentTimeMillis, (millis) =>
       Option.some(
@@ -298,7 +298,7 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
               : new JournalRef({ sessionId: toWellFormed(journal.sessionId), sequence: journal.sequence })
           }),
           ...(mode === undefined ? {} : { mode })
-        }, checked)
+        }, partsChecked)
       ))
   }
 
