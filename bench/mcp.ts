@@ -5,7 +5,8 @@
  *
  * `mcp.proxiedCallMs` is the median latency of an allowed `read_text_file` through the proxy, beside the
  * direct call as its bound; `mcp.refusedCallMs` the median latency of a refused call (`move_file`, blocked:
- * journaled and appended to the ledger) on the same connection, beside the allowed call (target: no more);
+ * journaled and appended to the ledger) on the same connection, interleaved with the allowed calls, beside
+ * the allowed call (target: no more; docs/PERFORMANCE.md, "MCP proxy", says what each is made of);
  * `mcp.proxyOverheadMs` is the proxy's latency over the direct call, beside a bare byte relay's
  * (`mcp.relayOverheadMs`, a process piping stdio to the server, measured in the same rounds; target: at
  * most 0.5 ms more). The proxy runs as the bundled CLI (as an install runs it), not through a loader.
@@ -43,19 +44,33 @@ const callLatency = async (client: Client, file: string, calls: number): Promise
   return median(samples)
 }
 
-/** Median milliseconds of `calls` refused calls (`move_file`, blocked by the policy), after a warm-up. */
-const refusedLatency = async (client: Client, file: string, calls: number): Promise<number> => {
+/**
+ * Median milliseconds of `calls` allowed reads and of `calls` refused calls (`move_file`, blocked by the
+ * policy) on one connection, after a warm-up of each: one of each in turn, so a load spike on this shared
+ * machine falls on both alike (measured one block after the other, a 30-call quick run could put a refusal
+ * anywhere from 0.35 to 1.5 times an allowed call).
+ */
+const allowedAndRefused = async (client: Client, file: string, calls: number) => {
+  const read = () => client.callTool({ name: "read_text_file", arguments: { path: file } })
   const refused = () =>
     client.callTool({ name: "move_file", arguments: { source: file, destination: `${file}.moved` } })
-  for (let i = 0; i < 10; i++) await refused()
-  const samples: Array<number> = []
-  for (let i = 0; i < calls; i++) {
-    const start = process.hrtime.bigint()
-    const result = await refused()
-    samples.push(Number(process.hrtime.bigint() - start) / 1e6)
-    if (result.isError !== true) throw new Error(`the benchmark's move was not refused: ${JSON.stringify(result)}`)
+  for (let i = 0; i < 10; i++) {
+    await read()
+    await refused()
   }
-  return median(samples)
+  const allowed: Array<number> = []
+  const refusals: Array<number> = []
+  for (let i = 0; i < calls; i++) {
+    let start = process.hrtime.bigint()
+    const result = await read()
+    allowed.push(Number(process.hrtime.bigint() - start) / 1e6)
+    if (result.isError === true) throw new Error(`the benchmark's read was refused: ${JSON.stringify(result)}`)
+    start = process.hrtime.bigint()
+    const refusal = await refused()
+    refusals.push(Number(process.hrtime.bigint() - start) / 1e6)
+    if (refusal.isError !== true) throw new Error(`the benchmark's move was not refused: ${JSON.stringify(refusal)}`)
+  }
+  return { allowed: median(allowed), refused: median(refusals) }
 }
 
 /** A bare relay: a process that pipes its stdio to the server's, bytes only (what any proxy must cost). */
@@ -123,10 +138,7 @@ export const run = async (mode: BenchMode): Promise<Figures> => {
         cwd: repoRoot,
         stderr: "ignore"
       }),
-      async (client) => ({
-        allowed: await callLatency(client, file, calls),
-        refused: await refusedLatency(client, file, calls)
-      })
+      (client) => allowedAndRefused(client, file, calls)
     )
 
   const directs: Array<number> = []

@@ -63,6 +63,19 @@ describe("DeferredAuditEvent.fromRefusal", () => {
       expect(new Set(events.map((e) => Option.getOrThrow(e).id)).size).toBe(100)
     }))
 
+  it.effect("still checks parts that are not instances of their class (only constructed parts skip the check)", () =>
+    Effect.gen(function*() {
+      // Instances were checked when they were made, so the event built from them is not checked again.
+      const built = Option.getOrThrow(
+        yield* DeferredAuditEvent.fromRefusal("agent:alice", refusalAction(), refusalDecision())
+      )
+      expect(built.action).toBeInstanceOf(Custom)
+      // A plain object in place of an action is not vouched for by any constructor: it is checked, and refused.
+      const plain = { _tag: "ToolCall", toolName: 7, serverId: "fs" } as unknown as AgentAction
+      const exit = yield* Effect.exit(DeferredAuditEvent.fromRefusal("agent:alice", plain, refusalDecision()))
+      expect(exit._tag).toBe("Failure")
+    }))
+
   it.effect("returns None for Allow", () =>
     Effect.gen(function*() {
       const event = yield* DeferredAuditEvent.fromRefusal("agent:alice", refusalAction(), new Allow())

@@ -270,6 +270,11 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
    * action (arguments and their keys included) or the decision becomes U+FFFD (docs/FORMAT.md, "Refusal
    * payload v1"), so a hostile string cannot keep its refusal out of the ledger. An event built directly
    * with such strings is dead-lettered by the SQL sink instead, its data kept as plain JSON.
+   *
+   * The event is checked by its Schema constructor only when a part is not an instance of its class
+   * already (each class checked its fields when it was made; the id and timestamp are made here): that
+   * second check cost a guard's refusal more than the rest of building its event (docs/PERFORMANCE.md,
+   * "MCP proxy").
    */
   static fromRefusal(
     agentId: string,
@@ -279,6 +284,8 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
     mode?: "shadow"
   ): Effect.Effect<Option.Option<DeferredAuditEvent>> {
     if (!isRefusal(decision)) return Effect.succeedNone
+    const partsChecked = typeof agentId === "string" && isConstructedAction(action) && decision instanceof Refuse &&
+      (journal === undefined || journal instanceof JournalRef) && (mode === undefined || mode === "shadow")
     return Effect.map(Clock.currentTimeMillis, (millis) =>
       Option.some(
         new DeferredAuditEvent({
@@ -291,7 +298,7 @@ export class DeferredAuditEvent extends Schema.Class<DeferredAuditEvent>("Deferr
               : new JournalRef({ sessionId: toWellFormed(journal.sessionId), sequence: journal.sequence })
           }),
           ...(mode === undefined ? {} : { mode })
-        })
+        }, partsChecked)
       ))
   }
 
@@ -372,6 +379,11 @@ const decodeAction = Schema.decodeUnknownSync(AgentAction)
 const decodeDecision = Schema.decodeUnknownSync(Decision)
 
 /** The parts as given when every string is well-formed (the usual case, checked cheaply), else repaired. */
+/** Whether `action` is an instance of one of the action classes (so its constructor checked its fields). */
+const isConstructedAction = (action: AgentAction): boolean =>
+  action instanceof ToolCall || action instanceof DataAccess || action instanceof Delegation ||
+  action instanceof Custom
+
 const wellFormedParts = (agentId: string, action: AgentAction, decision: Decision) => {
   const encodedAction = encodeAction(action)
   const encodedDecision = encodeDecision(decision)

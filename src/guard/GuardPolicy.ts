@@ -493,6 +493,14 @@ const fill = (template: string | undefined, fallback: string, values: Record<str
   (template ?? fallback).replace(/\{(\w+)\}/g, (whole, key: string) => key in values ? String(values[key]) : whole)
 
 /**
+ * The verdict of every allowed call: `Allow` has no fields, so one instance serves them all. Decisions here
+ * are built from the loaded policy's rule ids and the reasons made from them (strings, checked when the
+ * policy was decoded), so they are constructed without the Schema constructor's check: it costs a
+ * measurable part of a guard's decision (docs/PERFORMANCE.md, "MCP proxy").
+ */
+const ALLOW = new Allow({}, true)
+
+/**
  * The policy's verdict on `call`, given the session's allowed calls: pure, so it can be tested and
  * reasoned about without a journal.
  *
@@ -528,7 +536,7 @@ export const evaluate = (
       ...values
     })
     if (rule.action === "warn") {
-      warnings.push(new Warn({ ruleId: rule.id, reason }))
+      warnings.push(new Warn({ ruleId: rule.id, reason }, true))
       return undefined
     }
     if (rule.action === "ask") {
@@ -536,7 +544,7 @@ export const evaluate = (
       if (approvedRules.includes(rule.id) || asking !== undefined) return undefined
       const ask = firing as AskFields | undefined
       asking = {
-        refusal: new Refuse({ ruleId: rule.id, reason }),
+        refusal: new Refuse({ ruleId: rule.id, reason }, true),
         spec: {
           timeoutMillis: (ask?.timeout ?? DEFAULT_ASK_TIMEOUT_SECONDS) * 1000,
           onTimeout: ask?.onTimeout ?? "refuse",
@@ -546,7 +554,7 @@ export const evaluate = (
       }
       return undefined
     }
-    return new Refuse({ ruleId: rule.id, reason })
+    return new Refuse({ ruleId: rule.id, reason }, true)
   }
   /** Earlier allowed calls in the rule's scope (of this very tool, with `sameTool`), newer than `since`. */
   const countWhere = (
@@ -620,7 +628,7 @@ export const evaluate = (
                 new Warn({
                   ruleId: rule.id,
                   reason: `the session has used ${actual} of its ${name} budget of ${limit} bytes`
-                })
+                }, true)
               )
               break
             }
@@ -684,7 +692,10 @@ export const evaluate = (
   }
   if (policy.defaultAction === "deny" && !isListed(policy, call.serverId, call.toolName)) {
     return {
-      decision: new Refuse({ ruleId: DEFAULT_DENY_RULE, reason: `tool ${call.toolName} is not allowed by the policy` }),
+      decision: new Refuse(
+        { ruleId: DEFAULT_DENY_RULE, reason: `tool ${call.toolName} is not allowed by the policy` },
+        true
+      ),
       warnings
     }
   }
@@ -695,7 +706,7 @@ export const evaluate = (
     if (refusal !== undefined) return refusal._tag === "AwaitInFlight" ? refusal : { decision: refusal, warnings }
   }
   if (asking !== undefined) return { decision: asking.refusal, warnings, ask: asking.spec }
-  return { decision: new Allow(), warnings }
+  return { decision: ALLOW, warnings }
 }
 
 const isListed = (policy: GuardPolicy, serverId: string, toolName: string): boolean =>

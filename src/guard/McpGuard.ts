@@ -624,24 +624,31 @@ export const make = (
       Effect.gen(function*() {
         const { call, reason, ruleId, sequence } = refused
         yield* sealIfDue(call.sessionId, sequence)
+        // Built unchecked: every field is the guard's own (stored arguments are JSON by construction: a
+        // digest, fields round-tripped through JSON, or the `unread` marker), and the Schema constructors'
+        // checks cost a measurable part of a refusal (docs/PERFORMANCE.md, "MCP proxy").
         const action = new ToolCall({
           toolName: call.toolName,
           serverId: call.serverId,
           arguments: refused.unread ?? policy.storedArguments(call.toolName, call.arguments)
-        })
-        const decision = new Refuse({ ruleId, reason })
-        const journalRef = new JournalRef({ sessionId: call.sessionId, sequence })
+        }, true)
+        const decision = new Refuse({ ruleId, reason }, true)
+        const journalRef = new JournalRef({ sessionId: call.sessionId, sequence }, true)
         let ledgerSequence: number | null = null
         if (wait) {
-          // Fail-closed: the refusal's journal entry too is durable before the client hears of it.
+          // Fail-closed: the refusal's journal entry and its ledger row are both durable before the client
+          // hears of it. They are waited for together: a refused call is never forwarded, so nothing has to
+          // wait for the journal entry first, and the row is submitted at once rather than one acknowledgement
+          // later (on SQLite the two commits then queue back to back in the writer thread; on PostgreSQL
+          // they can run on two connections at once). docs/PERFORMANCE.md, "MCP proxy".
           const journal = yield* journals.get(call.sessionId)
           // Not while the store is known down: the call is refused either way, and is not held up by it.
           const storeUp = yield* Option.match(journalStore, {
             onNone: () => Effect.succeed(false),
             onSome: (store) => store.available
           })
-          if (storeUp) {
-            yield* journal.awaitDurable(sequence).pipe(
+          const entryDurable = storeUp
+            ? journal.awaitDurable(sequence).pipe(
               Effect.timeout(ackTimeout),
               Effect.catchAll(() =>
                 Effect.logError("agent-ledger: a refusal's journal entry could not be made durable").pipe(
@@ -649,8 +656,8 @@ export const make = (
                 )
               )
             )
-          }
-          const receipt = yield* queue.submitRefusalAndWait(call.agentId, action, decision, journalRef, mode).pipe(
+            : Effect.void
+          const rowDurable = queue.submitRefusalAndWait(call.agentId, action, decision, journalRef, mode).pipe(
             Effect.timeoutFail({
               duration: ackTimeout,
               onTimeout: () => ({
@@ -660,6 +667,7 @@ export const make = (
             }),
             Effect.either
           )
+          const [, receipt] = yield* Effect.all([entryDurable, rowDurable], { concurrency: 2 })
           if (receipt._tag === "Left") {
             yield* Effect.logError("agent-ledger: a refusal could not be made durable").pipe(
               Effect.annotateLogs({ ruleId, reason: receipt.left.reason, detail: receipt.left.detail })
@@ -768,7 +776,7 @@ export const make = (
               }
             }
             const verdict: Verdict | AwaitInFlight = changed !== undefined
-              ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }), warnings: [] }
+              ? { decision: new Refuse({ ruleId: TOOL_CHANGED_RULE, reason: changed }, true), warnings: [] }
               : policy.decide(
                 withAnnotations(call),
                 {
