@@ -88,7 +88,11 @@ export type Answer =
     readonly body: unknown
     readonly headers?: Record<string, string> | undefined
   }
-  | { readonly _tag: "Web"; readonly response: Response }
+  /**
+   * The SDK transport's own response; `body`, when present, is its whole body, already read (a JSON answer),
+   * sent in one write with a `content-length` instead of streamed.
+   */
+  | { readonly _tag: "Web"; readonly response: Response; readonly body?: Uint8Array | undefined }
 
 interface Session {
   readonly agentId: string
@@ -241,7 +245,7 @@ export const make = (options: Options) =>
               session.transport.handleRequest(
                 toWeb(request, body),
                 parsed === undefined ? undefined : { parsedBody: parsed }
-              )
+              ).then(buffered)
             ),
           () =>
             Effect.flatMap(Clock.currentTimeMillis, (now) =>
@@ -250,7 +254,7 @@ export const make = (options: Options) =>
                 session.lastSeen = now
               }))
         ),
-        (response): Answer => ({ _tag: "Web", response })
+        (answer): Answer => answer
       )
 
     const handle = (
@@ -322,10 +326,28 @@ export const none: Layer.Layer<McpEndpoints> = Layer.succeed(
   })
 )
 
+/**
+ * The transport's response with its body read when it is a JSON answer (not an SSE stream): the JSON mode's
+ * answers are whole strings, and one buffered write (with `content-length`) spares each answer a stream
+ * pumped chunk by chunk, a chunked encoding and its terminator written after the body (measured: a few
+ * milliseconds per call on an idle machine, tens under load; docs/PERFORMANCE.md, "serve").
+ */
+const buffered = async (response: Response): Promise<Answer> => {
+  const type = response.headers.get("content-type") ?? ""
+  if (response.body === null || !type.startsWith("application/json")) return { _tag: "Web", response }
+  return { _tag: "Web", response, body: new Uint8Array(await response.arrayBuffer()) }
+}
+
 /** Turns an answer into the HTTP response. */
 export const toResponse = (answer: Answer): HttpServerResponse.HttpServerResponse =>
   answer._tag === "Json"
     ? HttpServerResponse.unsafeJson(answer.body, { status: answer.status, headers: answer.headers ?? {} })
+    : answer.body !== undefined
+    ? HttpServerResponse.uint8Array(answer.body, {
+      status: answer.response.status,
+      headers: answer.response.headers,
+      contentType: answer.response.headers.get("content-type") ?? undefined
+    })
     : HttpServerResponse.fromWeb(answer.response)
 
 /** Reads a request body within `maxBytes`; `None` if it is larger or cannot be read. */
