@@ -153,6 +153,34 @@ describe("serve: MCP over Streamable HTTP", () => {
           })
         )
         expect(stolen.status).toBe(403)
+        // A JSON answer is sent whole, with its length (one write), not as a chunked stream.
+        const direct = yield* Effect.promise(() =>
+          fetch(url, {
+            method: "POST",
+            headers: {
+              authorization: `Bearer ${alice.token}`,
+              "mcp-session-id": id,
+              "mcp-protocol-version": "2025-06-18",
+              "content-type": "application/json",
+              accept: "application/json, text/event-stream"
+            },
+            body: JSON.stringify({
+              jsonrpc: "2.0",
+              id: 10,
+              method: "tools/call",
+              params: { name: "read_text_file", arguments: { path: join(root, "notes.txt") } }
+            })
+          })
+        )
+        expect(direct.status).toBe(200)
+        expect(direct.headers.get("content-type")).toMatch(/^application\/json/)
+        expect(direct.headers.get("mcp-session-id")).toBe(id)
+        expect(direct.headers.get("transfer-encoding")).toBeNull()
+        const directBody = Buffer.from(yield* Effect.promise(() => direct.arrayBuffer()))
+        expect(Number(direct.headers.get("content-length"))).toBe(directBody.length)
+        const answer = JSON.parse(directBody.toString("utf8")) as { id: number; result: unknown }
+        expect(answer.id).toBe(10)
+        expect(textOf(answer.result)).toContain("hello from notes")
         // No standalone SSE stream: GET is 405 (the spec's answer for a server without one).
         const get = yield* Effect.promise(() =>
           fetch(url, {
