@@ -13,6 +13,7 @@
  */
 import { Command, Options } from "@effect/cli"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Console, Context, Duration, Effect, Either, Layer, Option, Schema } from "effect"
 import * as fs from "node:fs"
@@ -266,6 +267,9 @@ export const runServe = (options: ServeOptions) =>
         decisionTimeout: Duration.seconds(options.decisionTimeout)
       }
     }, server).pipe(
+      // No span per request: serve exports no traces, and the platform's request span (URL parsed, headers
+      // copied and redacted into attributes) was a measurable part of a hook's CPU (docs/PERFORMANCE.md, "serve").
+      HttpMiddleware.withTracerDisabledWhen(() => true),
       Layer.provide(AuditLedger.layerFor(options.db, {
         signer,
         shutdownDrainTimeout: Duration.seconds(options.shutdownTimeout),

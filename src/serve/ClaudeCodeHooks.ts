@@ -168,6 +168,20 @@ const hookDecisions = Metric.counter("agent_ledger_serve_hook_decisions", {
   description: "PreToolUse answers, by permission decision",
   incremental: true
 })
+/** `counter` tagged `key=value`, built once per value (tagging per event built and hashed a new key each time). */
+const taggedOnce = (counter: Metric.Metric.Counter<number>, key: string) => {
+  const tagged = new Map<string, Metric.Metric.Counter<number>>()
+  return (value: string) => {
+    let metric = tagged.get(value)
+    if (metric === undefined) {
+      metric = Metric.tagged(counter, key, value)
+      tagged.set(value, metric)
+    }
+    return metric
+  }
+}
+const eventCounter = taggedOnce(hookEvents, "event")
+const decisionCounter = taggedOnce(hookDecisions, "decision")
 const unmatchedCompletions = Metric.counter("agent_ledger_serve_unmatched_completions", {
   description: "PostToolUse / PostToolUseFailure events with no allowed call pending under their tool_use_id",
   incremental: true
@@ -342,13 +356,13 @@ export const make = (
         const refuseWith = (ruleId: string, reason: string) =>
           Effect.as(guard.refuse(call, ruleId, reason), preToolUseOutput("deny", denialText(ruleId, reason)))
         if (state.pending.has(key)) {
-          yield* Metric.increment(Metric.tagged(hookDecisions, "decision", "deny"))
+          yield* Metric.increment(decisionCounter("deny"))
           return yield* refuseWith(DUPLICATE_TOOL_USE_RULE, `tool_use_id ${key} was already decided in this session`)
         }
         let waiting = 0
         for (const p of state.pending.values()) if (p._tag !== "Ended") waiting++
         if (waiting >= maxPending) {
-          yield* Metric.increment(Metric.tagged(hookDecisions, "decision", "deny"))
+          yield* Metric.increment(decisionCounter("deny"))
           return yield* refuseWith(
             TOO_MANY_PENDING_RULE,
             `the session has ${waiting} calls awaiting their PostToolUse (at most ${maxPending})`
@@ -404,7 +418,7 @@ export const make = (
           }
         })
         const decided = "hookSpecificOutput" in answer ? answer.hookSpecificOutput.permissionDecision : "none"
-        yield* Metric.increment(Metric.tagged(hookDecisions, "decision", decided))
+        yield* Metric.increment(decisionCounter(decided))
         if (Option.isNone(check)) {
           yield* Effect.logWarning("agent-ledger serve: a PreToolUse decision timed out and was answered deny").pipe(
             Effect.annotateLogs({ sessionId: input.session_id, toolName: input.tool_name })
@@ -461,13 +475,13 @@ export const make = (
           // An event this guard does not act on (Stop, Notification, …) is answered with no decision.
           const other = decodeOther(raw)
           if (Either.isRight(other)) {
-            yield* Metric.increment(Metric.tagged(hookEvents, "event", "other"))
+            yield* Metric.increment(eventCounter("other"))
             return { status: 200, body: {} } as const
           }
           return badRequest(decoded.left)
         }
         const input = decoded.right
-        yield* Metric.increment(Metric.tagged(hookEvents, "event", input.hook_event_name))
+        yield* Metric.increment(eventCounter(input.hook_event_name))
         // Only SessionStart and PreToolUse open a session: a late PostToolUse or a second SessionEnd of a
         // session that ended finds nothing to do.
         const opens = input.hook_event_name === "SessionStart" || input.hook_event_name === "PreToolUse"

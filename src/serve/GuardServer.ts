@@ -67,8 +67,17 @@ const hookDuration = Metric.histogram(
 const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
   HttpServerResponse.unsafeJson(body, { status, headers })
 
-const count = (route: string, status: number) =>
-  Metric.increment(Metric.tagged(Metric.tagged(requests, "route", route), "status", String(status)))
+/** The request counter of each route and status, tagged once (tagging per request built and hashed new keys). */
+const counters = new Map<string, Metric.Metric.Counter<number>>()
+const count = (route: string, status: number) => {
+  const key = `${route} ${status}`
+  let counter = counters.get(key)
+  if (counter === undefined) {
+    counter = Metric.tagged(Metric.tagged(requests, "route", route), "status", String(status))
+    counters.set(key, counter)
+  }
+  return Metric.increment(counter)
+}
 
 const refused = (reason: string, route: string, status: number, body: unknown, headers: Record<string, string> = {}) =>
   Effect.as(

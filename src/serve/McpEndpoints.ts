@@ -141,7 +141,11 @@ export type Answer =
     readonly body: unknown
     readonly headers?: Record<string, string> | undefined
   }
-  | { readonly _tag: "Web"; readonly response: Response }
+  /**
+   * The SDK transport's own response; `body`, when present, is its whole body, already read (a JSON answer),
+   * sent in one write with a `content-length` instead of streamed.
+   */
+  | { readonly _tag: "Web"; readonly response: Response; readonly body?: Uint8Array | undefined }
 
 interface Session {
   readonly agentId: string
@@ -446,12 +450,23 @@ export const make = (options: Options) =>
           )
         ).pipe(
           Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Effect.sync(end)),
-          Effect.map((response): Answer => {
-            if (request.method !== "GET") return { _tag: "Web", response: wrapBody(response, { end }).response }
+          Effect.flatMap((response): Effect.Effect<Answer> => {
+            if (request.method !== "GET") {
+              // A JSON answer (an error, a batch of notifications) is read whole and sent in one write with its
+              // length; an SSE answer streams.
+              const type = response.headers.get("content-type") ?? ""
+              if (response.body !== null && type.startsWith("application/json")) {
+                return Effect.promise(() => response.arrayBuffer()).pipe(
+                  Effect.map((bytes): Answer => ({ _tag: "Web", response, body: new Uint8Array(bytes) })),
+                  Effect.ensuring(Effect.sync(end))
+                )
+              }
+              return Effect.succeed({ _tag: "Web", response: wrapBody(response, { end }).response })
+            }
             // The standalone stream is not a request in flight: a client that holds one and sends nothing for
             // `idle` is ended like any other (its stream closes with the transport).
             end()
-            if (response.status !== 200) return { _tag: "Web", response }
+            if (response.status !== 200) return Effect.succeed({ _tag: "Web", response })
             const stream = wrapBody(response, {
               end: () => void session.standalone.delete(stream.say),
               // Not kept alive, so that no idle connection outlives a stream that shutdown closed.
@@ -461,7 +476,7 @@ export const make = (options: Options) =>
               preamble: ": stream open\n\n"
             })
             session.standalone.add(stream.say)
-            return { _tag: "Web", response: stream.response }
+            return Effect.succeed({ _tag: "Web", response: stream.response })
           })
         )
       })
@@ -562,6 +577,12 @@ export const none: Layer.Layer<McpEndpoints> = Layer.succeed(
 export const toResponse = (answer: Answer): HttpServerResponse.HttpServerResponse =>
   answer._tag === "Json"
     ? HttpServerResponse.unsafeJson(answer.body, { status: answer.status, headers: answer.headers ?? {} })
+    : answer.body !== undefined
+    ? HttpServerResponse.uint8Array(answer.body, {
+      status: answer.response.status,
+      headers: answer.response.headers,
+      contentType: answer.response.headers.get("content-type") ?? undefined
+    })
     : HttpServerResponse.fromWeb(answer.response)
 
 /** Reads a request body within `maxBytes`; `None` if it is larger or cannot be read. */
