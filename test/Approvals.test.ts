@@ -6,27 +6,18 @@
  * while it waited still refuses it).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Ref, TestClock } from "effect"
+import { Deferred, Effect, Fiber, TestClock } from "effect"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
-import { Appended, AuditSink } from "../src/audit/AuditSink.js"
 import type * as Approvals from "../src/guard/Approvals.js"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
 import * as McpGuard from "../src/guard/McpGuard.js"
 import * as SessionJournals from "../src/journal/SessionJournals.js"
+import { recordingQueue } from "./fixtures/recordingQueue.js"
 
 const setup = (rules: ReadonlyArray<unknown>, approver?: Approvals.Approver) =>
   Effect.gen(function*() {
-    const appended = yield* Ref.make<ReadonlyArray<AuditEvent.DeferredAuditEvent>>([])
-    const sink = AuditSink.of({
-      append: (event) =>
-        Effect.as(
-          Ref.update(appended, (all) => [...all, event]),
-          new Appended({ uniqueRaceRetries: 0, position: { sequence: 0, entryHash: "0".repeat(64) } })
-        ),
-      deadLetter: () => Effect.void
-    })
-    const queue = yield* AuditQueue.make({ sink })
+    const { queue, recorded } = yield* recordingQueue
     const policy = Effect.runSync(GuardPolicy.decode({ version: 1, rules }))
     const asked: Array<Approvals.ApprovalRequest> = []
     const guard = yield* McpGuard.make({
@@ -41,16 +32,13 @@ const setup = (rules: ReadonlyArray<unknown>, approver?: Approvals.Approver) =>
       Effect.provideService(AuditQueue.AuditQueue, queue),
       Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make)
     )
-    const rows = Effect.zipRight(
-      queue.drainPending("5 seconds"),
-      Effect.map(Ref.get(appended), (all) =>
-        all.map((e): Record<string, any> => ({
-          type: AuditEvent.eventTypeOf(e),
-          journal: e.journal?.sequence,
-          ...(e.action._tag === "Custom" ? e.action.payload as Record<string, any> : {}) as Record<string, any>,
-          ...(e.decision._tag === "Refuse" ? { ruleId: e.decision.ruleId, reason: e.decision.reason } : {})
-        })))
-    )
+    const rows = Effect.map(recorded, (all) =>
+      all.map((e): Record<string, any> => ({
+        type: AuditEvent.eventTypeOf(e),
+        journal: e.journal?.sequence,
+        ...(e.action._tag === "Custom" ? e.action.payload as Record<string, any> : {}) as Record<string, any>,
+        ...(e.decision._tag === "Refuse" ? { ruleId: e.decision.ruleId, reason: e.decision.reason } : {})
+      })))
     return { guard, rows, asked }
   })
 

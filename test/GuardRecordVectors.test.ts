@@ -7,14 +7,14 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import canonicalize from "canonicalize"
-import { DateTime, Effect, Ref, Schema } from "effect"
+import { DateTime, Effect, Schema } from "effect"
 import { createHash } from "node:crypto"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
-import { Appended, AuditSink } from "../src/audit/AuditSink.js"
 import * as Approvals from "../src/guard/Approvals.js"
 import * as ToolPins from "../src/guard/ToolPins.js"
 import { docBlock } from "./fixtures/formatDoc.js"
+import { recordingQueue } from "./fixtures/recordingQueue.js"
 
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex")
 const jcs = (value: unknown): string => canonicalize(value)!
@@ -81,21 +81,11 @@ describe("guard record vectors (docs/FORMAT.md)", () => {
 
   it.scoped("ToolPins writes the vectors' tool.pinned and tool.changed payloads for the listed tool", () =>
     Effect.gen(function*() {
-      const appended = yield* Ref.make<ReadonlyArray<AuditEvent.DeferredAuditEvent>>([])
-      const sink = AuditSink.of({
-        append: (event) =>
-          Effect.as(
-            Ref.update(appended, (all) => [...all, event]),
-            new Appended({ uniqueRaceRetries: 0, position: { sequence: 0, entryHash: "0".repeat(64) } })
-          ),
-        deadLetter: () => Effect.void
-      })
-      const queue = yield* AuditQueue.make({ sink })
+      const { queue, recorded } = yield* recordingQueue
       const pins = yield* ToolPins.make().pipe(Effect.provideService(AuditQueue.AuditQueue, queue))
       yield* pins.observe("filesystem", "claude-desktop", [listed])
       yield* pins.observe("filesystem", "claude-desktop", [poisoned])
-      yield* queue.drainPending("5 seconds")
-      const written = yield* Ref.get(appended)
+      const written = yield* recorded
       expect(written.map((e) => AuditEvent.eventTypeOf(e))).toEqual([
         AuditEvent.TOOL_PINNED_EVENT_TYPE,
         AuditEvent.TOOL_CHANGED_EVENT_TYPE

@@ -6,14 +6,14 @@
  * does not hash to its digest.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Ref } from "effect"
+import { Effect } from "effect"
 import * as AuditEvent from "../src/audit/AuditEvent.js"
 import * as AuditQueue from "../src/audit/AuditQueue.js"
-import { Appended, AuditSink } from "../src/audit/AuditSink.js"
 import * as GuardPolicy from "../src/guard/GuardPolicy.js"
 import * as McpGuard from "../src/guard/McpGuard.js"
 import * as ToolPins from "../src/guard/ToolPins.js"
 import * as SessionJournals from "../src/journal/SessionJournals.js"
+import { recordingQueue } from "./fixtures/recordingQueue.js"
 
 const tool = (description: string, annotations?: Record<string, unknown>) => ({
   name: "write_file",
@@ -24,23 +24,14 @@ const tool = (description: string, annotations?: Record<string, unknown>) => ({
 
 const setup = (rules: ReadonlyArray<unknown>, initial: ReadonlyArray<ToolPins.PinRecord> = []) =>
   Effect.gen(function*() {
-    const appended = yield* Ref.make<ReadonlyArray<AuditEvent.DeferredAuditEvent>>([])
-    const sink = AuditSink.of({
-      append: (event) =>
-        Effect.as(
-          Ref.update(appended, (all) => [...all, event]),
-          new Appended({ uniqueRaceRetries: 0, position: { sequence: 0, entryHash: "0".repeat(64) } })
-        ),
-      deadLetter: () => Effect.void
-    })
-    const queue = yield* AuditQueue.make({ sink })
+    const { queue, recorded } = yield* recordingQueue
     const pins = yield* ToolPins.make({ initial }).pipe(Effect.provideService(AuditQueue.AuditQueue, queue))
     const policy = Effect.runSync(GuardPolicy.decode({ version: 1, rules }))
     const guard = yield* McpGuard.make({ policy: GuardPolicy.engine(policy, { salt: "s" }), tools: pins }).pipe(
       Effect.provideService(AuditQueue.AuditQueue, queue),
       Effect.provideServiceEffect(SessionJournals.SessionJournals, SessionJournals.make)
     )
-    const rows = Effect.zipRight(queue.drainPending("5 seconds"), Ref.get(appended))
+    const rows = recorded
     return { pins, guard, rows }
   })
 
