@@ -12,10 +12,11 @@
  */
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Cause, Context, Duration, Effect, Either, Exit, Layer, Queue } from "effect"
+import { Cause, Context, Duration, Effect, Either, Exit, Layer, Option, Queue } from "effect"
 import { parentPort, workerData } from "node:worker_threads"
 import type { AuditSigner } from "../audit/AuditSigner.js"
 import { fromPrivateKeyPem } from "../audit/AuditSigner.js"
+import type { ClassifiedFailure } from "../internal/sqlDialect.js"
 import { sqlite } from "../internal/sqlDialect.js"
 import type { Reply, Request, StartStage, WireFailure, WorkerData } from "./LedgerWriter.js"
 import type { AttemptFailure } from "./SqlAuditSink.js"
@@ -73,6 +74,18 @@ const program = Effect.gen(function*() {
   const store = data.filename === undefined ? undefined : yield* openStore(data.filename, signer, crash)
   stage = "running"
   const noStore = (id: number): Reply => ({ id, defect: "this thread has no ledger connection (a row hasher)" })
+  /** The reply to a write that answers nothing but success, or its classified failure. */
+  const written = (id: number, write: Effect.Effect<unknown, ClassifiedFailure>): Effect.Effect<Reply> =>
+    Effect.map(Effect.either(write), (result): Reply =>
+      Either.isRight(result) ? { id } : {
+        id,
+        failure: {
+          _tag: "Classified",
+          kind: result.left.kind,
+          code: Option.getOrNull(result.left.code),
+          description: result.left.description
+        }
+      })
 
   const handle = (request: Request): Effect.Effect<Reply> => {
     switch (request.op) {
@@ -90,34 +103,10 @@ const program = Effect.gen(function*() {
         })
       case "deadLetter":
         if (store === undefined) return Effect.succeed(noStore(request.id))
-        return Effect.map(
-          Effect.either(store.insertDeadLetters(request.events, request.reason, request.at)),
-          (result): Reply =>
-            Either.isRight(result) ? { id: request.id } : {
-              id: request.id,
-              failure: {
-                _tag: "Classified",
-                kind: result.left.kind,
-                code: result.left.code._tag === "Some" ? result.left.code.value : null,
-                description: result.left.description
-              }
-            }
-        )
+        return written(request.id, store.insertDeadLetters(request.events, request.reason, request.at))
       case "journal":
         if (store === undefined) return Effect.succeed(noStore(request.id))
-        return Effect.map(
-          Effect.either(store.insertJournalEntries(request.rows, request.at)),
-          (result): Reply =>
-            Either.isRight(result) ? { id: request.id } : {
-              id: request.id,
-              failure: {
-                _tag: "Classified",
-                kind: result.left.kind,
-                code: result.left.code._tag === "Some" ? result.left.code.value : null,
-                description: result.left.description
-              }
-            }
-        )
+        return written(request.id, store.insertJournalEntries(request.rows, request.at))
       case "hashRows":
         return Effect.sync((): Reply => ({ id: request.id, rows: hashRowsAfter(request.events, request.head, signer) }))
       case "crash":
