@@ -207,12 +207,13 @@ export const runMcpProxy = (options: McpProxyOptions) =>
         mode: Option.getOrUndefined(options.mode ?? Option.none()),
         tools: pins
       }).pipe(Effect.provideServiceEffect(SessionJournals.SessionJournals, McpGuard.journalsInContext))
-      const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
+      // The agent is read at each call: `initialize` may name it (below) after the hooks are made.
+      const callOf = McpGuardHooks.toolCallOf({
         sessionId,
-        agentId,
         serverId,
-        toolName: typeof params.name === "string" ? params.name : "",
-        arguments: params.arguments
+        get agentId() {
+          return agentId
+        }
       })
       const hooks = McpGuardHooks.make({
         guard,

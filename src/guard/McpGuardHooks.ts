@@ -36,6 +36,21 @@ export const callOutcome = (answer: McpProxy.ToolAnswer): McpGuard.CallOutcome =
 const isRecord = (value: unknown): value is Record<string, unknown> =>
   typeof value === "object" && value !== null && !Array.isArray(value)
 
+/**
+ * The guard's view of a `tools/call` request's parameters, made by `who` (its session, agent and server),
+ * whose fields are read at each call (so a getter can follow an agent named later).
+ */
+export const toolCallOf = (
+  who: { readonly sessionId: string; readonly agentId: string; readonly serverId: string }
+) =>
+(params: Record<string, unknown>): McpGuard.GuardCall => ({
+  sessionId: who.sessionId,
+  agentId: who.agentId,
+  serverId: who.serverId,
+  toolName: typeof params.name === "string" ? params.name : "",
+  arguments: params.arguments
+})
+
 export interface Options {
   readonly guard: McpGuard.Service
   readonly serverId: string

@@ -263,13 +263,7 @@ export const make = (options: Options) =>
 
     const hooksFor = (session: Session, sessionId: string, serverId: string): McpProxy.Hooks<McpGuard.Ticket> => {
       const { agentId } = session
-      const callOf = (params: Record<string, unknown>): McpGuard.GuardCall => ({
-        sessionId,
-        agentId,
-        serverId,
-        toolName: typeof params.name === "string" ? params.name : "",
-        arguments: params.arguments
-      })
+      const callOf = McpGuardHooks.toolCallOf({ sessionId, agentId, serverId })
       const onInitialize = (params: unknown) =>
         Effect.sync(() => void (session.canElicit = Approvals.declaresElicitation(params)))
       if (pins !== undefined && options.shadow !== true) {
