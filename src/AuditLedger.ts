@@ -393,6 +393,16 @@ export interface LedgerConfig {
   readonly maxRestarts: Option.Option<number>
 }
 
+/** Why a ledger layer read from configuration fails to build. */
+export type ConfigLayerError =
+  | ConfigError.ConfigError
+  | KeyLoadError
+  | LedgerOpenError
+  | SqlError
+  | MigrationError
+  | WriterStartError
+  | ParseResult.ParseError
+
 type Common = Omit<LedgerConfig, "db" | "privateKey" | "checkpointOrigin" | "checkpointEvery" | "pgMaxConnections">
 
 /** The options both databases take, from the common settings. */
@@ -412,16 +422,7 @@ const optionsOf = (c: Common, signer: AuditSigner | undefined) => ({
  */
 export const layerConfig = (
   ledgerConfig: Config.Config<LedgerConfig> = config
-): Layer.Layer<
-  LedgerServices,
-  | ConfigError.ConfigError
-  | KeyLoadError
-  | LedgerOpenError
-  | SqlError
-  | MigrationError
-  | WriterStartError
-  | ParseResult.ParseError
-> =>
+): Layer.Layer<LedgerServices, ConfigLayerError> =>
   Layer.unwrapEffect(Effect.gen(function*() {
     const c = yield* ledgerConfig
     const signer = Option.isSome(c.privateKey)
@@ -462,16 +463,7 @@ export interface SqliteConfig extends Common {
 /** `layerSqlite` with its options read from `config` (default: `sqliteConfig`, the environment); see `layerConfig`. */
 export const layerSqliteConfig = (
   config: Config.Config<SqliteConfig> = sqliteConfig
-): Layer.Layer<
-  LedgerServices,
-  | ConfigError.ConfigError
-  | KeyLoadError
-  | LedgerOpenError
-  | SqlError
-  | MigrationError
-  | WriterStartError
-  | ParseResult.ParseError
-> =>
+): Layer.Layer<LedgerServices, ConfigLayerError> =>
   Layer.unwrapEffect(Effect.gen(function*() {
     const c = yield* config
     const signer = Option.isSome(c.privateKeyFile)
